@@ -1,0 +1,187 @@
+//! Checkpoint and model I/O in the formats other tools read: a full model as a
+//! Hugging Face directory, a LoRA adapter as a PEFT directory, plus optimizer state
+//! and trainer state for exact resume. Writes go to `<dir>.tmp` and are renamed into
+//! place, so a crash never leaves a half-written checkpoint under the real name.
+use crate::config::{MethodConfig, MethodKind};
+use crate::error::{Error, Result};
+use crate::model::{hf_shapes, Llama, LlamaConfig};
+use crate::optim::Optimizer;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct TrainerState {
+    pub format_version: u32,
+    pub run_id: String,
+    pub method: MethodKind,
+    /// Optimizer updates done.
+    pub step: usize,
+    /// Training samples (sequences) consumed: the data position.
+    pub samples: u64,
+    /// Tokens trained on (samples · seq_len).
+    pub tokens: u64,
+    /// The dropout RNG, so masks after resume are the ones an uninterrupted run draws.
+    pub rng: Rng,
+    pub loss: f64,
+}
+
+/// Trained tensors are saved in f32 (f64 stays f64): never rounded to bf16, because
+/// the spectrum of the weight change depends on it.
+fn save_dtype(t: &Tensor) -> DType {
+    if t.dtype() == DType::F64 { DType::F64 } else { DType::F32 }
+}
+
+fn save_map(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(map, path).map_err(|e| Error::file(path, e))
+}
+
+/// Write a model (full FT) or adapter (LoRA) directory, optionally with optimizer and trainer state.
+#[allow(clippy::too_many_arguments)]
+pub fn save(
+    dir: &Path,
+    model: &Llama,
+    method: &MethodConfig,
+    hf_config: &Path,
+    tokenizer: &Path,
+    base_model: &str,
+    opt: Option<(&Optimizer, &[(String, Var)])>,
+    state: Option<&TrainerState>,
+) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    match method.kind {
+        MethodKind::Full => {
+            let mut map = HashMap::new();
+            for (name, w) in model.named_weights() {
+                let t = w.tensor();
+                map.insert(name, t.to_dtype(save_dtype(t))?);
+            }
+            save_map(&map, &tmp.join("model.safetensors"))?;
+            std::fs::copy(hf_config, tmp.join("config.json")).map_err(|e| Error::file(hf_config, e))?;
+            std::fs::copy(tokenizer, tmp.join("tokenizer.json")).map_err(|e| Error::file(tokenizer, e))?;
+        }
+        MethodKind::Lora => {
+            let mut map = HashMap::new();
+            for (name, v) in model.trainable() {
+                map.insert(name, v.as_tensor().to_dtype(save_dtype(v.as_tensor()))?);
+            }
+            save_map(&map, &tmp.join("adapter_model.safetensors"))?;
+            let targets = method.target_modules()?;
+            let adapter_config = serde_json::json!({
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": base_model,
+                "r": method.rank,
+                "lora_alpha": method.alpha.unwrap_or(2.0 * method.rank as f64),
+                "lora_dropout": method.dropout,
+                "target_modules": targets,
+                "use_rslora": method.rslora,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+                "init_lora_weights": true,
+            });
+            std::fs::write(tmp.join("adapter_config.json"), serde_json::to_vec_pretty(&adapter_config)?)?;
+        }
+    }
+    if let Some((opt, params)) = opt {
+        let mut map = HashMap::new();
+        for ((name, _), st) in params.iter().zip(&opt.state) {
+            map.insert(format!("{name}::m"), st.m.clone());
+            if let Some(v) = &st.v {
+                map.insert(format!("{name}::v"), v.clone());
+            }
+        }
+        save_map(&map, &tmp.join("optimizer.safetensors"))?;
+    }
+    if let Some(s) = state {
+        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(s)?)?;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
+    Ok(())
+}
+
+/// The safetensors files of a Hugging Face model directory (single or sharded).
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&index)?)?;
+        let mut files: Vec<PathBuf> = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::file(&index, "no weight_map"))?
+            .values()
+            .filter_map(|f| f.as_str().map(|f| dir.join(f)))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    Err(Error::file(dir, "no model.safetensors or model.safetensors.index.json (hint: a Hugging Face model directory)"))
+}
+
+/// Read every tensor of a model directory (memory-mapped).
+pub fn load_hf_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let files = weight_files(dir)?;
+    // SAFETY: checkpoint files are not modified while mapped.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| Error::file(dir, e))?;
+    let mut out = HashMap::new();
+    for (name, _) in st.tensors() {
+        out.insert(name.clone(), st.load(&name, &Device::Cpu).map_err(|e| Error::file(dir, e))?);
+    }
+    Ok(out)
+}
+
+pub fn load_model_dir(dir: &Path, dtype: DType) -> Result<Llama> {
+    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let tensors = load_hf_tensors(dir)?;
+    check_shapes(&cfg, &tensors, dir)?;
+    Llama::from_tensors(cfg, tensors, dtype, dir)
+}
+
+fn check_shapes(cfg: &LlamaConfig, tensors: &HashMap<String, Tensor>, dir: &Path) -> Result<()> {
+    for (name, shape) in hf_shapes(cfg) {
+        if let Some(t) = tensors.get(&name) {
+            if t.dims() != shape.as_slice() {
+                return Err(Error::file(dir, format!("tensor {name} has shape {:?}, config.json says {shape:?} (hint: config.json and weights are from different models)", t.dims())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Restore trainable tensors, optimizer state and trainer state from a checkpoint directory.
+pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Result<TrainerState> {
+    let state: TrainerState = serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).map_err(|e| Error::file(dir, e))?)
+        .map_err(|e| Error::file(dir.join("trainer_state.json"), e))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(Error::file(dir, format!("checkpoint format {} (this engine reads {FORMAT_VERSION})", state.format_version)));
+    }
+    let weights = if state.method == MethodKind::Full { dir.join("model.safetensors") } else { dir.join("adapter_model.safetensors") };
+    let w = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|e| Error::file(&weights, e))?;
+    let o = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu).map_err(|e| Error::file(dir, e))?;
+    for ((name, var), st) in params.iter().zip(opt.state.iter_mut()) {
+        let t = w.get(name).ok_or_else(|| Error::MissingTensor { path: weights.clone(), name: name.clone() })?;
+        if t.dims() != var.dims() {
+            return Err(Error::file(&weights, format!("{name} has shape {:?}, the model expects {:?} (hint: same model and method as the run that wrote it?)", t.dims(), var.dims())));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+        let m = o.get(&format!("{name}::m")).ok_or_else(|| Error::MissingTensor { path: dir.join("optimizer.safetensors"), name: format!("{name}::m") })?;
+        st.m = m.to_dtype(st.m.dtype())?;
+        if let Some(v) = &mut st.v {
+            let t = o.get(&format!("{name}::v")).ok_or_else(|| Error::MissingTensor { path: dir.join("optimizer.safetensors"), name: format!("{name}::v") })?;
+            *v = t.to_dtype(v.dtype())?;
+        }
+    }
+    Ok(state)
+}

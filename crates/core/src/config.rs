@@ -1,0 +1,490 @@
+//! The run config: defined once, here. Serde gives the file shape (every field has a
+//! default, unknown keys are refused), `resolve()` settles every derived value and
+//! validates before any work starts, and schemars turns the doc comments below into
+//! the JSON Schema that `loralab train --help` and the TypeScript types are made from.
+use crate::error::{Error, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Human-readable run name; the run id is `<name>-<time>` unless `run_id` is set.
+    pub name: String,
+    /// Folder that holds one directory per run (the run-directory contract, docs/run-directory.md).
+    pub out_dir: String,
+    /// Fixed run id (directory name under out_dir). Empty: `<name>-<UTC time>` so runs never collide.
+    pub run_id: String,
+    /// Seed for initialisation, data order and dropout: same seed and config, same losses.
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub method: MethodConfig,
+    pub optim: OptimConfig,
+    pub schedule: ScheduleConfig,
+    pub train: TrainConfig,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Hugging Face model directory (config.json + model.safetensors + tokenizer.json). Empty: a randomly initialised model from `config`.
+    pub path: String,
+    /// Hugging Face config.json used for random initialisation when `path` is empty (small models made here; real ones come pretrained).
+    pub config: String,
+    /// tokenizer.json. Empty: `<path>/tokenizer.json`.
+    pub tokenizer: String,
+    /// Compute dtype on CPU: f32 for training, f64 for gradient checks. Trained weights are always saved in f32 or wider.
+    pub dtype: DTypeName,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DTypeName {
+    F32,
+    F64,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Continued pretraining: documents joined by EOS and cut into seq_len blocks; loss on every token.
+    Cpt,
+    /// Instruction fine-tuning: prompt + response per example; loss on response tokens only.
+    Ift,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// cpt (raw text, packed) or ift (prompt/response pairs).
+    pub format: DataFormat,
+    /// Training records: .jsonl (one JSON object per line) or .txt (one document per blank-line-separated block).
+    pub train: String,
+    /// CPT: the record field holding the document (StarCoder uses `content`, OpenWebMath `text`).
+    pub text_field: String,
+    /// IFT: the record field holding the prompt (Magicoder `instruction`, MetaMathQA `query`).
+    pub prompt_field: String,
+    /// IFT: the record field holding the response.
+    pub response_field: String,
+    /// IFT: how the prompt is shown to the model; `{prompt}` is replaced. The response follows it directly.
+    pub template: String,
+    /// Tokens per training sequence (the study: 4096 code, 1024 math IFT; small here so CPU runs finish).
+    pub seq_len: usize,
+    /// Token shards are written here once per (dataset, tokenizer, template, seq_len) and reused by every run.
+    pub cache_dir: String,
+    /// Use only the first N records (0 = all): quick experiments on a slice of a large set.
+    pub max_records: usize,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodKind {
+    /// Full fine-tuning: every weight trains.
+    Full,
+    /// LoRA: base weights frozen, low-rank adapters (A, B) on the target modules train.
+    Lora,
+}
+
+/// Target modules: `attention` (q,k,v,o), `mlp` (gate,up,down), `all`, or an explicit list of module names.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum Targets {
+    Preset(String),
+    List(Vec<String>),
+}
+
+pub const ATTENTION_MODULES: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+pub const MLP_MODULES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodConfig {
+    /// full or lora. The method only decides which weights train; the loop is the same.
+    pub kind: MethodKind,
+    /// LoRA rank r (the study: 16, 64, 256).
+    pub rank: usize,
+    /// LoRA alpha; scale = alpha/r. Empty: 2·rank (the study found alpha = 2r best at every LR).
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter's input (the study: 0.05).
+    pub dropout: f64,
+    /// Adapted modules: attention, mlp, all (the study recommends all), or a list such as ["q_proj","v_proj"].
+    pub targets: Targets,
+    /// rsLoRA: scale alpha/√r instead of alpha/r, so high ranks are not under-scaled.
+    pub rslora: bool,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// Decoupled LionW, as the study trained (its weight decay is not multiplied by the LR).
+    Lionw,
+    /// AdamW (torch semantics); the study found it worse than LionW for both methods.
+    Adamw,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// lionw (the study's) or adamw.
+    pub name: OptimizerName,
+    /// Peak learning rate. Empty: 1e-5 for full, 1e-4 for lora (the study: LoRA's best LR is about 10× full FT's).
+    pub lr: Option<f64>,
+    /// (beta1, beta2); the study used (0.9, 0.95).
+    pub betas: [f64; 2],
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Weight decay. LionW: p *= 1 - (lr_t/lr_0)·wd each step (decoupled, as in the study); AdamW: p *= 1 - lr_t·wd.
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping threshold (the study: 1). 0 disables.
+    pub grad_clip: f64,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// lr stays at its peak after warmup.
+    Constant,
+    /// Linear warmup, then cosine decay to final_frac·lr (the study's IFT schedule: 10% warmup, to 1%).
+    Cosine,
+    /// Linear warmup, then lr·√(warmup/step), with a linear cooldown to 0 over the last cooldown_frac (the study's CPT "trapezoidal" schedule).
+    InverseSqrt,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// constant, cosine or inverse_sqrt.
+    pub kind: ScheduleKind,
+    /// Warmup length as a fraction of train.steps (the study: 0.1).
+    pub warmup_frac: f64,
+    /// Cosine: the lr at the end, as a fraction of the peak (the study: 0.01).
+    pub final_frac: f64,
+    /// inverse_sqrt: the final linear cooldown, as a fraction of train.steps (the study: 0.2).
+    pub cooldown_frac: f64,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps. 0: derived from `epochs` over the prepared data.
+    pub steps: usize,
+    /// Passes over the data when `steps` is 0 (the study's IFT budgets are 1–16 epochs).
+    pub epochs: f64,
+    /// Sequences per forward/backward pass (bounded by memory).
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step; global batch = micro_batch·grad_accum (the study: 192 sequences).
+    pub grad_accum: usize,
+    /// Dropout on attention probabilities (a regularizer baseline of the study: 0.05, 0.1). 0 = off.
+    pub attention_dropout: f64,
+    /// Write a checkpoint every N optimizer steps (0 = only at the end and at checkpoint_at_tokens).
+    pub checkpoint_every: usize,
+    /// Also write a checkpoint when the trained-token count first reaches each of these (the study's CPT budgets).
+    pub checkpoint_at_tokens: Vec<u64>,
+    /// Append a metrics line every N steps.
+    pub log_every: usize,
+    /// Resume from this checkpoint directory (weights, optimizer state, data position, RNG). The schedule is this config's, so a run can branch off a long one with a new cooldown.
+    pub resume_from: String,
+    /// cpu (the in-process engine). cuda runs through the sidecar (its own issue).
+    pub device: String,
+}
+
+// --------------------------------------------------------------------- defaults
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            out_dir: "runs".into(),
+            run_id: String::new(),
+            seed: 0,
+            model: ModelConfig::default(),
+            data: DataConfig::default(),
+            method: MethodConfig::default(),
+            optim: OptimConfig::default(),
+            schedule: ScheduleConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { path: String::new(), config: String::new(), tokenizer: String::new(), dtype: DTypeName::F32 }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            format: DataFormat::Cpt,
+            train: String::new(),
+            text_field: "text".into(),
+            prompt_field: "prompt".into(),
+            response_field: "response".into(),
+            template: "{prompt}\n".into(),
+            seq_len: 256,
+            cache_dir: ".cache/loralab/shards".into(),
+            max_records: 0,
+        }
+    }
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        Self { kind: MethodKind::Full, rank: 16, alpha: None, dropout: 0.05, targets: Targets::Preset("all".into()), rslora: false }
+    }
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self { name: OptimizerName::Lionw, lr: None, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.0, grad_clip: 1.0 }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { kind: ScheduleKind::Cosine, warmup_frac: 0.1, final_frac: 0.01, cooldown_frac: 0.2 }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            epochs: 1.0,
+            micro_batch: 8,
+            grad_accum: 1,
+            attention_dropout: 0.0,
+            checkpoint_every: 0,
+            checkpoint_at_tokens: vec![],
+            log_every: 1,
+            resume_from: String::new(),
+            device: "cpu".into(),
+        }
+    }
+}
+
+// --------------------------------------------------------------------- parsing
+
+/// Parse a config from JSON text, naming the field path of any error.
+pub fn parse_config(json: &str) -> Result<RunConfig> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "(top level)".to_string() } else { path };
+        let inner = e.into_inner().to_string();
+        let hint = if inner.contains("unknown field") {
+            " (hint: check the spelling; `loralab train --help` lists every field)"
+        } else if inner.contains("untagged enum Targets") {
+            " (hint: targets is \"attention\", \"mlp\", \"all\" or a list of module names)"
+        } else {
+            ""
+        };
+        Error::config(field, format!("{inner}{hint}"))
+    })
+}
+
+/// The JSON Schema of the config (descriptions are the doc comments above).
+pub fn config_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RunConfig)).unwrap_or(serde_json::Value::Null)
+}
+
+// --------------------------------------------------------------------- resolve
+
+impl MethodConfig {
+    /// The adapted module names, validated.
+    pub fn target_modules(&self) -> Result<Vec<String>> {
+        let all: Vec<&str> = ATTENTION_MODULES.iter().chain(MLP_MODULES.iter()).copied().collect();
+        let names: Vec<String> = match &self.targets {
+            Targets::Preset(p) => match p.as_str() {
+                "attention" => ATTENTION_MODULES.iter().map(|s| s.to_string()).collect(),
+                "mlp" => MLP_MODULES.iter().map(|s| s.to_string()).collect(),
+                "all" => all.iter().map(|s| s.to_string()).collect(),
+                other if all.contains(&other) => vec![other.to_string()],
+                other => {
+                    return Err(Error::config(
+                        "method.targets",
+                        format!("unknown target `{other}` (hint: use attention, mlp, all, or module names from {all:?})"),
+                    ))
+                }
+            },
+            Targets::List(list) => {
+                for n in list {
+                    if !all.contains(&n.as_str()) {
+                        return Err(Error::config(
+                            "method.targets",
+                            format!("unknown target module `{n}` (hint: module names are {all:?}; embeddings and lm_head are never adapted)"),
+                        ));
+                    }
+                }
+                if list.is_empty() {
+                    return Err(Error::config("method.targets", "empty list (hint: name at least one module, or use \"all\")"));
+                }
+                list.clone()
+            }
+        };
+        Ok(names)
+    }
+
+    /// The adapter's output scale: alpha/r, or alpha/√r with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        let alpha = self.alpha.unwrap_or(2.0 * self.rank as f64);
+        if self.rslora { alpha / (self.rank as f64).sqrt() } else { alpha / self.rank as f64 }
+    }
+}
+
+impl RunConfig {
+    /// The learning rate after defaults.
+    pub fn lr(&self) -> f64 {
+        self.optim.lr.unwrap_or(match self.method.kind {
+            MethodKind::Full => 1e-5,
+            MethodKind::Lora => 1e-4,
+        })
+    }
+
+    pub fn config_json_path(&self) -> PathBuf {
+        if self.model.path.is_empty() { PathBuf::from(&self.model.config) } else { Path::new(&self.model.path).join("config.json") }
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(&self.out_dir).join(&self.run_id)
+    }
+
+    /// Fill every derived value and validate. After this the config is written to the
+    /// run directory as-is, and nothing downstream looks for a default again.
+    pub fn resolve(mut self) -> Result<RunConfig> {
+        // identity
+        if self.name.is_empty() || self.name.contains('/') {
+            return Err(Error::config("name", "must be a non-empty name without '/' (hint: name = \"code-ift-lora\")"));
+        }
+        if self.run_id.is_empty() {
+            self.run_id = format!("{}-{}", self.name, utc_stamp());
+        } else if self.run_id.contains('/') {
+            return Err(Error::config("run_id", "must not contain '/' (hint: it becomes a directory name under out_dir)"));
+        }
+
+        // model
+        if self.model.path.is_empty() && self.model.config.is_empty() {
+            return Err(Error::config("model.path", "no model given (hint: set model.path to a Hugging Face model directory, or model.config to a config.json for a random init)"));
+        }
+        if !self.model.path.is_empty() {
+            require_file(&Path::new(&self.model.path).join("config.json"), "model.path")?;
+        } else {
+            require_file(Path::new(&self.model.config), "model.config")?;
+        }
+        if self.model.tokenizer.is_empty() {
+            if self.model.path.is_empty() {
+                return Err(Error::config("model.tokenizer", "required when model.path is empty (hint: point it at a tokenizer.json)"));
+            }
+            self.model.tokenizer = Path::new(&self.model.path).join("tokenizer.json").to_string_lossy().into_owned();
+        }
+        require_file(Path::new(&self.model.tokenizer), "model.tokenizer")?;
+
+        // data
+        if self.data.train.is_empty() {
+            return Err(Error::config("data.train", "no training data (hint: a .jsonl or .txt file)"));
+        }
+        require_file(Path::new(&self.data.train), "data.train")?;
+        if self.data.seq_len < 2 {
+            return Err(Error::config("data.seq_len", format!("must be at least 2 (got {})", self.data.seq_len)));
+        }
+        if self.data.format == DataFormat::Ift && !self.data.template.contains("{prompt}") {
+            return Err(Error::config("data.template", "must contain {prompt} (hint: \"Question: {prompt}\\nAnswer:\")"));
+        }
+
+        // method
+        if self.method.kind == MethodKind::Lora {
+            if self.method.rank == 0 {
+                return Err(Error::config("method.rank", "must be ≥ 1 (got 0) (hint: the study uses 16, 64 and 256)"));
+            }
+            self.method.target_modules()?;
+        }
+        let alpha = self.method.alpha.unwrap_or(2.0 * self.method.rank as f64);
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return Err(Error::config("method.alpha", format!("must be > 0 (got {alpha}) (hint: alpha = 2·rank)")));
+        }
+        self.method.alpha = Some(alpha);
+        check_unit("method.dropout", self.method.dropout)?;
+
+        // optimizer and schedule
+        let lr = self.lr();
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::config("optim.lr", format!("must be > 0 (got {lr}) (hint: sweep in [1e-5, 5e-4])")));
+        }
+        self.optim.lr = Some(lr);
+        for (i, b) in self.optim.betas.iter().enumerate() {
+            check_unit(&format!("optim.betas[{i}]"), *b)?;
+        }
+        if !(self.optim.eps > 0.0) {
+            return Err(Error::config("optim.eps", "must be > 0"));
+        }
+        if !(self.optim.weight_decay >= 0.0 && self.optim.weight_decay.is_finite()) {
+            return Err(Error::config("optim.weight_decay", "must be ≥ 0"));
+        }
+        if !(self.optim.grad_clip >= 0.0 && self.optim.grad_clip.is_finite()) {
+            return Err(Error::config("optim.grad_clip", "must be ≥ 0 (0 disables clipping)"));
+        }
+        check_unit("schedule.warmup_frac", self.schedule.warmup_frac)?;
+        check_unit("schedule.final_frac", self.schedule.final_frac)?;
+        check_unit("schedule.cooldown_frac", self.schedule.cooldown_frac)?;
+
+        // training
+        if self.train.micro_batch == 0 {
+            return Err(Error::config("train.micro_batch", "must be ≥ 1"));
+        }
+        if self.train.grad_accum == 0 {
+            return Err(Error::config("train.grad_accum", "must be ≥ 1"));
+        }
+        if self.train.steps == 0 && !(self.train.epochs > 0.0 && self.train.epochs.is_finite()) {
+            return Err(Error::config("train.steps", "set train.steps > 0 or train.epochs > 0"));
+        }
+        if self.train.log_every == 0 {
+            return Err(Error::config("train.log_every", "must be ≥ 1"));
+        }
+        check_unit("train.attention_dropout", self.train.attention_dropout)?;
+        if !self.train.resume_from.is_empty() {
+            require_file(&Path::new(&self.train.resume_from).join("trainer_state.json"), "train.resume_from")?;
+        }
+        if self.train.device != "cpu" {
+            return Err(Error::config(
+                "train.device",
+                format!("`{}` is not available in-process (hint: use \"cpu\"; CUDA runs go through the loralab sidecar)", self.train.device),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+fn check_unit(field: &str, v: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&v) && !(field.ends_with("frac") && v == 1.0) {
+        return Err(Error::config(field, format!("must be in [0, 1) (got {v})")));
+    }
+    Ok(())
+}
+
+fn require_file(p: &Path, field: &str) -> Result<()> {
+    if !p.is_file() {
+        return Err(Error::config(field, format!("file not found: {} (hint: check the path; relative paths are from the working directory)", p.display())));
+    }
+    Ok(())
+}
+
+/// `YYYYMMDD-HHMMSS-mmm` in UTC, without a date crate.
+pub fn utc_stamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:03}", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_millis())
+}

@@ -1,0 +1,244 @@
+//! The prepare step (nanoGPT's prepare.py idea): records are read, formatted,
+//! tokenized once and written as token shards (u32 ids + u8 loss mask, one fixed-
+//! length row per sequence), cached by (dataset, tokenizer, format, template,
+//! seq_len). Training memory-maps them; the data position is a sample count.
+use crate::config::{DataConfig, DataFormat};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use memmap2::Mmap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| Error::file(path, format!("cannot load tokenizer: {e} (hint: a Hugging Face tokenizer.json)")))
+}
+
+/// The end-of-sequence id: from the model config, else the tokenizer's usual names.
+pub fn eos_id(tok: &Tokenizer, from_config: Option<u32>) -> Result<u32> {
+    if let Some(id) = from_config {
+        return Ok(id);
+    }
+    for name in ["</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>"] {
+        if let Some(id) = tok.token_to_id(name) {
+            return Ok(id);
+        }
+    }
+    Err(Error::config("model.tokenizer", "no end-of-sequence token found (hint: set eos_token_id in config.json)"))
+}
+
+fn encode(tok: &Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
+    tok.encode(text, special).map(|e| e.get_ids().to_vec()).map_err(|e| Error::config("model.tokenizer", format!("tokenization failed: {e}")))
+}
+
+/// 64-bit FNV-1a: a stable content hash for the shard cache key.
+pub fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One record's text fields, read from .jsonl or .txt.
+fn read_records(cfg: &DataConfig) -> Result<Vec<(String, String)>> {
+    let path = Path::new(&cfg.train);
+    let mut out = vec![];
+    if path.extension().is_some_and(|e| e == "txt") {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        if cfg.format == DataFormat::Ift {
+            return Err(Error::config("data.train", "a .txt file holds raw text for cpt (hint: use .jsonl with prompt/response fields for ift)"));
+        }
+        out.push((text, String::new()));
+        return Ok(out);
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::file(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = i + 1;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| Error::DataRow { path: path.into(), row, msg: format!("not valid JSON: {e} (hint: one JSON object per line)") })?;
+        let field = |name: &str| -> Result<String> {
+            match v.get(name) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(Error::DataRow { path: path.into(), row, msg: format!("field `{name}` is {} not a string", kind(other)) }),
+                None => Err(Error::DataRow {
+                    path: path.into(),
+                    row,
+                    msg: format!("no field `{name}` (hint: set data.{} to one of {:?})", field_key(cfg, name), v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()),
+                }),
+            }
+        };
+        out.push(match cfg.format {
+            DataFormat::Cpt => (field(&cfg.text_field)?, String::new()),
+            DataFormat::Ift => (field(&cfg.prompt_field)?, field(&cfg.response_field)?),
+        });
+        if cfg.max_records > 0 && out.len() >= cfg.max_records {
+            break;
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "no records (hint: the file is empty)"));
+    }
+    Ok(out)
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn field_key(cfg: &DataConfig, name: &str) -> &'static str {
+    if name == cfg.text_field && cfg.format == DataFormat::Cpt {
+        "text_field"
+    } else if name == cfg.prompt_field {
+        "prompt_field"
+    } else {
+        "response_field"
+    }
+}
+
+/// Prepared token rows: `rows` sequences of `seq_len` ids and loss masks.
+pub struct Shards {
+    pub dir: PathBuf,
+    pub rows: usize,
+    pub seq_len: usize,
+    tokens: Mmap,
+    mask: Mmap,
+    /// Loss tokens in the whole set (for reports).
+    pub loss_tokens: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShardMeta {
+    format_version: u32,
+    rows: usize,
+    seq_len: usize,
+    loss_tokens: u64,
+    skipped: usize,
+    source: String,
+}
+
+/// Tokenize and write shards once; later calls with the same inputs reuse them.
+pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u32) -> Result<Shards> {
+    let data_bytes = std::fs::read(&cfg.train).map_err(|e| Error::file(&cfg.train, e))?;
+    let tok_bytes = std::fs::read(tokenizer_path).map_err(|e| Error::file(tokenizer_path, e))?;
+    let mut h = fnv1a(FNV_OFFSET, &data_bytes);
+    h = fnv1a(h, &tok_bytes);
+    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, 1u32))?;
+    h = fnv1a(h, key.as_bytes());
+    let dir = Path::new(&cfg.cache_dir).join(format!("{h:016x}"));
+    if !dir.join("meta.json").is_file() {
+        write_shards(cfg, tok, eos, &dir)?;
+    }
+    open_shards(&dir)
+}
+
+fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Result<()> {
+    let records = read_records(cfg)?;
+    let t = cfg.seq_len;
+    let mut tokens: Vec<u32> = vec![];
+    let mut mask: Vec<u8> = vec![];
+    let mut skipped = 0;
+    match cfg.format {
+        DataFormat::Cpt => {
+            // documents joined by EOS, cut into seq_len blocks; the remainder is dropped
+            let mut stream = vec![];
+            for (doc, _) in &records {
+                stream.extend(encode(tok, doc, true)?);
+                stream.push(eos);
+            }
+            let rows = stream.len() / t;
+            tokens.extend_from_slice(&stream[..rows * t]);
+            mask.resize(rows * t, 1);
+        }
+        DataFormat::Ift => {
+            for (prompt, response) in &records {
+                let p = encode(tok, &cfg.template.replace("{prompt}", prompt), true)?;
+                let mut r = encode(tok, response, false)?;
+                r.push(eos);
+                if p.len() >= t {
+                    skipped += 1; // the prompt alone fills the window: no response token to learn from
+                    continue;
+                }
+                let mut row: Vec<u32> = p.iter().chain(r.iter()).copied().take(t).collect();
+                let mut m: Vec<u8> = (0..row.len()).map(|i| u8::from(i >= p.len())).collect();
+                row.resize(t, eos);
+                m.resize(t, 0);
+                tokens.extend(row);
+                mask.extend(m);
+            }
+        }
+    }
+    let rows = tokens.len() / t;
+    if rows == 0 {
+        return Err(Error::config(
+            "data.train",
+            format!("{}: no complete training sequence of {t} tokens (hint: lower data.seq_len or add data)", cfg.train),
+        ));
+    }
+    // loss tokens: positions 1..t of each row predict from the previous one
+    let loss_tokens = mask.chunks(t).map(|m| m[1..].iter().map(|&v| v as u64).sum::<u64>()).sum();
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    let mut f = std::fs::File::create(tmp.join("tokens.u32")).map_err(|e| Error::file(&tmp, e))?;
+    f.write_all(&tokens.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+    std::fs::write(tmp.join("mask.u8"), &mask)?;
+    let meta = ShardMeta { format_version: 1, rows, seq_len: t, loss_tokens, skipped, source: cfg.train.clone() };
+    std::fs::write(tmp.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
+    Ok(())
+}
+
+fn open_shards(dir: &Path) -> Result<Shards> {
+    let meta: ShardMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)?;
+    let map = |name: &str| -> Result<Mmap> {
+        let f = std::fs::File::open(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))?;
+        // SAFETY: shard files are written once (atomically renamed into place) and never modified.
+        unsafe { Mmap::map(&f) }.map_err(|e| Error::file(dir.join(name), e))
+    };
+    let (tokens, mask) = (map("tokens.u32")?, map("mask.u8")?);
+    if tokens.len() != meta.rows * meta.seq_len * 4 || mask.len() != meta.rows * meta.seq_len {
+        return Err(Error::file(dir, "token shards are truncated (hint: delete this cache directory; it is rebuilt on the next run)"));
+    }
+    Ok(Shards { dir: dir.to_path_buf(), rows: meta.rows, seq_len: meta.seq_len, tokens, mask, loss_tokens: meta.loss_tokens })
+}
+
+impl Shards {
+    pub fn row(&self, i: usize) -> (Vec<u32>, &[u8]) {
+        let t = self.seq_len;
+        let ids = self.tokens[i * t * 4..(i + 1) * t * 4].chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        (ids, &self.mask[i * t..(i + 1) * t])
+    }
+}
+
+/// The data order: sample k of the run is row perm_e[k mod rows] with e = k / rows,
+/// each epoch's permutation drawn from the seed. A resume needs only k.
+pub struct Sampler {
+    seed: u64,
+    rows: usize,
+    epoch: usize,
+    perm: Vec<usize>,
+}
+
+impl Sampler {
+    pub fn new(seed: u64, rows: usize) -> Self {
+        Self { seed, rows, epoch: usize::MAX, perm: vec![] }
+    }
+    pub fn row_of(&mut self, k: u64) -> usize {
+        let e = (k / self.rows as u64) as usize;
+        if e != self.epoch {
+            self.perm = Rng::fork(self.seed, 1000 + e as u64).permutation(self.rows);
+            self.epoch = e;
+        }
+        self.perm[(k % self.rows as u64) as usize]
+    }
+}

@@ -1,0 +1,16 @@
+//! loralab-core: the engine. Llama-family model, LoRA, optimizers, the training loop,
+//! checkpoints. Reached from Bun through crates/node and from the sidecar.
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod linear;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod train;
+
+pub use config::{config_schema, parse_config, RunConfig};
+pub use error::{Error, Result};
+pub use train::{run, Event, RunSummary, Sink};

@@ -1,0 +1,137 @@
+//! Weights, the linear layer and its LoRA adapter. Called by model.rs.
+//! A weight is frozen (a plain tensor: no gradient, no optimizer state) or trainable
+//! (a candle Var). A frozen linear goes through ops::frozen_linear, whose backward
+//! computes dL/dx only.
+use crate::ops;
+use crate::rng::Rng;
+use candle_core::{DType, Result, Tensor, Var};
+
+pub enum Weight {
+    Frozen(Tensor),
+    Trainable(Var),
+}
+
+impl Weight {
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Weight::Frozen(t) => t,
+            Weight::Trainable(v) => v.as_tensor(),
+        }
+    }
+    pub fn is_trainable(&self) -> bool {
+        matches!(self, Weight::Trainable(_))
+    }
+    /// Make this weight train (full fine-tuning).
+    pub fn unfreeze(&mut self) -> Result<()> {
+        if let Weight::Frozen(t) = self {
+            *self = Weight::Trainable(Var::from_tensor(t)?);
+        }
+        Ok(())
+    }
+}
+
+/// The low-rank update scale·B·A on a frozen linear (PEFT's layout: A is (r, in), B is (out, r)).
+pub struct LoraAdapter {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+pub struct Linear {
+    /// Hugging Face module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+    pub weight: Weight,
+    pub bias: Option<Weight>,
+    pub lora: Option<LoraAdapter>,
+}
+
+/// Forward-pass context: training switches dropout on; the RNG draws its masks.
+pub struct Ctx<'a> {
+    pub train: bool,
+    pub rng: &'a mut Rng,
+}
+
+/// x · keep/(1−p), keep ~ Bernoulli(1−p), drawn from the run's RNG so resume is exact.
+pub fn dropout(x: &Tensor, p: f64, ctx: &mut Ctx) -> Result<Tensor> {
+    if !ctx.train || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f64> = (0..x.elem_count()).map(|_| if ctx.rng.uniform() < p { 0.0 } else { keep }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
+impl Linear {
+    pub fn new(name: String, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { name, weight: Weight::Frozen(weight), bias: bias.map(Weight::Frozen), lora: None }
+    }
+
+    pub fn in_out(&self) -> (usize, usize) {
+        let d = self.weight.tensor().dims();
+        (d[1], d[0])
+    }
+
+    // x: (n, in) -> (n, out)
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let w = self.weight.tensor();
+        let y = if self.weight.is_trainable() {
+            let y = x.matmul(&w.t()?)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(b.tensor())?,
+                None => y,
+            }
+        } else {
+            match &self.bias {
+                Some(Weight::Trainable(b)) => ops::frozen_linear(x, w, None)?.broadcast_add(b.as_tensor())?,
+                Some(Weight::Frozen(b)) => ops::frozen_linear(x, w, Some(b))?,
+                None => ops::frozen_linear(x, w, None)?,
+            }
+        };
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                // (n, in) -> (n, r) -> (n, out)
+                let h = dropout(x, l.dropout, ctx)?.matmul(&l.a.as_tensor().t()?)?;
+                let delta = h.matmul(&l.b.as_tensor().t()?)?;
+                y + (delta * l.scale)?
+            }
+        }
+    }
+
+    /// Attach a LoRA adapter: A ~ U(±1/√in) (PEFT's kaiming-uniform with a=√5), B = 0,
+    /// so the adapted model starts exactly equal to the base.
+    pub fn add_lora(&mut self, rank: usize, scale: f64, dropout: f64, rng: &mut Rng) -> Result<()> {
+        let (fan_in, fan_out) = self.in_out();
+        let w = self.weight.tensor();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let a: Vec<f64> = (0..rank * fan_in).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect();
+        let a = Tensor::from_vec(a, (rank, fan_in), w.device())?.to_dtype(w.dtype())?;
+        let b = Tensor::zeros((fan_out, rank), w.dtype(), w.device())?;
+        self.lora = Some(LoraAdapter { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale, dropout });
+        Ok(())
+    }
+
+    /// W + scale·B·A as a plain tensor (for merged inference and export).
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        let w = self.weight.tensor();
+        match &self.lora {
+            None => Ok(w.clone()),
+            Some(l) => {
+                let ba = l.b.as_tensor().to_dtype(DType::F64)?.matmul(&l.a.as_tensor().to_dtype(DType::F64)?)?;
+                (w.to_dtype(DType::F64)? + (ba * l.scale)?)?.to_dtype(w.dtype())
+            }
+        }
+    }
+
+    /// Fold the adapter into the weight (unmerged → merged inference).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        if self.lora.is_some() {
+            let merged = self.merged_weight()?;
+            self.weight = Weight::Frozen(merged);
+            self.lora = None;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,515 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2 with qkv bias, SmolLM):
+//! embedding, RMSNorm, rotary embeddings (with Llama-3 rope_scaling), grouped-query
+//! attention with a causal mask and optional attention dropout, SwiGLU MLP, tied or
+//! untied lm_head. Built from a Hugging Face config.json; weight names are HF keys.
+//! Every op here has a backward (tests/gradcheck proves it layer by layer).
+use crate::config::{MethodConfig, MethodKind};
+use crate::error::{Error, Result};
+use crate::linear::{dropout, Ctx, Linear, Weight};
+use crate::ops;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+// ------------------------------------------------------------------ config.json
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    #[serde(default = "one")]
+    pub factor: f64,
+    #[serde(default = "one")]
+    pub low_freq_factor: f64,
+    #[serde(default = "four")]
+    pub high_freq_factor: f64,
+    #[serde(default = "ctx8192")]
+    pub original_max_position_embeddings: usize,
+}
+fn one() -> f64 {
+    1.0
+}
+fn four() -> f64 {
+    4.0
+}
+fn ctx8192() -> usize {
+    8192
+}
+
+/// The fields of a Hugging Face config.json that a Llama-family model needs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    #[serde(default)]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "eps_default")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "theta_default")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "maxpos_default")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Llama's flag for q/k/v/o biases; Qwen2 always has q/k/v biases.
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default = "init_range_default")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub bos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+    #[serde(default = "act_default")]
+    pub hidden_act: String,
+}
+fn eps_default() -> f64 {
+    1e-6
+}
+fn theta_default() -> f64 {
+    10_000.0
+}
+fn maxpos_default() -> usize {
+    2048
+}
+fn init_range_default() -> f64 {
+    0.02
+}
+fn act_default() -> String {
+    "silu".into()
+}
+
+const SUPPORTED: [&str; 4] = ["llama", "mistral", "qwen2", ""];
+
+impl LlamaConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        let cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a Llama-family config.json: {e}")))?;
+        if !SUPPORTED.contains(&cfg.model_type.as_str()) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "model_type `{}` (architectures {:?}) is not supported (hint: loralab trains the Llama family: llama, mistral, qwen2)",
+                    cfg.model_type, cfg.architectures
+                ),
+            ));
+        }
+        if cfg.hidden_act != "silu" {
+            return Err(Error::file(path, format!("hidden_act `{}` is not supported (hint: Llama-family models use silu)", cfg.hidden_act)));
+        }
+        let kv = cfg.kv_heads();
+        if cfg.num_attention_heads % kv != 0 {
+            return Err(Error::file(path, format!("num_attention_heads {} is not a multiple of num_key_value_heads {kv}", cfg.num_attention_heads)));
+        }
+        if cfg.head_dim.is_none() && cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::file(path, "hidden_size is not a multiple of num_attention_heads (hint: set head_dim)"));
+        }
+        Ok(cfg)
+    }
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.model_type == "qwen2"
+    }
+    pub fn o_bias(&self) -> bool {
+        self.attention_bias && self.model_type != "qwen2"
+    }
+    /// The first eos id (config may give a list).
+    pub fn eos_id(&self) -> Option<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
+            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_u64()).map(|v| v as u32),
+            _ => None,
+        }
+    }
+    /// Parameter count of the model (tied embeddings counted once).
+    pub fn n_params(&self) -> usize {
+        let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim());
+        let (nh, kv) = (self.num_attention_heads, self.kv_heads());
+        let attn = d * nh * hd * 2 + d * kv * hd * 2;
+        let layer = attn + 3 * d * f + 2 * d;
+        self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 } + self.num_hidden_layers * layer + d
+    }
+
+    /// Inverse frequencies of the rotary embedding, Llama-3 scaling applied.
+    pub fn inv_freq(&self) -> Result<Vec<f64>> {
+        let hd = self.head_dim();
+        let mut f: Vec<f64> = (0..hd / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / hd as f64)).collect();
+        if let Some(s) = &self.rope_scaling {
+            match s.rope_type.as_str() {
+                "llama3" => {
+                    let old = s.original_max_position_embeddings as f64;
+                    let (lo_wl, hi_wl) = (old / s.low_freq_factor, old / s.high_freq_factor);
+                    for v in f.iter_mut() {
+                        let wl = 2.0 * std::f64::consts::PI / *v;
+                        if wl > lo_wl {
+                            *v /= s.factor;
+                        } else if wl >= hi_wl {
+                            let smooth = (old / wl - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                            *v = (1.0 - smooth) * *v / s.factor + smooth * *v;
+                        }
+                    }
+                }
+                "linear" => f.iter_mut().for_each(|v| *v /= s.factor),
+                "default" => {}
+                other => return Err(Error::config("model rope_scaling.rope_type", format!("`{other}` is not supported (hint: llama3, linear or default)"))),
+            }
+        }
+        Ok(f)
+    }
+}
+
+// ------------------------------------------------------------------ layers
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+pub struct Block {
+    pub input_layernorm: Weight,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Weight,
+    pub mlp: Mlp,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub embed_tokens: Weight,
+    pub layers: Vec<Block>,
+    pub norm: Weight,
+    /// None when tied to the embedding.
+    pub lm_head: Option<Weight>,
+    pub attention_dropout: f64,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// The rotary tables for positions 0..t: (t, head_dim) each, frequencies repeated as HF does.
+pub fn rope_tables(cfg: &LlamaConfig, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let f = cfg.inv_freq()?;
+    let hd = cfg.head_dim();
+    let mut cos = Vec::with_capacity(t * hd);
+    let mut sin = Vec::with_capacity(t * hd);
+    for p in 0..t {
+        for _ in 0..2 {
+            for fi in &f {
+                cos.push((p as f64 * fi).cos());
+                sin.push((p as f64 * fi).sin());
+            }
+        }
+    }
+    Ok((Tensor::from_vec(cos, (t, hd), dev)?.to_dtype(dtype)?, Tensor::from_vec(sin, (t, hd), dev)?.to_dtype(dtype)?))
+}
+
+/// x·cos + rotate_half(x)·sin. x: (b, h, t, hd) -> (b, h, t, hd)
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?
+}
+
+/// Softmax over the last dim from differentiable ops (candle's fused one has no backward).
+pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// An additive causal mask (t, t): 0 on and below the diagonal, -inf above.
+pub fn causal_mask(t: usize, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    let m: Vec<f64> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f64::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(m, (t, t), dev)?.to_dtype(dtype)
+}
+
+pub fn norm(x: &Tensor, w: &Weight, eps: f64) -> candle_core::Result<Tensor> {
+    ops::rms_norm(x, w.tensor(), eps, w.is_trainable())
+}
+
+impl Attention {
+    // x: (b·t, d) -> (b·t, d)
+    pub fn forward(&self, x: &Tensor, b: usize, t: usize, cfg: &LlamaConfig, rope: &(Tensor, Tensor), mask: &Tensor, p_drop: f64, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let (nh, kv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let q = self.q_proj.forward(x, ctx)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = apply_rope(&q, &rope.0, &rope.1)?;
+        let k = apply_rope(&k, &rope.0, &rope.1)?;
+        // grouped-query attention: each kv head serves nh/kv query heads
+        let (k, v) = if kv == nh {
+            (k, v)
+        } else {
+            let rep = nh / kv;
+            let expand = |z: Tensor| z.unsqueeze(2)?.broadcast_as((b, kv, rep, t, hd))?.reshape((b, nh, t, hd));
+            (expand(k)?, expand(v)?)
+        };
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?; // (b, nh, t, t)
+        let p = dropout(&softmax_last(&scores)?, p_drop, ctx)?;
+        let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        self.o_proj.forward(&y, ctx)
+    }
+}
+
+impl Mlp {
+    // x: (n, d) -> (n, d); SwiGLU: down(silu(gate(x)) · up(x))
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let g = self.gate_proj.forward(x, ctx)?.silu()?;
+        let u = self.up_proj.forward(x, ctx)?;
+        self.down_proj.forward(&(g * u)?, ctx)
+    }
+}
+
+impl Llama {
+    /// Build from named tensors with Hugging Face keys; every weight starts frozen.
+    pub fn from_tensors(cfg: LlamaConfig, mut w: HashMap<String, Tensor>, dtype: DType, source: &Path) -> Result<Self> {
+        let device = Device::Cpu;
+        let mut take = |name: &str| -> Result<Tensor> {
+            let t = w.remove(name).ok_or_else(|| Error::MissingTensor { path: source.into(), name: name.into() })?;
+            Ok(t.to_dtype(dtype)?)
+        };
+        let embed = take("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |m: &str, bias: bool| -> Result<Linear> {
+                let name = format!("{p}.{m}");
+                let wt = take(&format!("{name}.weight"))?;
+                let b = if bias { Some(take(&format!("{name}.bias"))?) } else { None };
+                Ok(Linear::new(name, wt, b))
+            };
+            let (qb, ob) = (cfg.qkv_bias(), cfg.o_bias());
+            let self_attn = Attention {
+                q_proj: lin("self_attn.q_proj", qb)?,
+                k_proj: lin("self_attn.k_proj", qb)?,
+                v_proj: lin("self_attn.v_proj", qb)?,
+                o_proj: lin("self_attn.o_proj", ob)?,
+            };
+            let mlp = Mlp { gate_proj: lin("mlp.gate_proj", false)?, up_proj: lin("mlp.up_proj", false)?, down_proj: lin("mlp.down_proj", false)? };
+            layers.push(Block {
+                input_layernorm: Weight::Frozen(take(&format!("{p}.input_layernorm.weight"))?),
+                self_attn,
+                post_attention_layernorm: Weight::Frozen(take(&format!("{p}.post_attention_layernorm.weight"))?),
+                mlp,
+            });
+        }
+        let norm = Weight::Frozen(take("model.norm.weight")?);
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(Weight::Frozen(take("lm_head.weight")?)) };
+        Ok(Self { cfg, embed_tokens: Weight::Frozen(embed), layers, norm, lm_head, attention_dropout: 0.0, dtype, device })
+    }
+
+    /// Random initialisation as Hugging Face does: N(0, initializer_range) for
+    /// matrices, ones for norms, zeros for biases.
+    pub fn random(cfg: LlamaConfig, dtype: DType, rng: &mut Rng) -> Result<Self> {
+        let mut w = HashMap::new();
+        for (name, shape) in hf_shapes(&cfg) {
+            let n: usize = shape.iter().product();
+            let t = if name.ends_with("norm.weight") {
+                Tensor::ones(shape, DType::F64, &Device::Cpu)?
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(shape, DType::F64, &Device::Cpu)?
+            } else {
+                let v: Vec<f64> = (0..n).map(|_| rng.normal() * cfg.initializer_range).collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)?
+            };
+            w.insert(name, t);
+        }
+        Self::from_tensors(cfg, w, dtype, Path::new("<random init>"))
+    }
+
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj])
+            .collect()
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                let a = &mut l.self_attn;
+                let m = &mut l.mlp;
+                [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+            })
+            .collect()
+    }
+
+    /// Every base weight with its Hugging Face key, in a fixed order.
+    pub fn named_weights(&self) -> Vec<(String, &Weight)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push((format!("model.layers.{i}.input_layernorm.weight"), &l.input_layernorm));
+            out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
+        }
+        for lin in self.linears() {
+            out.push((format!("{}.weight", lin.name), &lin.weight));
+            if let Some(b) = &lin.bias {
+                out.push((format!("{}.bias", lin.name), b));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h));
+        }
+        out
+    }
+
+    fn weights_mut(&mut self) -> Vec<&mut Weight> {
+        let mut out = vec![&mut self.embed_tokens, &mut self.norm];
+        if let Some(h) = &mut self.lm_head {
+            out.push(h);
+        }
+        for l in &mut self.layers {
+            out.push(&mut l.input_layernorm);
+            out.push(&mut l.post_attention_layernorm);
+            let a = &mut l.self_attn;
+            let m = &mut l.mlp;
+            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+                out.push(&mut lin.weight);
+                if let Some(b) = &mut lin.bias {
+                    out.push(b);
+                }
+            }
+        }
+        out
+    }
+
+    /// The method decides which weights train; nothing else differs between methods.
+    pub fn apply_method(&mut self, m: &MethodConfig, rng: &mut Rng) -> Result<()> {
+        match m.kind {
+            MethodKind::Full => {
+                for w in self.weights_mut() {
+                    w.unfreeze()?;
+                }
+            }
+            MethodKind::Lora => {
+                let targets = m.target_modules()?;
+                let scale = m.scale();
+                for lin in self.linears_mut() {
+                    let module = lin.name.rsplit('.').next().unwrap_or_default().to_string();
+                    if targets.contains(&module) {
+                        lin.add_lora(m.rank, scale, m.dropout, rng)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Trainable tensors with their save names: HF keys (full) or PEFT keys (LoRA), in a fixed order.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let mut out = vec![];
+        for (name, w) in self.named_weights() {
+            if let Weight::Trainable(v) = w {
+                out.push((name, v.clone()));
+            }
+        }
+        for lin in self.linears() {
+            if let Some(l) = &lin.lora {
+                out.push((peft_key(&lin.name, "A"), l.a.clone()));
+                out.push((peft_key(&lin.name, "B"), l.b.clone()));
+            }
+        }
+        out
+    }
+
+    /// ids: (b, t) u32 -> logits (b·t, vocab)
+    pub fn forward(&self, ids: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.cfg;
+        let rope = rope_tables(cfg, t, self.dtype, &self.device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mask = causal_mask(t, self.dtype, &self.device)?;
+        let p_drop = if ctx.train { self.attention_dropout } else { 0.0 };
+        let mut x = self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?; // (b·t, d)
+        for l in &self.layers {
+            let h = norm(&x, &l.input_layernorm, cfg.rms_norm_eps)?;
+            x = (x + l.self_attn.forward(&h, b, t, cfg, &rope, &mask, p_drop, ctx)?)?;
+            let h = norm(&x, &l.post_attention_layernorm, cfg.rms_norm_eps)?;
+            x = (x + l.mlp.forward(&h, ctx)?)?;
+        }
+        let x = norm(&x, &self.norm, cfg.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if head.is_trainable() {
+            x.matmul(&head.tensor().t()?)
+        } else {
+            ops::frozen_linear(&x, head.tensor(), None)
+        }
+    }
+
+    /// Fold every adapter into its weight.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for lin in self.linears_mut() {
+            lin.merge_lora()?;
+        }
+        Ok(())
+    }
+}
+
+pub fn peft_key(module: &str, ab: &str) -> String {
+    format!("base_model.model.{module}.lora_{ab}.weight")
+}
+
+/// Hugging Face key and shape of every weight of the config's model.
+pub fn hf_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, f, hd, nh, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d])];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        for (m, o, inp) in [("q_proj", nh * hd, d), ("k_proj", kv * hd, d), ("v_proj", kv * hd, d), ("o_proj", d, nh * hd)] {
+            out.push((format!("{p}.self_attn.{m}.weight"), vec![o, inp]));
+            let bias = if m == "o_proj" { cfg.o_bias() } else { cfg.qkv_bias() };
+            if bias {
+                out.push((format!("{p}.self_attn.{m}.bias"), vec![o]));
+            }
+        }
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![d]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, d]));
+    }
+    out
+}
+
+/// Masked next-token loss: Σ −log p(target)·mask / denom. logits (n, V), targets (n) u32,
+/// mask (n) in the logits' dtype. `denom` is the loss-token count of the whole global
+/// batch, so accumulated micro-batches sum to exactly the big batch's mean loss.
+pub fn masked_loss(logits: &Tensor, targets: &Tensor, mask: &Tensor, denom: f64) -> candle_core::Result<Tensor> {
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // (n, 1)
+    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
+    let nll = (lse - picked)?.squeeze(1)?;
+    (nll * mask)?.sum_all()? / denom
+}

@@ -1,0 +1,354 @@
+//! One run, top to bottom: setup / data / model / loop / checkpoint. Full FT and LoRA
+//! go through this same loop; the method only decided which weights are trainable.
+//! Called by the napi binding (crates/node), the sidecar and the benches.
+use crate::checkpoint::{self, TrainerState, FORMAT_VERSION};
+use crate::config::{DTypeName, MethodKind, RunConfig};
+use crate::data::{self, Sampler, Shards};
+use crate::error::{Error, Result};
+use crate::linear::Ctx;
+use crate::model::{masked_loss, Llama, LlamaConfig};
+use crate::optim::{clip_grad_norm, lr_at, Optimizer};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// What a run reports while it goes (and what the napi binding forwards to JS).
+#[derive(Serialize, Clone, Debug)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Start { run_id: String, run_dir: String, total_steps: usize, start_step: usize, params: usize, trainable_params: usize, rows: usize },
+    Progress(Progress),
+    Checkpoint { step: usize, tokens: u64, path: String },
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Progress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub tokens: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub run_dir: String,
+    /// completed or cancelled (failures are errors).
+    pub status: String,
+    pub method: MethodKind,
+    pub steps: usize,
+    pub total_steps: usize,
+    pub tokens: u64,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    pub params: usize,
+    pub trainable_params: usize,
+    /// The final model (HF layout) or adapter (PEFT layout) directory; empty when cancelled.
+    pub output: String,
+    pub last_checkpoint: String,
+}
+
+pub trait Sink {
+    fn event(&mut self, ev: &Event);
+}
+
+impl<F: FnMut(&Event)> Sink for F {
+    fn event(&mut self, ev: &Event) {
+        self(ev)
+    }
+}
+
+/// Train one run. Writes the run directory (docs/run-directory.md) and returns its summary.
+pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<RunSummary> {
+    let cfg = cfg.resolve()?;
+    let run_dir = cfg.run_dir();
+    let resuming = !cfg.train.resume_from.is_empty();
+    if run_dir.join("run.json").is_file() && !resuming {
+        return Err(Error::config("run_id", format!("run directory {} already exists (hint: pick a new run_id, or resume it with train.resume_from)", run_dir.display())));
+    }
+    std::fs::create_dir_all(run_dir.join("checkpoints")).map_err(|e| Error::file(&run_dir, e))?;
+    std::fs::write(run_dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    let started = crate::config::utc_stamp();
+    write_run_json(&run_dir, &cfg, "running", &started, None)?;
+    let result = run_inner(&cfg, &run_dir, sink, cancel);
+    match &result {
+        Ok(s) => write_run_json(&run_dir, &cfg, &s.status, &started, None)?,
+        Err(e) => write_run_json(&run_dir, &cfg, "failed", &started, Some(&e.to_string()))?,
+    }
+    result
+}
+
+fn write_run_json(dir: &Path, cfg: &RunConfig, status: &str, started: &str, error: Option<&str>) -> Result<()> {
+    let git = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok().filter(|o| o.status.success());
+    let v = serde_json::json!({
+        "format_version": FORMAT_VERSION,
+        "run_id": cfg.run_id,
+        "name": cfg.name,
+        "status": status,
+        "method": cfg.method.kind,
+        "device": cfg.train.device,
+        "seed": cfg.seed,
+        "git_revision": git.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "loralab_version": env!("CARGO_PKG_VERSION"),
+        "started_at": started,
+        "updated_at": crate::config::utc_stamp(),
+        "error": error,
+    });
+    let tmp = dir.join("run.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
+    std::fs::rename(&tmp, dir.join("run.json"))?;
+    Ok(())
+}
+
+/// Build the model the config names: pretrained from model.path, or a seeded random init.
+pub fn build_model(cfg: &RunConfig) -> Result<Llama> {
+    let dtype = match cfg.model.dtype {
+        DTypeName::F32 => DType::F32,
+        DTypeName::F64 => DType::F64,
+    };
+    let mut model = if cfg.model.path.is_empty() {
+        let hf = LlamaConfig::from_file(Path::new(&cfg.model.config))?;
+        Llama::random(hf, dtype, &mut Rng::fork(cfg.seed, 0))?
+    } else {
+        checkpoint::load_model_dir(Path::new(&cfg.model.path), dtype)?
+    };
+    model.attention_dropout = cfg.train.attention_dropout;
+    model.apply_method(&cfg.method, &mut Rng::fork(cfg.seed, 1))?;
+    Ok(model)
+}
+
+/// One global batch: ids (b, t), next-token targets and loss mask per micro-batch.
+pub struct MicroBatch {
+    pub ids: Tensor,
+    pub targets: Tensor,
+    pub mask: Tensor,
+    pub loss_tokens: f64,
+}
+
+pub fn micro_batch(shards: &Shards, rows: &[usize], dtype: DType) -> Result<MicroBatch> {
+    let t = shards.seq_len;
+    let (mut ids, mut targets, mut mask) = (Vec::with_capacity(rows.len() * t), Vec::with_capacity(rows.len() * t), Vec::with_capacity(rows.len() * t));
+    for &r in rows {
+        let (row, m) = shards.row(r);
+        // position i predicts token i+1 (weighted by that token's mask); the last position predicts nothing
+        targets.extend(row[1..].iter().copied().chain([0]));
+        mask.extend(m[1..].iter().map(|&v| v as f64).chain([0.0]));
+        ids.extend(row);
+    }
+    let loss_tokens = mask.iter().sum();
+    let b = rows.len();
+    Ok(MicroBatch {
+        ids: Tensor::from_vec(ids, (b, t), &Device::Cpu)?,
+        targets: Tensor::from_vec(targets, b * t, &Device::Cpu)?,
+        mask: Tensor::from_vec(mask, b * t, &Device::Cpu)?.to_dtype(dtype)?,
+        loss_tokens,
+    })
+}
+
+fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<RunSummary> {
+    // ------------------------------------------------------------------ setup
+    let t0 = Instant::now();
+    let tok_path = PathBuf::from(&cfg.model.tokenizer);
+    let tokenizer = data::load_tokenizer(&tok_path)?;
+    let hf_config_path = cfg.config_json_path();
+
+    // ------------------------------------------------------------------ model
+    let model = build_model(cfg)?;
+    let base_ref = if cfg.model.path.is_empty() {
+        // a random base exists nowhere else: keep it, so adapters and ΔW have their W_base
+        let base_dir = run_dir.join("base");
+        if !base_dir.join("model.safetensors").is_file() {
+            let mut base = build_model(&RunConfig { method: crate::config::MethodConfig { kind: MethodKind::Full, ..cfg.method.clone() }, ..cfg.clone() })?;
+            base.attention_dropout = 0.0;
+            let full = crate::config::MethodConfig { kind: MethodKind::Full, ..cfg.method.clone() };
+            checkpoint::save(&base_dir, &base, &full, &hf_config_path, &tok_path, "", None, None)?;
+        }
+        base_dir.to_string_lossy().into_owned()
+    } else {
+        cfg.model.path.clone()
+    };
+    let params = model.trainable();
+    let trainable_params: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let n_params = model.cfg.n_params();
+    let dtype = model.dtype;
+
+    // ------------------------------------------------------------------ data
+    let eos = data::eos_id(&tokenizer, model.cfg.eos_id())?;
+    let shards = data::prepare(&cfg.data, &tokenizer, &tok_path, eos)?;
+    let per_step = cfg.train.micro_batch * cfg.train.grad_accum;
+    let total_steps = if cfg.train.steps > 0 { cfg.train.steps } else { ((cfg.train.epochs * shards.rows as f64) / per_step as f64).ceil().max(1.0) as usize };
+    let mut sampler = Sampler::new(cfg.seed, shards.rows);
+
+    // ------------------------------------------------------------------ optimizer, resume
+    let lr0 = cfg.lr();
+    let mut opt = Optimizer::new(&cfg.optim, lr0, &params)?;
+    let mut state = TrainerState { format_version: FORMAT_VERSION, run_id: cfg.run_id.clone(), method: cfg.method.kind, step: 0, samples: 0, tokens: 0, rng: Rng::fork(cfg.seed, 2), loss: f64::NAN };
+    if !cfg.train.resume_from.is_empty() {
+        let restored = checkpoint::restore(Path::new(&cfg.train.resume_from), &params, &mut opt)?;
+        if restored.method != cfg.method.kind {
+            return Err(Error::config("train.resume_from", format!("checkpoint was written by a {:?} run, this config is {:?}", restored.method, cfg.method.kind)));
+        }
+        state = TrainerState { run_id: cfg.run_id.clone(), ..restored };
+    }
+    let start_step = state.step;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, start_step)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?;
+    sink.event(&Event::Start {
+        run_id: cfg.run_id.clone(),
+        run_dir: run_dir.to_string_lossy().into_owned(),
+        total_steps,
+        start_step,
+        params: n_params,
+        trainable_params,
+        rows: shards.rows,
+    });
+
+    let ckpt_dir = |step: usize| run_dir.join("checkpoints").join(format!("step-{step:06}"));
+    let mut last_checkpoint = if cfg.train.resume_from.is_empty() { String::new() } else { cfg.train.resume_from.clone() };
+    let save_ckpt = |state: &TrainerState, opt: &Optimizer, model: &Llama| -> Result<String> {
+        let dir = ckpt_dir(state.step);
+        checkpoint::save(&dir, model, &cfg.method, &hf_config_path, &tok_path, &base_ref, Some((opt, &params)), Some(state))?;
+        Ok(dir.to_string_lossy().into_owned())
+    };
+
+    // ------------------------------------------------------------------ loop
+    let loop_start = Instant::now();
+    let mut first_loss = f64::NAN;
+    let mut tokens_this_run = 0u64;
+    let mut status = "completed";
+    while state.step < total_steps {
+        if cancel.load(Ordering::Relaxed) {
+            status = "cancelled";
+            break;
+        }
+        let step_start = Instant::now();
+        let lr = lr_at(&cfg.schedule, lr0, state.step, total_steps);
+
+        // one global batch = grad_accum micro-batches; the loss is normalised by the
+        // global batch's loss-token count so accumulation equals one big batch
+        let rows: Vec<usize> = (0..per_step as u64).map(|i| sampler.row_of(state.samples + i)).collect();
+        let batches = rows.chunks(cfg.train.micro_batch).map(|r| micro_batch(&shards, r, dtype)).collect::<Result<Vec<_>>>()?;
+        let denom: f64 = batches.iter().map(|b| b.loss_tokens).sum::<f64>().max(1.0);
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut loss_sum = 0.0;
+        for mb in &batches {
+            let mut ctx = Ctx { train: true, rng: &mut state.rng };
+            let logits = model.forward(&mb.ids, &mut ctx)?;
+            let loss = masked_loss(&logits, &mb.targets, &mb.mask, denom)?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let mut g = loss.backward()?;
+            for (acc, (_, v)) in grads.iter_mut().zip(&params) {
+                let gi = g.remove(v.as_tensor()).ok_or_else(|| Error::config("method", "a trainable tensor received no gradient (internal: the graph is cut)"))?;
+                *acc = Some(match acc.take() {
+                    None => gi,
+                    Some(a) => (a + gi)?,
+                });
+            }
+        }
+        if !loss_sum.is_finite() {
+            return Err(Error::NonFinite { step: state.step + 1, value: loss_sum, last_checkpoint: if last_checkpoint.is_empty() { "(none yet)".into() } else { last_checkpoint } });
+        }
+        let mut grads: Vec<Tensor> = grads.into_iter().flatten().collect();
+        let grad_norm = clip_grad_norm(&mut grads, cfg.optim.grad_clip)?;
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { step: state.step + 1, value: grad_norm, last_checkpoint: if last_checkpoint.is_empty() { "(none yet)".into() } else { last_checkpoint } });
+        }
+        opt.step(&params, &grads, lr, state.step + 1)?;
+
+        let prev_tokens = state.tokens;
+        state.step += 1;
+        state.samples += per_step as u64;
+        state.tokens += (per_step * shards.seq_len) as u64;
+        state.loss = loss_sum;
+        tokens_this_run += (per_step * shards.seq_len) as u64;
+        if first_loss.is_nan() {
+            first_loss = loss_sum;
+        }
+        let dt = step_start.elapsed().as_secs_f64();
+        let p = Progress {
+            step: state.step,
+            total_steps,
+            tokens: state.tokens,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens_per_s: (per_step * shards.seq_len) as f64 / dt.max(1e-9),
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        };
+        if state.step % cfg.train.log_every == 0 || state.step == total_steps {
+            writeln!(metrics, "{}", serde_json::to_string(&p)?)?;
+        }
+        sink.event(&Event::Progress(p));
+
+        // ------------------------------------------------------------------ checkpoint
+        let every = cfg.train.checkpoint_every > 0 && state.step % cfg.train.checkpoint_every == 0;
+        let at_tokens = cfg.train.checkpoint_at_tokens.iter().any(|&p| prev_tokens < p && state.tokens >= p);
+        if every || at_tokens || state.step == total_steps {
+            metrics.flush()?;
+            last_checkpoint = save_ckpt(&state, &opt, &model)?;
+            sink.event(&Event::Checkpoint { step: state.step, tokens: state.tokens, path: last_checkpoint.clone() });
+        }
+    }
+    metrics.flush()?;
+
+    // ------------------------------------------------------------------ outputs
+    let mut output = String::new();
+    if status == "cancelled" {
+        if last_checkpoint.is_empty() || !last_checkpoint.ends_with(&format!("step-{:06}", state.step)) {
+            last_checkpoint = save_ckpt(&state, &opt, &model)?;
+            sink.event(&Event::Checkpoint { step: state.step, tokens: state.tokens, path: last_checkpoint.clone() });
+        }
+    } else {
+        let out = run_dir.join(if cfg.method.kind == MethodKind::Full { "model" } else { "adapter" });
+        checkpoint::save(&out, &model, &cfg.method, &hf_config_path, &tok_path, &base_ref, None, None)?;
+        output = out.to_string_lossy().into_owned();
+    }
+    let elapsed = loop_start.elapsed().as_secs_f64();
+    Ok(RunSummary {
+        run_id: cfg.run_id.clone(),
+        run_dir: run_dir.to_string_lossy().into_owned(),
+        status: status.into(),
+        method: cfg.method.kind,
+        steps: state.step,
+        total_steps,
+        tokens: state.tokens,
+        first_loss,
+        final_loss: state.loss,
+        tokens_per_s: tokens_this_run as f64 / elapsed.max(1e-9),
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        params: n_params,
+        trainable_params,
+        output,
+        last_checkpoint,
+    })
+}
+
+/// A resumed run rewrites the steps after its checkpoint: drop their old metric lines
+/// so the file has each step once.
+fn truncate_metrics(path: &Path, keep_through: usize) -> Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= keep_through))
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}

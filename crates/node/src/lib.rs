@@ -1,0 +1,112 @@
+//! napi-rs binding of loralab-core: parse arguments, call the core, map errors,
+//! return plain objects. No logic lives here; `index.d.ts` is generated from it.
+use loralab_core::{config, train, Error as CoreError};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Config errors become `InvalidArg` (the CLI maps them to exit code 2), the rest `GenericFailure`.
+fn to_napi(e: CoreError) -> Error {
+    let status = match e {
+        CoreError::Config { .. } => Status::InvalidArg,
+        CoreError::Cancelled { .. } => Status::Cancelled,
+        _ => Status::GenericFailure,
+    };
+    Error::new(status, e.to_string())
+}
+
+fn guard<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, CoreError>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(to_napi),
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            Err(Error::new(Status::GenericFailure, format!("internal error in {what}: {msg} (hint: this is a loralab bug; please report it with the run's config.json)")))
+        }
+    }
+}
+
+/// The run config's JSON Schema (descriptions and defaults included).
+#[napi]
+pub fn config_schema() -> serde_json::Value {
+    config::config_schema()
+}
+
+/// Parse, default and validate a config (JSON text); returns the resolved config.
+#[napi]
+pub fn resolve_config(config_json: String) -> Result<serde_json::Value> {
+    guard("resolveConfig", || {
+        let cfg = config::parse_config(&config_json)?.resolve()?;
+        Ok(serde_json::to_value(cfg)?)
+    })
+}
+
+/// A cancellation flag the training loop checks every step.
+#[napi]
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+}
+
+#[napi]
+impl CancelToken {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        Self { flag: Arc::new(AtomicBool::new(false)) }
+    }
+    #[napi]
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+    #[napi(getter)]
+    pub fn cancelled(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type EventCallback = ThreadsafeFunction<String, (), String, Status, false>;
+
+pub struct TrainTask {
+    config_json: String,
+    flag: Arc<AtomicBool>,
+    on_event: Option<Arc<EventCallback>>,
+}
+
+impl Task for TrainTask {
+    type Output = String;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let on_event = self.on_event.clone();
+        let flag = self.flag.clone();
+        let json = std::mem::take(&mut self.config_json);
+        guard("train", move || {
+            let cfg = config::parse_config(&json)?;
+            let mut sink = |ev: &train::Event| {
+                if let (Some(cb), Ok(s)) = (&on_event, serde_json::to_string(ev)) {
+                    cb.call(s, ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            };
+            let summary = train::run(cfg, &mut sink, &flag)?;
+            Ok(serde_json::to_string(&summary)?)
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
+    }
+}
+
+/// Train one run on a worker thread; resolves with the run summary as JSON text. Events (JSON text: start, progress, checkpoint)
+/// go to `onEvent`; `cancel.cancel()` stops a running loop after its current step,
+/// writes a checkpoint and resolves with status "cancelled".
+pub fn train(config_json: String, cancel: &CancelToken, on_event: Option<EventCallback>) -> AsyncTask<TrainTask> {
+    AsyncTask::new(TrainTask { config_json, flag: cancel.flag.clone(), on_event: on_event.map(Arc::new) })
+}
