@@ -185,3 +185,28 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Res
     }
     Ok(state)
 }
+
+/// Attach a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to a model.
+pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
+    let cfg_path = dir.join("adapter_config.json");
+    let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?).map_err(|e| Error::file(&cfg_path, e))?;
+    let rank = ac["r"].as_u64().ok_or_else(|| Error::file(&cfg_path, "no `r`"))? as usize;
+    let alpha = ac["lora_alpha"].as_f64().ok_or_else(|| Error::file(&cfg_path, "no `lora_alpha`"))?;
+    let rslora = ac["use_rslora"].as_bool().unwrap_or(false);
+    let scale = if rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };
+    let file = dir.join("adapter_model.safetensors");
+    let w = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::file(&file, e))?;
+    let dtype = model.dtype;
+    let mut n = 0;
+    for lin in model.linears_mut() {
+        let (ka, kb) = (crate::model::peft_key(&lin.name, "A"), crate::model::peft_key(&lin.name, "B"));
+        if let (Some(a), Some(b)) = (w.get(&ka), w.get(&kb)) {
+            lin.lora = Some(crate::linear::LoraAdapter { a: Var::from_tensor(&a.to_dtype(dtype)?)?, b: Var::from_tensor(&b.to_dtype(dtype)?)?, scale, dropout: 0.0 });
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(Error::file(&file, "no lora_A/lora_B tensor matches a module of this model (hint: is it an adapter for this base model?)"));
+    }
+    Ok(())
+}

@@ -60,7 +60,7 @@ pub enum DataFormat {
 pub struct DataConfig {
     /// cpt (raw text, packed) or ift (prompt/response pairs).
     pub format: DataFormat,
-    /// Training records: .jsonl (one JSON object per line) or .txt (one document per blank-line-separated block).
+    /// Training records: .jsonl (one JSON object per line) or .txt (the whole file is one document; cpt only).
     pub train: String,
     /// CPT: the record field holding the document (StarCoder uses `content`, OpenWebMath `text`).
     pub text_field: String,
@@ -274,7 +274,10 @@ pub fn parse_config(json: &str) -> Result<RunConfig> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "(top level)".to_string() } else { path };
-        let inner = e.into_inner().to_string();
+        let mut inner = e.into_inner().to_string();
+        if let Some(i) = inner.find(" at line ") {
+            inner.truncate(i); // the position in a JSON text made from TOML or flags means nothing to the user
+        }
         let hint = if inner.contains("unknown field") {
             " (hint: check the spelling; `loralab train --help` lists every field)"
         } else if inner.contains("untagged enum Targets") {

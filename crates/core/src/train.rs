@@ -136,14 +136,23 @@ pub struct MicroBatch {
 }
 
 pub fn micro_batch(shards: &Shards, rows: &[usize], dtype: DType) -> Result<MicroBatch> {
-    let t = shards.seq_len;
-    let (mut ids, mut targets, mut mask) = (Vec::with_capacity(rows.len() * t), Vec::with_capacity(rows.len() * t), Vec::with_capacity(rows.len() * t));
-    for &r in rows {
-        let (row, m) = shards.row(r);
+    let rows: Vec<(Vec<u32>, Vec<u8>)> = rows.iter().map(|&r| {
+        let (ids, m) = shards.row(r);
+        (ids, m.to_vec())
+    }).collect();
+    batch_from_rows(&rows, dtype)
+}
+
+/// Rows of (token ids, loss mask) -> inputs, next-token targets and target mask.
+pub fn batch_from_rows(rows: &[(Vec<u32>, Vec<u8>)], dtype: DType) -> Result<MicroBatch> {
+    let t = rows.first().map(|r| r.0.len()).unwrap_or(0);
+    let n = rows.len() * t;
+    let (mut ids, mut targets, mut mask) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for (row, m) in rows {
         // position i predicts token i+1 (weighted by that token's mask); the last position predicts nothing
         targets.extend(row[1..].iter().copied().chain([0]));
         mask.extend(m[1..].iter().map(|&v| v as f64).chain([0.0]));
-        ids.extend(row);
+        ids.extend_from_slice(row);
     }
     let loss_tokens = mask.iter().sum();
     let b = rows.len();

@@ -8,6 +8,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+// candle allocates a fresh buffer per op; mimalloc reuses them instead of mapping and
+// faulting in new pages every step (the system allocator spent more time in the kernel than in gemm).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Config errors become `InvalidArg` (the CLI maps them to exit code 2), the rest `GenericFailure`.
 fn to_napi(e: CoreError) -> Error {
     let status = match e {
@@ -107,6 +112,34 @@ impl Task for TrainTask {
 /// Train one run on a worker thread; resolves with the run summary as JSON text. Events (JSON text: start, progress, checkpoint)
 /// go to `onEvent`; `cancel.cancel()` stops a running loop after its current step,
 /// writes a checkpoint and resolves with status "cancelled".
-pub fn train(config_json: String, cancel: &CancelToken, on_event: Option<EventCallback>) -> AsyncTask<TrainTask> {
+#[napi(ts_return_type = "Promise<string>")]
+pub fn train(config_json: String, cancel: &CancelToken, #[napi(ts_arg_type = "((event: string) => void) | undefined | null")] on_event: Option<EventCallback>) -> AsyncTask<TrainTask> {
     AsyncTask::new(TrainTask { config_json, flag: cancel.flag.clone(), on_event: on_event.map(Arc::new) })
+}
+
+/// Mean held-out loss of a model (+ optional adapter) on a data file; JSON in, JSON text out.
+#[napi(ts_return_type = "Promise<string>")]
+pub fn eval_loss(request_json: String) -> AsyncTask<EvalTask> {
+    AsyncTask::new(EvalTask { request_json })
+}
+
+pub struct EvalTask {
+    request_json: String,
+}
+
+impl Task for EvalTask {
+    type Output = String;
+    type JsValue = String;
+    fn compute(&mut self) -> Result<Self::Output> {
+        let json = std::mem::take(&mut self.request_json);
+        guard("evalLoss", move || {
+            let de = &mut serde_json::Deserializer::from_str(&json);
+            let req: loralab_core::evaluate::EvalLossRequest =
+                serde_path_to_error::deserialize(de).map_err(|e| CoreError::config(e.path().to_string(), e.into_inner().to_string()))?;
+            Ok(serde_json::to_string(&loralab_core::evaluate::eval_loss(&req)?)?)
+        })
+    }
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
+    }
 }

@@ -1,0 +1,73 @@
+//! Held-out loss of a model (optionally with a LoRA adapter, merged or not) on a data
+//! file: the tiny laboratory's learning and forgetting measure. Called by the binding.
+use crate::checkpoint;
+use crate::config::{DTypeName, DataConfig};
+use crate::data::{self, Sampler};
+use crate::error::{Error, Result};
+use crate::linear::Ctx;
+use crate::model::masked_loss;
+use crate::rng::Rng;
+use crate::train::micro_batch;
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalLossRequest {
+    /// Hugging Face model directory.
+    pub model: String,
+    /// PEFT adapter directory applied on top (empty: none).
+    pub adapter: String,
+    /// Fold the adapter into the weights before evaluating (same numbers, faster).
+    pub merged: bool,
+    /// tokenizer.json (empty: `<model>/tokenizer.json`).
+    pub tokenizer: String,
+    pub data: DataConfig,
+    pub micro_batch: usize,
+    pub dtype: DTypeName,
+}
+
+impl Default for EvalLossRequest {
+    fn default() -> Self {
+        Self { model: String::new(), adapter: String::new(), merged: false, tokenizer: String::new(), data: DataConfig::default(), micro_batch: 8, dtype: DTypeName::F32 }
+    }
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct EvalLoss {
+    /// Mean next-token loss over the loss tokens (nats).
+    pub loss: f64,
+    pub loss_tokens: f64,
+    pub rows: usize,
+}
+
+pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
+    let dtype = if req.dtype == DTypeName::F64 { DType::F64 } else { DType::F32 };
+    let dir = Path::new(&req.model);
+    if !dir.join("config.json").is_file() {
+        return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory)", dir.display())));
+    }
+    let mut model = checkpoint::load_model_dir(dir, dtype)?;
+    if !req.adapter.is_empty() {
+        checkpoint::load_adapter(&mut model, Path::new(&req.adapter))?;
+        if req.merged {
+            model.merge_lora()?;
+        }
+    }
+    let tok_path = if req.tokenizer.is_empty() { dir.join("tokenizer.json") } else { PathBuf::from(&req.tokenizer) };
+    let tok = data::load_tokenizer(&tok_path)?;
+    let eos = data::eos_id(&tok, model.cfg.eos_id())?;
+    let shards = data::prepare(&req.data, &tok, &tok_path, eos)?;
+    let mut sampler = Sampler::new(0, shards.rows);
+    let rows: Vec<usize> = (0..shards.rows as u64).map(|k| sampler.row_of(k)).collect();
+    let mut rng = Rng::new(0);
+    let (mut sum, mut count) = (0.0, 0.0);
+    for chunk in rows.chunks(req.micro_batch.max(1)) {
+        let mb = micro_batch(&shards, chunk, dtype)?;
+        let logits = model.forward(&mb.ids, &mut Ctx { train: false, rng: &mut rng })?;
+        sum += masked_loss(&logits, &mb.targets, &mb.mask, 1.0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        count += mb.loss_tokens;
+    }
+    Ok(EvalLoss { loss: sum / count.max(1.0), loss_tokens: count, rows: shards.rows })
+}

@@ -1,0 +1,208 @@
+//! The training loop end to end on the bundled tiny data: run-directory contents,
+//! exact resume, branching with a new schedule, cancel, non-finite loss, bad configs,
+//! and the data preparation (CPT packing, IFT loss masks).
+mod common;
+use common::repo;
+use loralab_core::config::{parse_config, RunConfig};
+use loralab_core::train::{run, Event, RunSummary};
+use loralab_core::Error;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn tmp(name: &str) -> String {
+    let d = std::env::temp_dir().join(format!("loralab-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.to_string_lossy().into_owned()
+}
+
+fn cfg(out: &str, extra: serde_json::Value) -> RunConfig {
+    let tiny = repo().join("datasets/tiny");
+    let mut v = serde_json::json!({
+        "name": "t", "out_dir": out, "seed": 5,
+        "model": {"config": tiny.join("config.json"), "tokenizer": tiny.join("tokenizer.json")},
+        "data": {"train": tiny.join("code.jsonl"), "text_field": "content", "seq_len": 32, "cache_dir": format!("{out}/cache")},
+        "optim": {"name": "adamw", "lr": 1e-3},
+        "train": {"steps": 6, "micro_batch": 2, "grad_accum": 2, "attention_dropout": 0.1}
+    });
+    merge(&mut v, extra);
+    parse_config(&v.to_string()).unwrap()
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn losses(run_dir: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(Path::new(run_dir).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn go(c: RunConfig) -> RunSummary {
+    run(c, &mut |_: &Event| {}, &AtomicBool::new(false)).unwrap()
+}
+
+#[test]
+fn run_directory_contract_full_and_lora() {
+    let out = tmp("contract");
+    let full = go(cfg(&out, serde_json::json!({"run_id": "full", "train": {"checkpoint_every": 4}})));
+    let d = Path::new(&full.run_dir);
+    for f in ["config.json", "run.json", "metrics.jsonl", "model/model.safetensors", "model/config.json", "model/tokenizer.json", "checkpoints/step-000004/optimizer.safetensors", "checkpoints/step-000006/trainer_state.json"] {
+        assert!(d.join(f).is_file(), "missing {f}");
+    }
+    let st = candle_core::safetensors::load(d.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(st.values().all(|t| t.dtype() == candle_core::DType::F32), "trained weights are saved in f32");
+    assert!(st.contains_key("model.layers.0.self_attn.q_proj.weight") && st.contains_key("model.embed_tokens.weight"));
+    let run_json: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["status"], "completed");
+    assert_eq!(losses(&full.run_dir).len(), 6);
+
+    let lora = go(cfg(&out, serde_json::json!({"run_id": "lora", "method": {"kind": "lora", "rank": 4, "targets": ["q_proj", "v_proj"]}})));
+    let d = Path::new(&lora.run_dir);
+    let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(ac["peft_type"], "LORA");
+    assert_eq!(ac["r"], 4);
+    assert_eq!(ac["lora_alpha"], 8.0);
+    let st = candle_core::safetensors::load(d.join("adapter/adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(st.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+    assert!(st.contains_key("base_model.model.model.layers.3.self_attn.v_proj.lora_B.weight"));
+    assert_eq!(st.len(), 4 * 2 * 2);
+    assert!(d.join("base/model.safetensors").is_file(), "a random base is kept for the adapter");
+    assert!(lora.trainable_params < full.trainable_params / 10);
+}
+
+#[test]
+fn cancel_then_resume_equals_uninterrupted() {
+    for method in ["full", "lora"] {
+        let out = tmp(&format!("resume-{method}"));
+        let m = serde_json::json!({"method": {"kind": method, "rank": 4, "dropout": 0.1}, "train": {"checkpoint_every": 2}});
+        let mut whole_cfg = cfg(&out, m.clone());
+        whole_cfg.run_id = "whole".into();
+        let whole = go(whole_cfg);
+
+        // the same run, stopped after step 3 (mid-way between checkpoints) ...
+        let mut part = cfg(&out, m.clone());
+        part.run_id = "part".into();
+        let stop = AtomicBool::new(false);
+        let s = run(part.clone(), &mut |e: &Event| {
+            if let Event::Progress(p) = e {
+                if p.step == 3 {
+                    stop.store(true, Ordering::Relaxed)
+                }
+            }
+        }, &stop)
+        .unwrap();
+        assert_eq!(s.status, "cancelled");
+        assert_eq!(s.steps, 3);
+        // ... resumed from its last *periodic* checkpoint (step 2), as after a SIGKILL
+        part.train.resume_from = format!("{out}/part/checkpoints/step-000002");
+        let resumed = go(part);
+        assert_eq!(resumed.status, "completed");
+        let (a, b) = (losses(&whole.run_dir), losses(&resumed.run_dir));
+        assert_eq!(a.len(), b.len(), "{method}: each step once in metrics.jsonl: {b:?}");
+        for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+            assert_eq!(sa, sb);
+            assert!((la - lb).abs() <= 1e-6, "{method} step {sa}: {la} vs resumed {lb}");
+        }
+    }
+}
+
+#[test]
+fn resume_from_a_checkpoint_with_a_new_schedule_branches() {
+    let out = tmp("branch");
+    let long = go(cfg(&out, serde_json::json!({"run_id": "long", "schedule": {"kind": "inverse_sqrt"}, "train": {"steps": 10, "checkpoint_at_tokens": [512]}})));
+    // 512 tokens = 4 steps of 4 sequences × 32 tokens: the CPT budget branch point
+    let ckpt = format!("{}/checkpoints/step-000004", long.run_dir);
+    assert!(Path::new(&ckpt).is_dir());
+    let mut lrs = vec![];
+    let branch = cfg(&out, serde_json::json!({"run_id": "branch", "schedule": {"kind": "inverse_sqrt", "cooldown_frac": 0.2}, "train": {"steps": 5, "resume_from": ckpt}}));
+    let s = run(branch, &mut |e: &Event| {
+        if let Event::Progress(p) = e {
+            lrs.push((p.step, p.lr))
+        }
+    }, &AtomicBool::new(false))
+    .unwrap();
+    assert_eq!(s.steps, 5);
+    assert_eq!(lrs.first().unwrap().0, 5, "continues after the checkpoint's step");
+    assert_eq!(lrs.len(), 1);
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let out = tmp("nan");
+    let c = cfg(&out, serde_json::json!({"run_id": "nan", "optim": {"name": "adamw", "lr": 1e30, "grad_clip": 0.0}, "schedule": {"kind": "constant", "warmup_frac": 0.0}, "train": {"steps": 50, "checkpoint_every": 1}}));
+    let err = run(c, &mut |_: &Event| {}, &AtomicBool::new(false)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::NonFinite { .. }), "{msg}");
+    assert!(msg.contains("not finite") && msg.contains("checkpoints/step-"), "{msg}");
+    let run_json: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{out}/nan/run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["status"], "failed");
+    let last = msg.split("checkpoint is ").nth(1).unwrap().split('.').next().unwrap().to_string();
+    assert!(Path::new(&last).join("trainer_state.json").is_file(), "{last}");
+}
+
+#[test]
+fn bad_configs_fail_before_any_work_naming_the_field() {
+    let out = tmp("bad");
+    let cases: Vec<(serde_json::Value, &str, &str)> = vec![
+        (serde_json::json!({"method": {"rnk": 4}}), "method.rnk", "unknown field `rnk`"),
+        (serde_json::json!({"train": {"steps": "ten"}}), "train.steps", "invalid type"),
+        (serde_json::json!({"method": {"kind": "lora", "rank": 0}}), "method.rank", "must be ≥ 1"),
+        (serde_json::json!({"method": {"kind": "lora", "rank": -1}}), "method.rank", "invalid value"),
+        (serde_json::json!({"method": {"kind": "lora", "targets": ["q_proj", "lm_head"]}}), "method.targets", "unknown target module `lm_head`"),
+        (serde_json::json!({"method": {"kind": "lora", "targets": "everything"}}), "method.targets", "unknown target"),
+        (serde_json::json!({"method": {"kind": "dora"}}), "method.kind", "unknown variant"),
+        (serde_json::json!({"data": {"train": "/nonexistent/data.jsonl"}}), "data.train", "file not found"),
+        (serde_json::json!({"optim": {"lr": -1.0}}), "optim.lr", "must be > 0"),
+        (serde_json::json!({"train": {"device": "cuda"}}), "train.device", "sidecar"),
+    ];
+    for (extra, field, text) in cases {
+        let tiny = repo().join("datasets/tiny");
+        let mut v = serde_json::json!({"name": "t", "out_dir": out, "model": {"config": tiny.join("config.json"), "tokenizer": tiny.join("tokenizer.json")}, "data": {"train": tiny.join("code.jsonl")}});
+        merge(&mut v, extra.clone());
+        let err = parse_config(&v.to_string()).and_then(|c| c.resolve()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Config { .. }), "{extra}: {msg}");
+        assert!(msg.starts_with(&format!("config {field}:")) && msg.contains(text), "{extra}: got `{msg}`");
+    }
+    assert!(!Path::new(&out).exists(), "nothing is written for a bad config");
+}
+
+#[test]
+fn ift_masks_prompt_tokens_and_cpt_packs_documents() {
+    let out = tmp("data");
+    let tiny = repo().join("datasets/tiny");
+    let tok = loralab_core::data::load_tokenizer(&tiny.join("tokenizer.json")).unwrap();
+    let ift = cfg(&out, serde_json::json!({"data": {"format": "ift", "train": tiny.join("code_ift.jsonl"), "seq_len": 96}}));
+    let s = loralab_core::data::prepare(&ift.data, &tok, &tiny.join("tokenizer.json"), 1).unwrap();
+    let (ids, mask) = s.row(0);
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(tiny.join("code_ift.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let prompt = ift.data.template.replace("{prompt}", first["prompt"].as_str().unwrap());
+    let n_prompt = tok.encode(prompt.as_str(), true).unwrap().get_ids().len();
+    assert!(mask[..n_prompt].iter().all(|&m| m == 0), "no loss on prompt tokens");
+    let resp: Vec<u32> = ids.iter().zip(mask).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect();
+    let expect = format!("{}</s>", first["response"].as_str().unwrap());
+    assert_eq!(tok.decode(&resp, false).unwrap(), expect, "loss exactly on the response and its EOS");
+
+    let cpt = cfg(&out, serde_json::json!({"data": {"seq_len": 64}}));
+    let s = loralab_core::data::prepare(&cpt.data, &tok, &tiny.join("tokenizer.json"), 1).unwrap();
+    let (ids, mask) = s.row(0);
+    assert_eq!(ids.len(), 64);
+    assert!(mask.iter().all(|&m| m == 1));
+    assert!(ids.contains(&1), "documents are joined by EOS (id 1) within a block");
+    // prepared once: a second prepare reuses the cached shards
+    let again = loralab_core::data::prepare(&cpt.data, &tok, &tiny.join("tokenizer.json"), 1).unwrap();
+    assert_eq!(again.dir, s.dir);
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bun
+// `loralab train [config.toml|json] [--key=value ...]`: one run with a progress display,
+// or with no config the embedded tiny laboratory. Also `loralab bench train`.
+import { applyOverrides, ConfigError, loadConfigFile, train, type RunConfig } from "@loralab/loralab";
+import { configHelp } from "./help.ts";
+import { runTinyLab } from "./lab.ts";
+import { progressReporter } from "./progress.ts";
+
+const USAGE = `usage:
+  loralab train                         the tiny laboratory: full FT vs LoRA on bundled data (CPU, ~1 min)
+  loralab train CONFIG [--key=value...] one run from a .toml/.json config; --method.rank=64 style overrides
+  loralab train --help                  every config field, its default and why
+  loralab bench train                   side-by-side speed and memory of full FT vs LoRA`;
+
+async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(`${USAGE}\n\nconfig fields (TOML sections, or --section.field=value):${configHelp()}`);
+    return 0;
+  }
+  const files = args.filter((a) => !a.startsWith("--"));
+  const overrides = args.filter((a) => a.startsWith("--"));
+  if (files.length === 0 && overrides.length === 0) {
+    await runTinyLab("runs", signal);
+    return 0;
+  }
+  if (files.length > 1) throw new ConfigError(`expected one config file, got ${files.join(", ")}`, "");
+  const base: RunConfig = files[0] ? await loadConfigFile(files[0]) : {};
+  const cfg = applyOverrides(base, overrides);
+  const bar = progressReporter(cfg.name ?? "run");
+  const summary = await train(cfg, {
+    signal,
+    onProgress: bar.onProgress,
+    onEvent: (e) => {
+      if (e.type === "start") console.log(`run ${e.run_id} → ${e.run_dir} (${e.trainable_params.toLocaleString("en-US")} of ${e.params.toLocaleString("en-US")} parameters train)`);
+    },
+  });
+  bar.end();
+  console.log(
+    `${summary.status}: ${summary.steps}/${summary.total_steps} steps, loss ${summary.first_loss.toFixed(4)} → ${summary.final_loss.toFixed(4)}, ` +
+      `${Math.round(summary.tokens_per_s)} tok/s, ${summary.elapsed_s.toFixed(1)} s\n${summary.output ? `output: ${summary.output}` : `last checkpoint: ${summary.last_checkpoint}`}`,
+  );
+  return summary.status === "cancelled" ? 130 : 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  const abort = new AbortController();
+  process.on("SIGINT", () => {
+    if (abort.signal.aborted) process.exit(130);
+    console.error("\ncancelling after this step (Ctrl-C again to quit now)...");
+    abort.abort();
+  });
+  switch (cmd) {
+    case "train":
+      return cmdTrain(rest, abort.signal);
+    case "bench": {
+      const { runBench } = await import("./bench.ts");
+      return runBench(rest);
+    }
+    default:
+      console.log(USAGE);
+      return cmd === undefined || cmd === "--help" || cmd === "help" ? 0 : 2;
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (e) {
+  // the one top-level handler: config problems exit 2, everything else 1; never a stack trace
+  const err = e as Error;
+  console.error(`\nloralab: ${err.message}`);
+  process.exitCode = err instanceof ConfigError ? 2 : 1;
+}

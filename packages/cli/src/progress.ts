@@ -1,0 +1,48 @@
+// Progress display for a training run: a redrawn bar on a terminal, plain lines when piped.
+import type { ProgressEvent } from "@loralab/loralab";
+
+function clock(s: number): string {
+  if (!Number.isFinite(s)) return "--:--";
+  const m = Math.floor(s / 60);
+  return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+}
+
+export function progressLine(p: ProgressEvent, startStep: number, t0: number): string {
+  const done = p.step - startStep;
+  const left = p.total_steps - p.step;
+  const perStep = (performance.now() - t0) / 1000 / Math.max(done, 1);
+  return (
+    `step ${p.step}/${p.total_steps}  loss ${p.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  ` +
+    `|g| ${p.grad_norm.toFixed(3)}  ${Math.round(p.tokens_per_s).toLocaleString("en-US")} tok/s  ETA ${clock(left * perStep)}`
+  );
+}
+
+/** Returns the progress callback for one run, labelled `label`. */
+export function progressReporter(label: string, out: NodeJS.WriteStream = process.stdout) {
+  const tty = out.isTTY === true;
+  let t0 = performance.now();
+  let startStep = 0;
+  let started = false;
+  return {
+    onProgress(p: ProgressEvent) {
+      if (!started) {
+        started = true;
+        startStep = p.step - 1;
+        t0 = performance.now();
+      }
+      const line = progressLine(p, startStep, t0);
+      if (tty) {
+        const width = 24;
+        const filled = Math.round((width * p.step) / p.total_steps);
+        out.write(`\r\x1b[2K${label} [${"#".repeat(filled)}${".".repeat(width - filled)}] ${line}`);
+        if (p.step === p.total_steps) out.write("\n");
+      } else {
+        const every = Math.max(1, Math.ceil(p.total_steps / 20));
+        if (p.step % every === 0 || p.step === p.total_steps || p.step === startStep + 1) out.write(`${label} ${line}\n`);
+      }
+    },
+    end() {
+      if (tty) out.write("\n");
+    },
+  };
+}
