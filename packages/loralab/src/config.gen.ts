@@ -58,7 +58,7 @@ export interface DataConfig {
    */
   text_field?: string;
   /**
-   * Training records: .jsonl (one JSON object per line) or .txt (one document per blank-line-separated block).
+   * Training records: .jsonl (one JSON object per line) or .txt (the whole file is one document; cpt only).
    */
   train?: string;
 }

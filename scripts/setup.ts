@@ -1,0 +1,48 @@
+// Makes a fresh checkout ready, and does nothing when it already is: installs the
+// packages, and builds the Rust addon (napi-rs, release profile) when any Rust source
+// is newer than it. Run first by `bun run train`, `bun run test` and `bun run bench`.
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+
+const root = new URL("..", import.meta.url).pathname;
+const addon = join(root, "crates/node/loralab.linux-x64-gnu.node");
+
+function run(cmd: string[], cwd = root): void {
+  const t0 = performance.now();
+  const p = Bun.spawnSync(cmd, { cwd, stdout: "inherit", stderr: "inherit", env: process.env });
+  if (p.exitCode !== 0) {
+    console.error(`setup: \`${cmd.join(" ")}\` failed (exit ${p.exitCode})`);
+    process.exit(p.exitCode ?? 1);
+  }
+  console.error(`setup: ${cmd.slice(0, 3).join(" ")} took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+function newest(dir: string): number {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) t = Math.max(t, newest(p));
+    else if (e.name.endsWith(".rs") || e.name === "Cargo.toml") t = Math.max(t, statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+// --- packages
+const lock = join(root, "bun.lock");
+const stamp = join(root, "node_modules/.loralab-installed");
+if (!existsSync(stamp) || statSync(stamp).mtimeMs < statSync(lock).mtimeMs) {
+  run([process.execPath, "install", "--frozen-lockfile"]);
+  await Bun.write(stamp, new Date().toISOString());
+}
+
+// --- the addon
+const cargo = Bun.spawnSync(["cargo", "--version"], { stdout: "pipe", stderr: "pipe" });
+if (cargo.exitCode !== 0) {
+  console.error("setup: cargo not found (hint: install Rust with rustup; the engine is a Rust crate)");
+  process.exit(1);
+}
+const sources = Math.max(newest(join(root, "crates")), statSync(join(root, "Cargo.toml")).mtimeMs, statSync(join(root, "Cargo.lock")).mtimeMs);
+if (!existsSync(addon) || statSync(addon).mtimeMs < sources) {
+  console.error("setup: building the engine (first build compiles candle: a few minutes on 2 cores)");
+  run([join(root, "node_modules/.bin/napi"), "build", "--platform", "--release", "--cwd", "crates/node"]);
+}

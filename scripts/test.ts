@@ -1,0 +1,39 @@
+// The test suite: the engine's Rust tests (cargo, the same release profile as the
+// addon, so candle is built once), then the Bun tests. Ends with one summary line.
+const root = new URL("..", import.meta.url).pathname;
+
+async function run(cmd: string[], count: (out: string) => [number, number]): Promise<[number, number, number]> {
+  console.log(`\n$ ${cmd.join(" ")}`);
+  const t0 = performance.now();
+  const p = Bun.spawn(cmd, { cwd: root, stdout: "pipe", stderr: "pipe", env: { ...process.env, FORCE_COLOR: "0" } });
+  let out = "";
+  const pump = async (s: ReadableStream<Uint8Array>, w: (t: string) => void) => {
+    const dec = new TextDecoder();
+    for await (const chunk of s) {
+      const t = dec.decode(chunk);
+      out += t;
+      w(t);
+    }
+  };
+  await Promise.all([pump(p.stdout, (t) => process.stdout.write(t)), pump(p.stderr, (t) => process.stderr.write(t))]);
+  const code = await p.exited;
+  const [passed, failed] = count(out);
+  console.log(`stage: ${cmd.slice(0, 2).join(" ")} took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return [passed, failed, code];
+}
+
+const cargo = await run(["cargo", "test", "--release", "-p", "loralab-core"], (out) => {
+  let [p, f] = [0, 0];
+  for (const m of out.matchAll(/test result: \w+\. (\d+) passed; (\d+) failed/g)) {
+    p += Number(m[1]);
+    f += Number(m[2]);
+  }
+  return [p, f];
+});
+const bun = await run([process.execPath, "test"], (out) => [Number(/^\s*(\d+) pass/m.exec(out)?.[1] ?? 0), Number(/^\s*(\d+) fail/m.exec(out)?.[1] ?? 0)]);
+
+const passed = cargo[0] + bun[0];
+const failed = cargo[1] + bun[1] + (cargo[2] !== 0 && cargo[1] === 0 ? 1 : 0) + (bun[2] !== 0 && bun[1] === 0 ? 1 : 0);
+console.log(`\nrust ${cargo[0]} passed, ${cargo[1]} failed; bun ${bun[0]} passed, ${bun[1]} failed`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 && passed > 0 ? 0 : 1);

@@ -1,0 +1,36 @@
+// `loralab train` as a user runs it: a config file with overrides, --help, and bad
+// input that exits 2 with a message naming the field (no stack trace).
+import { expect, test } from "bun:test";
+import { root, tempDir } from "./helpers.ts";
+
+function cli(args: string[]) {
+  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+}
+
+test("train a shipped config with overrides; plain progress lines when piped", () => {
+  const out = tempDir("cli");
+  const r = cli(["train", "configs/tiny-lora.toml", "--train.steps=3", `--out_dir=${out}`, "--data.seq_len=32", `--data.cache_dir=${out}/cache`]);
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  expect(r.out).toContain("step 3/3");
+  expect(r.out).toContain("completed: 3/3 steps");
+  expect(r.out).not.toContain("\r");
+  expect(r.out).toMatch(/output: .*\/adapter/);
+});
+
+test("--help lists every section with defaults and reasons", () => {
+  const r = cli(["train", "--help"]);
+  expect(r.code).toBe(0);
+  for (const s of ["[method]", "method.rank", "method.alpha", "optim.betas", "schedule.cooldown_frac", "train.resume_from", "the study"]) expect(r.out).toContain(s);
+});
+
+test("bad input exits 2 naming the field, without a stack trace", () => {
+  const r = cli(["train", "configs/tiny-lora.toml", "--method.rank=0"]);
+  expect(r.code).toBe(2);
+  expect(r.err).toContain("config method.rank: must be ≥ 1");
+  expect(r.err).not.toContain("    at ");
+  const missing = cli(["train", "nope.toml"]);
+  expect(missing.code).toBe(2);
+  expect(missing.err).toContain("nope.toml: not found");
+});

@@ -1,0 +1,81 @@
+// The one config schema: bad configs fail before any work naming the field and the
+// fix; the TypeScript types are generated from the engine's schema and current; every
+// shipped config parses; overrides and --help work.
+import { describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+import { applyOverrides, ConfigError, configSchema, loadConfigFile, resolveConfig, train } from "@loralab/loralab";
+import { configTypes } from "../scripts/gen-config-types.ts";
+import { root, tempDir, tinyConfig } from "./helpers.ts";
+
+describe("config", () => {
+  const out = tempDir("config");
+  const bad: [string, Record<string, unknown>, string, string][] = [
+    ["unknown key", { method: { rnk: 4 } }, "method.rnk", "unknown field `rnk`"],
+    ["wrong type", { train: { steps: "ten" } }, "train.steps", "invalid type"],
+    ["rank 0", { method: { kind: "lora", rank: 0 } }, "method.rank", "must be ≥ 1"],
+    ["negative rank", { method: { kind: "lora", rank: -2 } }, "method.rank", "invalid value"],
+    ["unknown target", { method: { kind: "lora", targets: ["q_proj", "embed_tokens"] } }, "method.targets", "unknown target module `embed_tokens`"],
+    ["missing file", { data: { train: "/no/such/file.jsonl" } }, "data.train", "file not found"],
+    ["unknown method", { method: { kind: "dora" } }, "method.kind", "unknown variant"],
+  ];
+  for (const [label, over, field, text] of bad) {
+    test(`${label} → ConfigError naming ${field}`, async () => {
+      const cfg = tinyConfig(out, over as never);
+      expect(() => resolveConfig(cfg)).toThrow(ConfigError);
+      try {
+        resolveConfig(cfg);
+      } catch (e) {
+        expect((e as ConfigError).field).toBe(field);
+        expect((e as Error).message).toContain(text);
+      }
+      // train refuses the same config before writing anything
+      await expect(train({ ...cfg, run_id: `bad-${label.replace(/ /g, "-")}` })).rejects.toThrow(ConfigError);
+      expect(await Bun.file(join(out, `bad-${label.replace(/ /g, "-")}`, "run.json")).exists()).toBe(false);
+    });
+  }
+
+  test("resolve fills every default, with the study's choices", () => {
+    const r = resolveConfig(tinyConfig(out, { method: { kind: "lora", rank: 8 }, optim: { lr: null as never } }));
+    expect(r.method.alpha).toBe(16); // alpha = 2·rank
+    expect(r.optim.lr).toBe(1e-4); // LoRA default lr ≈ 10× full FT's 1e-5
+    expect(r.optim.betas).toEqual([0.9, 0.95]);
+    expect(r.run_id.startsWith("t-")).toBe(true);
+  });
+
+  test("the generated TypeScript config types are current", async () => {
+    const committed = await Bun.file(join(root, "packages/loralab/src/config.gen.ts")).text();
+    expect(committed).toBe(await configTypes());
+  });
+
+  test("every field in the schema has a description (the reason for its default)", () => {
+    const s = configSchema() as { $defs: Record<string, { properties?: Record<string, { description?: string }> }> };
+    const missing: string[] = [];
+    for (const [name, def] of Object.entries(s.$defs))
+      for (const [k, p] of Object.entries(def.properties ?? {})) if (!p.description && !("$ref" in p)) missing.push(`${name}.${k}`);
+    expect(missing).toEqual([]);
+  });
+
+  test("every shipped config parses; the study templates lack only the user's files", async () => {
+    const files = readdirSync(join(root, "configs")).filter((f) => f.endsWith(".toml"));
+    expect(files.length).toBeGreaterThanOrEqual(4);
+    for (const f of files) {
+      const text = await Bun.file(join(root, "configs", f)).text();
+      expect(text.startsWith(`# bun run train configs/${f}`)).toBe(true); // each opens with its launch line
+      const cfg = await loadConfigFile(join(root, "configs", f));
+      process.chdir(root);
+      try {
+        resolveConfig(cfg);
+      } catch (e) {
+        expect(e).toBeInstanceOf(ConfigError);
+        expect((e as Error).message).toContain("file not found: /path/to/");
+      }
+    }
+  });
+
+  test("overrides set nested fields with JSON values", () => {
+    const c = applyOverrides({ method: { kind: "full" } }, ["--method.kind=lora", "--method.rank=64", "--method.targets=[\"q_proj\"]", "--name=x"]);
+    expect(c).toEqual({ method: { kind: "lora", rank: 64, targets: ["q_proj"] }, name: "x" });
+    expect(() => applyOverrides({}, ["--method"])).toThrow(ConfigError);
+  });
+});

@@ -1,0 +1,43 @@
+// Shared helpers for the Bun tests: a temporary run folder and a tiny run config.
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { RunConfig } from "@loralab/loralab";
+
+export const root = new URL("..", import.meta.url).pathname;
+
+export function tempDir(label: string): string {
+  return mkdtempSync(join(tmpdir(), `loralab-${label}-`));
+}
+
+/** A run on the bundled tiny data that takes about a second on 2 cores. */
+export function tinyConfig(out: string, over: RunConfig = {}): RunConfig {
+  const tiny = join(root, "datasets/tiny");
+  const base: RunConfig = {
+    name: "t",
+    out_dir: out,
+    seed: 3,
+    model: { config: join(tiny, "config.json"), tokenizer: join(tiny, "tokenizer.json") },
+    data: { train: join(tiny, "code.jsonl"), text_field: "content", seq_len: 32, cache_dir: join(out, "cache") },
+    optim: { name: "adamw", lr: 1e-3 },
+    train: { steps: 6, micro_batch: 4, checkpoint_every: 2 },
+  };
+  return {
+    ...base,
+    ...over,
+    model: { ...base.model, ...over.model },
+    data: { ...base.data, ...over.data },
+    method: { ...base.method, ...over.method },
+    optim: { ...base.optim, ...over.optim },
+    train: { ...base.train, ...over.train },
+  };
+}
+
+export async function metricLosses(runDir: string): Promise<[number, number][]> {
+  const text = await Bun.file(join(runDir, "metrics.jsonl")).text();
+  return text
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { step: number; loss: number })
+    .map((m) => [m.step, m.loss]);
+}
