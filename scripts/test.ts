@@ -1,5 +1,6 @@
-// The test suite: the engine's Rust tests (cargo, the same release profile as the
-// addon, so candle is built once), then the Bun tests. Ends with one summary line.
+// The test suite: the engine's Rust tests (cargo, the same release profile and the same
+// package set, hence the same feature unification, as the addon build: candle compiles once),
+// then the Bun tests. Ends with one summary line.
 const root = new URL("..", import.meta.url).pathname;
 
 async function run(cmd: string[], count: (out: string) => [number, number]): Promise<[number, number, number]> {
@@ -22,7 +23,7 @@ async function run(cmd: string[], count: (out: string) => [number, number]): Pro
   return [passed, failed, code];
 }
 
-const cargo = await run(["cargo", "test", "--release", "-p", "loralab-core"], (out) => {
+const cargo = await run(["cargo", "test", "--release", "-p", "loralab-core", "-p", "loralab-node"], (out) => {
   let [p, f] = [0, 0];
   for (const m of out.matchAll(/test result: \w+\. (\d+) passed; (\d+) failed/g)) {
     p += Number(m[1]);

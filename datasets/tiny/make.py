@@ -86,3 +86,11 @@ config = {
 with open(os.path.join(here, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
 print("vocab", tok.get_vocab_size())
+
+# --- the base model's pretraining mix: the English source domain with a little code, as a
+# real base model has seen some code; without it LoRA (which never adapts embeddings or
+# lm_head) could not learn to emit code tokens at all. Drawn after everything above, so the
+# files above and the tokenizer are unchanged by it.
+mix = [{"text": r["text"]} for r in english[:1000]] + [{"text": code_doc()} for _ in range(100)]
+rng.shuffle(mix)
+write("pretrain_mix.jsonl", mix)

@@ -64,7 +64,7 @@ pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
     let mut rng = Rng::new(0);
     let (mut sum, mut count) = (0.0, 0.0);
     for chunk in rows.chunks(req.micro_batch.max(1)) {
-        let mb = micro_batch(&shards, chunk, dtype)?;
+        let mb = micro_batch(&shards, chunk)?;
         let logits = model.forward(&mb.ids, &mut Ctx { train: false, rng: &mut rng })?;
         sum += masked_loss(&logits, &mb.targets, &mb.mask, 1.0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         count += mb.loss_tokens;

@@ -57,10 +57,7 @@ pub fn dropout(x: &Tensor, p: f64, ctx: &mut Ctx) -> Result<Tensor> {
     if !ctx.train || p == 0.0 {
         return Ok(x.clone());
     }
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f64> = (0..x.elem_count()).map(|_| if ctx.rng.uniform() < p { 0.0 } else { keep }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
+    ops::dropout(x, p, ctx.rng)
 }
 
 impl Linear {
@@ -73,11 +70,11 @@ impl Linear {
         (d[1], d[0])
     }
 
-    // x: (n, in) -> (n, out)
-    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    /// x·Wᵀ + b without the adapter. x: (n, in) -> (n, out)
+    fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.tensor();
         let y = if self.weight.is_trainable() {
-            let y = x.matmul(&w.t()?)?;
+            let y = ops::linear(x, w, true)?;
             match &self.bias {
                 Some(b) => y.broadcast_add(b.tensor())?,
                 None => y,
@@ -89,12 +86,38 @@ impl Linear {
                 None => ops::frozen_linear(x, w, None)?,
             }
         };
+        Ok(y)
+    }
+
+    // x: (n, in) -> (n, out)
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let Some(l) = &self.lora else { return self.base_forward(x) };
+        let p = if ctx.train { l.dropout } else { 0.0 };
+        let dropout = if p > 0.0 {
+            let start = ctx.rng.clone();
+            ctx.rng.skip(ops::dropout_draws(x.elem_count()));
+            Some((start, p))
+        } else {
+            None
+        };
+        let bias = match &self.bias {
+            Some(Weight::Frozen(b)) => Some(b.clone()),
+            Some(Weight::Trainable(_)) => return self.lora_reference(x, ctx),
+            None => None,
+        };
+        let op = ops::LoraOp::new(self.weight.tensor().clone(), bias, l.scale, dropout);
+        x.contiguous()?.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)
+    }
+
+    /// The LoRA forward from plain ops (the reference the fused op is tested against).
+    pub fn lora_reference(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let y = self.base_forward(x)?;
         match &self.lora {
             None => Ok(y),
             Some(l) => {
                 // (n, in) -> (n, r) -> (n, out)
-                let h = dropout(x, l.dropout, ctx)?.matmul(&l.a.as_tensor().t()?)?;
-                let delta = h.matmul(&l.b.as_tensor().t()?)?;
+                let h = ops::linear(&dropout(x, l.dropout, ctx)?, l.a.as_tensor(), true)?;
+                let delta = ops::linear(&h, l.b.as_tensor(), true)?;
                 y + (delta * l.scale)?
             }
         }

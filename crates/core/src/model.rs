@@ -208,45 +208,23 @@ pub struct Llama {
     pub attention_dropout: f64,
     pub dtype: DType,
     pub device: Device,
+    /// Rotary tables for the last sequence length seen (recomputing them cost ~1 % of a step).
+    rope_cache: std::sync::Mutex<Option<ops::RopeTables>>,
 }
 
-/// The rotary tables for positions 0..t: (t, head_dim) each, frequencies repeated as HF does.
-pub fn rope_tables(cfg: &LlamaConfig, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let f = cfg.inv_freq()?;
-    let hd = cfg.head_dim();
-    let mut cos = Vec::with_capacity(t * hd);
-    let mut sin = Vec::with_capacity(t * hd);
-    for p in 0..t {
-        for _ in 0..2 {
-            for fi in &f {
-                cos.push((p as f64 * fi).cos());
-                sin.push((p as f64 * fi).sin());
-            }
-        }
-    }
-    Ok((Tensor::from_vec(cos, (t, hd), dev)?.to_dtype(dtype)?, Tensor::from_vec(sin, (t, hd), dev)?.to_dtype(dtype)?))
+/// The rotary tables for positions 0..t (frequencies repeated as HF does).
+pub fn rope_tables(cfg: &LlamaConfig, t: usize) -> Result<ops::RopeTables> {
+    Ok(ops::RopeTables::new(&cfg.inv_freq()?, t))
 }
 
-/// x·cos + rotate_half(x)·sin. x: (b, h, t, hd) -> (b, h, t, hd)
-pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+/// x·cos + rotate_half(x)·sin from plain tensor ops: the reference the rope op is tested against.
+/// x: (b, h, t, hd); cos, sin: (t, hd)
+pub fn apply_rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
     let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
     let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?
-}
-
-/// Softmax over the last dim from differentiable ops (candle's fused one has no backward).
-pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// An additive causal mask (t, t): 0 on and below the diagonal, -inf above.
-pub fn causal_mask(t: usize, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-    let m: Vec<f64> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f64::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(m, (t, t), dev)?.to_dtype(dtype)
 }
 
 pub fn norm(x: &Tensor, w: &Weight, eps: f64) -> candle_core::Result<Tensor> {
@@ -255,24 +233,21 @@ pub fn norm(x: &Tensor, w: &Weight, eps: f64) -> candle_core::Result<Tensor> {
 
 impl Attention {
     // x: (b·t, d) -> (b·t, d)
-    pub fn forward(&self, x: &Tensor, b: usize, t: usize, cfg: &LlamaConfig, rope: &(Tensor, Tensor), mask: &Tensor, p_drop: f64, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(&self, x: &Tensor, b: usize, t: usize, cfg: &LlamaConfig, rope: &ops::RopeTables, p_drop: f64, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let (nh, kv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        let q = self.q_proj.forward(x, ctx)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let rep = nh / kv;
+        let q = self.q_proj.forward(x, ctx)?.reshape((b, t, nh, hd))?.transpose(1, 2)?; // (b, nh, t, hd)
+        let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
         let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = apply_rope(&q, &rope.0, &rope.1)?;
-        let k = apply_rope(&k, &rope.0, &rope.1)?;
-        // grouped-query attention: each kv head serves nh/kv query heads
-        let (k, v) = if kv == nh {
-            (k, v)
-        } else {
-            let rep = nh / kv;
-            let expand = |z: Tensor| z.unsqueeze(2)?.broadcast_as((b, kv, rep, t, hd))?.reshape((b, nh, t, hd));
-            (expand(k)?, expand(v)?)
-        };
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?; // (b, nh, t, t)
-        let p = dropout(&softmax_last(&scores)?, p_drop, ctx)?;
-        let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        // grouped-query attention without copying k and v: the rep query heads of kv head j
+        // are adjacent, so q regroups to (b, kv, rep·t, hd) and every kv head is used once
+        let q = rope.apply(&q)?.reshape((b, kv, rep * t, hd))?;
+        let k = rope.apply(&k)?;
+        let scores = q.matmul(&k.t()?)?; // (b, kv, rep·t, t)
+        let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
+        let p = dropout(&p, p_drop, ctx)?;
+        let y = p.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         self.o_proj.forward(&y, ctx)
     }
 }
@@ -321,7 +296,7 @@ impl Llama {
         }
         let norm = Weight::Frozen(take("model.norm.weight")?);
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(Weight::Frozen(take("lm_head.weight")?)) };
-        Ok(Self { cfg, embed_tokens: Weight::Frozen(embed), layers, norm, lm_head, attention_dropout: 0.0, dtype, device })
+        Ok(Self { cfg, embed_tokens: Weight::Frozen(embed), layers, norm, lm_head, attention_dropout: 0.0, dtype, device, rope_cache: Default::default() })
     }
 
     /// Random initialisation as Hugging Face does: N(0, initializer_range) for
@@ -444,23 +419,28 @@ impl Llama {
     pub fn forward(&self, ids: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        let rope = rope_tables(cfg, t, self.dtype, &self.device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let mask = causal_mask(t, self.dtype, &self.device)?;
+        let rope = {
+            let mut cache = self.rope_cache.lock().map_err(|_| candle_core::Error::Msg("rope cache poisoned".into()))?;
+            match cache.as_ref() {
+                Some(r) if r.t == t => r.clone(),
+                _ => {
+                    let r = rope_tables(cfg, t).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    *cache = Some(r.clone());
+                    r
+                }
+            }
+        };
         let p_drop = if ctx.train { self.attention_dropout } else { 0.0 };
         let mut x = self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?; // (b·t, d)
         for l in &self.layers {
             let h = norm(&x, &l.input_layernorm, cfg.rms_norm_eps)?;
-            x = (x + l.self_attn.forward(&h, b, t, cfg, &rope, &mask, p_drop, ctx)?)?;
+            x = (x + l.self_attn.forward(&h, b, t, cfg, &rope, p_drop, ctx)?)?;
             let h = norm(&x, &l.post_attention_layernorm, cfg.rms_norm_eps)?;
             x = (x + l.mlp.forward(&h, ctx)?)?;
         }
         let x = norm(&x, &self.norm, cfg.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        if head.is_trainable() {
-            x.matmul(&head.tensor().t()?)
-        } else {
-            ops::frozen_linear(&x, head.tensor(), None)
-        }
+        ops::linear(&x, head.tensor(), head.is_trainable())
     }
 
     /// Fold every adapter into its weight.
@@ -502,10 +482,15 @@ pub fn hf_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Masked next-token loss: Σ −log p(target)·mask / denom. logits (n, V), targets (n) u32,
-/// mask (n) in the logits' dtype. `denom` is the loss-token count of the whole global
-/// batch, so accumulated micro-batches sum to exactly the big batch's mean loss.
-pub fn masked_loss(logits: &Tensor, targets: &Tensor, mask: &Tensor, denom: f64) -> candle_core::Result<Tensor> {
+/// Masked next-token loss: Σ −log p(target)·mask / denom. logits (n, V), targets and
+/// mask (n). `denom` is the loss-token count of the whole global batch, so accumulated
+/// micro-batches sum to exactly the big batch's mean loss.
+pub fn masked_loss(logits: &Tensor, targets: &[u32], mask: &[f64], denom: f64) -> candle_core::Result<Tensor> {
+    ops::masked_nll(logits, targets.to_vec(), mask.iter().map(|m| m / denom).collect())
+}
+
+/// The same loss from plain tensor ops: the reference the fused op is tested against.
+pub fn masked_loss_reference(logits: &Tensor, targets: &Tensor, mask: &Tensor, denom: f64) -> candle_core::Result<Tensor> {
     let m = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&m)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // (n, 1)

@@ -18,10 +18,16 @@ impl Rng {
     }
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.state)
+    }
+    /// The raw 64 bits the i-th next draw would give, without drawing (random access lets
+    /// dropout regenerate its mask in the backward pass, in parallel).
+    pub fn bits_at(&self, i: u64) -> u64 {
+        mix(self.state.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+    /// Advance past n draws.
+    pub fn skip(&mut self, n: u64) {
+        self.state = self.state.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     }
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
@@ -42,4 +48,10 @@ impl Rng {
         }
         p
     }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -130,21 +130,21 @@ pub fn build_model(cfg: &RunConfig) -> Result<Llama> {
 /// One global batch: ids (b, t), next-token targets and loss mask per micro-batch.
 pub struct MicroBatch {
     pub ids: Tensor,
-    pub targets: Tensor,
-    pub mask: Tensor,
+    pub targets: Vec<u32>,
+    pub mask: Vec<f64>,
     pub loss_tokens: f64,
 }
 
-pub fn micro_batch(shards: &Shards, rows: &[usize], dtype: DType) -> Result<MicroBatch> {
+pub fn micro_batch(shards: &Shards, rows: &[usize]) -> Result<MicroBatch> {
     let rows: Vec<(Vec<u32>, Vec<u8>)> = rows.iter().map(|&r| {
         let (ids, m) = shards.row(r);
         (ids, m.to_vec())
     }).collect();
-    batch_from_rows(&rows, dtype)
+    batch_from_rows(&rows)
 }
 
 /// Rows of (token ids, loss mask) -> inputs, next-token targets and target mask.
-pub fn batch_from_rows(rows: &[(Vec<u32>, Vec<u8>)], dtype: DType) -> Result<MicroBatch> {
+pub fn batch_from_rows(rows: &[(Vec<u32>, Vec<u8>)]) -> Result<MicroBatch> {
     let t = rows.first().map(|r| r.0.len()).unwrap_or(0);
     let n = rows.len() * t;
     let (mut ids, mut targets, mut mask) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -158,8 +158,8 @@ pub fn batch_from_rows(rows: &[(Vec<u32>, Vec<u8>)], dtype: DType) -> Result<Mic
     let b = rows.len();
     Ok(MicroBatch {
         ids: Tensor::from_vec(ids, (b, t), &Device::Cpu)?,
-        targets: Tensor::from_vec(targets, b * t, &Device::Cpu)?,
-        mask: Tensor::from_vec(mask, b * t, &Device::Cpu)?.to_dtype(dtype)?,
+        targets,
+        mask,
         loss_tokens,
     })
 }
@@ -189,7 +189,6 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     let params = model.trainable();
     let trainable_params: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
     let n_params = model.cfg.n_params();
-    let dtype = model.dtype;
 
     // ------------------------------------------------------------------ data
     let eos = data::eos_id(&tokenizer, model.cfg.eos_id())?;
@@ -247,7 +246,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         // one global batch = grad_accum micro-batches; the loss is normalised by the
         // global batch's loss-token count so accumulation equals one big batch
         let rows: Vec<usize> = (0..per_step as u64).map(|i| sampler.row_of(state.samples + i)).collect();
-        let batches = rows.chunks(cfg.train.micro_batch).map(|r| micro_batch(&shards, r, dtype)).collect::<Result<Vec<_>>>()?;
+        let batches = rows.chunks(cfg.train.micro_batch).map(|r| micro_batch(&shards, r)).collect::<Result<Vec<_>>>()?;
         let denom: f64 = batches.iter().map(|b| b.loss_tokens).sum::<f64>().max(1.0);
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let mut loss_sum = 0.0;

@@ -16,7 +16,7 @@ use loralab_core::train::batch_from_rows;
 fn logits_match_reference() {
     let fx = fixture();
     let m = fx.model(DType::F64);
-    let b = batch_from_rows(&fx.rows(0), DType::F64).unwrap();
+    let b = batch_from_rows(&fx.rows(0)).unwrap();
     let logits = m.forward(&b.ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
     let d = max_abs_diff(&logits, &fx.t["expected.logits"]);
     assert!(d < 1e-10, "logits differ from the reference by {d:e}");
@@ -30,7 +30,7 @@ fn four_steps(fx: &Fixture, m: &Llama) -> (Vec<f64>, Vec<f64>) {
     let mut opt = Optimizer::new(&cfg, cfg.lr.unwrap(), &params).unwrap();
     let (mut losses, mut norms) = (vec![], vec![]);
     for s in 0..4 {
-        let b = batch_from_rows(&fx.rows(s), DType::F64).unwrap();
+        let b = batch_from_rows(&fx.rows(s)).unwrap();
         let logits = m.forward(&b.ids, &mut Ctx { train: true, rng: &mut Rng::new(0) }).unwrap();
         let loss = masked_loss(&logits, &b.targets, &b.mask, b.loss_tokens).unwrap();
         losses.push(loss.to_scalar::<f64>().unwrap());

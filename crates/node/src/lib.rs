@@ -13,6 +13,18 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    fn mi_option_set(option: i32, value: std::ffi::c_long);
+}
+
+/// Keep freed pages for reuse (mimalloc v3 option 15, purge_delay = -1) rather than return
+/// them to the OS and fault fresh zeroed ones in each step: ~10 % of a CPU step otherwise.
+fn keep_freed_pages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: sets a process-wide allocator option; valid at any time.
+    ONCE.call_once(|| unsafe { mi_option_set(15, -1) });
+}
+
 /// Config errors become `InvalidArg` (the CLI maps them to exit code 2), the rest `GenericFailure`.
 fn to_napi(e: CoreError) -> Error {
     let status = match e {
@@ -114,12 +126,14 @@ impl Task for TrainTask {
 /// writes a checkpoint and resolves with status "cancelled".
 #[napi(ts_return_type = "Promise<string>")]
 pub fn train(config_json: String, cancel: &CancelToken, #[napi(ts_arg_type = "((event: string) => void) | undefined | null")] on_event: Option<EventCallback>) -> AsyncTask<TrainTask> {
+    keep_freed_pages();
     AsyncTask::new(TrainTask { config_json, flag: cancel.flag.clone(), on_event: on_event.map(Arc::new) })
 }
 
 /// Mean held-out loss of a model (+ optional adapter) on a data file; JSON in, JSON text out.
 #[napi(ts_return_type = "Promise<string>")]
 pub fn eval_loss(request_json: String) -> AsyncTask<EvalTask> {
+    keep_freed_pages();
     AsyncTask::new(EvalTask { request_json })
 }
 
