@@ -80,11 +80,13 @@ struct Predicted {
     grads: f64,
     state: f64,
     activations: f64,
+    /// The optimizer step's temporaries: about two copies of the largest trainable tensor.
+    step_work: f64,
 }
 
 /// Bytes the engine should hold, from the shapes alone (f32). Activations: the tensors
 /// the forward pass keeps for backward, counted from model.rs and linear.rs.
-fn predict(cfg: &LlamaConfig, m: &MethodConfig, b: usize, t: usize, trainable: usize, adapter: usize) -> Predicted {
+fn predict(cfg: &LlamaConfig, m: &MethodConfig, b: usize, t: usize, trainable: usize, adapter: usize, largest: usize) -> Predicted {
     let (d, f, v, l) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64, cfg.num_hidden_layers as f64);
     let (nh, kv, hd) = (cfg.num_attention_heads as f64, cfg.kv_heads() as f64, cfg.head_dim() as f64);
     let n = (b * t) as f64;
@@ -96,7 +98,7 @@ fn predict(cfg: &LlamaConfig, m: &MethodConfig, b: usize, t: usize, trainable: u
     // LoRA adds nothing here: the fused op (ops::LoraOp) keeps only its inputs
     let _ = m;
     let acts = l * layer + n * d + n * v;
-    Predicted { weights: 4.0 * (cfg.n_params() + adapter) as f64, grads: 4.0 * trainable as f64, state: 4.0 * trainable as f64, activations: 4.0 * acts }
+    Predicted { weights: 4.0 * (cfg.n_params() + adapter) as f64, grads: 4.0 * trainable as f64, state: 4.0 * trainable as f64, activations: 4.0 * acts, step_work: 8.0 * largest as f64 }
 }
 
 // ------------------------------------------------------------------ one method on one shape
@@ -183,7 +185,7 @@ fn memory(s: &Shape, method: &MethodConfig) -> candle_core::Result<Measured> {
         grads,
         peak: peak_b,
         flops: flops(s, method, r.adapter),
-        pred: predict(&s.cfg, method, s.batch, s.seq, r.trainable, r.adapter),
+        pred: predict(&s.cfg, method, s.batch, s.seq, r.trainable, r.adapter, r.params.iter().map(|(_, v)| v.elem_count()).max().unwrap_or(0)),
         trainable: r.trainable,
     })
 }
@@ -252,7 +254,11 @@ fn main() -> candle_core::Result<()> {
     if let Some(m) = std::env::args().nth(2) {
         // profiling aid: `bench_train 1 lora` runs only that method's steps
         let s = &shapes[only.as_deref().unwrap_or("1").parse::<usize>().unwrap_or(1) - 1];
-        let method = if m == "lora" { lora16() } else { MethodConfig { kind: MethodKind::Full, ..Default::default() } };
+        let method = match m.as_str() {
+            "lora" => lora16(),
+            "lora-nodrop" => MethodConfig { dropout: 0.0, ..lora16() },
+            _ => MethodConfig { kind: MethodKind::Full, ..Default::default() },
+        };
         let t = timing(s, &[method], STEPS)?;
         println!("{m}: {:.3} s/step", t[0]);
         return Ok(());
@@ -263,34 +269,33 @@ fn main() -> candle_core::Result<()> {
         if only.as_deref().is_some_and(|o| o != (i + 1).to_string()) {
             continue;
         }
-        let methods = [MethodConfig { kind: MethodKind::Full, ..Default::default() }, lora16()];
-        let mut full = memory(s, &methods[0])?;
-        let mut lora = memory(s, &methods[1])?;
+        let methods = [MethodConfig { kind: MethodKind::Full, ..Default::default() }, lora16(), MethodConfig { dropout: 0.0, ..lora16() }];
+        let mut m: Vec<Measured> = methods.iter().map(|x| memory(s, x)).collect::<candle_core::Result<_>>()?;
         let t = timing(s, &methods, STEPS)?;
         let n = (s.batch * s.seq) as f64;
-        (full.step_s, full.tokens_per_s, lora.step_s, lora.tokens_per_s) = (t[0], n / t[0], t[1], n / t[1]);
-        println!("## {} — {:.1}M parameters", s.label, s.cfg.n_params() as f64 / 1e6);
-        println!("{:<26}{:>14}{:>14}", "", "full FT", "LoRA r=16");
-        let row = |k: &str, a: String, b: String| println!("{k:<26}{a:>14}{b:>14}");
-        row("trainable parameters", format!("{}", full.trainable), format!("{}", lora.trainable));
-        row(&format!("step time (s, median of {STEPS})"), format!("{:.3}", full.step_s), format!("{:.3}", lora.step_s));
-        row("tokens/s", format!("{:.0}", full.tokens_per_s), format!("{:.0}", lora.tokens_per_s));
-        row("GFLOP/s achieved", format!("{:.1}", full.flops / full.step_s / 1e9), format!("{:.1}", lora.flops / lora.step_s / 1e9));
-        row("  vs plain matmul", format!("{:.0} %", 100.0 * full.flops / full.step_s / 1e9 / mm), format!("{:.0} %", 100.0 * lora.flops / lora.step_s / 1e9 / mm));
-        println!("memory (MiB)              measured / model");
-        for (k, a, pa, b, pb) in [
-            ("weights", full.weights, full.pred.weights, lora.weights, lora.pred.weights),
-            ("optimizer state (LionW)", full.state, full.pred.state, lora.state, lora.pred.state),
-            ("activations (after fwd)", full.activations, full.pred.activations, lora.activations, lora.pred.activations),
-            ("gradients (after bwd)", full.grads, full.pred.grads, lora.grads, lora.pred.grads),
-        ] {
-            row(k, format!("{} / {}", mib(a), mib(pa)), format!("{} / {}", mib(b), mib(pb)));
+        for (mi, ti) in m.iter_mut().zip(&t) {
+            (mi.step_s, mi.tokens_per_s) = (*ti, n / ti);
         }
-        let pf = full.pred.weights + full.pred.state + full.pred.activations + full.pred.grads;
-        let pl = lora.pred.weights + lora.pred.state + lora.pred.activations + lora.pred.grads;
-        row("peak", format!("{} / {}", mib(full.peak), mib(pf)), format!("{} / {}", mib(lora.peak), mib(pl)));
-        row("  peak vs model", format!("{:+.0} %", 100.0 * (full.peak / pf - 1.0)), format!("{:+.0} %", 100.0 * (lora.peak / pl - 1.0)));
-        println!("LoRA / full FT: step time {:.2}×, peak memory {:.2}×\n", lora.step_s / full.step_s, lora.peak / full.peak);
+        println!("## {} — {:.1}M parameters", s.label, s.cfg.n_params() as f64 / 1e6);
+        println!("{:<26}{:>18}{:>18}{:>18}", "", "full FT", "LoRA r=16", "LoRA, no dropout");
+        let row = |k: &str, f: &dyn Fn(&Measured) -> String| println!("{k:<26}{:>18}{:>18}{:>18}", f(&m[0]), f(&m[1]), f(&m[2]));
+        row("trainable parameters", &|x| format!("{}", x.trainable));
+        row(&format!("step time (s, median of {STEPS})"), &|x| format!("{:.3}", x.step_s));
+        row("tokens/s", &|x| format!("{:.0}", x.tokens_per_s));
+        row("GFLOP/s achieved", &|x| format!("{:.1}", x.flops / x.step_s / 1e9));
+        row("  vs plain matmul", &|x| format!("{:.0} %", 100.0 * x.flops / x.step_s / 1e9 / mm));
+        row("step time vs full FT", &|x| format!("{:.2}×", x.step_s / m[0].step_s));
+        println!("memory (MiB)              measured / model");
+        row("weights", &|x| format!("{} / {}", mib(x.weights), mib(x.pred.weights)));
+        row("optimizer state (LionW)", &|x| format!("{} / {}", mib(x.state), mib(x.pred.state)));
+        row("activations (after fwd)", &|x| format!("{} / {}", mib(x.activations), mib(x.pred.activations)));
+        row("gradients (after bwd)", &|x| format!("{} / {}", mib(x.grads), mib(x.pred.grads)));
+        let total = |x: &Measured| x.pred.weights + x.pred.state + x.pred.activations + x.pred.grads + x.pred.step_work;
+        row("optimizer step temporaries", &|x| format!("- / {}", mib(x.pred.step_work)));
+        row("peak", &|x| format!("{} / {}", mib(x.peak), mib(total(x))));
+        row("  peak vs model", &|x| format!("{:+.0} %", 100.0 * (x.peak / total(x) - 1.0)));
+        row("peak vs full FT", &|x| format!("{:.2}×", x.peak / m[0].peak));
+        println!();
     }
     Ok(())
 }
