@@ -1,6 +1,8 @@
-// The test suite: the engine's Rust tests (cargo, the same release profile and the same
-// package set, hence the same feature unification, as the addon build: candle compiles once),
-// then the Bun tests. Ends with one summary line.
+// The test suite: the engine's Rust tests (cargo with the addon build's profile, --target and
+// package set, so candle compiles once), a strict typecheck, then the Bun tests. Ends with
+// one summary line.
+import { cargoArgs } from "../packages/cli/src/cargo.ts";
+
 const root = new URL("..", import.meta.url).pathname;
 
 async function run(cmd: string[], count: (out: string) => [number, number]): Promise<[number, number, number]> {
@@ -23,7 +25,7 @@ async function run(cmd: string[], count: (out: string) => [number, number]): Pro
   return [passed, failed, code];
 }
 
-const cargo = await run(["cargo", "test", "--release", "-p", "loralab-core", "-p", "loralab-node"], (out) => {
+const cargo = await run(cargoArgs("test"), (out) => {
   let [p, f] = [0, 0];
   for (const m of out.matchAll(/test result: \w+\. (\d+) passed; (\d+) failed/g)) {
     p += Number(m[1]);
@@ -31,10 +33,13 @@ const cargo = await run(["cargo", "test", "--release", "-p", "loralab-core", "-p
   }
   return [p, f];
 });
+// the TypeScript is strict (tsconfig.base.json): a type error fails the suite like a test
+const tsc = await run([process.execPath, "x", "tsc", "-p", "tsconfig.json"], (out) => (out.trim() === "" ? [1, 0] : [0, 1]));
 const bun = await run([process.execPath, "test"], (out) => [Number(/^\s*(\d+) pass/m.exec(out)?.[1] ?? 0), Number(/^\s*(\d+) fail/m.exec(out)?.[1] ?? 0)]);
 
-const passed = cargo[0] + bun[0];
-const failed = cargo[1] + bun[1] + (cargo[2] !== 0 && cargo[1] === 0 ? 1 : 0) + (bun[2] !== 0 && bun[1] === 0 ? 1 : 0);
-console.log(`\nrust ${cargo[0]} passed, ${cargo[1]} failed; bun ${bun[0]} passed, ${bun[1]} failed`);
+const stages = [cargo, tsc, bun];
+const passed = stages.reduce((a, s) => a + s[0], 0);
+const failed = stages.reduce((a, s) => a + s[1] + (s[2] !== 0 && s[1] === 0 ? 1 : 0), 0);
+console.log(`\nrust ${cargo[0]} passed, ${cargo[1]} failed; typecheck ${tsc[1] ? "failed" : "ok"}; bun ${bun[0]} passed, ${bun[1]} failed`);
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed === 0 && passed > 0 ? 0 : 1);

@@ -206,3 +206,13 @@ fn ift_masks_prompt_tokens_and_cpt_packs_documents() {
     let again = loralab_core::data::prepare(&cpt.data, &tok, &tiny.join("tokenizer.json"), 1).unwrap();
     assert_eq!(again.dir, s.dir);
 }
+
+#[test]
+fn gradient_accumulation_equals_one_big_batch() {
+    let out = tmp("accum");
+    let big = go(cfg(&out, serde_json::json!({"run_id": "big", "model": {"dtype": "f64"}, "train": {"steps": 3, "micro_batch": 4, "grad_accum": 1, "attention_dropout": 0.0}})));
+    let acc = go(cfg(&out, serde_json::json!({"run_id": "acc", "model": {"dtype": "f64"}, "train": {"steps": 3, "micro_batch": 1, "grad_accum": 4, "attention_dropout": 0.0}})));
+    for ((s, a), (_, b)) in losses(&big.run_dir).iter().zip(losses(&acc.run_dir).iter()) {
+        assert!((a - b).abs() < 1e-9, "step {s}: one batch of 4 {a} vs 4 micro-batches of 1 {b}");
+    }
+}

@@ -2,6 +2,7 @@
 // (crates/core/examples/bench_train.rs), which prints full FT vs LoRA side by side. Benchmarks
 // live apart from tests: they measure, they do not pass or fail.
 import { join } from "node:path";
+import { cargoArgs, hostTriple } from "./cargo.ts";
 
 const root = new URL("../../..", import.meta.url).pathname;
 
@@ -12,8 +13,8 @@ export async function runBench(args: string[]): Promise<number> {
     return 2;
   }
   // the same package set as the addon and test builds, so cargo reuses their compiled candle
-  const build = Bun.spawnSync(["cargo", "build", "--release", "-p", "loralab-core", "-p", "loralab-node", "--example", "bench_train"], { cwd: root, stdout: "inherit", stderr: "inherit" });
+  const build = Bun.spawnSync(cargoArgs("build", ["--example", "bench_train"]), { cwd: root, stdout: "inherit", stderr: "inherit" });
   if (build.exitCode !== 0) return build.exitCode ?? 1;
-  const run = Bun.spawnSync([join(root, "target/release/examples/bench_train"), ...rest], { cwd: root, stdout: "inherit", stderr: "inherit" });
+  const run = Bun.spawnSync([join(root, "target", hostTriple(), "release/examples/bench_train"), ...rest], { cwd: root, stdout: "inherit", stderr: "inherit" });
   return run.exitCode ?? 1;
 }

@@ -10,7 +10,9 @@ export function configHelp(): string {
   const deref = (s: Schema): Schema => (s.$ref ? (defs[s.$ref.split("/").pop()!] ?? s) : s);
   const lines: string[] = [];
   const walk = (s: Schema, prefix: string, defaults: Record<string, unknown> | undefined) => {
-    for (const [key, raw] of Object.entries(s.properties ?? {})) {
+    // plain fields first, then sections, so a field never reads as part of the section above it
+    const entries = Object.entries(s.properties ?? {}).sort(([, a], [, b]) => Number(!!deref(a).properties) - Number(!!deref(b).properties));
+    for (const [key, raw] of entries) {
       const field = deref(raw);
       const name = prefix ? `${prefix}.${key}` : key;
       const def = defaults?.[key] ?? raw.default ?? field.default;

@@ -14,7 +14,7 @@ const USAGE = `usage:
 
 async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
-    console.log(`${USAGE}\n\nconfig fields (TOML sections, or --section.field=value):${configHelp()}`);
+    console.log(`${USAGE}\n\nconfig fields (TOML sections, or --section.field=value):\n${configHelp()}`);
     return 0;
   }
   const files = args.filter((a) => !a.startsWith("--"));
