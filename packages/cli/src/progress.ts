@@ -23,6 +23,7 @@ export function progressReporter(label: string, out: NodeJS.WriteStream = proces
   let t0 = performance.now();
   let startStep = 0;
   let started = false;
+  let open = false; // a bar is drawn on the current terminal line
   return {
     onProgress(p: ProgressEvent) {
       if (!started) {
@@ -35,14 +36,16 @@ export function progressReporter(label: string, out: NodeJS.WriteStream = proces
         const width = 24;
         const filled = Math.round((width * p.step) / p.total_steps);
         out.write(`\r\x1b[2K${label} [${"#".repeat(filled)}${".".repeat(width - filled)}] ${line}`);
-        if (p.step === p.total_steps) out.write("\n");
+        open = p.step !== p.total_steps;
+        if (!open) out.write("\n");
       } else {
         const every = Math.max(1, Math.ceil(p.total_steps / 20));
         if (p.step % every === 0 || p.step === p.total_steps || p.step === startStep + 1) out.write(`${label} ${line}\n`);
       }
     },
     end() {
-      if (tty) out.write("\n");
+      if (tty && open) out.write("\n"); // cancelled mid-run: leave the last bar visible
+      open = false;
     },
   };
 }
