@@ -161,18 +161,17 @@ struct AddDropped<'a> {
     dropout: Option<&'a Dropout>,
 }
 
-fn add_dropped<T: Float + Send + Sync>(dx: &mut [T], upd: &[T], d: Option<&Dropout>) {
+fn add_dropped<T: Float + Send + Sync + Default + std::ops::AddAssign>(dx: &mut [T], upd: &[T], d: Option<&Dropout>) {
     const CHUNK: usize = 4096;
     dx.par_chunks_mut(CHUNK).zip(upd.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, u))| match d {
-        None => o.iter_mut().zip(u).for_each(|(o, u)| *o = T::from_f64(o.to_f64() + u.to_f64())),
+        None => o.iter_mut().zip(u).for_each(|(o, &u)| *o += u),
         Some(d) => {
-            let (thr, keep) = (d.threshold(), 1.0 / (1.0 - d.p));
+            let (thr, keep) = (d.threshold(), T::from_f64(1.0 / (1.0 - d.p)));
             for (q, (oq, uq)) in o.chunks_mut(4).zip(u.chunks(4)).enumerate() {
                 let bits = d.start.bits_at(((c * CHUNK) / 4 + q) as u64);
-                for (lane, (o, u)) in oq.iter_mut().zip(uq).enumerate() {
-                    if (bits >> (16 * lane)) & 0xFFFF >= thr {
-                        *o = T::from_f64(o.to_f64() + u.to_f64() * keep);
-                    }
+                for (lane, (o, &u)) in oq.iter_mut().zip(uq).enumerate() {
+                    let m = if (bits >> (16 * lane)) & 0xFFFF < thr { T::default() } else { keep };
+                    *o += u * m;
                 }
             }
         }
@@ -553,14 +552,15 @@ impl Dropout {
     fn apply<T: Float + Send + Sync + Default>(&self, x: &[T]) -> Vec<T> {
         const CHUNK: usize = 4096; // a multiple of 4: chunks start on a draw boundary
         let thr = self.threshold();
-        let keep = 1.0 / (1.0 - self.p);
+        let keep = T::from_f64(1.0 / (1.0 - self.p));
         par_fill(x.len(), CHUNK, |c, yo| {
             let xi = &x[c * CHUNK..(c * CHUNK + yo.len())];
             for (q, (yq, xq)) in yo.chunks_mut(4).zip(xi.chunks(4)).enumerate() {
                 let bits = self.start.bits_at(((c * CHUNK) / 4 + q) as u64);
-                for (lane, (o, v)) in yq.iter_mut().zip(xq).enumerate() {
-                    let r = (bits >> (16 * lane)) & 0xFFFF;
-                    o.write(if r < thr { T::default() } else { T::from_f64(v.to_f64() * keep) });
+                for (lane, (o, &v)) in yq.iter_mut().zip(xq).enumerate() {
+                    // in T's own arithmetic, branch-free: f64 round trips cost more than the mask
+                    let m = if (bits >> (16 * lane)) & 0xFFFF < thr { T::default() } else { keep };
+                    o.write(v * m);
                 }
             }
         })
