@@ -2,7 +2,9 @@
 //! clipping. Called once per step by train.rs. State lives only for trainable
 //! tensors, in f32 (f64 when the model runs in f64 for gradient checks).
 use crate::config::{OptimConfig, OptimizerName, ScheduleConfig, ScheduleKind};
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, Var};
+use crate::ops::num_like::Float;
+use rayon::prelude::*;
 
 pub struct ParamState {
     pub m: Tensor,
@@ -36,7 +38,39 @@ impl Optimizer {
     }
 
     /// Apply one update. `t` is the 1-based count of updates (AdamW's bias correction).
+    /// On CPU with parameter, gradient and state in one dtype, each tensor is updated in
+    /// place in one or two fused passes (no temporaries); otherwise `step_reference`.
     pub fn step(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64, t: usize) -> Result<()> {
+        let [b1, b2] = self.betas;
+        let fusable = params.iter().zip(grads).zip(&self.state).all(|(((_, p), g), st)| {
+            p.device().is_cpu() && p.dtype() == g.dtype() && p.dtype() == st.m.dtype() && (p.dtype() == DType::F32 || p.dtype() == DType::F64) && p.is_contiguous() && g.is_contiguous()
+        });
+        if !fusable {
+            return self.step_reference(params, grads, lr, t);
+        }
+        for (((_, p), g), st) in params.iter().zip(grads).zip(self.state.iter_mut()) {
+            let p = p.as_tensor();
+            match self.name {
+                OptimizerName::Lionw => {
+                    let decay = if self.weight_decay > 0.0 { 1.0 - lr / self.lr0 * self.weight_decay } else { 1.0 };
+                    p.inplace_op3(&st.m, g, &Kernel::Lion { decay, lr, b1 })?;
+                    st.m.inplace_op2(g, &Kernel::Moment { beta: b2, square: false })?;
+                }
+                OptimizerName::Adamw => {
+                    let v = st.v.as_ref().ok_or_else(|| candle_core::Error::Msg("adamw state missing v".into()))?;
+                    st.m.inplace_op2(g, &Kernel::Moment { beta: b1, square: false })?;
+                    v.inplace_op2(g, &Kernel::Moment { beta: b2, square: true })?;
+                    let decay = if self.weight_decay > 0.0 { 1.0 - lr * self.weight_decay } else { 1.0 };
+                    let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+                    p.inplace_op3(&st.m, v, &Kernel::Adam { decay, lr, bc1, bc2, eps: self.eps })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The same update from plain tensor ops (any device and dtype mix; the fused path is tested against it).
+    pub fn step_reference(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64, t: usize) -> Result<()> {
         let [b1, b2] = self.betas;
         for ((( _, p), g), st) in params.iter().zip(grads).zip(self.state.iter_mut()) {
             let dt = state_dtype(p.dtype());
@@ -76,7 +110,11 @@ impl Optimizer {
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sq = 0.0f64;
     for g in grads.iter() {
-        sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        sq += if g.device().is_cpu() && g.is_contiguous() {
+            g.apply_op1_no_bwd(&SumSquares)?.to_scalar::<f64>()?
+        } else {
+            g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
+        };
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm.is_finite() {
@@ -88,6 +126,104 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
         }
     }
     Ok(norm)
+}
+
+// ------------------------------------------------------------------ fused CPU kernels
+
+/// In-place updates, one pass each: a moment (m = β·m + (1−β)·g or g²), LionW's and
+/// AdamW's parameter updates. Maths in f64 per element, whatever the storage dtype.
+enum Kernel {
+    Moment { beta: f64, square: bool },
+    Lion { decay: f64, lr: f64, b1: f64 },
+    Adam { decay: f64, lr: f64, bc1: f64, bc2: f64, eps: f64 },
+}
+
+fn slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("optimizer: contiguous tensors only".into()))?;
+    Ok(&v[a..b])
+}
+
+fn slice_mut<'a, T>(v: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("optimizer: contiguous tensors only".into()))?;
+    Ok(&mut v[a..b])
+}
+
+const CHUNK: usize = 1 << 14;
+
+fn moment<T: Float + Send + Sync>(m: &mut [T], g: &[T], beta: f64, square: bool) {
+    m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+        for (m, g) in m.iter_mut().zip(g) {
+            let g = g.to_f64();
+            *m = T::from_f64(beta * m.to_f64() + (1.0 - beta) * if square { g * g } else { g });
+        }
+    });
+}
+
+fn update<T: Float + Send + Sync>(p: &mut [T], a: &[T], b: &[T], k: &Kernel) {
+    p.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((p, a), b)| {
+        for ((p, a), b) in p.iter_mut().zip(a).zip(b) {
+            let w = p.to_f64();
+            *p = T::from_f64(match *k {
+                // a = m, b = g: p·decay − lr·sign(β1·m + (1−β1)·g)
+                Kernel::Lion { decay, lr, b1 } => {
+                    let c = b1 * a.to_f64() + (1.0 - b1) * b.to_f64();
+                    w * decay - lr * if c > 0.0 { 1.0 } else if c < 0.0 { -1.0 } else { 0.0 }
+                }
+                // a = m, b = v: p·decay − lr·m̂/(√v̂ + eps)
+                Kernel::Adam { decay, lr, bc1, bc2, eps } => w * decay - lr * (a.to_f64() / bc1) / ((b.to_f64() / bc2).sqrt() + eps),
+                Kernel::Moment { .. } => w,
+            });
+        }
+    });
+}
+
+impl candle_core::InplaceOp2 for Kernel {
+    fn name(&self) -> &'static str {
+        "optimizer-moment"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let Kernel::Moment { beta, square } = *self else { candle_core::bail!("optimizer: not a moment kernel") };
+        match (s1, s2) {
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => moment(slice_mut(m, l1)?, slice(g, l2)?, beta, square),
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => moment(slice_mut(m, l1)?, slice(g, l2)?, beta, square),
+            _ => candle_core::bail!("optimizer: dtype mismatch"),
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp3 for Kernel {
+    fn name(&self) -> &'static str {
+        "optimizer-update"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<()> {
+        match (s1, s2, s3) {
+            (CpuStorage::F32(p), CpuStorage::F32(a), CpuStorage::F32(b)) => update(slice_mut(p, l1)?, slice(a, l2)?, slice(b, l3)?, self),
+            (CpuStorage::F64(p), CpuStorage::F64(a), CpuStorage::F64(b)) => update(slice_mut(p, l1)?, slice(a, l2)?, slice(b, l3)?, self),
+            _ => candle_core::bail!("optimizer: dtype mismatch"),
+        }
+        Ok(())
+    }
+}
+
+/// Σ g² in f64, one pass, no temporary tensor.
+struct SumSquares;
+
+impl candle_core::CustomOp1 for SumSquares {
+    fn name(&self) -> &'static str {
+        "sum-squares"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn ss<T: Float + Sync>(v: &[T]) -> f64 {
+            v.par_chunks(CHUNK).map(|c| c.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>()).sum()
+        }
+        let v = match s {
+            CpuStorage::F32(v) => ss(slice(v, l)?),
+            CpuStorage::F64(v) => ss(slice(v, l)?),
+            _ => candle_core::bail!("sum-squares: f32 or f64 only"),
+        };
+        Ok((CpuStorage::F64(vec![v]), Shape::from(())))
+    }
 }
 
 /// The learning rate for update index `s` (0-based) of a `total`-step schedule.

@@ -82,3 +82,26 @@ fn schedules() {
     let v: Vec<f64> = (10..100).map(|i| lr_at(&s, lr, i, 100)).collect();
     assert!(v.windows(2).all(|w| w[1] <= w[0] + 1e-15));
 }
+
+#[test]
+fn fused_in_place_updates_equal_the_tensor_op_reference() {
+    for name in [OptimizerName::Lionw, OptimizerName::Adamw] {
+        for dtype in [DType::F32, DType::F64] {
+            let mut r = Rng::new(3);
+            let init: Vec<f64> = (0..300).map(|_| r.normal()).collect();
+            let mk = || Var::from_tensor(&Tensor::new(init.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let (a, b) = (vec![("p".to_string(), mk())], vec![("p".to_string(), mk())]);
+            let cfg = OptimConfig { name, lr: Some(1e-2), betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
+            let (mut fa, mut fb) = (Optimizer::new(&cfg, 1e-2, &a).unwrap(), Optimizer::new(&cfg, 1e-2, &b).unwrap());
+            for t in 1..=5 {
+                let g: Vec<f64> = (0..300).map(|_| r.normal()).collect();
+                let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                fa.step(&a, &[g.clone()], 1e-2 / t as f64, t).unwrap();
+                fb.step_reference(&b, &[g], 1e-2 / t as f64, t).unwrap();
+            }
+            let d = (a[0].1.as_tensor().to_dtype(DType::F64).unwrap() - b[0].1.as_tensor().to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            let tol = if dtype == DType::F32 { 1e-6 } else { 1e-12 };
+            assert!(d < tol, "{name:?} {dtype:?}: fused vs reference differ by {d:e}");
+        }
+    }
+}
