@@ -48,6 +48,13 @@ describe("config", () => {
     expect(committed).toBe(await configTypes());
   });
 
+  test("the committed addon typings are what napi-rs generates from the binding", () => {
+    // scripts/setup.ts rebuilt crates/node (regenerating index.d.ts) before the tests ran
+    const diff = Bun.spawnSync(["git", "diff", "--stat", "--", "crates/node/index.d.ts"], { cwd: root, stdout: "pipe" });
+    expect(diff.exitCode).toBe(0);
+    expect(diff.stdout.toString()).toBe("");
+  });
+
   test("every field in the schema has a description (the reason for its default)", () => {
     const s = configSchema() as { $defs: Record<string, { properties?: Record<string, { description?: string }> }> };
     const missing: string[] = [];

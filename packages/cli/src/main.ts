@@ -7,7 +7,7 @@ import { runTinyLab } from "./lab.ts";
 import { progressReporter } from "./progress.ts";
 
 const USAGE = `usage:
-  loralab train                         the tiny laboratory: full FT vs LoRA on bundled data (CPU, ~1 min)
+  loralab train                         the tiny laboratory: full FT vs LoRA on bundled data (CPU, under a minute)
   loralab train CONFIG [--key=value...] one run from a .toml/.json config; --method.rank=64 style overrides
   loralab train --help                  every config field, its default and why
   loralab bench train                   side-by-side speed and memory of full FT vs LoRA`;
