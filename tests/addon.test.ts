@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { evalLoss, train, type ProgressEvent, type TrainEvent } from "@loralab/loralab";
+import { ConfigError, evalLoss, train, type ProgressEvent, type TrainEvent } from "@loralab/loralab";
 import { metricLosses, tempDir, tinyConfig } from "./helpers.ts";
 
 describe("addon", () => {
@@ -54,6 +54,18 @@ describe("addon", () => {
     expect(resumed.status).toBe("completed");
     const steps = (await metricLosses(s.run_dir)).map(([step]) => step);
     expect(steps).toEqual(Array.from({ length: s.steps + 2 }, (_, i) => i + 1));
+  });
+
+  test("a tokenizer that does not fit the model fails with a message, not a crash", async () => {
+    const out = tempDir("vocab");
+    const small = join(out, "config.json");
+    const cfg = await Bun.file(tinyConfig(out).model!.config!).json();
+    await Bun.write(small, JSON.stringify({ ...cfg, vocab_size: 100 }));
+    const err = await train(tinyConfig(out, { run_id: "v", model: { config: small } })).catch((e) => e as Error);
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as Error).message).toContain("has 512 tokens but the model's vocab_size is 100");
+    const run = await Bun.file(join(out, "v/run.json")).json();
+    expect(run.status).toBe("failed");
   });
 
   test("a signal aborted before the start cancels at step 0", async () => {

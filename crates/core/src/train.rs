@@ -191,6 +191,13 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     let n_params = model.cfg.n_params();
 
     // ------------------------------------------------------------------ data
+    let n_tok = tokenizer.get_vocab_size(true);
+    if n_tok > model.cfg.vocab_size {
+        return Err(Error::config(
+            "model.tokenizer",
+            format!("{} has {n_tok} tokens but the model's vocab_size is {} (hint: use the tokenizer.json that belongs to this model)", cfg.model.tokenizer, model.cfg.vocab_size),
+        ));
+    }
     let eos = data::eos_id(&tokenizer, model.cfg.eos_id())?;
     let shards = data::prepare(&cfg.data, &tokenizer, &tok_path, eos)?;
     let per_step = cfg.train.micro_batch * cfg.train.grad_accum;
