@@ -21,8 +21,6 @@ pub enum Error {
     // --- training
     #[error("step {step}: loss is {value} (not finite); stopped. The last good checkpoint is {last_checkpoint}. Hint: lower method/optim lr, or enable gradient clipping (optim.grad_clip)")]
     NonFinite { step: usize, value: f64, last_checkpoint: String },
-    #[error("run cancelled at step {step}")]
-    Cancelled { step: usize },
 
     // --- wrapped
     #[error("tensor error: {0}")]

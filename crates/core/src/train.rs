@@ -177,10 +177,9 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         // a random base exists nowhere else: keep it, so adapters and ΔW have their W_base
         let base_dir = run_dir.join("base");
         if !base_dir.join("model.safetensors").is_file() {
-            let mut base = build_model(&RunConfig { method: crate::config::MethodConfig { kind: MethodKind::Full, ..cfg.method.clone() }, ..cfg.clone() })?;
-            base.attention_dropout = 0.0;
+            // before any step: full FT's weights are still the init; LoRA never changes them
             let full = crate::config::MethodConfig { kind: MethodKind::Full, ..cfg.method.clone() };
-            checkpoint::save(&base_dir, &base, &full, &hf_config_path, &tok_path, "", None, None)?;
+            checkpoint::save(&base_dir, &model, &full, &hf_config_path, &tok_path, "", None, None)?;
         }
         base_dir.to_string_lossy().into_owned()
     } else {

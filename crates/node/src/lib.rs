@@ -29,7 +29,6 @@ fn keep_freed_pages() {
 fn to_napi(e: CoreError) -> Error {
     let status = match e {
         CoreError::Config { .. } => Status::InvalidArg,
-        CoreError::Cancelled { .. } => Status::Cancelled,
         _ => Status::GenericFailure,
     };
     Error::new(status, e.to_string())
