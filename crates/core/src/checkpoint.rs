@@ -70,7 +70,7 @@ pub fn save(
                 // a GGUF base has none: write the config its metadata gave
                 std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&model.cfg)?)?;
             }
-            std::fs::copy(tokenizer, tmp.join("tokenizer.json")).map_err(|e| Error::file(tokenizer, e))?;
+            std::fs::write(tmp.join("tokenizer.json"), crate::data::tokenizer_json(tokenizer)?)?;
         }
         MethodKind::Lora => {
             let mut map = HashMap::new();

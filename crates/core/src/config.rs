@@ -33,7 +33,7 @@ pub struct ModelConfig {
     pub path: String,
     /// Hugging Face config.json used for random initialisation when `path` is empty (small models made here; real ones come pretrained).
     pub config: String,
-    /// tokenizer.json. Empty: `<path>/tokenizer.json`.
+    /// tokenizer.json. Empty: `<path>/tokenizer.json`, or the GGUF file's own tokenizer metadata.
     pub tokenizer: String,
     /// Compute dtype on CPU: f32 for training, f64 for gradient checks. Trained weights are always saved in f32 or wider.
     pub dtype: DTypeName,
@@ -388,12 +388,12 @@ impl RunConfig {
         }
         if self.model.tokenizer.is_empty() {
             if self.model_is_gguf() {
-                return Err(Error::config("model.tokenizer", "required with a .gguf model for now (hint: point it at the model's tokenizer.json; building the tokenizer from GGUF metadata is its own step)"));
-            }
-            if self.model.path.is_empty() {
+                self.model.tokenizer = self.model.path.clone(); // built from the GGUF metadata
+            } else if self.model.path.is_empty() {
                 return Err(Error::config("model.tokenizer", "required when model.path is empty (hint: point it at a tokenizer.json)"));
+            } else {
+                self.model.tokenizer = Path::new(&self.model.path).join("tokenizer.json").to_string_lossy().into_owned();
             }
-            self.model.tokenizer = Path::new(&self.model.path).join("tokenizer.json").to_string_lossy().into_owned();
         }
         require_file(Path::new(&self.model.tokenizer), "model.tokenizer")?;
 

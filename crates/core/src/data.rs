@@ -10,8 +10,16 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
+/// The tokenizer.json text for a tokenizer.json file, or built from a .gguf file's metadata.
+pub fn tokenizer_json(path: &Path) -> Result<Vec<u8>> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return Ok(crate::gguf::tokenizer_json(path)?.into_bytes());
+    }
+    std::fs::read(path).map_err(|e| Error::file(path, e))
+}
+
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path).map_err(|e| Error::file(path, format!("cannot load tokenizer: {e} (hint: a Hugging Face tokenizer.json)")))
+    Tokenizer::from_bytes(tokenizer_json(path)?).map_err(|e| Error::file(path, format!("cannot load tokenizer: {e} (hint: a Hugging Face tokenizer.json)")))
 }
 
 /// The end-of-sequence id: from the model config, else the tokenizer's usual names.
@@ -128,7 +136,7 @@ struct ShardMeta {
 /// Tokenize and write shards once; later calls with the same inputs reuse them.
 pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u32) -> Result<Shards> {
     let data_bytes = std::fs::read(&cfg.train).map_err(|e| Error::file(&cfg.train, e))?;
-    let tok_bytes = std::fs::read(tokenizer_path).map_err(|e| Error::file(tokenizer_path, e))?;
+    let tok_bytes = tokenizer_json(tokenizer_path)?;
     let mut h = fnv1a(FNV_OFFSET, &data_bytes);
     h = fnv1a(h, &tok_bytes);
     let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, 1u32))?;

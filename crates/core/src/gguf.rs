@@ -137,3 +137,66 @@ pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Va
     let model = Llama::from_tensors(cfg, tensors, dtype, path)?;
     Ok((model, content.metadata))
 }
+
+// ------------------------------------------------------------------ tokenizer from metadata
+
+/// GGUF stores the pre-tokenizer only by name (`tokenizer.ggml.pre`); these are the names
+/// whose split rules are known here, as Hugging Face pre-tokenizer JSON.
+fn pre_tokenizer(name: &str) -> Option<serde_json::Value> {
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    match name {
+        // GPT-2's byte-level regex
+        "gpt-2" | "default" => Some(byte_level),
+        // SmolLM: every digit on its own, then GPT-2's byte-level regex (as its tokenizer.json)
+        "smollm" => Some(serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})),
+        _ => None,
+    }
+}
+
+fn strings(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<Vec<String>> {
+    let v = md.get(key).ok_or_else(|| Error::file(path, format!("GGUF metadata lacks {key}")))?;
+    v.to_vec().map_err(|e| Error::file(path, format!("{key}: {e}")))?.iter().map(|s| s.to_string().cloned().map_err(|e| Error::file(path, format!("{key}: {e}")))).collect()
+}
+
+/// The tokenizer.json a GGUF file's metadata describes (BPE models: `tokenizer.ggml.model` gpt2).
+pub fn tokenizer_json(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let content = Content::read(&mut f).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e} (hint: truncated or corrupt?)")))?;
+    let md = &content.metadata;
+    let model = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if model != "gpt2" {
+        return Err(Error::file(path, format!("tokenizer.ggml.model `{model}` is not supported yet (hint: supported: gpt2 (byte-level BPE); or give model.tokenizer a tokenizer.json)")));
+    }
+    let pre_name = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or_else(|| "default".into());
+    let pre = pre_tokenizer(&pre_name).ok_or_else(|| {
+        Error::file(path, format!("tokenizer.ggml.pre `{pre_name}`: its split rules are not in loralab's table (hint: known: gpt-2, smollm; or give model.tokenizer a tokenizer.json)"))
+    })?;
+    let tokens = strings(md, "tokenizer.ggml.tokens", path)?;
+    let merges = strings(md, "tokenizer.ggml.merges", path)?;
+    let types: Vec<i64> = match md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
+        Some(v) => v.iter().map(|t| num(t).unwrap_or(1.0) as i64).collect(),
+        None => vec![1; tokens.len()],
+    };
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
+    // token_type 3 = control (<|im_start|>, <|endoftext|>, ...): matched whole, never split
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types.get(*i) == Some(&3))
+        .map(|(i, t)| serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let add_bos = md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+    let bos = md.get("tokenizer.ggml.bos_token_id").and_then(num).map(|v| v as usize);
+    let post = match (add_bos, bos.and_then(|b| tokens.get(b))) {
+        (true, Some(b)) => serde_json::json!({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], "special_tokens": {b.clone(): {"id": b, "ids": [bos], "tokens": [b]}}}),
+        _ => serde_json::Value::Null,
+    };
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": pre, "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+    });
+    Ok(json.to_string())
+}

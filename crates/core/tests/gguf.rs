@@ -56,3 +56,70 @@ fn a_truncated_gguf_is_a_clear_error() {
     assert!(err.contains(&p.display().to_string()) && (err.contains("GGUF") || err.contains("tensor")), "{err}");
     let _ = std::fs::remove_file(p);
 }
+
+#[test]
+fn tokenizer_from_gguf_metadata_matches_the_reference_on_300_strings() {
+    let tok = loralab_core::data::load_tokenizer(&smollm2()).unwrap();
+    let fx: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_tokenizer_ref.json")).unwrap()).unwrap();
+    assert_eq!(fx.len(), 300);
+    for case in &fx {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(got, want, "{text:?}");
+        assert_eq!(tok.decode(&got, false).unwrap(), text, "round trip of {text:?}");
+    }
+}
+
+/// Greedy continuation, the whole sequence each step (generation with a KV cache is the evaluation issue's).
+fn greedy(model: &loralab_core::model::Llama, tok: &tokenizers::Tokenizer, prompt: &str, n: usize) -> String {
+    let mut ids = tok.encode(prompt, false).unwrap().get_ids().to_vec();
+    let start = ids.len();
+    for _ in 0..n {
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = model.forward(&x, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
+        ids.push(logits.get(ids.len() - 1).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap());
+    }
+    tok.decode(&ids[start..], false).unwrap()
+}
+
+#[test]
+fn greedy_decoding_of_factual_prompts_is_sensible() {
+    let (model, _) = load_gguf(&smollm2(), DType::F32).unwrap();
+    let tok = loralab_core::data::load_tokenizer(&smollm2()).unwrap();
+    let france = greedy(&model, &tok, "The capital of France is", 4);
+    assert!(france.contains("Paris"), "{france:?}");
+    let chat = "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n";
+    let japan = greedy(&model, &tok, chat, 8);
+    assert!(japan.contains("Tokyo"), "{japan:?}");
+}
+
+#[test]
+fn a_few_lora_steps_on_smollm2_lower_the_loss_on_their_examples() {
+    let out = std::env::temp_dir().join(format!("loralab-smollm2-lora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let data = out.join("facts.jsonl");
+    let rows = [("What is loralab?", "A lab that compares LoRA with full fine-tuning."), ("Who wrote loralab?", "Its founding engineers."), ("What does LoRA train?", "Low-rank adapters on frozen weights."), ("What is forgetting?", "Losing skill on the source domain.")];
+    let text: String = rows.iter().map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n").collect();
+    std::fs::write(&data, text).unwrap();
+    let cfg = serde_json::json!({
+        "name": "smollm2-lora", "run_id": "r", "out_dir": out, "model": {"path": smollm2()},
+        "data": {"format": "ift", "train": data, "seq_len": 32, "cache_dir": out.join("cache")},
+        "method": {"kind": "lora", "rank": 8, "dropout": 0.0},
+        "optim": {"name": "adamw", "lr": 2e-3}, "schedule": {"kind": "constant", "warmup_frac": 0.0},
+        "train": {"steps": 6, "micro_batch": 4}
+    });
+    let mut losses = vec![];
+    let s = loralab_core::train::run(loralab_core::parse_config(&cfg.to_string()).unwrap(), &mut |e: &loralab_core::Event| {
+        if let loralab_core::Event::Progress(p) = e {
+            losses.push(p.loss)
+        }
+    }, &std::sync::atomic::AtomicBool::new(false))
+    .unwrap();
+    assert_eq!(s.status, "completed");
+    // every step sees the same four examples: the loss on them must fall
+    assert!(losses[5] < 0.8 * losses[0], "{losses:?}");
+    assert!(std::path::Path::new(&s.output).join("adapter_model.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+}

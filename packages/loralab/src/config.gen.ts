@@ -102,7 +102,7 @@ export interface ModelConfig {
    */
   path?: string;
   /**
-   * tokenizer.json. Empty: `<path>/tokenizer.json`.
+   * tokenizer.json. Empty: `<path>/tokenizer.json`, or the GGUF file's own tokenizer metadata.
    */
   tokenizer?: string;
 }
