@@ -110,10 +110,26 @@ fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
-/// Read a GGUF file into an f32 Llama in HF layout (every weight frozen).
-pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Value>)> {
+fn open(path: &Path) -> Result<(std::fs::File, Content)> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
     let content = Content::read(&mut f).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e} (hint: truncated or corrupt?)")))?;
+    Ok((f, content))
+}
+
+fn dequantized(f: &mut std::fs::File, content: &Content, name: &str, path: &Path) -> Result<Tensor> {
+    let q = content.tensor(f, name, &Device::Cpu).map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
+    q.dequantize(&Device::Cpu).map_err(|e| Error::file(path, format!("tensor {name}: {e}")))
+}
+
+/// One tensor of a GGUF file, dequantized to f32, as stored (no renaming, no permutation).
+pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
+    let (mut f, content) = open(path)?;
+    dequantized(&mut f, &content, name, path)
+}
+
+/// Read a GGUF file into an f32 Llama in HF layout (every weight frozen).
+pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Value>)> {
+    let (mut f, content) = open(path)?;
     let tied = !content.tensor_infos.contains_key("output.weight");
     let cfg = config_from_metadata(&content.metadata, path, tied)?;
     let permuted = cfg.model_type == "llama";
@@ -125,8 +141,7 @@ pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Va
             }
             continue;
         };
-        let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
-        let mut t = q.dequantize(&Device::Cpu).map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
+        let mut t = dequantized(&mut f, &content, name, path)?;
         if permuted && name.contains(".attn_q.") {
             t = unpermute(&t, cfg.num_attention_heads)?;
         } else if permuted && name.contains(".attn_k.") {
@@ -160,8 +175,7 @@ fn strings(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<Vec<St
 
 /// The tokenizer.json a GGUF file's metadata describes (BPE models: `tokenizer.ggml.model` gpt2).
 pub fn tokenizer_json(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let content = Content::read(&mut f).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e} (hint: truncated or corrupt?)")))?;
+    let (_, content) = open(path)?;
     let md = &content.metadata;
     let model = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if model != "gpt2" {

@@ -123,3 +123,37 @@ fn a_few_lora_steps_on_smollm2_lower_the_loss_on_their_examples() {
     assert!(std::path::Path::new(&s.output).join("adapter_model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+fn fixture_gguf() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(repo().join("tests/reference/gguf_fixture.safetensors"), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn llama_q_k_are_unpermuted_and_qwen2_left_alone_giving_back_the_hf_tensors() {
+    let fx = fixture_gguf();
+    for arch in ["llama", "qwen2"] {
+        let (model, _) = load_gguf(&repo().join(format!("tests/reference/tiny_{arch}.gguf")), DType::F32).unwrap();
+        assert_eq!(model.cfg.model_type, arch);
+        assert_eq!(model.cfg.qkv_bias(), arch == "qwen2");
+        assert!(!model.cfg.tie_word_embeddings, "output.weight present: untied");
+        let named = model.named_weights();
+        assert_eq!(named.len(), fx.keys().filter(|k| k.starts_with(&format!("{arch}."))).count());
+        for (name, w) in named {
+            let want = &fx[&format!("{arch}.{name}")];
+            assert_eq!(max_abs_diff(w.tensor(), want), 0.0, "{arch}: {name}");
+        }
+    }
+}
+
+#[test]
+fn every_storage_type_dequantizes_as_gguf_py_does() {
+    let fx = fixture_gguf();
+    let path = repo().join("tests/reference/tiny_quants.gguf");
+    for ty in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"] {
+        let got = loralab_core::gguf::read_f32(&path, &format!("q.{ty}")).unwrap();
+        let want = &fx[&format!("quant.{ty}")];
+        assert_eq!(got.dims(), want.dims(), "{ty}");
+        let d = max_abs_diff(&got, want);
+        assert!(d <= 1e-6, "{ty}: max abs difference {d:e} from gguf-py's dequantizer");
+    }
+}
