@@ -34,3 +34,18 @@ test("bad input exits 2 naming the field, without a stack trace", () => {
   expect(missing.code).toBe(2);
   expect(missing.err).toContain("nope.toml: not found");
 });
+
+test("merge folds a trained adapter into its base; the merged model scores the same", async () => {
+  const out = tempDir("merge");
+  const r = cli(["train", "configs/tiny-lora.toml", "--train.steps=3", `--out_dir=${out}`, "--run_id=m", "--data.seq_len=32", `--data.cache_dir=${out}/cache`]);
+  expect(r.code).toBe(0);
+  const m = cli(["merge", `${out}/m/base`, `${out}/m/adapter`, `${out}/merged`]);
+  expect(m.err).toBe("");
+  expect(m.code).toBe(0);
+  const data = { train: "datasets/tiny/code_heldout.jsonl", text_field: "content", seq_len: 32, cache_dir: `${out}/cache` };
+  const { evalLoss } = await import("@loralab/loralab");
+  const unmerged = await evalLoss({ model: `${out}/m/base`, adapter: `${out}/m/adapter`, data });
+  const merged = await evalLoss({ model: `${out}/merged`, data });
+  expect(Math.abs(unmerged.loss - merged.loss)).toBeLessThan(1e-4);
+  expect(cli(["merge", "only-one-arg"]).code).toBe(2);
+});

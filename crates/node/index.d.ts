@@ -22,6 +22,9 @@ export declare function configSchema(): any
 /** Mean held-out loss of a model (+ optional adapter) on a data file; JSON in, JSON text out. */
 export declare function evalLoss(requestJson: string): Promise<string>
 
+/** Fold a PEFT adapter into its base (HF directory or .gguf) and write an HF model to `out`. */
+export declare function merge(base: string, adapter: string, out: string): Promise<void>
+
 /** Parse, default and validate a config (JSON text); returns the resolved config. */
 export declare function resolveConfig(configJson: string): any
 

@@ -45,17 +45,22 @@ pub struct EvalLoss {
 pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
     let dtype = if req.dtype == DTypeName::F64 { DType::F64 } else { DType::F32 };
     let dir = Path::new(&req.model);
-    if !dir.join("config.json").is_file() {
-        return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory)", dir.display())));
+    let gguf = dir.extension().is_some_and(|e| e == "gguf");
+    if !gguf && !dir.join("config.json").is_file() {
+        return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory or a .gguf file)", dir.display())));
     }
-    let mut model = checkpoint::load_model_dir(dir, dtype)?;
+    let mut model = checkpoint::load_base(dir, dtype)?;
     if !req.adapter.is_empty() {
         checkpoint::load_adapter(&mut model, Path::new(&req.adapter))?;
         if req.merged {
             model.merge_lora()?;
         }
     }
-    let tok_path = if req.tokenizer.is_empty() { dir.join("tokenizer.json") } else { PathBuf::from(&req.tokenizer) };
+    let tok_path = match (req.tokenizer.is_empty(), gguf) {
+        (false, _) => PathBuf::from(&req.tokenizer),
+        (true, true) => dir.to_path_buf(),
+        (true, false) => dir.join("tokenizer.json"),
+    };
     let tok = data::load_tokenizer(&tok_path)?;
     let eos = data::eos_id(&tok, model.cfg.eos_id())?;
     let shards = data::prepare(&req.data, &tok, &tok_path, eos)?;

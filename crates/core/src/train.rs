@@ -119,10 +119,8 @@ pub fn build_model(cfg: &RunConfig) -> Result<Llama> {
     let mut model = if cfg.model.path.is_empty() {
         let hf = LlamaConfig::from_file(Path::new(&cfg.model.config))?;
         Llama::random(hf, dtype, &mut Rng::fork(cfg.seed, 0))?
-    } else if cfg.model_is_gguf() {
-        crate::gguf::load_gguf(Path::new(&cfg.model.path), dtype)?.0
     } else {
-        checkpoint::load_model_dir(Path::new(&cfg.model.path), dtype)?
+        checkpoint::load_base(Path::new(&cfg.model.path), dtype)?
     };
     model.attention_dropout = cfg.train.attention_dropout;
     model.apply_method(&cfg.method, &mut Rng::fork(cfg.seed, 1))?;

@@ -156,3 +156,28 @@ impl Task for EvalTask {
         Ok(output)
     }
 }
+
+/// Fold a PEFT adapter into its base (HF directory or .gguf) and write an HF model to `out`.
+#[napi(ts_return_type = "Promise<void>")]
+pub fn merge(base: String, adapter: String, out: String) -> AsyncTask<MergeTask> {
+    keep_freed_pages();
+    AsyncTask::new(MergeTask { base, adapter, out })
+}
+
+pub struct MergeTask {
+    base: String,
+    adapter: String,
+    out: String,
+}
+
+impl Task for MergeTask {
+    type Output = ();
+    type JsValue = ();
+    fn compute(&mut self) -> Result<Self::Output> {
+        let (base, adapter, out) = (self.base.clone(), self.adapter.clone(), self.out.clone());
+        guard("merge", move || loralab_core::checkpoint::merge(base.as_ref(), adapter.as_ref(), out.as_ref()))
+    }
+    fn resolve(&mut self, _env: Env, _output: Self::Output) -> Result<Self::JsValue> {
+        Ok(())
+    }
+}

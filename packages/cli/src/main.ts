@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // `loralab train [config.toml|json] [--key=value ...]`: one run with a progress display,
 // or with no config the embedded tiny laboratory. Also `loralab bench train`.
-import { applyOverrides, ConfigError, loadConfigFile, train, type RunConfig } from "@loralab/loralab";
+import { applyOverrides, ConfigError, loadConfigFile, merge, train, type RunConfig } from "@loralab/loralab";
 import { configHelp } from "./help.ts";
 import { runTinyLab } from "./lab.ts";
 import { progressReporter } from "./progress.ts";
@@ -10,6 +10,7 @@ const USAGE = `usage:
   loralab train                         the tiny laboratory: full FT vs LoRA on bundled data (CPU, under a minute)
   loralab train CONFIG [--key=value...] one run from a .toml/.json config; --method.rank=64 style overrides
   loralab train --help                  every config field, its default and why
+  loralab merge BASE ADAPTER OUT        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
   loralab bench train                   side-by-side speed and memory of full FT vs LoRA`;
 
 async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
@@ -53,6 +54,13 @@ async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case "train":
       return cmdTrain(rest, abort.signal);
+    case "merge": {
+      if (rest.length !== 3) throw new ConfigError("usage: loralab merge BASE ADAPTER OUT", "");
+      const [base, adapter, out] = rest as [string, string, string];
+      await merge(base, adapter, out);
+      console.log(`merged model: ${out}`);
+      return 0;
+    }
     case "bench": {
       const { runBench } = await import("./bench.ts");
       return runBench(rest);

@@ -185,3 +185,13 @@ export async function evalLoss(req: EvalLossRequest): Promise<EvalLoss> {
     throw mapError(e);
   }
 }
+
+/** Fold a PEFT LoRA adapter into its base model (HF directory or .gguf) and write a merged
+ *  model in Hugging Face layout (f32) to `out`. */
+export async function merge(base: string, adapter: string, out: string): Promise<void> {
+  try {
+    await native.merge(base, adapter, out);
+  } catch (e) {
+    throw mapError(e);
+  }
+}
