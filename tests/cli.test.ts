@@ -15,6 +15,7 @@ test("train a shipped config with overrides; plain progress lines when piped", (
   expect(r.code).toBe(0);
   expect(r.out).toContain("step 3/3");
   expect(r.out).toContain("completed: 3/3 steps");
+  expect(r.out).toMatch(/data: 1,300 records → [\d,]+ rows of 32 tokens/);
   expect(r.out).not.toContain("\r");
   expect(r.out).toMatch(/output: .*\/adapter/);
 });

@@ -168,9 +168,11 @@ pub struct ScheduleConfig {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Optimizer steps. 0: derived from `epochs` over the prepared data.
+    /// Optimizer steps. 0: derived from `tokens`, else from `epochs`.
     pub steps: usize,
-    /// Passes over the data when `steps` is 0 (the study's IFT budgets are 1–16 epochs).
+    /// Train on this many tokens (rounded up to whole steps; 0 = unused). The study's CPT budgets are tokens (0.25B–20B).
+    pub tokens: u64,
+    /// Passes over the data when `steps` and `tokens` are 0 (the study's IFT budgets are 1–16 epochs).
     pub epochs: f64,
     /// Sequences per forward/backward pass (bounded by memory).
     pub micro_batch: usize,
@@ -253,6 +255,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             steps: 0,
+            tokens: 0,
             epochs: 1.0,
             micro_batch: 8,
             grad_accum: 1,
@@ -452,7 +455,10 @@ impl RunConfig {
         if self.train.grad_accum == 0 {
             return Err(Error::config("train.grad_accum", "must be ≥ 1"));
         }
-        if self.train.steps == 0 && !(self.train.epochs > 0.0 && self.train.epochs.is_finite()) {
+        if self.train.steps > 0 && self.train.tokens > 0 {
+            return Err(Error::config("train.tokens", "both train.steps and train.tokens are set (hint: give one budget)"));
+        }
+        if self.train.steps == 0 && self.train.tokens == 0 && !(self.train.epochs > 0.0 && self.train.epochs.is_finite()) {
             return Err(Error::config("train.steps", "set train.steps > 0 or train.epochs > 0"));
         }
         if self.train.log_every == 0 {

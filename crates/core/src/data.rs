@@ -119,18 +119,30 @@ pub struct Shards {
     pub seq_len: usize,
     tokens: Mmap,
     mask: Mmap,
-    /// Loss tokens in the whole set (for reports).
-    pub loss_tokens: u64,
+    /// What the prepare step did (also the shard directory's meta.json).
+    pub report: PrepareReport,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ShardMeta {
-    format_version: u32,
-    rows: usize,
-    seq_len: usize,
-    loss_tokens: u64,
-    skipped: usize,
-    source: String,
+/// The prepare step's account of the data, kept in meta.json and reported by every run.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct PrepareReport {
+    pub format_version: u32,
+    pub source: String,
+    /// Records read.
+    pub documents: usize,
+    /// Token rows (sequences of seq_len) written.
+    pub rows: usize,
+    pub seq_len: usize,
+    /// Tokens the records tokenized to (CPT: with the EOS between documents).
+    pub tokens: u64,
+    /// Tokens that carry loss (positions 1.. of each row whose target is masked in).
+    pub loss_tokens: u64,
+    /// IFT examples cut at seq_len (their response is partly lost).
+    pub truncated: usize,
+    /// IFT examples dropped because the prompt alone fills seq_len.
+    pub dropped: usize,
+    /// Tokens not in any row: CPT's tail shorter than seq_len, IFT's cut and dropped tokens.
+    pub dropped_tokens: u64,
 }
 
 /// Tokenize and write shards once; later calls with the same inputs reuse them.
@@ -139,7 +151,7 @@ pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u3
     let tok_bytes = tokenizer_json(tokenizer_path)?;
     let mut h = fnv1a(FNV_OFFSET, &data_bytes);
     h = fnv1a(h, &tok_bytes);
-    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, 1u32))?;
+    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, 2u32))?;
     h = fnv1a(h, key.as_bytes());
     let dir = Path::new(&cfg.cache_dir).join(format!("{h:016x}"));
     if !dir.join("meta.json").is_file() {
@@ -153,7 +165,7 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
     let t = cfg.seq_len;
     let mut tokens: Vec<u32> = vec![];
     let mut mask: Vec<u8> = vec![];
-    let mut skipped = 0;
+    let (mut truncated, mut dropped, mut total, mut dropped_tokens) = (0usize, 0usize, 0u64, 0u64);
     match cfg.format {
         DataFormat::Cpt => {
             // documents joined by EOS, cut into seq_len blocks; the remainder is dropped
@@ -165,15 +177,23 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
             let rows = stream.len() / t;
             tokens.extend_from_slice(&stream[..rows * t]);
             mask.resize(rows * t, 1);
+            total = stream.len() as u64;
+            dropped_tokens = (stream.len() - rows * t) as u64;
         }
         DataFormat::Ift => {
             for (prompt, response) in &records {
                 let p = encode(tok, &cfg.template.replace("{prompt}", prompt), true)?;
                 let mut r = encode(tok, response, false)?;
                 r.push(eos);
+                total += (p.len() + r.len()) as u64;
                 if p.len() >= t {
-                    skipped += 1; // the prompt alone fills the window: no response token to learn from
+                    dropped += 1; // the prompt alone fills the window: no response token to learn from
+                    dropped_tokens += (p.len() + r.len()) as u64;
                     continue;
+                }
+                if p.len() + r.len() > t {
+                    truncated += 1;
+                    dropped_tokens += (p.len() + r.len() - t) as u64;
                 }
                 let mut row: Vec<u32> = p.iter().chain(r.iter()).copied().take(t).collect();
                 let mut m: Vec<u8> = (0..row.len()).map(|i| u8::from(i >= p.len())).collect();
@@ -199,7 +219,7 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
     let mut f = std::fs::File::create(tmp.join("tokens.u32")).map_err(|e| Error::file(&tmp, e))?;
     f.write_all(&tokens.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
     std::fs::write(tmp.join("mask.u8"), &mask)?;
-    let meta = ShardMeta { format_version: 1, rows, seq_len: t, loss_tokens, skipped, source: cfg.train.clone() };
+    let meta = PrepareReport { format_version: 1, source: cfg.train.clone(), documents: records.len(), rows, seq_len: t, tokens: total, loss_tokens, truncated, dropped, dropped_tokens };
     std::fs::write(tmp.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
@@ -207,7 +227,8 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
 }
 
 fn open_shards(dir: &Path) -> Result<Shards> {
-    let meta: ShardMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)?;
+    let meta: PrepareReport = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)
+        .map_err(|e| Error::file(dir.join("meta.json"), format!("{e} (hint: delete this cache directory; it is rebuilt on the next run)")))?;
     let map = |name: &str| -> Result<Mmap> {
         let f = std::fs::File::open(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))?;
         // SAFETY: shard files are written once (atomically renamed into place) and never modified.
@@ -217,7 +238,7 @@ fn open_shards(dir: &Path) -> Result<Shards> {
     if tokens.len() != meta.rows * meta.seq_len * 4 || mask.len() != meta.rows * meta.seq_len {
         return Err(Error::file(dir, "token shards are truncated (hint: delete this cache directory; it is rebuilt on the next run)"));
     }
-    Ok(Shards { dir: dir.to_path_buf(), rows: meta.rows, seq_len: meta.seq_len, tokens, mask, loss_tokens: meta.loss_tokens })
+    Ok(Shards { dir: dir.to_path_buf(), rows: meta.rows, seq_len: meta.seq_len, tokens, mask, report: meta })
 }
 
 impl Shards {

@@ -20,6 +20,8 @@ use std::time::Instant;
 #[derive(Serialize, Clone, Debug)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// The prepare step's account of the data (documents, tokens, truncated and dropped examples).
+    Prepared(data::PrepareReport),
     Start { run_id: String, run_dir: String, total_steps: usize, start_step: usize, params: usize, trainable_params: usize, rows: usize },
     Progress(Progress),
     Checkpoint { step: usize, tokens: u64, path: String },
@@ -47,6 +49,8 @@ pub struct RunSummary {
     pub steps: usize,
     pub total_steps: usize,
     pub tokens: u64,
+    /// Passes over the prepared data: samples seen / rows.
+    pub epochs: f64,
     pub first_loss: f64,
     pub final_loss: f64,
     pub tokens_per_s: f64,
@@ -200,7 +204,16 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     let eos = data::eos_id(&tokenizer, model.cfg.eos_id())?;
     let shards = data::prepare(&cfg.data, &tokenizer, &tok_path, eos)?;
     let per_step = cfg.train.micro_batch * cfg.train.grad_accum;
-    let total_steps = if cfg.train.steps > 0 { cfg.train.steps } else { ((cfg.train.epochs * shards.rows as f64) / per_step as f64).ceil().max(1.0) as usize };
+    std::fs::write(run_dir.join("data.json"), serde_json::to_vec_pretty(&shards.report)?)?;
+    sink.event(&Event::Prepared(shards.report.clone()));
+    let step_tokens = (per_step * shards.seq_len) as u64;
+    let total_steps = if cfg.train.steps > 0 {
+        cfg.train.steps
+    } else if cfg.train.tokens > 0 {
+        cfg.train.tokens.div_ceil(step_tokens) as usize
+    } else {
+        ((cfg.train.epochs * shards.rows as f64) / per_step as f64).ceil().max(1.0) as usize
+    };
     let mut sampler = Sampler::new(cfg.seed, shards.rows);
 
     // ------------------------------------------------------------------ optimizer, resume
@@ -337,6 +350,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         steps: state.step,
         total_steps,
         tokens: state.tokens,
+        epochs: state.samples as f64 / shards.rows as f64,
         first_loss,
         final_loss: state.loss,
         tokens_per_s: tokens_this_run as f64 / elapsed.max(1e-9),

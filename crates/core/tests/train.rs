@@ -216,3 +216,30 @@ fn gradient_accumulation_equals_one_big_batch() {
         assert!((a - b).abs() < 1e-9, "step {s}: one batch of 4 {a} vs 4 micro-batches of 1 {b}");
     }
 }
+
+#[test]
+fn token_budgets_are_exact_and_the_prepare_report_is_recorded() {
+    let out = tmp("budget");
+    // 4 sequences × 32 tokens = 128 tokens a step: 1000 tokens round up to 8 steps
+    let s = go(cfg(&out, serde_json::json!({"run_id": "tok", "train": {"steps": 0, "tokens": 1000, "micro_batch": 2, "grad_accum": 2}})));
+    assert_eq!(s.total_steps, 8);
+    assert_eq!(s.tokens, 1024);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}/data.json", s.run_dir)).unwrap()).unwrap();
+    let rows = report["rows"].as_u64().unwrap() as f64;
+    assert!((s.epochs - 32.0 / rows).abs() < 1e-12, "epochs = samples / rows");
+    assert_eq!(report["documents"], 1300);
+    let (tokens, dropped) = (report["tokens"].as_u64().unwrap(), report["dropped_tokens"].as_u64().unwrap());
+    assert_eq!(tokens - dropped, rows as u64 * 32, "CPT: every token is in a row but the tail");
+    assert!(dropped < 32);
+
+    // IFT: a window too small for some examples truncates them; too small for a prompt drops it
+    let tiny = repo().join("datasets/tiny");
+    let ift = cfg(&out, serde_json::json!({"run_id": "ift", "data": {"format": "ift", "train": tiny.join("code_ift.jsonl"), "seq_len": 30}, "train": {"steps": 1}}));
+    let s = go(ift);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}/data.json", s.run_dir)).unwrap()).unwrap();
+    assert_eq!(report["documents"], 600);
+    assert!(report["truncated"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["rows"].as_u64().unwrap() + report["dropped"].as_u64().unwrap(), 600);
+    let e = cfg(&out, serde_json::json!({"train": {"steps": 3, "tokens": 100}})).resolve().unwrap_err().to_string();
+    assert!(e.starts_with("config train.tokens:"), "{e}");
+}

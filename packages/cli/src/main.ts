@@ -32,6 +32,11 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
     signal,
     onProgress: bar.onProgress,
     onEvent: (e) => {
+      if (e.type === "prepared")
+        console.log(
+          `data: ${e.documents.toLocaleString("en-US")} records → ${e.rows.toLocaleString("en-US")} rows of ${e.seq_len} tokens ` +
+            `(${e.tokens.toLocaleString("en-US")} tokens, ${e.loss_tokens.toLocaleString("en-US")} with loss; ${e.truncated} truncated, ${e.dropped} dropped, ${e.dropped_tokens.toLocaleString("en-US")} tokens unused)`,
+        );
       if (e.type === "start") console.log(`run ${e.run_id} → ${e.run_dir} (${e.trainable_params.toLocaleString("en-US")} of ${e.params.toLocaleString("en-US")} parameters train)`);
     },
   });

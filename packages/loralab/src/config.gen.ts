@@ -171,7 +171,7 @@ export interface TrainConfig {
    */
   device?: string;
   /**
-   * Passes over the data when `steps` is 0 (the study's IFT budgets are 1–16 epochs).
+   * Passes over the data when `steps` and `tokens` are 0 (the study's IFT budgets are 1–16 epochs).
    */
   epochs?: number;
   /**
@@ -191,7 +191,11 @@ export interface TrainConfig {
    */
   resume_from?: string;
   /**
-   * Optimizer steps. 0: derived from `epochs` over the prepared data.
+   * Optimizer steps. 0: derived from `tokens`, else from `epochs`.
    */
   steps?: number;
+  /**
+   * Train on this many tokens (rounded up to whole steps; 0 = unused). The study's CPT budgets are tokens (0.25B–20B).
+   */
+  tokens?: number;
 }

@@ -36,7 +36,20 @@ export interface CheckpointEvent {
   tokens: number;
   path: string;
 }
-export type TrainEvent = StartEvent | ProgressEvent | CheckpointEvent;
+/** The prepare step's account of the data (also `data.json` in the run directory). */
+export interface PreparedEvent {
+  type: "prepared";
+  source: string;
+  documents: number;
+  rows: number;
+  seq_len: number;
+  tokens: number;
+  loss_tokens: number;
+  truncated: number;
+  dropped: number;
+  dropped_tokens: number;
+}
+export type TrainEvent = PreparedEvent | StartEvent | ProgressEvent | CheckpointEvent;
 
 export interface RunSummary {
   run_id: string;
@@ -46,6 +59,8 @@ export interface RunSummary {
   steps: number;
   total_steps: number;
   tokens: number;
+  /** Passes over the prepared data. */
+  epochs: number;
   first_loss: number;
   final_loss: number;
   tokens_per_s: number;
