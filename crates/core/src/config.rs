@@ -366,6 +366,10 @@ impl RunConfig {
     /// Fill every derived value and validate. After this the config is written to the
     /// run directory as-is, and nothing downstream looks for a default again.
     pub fn resolve(mut self) -> Result<RunConfig> {
+        // paths: a leading ~/ is the home directory, as in a shell
+        for p in [&mut self.out_dir, &mut self.model.path, &mut self.model.config, &mut self.model.tokenizer, &mut self.data.train, &mut self.data.cache_dir, &mut self.train.resume_from] {
+            *p = expand_home(p);
+        }
         // identity
         if self.name.is_empty() || self.name.contains('/') {
             return Err(Error::config("name", "must be a non-empty name without '/' (hint: name = \"code-ift-lora\")"));
@@ -475,6 +479,13 @@ impl RunConfig {
             ));
         }
         Ok(self)
+    }
+}
+
+fn expand_home(p: &str) -> String {
+    match (p.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+        _ => p.to_string(),
     }
 }
 
