@@ -243,3 +243,33 @@ fn token_budgets_are_exact_and_the_prepare_report_is_recorded() {
     let e = cfg(&out, serde_json::json!({"train": {"steps": 3, "tokens": 100}})).resolve().unwrap_err().to_string();
     assert!(e.starts_with("config train.tokens:"), "{e}");
 }
+
+#[test]
+fn bad_dataset_rows_are_named_by_file_and_line() {
+    let out = tmp("rows");
+    std::fs::create_dir_all(&out).unwrap();
+    let tok = loralab_core::data::load_tokenizer(&repo().join("datasets/tiny/tokenizer.json")).unwrap();
+    let tok_path = repo().join("datasets/tiny/tokenizer.json");
+    let cases = [
+        ("malformed.jsonl", "{\"text\": \"fine\"}\n{\"text\": oops}\n", "row 2", "not valid JSON"),
+        ("missing.jsonl", "{\"text\": \"fine\"}\n\n{\"body\": \"x\"}\n", "row 3", "no field `text`"),
+        ("wrongtype.jsonl", "{\"text\": 12}\n", "row 1", "is a number not a string"),
+        ("empty.jsonl", "\n\n", "", "no records"),
+    ];
+    for (file, body, row, msg) in cases {
+        let p = format!("{out}/{file}");
+        std::fs::write(&p, body).unwrap();
+        let mut c = cfg(&out, serde_json::json!({"data": {"train": p}}));
+        c.data.text_field = "text".into();
+        let e = loralab_core::data::prepare(&c.data, &tok, &tok_path, 1).err().expect("must fail").to_string();
+        assert!(e.contains(file) && e.contains(row) && e.contains(msg), "{file}: {e}");
+        assert!(!std::path::Path::new(&c.data.cache_dir).join("x").exists());
+    }
+    // nothing half-written is left looking valid in the shard cache
+    let cache = std::path::Path::new(&out).join("cache");
+    if cache.is_dir() {
+        for e in std::fs::read_dir(&cache).unwrap() {
+            assert!(!e.unwrap().path().join("meta.json").exists(), "a failed prepare left shards behind");
+        }
+    }
+}
