@@ -276,7 +276,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let mut g = loss.backward()?;
             for (acc, (_, v)) in grads.iter_mut().zip(&params) {
-                let gi = g.remove(v.as_tensor()).ok_or_else(|| Error::config("method", "a trainable tensor received no gradient (internal: the graph is cut)"))?;
+                let gi = g.remove(v.as_tensor()).ok_or_else(|| candle_core::Error::Msg("a trainable tensor received no gradient: the graph is cut (a loralab bug; please report it with config.json)".into()))?;
                 *acc = Some(match acc.take() {
                     None => gi,
                     Some(a) => (a + gi)?,
