@@ -60,8 +60,12 @@ pub enum DataFormat {
 pub struct DataConfig {
     /// cpt (raw text, packed) or ift (prompt/response pairs).
     pub format: DataFormat,
-    /// Training records: .jsonl (one JSON object per line) or .txt (the whole file is one document; cpt only).
+    /// Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, and Hugging Face dataset directories.
     pub train: String,
+    /// A known dataset layout (read by the library): starcoder-python (content), openwebmath (text), magicoder-evol-instruct (instruction, response), metamathqa (query, response). Empty: format and the *_field options below.
+    pub recipe: String,
+    /// The original dataset when `train` is the library's normalised copy of it (provenance; set by the library).
+    pub source: String,
     /// CPT: the record field holding the document (StarCoder uses `content`, OpenWebMath `text`).
     pub text_field: String,
     /// IFT: the record field holding the prompt (Magicoder `instruction`, MetaMathQA `query`).
@@ -222,6 +226,8 @@ impl Default for DataConfig {
         Self {
             format: DataFormat::Cpt,
             train: String::new(),
+            recipe: String::new(),
+            source: String::new(),
             text_field: "text".into(),
             prompt_field: "prompt".into(),
             response_field: "response".into(),
@@ -407,6 +413,13 @@ impl RunConfig {
         // data
         if self.data.train.is_empty() {
             return Err(Error::config("data.train", "no training data (hint: a .jsonl or .txt file)"));
+        }
+        if !self.data.recipe.is_empty() {
+            return Err(Error::config("data.recipe", "recipes are applied by the loralab library before the engine (hint: run through `loralab train` or the @loralab/loralab library)"));
+        }
+        let ext = Path::new(&self.data.train).extension().and_then(|e| e.to_str()).unwrap_or("");
+        if Path::new(&self.data.train).is_dir() || !["jsonl", "txt"].contains(&ext) {
+            return Err(Error::config("data.train", format!("{}: the engine reads .jsonl and .txt (hint: other formats go through `loralab train` or the library, which normalise them)", self.data.train)));
         }
         require_file(Path::new(&self.data.train), "data.train")?;
         if self.data.seq_len < 2 {

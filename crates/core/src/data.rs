@@ -219,7 +219,8 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
     let mut f = std::fs::File::create(tmp.join("tokens.u32")).map_err(|e| Error::file(&tmp, e))?;
     f.write_all(&tokens.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
     std::fs::write(tmp.join("mask.u8"), &mask)?;
-    let meta = PrepareReport { format_version: 1, source: cfg.train.clone(), documents: records.len(), rows, seq_len: t, tokens: total, loss_tokens, truncated, dropped, dropped_tokens };
+    let source = if cfg.source.is_empty() { cfg.train.clone() } else { cfg.source.clone() };
+    let meta = PrepareReport { format_version: 1, source, documents: records.len(), rows, seq_len: t, tokens: total, loss_tokens, truncated, dropped, dropped_tokens };
     std::fs::write(tmp.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;

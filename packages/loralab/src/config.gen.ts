@@ -42,6 +42,10 @@ export interface DataConfig {
    */
   prompt_field?: string;
   /**
+   * A known dataset layout (read by the library): starcoder-python (content), openwebmath (text), magicoder-evol-instruct (instruction, response), metamathqa (query, response). Empty: format and the *_field options below.
+   */
+  recipe?: string;
+  /**
    * IFT: the record field holding the response.
    */
   response_field?: string;
@@ -49,6 +53,10 @@ export interface DataConfig {
    * Tokens per training sequence (the study: 4096 code, 1024 math IFT; small here so CPU runs finish).
    */
   seq_len?: number;
+  /**
+   * The original dataset when `train` is the library's normalised copy of it (provenance; set by the library).
+   */
+  source?: string;
   /**
    * IFT: how the prompt is shown to the model; `{prompt}` is replaced. The response follows it directly.
    */
@@ -58,7 +66,7 @@ export interface DataConfig {
    */
   text_field?: string;
   /**
-   * Training records: .jsonl (one JSON object per line) or .txt (the whole file is one document; cpt only).
+   * Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, and Hugging Face dataset directories.
    */
   train?: string;
 }

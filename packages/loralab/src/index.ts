@@ -1,5 +1,7 @@
 // The library facade other Bun apps import: typed config, train with progress and
 // cancellation, held-out loss. Thin: the engine (crates/core, via the napi addon) validates and works.
+import { existsSync } from "node:fs";
+import { engineReadable, normalize, RECIPES, type Mapping } from "@loralab/data";
 import * as native from "@loralab/native";
 import type { RunConfig } from "./config.gen.ts";
 
@@ -156,8 +158,34 @@ export interface TrainOptions {
   signal?: AbortSignal;
 }
 
+type DataConfig = NonNullable<RunConfig["data"]>;
+
+/** Datasets the engine cannot read as they are (other formats, directories, recipes) become a
+ *  normalised JSONL in the shard cache; the engine then prepares from it. */
+export async function prepareData(data: DataConfig): Promise<DataConfig> {
+  const train = data.train ?? "";
+  const recipe = data.recipe ?? "";
+  // a missing path or a plain .jsonl/.txt goes to the engine as it is (it names the error)
+  if (!train || !existsSync(train) || (!recipe && engineReadable(train))) return data;
+  if (recipe && !RECIPES[recipe]) throw new ConfigError(`config data.recipe: unknown recipe \`${recipe}\` (hint: one of ${Object.keys(RECIPES).join(", ")})`, "data.recipe");
+  const m: Mapping = {
+    format: data.format ?? "cpt",
+    text_field: data.text_field ?? "text",
+    prompt_field: data.prompt_field ?? "prompt",
+    response_field: data.response_field ?? "response",
+    ...(recipe ? RECIPES[recipe] : {}),
+  };
+  try {
+    const r = await normalize(train, m, data.cache_dir ?? ".cache/loralab/shards");
+    return { ...data, train: r.output, source: train, recipe: "", format: m.format, text_field: "text", prompt_field: "prompt", response_field: "response" };
+  } catch (e) {
+    throw new EngineError((e as Error).message);
+  }
+}
+
 /** Train one run in-process (CPU). Resolves with the run summary. */
 export async function train(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
+  if (config.data) config = { ...config, data: await prepareData(config.data) };
   const token = new native.CancelToken();
   const onAbort = () => token.cancel();
   if (opts.signal?.aborted) token.cancel();
@@ -194,6 +222,7 @@ export interface EvalLoss {
 
 /** Mean held-out next-token loss of a model (+ adapter) on a data file. */
 export async function evalLoss(req: EvalLossRequest): Promise<EvalLoss> {
+  req = { ...req, data: await prepareData(req.data) };
   try {
     return JSON.parse(await native.evalLoss(JSON.stringify(req))) as EvalLoss;
   } catch (e) {
