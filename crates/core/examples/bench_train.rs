@@ -8,49 +8,11 @@ use loralab_core::linear::Ctx;
 use loralab_core::model::{masked_loss, Llama, LlamaConfig};
 use loralab_core::optim::{clip_grad_norm, Optimizer};
 use loralab_core::rng::Rng;
-use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
-// ------------------------------------------------------------------ a counting allocator
-
-struct Counting;
-static CUR: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { INNER.alloc(l) };
-        if !p.is_null() {
-            let c = CUR.fetch_add(l.size(), Relaxed) + l.size();
-            PEAK.fetch_max(c, Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { INNER.dealloc(p, l) };
-        CUR.fetch_sub(l.size(), Relaxed);
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn cur() -> usize {
-    CUR.load(Relaxed)
-}
-fn reset_peak() -> usize {
-    let c = cur();
-    PEAK.store(c, Relaxed);
-    c
-}
-fn peak() -> usize {
-    PEAK.load(Relaxed)
-}
-fn mib(b: f64) -> String {
-    format!("{:.1}", b / (1024.0 * 1024.0))
-}
+#[path = "common/alloc.rs"]
+mod alloc;
+use alloc::{cur, mib, peak, reset_peak};
 
 // ------------------------------------------------------------------ shapes
 
@@ -239,14 +201,10 @@ fn matmul_gflops() -> candle_core::Result<f64> {
     Ok(2.0 * 2048f64.powi(3) / best / 1e9)
 }
 
-extern "C" {
-    fn mi_option_set(option: i32, value: std::ffi::c_long);
-}
-
 fn main() -> candle_core::Result<()> {
     // as the addon does: mimalloc keeps freed pages (purge_delay, option 15 in v3, = -1)
     // instead of returning them to the OS and faulting fresh zeroed ones in every step
-    unsafe { mi_option_set(15, -1) };
+    alloc::keep_freed_pages();
     let shapes = [
         Shape { label: "activation-dominated (d=512, 8 layers, seq 256, micro-batch 8)", cfg: llama(4096, 512, 1024, 8, 8, 2), batch: 8, seq: 256 },
         Shape { label: "parameter-dominated (d=768, 12 layers, seq 128, micro-batch 1)", cfg: llama(32000, 768, 1792, 12, 12, 12), batch: 1, seq: 128 },

@@ -45,20 +45,20 @@ pub fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
 }
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// One record's text fields, read from .jsonl or .txt.
-fn read_records(cfg: &DataConfig) -> Result<Vec<(String, String)>> {
+/// Call `f` with each record's text fields, read from .jsonl (streamed line by line) or .txt;
+/// returns the number of records.
+fn for_each_record(cfg: &DataConfig, mut f: impl FnMut(String, String) -> Result<()>) -> Result<usize> {
     let path = Path::new(&cfg.train);
-    let mut out = vec![];
     if path.extension().is_some_and(|e| e == "txt") {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         if cfg.format == DataFormat::Ift {
             return Err(Error::config("data.train", "a .txt file holds raw text for cpt (hint: use .jsonl with prompt/response fields for ift)"));
         }
-        out.push((text, String::new()));
-        return Ok(out);
+        f(std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?, String::new())?;
+        return Ok(1);
     }
     let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    let mut n = 0;
+    for (i, line) in std::io::BufReader::with_capacity(1 << 20, file).lines().enumerate() {
         let line = line.map_err(|e| Error::file(path, e))?;
         if line.trim().is_empty() {
             continue;
@@ -77,18 +77,19 @@ fn read_records(cfg: &DataConfig) -> Result<Vec<(String, String)>> {
                 }),
             }
         };
-        out.push(match cfg.format {
-            DataFormat::Cpt => (field(&cfg.text_field)?, String::new()),
-            DataFormat::Ift => (field(&cfg.prompt_field)?, field(&cfg.response_field)?),
-        });
-        if cfg.max_records > 0 && out.len() >= cfg.max_records {
+        match cfg.format {
+            DataFormat::Cpt => f(field(&cfg.text_field)?, String::new())?,
+            DataFormat::Ift => f(field(&cfg.prompt_field)?, field(&cfg.response_field)?)?,
+        }
+        n += 1;
+        if cfg.max_records > 0 && n >= cfg.max_records {
             break;
         }
     }
-    if out.is_empty() {
+    if n == 0 {
         return Err(Error::file(path, "no records (hint: the file is empty)"));
     }
-    Ok(out)
+    Ok(n)
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {
@@ -147,9 +148,21 @@ pub struct PrepareReport {
 
 /// Tokenize and write shards once; later calls with the same inputs reuse them.
 pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u32) -> Result<Shards> {
-    let data_bytes = std::fs::read(&cfg.train).map_err(|e| Error::file(&cfg.train, e))?;
     let tok_bytes = tokenizer_json(tokenizer_path)?;
-    let mut h = fnv1a(FNV_OFFSET, &data_bytes);
+    let mut h = FNV_OFFSET;
+    {
+        // the dataset's content, streamed (it may be larger than memory)
+        use std::io::Read;
+        let mut f = std::fs::File::open(&cfg.train).map_err(|e| Error::file(&cfg.train, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::file(&cfg.train, e))?;
+            if n == 0 {
+                break;
+            }
+            h = fnv1a(h, &buf[..n]);
+        }
+    }
     h = fnv1a(h, &tok_bytes);
     let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, 2u32))?;
     h = fnv1a(h, key.as_bytes());
@@ -160,36 +173,60 @@ pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u3
     open_shards(&dir)
 }
 
-fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Result<()> {
-    let records = read_records(cfg)?;
-    let t = cfg.seq_len;
-    let mut tokens: Vec<u32> = vec![];
-    let mut mask: Vec<u8> = vec![];
-    let (mut truncated, mut dropped, mut total, mut dropped_tokens) = (0usize, 0usize, 0u64, 0u64);
-    match cfg.format {
-        DataFormat::Cpt => {
-            // documents joined by EOS, cut into seq_len blocks; the remainder is dropped
-            let mut stream = vec![];
-            for (doc, _) in &records {
-                stream.extend(encode(tok, doc, true)?);
-                stream.push(eos);
-            }
-            let rows = stream.len() / t;
-            tokens.extend_from_slice(&stream[..rows * t]);
-            mask.resize(rows * t, 1);
-            total = stream.len() as u64;
-            dropped_tokens = (stream.len() - rows * t) as u64;
+/// Rows stream to disk as they are made: memory stays flat whatever the dataset's size.
+struct RowWriter {
+    tokens: std::io::BufWriter<std::fs::File>,
+    mask: std::io::BufWriter<std::fs::File>,
+    rows: usize,
+    loss_tokens: u64,
+}
+
+impl RowWriter {
+    fn row(&mut self, ids: &[u32], mask: &[u8]) -> Result<()> {
+        for id in ids {
+            self.tokens.write_all(&id.to_le_bytes())?;
         }
-        DataFormat::Ift => {
-            for (prompt, response) in &records {
-                let p = encode(tok, &cfg.template.replace("{prompt}", prompt), true)?;
-                let mut r = encode(tok, response, false)?;
+        self.mask.write_all(mask)?;
+        // loss tokens: positions 1..t of each row predict from the previous one
+        self.loss_tokens += mask[1..].iter().map(|&v| v as u64).sum::<u64>();
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Result<()> {
+    let t = cfg.seq_len;
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    let create = |name: &str| -> Result<std::io::BufWriter<std::fs::File>> {
+        Ok(std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp.join(name)).map_err(|e| Error::file(&tmp, e))?))
+    };
+    let mut w = RowWriter { tokens: create("tokens.u32")?, mask: create("mask.u8")?, rows: 0, loss_tokens: 0 };
+    let (mut truncated, mut dropped, mut total, mut dropped_tokens) = (0usize, 0usize, 0u64, 0u64);
+    let ones = vec![1u8; t];
+    let mut pending: Vec<u32> = Vec::with_capacity(2 * t); // CPT: tokens not yet in a full row
+    let result = for_each_record(cfg, |a, b| {
+        match cfg.format {
+            DataFormat::Cpt => {
+                // documents joined by EOS, cut into seq_len blocks; the tail is dropped at the end
+                pending.extend(encode(tok, &a, true)?);
+                pending.push(eos);
+                while pending.len() >= t {
+                    w.row(&pending[..t], &ones)?;
+                    total += t as u64;
+                    pending.drain(..t);
+                }
+            }
+            DataFormat::Ift => {
+                let p = encode(tok, &cfg.template.replace("{prompt}", &a), true)?;
+                let mut r = encode(tok, &b, false)?;
                 r.push(eos);
                 total += (p.len() + r.len()) as u64;
                 if p.len() >= t {
                     dropped += 1; // the prompt alone fills the window: no response token to learn from
                     dropped_tokens += (p.len() + r.len()) as u64;
-                    continue;
+                    return Ok(());
                 }
                 if p.len() + r.len() > t {
                     truncated += 1;
@@ -199,28 +236,33 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
                 let mut m: Vec<u8> = (0..row.len()).map(|i| u8::from(i >= p.len())).collect();
                 row.resize(t, eos);
                 m.resize(t, 0);
-                tokens.extend(row);
-                mask.extend(m);
+                w.row(&row, &m)?;
             }
         }
+        Ok(())
+    });
+    let documents = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp); // nothing half-written is left looking valid
+            return Err(e);
+        }
+    };
+    if cfg.format == DataFormat::Cpt {
+        total += pending.len() as u64;
+        dropped_tokens = pending.len() as u64;
     }
-    let rows = tokens.len() / t;
-    if rows == 0 {
+    w.tokens.flush()?;
+    w.mask.flush()?;
+    if w.rows == 0 {
+        let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::config(
             "data.train",
             format!("{}: no complete training sequence of {t} tokens (hint: lower data.seq_len or add data)", cfg.train),
         ));
     }
-    // loss tokens: positions 1..t of each row predict from the previous one
-    let loss_tokens = mask.chunks(t).map(|m| m[1..].iter().map(|&v| v as u64).sum::<u64>()).sum();
-    let tmp = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
-    let mut f = std::fs::File::create(tmp.join("tokens.u32")).map_err(|e| Error::file(&tmp, e))?;
-    f.write_all(&tokens.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
-    std::fs::write(tmp.join("mask.u8"), &mask)?;
     let source = if cfg.source.is_empty() { cfg.train.clone() } else { cfg.source.clone() };
-    let meta = PrepareReport { format_version: 1, source, documents: records.len(), rows, seq_len: t, tokens: total, loss_tokens, truncated, dropped, dropped_tokens };
+    let meta = PrepareReport { format_version: 1, source, documents, rows: w.rows, seq_len: t, tokens: total, loss_tokens: w.loss_tokens, truncated, dropped, dropped_tokens };
     std::fs::write(tmp.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
