@@ -51,7 +51,7 @@ fn main() -> loralab_core::Result<()> {
         };
         let base = reset_peak();
         let t0 = Instant::now();
-        let shards = prepare(&cfg, &tok, &tok_path, 1)?;
+        let shards = prepare(&cfg, &tok, &tok_path, 1, None)?;
         let s = t0.elapsed().as_secs_f64();
         let p = (peak() - base) as f64;
         peaks.push(p);

@@ -72,8 +72,10 @@ pub struct DataConfig {
     pub prompt_field: String,
     /// IFT: the record field holding the response.
     pub response_field: String,
-    /// IFT: how the prompt is shown to the model; `{prompt}` is replaced. The response follows it directly.
+    /// IFT: how the prompt is shown to the model when it has no chat template (or chat_template is false); `{prompt}` is replaced. The response follows it directly.
     pub template: String,
+    /// IFT: format each prompt as a user turn with the model's own chat template (tokenizer_config.json or GGUF) when it ships one, as the model was instruction-tuned.
+    pub chat_template: bool,
     /// Tokens per training sequence (the study: 4096 code, 1024 math IFT; small here so CPU runs finish).
     pub seq_len: usize,
     /// Token shards are written here once per (dataset, tokenizer, template, seq_len) and reused by every run.
@@ -232,6 +234,7 @@ impl Default for DataConfig {
             prompt_field: "prompt".into(),
             response_field: "response".into(),
             template: "{prompt}\n".into(),
+            chat_template: true,
             seq_len: 256,
             cache_dir: ".cache/loralab/shards".into(),
             max_records: 0,

@@ -147,7 +147,8 @@ pub struct PrepareReport {
 }
 
 /// Tokenize and write shards once; later calls with the same inputs reuse them.
-pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u32) -> Result<Shards> {
+pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u32, chat: Option<&crate::chat::ChatTemplate>) -> Result<Shards> {
+    let chat = if cfg.format == DataFormat::Ift && cfg.chat_template { chat } else { None };
     let tok_bytes = tokenizer_json(tokenizer_path)?;
     let mut h = FNV_OFFSET;
     {
@@ -164,11 +165,11 @@ pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u3
         }
     }
     h = fnv1a(h, &tok_bytes);
-    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, 2u32))?;
+    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, chat.map(|c| &c.source), 3u32))?;
     h = fnv1a(h, key.as_bytes());
     let dir = Path::new(&cfg.cache_dir).join(format!("{h:016x}"));
     if !dir.join("meta.json").is_file() {
-        write_shards(cfg, tok, eos, &dir)?;
+        write_shards(cfg, tok, eos, chat, &dir)?;
     }
     open_shards(&dir)
 }
@@ -194,7 +195,7 @@ impl RowWriter {
     }
 }
 
-fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Result<()> {
+fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, chat: Option<&crate::chat::ChatTemplate>, dir: &Path) -> Result<()> {
     let t = cfg.seq_len;
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -219,7 +220,11 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
                 }
             }
             DataFormat::Ift => {
-                let p = encode(tok, &cfg.template.replace("{prompt}", &a), true)?;
+                // a chat template writes its own special tokens (BOS included), as apply_chat_template
+                let p = match chat {
+                    Some(c) => encode(tok, &c.render_user(&a)?, false)?,
+                    None => encode(tok, &cfg.template.replace("{prompt}", &a), true)?,
+                };
                 let mut r = encode(tok, &b, false)?;
                 r.push(eos);
                 total += (p.len() + r.len()) as u64;
@@ -258,7 +263,11 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, dir: &Path) -> Resu
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::config(
             "data.train",
-            format!("{}: no complete training sequence of {t} tokens (hint: lower data.seq_len or add data)", cfg.train),
+            if dropped > 0 {
+                format!("{}: no training sequence: all {dropped} examples' prompts fill data.seq_len = {t} (hint: raise data.seq_len; a chat template's system prompt counts too)", cfg.train)
+            } else {
+                format!("{}: no complete training sequence of {t} tokens (hint: lower data.seq_len or add data)", cfg.train)
+            },
         ));
     }
     let source = if cfg.source.is_empty() { cfg.train.clone() } else { cfg.source.clone() };

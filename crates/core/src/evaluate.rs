@@ -63,7 +63,8 @@ pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
     };
     let tok = data::load_tokenizer(&tok_path)?;
     let eos = data::eos_id(&tok, model.cfg.eos_id())?;
-    let shards = data::prepare(&req.data, &tok, &tok_path, eos)?;
+    let chat = crate::chat::ChatTemplate::find(&req.model)?;
+    let shards = data::prepare(&req.data, &tok, &tok_path, eos, chat.as_ref())?;
     let mut sampler = Sampler::new(0, shards.rows);
     let rows: Vec<usize> = (0..shards.rows as u64).map(|k| sampler.row_of(k)).collect();
     let mut rng = Rng::new(0);

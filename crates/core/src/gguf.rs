@@ -121,6 +121,11 @@ fn dequantized(f: &mut std::fs::File, content: &Content, name: &str, path: &Path
     q.dequantize(&Device::Cpu).map_err(|e| Error::file(path, format!("tensor {name}: {e}")))
 }
 
+/// The metadata of a GGUF file (no tensor is read).
+pub fn metadata(path: &Path) -> Result<HashMap<String, Value>> {
+    Ok(open(path)?.1.metadata)
+}
+
 /// One tensor of a GGUF file, dequantized to f32, as stored (no renaming, no permutation).
 pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
     let (mut f, content) = open(path)?;

@@ -1,5 +1,6 @@
 //! loralab-core: the engine. Llama-family model, LoRA, optimizers, the training loop,
 //! checkpoints. Reached from Bun through crates/node and from the sidecar.
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -202,7 +202,8 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         ));
     }
     let eos = data::eos_id(&tokenizer, model.cfg.eos_id())?;
-    let shards = data::prepare(&cfg.data, &tokenizer, &tok_path, eos)?;
+    let chat = crate::chat::ChatTemplate::find(&cfg.model.path)?;
+    let shards = data::prepare(&cfg.data, &tokenizer, &tok_path, eos, chat.as_ref())?;
     let per_step = cfg.train.micro_batch * cfg.train.grad_accum;
     std::fs::write(run_dir.join("data.json"), serde_json::to_vec_pretty(&shards.report)?)?;
     sink.event(&Event::Prepared(shards.report.clone()));

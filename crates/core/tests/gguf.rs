@@ -105,7 +105,7 @@ fn a_few_lora_steps_on_smollm2_lower_the_loss_on_their_examples() {
     std::fs::write(&data, text).unwrap();
     let cfg = serde_json::json!({
         "name": "smollm2-lora", "run_id": "r", "out_dir": out, "model": {"path": smollm2()},
-        "data": {"format": "ift", "train": data, "seq_len": 32, "cache_dir": out.join("cache")},
+        "data": {"format": "ift", "train": data, "seq_len": 64, "cache_dir": out.join("cache")},
         "method": {"kind": "lora", "rank": 8, "dropout": 0.0},
         "optim": {"name": "adamw", "lr": 2e-3}, "schedule": {"kind": "constant", "warmup_frac": 0.0},
         "train": {"steps": 6, "micro_batch": 4}
@@ -156,4 +156,50 @@ fn every_storage_type_dequantizes_as_gguf_py_does() {
         let d = max_abs_diff(&got, want);
         assert!(d <= 1e-6, "{ty}: max abs difference {d:e} from gguf-py's dequantizer");
     }
+}
+
+#[test]
+fn smollm2_chat_template_renders_as_jinja2_does_and_shapes_ift_prompts() {
+    let chat = loralab_core::chat::ChatTemplate::find(&smollm2().to_string_lossy()).unwrap().expect("SmolLM2 ships a chat template");
+    // expected: Python's jinja2 3.1.6 rendering the same template from the same GGUF
+    // (messages = [user "What is 2+2?"], add_generation_prompt = True)
+    let want = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(chat.render_user("What is 2+2?").unwrap(), want);
+
+    // IFT rows: the prompt part is the rendered turn, the loss falls on the response + <|im_end|>
+    let out = std::env::temp_dir().join(format!("loralab-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let data = out.join("qa.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"What is 2+2?\", \"response\": \"4\"}\n").unwrap();
+    let cfg: loralab_core::config::DataConfig = serde_json::from_value(serde_json::json!({
+        "format": "ift", "train": data, "seq_len": 64, "cache_dir": out.join("cache")
+    }))
+    .unwrap();
+    let tok = loralab_core::data::load_tokenizer(&smollm2()).unwrap();
+    let shards = loralab_core::data::prepare(&cfg, &tok, &smollm2(), 2, Some(&chat)).unwrap();
+    let (ids, mask) = shards.row(0);
+    let n_prompt = mask.iter().position(|&m| m == 1).unwrap();
+    assert_eq!(tok.decode(&ids[..n_prompt], false).unwrap(), want);
+    let resp: Vec<u32> = ids.iter().zip(mask).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect();
+    assert_eq!(tok.decode(&resp, false).unwrap(), "4<|im_end|>");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn hf_tokenizer_config_templates_named_lists_and_token_objects() {
+    let dir = std::env::temp_dir().join(format!("loralab-chat-hf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tc = serde_json::json!({
+        "bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>",
+        "chat_template": [
+            {"name": "tool_use", "template": "unused"},
+            {"name": "default", "template": "{{ bos_token }}{% for m in messages %}[{{ m['role'] | upper }}] {{ m['content'].strip() }}{% endfor %}{% if add_generation_prompt %} [BOT]{% endif %}"}
+        ]
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    let chat = loralab_core::chat::ChatTemplate::find(&dir.to_string_lossy()).unwrap().unwrap();
+    assert_eq!(chat.render_user("  hello  ").unwrap(), "<s>[USER] hello [BOT]");
+    // a model without tokenizer_config.json has no template: the plain data.template applies
+    assert!(loralab_core::chat::ChatTemplate::find(&repo().join("datasets/tiny").to_string_lossy()).unwrap().is_none());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -186,7 +186,7 @@ fn ift_masks_prompt_tokens_and_cpt_packs_documents() {
     let tiny = repo().join("datasets/tiny");
     let tok = loralab_core::data::load_tokenizer(&tiny.join("tokenizer.json")).unwrap();
     let ift = cfg(&out, serde_json::json!({"data": {"format": "ift", "train": tiny.join("code_ift.jsonl"), "seq_len": 96}}));
-    let s = loralab_core::data::prepare(&ift.data, &tok, &tiny.join("tokenizer.json"), 1).unwrap();
+    let s = loralab_core::data::prepare(&ift.data, &tok, &tiny.join("tokenizer.json"), 1, None).unwrap();
     let (ids, mask) = s.row(0);
     let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(tiny.join("code_ift.jsonl")).unwrap().lines().next().unwrap()).unwrap();
     let prompt = ift.data.template.replace("{prompt}", first["prompt"].as_str().unwrap());
@@ -197,13 +197,13 @@ fn ift_masks_prompt_tokens_and_cpt_packs_documents() {
     assert_eq!(tok.decode(&resp, false).unwrap(), expect, "loss exactly on the response and its EOS");
 
     let cpt = cfg(&out, serde_json::json!({"data": {"seq_len": 64}}));
-    let s = loralab_core::data::prepare(&cpt.data, &tok, &tiny.join("tokenizer.json"), 1).unwrap();
+    let s = loralab_core::data::prepare(&cpt.data, &tok, &tiny.join("tokenizer.json"), 1, None).unwrap();
     let (ids, mask) = s.row(0);
     assert_eq!(ids.len(), 64);
     assert!(mask.iter().all(|&m| m == 1));
     assert!(ids.contains(&1), "documents are joined by EOS (id 1) within a block");
     // prepared once: a second prepare reuses the cached shards
-    let again = loralab_core::data::prepare(&cpt.data, &tok, &tiny.join("tokenizer.json"), 1).unwrap();
+    let again = loralab_core::data::prepare(&cpt.data, &tok, &tiny.join("tokenizer.json"), 1, None).unwrap();
     assert_eq!(again.dir, s.dir);
 }
 
@@ -261,7 +261,7 @@ fn bad_dataset_rows_are_named_by_file_and_line() {
         std::fs::write(&p, body).unwrap();
         let mut c = cfg(&out, serde_json::json!({"data": {"train": p}}));
         c.data.text_field = "text".into();
-        let e = loralab_core::data::prepare(&c.data, &tok, &tok_path, 1).err().expect("must fail").to_string();
+        let e = loralab_core::data::prepare(&c.data, &tok, &tok_path, 1, None).err().expect("must fail").to_string();
         assert!(e.contains(file) && e.contains(row) && e.contains(msg), "{file}: {e}");
         assert!(!std::path::Path::new(&c.data.cache_dir).join("x").exists());
     }

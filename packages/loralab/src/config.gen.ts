@@ -30,6 +30,10 @@ export interface DataConfig {
    */
   cache_dir?: string;
   /**
+   * IFT: format each prompt as a user turn with the model's own chat template (tokenizer_config.json or GGUF) when it ships one, as the model was instruction-tuned.
+   */
+  chat_template?: boolean;
+  /**
    * cpt (raw text, packed) or ift (prompt/response pairs).
    */
   format?: "cpt" | "ift";
@@ -58,7 +62,7 @@ export interface DataConfig {
    */
   source?: string;
   /**
-   * IFT: how the prompt is shown to the model; `{prompt}` is replaced. The response follows it directly.
+   * IFT: how the prompt is shown to the model when it has no chat template (or chat_template is false); `{prompt}` is replaced. The response follows it directly.
    */
   template?: string;
   /**
