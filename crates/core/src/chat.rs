@@ -8,6 +8,22 @@ pub struct ChatTemplate {
     pub source: String,
     bos: String,
     eos: String,
+    /// Compiled once: the prepare step renders one prompt per example.
+    env: minijinja::Environment<'static>,
+}
+
+fn bad(e: minijinja::Error) -> Error {
+    Error::config("data.chat_template", format!("the model's chat template failed: {e} (hint: set data.chat_template = false and give data.template)"))
+}
+
+fn compile(source: String, bos: String, eos: String) -> Result<ChatTemplate> {
+    let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template_owned("chat", source.clone()).map_err(bad)?;
+    Ok(ChatTemplate { source, bos, eos, env })
 }
 
 fn token_text(v: &serde_json::Value) -> String {
@@ -36,7 +52,7 @@ impl ChatTemplate {
                     _ => String::new(),
                 }
             };
-            return Ok(Some(ChatTemplate { source, bos: text("tokenizer.ggml.bos_token_id"), eos: text("tokenizer.ggml.eos_token_id") }));
+            return Ok(Some(compile(source, text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id"))?));
         }
         let tc = path.join("tokenizer_config.json");
         if !tc.is_file() {
@@ -52,20 +68,14 @@ impl ChatTemplate {
             },
             _ => return Ok(None),
         };
-        Ok(Some(ChatTemplate { source, bos: token_text(&v["bos_token"]), eos: token_text(&v["eos_token"]) }))
+        Ok(Some(compile(source, token_text(&v["bos_token"]), token_text(&v["eos_token"]))?))
     }
 
     /// A single user turn and the generation prompt: the text the response follows.
     pub fn render_user(&self, prompt: &str) -> Result<String> {
-        let mut env = minijinja::Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        let bad = |e: minijinja::Error| Error::config("data.chat_template", format!("the model's chat template failed: {e} (hint: set data.chat_template = false and give data.template)"));
-        env.add_template("chat", &self.source).map_err(bad)?;
         let messages = vec![minijinja::context! { role => "user", content => prompt }];
-        env.get_template("chat")
+        self.env
+            .get_template("chat")
             .map_err(bad)?
             .render(minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => &self.bos, eos_token => &self.eos })
             .map_err(bad)
