@@ -111,10 +111,10 @@ impl LlamaConfig {
             return Err(Error::file(path, format!("hidden_act `{}` is not supported (hint: Llama-family models use silu)", cfg.hidden_act)));
         }
         let kv = cfg.kv_heads();
-        if cfg.num_attention_heads % kv != 0 {
+        if !cfg.num_attention_heads.is_multiple_of(kv) {
             return Err(Error::file(path, format!("num_attention_heads {} is not a multiple of num_key_value_heads {kv}", cfg.num_attention_heads)));
         }
-        if cfg.head_dim.is_none() && cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.head_dim.is_none() && !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::file(path, "hidden_size is not a multiple of num_attention_heads (hint: set head_dim)"));
         }
         Ok(cfg)

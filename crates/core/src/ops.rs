@@ -434,7 +434,7 @@ impl candle_core::CustomOp1 for CausalSoftmax {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let t = *l.dims().last().unwrap_or(&1);
-        if l.dims().len() < 2 || l.dims()[l.dims().len() - 2] % t != 0 {
+        if l.dims().len() < 2 || !l.dims()[l.dims().len() - 2].is_multiple_of(t) {
             candle_core::bail!("causal-softmax: expects (.., k·t, t) scores (row r is query position r mod t), got {:?}", l.dims())
         }
         let out = cpu_dispatch!(s, l, "causal-softmax", |x| causal_softmax_rows(x, t, self.scale));

@@ -314,13 +314,13 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
             tokens_per_s: (per_step * shards.seq_len) as f64 / dt.max(1e-9),
             elapsed_s: t0.elapsed().as_secs_f64(),
         };
-        if state.step % cfg.train.log_every == 0 || state.step == total_steps {
+        if state.step.is_multiple_of(cfg.train.log_every) || state.step == total_steps {
             writeln!(metrics, "{}", serde_json::to_string(&p)?)?;
         }
         sink.event(&Event::Progress(p));
 
         // ------------------------------------------------------------------ checkpoint
-        let every = cfg.train.checkpoint_every > 0 && state.step % cfg.train.checkpoint_every == 0;
+        let every = cfg.train.checkpoint_every > 0 && state.step.is_multiple_of(cfg.train.checkpoint_every);
         let at_tokens = cfg.train.checkpoint_at_tokens.iter().any(|&p| prev_tokens < p && state.tokens >= p);
         if every || at_tokens || state.step == total_steps {
             metrics.flush()?;
