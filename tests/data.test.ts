@@ -40,9 +40,21 @@ describe("readers", () => {
     }
   });
 
+  test("the chat recipe keeps conversations (also when a CSV stores them as JSON text)", async () => {
+    const dir = tempDir("chat");
+    const conv = [{ role: "user", content: "Hi, you" }, { role: "assistant", content: "Hello." }];
+    await Bun.write(join(dir, "c.csv"), `id,messages\n1,"${JSON.stringify(conv).replaceAll('"', '""')}"\n`);
+    const m = { format: "chat" as const, text_field: "", prompt_field: "", response_field: "", messages_field: "messages" };
+    const r = await normalize(join(dir, "c.csv"), m, dir);
+    expect(JSON.parse((await Bun.file(r.output).text()).trim())).toEqual({ messages: conv });
+    await Bun.write(join(dir, "bad.jsonl"), '{"messages": [{"role": "user"}]}\n');
+    const err = await normalize(join(dir, "bad.jsonl"), m, dir).catch((e) => e as Error);
+    expect((err as Error).message).toContain("record 1: turn 1 needs string role and content");
+  });
+
   test("normalising with a recipe writes engine input once; a missing field leaves nothing behind", async () => {
     const cache = tempDir("norm");
-    const m = { format: "ift" as const, text_field: "text", prompt_field: "instruction", response_field: "response" };
+    const m = { format: "ift" as const, text_field: "text", prompt_field: "instruction", response_field: "response", messages_field: "messages" };
     const r = await normalize(join(fx, "rows.snappy.parquet"), m, cache);
     expect(r.records).toBe(5);
     const lines = (await Bun.file(r.output).text()).trim().split("\n").map((l) => JSON.parse(l));

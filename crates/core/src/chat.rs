@@ -73,7 +73,12 @@ impl ChatTemplate {
 
     /// A single user turn and the generation prompt: the text the response follows.
     pub fn render_user(&self, prompt: &str) -> Result<String> {
-        let messages = vec![minijinja::context! { role => "user", content => prompt }];
+        self.render(&[("user".into(), prompt.into())])
+    }
+
+    /// A conversation (role, content) and the generation prompt: the text the next turn follows.
+    pub fn render(&self, turns: &[(String, String)]) -> Result<String> {
+        let messages: Vec<minijinja::Value> = turns.iter().map(|(role, content)| minijinja::context! { role => role, content => content }).collect();
         self.env
             .get_template("chat")
             .map_err(bad)?

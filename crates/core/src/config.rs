@@ -53,12 +53,14 @@ pub enum DataFormat {
     Cpt,
     /// Instruction fine-tuning: prompt + response per example; loss on response tokens only.
     Ift,
+    /// Conversations: a list of {role, content} per record; the model's chat template renders every turn but the last as the prompt, the last (the assistant's) is the response.
+    Chat,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// cpt (raw text, packed) or ift (prompt/response pairs).
+    /// cpt (raw text, packed), ift (prompt/response pairs) or chat (conversations, with the model's chat template).
     pub format: DataFormat,
     /// Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, and Hugging Face dataset directories.
     pub train: String,
@@ -72,6 +74,8 @@ pub struct DataConfig {
     pub prompt_field: String,
     /// IFT: the record field holding the response.
     pub response_field: String,
+    /// chat: the record field holding the conversation (a list of {role, content}).
+    pub messages_field: String,
     /// IFT: how the prompt is shown to the model when it has no chat template (or chat_template is false); `{prompt}` is replaced. The response follows it directly.
     pub template: String,
     /// IFT: format each prompt as a user turn with the model's own chat template (tokenizer_config.json or GGUF) when it ships one, as the model was instruction-tuned.
@@ -233,6 +237,7 @@ impl Default for DataConfig {
             text_field: "text".into(),
             prompt_field: "prompt".into(),
             response_field: "response".into(),
+            messages_field: "messages".into(),
             template: "{prompt}\n".into(),
             chat_template: true,
             seq_len: 256,

@@ -46,11 +46,11 @@ pub fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Call `f` with each record's text fields, read from .jsonl (streamed line by line) or .txt;
-/// returns the number of records.
-fn for_each_record(cfg: &DataConfig, mut f: impl FnMut(String, String) -> Result<()>) -> Result<usize> {
+/// returns the number of records. Chat records arrive as (rendered prompt, last turn).
+fn for_each_record(cfg: &DataConfig, chat: Option<&crate::chat::ChatTemplate>, mut f: impl FnMut(String, String) -> Result<()>) -> Result<usize> {
     let path = Path::new(&cfg.train);
     if path.extension().is_some_and(|e| e == "txt") {
-        if cfg.format == DataFormat::Ift {
+        if cfg.format != DataFormat::Cpt {
             return Err(Error::config("data.train", "a .txt file holds raw text for cpt (hint: use .jsonl with prompt/response fields for ift)"));
         }
         f(std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?, String::new())?;
@@ -80,6 +80,25 @@ fn for_each_record(cfg: &DataConfig, mut f: impl FnMut(String, String) -> Result
         match cfg.format {
             DataFormat::Cpt => f(field(&cfg.text_field)?, String::new())?,
             DataFormat::Ift => f(field(&cfg.prompt_field)?, field(&cfg.response_field)?)?,
+            DataFormat::Chat => {
+                let bad = |msg: String| Error::DataRow { path: path.into(), row, msg };
+                let turns: Vec<(String, String)> = v
+                    .get(&cfg.messages_field)
+                    .and_then(|m| m.as_array())
+                    .ok_or_else(|| bad(format!("no list `{}` (hint: set data.messages_field)", cfg.messages_field)))?
+                    .iter()
+                    .map(|t| match (t.get("role").and_then(|r| r.as_str()), t.get("content").and_then(|c| c.as_str())) {
+                        (Some(r), Some(c)) => Ok((r.to_string(), c.to_string())),
+                        _ => Err(bad("every turn needs string `role` and `content`".into())),
+                    })
+                    .collect::<Result<_>>()?;
+                let Some(((role, last), context)) = turns.split_last() else { return Err(bad("an empty conversation".into())) };
+                if role != "assistant" || context.is_empty() {
+                    return Err(bad("a conversation must end with an assistant turn after at least one other (hint: the last turn is what the model learns)".into()));
+                }
+                let chat = chat.ok_or_else(|| Error::config("data.format", "chat needs the model's chat template, and this model ships none (hint: use ift with data.template)"))?;
+                f(chat.render(context)?, last.clone())?
+            }
         }
         n += 1;
         if cfg.max_records > 0 && n >= cfg.max_records {
@@ -148,7 +167,11 @@ pub struct PrepareReport {
 
 /// Tokenize and write shards once; later calls with the same inputs reuse them.
 pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u32, chat: Option<&crate::chat::ChatTemplate>) -> Result<Shards> {
-    let chat = if cfg.format == DataFormat::Ift && cfg.chat_template { chat } else { None };
+    let chat = match cfg.format {
+        DataFormat::Ift if cfg.chat_template => chat,
+        DataFormat::Chat => chat,
+        _ => None,
+    };
     let tok_bytes = tokenizer_json(tokenizer_path)?;
     let mut h = FNV_OFFSET;
     {
@@ -165,7 +188,7 @@ pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u3
         }
     }
     h = fnv1a(h, &tok_bytes);
-    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, chat.map(|c| &c.source), 3u32))?;
+    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.messages_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, chat.map(|c| &c.source), 4u32))?;
     h = fnv1a(h, key.as_bytes());
     let dir = Path::new(&cfg.cache_dir).join(format!("{h:016x}"));
     if !dir.join("meta.json").is_file() {
@@ -207,7 +230,7 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, chat: Option<&crate
     let (mut truncated, mut dropped, mut total, mut dropped_tokens) = (0usize, 0usize, 0u64, 0u64);
     let ones = vec![1u8; t];
     let mut pending: Vec<u32> = Vec::with_capacity(2 * t); // CPT: tokens not yet in a full row
-    let result = for_each_record(cfg, |a, b| {
+    let result = for_each_record(cfg, chat, |a, b| {
         match cfg.format {
             DataFormat::Cpt => {
                 // documents joined by EOS, cut into seq_len blocks; the tail is dropped at the end
@@ -219,11 +242,12 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, chat: Option<&crate
                     pending.drain(..t);
                 }
             }
-            DataFormat::Ift => {
+            DataFormat::Ift | DataFormat::Chat => {
                 // a chat template writes its own special tokens (BOS included), as apply_chat_template
-                let p = match chat {
-                    Some(c) => encode(tok, &c.render_user(&a)?, false)?,
-                    None => encode(tok, &cfg.template.replace("{prompt}", &a), true)?,
+                let p = match (cfg.format, chat) {
+                    (DataFormat::Chat, _) => encode(tok, &a, false)?, // rendered by for_each_record
+                    (_, Some(c)) => encode(tok, &c.render_user(&a)?, false)?,
+                    (_, None) => encode(tok, &cfg.template.replace("{prompt}", &a), true)?,
                 };
                 let mut r = encode(tok, &b, false)?;
                 r.push(eos);

@@ -203,3 +203,33 @@ fn hf_tokenizer_config_templates_named_lists_and_token_objects() {
     assert!(loralab_core::chat::ChatTemplate::find(&repo().join("datasets/tiny").to_string_lossy()).unwrap().is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn chat_records_render_every_turn_but_the_last_with_the_template() {
+    let chat = loralab_core::chat::ChatTemplate::find(&smollm2().to_string_lossy()).unwrap().unwrap();
+    let out = std::env::temp_dir().join(format!("loralab-chatrec-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let data = out.join("conv.jsonl");
+    let conv = serde_json::json!({"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]});
+    std::fs::write(&data, format!("{conv}\n")).unwrap();
+    let cfg: loralab_core::config::DataConfig =
+        serde_json::from_value(serde_json::json!({"format": "chat", "train": data, "seq_len": 64, "cache_dir": out.join("cache")})).unwrap();
+    let tok = loralab_core::data::load_tokenizer(&smollm2()).unwrap();
+    let shards = loralab_core::data::prepare(&cfg, &tok, &smollm2(), 2, Some(&chat)).unwrap();
+    let (ids, mask) = shards.row(0);
+    let n_prompt = mask.iter().position(|&m| m == 1).unwrap();
+    // expected: Python's jinja2 3.1.6 over the same template and the first four turns, add_generation_prompt
+    let want = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(tok.decode(&ids[..n_prompt], false).unwrap(), want);
+    let resp: Vec<u32> = ids.iter().zip(mask).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect();
+    assert_eq!(tok.decode(&resp, false).unwrap(), "4<|im_end|>");
+
+    // a conversation that does not end with the assistant is named by file and line
+    std::fs::write(&data, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n").unwrap();
+    let cfg2 = loralab_core::config::DataConfig { cache_dir: out.join("cache2").to_string_lossy().into_owned(), ..cfg };
+    let e = loralab_core::data::prepare(&cfg2, &tok, &smollm2(), 2, Some(&chat)).err().unwrap().to_string();
+    assert!(e.contains("conv.jsonl, row 1") && e.contains("must end with an assistant turn"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
+}

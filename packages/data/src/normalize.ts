@@ -8,10 +8,11 @@ import { join, resolve } from "node:path";
 import { DataError, datasetFiles, readRecords } from "./readers.ts";
 
 export interface Mapping {
-  format: "cpt" | "ift";
+  format: "cpt" | "ift" | "chat";
   text_field: string;
   prompt_field: string;
   response_field: string;
+  messages_field: string;
 }
 
 /** The study's datasets (STUDY.md §1), by the field names they ship with. */
@@ -20,6 +21,8 @@ export const RECIPES: Record<string, Partial<Mapping> & Pick<Mapping, "format">>
   openwebmath: { format: "cpt", text_field: "text" },
   "magicoder-evol-instruct": { format: "ift", prompt_field: "instruction", response_field: "response" },
   metamathqa: { format: "ift", prompt_field: "query", response_field: "response" },
+  // conversations as most chat datasets ship them; the model's chat template renders them
+  chat: { format: "chat", messages_field: "messages" },
 };
 
 /** Whether the engine can read this file as it is (.jsonl or .txt). */
@@ -39,6 +42,21 @@ function field(rec: Record<string, unknown>, name: string, file: string, n: numb
   if (typeof v === "string") return v;
   if (v === undefined) throw new DataError(file, n, `no field \`${name}\` (fields: ${Object.keys(rec).join(", ")}) (hint: set the data.*_field option or a data.recipe)`);
   throw new DataError(file, n, `field \`${name}\` is ${v === null ? "null" : typeof v}, not a string`);
+}
+
+function turns(rec: Record<string, unknown>, name: string, file: string, n: number): { role: string; content: string }[] {
+  let v = rec[name];
+  if (typeof v === "string") {
+    try {
+      v = JSON.parse(v); // CSV and some Parquet exports store the list as JSON text
+    } catch {}
+  }
+  if (!Array.isArray(v)) throw new DataError(file, n, `no list \`${name}\` of {role, content} turns (fields: ${Object.keys(rec).join(", ")})`);
+  return v.map((t, i) => {
+    const turn = t as { role?: unknown; content?: unknown };
+    if (typeof turn?.role !== "string" || typeof turn?.content !== "string") throw new DataError(file, n, `turn ${i + 1} needs string role and content`);
+    return { role: turn.role, content: turn.content };
+  });
 }
 
 /** The cache key: every source file's path, size and mtime, and the mapping. */
@@ -65,7 +83,12 @@ export async function normalize(source: string, m: Mapping, cacheDir: string): P
   try {
     for await (const rec of readRecords(source)) {
       n++;
-      const row = m.format === "cpt" ? { text: field(rec, m.text_field, source, n) } : { prompt: field(rec, m.prompt_field, source, n), response: field(rec, m.response_field, source, n) };
+      const row =
+        m.format === "cpt"
+          ? { text: field(rec, m.text_field, source, n) }
+          : m.format === "chat"
+            ? { messages: turns(rec, m.messages_field, source, n) }
+            : { prompt: field(rec, m.prompt_field, source, n), response: field(rec, m.response_field, source, n) };
       w.write(`${JSON.stringify(row)}\n`);
     }
     await w.end();

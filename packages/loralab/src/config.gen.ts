@@ -34,13 +34,17 @@ export interface DataConfig {
    */
   chat_template?: boolean;
   /**
-   * cpt (raw text, packed) or ift (prompt/response pairs).
+   * cpt (raw text, packed), ift (prompt/response pairs) or chat (conversations, with the model's chat template).
    */
-  format?: "cpt" | "ift";
+  format?: "cpt" | "ift" | "chat";
   /**
    * Use only the first N records (0 = all): quick experiments on a slice of a large set.
    */
   max_records?: number;
+  /**
+   * chat: the record field holding the conversation (a list of {role, content}).
+   */
+  messages_field?: string;
   /**
    * IFT: the record field holding the prompt (Magicoder `instruction`, MetaMathQA `query`).
    */

@@ -173,11 +173,12 @@ export async function prepareData(data: DataConfig): Promise<DataConfig> {
     text_field: data.text_field ?? "text",
     prompt_field: data.prompt_field ?? "prompt",
     response_field: data.response_field ?? "response",
+    messages_field: data.messages_field ?? "messages",
     ...(recipe ? RECIPES[recipe] : {}),
   };
   try {
     const r = await normalize(train, m, data.cache_dir ?? ".cache/loralab/shards");
-    return { ...data, train: r.output, source: train, recipe: "", format: m.format, text_field: "text", prompt_field: "prompt", response_field: "response" };
+    return { ...data, train: r.output, source: train, recipe: "", format: m.format, text_field: "text", prompt_field: "prompt", response_field: "response", messages_field: "messages" };
   } catch (e) {
     throw new EngineError((e as Error).message);
   }
