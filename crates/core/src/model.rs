@@ -60,6 +60,9 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
+    /// transformers ≥ 5 writes rope_theta and the scaling here instead (`rope_parameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default = "maxpos_default")]
     pub max_position_embeddings: usize,
     #[serde(default)]
@@ -97,7 +100,16 @@ const SUPPORTED: [&str; 4] = ["llama", "mistral", "qwen2", ""];
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        let cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a Llama-family config.json: {e}")))?;
+        let mut cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a Llama-family config.json: {e}")))?;
+        if let Some(rp) = cfg.rope_parameters.clone() {
+            if let Some(theta) = rp.get("rope_theta").and_then(|v| v.as_f64()) {
+                cfg.rope_theta = theta;
+            }
+            let kind = rp.get("rope_type").and_then(|v| v.as_str()).unwrap_or("default");
+            if kind != "default" && cfg.rope_scaling.is_none() {
+                cfg.rope_scaling = Some(serde_json::from_value(rp).map_err(|e| Error::file(path, format!("rope_parameters: {e}")))?);
+            }
+        }
         if !SUPPORTED.contains(&cfg.model_type.as_str()) {
             return Err(Error::file(
                 path,

@@ -113,3 +113,17 @@ fn bad_checkpoints_fail_naming_the_file_and_the_problem() {
     let e = err_of(&m);
     assert!(e.contains(&m.display().to_string()), "{e}");
 }
+
+#[test]
+fn every_architecture_matches_transformers_logits() {
+    // tests/fixtures/hf/make.py: tiny models and their logits from transformers 5.24 itself
+    for name in ["llama3", "llama2-bias", "mistral", "qwen2", "smollm"] {
+        let dir = repo().join("tests/fixtures/hf").join(name);
+        let m = load_model_dir(&dir, DType::F32).unwrap();
+        let fx = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+        let ids = fx["ids"].to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap();
+        let got = m.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
+        let d = max_abs_diff(&got, &fx["logits"]);
+        assert!(d < 1e-4, "{name}: logits differ from transformers' by {d:e}");
+    }
+}
