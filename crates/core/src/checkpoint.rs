@@ -64,8 +64,12 @@ pub fn save(
             }
             save_map(&map, &tmp.join("model.safetensors"))?;
             if hf_config.is_file() {
-                // the original keeps every field other tools read
+                // the original keeps every field other tools read (and its generation defaults)
                 std::fs::copy(hf_config, tmp.join("config.json")).map_err(|e| Error::file(hf_config, e))?;
+                let gen = hf_config.with_file_name("generation_config.json");
+                if gen.is_file() {
+                    std::fs::copy(&gen, tmp.join("generation_config.json")).map_err(|e| Error::file(&gen, e))?;
+                }
             } else {
                 // a GGUF base has none: write the config its metadata gave
                 std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&model.cfg)?)?;

@@ -78,6 +78,18 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<serde_json::Value>,
     #[serde(default = "act_default")]
     pub hidden_act: String,
+    /// End-of-sequence ids from generation_config.json beside config.json, when there is one
+    /// (instruct models often list several there: generation stops at any of them).
+    #[serde(skip)]
+    pub generation_eos: Vec<u32>,
+}
+
+fn ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+        _ => vec![],
+    }
 }
 fn eps_default() -> f64 {
     1e-6
@@ -101,6 +113,11 @@ impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         let mut cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a Llama-family config.json: {e}")))?;
+        let gen = path.with_file_name("generation_config.json");
+        if gen.is_file() {
+            let g: serde_json::Value = serde_json::from_slice(&std::fs::read(&gen)?).map_err(|e| Error::file(&gen, format!("not valid JSON: {e}")))?;
+            cfg.generation_eos = ids(g.get("eos_token_id"));
+        }
         if let Some(rp) = cfg.rope_parameters.clone() {
             if let Some(theta) = rp.get("rope_theta").and_then(|v| v.as_f64()) {
                 cfg.rope_theta = theta;
@@ -143,13 +160,21 @@ impl LlamaConfig {
     pub fn o_bias(&self) -> bool {
         self.attention_bias && self.model_type != "qwen2"
     }
-    /// The first eos id (config may give a list).
+    /// The end-of-sequence id used between packed documents: config.json's (the first, if a
+    /// list), else generation_config.json's.
     pub fn eos_id(&self) -> Option<u32> {
-        match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
-            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_u64()).map(|v| v as u32),
-            _ => None,
+        ids(self.eos_token_id.as_ref()).first().or(self.generation_eos.first()).copied()
+    }
+
+    /// Every id generation stops at: config.json's and generation_config.json's, once each.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut out = ids(self.eos_token_id.as_ref());
+        for id in &self.generation_eos {
+            if !out.contains(id) {
+                out.push(*id);
+            }
         }
+        out
     }
     /// Parameter count of the model (tied embeddings counted once).
     pub fn n_params(&self) -> usize {

@@ -127,3 +127,20 @@ fn every_architecture_matches_transformers_logits() {
         assert!(d < 1e-4, "{name}: logits differ from transformers' by {d:e}");
     }
 }
+
+#[test]
+fn generation_config_eos_ids_are_read_beside_config_json() {
+    let dir = tmp("gen");
+    write_model(&dir);
+    let m = dir.join("model");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(m.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("eos_token_id");
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::write(m.join("generation_config.json"), r#"{"eos_token_id": [7, 9], "do_sample": false}"#).unwrap();
+    let c = loralab_core::model::LlamaConfig::from_file(&m.join("config.json")).unwrap();
+    assert_eq!(c.eos_id(), Some(7));
+    assert_eq!(c.stop_ids(), vec![7, 9]);
+    std::fs::write(m.join("generation_config.json"), "{oops").unwrap();
+    let e = loralab_core::model::LlamaConfig::from_file(&m.join("config.json")).unwrap_err().to_string();
+    assert!(e.contains("generation_config.json") && e.contains("not valid JSON"), "{e}");
+}
