@@ -262,14 +262,24 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
     let mut model = load_base(base, DType::F32)?;
     load_adapter(&mut model, adapter)?;
     model.merge_lora()?;
-    let tokenizer = if base.extension().is_some_and(|e| e == "gguf") { base.to_path_buf() } else { base.join("tokenizer.json") };
+    let tokenizer = default_tokenizer(base);
     let full = MethodConfig { kind: MethodKind::Full, ..Default::default() };
     save(out, &model, &full, &base.join("config.json"), &tokenizer, "", None, None)
 }
 
+/// A llama.cpp GGUF file rather than a Hugging Face directory.
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gguf")
+}
+
+/// Where a base model's tokenizer is: the GGUF file's own metadata, or `<dir>/tokenizer.json`.
+pub fn default_tokenizer(base: &Path) -> std::path::PathBuf {
+    if is_gguf(base) { base.to_path_buf() } else { base.join("tokenizer.json") }
+}
+
 /// A base model from a Hugging Face directory or a llama.cpp .gguf file.
 pub fn load_base(path: &Path, dtype: DType) -> Result<Llama> {
-    if path.extension().is_some_and(|e| e == "gguf") {
+    if is_gguf(path) {
         Ok(crate::gguf::load_gguf(path, dtype)?.0)
     } else {
         load_model_dir(path, dtype)

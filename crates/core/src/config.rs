@@ -366,7 +366,7 @@ impl RunConfig {
 
     /// model.path names a llama.cpp GGUF file rather than a Hugging Face directory.
     pub fn model_is_gguf(&self) -> bool {
-        self.model.path.ends_with(".gguf")
+        crate::checkpoint::is_gguf(Path::new(&self.model.path))
     }
 
     pub fn config_json_path(&self) -> PathBuf {
@@ -408,13 +408,10 @@ impl RunConfig {
             require_file(Path::new(&self.model.config), "model.config")?;
         }
         if self.model.tokenizer.is_empty() {
-            if self.model_is_gguf() {
-                self.model.tokenizer = self.model.path.clone(); // built from the GGUF metadata
-            } else if self.model.path.is_empty() {
+            if self.model.path.is_empty() {
                 return Err(Error::config("model.tokenizer", "required when model.path is empty (hint: point it at a tokenizer.json)"));
-            } else {
-                self.model.tokenizer = Path::new(&self.model.path).join("tokenizer.json").to_string_lossy().into_owned();
             }
+            self.model.tokenizer = crate::checkpoint::default_tokenizer(Path::new(&self.model.path)).to_string_lossy().into_owned();
         }
         require_file(Path::new(&self.model.tokenizer), "model.tokenizer")?;
 

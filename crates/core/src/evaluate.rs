@@ -2,7 +2,7 @@
 //! file: the tiny laboratory's learning and forgetting measure. Called by the binding.
 use crate::checkpoint;
 use crate::config::{DTypeName, DataConfig};
-use crate::data::{self, Sampler};
+use crate::data;
 use crate::error::{Error, Result};
 use crate::linear::Ctx;
 use crate::model::masked_loss;
@@ -45,8 +45,7 @@ pub struct EvalLoss {
 pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
     let dtype = if req.dtype == DTypeName::F64 { DType::F64 } else { DType::F32 };
     let dir = Path::new(&req.model);
-    let gguf = dir.extension().is_some_and(|e| e == "gguf");
-    if !gguf && !dir.join("config.json").is_file() {
+    if !checkpoint::is_gguf(dir) && !dir.join("config.json").is_file() {
         return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory or a .gguf file)", dir.display())));
     }
     let mut model = checkpoint::load_base(dir, dtype)?;
@@ -56,17 +55,12 @@ pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
             model.merge_lora()?;
         }
     }
-    let tok_path = match (req.tokenizer.is_empty(), gguf) {
-        (false, _) => PathBuf::from(&req.tokenizer),
-        (true, true) => dir.to_path_buf(),
-        (true, false) => dir.join("tokenizer.json"),
-    };
+    let tok_path = if req.tokenizer.is_empty() { checkpoint::default_tokenizer(dir) } else { PathBuf::from(&req.tokenizer) };
     let tok = data::load_tokenizer(&tok_path)?;
     let eos = data::eos_id(&tok, model.cfg.eos_id())?;
     let chat = crate::chat::ChatTemplate::find(&req.model)?;
     let shards = data::prepare(&req.data, &tok, &tok_path, eos, chat.as_ref())?;
-    let mut sampler = Sampler::new(0, shards.rows);
-    let rows: Vec<usize> = (0..shards.rows as u64).map(|k| sampler.row_of(k)).collect();
+    let rows: Vec<usize> = (0..shards.rows).collect();
     let mut rng = Rng::new(0);
     let (mut sum, mut count) = (0.0, 0.0);
     for chunk in rows.chunks(req.micro_batch.max(1)) {

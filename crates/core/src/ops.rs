@@ -244,7 +244,8 @@ impl CustomOp3 for LoraOp {
             (CpuStorage::F32(mut y), CpuStorage::F32(d)) => {
                 let b = match &bias {
                     Some((CpuStorage::F32(b), l)) => Some(contiguous(b, l, "lora bias")?),
-                    _ => None,
+                    Some(_) => candle_core::bail!("lora: the bias's dtype differs from the input's"),
+                    None => None,
                 };
                 axpy_rows(&mut y, &d, out, self.scale, b);
                 CpuStorage::F32(y)
@@ -252,7 +253,8 @@ impl CustomOp3 for LoraOp {
             (CpuStorage::F64(mut y), CpuStorage::F64(d)) => {
                 let b = match &bias {
                     Some((CpuStorage::F64(b), l)) => Some(contiguous(b, l, "lora bias")?),
-                    _ => None,
+                    Some(_) => candle_core::bail!("lora: the bias's dtype differs from the input's"),
+                    None => None,
                 };
                 axpy_rows(&mut y, &d, out, self.scale, b);
                 CpuStorage::F64(y)
