@@ -136,16 +136,15 @@ pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
 pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Value>)> {
     let (mut f, content) = open(path)?;
     let tied = !content.tensor_infos.contains_key("output.weight");
-    let cfg = config_from_metadata(&content.metadata, path, tied)?;
+    let mut cfg = config_from_metadata(&content.metadata, path, tied)?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        let factors = dequantized(&mut f, &content, "rope_freqs.weight", path)?.flatten_all()?.to_vec1::<f32>()?;
+        cfg.rope_scaling = Some(llama3_scaling(&cfg, &factors).map_err(|e| Error::file(path, format!("rope_freqs.weight: {e}")))?);
+    }
     let permuted = cfg.model_type == "llama";
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
-        let Some(hf) = hf_name(name) else {
-            if name == "rope_freqs.weight" {
-                return Err(Error::file(path, "rope_freqs.weight (Llama-3 rope scaling stored as a tensor) is not supported yet"));
-            }
-            continue;
-        };
+        let Some(hf) = hf_name(name) else { continue };
         let mut t = dequantized(&mut f, &content, name, path)?;
         if permuted && name.contains(".attn_q.") {
             t = unpermute(&t, cfg.num_attention_heads)?;
@@ -158,19 +157,79 @@ pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Va
     Ok((model, content.metadata))
 }
 
+/// llama.cpp stores Llama-3.1 rope scaling as a tensor of per-frequency divisors
+/// (`rope_freqs.weight`: 1 at high frequencies, `factor` at low ones, a smooth ramp between).
+/// Hugging Face configs need the parameters that made it: factor is the largest divisor; on
+/// the ramp, s = (1/f − 1/factor)/(1 − 1/factor) is linear in the frequency, s = a·ω + b,
+/// with b = −low/(high − low) and a = original_max/(2π(high − low)). Only the ratios are
+/// determined, so low_freq_factor = 1 (every released Llama 3.x); the fit is then checked by
+/// recomputing every divisor.
+fn llama3_scaling(cfg: &LlamaConfig, factors: &[f32]) -> std::result::Result<crate::model::RopeScaling, String> {
+    let base = LlamaConfig { rope_scaling: None, ..cfg.clone() }.inv_freq().map_err(|e| e.to_string())?;
+    if factors.len() != base.len() {
+        return Err(format!("{} factors for {} rotary frequencies", factors.len(), base.len()));
+    }
+    let factor = factors.iter().fold(1f64, |m, &f| m.max(f as f64));
+    let ramp: Vec<(f64, f64)> = base
+        .iter()
+        .zip(factors)
+        .filter(|(_, &f)| (f as f64) > 1.0 + 1e-4 && (f as f64) < factor * (1.0 - 1e-4))
+        .map(|(&w, &f)| (w, (1.0 / f as f64 - 1.0 / factor) / (1.0 - 1.0 / factor)))
+        .collect();
+    if ramp.len() < 2 {
+        return Err(format!("{} frequencies on the ramp between 1 and factor {factor}: too few to recover Llama-3 rope_scaling (hint: use the Hugging Face checkpoint, whose config.json states it)", ramp.len()));
+    }
+    // least squares s = a·ω + b
+    let n = ramp.len() as f64;
+    let (mw, ms) = (ramp.iter().map(|r| r.0).sum::<f64>() / n, ramp.iter().map(|r| r.1).sum::<f64>() / n);
+    let a = ramp.iter().map(|r| (r.0 - mw) * (r.1 - ms)).sum::<f64>() / ramp.iter().map(|r| (r.0 - mw).powi(2)).sum::<f64>();
+    let b = ms - a * mw;
+    let span = -1.0 / b; // high − low, with low = 1
+    let scaling = crate::model::RopeScaling {
+        rope_type: "llama3".into(),
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 1.0 + span,
+        original_max_position_embeddings: (a * 2.0 * std::f64::consts::PI * span).round() as usize,
+    };
+    let fitted = LlamaConfig { rope_scaling: Some(scaling.clone()), ..cfg.clone() }.inv_freq().map_err(|e| e.to_string())?;
+    for ((w, s), f) in base.iter().zip(&fitted).zip(factors) {
+        if ((w / s) / *f as f64 - 1.0).abs() > 1e-3 {
+            return Err(format!("the divisors are not Llama-3 rope scaling (best fit {scaling:?} gives {} where the file has {f})", w / s));
+        }
+    }
+    Ok(scaling)
+}
+
 // ------------------------------------------------------------------ tokenizer from metadata
 
 /// GGUF stores the pre-tokenizer only by name (`tokenizer.ggml.pre`); these are the names
-/// whose split rules are known here, as Hugging Face pre-tokenizer JSON.
-fn pre_tokenizer(name: &str) -> Option<serde_json::Value> {
-    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    match name {
+/// whose split rules are known here, as Hugging Face pre-tokenizer JSON (the rules of each
+/// model's published tokenizer.json, which llama.cpp's src/llama-vocab.cpp reimplements per
+/// name). The table is the whole list: any other name is refused. Returns (pre-tokenizer,
+/// normalizer).
+const PRE_NAMES: &str = "gpt-2, default, smollm, starcoder, refact, llama-bpe, llama3, dbrx, smaug-bpe, qwen2, stablelm2";
+
+pub fn pre_tokenizer(name: &str) -> Option<(serde_json::Value, serde_json::Value)> {
+    use serde_json::{json, Value};
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let split = |digits: &str, trim_offsets: bool| {
+        let regex = format!(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{digits}| ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+");
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim_offsets, "use_regex": false}]})
+    };
+    Some(match name {
         // GPT-2's byte-level regex
-        "gpt-2" | "default" => Some(byte_level),
-        // SmolLM: every digit on its own, then GPT-2's byte-level regex (as its tokenizer.json)
-        "smollm" => Some(serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})),
-        _ => None,
-    }
+        "gpt-2" | "default" => (byte_level, Value::Null),
+        // every digit on its own, then GPT-2's byte-level regex
+        "smollm" | "starcoder" | "refact" => (json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}), Value::Null),
+        // Llama 3's tokenizer.json: numbers in runs of up to three digits
+        "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => (split("{1,3}", true), Value::Null),
+        // Qwen2's tokenizer.json: NFC, then digits one by one
+        "qwen2" | "stablelm2" => (split("", false), json!({"type": "NFC"})),
+        _ => return None,
+    })
 }
 
 fn strings(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<Vec<String>> {
@@ -178,44 +237,96 @@ fn strings(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<Vec<St
     v.to_vec().map_err(|e| Error::file(path, format!("{key}: {e}")))?.iter().map(|s| s.to_string().cloned().map_err(|e| Error::file(path, format!("{key}: {e}")))).collect()
 }
 
-/// The tokenizer.json a GGUF file's metadata describes (BPE models: `tokenizer.ggml.model` gpt2).
+fn flag(md: &HashMap<String, Value>, key: &str, default: bool) -> bool {
+    md.get(key).and_then(|v| v.to_bool().ok()).unwrap_or(default)
+}
+
+/// The tokenizer.json a GGUF file's metadata describes: `tokenizer.ggml.model` gpt2
+/// (byte-level BPE with merges, pre-tokenizer by name) or llama (SentencePiece BPE with scores).
 pub fn tokenizer_json(path: &Path) -> Result<String> {
     let (_, content) = open(path)?;
     let md = &content.metadata;
     let model = md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-    if model != "gpt2" {
-        return Err(Error::file(path, format!("tokenizer.ggml.model `{model}` is not supported yet (hint: supported: gpt2 (byte-level BPE); or give model.tokenizer a tokenizer.json)")));
-    }
-    let pre_name = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or_else(|| "default".into());
-    let pre = pre_tokenizer(&pre_name).ok_or_else(|| {
-        Error::file(path, format!("tokenizer.ggml.pre `{pre_name}`: its split rules are not in loralab's table (hint: known: gpt-2, smollm; or give model.tokenizer a tokenizer.json)"))
-    })?;
     let tokens = strings(md, "tokenizer.ggml.tokens", path)?;
-    let merges = strings(md, "tokenizer.ggml.merges", path)?;
     let types: Vec<i64> = match md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
         Some(v) => v.iter().map(|t| num(t).unwrap_or(1.0) as i64).collect(),
         None => vec![1; tokens.len()],
     };
     let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
-    // token_type 3 = control (<|im_start|>, <|endoftext|>, ...): matched whole, never split
+    // token_type 3 = control (<|im_start|>, <s>, ...), 4 = user-defined: matched whole, never split
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| types.get(*i) == Some(&3))
-        .map(|(i, t)| serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": types[i] == 3}))
         .collect();
-    let add_bos = md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+    let (normalizer, pre, decoder, bpe) = match model.as_str() {
+        "gpt2" => {
+            let pre_name = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or_else(|| "default".into());
+            let (pre, normalizer) = pre_tokenizer(&pre_name).ok_or_else(|| {
+                Error::file(path, format!("tokenizer.ggml.pre `{pre_name}`: its split rules are not in loralab's table (hint: known: {PRE_NAMES}; or give model.tokenizer a tokenizer.json)"))
+            })?;
+            let merges = strings(md, "tokenizer.ggml.merges", path)?;
+            let decoder = serde_json::json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+            let bpe = serde_json::json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges});
+            (normalizer, pre, decoder, bpe)
+        }
+        "llama" => sentencepiece(md, path, &tokens, &types, vocab)?,
+        _ => return Err(Error::file(path, format!("tokenizer.ggml.model `{model}` is not supported (hint: supported: gpt2 (byte-level BPE), llama (SentencePiece BPE); or give model.tokenizer a tokenizer.json)"))),
+    };
     let bos = md.get("tokenizer.ggml.bos_token_id").and_then(num).map(|v| v as usize);
-    let post = match (add_bos, bos.and_then(|b| tokens.get(b))) {
+    let post = match (flag(md, "tokenizer.ggml.add_bos_token", false), bos.and_then(|b| tokens.get(b))) {
         (true, Some(b)) => serde_json::json!({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], "special_tokens": {b.clone(): {"id": b, "ids": [bos], "tokens": [b]}}}),
         _ => serde_json::Value::Null,
     };
     let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-        "pre_tokenizer": pre, "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": normalizer,
+        "pre_tokenizer": pre, "post_processor": post, "decoder": decoder, "model": bpe,
     });
     Ok(json.to_string())
+}
+
+type Parts = (serde_json::Value, serde_json::Value, serde_json::Value, serde_json::Value);
+
+/// Llama-2-style SentencePiece BPE (`tokenizer.ggml.model` = llama): GGUF keeps each piece's
+/// score, not merges. SentencePiece merges the adjacent pair whose joined piece scores
+/// highest, so the merges are every split (left, right) of a piece into two pieces, ranked
+/// by the joined piece's score (as Hugging Face's SentencePiece converter derives them);
+/// unknown characters fall back to the `<0xXX>` byte pieces; spaces are `▁`, with one
+/// prepended unless `tokenizer.ggml.add_space_prefix` is false.
+fn sentencepiece(md: &HashMap<String, Value>, path: &Path, tokens: &[String], types: &[i64], vocab: serde_json::Map<String, serde_json::Value>) -> Result<Parts> {
+    use serde_json::json;
+    let scores: Vec<f64> = md
+        .get("tokenizer.ggml.scores")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|s| num(s).unwrap_or(0.0)).collect())
+        .ok_or_else(|| Error::file(path, "a SentencePiece (llama) tokenizer needs tokenizer.ggml.scores"))?;
+    if scores.len() != tokens.len() {
+        return Err(Error::file(path, format!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), tokens.len())));
+    }
+    let id: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut merges: Vec<(f64, usize, usize)> = Vec::new();
+    for (piece, score) in tokens.iter().zip(&scores) {
+        let mut local: Vec<(usize, usize)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| Some((*id.get(&piece[..at])?, *id.get(&piece[at..])?)))
+            .collect();
+        local.sort();
+        merges.extend(local.into_iter().map(|(l, r)| (*score, l, r)));
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0)); // stable: ties keep (left, right) id order
+    let merges: Vec<[&str; 2]> = merges.iter().map(|&(_, l, r)| [tokens[l].as_str(), tokens[r].as_str()]).collect();
+    let unk = md.get("tokenizer.ggml.unknown_token_id").and_then(num).map(|v| v as usize).or_else(|| types.iter().position(|&t| t == 2));
+    let prefix = flag(md, "tokenizer.ggml.add_space_prefix", true);
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if prefix { json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]}) } else { replace };
+    let mut decoders = vec![json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let bpe = json!({"type": "BPE", "dropout": null, "unk_token": unk.and_then(|u| tokens.get(u)), "continuing_subword_prefix": null, "end_of_word_suffix": null,
+        "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges});
+    Ok((normalizer, serde_json::Value::Null, json!({"type": "Sequence", "decoders": decoders}), bpe))
 }

@@ -233,3 +233,82 @@ fn chat_records_render_every_turn_but_the_last_with_the_template() {
     assert!(e.contains("conv.jsonl, row 1") && e.contains("must end with an assistant turn"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn sentencepiece_gguf_tokenizer_matches_sentencepiece_on_300_strings() {
+    // tests/reference/gguf_spm_fixture.py: a SentencePiece BPE model (Llama-2's settings, byte
+    // fallback) written as llama.cpp writes Llama-2's vocabulary: scores and types, no merges
+    let tok = loralab_core::data::load_tokenizer(&repo().join("tests/reference/tiny_spm.gguf")).unwrap();
+    let fx: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_spm_ref.json")).unwrap()).unwrap();
+    assert_eq!(fx.len(), 300);
+    let mut byte_fallbacks = 0;
+    for case in &fx {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let enc = tok.encode(text, false).unwrap();
+        assert_eq!(enc.get_ids(), want.as_slice(), "{text:?}: {:?}", enc.get_tokens());
+        byte_fallbacks += enc.get_tokens().iter().filter(|t| t.starts_with("<0x")).count();
+        assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text, "round trip of {text:?}");
+    }
+    assert!(byte_fallbacks > 50, "the strings must exercise byte fallback ({byte_fallbacks})");
+    // add_bos_token: the post-processor puts <s> first
+    assert_eq!(tok.encode("hi", true).unwrap().get_ids()[0], 1);
+}
+
+#[test]
+fn pre_tokenizer_names_split_as_their_published_regexes_do() {
+    use tokenizers::{NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    // tests/reference/gguf_pre_ref.py: each name's regex run by Python's `regex` package
+    let fx: serde_json::Value = serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_pre_ref.json")).unwrap()).unwrap();
+    let strings: Vec<&str> = fx["strings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let names = fx["pieces"].as_object().unwrap();
+    assert_eq!(names.len(), 4);
+    for (name, want) in names {
+        let (pre, norm) = loralab_core::gguf::pre_tokenizer(name).unwrap();
+        let pre: tokenizers::PreTokenizerWrapper = serde_json::from_value(pre).unwrap();
+        let norm: Option<tokenizers::NormalizerWrapper> = serde_json::from_value(norm).unwrap();
+        for (s, want) in strings.iter().zip(want.as_array().unwrap()) {
+            let mut n = NormalizedString::from(*s);
+            if let Some(norm) = &norm {
+                norm.normalize(&mut n).unwrap();
+            }
+            let mut p = PreTokenizedString::from(n);
+            pre.pre_tokenize(&mut p).unwrap();
+            let got: Vec<String> = p.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(s, _, _)| s.to_string()).collect();
+            let want: Vec<String> = want.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            assert_eq!(got, want, "{name}: {s:?}");
+        }
+    }
+    assert!(loralab_core::gguf::pre_tokenizer("jais-2099").is_none());
+}
+
+#[test]
+fn an_unknown_pre_tokenizer_or_tokenizer_model_is_refused_by_name() {
+    use candle_core::quantized::gguf_file::{write, Value};
+    let dir = std::env::temp_dir().join(format!("loralab-gguf-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = Value::Array(vec![Value::String("a".into()), Value::String("b".into())]);
+    for (model, pre, want) in [("gpt2", "jais-2099", "tokenizer.ggml.pre `jais-2099`"), ("bert", "default", "tokenizer.ggml.model `bert`")] {
+        let p = dir.join(format!("{model}.gguf"));
+        let (m, pr) = (Value::String(model.into()), Value::String(pre.into()));
+        let md = [("tokenizer.ggml.model", &m), ("tokenizer.ggml.pre", &pr), ("tokenizer.ggml.tokens", &tokens), ("tokenizer.ggml.merges", &Value::Array(vec![]))];
+        write(&mut std::fs::File::create(&p).unwrap(), &md, &[]).unwrap();
+        let err = loralab_core::data::load_tokenizer(&p).err().expect("must be refused").to_string();
+        assert!(err.contains(want) && err.contains(&p.display().to_string()) && err.contains("hint"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn llama31_rope_freqs_tensor_becomes_the_llama3_rope_scaling_that_made_it() {
+    // tests/reference/gguf_rope_fixture.py: rope_freqs.weight from factor 8, low 1, high 4, original 64
+    let (model, _) = load_gguf(&repo().join("tests/reference/tiny_llama31.gguf"), DType::F32).unwrap();
+    let s = model.cfg.rope_scaling.clone().expect("rope_freqs must become rope_scaling");
+    assert_eq!((s.rope_type.as_str(), s.original_max_position_embeddings), ("llama3", 64));
+    assert!((s.factor - 8.0).abs() < 1e-5 && (s.low_freq_factor - 1.0).abs() < 1e-9 && (s.high_freq_factor - 4.0).abs() < 1e-3, "{s:?}");
+    let factors = loralab_core::gguf::read_f32(&repo().join("tests/reference/tiny_llama31.gguf"), "rope_freqs.weight").unwrap().to_vec1::<f32>().unwrap();
+    let plain = loralab_core::model::LlamaConfig { rope_scaling: None, ..model.cfg.clone() }.inv_freq().unwrap();
+    for ((w, s), f) in plain.iter().zip(model.cfg.inv_freq().unwrap()).zip(factors) {
+        assert!(((w / s) / f as f64 - 1.0).abs() < 1e-5, "{w} / {s} vs {f}");
+    }
+}
