@@ -22,6 +22,10 @@ pub enum Error {
     #[error("step {step}: loss is {value} (not finite); stopped. The last good checkpoint is {last_checkpoint}. Hint: lower method/optim lr, or enable gradient clipping (optim.grad_clip)")]
     NonFinite { step: usize, value: f64, last_checkpoint: String },
 
+    // --- inference
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     // --- wrapped
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

@@ -7,6 +7,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod gguf;
+pub mod infer;
 pub mod linear;
 pub mod model;
 pub mod ops;

@@ -8,14 +8,6 @@ use common::*;
 use loralab_core::gguf::{hf_name, load_gguf};
 use loralab_core::linear::Ctx;
 use loralab_core::rng::Rng;
-use std::path::PathBuf;
-
-fn smollm2() -> PathBuf {
-    let cache = std::env::var("LORALAB_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/loralab"));
-    let p = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "{} is missing (hint: `bun run fetch smollm2`; `bun run test` does it first)", p.display());
-    p
-}
 
 #[test]
 fn smollm2_logits_match_the_numpy_reference() {

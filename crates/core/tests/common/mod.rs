@@ -9,6 +9,14 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// SmolLM2-135M-Instruct (Q4_1 GGUF) from the cache: `bun run fetch smollm2` puts it there.
+pub fn smollm2() -> PathBuf {
+    let cache = std::env::var("LORALAB_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/loralab"));
+    let p = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.is_file(), "{} is missing (hint: `bun run fetch smollm2`; `bun run test` does it first)", p.display());
+    p
+}
+
 /// The reference fixture made by tests/reference/llama_ref.py.
 pub struct Fixture {
     pub json: serde_json::Value,
