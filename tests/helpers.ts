@@ -41,3 +41,16 @@ export async function metricLosses(runDir: string): Promise<[number, number][]> 
     .map((l) => JSON.parse(l) as { step: number; loss: number })
     .map((m) => [m.step, m.loss]);
 }
+
+let tiny: Promise<string> | undefined;
+
+/** A tiny trained model directory (HF layout with its tokenizer): one full-FT step, made once per test file. */
+export function tinyModel(): Promise<string> {
+  tiny ??= (async () => {
+    const { train } = await import("@loralab/loralab");
+    const out = tempDir("tiny-model");
+    const s = await train(tinyConfig(out, { run_id: "m", method: { kind: "full" }, train: { steps: 1, checkpoint_every: 0 } }));
+    return s.output;
+  })();
+  return tiny;
+}

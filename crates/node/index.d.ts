@@ -16,11 +16,29 @@ export declare class CancelToken {
   get cancelled(): boolean
 }
 
+/**
+ * A model loaded once for evaluation (base + optional adapter, merged or not):
+ * batched generation and log-likelihoods, each a Promise run off the JS thread.
+ */
+export declare class Engine {
+  /** Generate from prompts (JSON array of strings) with options (JSON); resolves to JSON text. */
+  generate(promptsJson: string, optionsJson: string): Promise<string>
+  /** Log-likelihoods of `[{context, continuation}]` (JSON) in batches of `batch_size`; resolves to JSON text. */
+  loglikelihood(requestsJson: string, batchSize: number): Promise<string>
+  /** Token ids of a text (no special tokens): for prompt-length accounting. */
+  countTokens(text: string): number
+  /** The model's config.json fields, as loaded. */
+  get modelConfig(): any
+}
+
 /** The run config's JSON Schema (descriptions and defaults included). */
 export declare function configSchema(): any
 
 /** Mean held-out loss of a model (+ optional adapter) on a data file; JSON in, JSON text out. */
 export declare function evalLoss(requestJson: string): Promise<string>
+
+/** Load a model for inference; JSON `{model, adapter?, merged?, tokenizer?, dtype?}`. */
+export declare function loadEngine(requestJson: string): Promise<Engine>
 
 /** Fold a PEFT adapter into its base (HF directory or .gguf) and write an HF model to `out`. */
 export declare function merge(base: string, adapter: string, out: string): Promise<void>

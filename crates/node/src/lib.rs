@@ -181,3 +181,100 @@ impl Task for MergeTask {
         Ok(())
     }
 }
+
+// ------------------------------------------------------------------ inference
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> std::result::Result<T, CoreError> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|e| CoreError::config(format!("{what}.{}", e.path()), e.into_inner().to_string()))
+}
+
+/// A model loaded once for evaluation (base + optional adapter, merged or not):
+/// batched generation and log-likelihoods, each a Promise run off the JS thread.
+#[napi]
+pub struct Engine {
+    inner: Arc<loralab_core::infer::Engine>,
+}
+
+/// Load a model for inference; JSON `{model, adapter?, merged?, tokenizer?, dtype?}`.
+#[napi(ts_return_type = "Promise<Engine>")]
+pub fn load_engine(request_json: String) -> AsyncTask<LoadEngineTask> {
+    keep_freed_pages();
+    AsyncTask::new(LoadEngineTask { request_json })
+}
+
+pub struct LoadEngineTask {
+    request_json: String,
+}
+
+impl Task for LoadEngineTask {
+    type Output = Arc<loralab_core::infer::Engine>;
+    type JsValue = Engine;
+    fn compute(&mut self) -> Result<Self::Output> {
+        let json = std::mem::take(&mut self.request_json);
+        guard("loadEngine", move || Ok(Arc::new(loralab_core::infer::Engine::load(&parse("load", &json)?)?)))
+    }
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(Engine { inner: output })
+    }
+}
+
+#[napi]
+impl Engine {
+    /// Generate from prompts (JSON array of strings) with options (JSON); resolves to JSON text.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn generate(&self, prompts_json: String, options_json: String) -> AsyncTask<InferTask> {
+        AsyncTask::new(InferTask { engine: self.inner.clone(), kind: InferKind::Generate, a: prompts_json, b: options_json })
+    }
+
+    /// Log-likelihoods of `[{context, continuation}]` (JSON) in batches of `batch_size`; resolves to JSON text.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn loglikelihood(&self, requests_json: String, batch_size: u32) -> AsyncTask<InferTask> {
+        AsyncTask::new(InferTask { engine: self.inner.clone(), kind: InferKind::Loglik(batch_size as usize), a: requests_json, b: String::new() })
+    }
+
+    /// Token ids of a text (no special tokens): for prompt-length accounting.
+    #[napi]
+    pub fn count_tokens(&self, text: String) -> Result<u32> {
+        guard("countTokens", || Ok(self.inner.tok.encode(text.as_str(), false).map_err(|e| CoreError::Tokenizer(e.to_string()))?.len() as u32))
+    }
+
+    /// The model's config.json fields, as loaded.
+    #[napi(getter)]
+    pub fn model_config(&self) -> Result<serde_json::Value> {
+        guard("modelConfig", || Ok(serde_json::to_value(&self.inner.model.cfg)?))
+    }
+}
+
+pub enum InferKind {
+    Generate,
+    Loglik(usize),
+}
+
+pub struct InferTask {
+    engine: Arc<loralab_core::infer::Engine>,
+    kind: InferKind,
+    a: String,
+    b: String,
+}
+
+impl Task for InferTask {
+    type Output = String;
+    type JsValue = String;
+    fn compute(&mut self) -> Result<Self::Output> {
+        let (e, a, b) = (self.engine.clone(), std::mem::take(&mut self.a), std::mem::take(&mut self.b));
+        match self.kind {
+            InferKind::Generate => guard("generate", move || {
+                let prompts: Vec<String> = parse("prompts", &a)?;
+                Ok(serde_json::to_string(&e.generate(&prompts, &parse("options", &b)?)?)?)
+            }),
+            InferKind::Loglik(bs) => guard("loglikelihood", move || {
+                let reqs: Vec<loralab_core::infer::LoglikRequest> = parse("requests", &a)?;
+                Ok(serde_json::to_string(&e.loglikelihood(&reqs, bs)?)?)
+            }),
+        }
+    }
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
+    }
+}
