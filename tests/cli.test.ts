@@ -50,3 +50,23 @@ test("merge folds a trained adapter into its base; the merged model scores the s
   expect(Math.abs(unmerged.loss - merged.loss)).toBeLessThan(1e-4);
   expect(cli(["merge", "only-one-arg"]).code).toBe(2);
 });
+
+test("eval a run: a progress line per task, a table beside the base model, results in the run directory", () => {
+  const out = tempDir("cli-eval");
+  const t = cli(["train", "configs/tiny-lora.toml", "--train.steps=2", `--out_dir=${out}`, "--run_id=r", "--data.seq_len=32", `--data.cache_dir=${out}/cache`]);
+  expect(t.code).toBe(0);
+  const fx = `${root}/tests/fixtures/eval`;
+  const p = Bun.spawnSync(
+    [process.execPath, "packages/cli/src/main.ts", "eval", "--run", `${out}/r`, "--tasks", "winogrande,arc_challenge", "--data", `winogrande=${fx}/winogrande`, "--data", `arc_challenge=${fx}/arc_challenge`, "--limit", "2"],
+    { cwd: root, stdout: "pipe", stderr: "pipe", env: { ...process.env, LORALAB_CACHE: `${out}/cache` } },
+  );
+  const r = { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  expect(r.out).toContain("winogrande 2/2");
+  expect(r.out).toContain("arc_challenge 2/2");
+  expect(r.out).toMatch(/arc_challenge\s+acc_norm\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[+-][\d.]+/); // this, ± se, base, Δ
+  expect(r.out).toContain(`results: ${out}/r/eval.json`);
+  const bad = cli(["eval", "--model", "x", "--tasks", "mmlu"]);
+  expect([bad.code, bad.err.trim()]).toEqual([2, "loralab: --tasks: unknown task `mmlu` (hint: humaneval, gsm8k, hellaswag, winogrande, arc_challenge)"]);
+}, 120_000);

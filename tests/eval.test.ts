@@ -30,7 +30,7 @@ import {
   type McTask,
 } from "@loralab/eval";
 import { readRecords } from "@loralab/data";
-import { tinyModel } from "./helpers.ts";
+import { tempDir, tinyConfig, tinyModel } from "./helpers.ts";
 
 const repo = new URL("..", import.meta.url).pathname;
 const fx = join(repo, "tests/fixtures/eval");
@@ -220,6 +220,7 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
         expect(m.value).toBeGreaterThanOrEqual(0);
         expect(m.value).toBeLessThanOrEqual(1);
       }
+      expect(r.tasks.winogrande!.metrics.acc_norm).toBeUndefined(); // lm-eval reports acc only
       expect(r.learning!.metric).toBe("humaneval pass@1");
       expect(r.forgetting!.definition).toContain("arc_challenge acc_norm (1-shot)");
       expect(r.forgetting!.value).toBeCloseTo(
@@ -230,6 +231,31 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
       rmSync(dir, { recursive: true, force: true });
     }
   }, 300_000);
+
+  test("a run evaluates from the library: its adapter and its base, results in the run directory", async () => {
+    const { train, evaluateRun } = await import("@loralab/loralab");
+    const out = tempDir("eval-run");
+    try {
+      const s = await train(tinyConfig(out, { run_id: "r", method: { kind: "lora", rank: 4 }, train: { steps: 2, checkpoint_every: 0 } }));
+      const data = { hellaswag: join(fx, "hellaswag"), winogrande: join(fx, "winogrande"), arc_challenge: join(fx, "arc_challenge") };
+      const prev = process.env.LORALAB_CACHE;
+      process.env.LORALAB_CACHE = join(out, "cache"); // the base's cached results go here
+      const r = await evaluateRun(s.run_dir, { tasks: ["hellaswag", "winogrande", "arc_challenge"], data, limit: 3 });
+      const again = await evaluateRun(s.run_dir, { tasks: ["hellaswag", "winogrande", "arc_challenge"], data, limit: 3 });
+      if (prev === undefined) delete process.env.LORALAB_CACHE;
+      else process.env.LORALAB_CACHE = prev;
+      expect(r.adapter).toBe(join(s.run_dir, "adapter"));
+      expect(r.base.model).toBe(join(s.run_dir, "base"));
+      expect(r.forgetting!.value).toBeGreaterThanOrEqual(0);
+      expect(r.base.forgetting!.value).toBeGreaterThanOrEqual(0);
+      expect(again.base).toEqual(r.base); // from the cache, the same
+      const onDisk = JSON.parse(readFileSync(join(s.run_dir, "eval.json"), "utf8"));
+      expect(onDisk.forgetting.definition).toContain("hellaswag acc_norm");
+      expect(JSON.parse(readFileSync(join(s.run_dir, "eval", "arc_challenge.json"), "utf8")).samples.length).toBe(3);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   test("bad input: unknown task, missing split, missing field — each a clear error", async () => {
     const model = await tinyModel();

@@ -159,6 +159,20 @@ impl Engine {
         self.tok.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// The text `gen` adds after `prompt`: decode(prompt + gen) minus decode(prompt), as the
+    /// harnesses slice it. Decoding `gen` alone is wrong for SentencePiece vocabularies,
+    /// whose decoder strips the first token's leading space (indentation, " 5").
+    pub fn continuation_text(&self, prompt: &[u32], prompt_text: &str, gen: &[u32]) -> Result<String> {
+        let mut all = Vec::with_capacity(prompt.len() + gen.len());
+        all.extend_from_slice(prompt);
+        all.extend_from_slice(gen);
+        let full = self.decode(&all)?;
+        match full.strip_prefix(prompt_text) {
+            Some(rest) => Ok(rest.to_string()),
+            None => self.decode(gen),
+        }
+    }
+
     /// cos and sin for positions 0..n, (n, hd) in the model's dtype.
     fn rope_tables(&self, n: usize) -> Result<(Tensor, Tensor)> {
         let mut c = self.rope.lock().map_err(|_| Error::Tokenizer("rope table lock poisoned".into()))?;
@@ -257,7 +271,7 @@ impl Engine {
         let b = prompts.len();
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
         let steps = prompts.iter().map(|p| self.budget(p.len(), o)).max().unwrap_or(0);
-        let mut rows: Vec<Row> = prompts.iter().enumerate().map(|(i, p)| Row::new(p.len(), self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64))).collect();
+        let mut rows: Vec<Row> = prompts.iter().enumerate().map(|(i, p)| Row::new(self, p, self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64))).collect::<Result<_>>()?;
         if steps == 0 {
             return rows.into_iter().map(|r| r.finish(self)).collect();
         }
@@ -294,7 +308,7 @@ impl Engine {
     /// The same generation without a cache: the whole sequence through the training
     /// forward pass at every step (rows of equal length batched together).
     fn generate_reforward(&self, prompts: &[Vec<u32>], first: usize, o: &GenerateOptions) -> Result<Vec<Generation>> {
-        let mut rows: Vec<Row> = prompts.iter().enumerate().map(|(i, p)| Row::new(p.len(), self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64))).collect();
+        let mut rows: Vec<Row> = prompts.iter().enumerate().map(|(i, p)| Row::new(self, p, self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64))).collect::<Result<_>>()?;
         let mut seqs: Vec<Vec<u32>> = prompts.iter().map(|p| if p.is_empty() { vec![self.pad_id] } else { p.clone() }).collect();
         let mut rng = Rng::new(0);
         loop {
@@ -394,6 +408,8 @@ impl Engine {
 
 /// One prompt's generation state.
 struct Row {
+    prompt: Vec<u32>,
+    prompt_text: String,
     prompt_tokens: usize,
     budget: usize,
     rng: Rng,
@@ -405,8 +421,12 @@ struct Row {
 }
 
 impl Row {
-    fn new(prompt_tokens: usize, budget: usize, rng: Rng) -> Self {
-        Self { prompt_tokens, budget, rng, ids: vec![], done: budget == 0, finish: "length", cut: None }
+    fn new(e: &Engine, prompt: &[u32], budget: usize, rng: Rng) -> Result<Self> {
+        Ok(Self { prompt: prompt.to_vec(), prompt_text: e.decode(prompt)?, prompt_tokens: prompt.len(), budget, rng, ids: vec![], done: budget == 0, finish: "length", cut: None })
+    }
+
+    fn text(&self, e: &Engine) -> Result<String> {
+        e.continuation_text(&self.prompt, &self.prompt_text, &self.ids)
     }
 
     fn sample(&mut self, logits: &[f32], o: &GenerateOptions) -> u32 {
@@ -450,7 +470,7 @@ impl Row {
         }
         self.ids.push(tok);
         if !o.stop.is_empty() {
-            let text = e.decode(&self.ids)?;
+            let text = self.text(e)?;
             if let Some(at) = o.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                 self.cut = Some(text[..at].to_string());
                 self.done = true;
@@ -464,10 +484,10 @@ impl Row {
         Ok(())
     }
 
-    fn finish(self, e: &Engine) -> Result<Generation> {
-        let text = match self.cut {
+    fn finish(mut self, e: &Engine) -> Result<Generation> {
+        let text = match self.cut.take() {
             Some(t) => t,
-            None => e.decode(&self.ids)?,
+            None => self.text(e)?,
         };
         let tokens = self.ids.len() + usize::from(self.finish == "eos");
         Ok(Generation { text, prompt_tokens: self.prompt_tokens, tokens, finish: self.finish.to_string() })

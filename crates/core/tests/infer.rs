@@ -172,3 +172,23 @@ fn a_lora_adapter_scores_the_same_merged_or_not() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn generated_text_keeps_the_leading_space_a_sentencepiece_decoder_strips() {
+    // a SentencePiece vocabulary (tests/reference/gguf_spm_fixture.py): its decoder drops the
+    // first token's leading space, so a continuation must be cut from decode(prompt + gen)
+    let tok = loralab_core::data::load_tokenizer(&repo().join("tests/reference/tiny_spm.gguf")).unwrap();
+    let mut cfg = LlamaConfig::from_file(&repo().join("datasets/tiny/config.json")).unwrap();
+    cfg.vocab_size = tok.get_vocab_size(true);
+    let e = Engine::new(Llama::random(cfg, DType::F32, &mut Rng::new(1)).unwrap(), tok).unwrap();
+    for (prompt, rest) in [("x =", " 1234"), ("def f():\n", "    return 1")] {
+        let whole = e.tok.encode(format!("{prompt}{rest}"), false).unwrap().get_ids().to_vec();
+        let p = e.tok.encode(prompt, false).unwrap().get_ids().to_vec();
+        assert!(whole.starts_with(&p), "{prompt:?}");
+        let gen = &whole[p.len()..];
+        let alone = e.tok.decode(gen, true).unwrap();
+        assert_ne!(alone, rest, "decoding alone loses the space here, which is the point of the test");
+        let prompt_text = e.tok.decode(&p, true).unwrap();
+        assert_eq!(e.continuation_text(&p, &prompt_text, gen).unwrap(), rest);
+    }
+}

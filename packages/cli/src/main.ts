@@ -10,8 +10,11 @@ const USAGE = `usage:
   loralab train                         the tiny laboratory: full FT vs LoRA on bundled data (CPU, under a minute)
   loralab train CONFIG [--key=value...] one run from a .toml/.json config; --method.rank=64 style overrides
   loralab train --help                  every config field, its default and why
+  loralab eval --model M [--adapter A] | --run ID  [--tasks ...]
+                                        learning (HumanEval, GSM8K) and forgetting (HellaSwag, WinoGrande, ARC-C)
+                                        scores next to the base model's; --help for every option
   loralab merge BASE ADAPTER OUT        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
-  loralab bench train                   side-by-side speed and memory of full FT vs LoRA`;
+  loralab bench train|data|eval         side-by-side speed and memory measurements`;
 
 async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
@@ -59,6 +62,10 @@ async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case "train":
       return cmdTrain(rest, abort.signal);
+    case "eval": {
+      const { cmdEval } = await import("./eval.ts");
+      return cmdEval(rest);
+    }
     case "merge": {
       if (rest.length !== 3) throw new ConfigError("usage: loralab merge BASE ADAPTER OUT", "");
       const [base, adapter, out] = rest as [string, string, string];

@@ -285,7 +285,7 @@ async function runMc(m: Model, task: McTask, o: EvalOptions): Promise<TaskResult
   return {
     task,
     docs: docs.length,
-    metrics: aggregateMc(results),
+    metrics: aggregateMc(task, results),
     settings: { harness: `lm-evaluation-harness v0.4.4 ${task}`, shots, fewshot_seed: 1234, split: SPLITS[task].eval },
     seconds: 0,
     samples: results,
@@ -347,4 +347,52 @@ export function writeJsonAtomic(file: string, value: unknown) {
   mkdirSync(join(file, ".."), { recursive: true });
   writeFileSync(`${file}.tmp`, JSON.stringify(value, null, 2) + "\n");
   renameSync(`${file}.tmp`, file);
+}
+
+// ------------------------------------------------------------------ runs
+
+/** What a run directory evaluates: its base model and its output (adapter or full model). */
+export function runModels(runDir: string): { base: string; model: string; adapter: string; method: string } {
+  const cfgFile = join(runDir, "config.json");
+  if (!existsSync(cfgFile)) throw new EvalError(`${runDir}: not a run directory (no config.json) (hint: --run takes a run id under runs/ or a run directory)`);
+  const cfg = JSON.parse(readFileSync(cfgFile, "utf8")) as { model?: { path?: string }; method?: { kind?: string } };
+  const base = cfg.model?.path ? cfg.model.path : join(runDir, "base");
+  const method = cfg.method?.kind ?? "full";
+  if (method === "lora") {
+    if (!existsSync(join(runDir, "adapter"))) throw new EvalError(`${runDir}: no adapter/ yet (hint: is the run finished? evaluate a checkpoint with --model and --adapter)`);
+    return { base, model: base, adapter: join(runDir, "adapter"), method };
+  }
+  if (!existsSync(join(runDir, "model"))) throw new EvalError(`${runDir}: no model/ yet (hint: is the run finished?)`);
+  return { base, model: join(runDir, "model"), adapter: "", method };
+}
+
+export interface RunEvaluation extends EvalResult {
+  base: Pick<EvalResult, "learning" | "forgetting" | "model"> & { tasks: Partial<Record<TaskName, Pick<TaskResult, "metrics" | "docs">>> };
+  evaluated_at: string;
+}
+
+/** Results as the run directory keeps them: `eval.json` (metrics, settings, learning and
+ * forgetting next to the base model's) and `eval/<task>.json` (per-document detail). */
+export function writeRunEvaluation(runDir: string, r: EvalResult, base: EvalResult | null): RunEvaluation {
+  const strip = (t: TaskResult) => ({ ...t, samples: undefined });
+  const out = {
+    ...r,
+    tasks: Object.fromEntries(Object.entries(r.tasks).map(([k, t]) => [k, strip(t!)])),
+    base: base
+      ? { model: base.model, learning: base.learning, forgetting: base.forgetting, tasks: Object.fromEntries(Object.entries(base.tasks).map(([k, t]) => [k, { metrics: t!.metrics, docs: t!.docs }])) }
+      : { model: "", learning: null, forgetting: null, tasks: {} },
+    evaluated_at: new Date().toISOString(),
+  } as RunEvaluation;
+  for (const [k, t] of Object.entries(r.tasks)) writeJsonAtomic(join(runDir, "eval", `${k}.json`), t);
+  writeJsonAtomic(join(runDir, "eval.json"), out);
+  return out;
+}
+
+/** Evaluate a run's output (adapter or model) and, unless told not to, its base (cached);
+ * write both into the run directory. The library's one call for "how did this run do". */
+export async function evaluateRun(runDir: string, o: Omit<EvalOptions, "model" | "adapter">, withBase = true): Promise<RunEvaluation> {
+  const m = runModels(runDir);
+  const r = await evaluate({ ...o, model: m.model, adapter: m.adapter || undefined });
+  const b = withBase ? await evaluateBase({ ...o, model: m.base }) : null;
+  return writeRunEvaluation(runDir, r, b);
 }

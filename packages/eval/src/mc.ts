@@ -135,10 +135,11 @@ export function meanWithBootstrap(xs: number[], iters = BOOTSTRAP_ITERS, seed = 
   return { value: mean, stderr: sd };
 }
 
-export function aggregateMc(results: McDocResult[]): { acc: Metric; acc_norm: Metric; acc_per_token: Metric } {
-  return {
-    acc: meanWithBootstrap(results.map((r) => r.acc)),
-    acc_norm: meanWithBootstrap(results.map((r) => r.acc_norm)),
-    acc_per_token: meanWithBootstrap(results.map((r) => r.acc_per_token)),
-  };
+/** The task's metrics: acc, acc_norm (not for winogrande: its choices are whole contexts, and
+ * lm-eval reports acc only) and acc_per_token, each with its bootstrap standard error. */
+export function aggregateMc(task: McTask, results: McDocResult[]): Record<string, Metric> {
+  const out: Record<string, Metric> = { acc: meanWithBootstrap(results.map((r) => r.acc)) };
+  if (task !== "winogrande") out.acc_norm = meanWithBootstrap(results.map((r) => r.acc_norm));
+  out.acc_per_token = meanWithBootstrap(results.map((r) => r.acc_per_token));
+  return out;
 }

@@ -6,6 +6,25 @@ import * as native from "@loralab/native";
 import type { RunConfig } from "./config.gen.ts";
 
 export type { RunConfig } from "./config.gen.ts";
+// evaluation: learning and forgetting scores of a model, an adapter or a run (packages/eval)
+export {
+  describeForgetting,
+  evaluate,
+  evaluateBase,
+  evaluateRun,
+  FORGETTING_DEFAULT,
+  FORGETTING_GAUNTLET,
+  Model,
+  runModels,
+  Sandbox,
+  SandboxUnavailable,
+  TASKS,
+  type EvalOptions,
+  type EvalResult,
+  type RunEvaluation,
+  type TaskName,
+  type TaskResult,
+} from "@loralab/eval";
 
 type DeepRequired<T> = T extends (infer U)[] ? DeepRequired<U>[] : T extends object ? { [K in keyof T]-?: DeepRequired<T[K]> } : T;
 /** A config after `resolveConfig`: every field present, every default applied. */
