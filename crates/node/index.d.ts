@@ -31,6 +31,12 @@ export declare class Engine {
   get modelConfig(): any
 }
 
+/**
+ * Spectra of the weight change between a base and a tuned model or adapter (JSON request);
+ * `onProgress` gets `{done, total, matrix}` JSON after each matrix; resolves to JSON text.
+ */
+export declare function analyze(requestJson: string, onProgress?: ((event: string) => void) | undefined | null): Promise<string>
+
 /** The run config's JSON Schema (descriptions and defaults included). */
 export declare function configSchema(): any
 
@@ -42,6 +48,9 @@ export declare function loadEngine(requestJson: string): Promise<Engine>
 
 /** Fold a PEFT adapter into its base (HF directory or .gguf) and write an HF model to `out`. */
 export declare function merge(base: string, adapter: string, out: string): Promise<void>
+
+/** The study's random-matrix control: spectra of Gaussian A, cB and A + cB (n×n) for each c. */
+export declare function randomBaseline(n: number, cs: Array<number>, seed: number): Promise<string>
 
 /** Parse, default and validate a config (JSON text); returns the resolved config. */
 export declare function resolveConfig(configJson: string): any

@@ -203,55 +203,80 @@ fn pattern_value(patterns: &serde_json::Value, module: &str) -> Option<f64> {
     patterns.as_object()?.iter().find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}"))).and_then(|(_, v)| v.as_f64())
 }
 
-/// Attach a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors):
-/// keys with or without PEFT's `.default` infix, `rank_pattern`, `alpha_pattern`,
+/// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), read and
+/// checked: keys with or without PEFT's `.default` infix, `rank_pattern`, `alpha_pattern`,
 /// `use_rslora`. What it cannot honour it refuses by name.
+pub struct Adapter {
+    pub dir: PathBuf,
+    config: serde_json::Value,
+    tensors: HashMap<String, Tensor>,
+    alpha: f64,
+    rslora: bool,
+}
+
+impl Adapter {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("adapter_config.json");
+        let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?).map_err(|e| Error::file(&cfg_path, e))?;
+        if ac.get("peft_type").and_then(|v| v.as_str()).is_some_and(|t| t != "LORA") {
+            return Err(Error::file(&cfg_path, format!("peft_type {} is not supported (hint: loralab loads LoRA adapters)", ac["peft_type"])));
+        }
+        let unsupported = [
+            ("use_dora", ac["use_dora"].as_bool() == Some(true)),
+            ("modules_to_save", ac["modules_to_save"].as_array().is_some_and(|v| !v.is_empty())),
+            ("bias", ac["bias"].as_str().is_some_and(|b| b != "none")),
+            ("layers_to_transform", !ac["layers_to_transform"].is_null()),
+            ("fan_in_fan_out", ac["fan_in_fan_out"].as_bool() == Some(true)),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, bad)| *bad) {
+            return Err(Error::file(&cfg_path, format!("`{field}` = {} is not supported (hint: plain LoRA adapters only: no DoRA, no extra trained modules or biases, every layer, fan_in_fan_out false)", ac[*field])));
+        }
+        let alpha = ac["lora_alpha"].as_f64().ok_or_else(|| Error::file(&cfg_path, "no `lora_alpha`"))?;
+        let rslora = ac["use_rslora"].as_bool().unwrap_or(false);
+        let file = dir.join("adapter_model.safetensors");
+        let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::file(&file, e))?;
+        Ok(Self { dir: dir.to_path_buf(), config: ac, tensors, alpha, rslora })
+    }
+
+    /// The factors (A: r×in, B: out×r) and scale of one module (`model.layers.0.self_attn.q_proj`),
+    /// checked against the module's (in, out); None when the adapter does not touch it.
+    pub fn factors(&self, module: &str, in_out: (usize, usize)) -> Result<Option<(Tensor, Tensor, f64)>> {
+        let find = |ab: &str| {
+            let plain = crate::model::peft_key(module, ab);
+            let default = plain.replace(&format!(".lora_{ab}.weight"), &format!(".lora_{ab}.default.weight"));
+            self.tensors.get(&plain).or_else(|| self.tensors.get(&default)).cloned()
+        };
+        let (Some(a), Some(b)) = (find("A"), find("B")) else { return Ok(None) };
+        let file = self.dir.join("adapter_model.safetensors");
+        let cfg_path = self.dir.join("adapter_config.json");
+        let (r, fan_in) = a.dims2()?;
+        let (fan_out, r2) = b.dims2()?;
+        if r != r2 || (fan_in, fan_out) != in_out {
+            return Err(Error::file(&file, format!("{module}: lora_A {:?} / lora_B {:?} do not fit a ({}, {}) module of this model (hint: an adapter for another base model?)", a.dims(), b.dims(), in_out.1, in_out.0)));
+        }
+        if let Some(pr) = pattern_value(&self.config["rank_pattern"], module) {
+            if pr as usize != r {
+                return Err(Error::file(&cfg_path, format!("rank_pattern gives r={pr} for {module} but its tensors have rank {r}")));
+            }
+        }
+        let a_ = pattern_value(&self.config["alpha_pattern"], module).unwrap_or(self.alpha);
+        let scale = if self.rslora { a_ / (r as f64).sqrt() } else { a_ / r as f64 };
+        Ok(Some((a, b, scale)))
+    }
+}
+
+/// Attach a PEFT LoRA adapter directory to a model (see [`Adapter`]).
 pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
-    let cfg_path = dir.join("adapter_config.json");
-    let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?).map_err(|e| Error::file(&cfg_path, e))?;
-    if ac.get("peft_type").and_then(|v| v.as_str()).is_some_and(|t| t != "LORA") {
-        return Err(Error::file(&cfg_path, format!("peft_type {} is not supported (hint: loralab loads LoRA adapters)", ac["peft_type"])));
-    }
-    let unsupported = [
-        ("use_dora", ac["use_dora"].as_bool() == Some(true)),
-        ("modules_to_save", ac["modules_to_save"].as_array().is_some_and(|v| !v.is_empty())),
-        ("bias", ac["bias"].as_str().is_some_and(|b| b != "none")),
-        ("layers_to_transform", !ac["layers_to_transform"].is_null()),
-        ("fan_in_fan_out", ac["fan_in_fan_out"].as_bool() == Some(true)),
-    ];
-    if let Some((field, _)) = unsupported.iter().find(|(_, bad)| *bad) {
-        return Err(Error::file(&cfg_path, format!("`{field}` = {} is not supported (hint: plain LoRA adapters only: no DoRA, no extra trained modules or biases, every layer, fan_in_fan_out false)", ac[*field])));
-    }
-    let alpha = ac["lora_alpha"].as_f64().ok_or_else(|| Error::file(&cfg_path, "no `lora_alpha`"))?;
-    let rslora = ac["use_rslora"].as_bool().unwrap_or(false);
-    let file = dir.join("adapter_model.safetensors");
-    let w = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::file(&file, e))?;
+    let adapter = Adapter::open(dir)?;
     let dtype = model.dtype;
     let mut n = 0;
     for lin in model.linears_mut() {
-        let find = |ab: &str| {
-            let plain = crate::model::peft_key(&lin.name, ab);
-            let default = plain.replace(&format!(".lora_{ab}.weight"), &format!(".lora_{ab}.default.weight"));
-            w.get(&plain).or_else(|| w.get(&default)).cloned()
-        };
-        let (Some(a), Some(b)) = (find("A"), find("B")) else { continue };
-        let (r, fan_in) = a.dims2()?;
-        let (fan_out, r2) = b.dims2()?;
-        if r != r2 || (fan_in, fan_out) != lin.in_out() {
-            return Err(Error::file(&file, format!("{}: lora_A {:?} / lora_B {:?} do not fit a ({fan_out}, {fan_in}) module of this model (hint: an adapter for another base model?)", lin.name, a.dims(), b.dims())));
-        }
-        if let Some(pr) = pattern_value(&ac["rank_pattern"], &lin.name) {
-            if pr as usize != r {
-                return Err(Error::file(&cfg_path, format!("rank_pattern gives r={pr} for {} but its tensors have rank {r}", lin.name)));
-            }
-        }
-        let a_ = pattern_value(&ac["alpha_pattern"], &lin.name).unwrap_or(alpha);
-        let scale = if rslora { a_ / (r as f64).sqrt() } else { a_ / r as f64 };
+        let Some((a, b, scale)) = adapter.factors(&lin.name, lin.in_out())? else { continue };
         lin.lora = Some(crate::linear::LoraAdapter { a: Var::from_tensor(&a.to_dtype(dtype)?)?, b: Var::from_tensor(&b.to_dtype(dtype)?)?, scale, dropout: 0.0 });
         n += 1;
     }
     if n == 0 {
-        return Err(Error::file(&file, "no lora_A/lora_B tensor matches a module of this model (hint: is it an adapter for this base model?)"));
+        return Err(Error::file(dir.join("adapter_model.safetensors"), "no lora_A/lora_B tensor matches a module of this model (hint: is it an adapter for this base model?)"));
     }
     Ok(())
 }

@@ -110,6 +110,18 @@ fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
+/// A dequantized GGUF tensor in Hugging Face layout: llama's q/k rows un-permuted.
+pub fn to_hf_layout(gguf_name: &str, t: Tensor, cfg: &LlamaConfig) -> Result<Tensor> {
+    let permuted = cfg.model_type == "llama";
+    Ok(if permuted && gguf_name.contains(".attn_q.") {
+        unpermute(&t, cfg.num_attention_heads)?
+    } else if permuted && gguf_name.contains(".attn_k.") {
+        unpermute(&t, cfg.kv_heads())?
+    } else {
+        t
+    })
+}
+
 fn open(path: &Path) -> Result<(std::fs::File, Content)> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
     let content = Content::read(&mut f).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e} (hint: truncated or corrupt?)")))?;
@@ -141,17 +153,11 @@ pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Va
         let factors = dequantized(&mut f, &content, "rope_freqs.weight", path)?.flatten_all()?.to_vec1::<f32>()?;
         cfg.rope_scaling = Some(llama3_scaling(&cfg, &factors).map_err(|e| Error::file(path, format!("rope_freqs.weight: {e}")))?);
     }
-    let permuted = cfg.model_type == "llama";
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
         let Some(hf) = hf_name(name) else { continue };
-        let mut t = dequantized(&mut f, &content, name, path)?;
-        if permuted && name.contains(".attn_q.") {
-            t = unpermute(&t, cfg.num_attention_heads)?;
-        } else if permuted && name.contains(".attn_k.") {
-            t = unpermute(&t, cfg.kv_heads())?;
-        }
-        tensors.insert(hf, t);
+        let t = dequantized(&mut f, &content, name, path)?;
+        tensors.insert(hf, to_hf_layout(name, t, &cfg)?);
     }
     let model = Llama::from_tensors(cfg, tensors, dtype, path)?;
     Ok((model, content.metadata))

@@ -1,5 +1,6 @@
 //! loralab-core: the engine. Llama-family model, LoRA, optimizers, the training loop,
 //! checkpoints. Reached from Bun through crates/node and from the sidecar.
+pub mod analyze;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod spectrum;
 pub mod train;
 
 pub use config::{config_schema, parse_config, RunConfig};

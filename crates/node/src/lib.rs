@@ -278,3 +278,69 @@ impl Task for InferTask {
         Ok(output)
     }
 }
+
+// ------------------------------------------------------------------ spectral analysis
+
+pub struct AnalyzeTask {
+    request_json: String,
+    on_progress: Option<Arc<EventCallback>>,
+}
+
+impl Task for AnalyzeTask {
+    type Output = String;
+    type JsValue = String;
+    fn compute(&mut self) -> Result<Self::Output> {
+        let json = std::mem::take(&mut self.request_json);
+        let cb = self.on_progress.clone();
+        guard("analyze", move || {
+            let req: loralab_core::analyze::AnalyzeRequest = parse("analyze", &json)?;
+            let progress = |done: usize, total: usize, name: &str| {
+                if let Some(cb) = &cb {
+                    let ev = serde_json::json!({"done": done, "total": total, "matrix": name}).to_string();
+                    cb.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            };
+            Ok(serde_json::to_string(&loralab_core::analyze::analyze(&req, &progress)?)?)
+        })
+    }
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
+    }
+}
+
+/// Spectra of the weight change between a base and a tuned model or adapter (JSON request);
+/// `onProgress` gets `{done, total, matrix}` JSON after each matrix; resolves to JSON text.
+#[napi(ts_return_type = "Promise<string>")]
+pub fn analyze(request_json: String, #[napi(ts_arg_type = "((event: string) => void) | undefined | null")] on_progress: Option<EventCallback>) -> AsyncTask<AnalyzeTask> {
+    keep_freed_pages();
+    AsyncTask::new(AnalyzeTask { request_json, on_progress: on_progress.map(Arc::new) })
+}
+
+pub struct BaselineTask {
+    n: u32,
+    cs: Vec<f64>,
+    seed: u32,
+}
+
+impl Task for BaselineTask {
+    type Output = String;
+    type JsValue = String;
+    fn compute(&mut self) -> Result<Self::Output> {
+        let (n, cs, seed) = (self.n as usize, std::mem::take(&mut self.cs), self.seed as u64);
+        guard("randomBaseline", move || {
+            if n < 2 || cs.is_empty() || cs.iter().any(|c| !c.is_finite()) {
+                return Err(CoreError::config("baseline", format!("need n ≥ 2 and finite scales c (n = {n}, c = {cs:?})")));
+            }
+            Ok(serde_json::to_string(&loralab_core::spectrum::random_baseline(n, &cs, seed, 0)?)?)
+        })
+    }
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
+    }
+}
+
+/// The study's random-matrix control: spectra of Gaussian A, cB and A + cB (n×n) for each c.
+#[napi(ts_return_type = "Promise<string>")]
+pub fn random_baseline(n: u32, cs: Vec<f64>, seed: u32) -> AsyncTask<BaselineTask> {
+    AsyncTask::new(BaselineTask { n, cs, seed })
+}

@@ -13,8 +13,10 @@ const USAGE = `usage:
   loralab eval --model M [--adapter A] | --run ID  [--tasks ...]
                                         learning (HumanEval, GSM8K) and forgetting (HellaSwag, WinoGrande, ARC-C)
                                         scores next to the base model's; --help for every option
+  loralab analyze --base B --tuned T | --adapter A | --run ID
+                                        the spectrum of the weight change (rank@90 %, noise floor, figures); --help
   loralab merge BASE ADAPTER OUT        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
-  loralab bench train|data|eval         side-by-side speed and memory measurements`;
+  loralab bench train|data|eval|svd     side-by-side speed and memory measurements`;
 
 async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
@@ -65,6 +67,10 @@ async function main(argv: string[]): Promise<number> {
     case "eval": {
       const { cmdEval } = await import("./eval.ts");
       return cmdEval(rest);
+    }
+    case "analyze": {
+      const { cmdAnalyze } = await import("./analyze.ts");
+      return cmdAnalyze(rest);
     }
     case "merge": {
       if (rest.length !== 3) throw new ConfigError("usage: loralab merge BASE ADAPTER OUT", "");

@@ -25,6 +25,8 @@ export {
   type TaskName,
   type TaskResult,
 } from "@loralab/eval";
+// spectral analysis of the weight change (packages/spectrum)
+export { analyze, analyzeRun, randomBaseline, runCheckpoints, writeFigures, type Analysis, type AnalyzeOptions, type CheckpointAnalysis, type MatrixAnalysis } from "@loralab/spectrum";
 
 type DeepRequired<T> = T extends (infer U)[] ? DeepRequired<U>[] : T extends object ? { [K in keyof T]-?: DeepRequired<T[K]> } : T;
 /** A config after `resolveConfig`: every field present, every default applied. */
