@@ -12,7 +12,6 @@ use crate::spectrum::{self, Intruders, SpectrumStats};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use faer::Mat;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -141,8 +140,8 @@ impl Source {
         }
     }
 
-    /// The matrix in Hugging Face layout, f64.
-    fn matrix(&self, name: &str) -> Result<Tensor> {
+    /// The matrix in Hugging Face layout as row-major f64, with its shape.
+    fn matrix(&self, name: &str) -> Result<Dense> {
         let t = match self {
             Source::Safetensors { st, path } => {
                 if st.get(name).is_err() {
@@ -159,27 +158,40 @@ impl Source {
                 crate::gguf::to_hf_layout(g, t, cfg)?
             }
         };
-        Ok(t.to_dtype(DType::F64)?)
+        let (m, n) = t.dims2()?;
+        let v = if t.dtype() == DType::F64 { t.flatten_all()?.to_vec1::<f64>()? } else { t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect() };
+        Ok(Dense { v, m, n })
     }
 }
 
-fn to_faer(t: &Tensor) -> Result<Mat<f64>> {
-    let (m, n) = t.dims2()?;
-    let v = t.flatten_all()?.to_vec1::<f64>()?;
-    Ok(Mat::from_fn(m, n, |i, j| v[i * n + j]))
+/// A row-major f64 matrix: one copy per matrix in flight, viewed by faer without another.
+struct Dense {
+    v: Vec<f64>,
+    m: usize,
+    n: usize,
+}
+
+impl Dense {
+    fn view(&self) -> faer::MatRef<'_, f64> {
+        faer::MatRef::from_row_major_slice(&self.v, self.m, self.n)
+    }
+    fn frobenius(&self) -> f64 {
+        self.v.iter().map(|x| x * x).sum::<f64>().sqrt()
+    }
 }
 
 fn is_low(dtype: &str) -> bool {
     !matches!(dtype, "F32" | "F64")
 }
 
-/// round(w → dtype) − w: what storing W_base in the tuned checkpoint's dtype alone changes.
-fn rounding_error(w: &Tensor, dtype: &str) -> Result<Option<Tensor>> {
-    let rounded = match dtype {
+/// round(w → dtype) − w: what storing W_base in the tuned checkpoint's dtype alone changes
+/// (None: nothing, as f32/f64 storage of an f32 base).
+fn rounding_error(w: &Dense, dtype: &str) -> Result<Option<Dense>> {
+    let v: Vec<f64> = match dtype {
         "F64" => return Ok(None),
-        "F32" => w.to_dtype(DType::F32)?.to_dtype(DType::F64)?,
-        "BF16" => w.to_dtype(DType::BF16)?.to_dtype(DType::F64)?,
-        "F16" => w.to_dtype(DType::F16)?.to_dtype(DType::F64)?,
+        "F32" => w.v.iter().map(|&x| (x as f32) as f64 - x).collect(),
+        "BF16" => w.v.iter().map(|&x| half::bf16::from_f64(x).to_f64() - x).collect(),
+        "F16" => w.v.iter().map(|&x| half::f16::from_f64(x).to_f64() - x).collect(),
         q => {
             use candle_core::quantized::{GgmlDType, QTensor};
             let g = match q {
@@ -196,10 +208,15 @@ fn rounding_error(w: &Tensor, dtype: &str) -> Result<Option<Tensor>> {
                 "Q8K" => GgmlDType::Q8K,
                 _ => return Ok(None),
             };
-            QTensor::quantize(&w.to_dtype(DType::F32)?, g)?.dequantize(&Device::Cpu)?.to_dtype(DType::F64)?
+            let t = Tensor::from_vec(w.v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), (w.m, w.n), &Device::Cpu)?;
+            let r = QTensor::quantize(&t, g)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            r.iter().zip(&w.v).map(|(&q, &x)| q as f64 - x).collect()
         }
     };
-    Ok(Some((rounded - w)?))
+    if v.iter().all(|&x| x == 0.0) {
+        return Ok(None);
+    }
+    Ok(Some(Dense { v, m: w.m, n: w.n }))
 }
 
 struct Job {
@@ -311,71 +328,76 @@ pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sy
 fn analyze_matrix(j: &Job, base: &Source, tuned: Option<&Source>, adapter: Option<&Adapter>, req: &AnalyzeRequest, par: faer::Par) -> Result<MatrixAnalysis> {
     let th = &req.thresholds;
     let w_base = base.matrix(&j.name)?;
-    let (m, n) = w_base.dims2()?;
+    let (m, n) = (w_base.m, w_base.n);
     if (m, n) != j.shape {
         return Err(Error::file(base.path(), format!("{} is {m}×{n}, the config says {}×{}", j.name, j.shape.0, j.shape.1)));
     }
     let f64_stats = |s: &[f64]| spectrum::stats(s, (m, n), th, req.keep, f64::EPSILON);
-    let svals = |t: &Tensor| -> Result<Vec<f64>> { spectrum::singular_values(to_faer(t)?.as_ref(), par) };
-    let base_fro = w_base.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    let (delta_sigma, w_tuned, tuned_dtype, noise) = match (tuned, adapter) {
-        (Some(t), _) => {
-            let w_t = t.matrix(&j.name)?;
-            if w_t.dims2()? != (m, n) {
-                return Err(Error::file(t.path(), format!("{} is {:?} but the base's is {m}×{n} (hint: analyze a model against the base it was tuned from)", j.name, w_t.dims())));
-            }
-            let dtype = t.dtype(&j.name)?;
-            let delta = (&w_t - &w_base)?;
-            let noise = match rounding_error(&w_base, &dtype)? {
-                Some(e) => Some(f64_stats(&svals(&e)?)),
-                None => None,
-            };
-            (svals(&delta)?, Some(w_t), dtype, noise)
-        }
-        (None, Some(a)) => {
-            let Some((fa, fb, scale)) = a.factors(&j.module_path, (n, m))? else {
-                // a module the adapter leaves alone: ΔW = 0
-                return Ok(MatrixAnalysis {
-                    name: j.name.clone(),
-                    layer: j.layer,
-                    module: j.module.clone(),
-                    shape: [m, n],
-                    tuned_dtype: "none".into(),
-                    base: if req.spectra { Some(f64_stats(&svals(&w_base)?)) } else { None },
-                    tuned: None,
-                    delta: f64_stats(&vec![0.0; m.min(n)]),
-                    relative_change: 0.0,
-                    noise_floor: None,
-                    intruders: None,
-                });
-            };
-            let dtype = format!("{:?}", fa.dtype()).to_uppercase();
-            let (fa, fb) = (fa.to_dtype(DType::F64)?, fb.to_dtype(DType::F64)?);
-            let sigma = spectrum::lora_singular_values(to_faer(&fb)?.as_ref(), to_faer(&fa)?.as_ref(), scale, par)?;
-            let w_t = if req.spectra || req.intruders { Some((&w_base + (fb.matmul(&fa)? * scale)?)?) } else { None };
-            (sigma, w_t, dtype, None)
-        }
-        (None, None) => unreachable!("checked by analyze"),
-    };
-    let delta = f64_stats(&delta_sigma);
-    let intruders = match (&w_tuned, req.intruders) {
-        (Some(wt), true) => Some(spectrum::intruders(to_faer(&w_base)?.as_ref(), to_faer(wt)?.as_ref(), req.intruder_top_k, req.intruder_threshold, par)?),
-        _ => None,
-    };
-    Ok(MatrixAnalysis {
+    let svals = |d: &Dense| spectrum::singular_values(d.view(), par);
+    let zero = || f64_stats(&vec![0.0; m.min(n)]);
+    let base_fro = w_base.frobenius();
+    let base_stats = if req.spectra { Some(f64_stats(&svals(&w_base)?)) } else { None };
+    let mut out = MatrixAnalysis {
         name: j.name.clone(),
         layer: j.layer,
         module: j.module.clone(),
         shape: [m, n],
-        tuned_dtype,
-        base: if req.spectra { Some(f64_stats(&svals(&w_base)?)) } else { None },
-        tuned: match (&w_tuned, req.spectra) {
-            (Some(wt), true) => Some(f64_stats(&svals(wt)?)),
-            _ => None,
-        },
-        relative_change: if base_fro > 0.0 { delta.frobenius / base_fro } else { 0.0 },
-        delta,
-        noise_floor: noise,
-        intruders,
-    })
+        tuned_dtype: "none".into(),
+        base: base_stats,
+        tuned: None,
+        delta: zero(),
+        relative_change: 0.0,
+        noise_floor: None,
+        intruders: None,
+    };
+    // W_tuned, kept only when its spectrum or intruders are asked for
+    let w_tuned: Option<Dense> = match (tuned, adapter) {
+        (Some(t), _) => {
+            let mut w_t = t.matrix(&j.name)?;
+            if (w_t.m, w_t.n) != (m, n) {
+                return Err(Error::file(t.path(), format!("{} is {}×{} but the base's is {m}×{n} (hint: analyze a model against the base it was tuned from)", j.name, w_t.m, w_t.n)));
+            }
+            out.tuned_dtype = t.dtype(&j.name)?;
+            out.noise_floor = Some(match rounding_error(&w_base, &out.tuned_dtype)? {
+                Some(e) => f64_stats(&svals(&e)?),
+                None => zero(),
+            });
+            if req.spectra {
+                out.tuned = Some(f64_stats(&svals(&w_t)?));
+            }
+            let keep = req.intruders;
+            let w_t_copy = if keep { Some(Dense { v: w_t.v.clone(), m, n }) } else { None };
+            // ΔW in place: W_tuned's buffer becomes W_tuned − W_base (f64)
+            w_t.v.iter_mut().zip(&w_base.v).for_each(|(t, b)| *t -= b);
+            let delta = w_t;
+            out.delta = f64_stats(&svals(&delta)?);
+            w_t_copy
+        }
+        (None, Some(a)) => {
+            let Some((fa, fb, scale)) = a.factors(&j.module_path, (n, m))? else { return Ok(out) }; // untouched: ΔW = 0
+            out.tuned_dtype = format!("{:?}", fa.dtype()).to_uppercase();
+            let (fa, fb) = (fa.to_dtype(DType::F64)?, fb.to_dtype(DType::F64)?);
+            let (r, _) = fa.dims2()?;
+            let a_v = fa.flatten_all()?.to_vec1::<f64>()?;
+            let b_v = fb.flatten_all()?.to_vec1::<f64>()?;
+            let sigma = spectrum::lora_singular_values(faer::MatRef::from_row_major_slice(&b_v, m, r), faer::MatRef::from_row_major_slice(&a_v, r, n), scale, par)?;
+            out.delta = f64_stats(&sigma);
+            if req.spectra || req.intruders {
+                let ba = (fb.matmul(&fa)? * scale)?.flatten_all()?.to_vec1::<f64>()?;
+                let w_t = Dense { v: ba.iter().zip(&w_base.v).map(|(d, b)| d + b).collect(), m, n };
+                if req.spectra {
+                    out.tuned = Some(f64_stats(&svals(&w_t)?));
+                }
+                Some(w_t)
+            } else {
+                None
+            }
+        }
+        (None, None) => unreachable!("checked by analyze"),
+    };
+    out.relative_change = if base_fro > 0.0 { out.delta.frobenius / base_fro } else { 0.0 };
+    if let (Some(wt), true) = (&w_tuned, req.intruders) {
+        out.intruders = Some(spectrum::intruders(w_base.view(), wt.view(), req.intruder_top_k, req.intruder_threshold, par)?);
+    }
+    Ok(out)
 }

@@ -281,3 +281,25 @@ fn mismatched_pairs_and_foreign_adapters_are_clear_errors() {
     assert!(err.contains("exactly one of"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_gguf_base_is_read_in_hugging_face_layout_so_its_own_hf_weights_differ_by_nothing() {
+    // tests/reference/gguf_fixture.py: tiny_llama.gguf stores q/k permuted as llama.cpp does;
+    // the same weights in HF layout, written as an HF directory, must give ΔW = 0 everywhere
+    let dir = std::env::temp_dir().join(format!("loralab-spectrum-gguf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = candle_core::safetensors::load(repo().join("tests/reference/gguf_fixture.safetensors"), &Device::Cpu).unwrap();
+    let hf: HashMap<String, Tensor> = fx.iter().filter_map(|(k, v)| k.strip_prefix("llama.").map(|n| (n.to_string(), v.clone()))).collect();
+    candle_core::safetensors::save(&hf, dir.join("model.safetensors")).unwrap();
+    let cfg = serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 40, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128, "tie_word_embeddings": false});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let a = analyze(&AnalyzeRequest { base: repo().join("tests/reference/tiny_llama.gguf").display().to_string(), tuned: dir.display().to_string(), ..Default::default() }, &|_, _, _| {}).unwrap();
+    assert_eq!(a.matrices.len(), 14);
+    for m in &a.matrices {
+        assert_eq!(m.delta.frobenius, 0.0, "{}: the GGUF's q/k must be un-permuted", m.name);
+        assert!(m.base.as_ref().unwrap().frobenius > 0.0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
