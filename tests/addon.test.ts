@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ConfigError, evalLoss, train, type ProgressEvent, type TrainEvent } from "@loralab/loralab";
+import { ConfigError, evalLoss, train, type ProgressEvent, type TrainEvent } from "loralab";
 import { metricLosses, tempDir, tinyConfig } from "./helpers.ts";
 
 describe("addon", () => {

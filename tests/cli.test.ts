@@ -44,7 +44,7 @@ test("merge folds a trained adapter into its base; the merged model scores the s
   expect(m.err).toBe("");
   expect(m.code).toBe(0);
   const data = { train: "datasets/tiny/code_heldout.jsonl", text_field: "content", seq_len: 32, cache_dir: `${out}/cache` };
-  const { evalLoss } = await import("@loralab/loralab");
+  const { evalLoss } = await import("loralab");
   const unmerged = await evalLoss({ model: `${out}/m/base`, adapter: `${out}/m/adapter`, data });
   const merged = await evalLoss({ model: `${out}/merged`, data });
   expect(Math.abs(unmerged.loss - merged.loss)).toBeLessThan(1e-4);

@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
-import { applyOverrides, ConfigError, configSchema, loadConfigFile, resolveConfig, train } from "@loralab/loralab";
+import { applyOverrides, ConfigError, configSchema, loadConfigFile, resolveConfig, train } from "loralab";
 import { configTypes } from "../scripts/gen-config-types.ts";
 import { root, tempDir, tinyConfig } from "./helpers.ts";
 

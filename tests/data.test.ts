@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { DataError, normalize, readRecords } from "@loralab/data";
-import { train } from "@loralab/loralab";
+import { train } from "loralab";
 import { root, tempDir, tinyConfig } from "./helpers.ts";
 
 const fx = join(root, "tests/fixtures/data");

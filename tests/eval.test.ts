@@ -233,7 +233,7 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
   }, 300_000);
 
   test("a run evaluates from the library: its adapter and its base, results in the run directory", async () => {
-    const { train, evaluateRun } = await import("@loralab/loralab");
+    const { train, evaluateRun } = await import("loralab");
     const out = tempDir("eval-run");
     try {
       const s = await train(tinyConfig(out, { run_id: "r", method: { kind: "lora", rank: 4 }, train: { steps: 2, checkpoint_every: 0 } }));

@@ -2,7 +2,7 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { RunConfig } from "@loralab/loralab";
+import type { RunConfig } from "loralab";
 
 export const root = new URL("..", import.meta.url).pathname;
 
@@ -47,7 +47,7 @@ let tiny: Promise<string> | undefined;
 /** A tiny trained model directory (HF layout with its tokenizer): one full-FT step, made once per test file. */
 export function tinyModel(): Promise<string> {
   tiny ??= (async () => {
-    const { train } = await import("@loralab/loralab");
+    const { train } = await import("loralab");
     const out = tempDir("tiny-model");
     const s = await train(tinyConfig(out, { run_id: "m", method: { kind: "full" }, train: { steps: 1, checkpoint_every: 0 } }));
     return s.output;

@@ -2,7 +2,7 @@
 // checkpoint ends with the same losses as an uninterrupted run (CPU: ≤ 1e-6).
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { train } from "@loralab/loralab";
+import { train } from "loralab";
 import { metricLosses, root, tempDir, tinyConfig } from "./helpers.ts";
 
 for (const kind of ["full", "lora"] as const) {

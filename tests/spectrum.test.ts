@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { analyze, analyzeRun, randomBaseline, train } from "@loralab/loralab";
+import { analyze, analyzeRun, randomBaseline, train } from "loralab";
 import { root, tempDir, tinyConfig } from "./helpers.ts";
 
 describe("analyze", () => {

@@ -3,7 +3,7 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { ConfigError } from "@loralab/loralab";
+import { ConfigError } from "loralab";
 import { analyze, analyzeRun, baselineFigure, randomBaseline, writeFigures, type Analysis, type AnalyzeOptions } from "@loralab/spectrum";
 
 export const ANALYZE_USAGE = `usage: loralab analyze (--base B (--tuned T | --adapter A) | --run ID|DIR) [options]

@@ -3,7 +3,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { ConfigError } from "@loralab/loralab";
+import { ConfigError } from "loralab";
 import { evaluate, evaluateBase, FORGETTING_DEFAULT, FORGETTING_GAUNTLET, MC_TASKS, runModels, TASKS, writeJsonAtomic, writeRunEvaluation, type EvalOptions, type EvalResult, type McTask, type TaskName } from "@loralab/eval";
 
 export const EVAL_USAGE = `usage: loralab eval (--model DIR|GGUF [--adapter DIR] | --run ID|DIR) --tasks T1,T2 [options]

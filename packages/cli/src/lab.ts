@@ -3,7 +3,7 @@
 // with a little code (the "source domain" it will forget), then fine-tuned on Python code (the "new
 // domain") twice, with full fine-tuning and with LoRA, same data, seed and steps.
 // Learning = held-out code loss (lower is better); forgetting = rise of held-out English loss.
-import { evalLoss, train, type RunConfig, type RunSummary } from "@loralab/loralab";
+import { evalLoss, train, type RunConfig, type RunSummary } from "loralab";
 import { progressReporter } from "./progress.ts";
 
 const TINY = "datasets/tiny";

@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // `loralab train [config.toml|json] [--key=value ...]`: one run with a progress display,
 // or with no config the embedded tiny laboratory. Also `loralab bench train`.
-import { applyOverrides, ConfigError, loadConfigFile, merge, train, type RunConfig } from "@loralab/loralab";
+import { applyOverrides, ConfigError, loadConfigFile, merge, train, type RunConfig } from "loralab";
 import { configHelp } from "./help.ts";
 import { runTinyLab } from "./lab.ts";
 import { progressReporter } from "./progress.ts";
@@ -15,6 +15,7 @@ const USAGE = `usage:
                                         scores next to the base model's; --help for every option
   loralab analyze --base B --tuned T | --adapter A | --run ID
                                         the spectrum of the weight change (rank@90 %, noise floor, figures); --help
+  loralab serve [--port 8080]           the HTTP API and dashboard: start, watch and keep runs; --help
   loralab merge BASE ADAPTER OUT        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
   loralab bench train|data|eval|svd     side-by-side speed and memory measurements`;
 
@@ -56,11 +57,12 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   const abort = new AbortController();
-  process.on("SIGINT", () => {
-    if (abort.signal.aborted) process.exit(130);
-    console.error("\ncancelling after this step (Ctrl-C again to quit now)...");
-    abort.abort();
-  });
+  if (cmd === "train")
+    process.on("SIGINT", () => {
+      if (abort.signal.aborted) process.exit(130);
+      console.error("\ncancelling after this step (Ctrl-C again to quit now)...");
+      abort.abort();
+    });
   switch (cmd) {
     case "train":
       return cmdTrain(rest, abort.signal);
@@ -71,6 +73,10 @@ async function main(argv: string[]): Promise<number> {
     case "analyze": {
       const { cmdAnalyze } = await import("./analyze.ts");
       return cmdAnalyze(rest);
+    }
+    case "serve": {
+      const { cmdServe } = await import("./serve.ts");
+      return cmdServe(rest);
     }
     case "merge": {
       if (rest.length !== 3) throw new ConfigError("usage: loralab merge BASE ADAPTER OUT", "");

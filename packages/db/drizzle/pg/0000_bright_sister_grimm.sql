@@ -1,0 +1,64 @@
+CREATE TABLE "artifacts" (
+	"run_id" text NOT NULL,
+	"path" text NOT NULL,
+	"kind" text NOT NULL,
+	"bytes" bigint NOT NULL,
+	CONSTRAINT "artifacts_run_id_path_pk" PRIMARY KEY("run_id","path")
+);
+--> statement-breakpoint
+CREATE TABLE "eval_results" (
+	"run_id" text NOT NULL,
+	"checkpoint" text NOT NULL,
+	"task" text NOT NULL,
+	"metric" text NOT NULL,
+	"value" double precision NOT NULL,
+	"stderr" double precision,
+	"n" integer NOT NULL,
+	CONSTRAINT "eval_results_run_id_checkpoint_task_metric_pk" PRIMARY KEY("run_id","checkpoint","task","metric")
+);
+--> statement-breakpoint
+CREATE TABLE "metrics" (
+	"run_id" text NOT NULL,
+	"step" bigint NOT NULL,
+	"name" text NOT NULL,
+	"value" double precision NOT NULL,
+	CONSTRAINT "metrics_run_id_step_name_pk" PRIMARY KEY("run_id","step","name")
+);
+--> statement-breakpoint
+CREATE TABLE "runs" (
+	"id" text PRIMARY KEY NOT NULL,
+	"name" text NOT NULL,
+	"status" text NOT NULL,
+	"method" text NOT NULL,
+	"config" jsonb NOT NULL,
+	"device" text NOT NULL,
+	"run_dir" text NOT NULL,
+	"sweep_id" text,
+	"error" text,
+	"attempts" integer NOT NULL,
+	"created_at" text NOT NULL,
+	"started_at" text,
+	"finished_at" text
+);
+--> statement-breakpoint
+CREATE TABLE "spectra" (
+	"run_id" text NOT NULL,
+	"checkpoint" text NOT NULL,
+	"layer" integer NOT NULL,
+	"module" text NOT NULL,
+	"threshold" double precision NOT NULL,
+	"rank" integer NOT NULL,
+	"max_rank" integer NOT NULL,
+	"effective_rank" double precision NOT NULL,
+	"stable_rank" double precision NOT NULL,
+	CONSTRAINT "spectra_run_id_checkpoint_layer_module_threshold_pk" PRIMARY KEY("run_id","checkpoint","layer","module","threshold")
+);
+--> statement-breakpoint
+CREATE TABLE "sweeps" (
+	"id" text PRIMARY KEY NOT NULL,
+	"name" text NOT NULL,
+	"config" jsonb NOT NULL,
+	"created_at" text NOT NULL
+);
+--> statement-breakpoint
+CREATE INDEX "runs_status" ON "runs" USING btree ("status");

@@ -1,0 +1,243 @@
+// The training half of the library: typed config, train with progress and cancellation,
+// held-out loss, merge. Thin: the engine (crates/core, via the napi addon) validates and works.
+// `loralab` (index.ts) re-exports it with evaluation, analysis, the store and the server.
+import { existsSync } from "node:fs";
+import { engineReadable, normalize, RECIPES, type Mapping } from "@loralab/data";
+import * as native from "@loralab/native";
+import type { RunConfig } from "./config.gen.ts";
+
+export type { RunConfig } from "./config.gen.ts";
+
+type DeepRequired<T> = T extends (infer U)[] ? DeepRequired<U>[] : T extends object ? { [K in keyof T]-?: DeepRequired<T[K]> } : T;
+/** A config after `resolveConfig`: every field present, every default applied. */
+export type ResolvedRunConfig = DeepRequired<RunConfig>;
+
+export interface StartEvent {
+  type: "start";
+  run_id: string;
+  run_dir: string;
+  total_steps: number;
+  start_step: number;
+  params: number;
+  trainable_params: number;
+  rows: number;
+}
+export interface ProgressEvent {
+  type: "progress";
+  step: number;
+  total_steps: number;
+  tokens: number;
+  loss: number;
+  lr: number;
+  grad_norm: number;
+  tokens_per_s: number;
+  elapsed_s: number;
+}
+export interface CheckpointEvent {
+  type: "checkpoint";
+  step: number;
+  tokens: number;
+  path: string;
+}
+/** The prepare step's account of the data (also `data.json` in the run directory). */
+export interface PreparedEvent {
+  type: "prepared";
+  source: string;
+  documents: number;
+  rows: number;
+  seq_len: number;
+  tokens: number;
+  loss_tokens: number;
+  truncated: number;
+  dropped: number;
+  dropped_tokens: number;
+}
+export type TrainEvent = PreparedEvent | StartEvent | ProgressEvent | CheckpointEvent;
+
+export interface RunSummary {
+  run_id: string;
+  run_dir: string;
+  status: "completed" | "cancelled";
+  method: "full" | "lora";
+  steps: number;
+  total_steps: number;
+  tokens: number;
+  /** Passes over the prepared data. */
+  epochs: number;
+  first_loss: number;
+  final_loss: number;
+  tokens_per_s: number;
+  elapsed_s: number;
+  params: number;
+  trainable_params: number;
+  /** Final model (HF layout) or adapter (PEFT layout) directory; empty when cancelled. */
+  output: string;
+  last_checkpoint: string;
+}
+
+/** A config the engine refused before doing any work; `field` names the offending key. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(message: string, readonly field: string) {
+    super(message);
+  }
+}
+
+/** Any other engine failure (data, checkpoint, non-finite loss...). */
+export class EngineError extends Error {
+  override name = "EngineError";
+}
+
+function mapError(e: unknown): Error {
+  const err = e as { code?: string; message?: string };
+  const msg = err?.message ?? String(e);
+  if (err?.code === "InvalidArg") {
+    const m = /^config ([^:]+): /.exec(msg);
+    return new ConfigError(msg, m?.[1] ?? "");
+  }
+  return new EngineError(msg);
+}
+
+/** Apply defaults and validate; throws ConfigError naming the field. */
+export function resolveConfig(config: RunConfig): ResolvedRunConfig {
+  try {
+    return native.resolveConfig(JSON.stringify(config)) as ResolvedRunConfig;
+  } catch (e) {
+    throw mapError(e);
+  }
+}
+
+/** The config's JSON Schema: every field with its default and the reason for it. */
+export function configSchema(): Record<string, unknown> {
+  return native.configSchema() as Record<string, unknown>;
+}
+
+/** Read a .toml or .json run config. */
+export async function loadConfigFile(path: string): Promise<RunConfig> {
+  const file = Bun.file(path);
+  if (!(await file.exists())) throw new ConfigError(`config file ${path}: not found (hint: check the path)`, "");
+  const text = await file.text();
+  try {
+    return (path.endsWith(".toml") ? Bun.TOML.parse(text) : JSON.parse(text)) as RunConfig;
+  } catch (e) {
+    throw new ConfigError(`config file ${path}: ${(e as Error).message} (hint: fix the syntax)`, "");
+  }
+}
+
+/** Apply `--a.b=value` overrides; values are parsed as JSON when they parse, else kept as strings. */
+export function applyOverrides(config: RunConfig, overrides: string[]): RunConfig {
+  const out = structuredClone(config) as Record<string, unknown>;
+  for (const o of overrides) {
+    const body = o.replace(/^--/, "");
+    const eq = body.indexOf("=");
+    if (eq <= 0) throw new ConfigError(`override ${o}: expected --key=value (hint: --method.rank=64)`, body);
+    const path = body.slice(0, eq).split(".");
+    const raw = body.slice(eq + 1);
+    let value: unknown = raw;
+    try {
+      value = JSON.parse(raw);
+    } catch {}
+    let node = out;
+    for (const key of path.slice(0, -1)) {
+      const next = node[key];
+      if (next === undefined) node[key] = {};
+      else if (typeof next !== "object" || next === null || Array.isArray(next))
+        throw new ConfigError(`override ${o}: ${key} is not a section`, path.join("."));
+      node = node[key] as Record<string, unknown>;
+    }
+    node[path[path.length - 1]!] = value;
+  }
+  return out as RunConfig;
+}
+
+export interface TrainOptions {
+  /** Called after every optimizer step. */
+  onProgress?: (p: ProgressEvent) => void;
+  /** Every event: start, progress, checkpoint. */
+  onEvent?: (e: TrainEvent) => void;
+  /** Aborting stops the run after its current step, writes a checkpoint, and resolves with status "cancelled". */
+  signal?: AbortSignal;
+}
+
+type DataConfig = NonNullable<RunConfig["data"]>;
+
+/** Datasets the engine cannot read as they are (other formats, directories, recipes) become a
+ *  normalised JSONL in the shard cache; the engine then prepares from it. */
+export async function prepareData(data: DataConfig): Promise<DataConfig> {
+  const train = data.train ?? "";
+  const recipe = data.recipe ?? "";
+  // a missing path or a plain .jsonl/.txt goes to the engine as it is (it names the error)
+  if (!train || !existsSync(train) || (!recipe && engineReadable(train))) return data;
+  if (recipe && !RECIPES[recipe]) throw new ConfigError(`config data.recipe: unknown recipe \`${recipe}\` (hint: one of ${Object.keys(RECIPES).join(", ")})`, "data.recipe");
+  const m: Mapping = {
+    format: data.format ?? "cpt",
+    text_field: data.text_field ?? "text",
+    prompt_field: data.prompt_field ?? "prompt",
+    response_field: data.response_field ?? "response",
+    messages_field: data.messages_field ?? "messages",
+    ...(recipe ? RECIPES[recipe] : {}),
+  };
+  try {
+    const r = await normalize(train, m, data.cache_dir ?? ".cache/loralab/shards");
+    return { ...data, train: r.output, source: train, recipe: "", format: m.format, text_field: "text", prompt_field: "prompt", response_field: "response", messages_field: "messages" };
+  } catch (e) {
+    throw new EngineError((e as Error).message);
+  }
+}
+
+/** Train one run in-process (CPU). Resolves with the run summary. */
+export async function train(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
+  if (config.data) config = { ...config, data: await prepareData(config.data) };
+  const token = new native.CancelToken();
+  const onAbort = () => token.cancel();
+  if (opts.signal?.aborted) token.cancel();
+  opts.signal?.addEventListener("abort", onAbort, { once: true });
+  const onEvent = (json: string) => {
+    const ev = JSON.parse(json) as TrainEvent;
+    opts.onEvent?.(ev);
+    if (ev.type === "progress") opts.onProgress?.(ev);
+  };
+  try {
+    return JSON.parse(await native.train(JSON.stringify(config), token, onEvent)) as RunSummary;
+  } catch (e) {
+    throw mapError(e);
+  } finally {
+    opts.signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+export interface EvalLossRequest {
+  /** Hugging Face model directory. */
+  model: string;
+  /** PEFT adapter directory (optional). */
+  adapter?: string;
+  merged?: boolean;
+  tokenizer?: string;
+  data: NonNullable<RunConfig["data"]>;
+  micro_batch?: number;
+}
+export interface EvalLoss {
+  loss: number;
+  loss_tokens: number;
+  rows: number;
+}
+
+/** Mean held-out next-token loss of a model (+ adapter) on a data file. */
+export async function evalLoss(req: EvalLossRequest): Promise<EvalLoss> {
+  req = { ...req, data: await prepareData(req.data) };
+  try {
+    return JSON.parse(await native.evalLoss(JSON.stringify(req))) as EvalLoss;
+  } catch (e) {
+    throw mapError(e);
+  }
+}
+
+/** Fold a PEFT LoRA adapter into its base model (HF directory or .gguf) and write a merged
+ *  model in Hugging Face layout (f32) to `out`. */
+export async function merge(base: string, adapter: string, out: string): Promise<void> {
+  try {
+    await native.merge(base, adapter, out);
+  } catch (e) {
+    throw mapError(e);
+  }
+}

@@ -1,0 +1,173 @@
+// The runner: runs are queued in the store and executed by this worker, at most
+// `concurrency[device]` at a time (default 1 on CPU). Progress goes to the store (one metric
+// row per step and name, upserted) and to subscribers (the SSE streams). A run the store
+// still calls "running" when the runner starts belonged to a process that died: it is marked
+// interrupted and queued again to resume from its last checkpoint, so no step beyond that
+// checkpoint is lost and no metric row is duplicated.
+import { randomBytes } from "node:crypto";
+import { existsSync, readdirSync, renameSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { RunRow, Store } from "@loralab/db";
+import { resolveConfig, train, type ResolvedRunConfig, type RunConfig, type TrainEvent } from "loralab/core";
+
+export interface RunnerOptions {
+  /** Where run directories go (each run's out_dir). */
+  runsDir: string;
+  /** Runs at once per device (default cpu: 1). */
+  concurrency?: Record<string, number>;
+  /** How often the queue is polled when idle, ms. */
+  pollMs?: number;
+}
+
+export type RunEvent =
+  | { type: "status"; run_id: string; status: string; error?: string | null }
+  | { type: "progress"; run_id: string; step: number; total_steps: number; loss: number; lr: number; grad_norm: number; tokens: number; tokens_per_s: number }
+  | { type: "checkpoint"; run_id: string; step: number; path: string };
+
+type Listener = (e: RunEvent) => void;
+
+/** The last checkpoint of a run directory (by step), or "" when it has none. */
+export function lastCheckpoint(runDir: string): string {
+  const dir = join(runDir, "checkpoints");
+  if (!existsSync(dir)) return "";
+  const steps = readdirSync(dir).filter((n) => /^step-\d+$/.test(n) && existsSync(join(dir, n, "trainer_state.json"))).sort();
+  return steps.length ? join(dir, steps[steps.length - 1]!) : "";
+}
+
+export function newRunId(): string {
+  const t = new Date().toISOString().replace(/[-:T]/g, "").slice(0, 14);
+  return `r${t}-${randomBytes(3).toString("hex")}`;
+}
+
+export class Runner {
+  private listeners = new Map<string, Set<Listener>>();
+  private active = new Map<string, AbortController>();
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private ticking = false;
+  readonly runsDir: string;
+
+  constructor(
+    readonly store: Store,
+    private readonly o: RunnerOptions,
+  ) {
+    this.runsDir = resolve(o.runsDir);
+  }
+
+  /** Recover what a dead process left running, then work the queue. */
+  async start(): Promise<{ resumed: string[] }> {
+    const resumed: string[] = [];
+    for (const r of await this.store.listRuns({ status: ["running", "interrupted"] })) {
+      if (this.active.has(r.id)) continue;
+      const ck = lastCheckpoint(r.runDir);
+      const config = { ...(r.config as ResolvedRunConfig) };
+      config.train = { ...config.train, resume_from: ck };
+      // no checkpoint yet: the run starts over; what the dead attempt wrote is kept aside
+      if (!ck && existsSync(r.runDir)) renameSync(r.runDir, `${r.runDir}.attempt-${r.attempts}`);
+      await this.store.updateRun(r.id, { status: "interrupted", error: null });
+      this.emit({ type: "status", run_id: r.id, status: "interrupted" });
+      await this.store.updateRun(r.id, { status: "queued", config });
+      resumed.push(r.id);
+    }
+    this.timer = setInterval(() => void this.tick(), this.o.pollMs ?? 250);
+    void this.tick();
+    return { resumed };
+  }
+
+  /** Stop taking new runs; with `cancel`, also stop the running ones (they checkpoint first). */
+  async stop(cancel = false): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    if (cancel) for (const a of this.active.values()) a.abort();
+    while (this.active.size) await Bun.sleep(20);
+  }
+
+  /** Validate (the engine's own resolution: ConfigError names the field) and queue a run. */
+  async submit(config: RunConfig, device = "cpu"): Promise<RunRow> {
+    const id = newRunId();
+    const resolved = resolveConfig({ ...config, run_id: id, out_dir: this.runsDir });
+    const row = await this.store.createRun({ id, name: resolved.name, method: resolved.method.kind, config: resolved as unknown as Record<string, unknown>, device, runDir: join(this.runsDir, id) });
+    this.emit({ type: "status", run_id: id, status: "queued" });
+    void this.tick();
+    return row;
+  }
+
+  /** Cancel a queued or running run; false when it had already finished. */
+  async cancel(id: string): Promise<boolean> {
+    const a = this.active.get(id);
+    if (a) {
+      a.abort();
+      return true;
+    }
+    const r = await this.store.getRun(id);
+    if (!r || !["queued", "interrupted"].includes(r.status)) return false;
+    await this.store.updateRun(id, { status: "cancelled", finishedAt: new Date().toISOString() });
+    this.emit({ type: "status", run_id: id, status: "cancelled" });
+    return true;
+  }
+
+  subscribe(id: string, fn: Listener): () => void {
+    let set = this.listeners.get(id);
+    if (!set) this.listeners.set(id, (set = new Set()));
+    set.add(fn);
+    return () => {
+      set!.delete(fn);
+      if (!set!.size) this.listeners.delete(id);
+    };
+  }
+
+  isActive(id: string): boolean {
+    return this.active.has(id);
+  }
+
+  private emit(e: RunEvent) {
+    for (const fn of this.listeners.get(e.run_id) ?? []) fn(e);
+  }
+
+  private async tick() {
+    if (this.ticking || !this.timer) return;
+    this.ticking = true;
+    try {
+      const limits = { cpu: 1, ...this.o.concurrency };
+      for (const [device, limit] of Object.entries(limits)) {
+        const busy = [...this.active.keys()].length; // one pool per device: in-process runs are all cpu
+        for (const r of await this.store.claimQueued(device, limit - (device === "cpu" ? busy : 0))) void this.execute(r);
+      }
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  private async execute(r: RunRow) {
+    const abort = new AbortController();
+    this.active.set(r.id, abort);
+    this.emit({ type: "status", run_id: r.id, status: "running" });
+    const config = r.config as unknown as RunConfig;
+    let pending = Promise.resolve();
+    const onEvent = (e: TrainEvent) => {
+      if (e.type === "progress") {
+        const rows = (["loss", "lr", "grad_norm", "tokens_per_s", "tokens"] as const).map((name) => ({ step: e.step, name, value: e[name] }));
+        // metric writes are serialised behind one another, never blocking the training thread
+        pending = pending.then(() => this.store.recordMetrics(r.id, rows)).catch(() => {});
+        this.emit({ type: "progress", run_id: r.id, step: e.step, total_steps: e.total_steps, loss: e.loss, lr: e.lr, grad_norm: e.grad_norm, tokens: e.tokens, tokens_per_s: e.tokens_per_s });
+      } else if (e.type === "checkpoint") this.emit({ type: "checkpoint", run_id: r.id, step: e.step, path: e.path });
+    };
+    let status: "completed" | "cancelled" | "failed" = "failed";
+    let error: string | null = null;
+    try {
+      const s = await train(config, { signal: abort.signal, onEvent });
+      status = s.status;
+    } catch (e) {
+      error = (e as Error).message;
+    }
+    await pending;
+    try {
+      if (existsSync(join(r.runDir, "run.json"))) await this.store.ingestRunDir(r.runDir, r.device, r.id);
+    } catch (e) {
+      error ??= `ingesting the run directory: ${(e as Error).message}`;
+    }
+    await this.store.updateRun(r.id, { status, error, finishedAt: new Date().toISOString() });
+    this.active.delete(r.id);
+    this.emit({ type: "status", run_id: r.id, status, error });
+    void this.tick();
+  }
+}
