@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createServer, type LoralabServer } from "loralab";
+import { createServer, evaluateRun, type LoralabServer } from "loralab";
 import { root, tempDir, tinyConfig } from "./helpers.ts";
 
 const TOKEN = "s3cret-token-for-tests";
@@ -150,6 +150,20 @@ describe("server", () => {
       expect([p, x.status]).toEqual([p, 404]);
     }
     expect((await req(`/api/runs/${run.id}/artifacts/inside-link`)).status).toBe(200);
+    // results written after the run (loralab eval --run) reach the store and the API
+    const fx = join(root, "tests/fixtures/eval");
+    const prev = process.env.LORALAB_CACHE;
+    process.env.LORALAB_CACHE = join(out, "cache");
+    await evaluateRun(runDir, { tasks: ["arc_challenge"], data: { arc_challenge: join(fx, "arc_challenge") }, limit: 2 });
+    if (prev === undefined) delete process.env.LORALAB_CACHE;
+    else process.env.LORALAB_CACHE = prev;
+    const ing = await req(`/api/runs/${run.id}/ingest`, { method: "POST" });
+    expect(ing.status).toBe(200);
+    const res = await ing.json();
+    expect(res.eval.some((e: { checkpoint: string; task: string; metric: string }) => e.checkpoint === "final" && e.task === "arc_challenge" && e.metric === "acc_norm")).toBe(true);
+    expect(res.eval.some((e: { checkpoint: string }) => e.checkpoint === "base")).toBe(true);
+    const replay = await (await req(`/api/runs/${run.id}/events`)).text();
+    expect(replay).toContain("event: eval");
   }, 120_000);
 
   test("cancel a running run: 202, then it stops at a checkpoint", async () => {

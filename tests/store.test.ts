@@ -22,8 +22,8 @@ test("the SQLite and Postgres schemas have the same tables, columns, nullability
   expect(names.sort()).toEqual(Object.keys(pgSchema).sort());
   expect(names.length).toBe(6);
   for (const n of names) {
-    const a = describeT(sqliteConfig((sqliteSchema as Record<string, never>)[n]) as never);
-    const b = describeT(pgConfig((pgSchema as Record<string, never>)[n]) as never);
+    const a = describeT(sqliteConfig((sqliteSchema as unknown as Record<string, Parameters<typeof sqliteConfig>[0]>)[n]!) as never);
+    const b = describeT(pgConfig((pgSchema as unknown as Record<string, Parameters<typeof pgConfig>[0]>)[n]!) as never);
     expect(a).toEqual(b);
   }
 });

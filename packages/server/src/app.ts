@@ -32,6 +32,7 @@ export interface AppOptions {
 }
 
 const TERMINAL = new Set(["completed", "cancelled", "failed"]);
+const RUN_TTL_MS = 100;
 const TYPES: Record<string, string> = { ".json": "application/json", ".jsonl": "application/x-ndjson", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8", ".html": "text/html; charset=utf-8", ".md": "text/markdown; charset=utf-8" };
 
 export function problem(c: Context, status: number, title: string, detail: string, extra: Record<string, unknown> = {}) {
@@ -65,6 +66,7 @@ export function createApp(o: AppOptions): Hono {
   // the dashboard (its data comes from the API, which checks the session)
   app.get("/", (c) => c.html(dashboardHtml(), 200, { "Content-Security-Policy": DASHBOARD_CSP }));
   app.get("/dashboard.js", (c) => c.body(dashboardJs(), 200, { "Content-Type": "text/javascript; charset=utf-8", "Content-Security-Policy": DASHBOARD_CSP }));
+  app.get("/favicon.ico", (c) => c.body(null, 204));
   app.get("/api/openapi.json", (c) => c.json(openapi()));
 
   app.post("/api/session", async (c) => {
@@ -111,9 +113,19 @@ export function createApp(o: AppOptions): Hono {
   app.get("/api/runs", async (c) => c.json((await o.store.listRuns({ limit: Number(c.req.query("limit") ?? 200) })).map(publicRun)));
   app.get("/api/templates/tiny", (c) => c.json(o.template ?? {}));
 
+  // the endpoint clients poll: its serialized body is reused for RUN_TTL_MS (a row read and a
+  // JSON encoding of the whole config per poll cost the training run measurable CPU)
+  const runBodies = new Map<string, { at: number; body: string }>();
   app.get("/api/runs/:id", async (c) => {
+    const id = c.req.param("id");
+    const hit = runBodies.get(id);
+    if (hit && performance.now() - hit.at < RUN_TTL_MS) return c.body(hit.body, 200, { "Content-Type": "application/json" });
     const r = await runOr404(c);
-    return r ? c.json(publicRun(r)) : problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
+    if (!r) return problem(c, 404, "Not Found", `no run ${id}`);
+    const body = JSON.stringify(publicRun(r));
+    if (runBodies.size > 10_000) runBodies.clear();
+    runBodies.set(id, { at: performance.now(), body });
+    return c.body(body, 200, { "Content-Type": "application/json" });
   });
 
   app.get("/api/runs/:id/metrics", async (c) => {
@@ -133,6 +145,14 @@ export function createApp(o: AppOptions): Hono {
     if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
     if (TERMINAL.has(r.status) || !(await o.runner.cancel(r.id))) return problem(c, 409, "Conflict", `run ${r.id} is already ${r.status}`);
     return c.json({ id: r.id, status: "cancelling" }, 202);
+  });
+
+  app.post("/api/runs/:id/ingest", async (c) => {
+    const r = await runOr404(c);
+    if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
+    if (o.runner.isActive(r.id) || !TERMINAL.has(r.status)) return problem(c, 409, "Conflict", `run ${r.id} is ${r.status}: its directory is read when it ends`);
+    await o.runner.ingest(r);
+    return c.json({ eval: await o.store.evalResults(r.id), spectra: await o.store.spectra(r.id) });
   });
 
   app.get("/api/runs/:id/events", async (c) => {

@@ -22,7 +22,8 @@ export interface RunnerOptions {
 export type RunEvent =
   | { type: "status"; run_id: string; status: string; error?: string | null }
   | { type: "progress"; run_id: string; step: number; total_steps: number; loss: number; lr: number; grad_norm: number; tokens: number; tokens_per_s: number }
-  | { type: "checkpoint"; run_id: string; step: number; path: string };
+  | { type: "checkpoint"; run_id: string; step: number; path: string }
+  | { type: "eval"; run_id: string; results: unknown[] };
 
 type Listener = (e: RunEvent) => void;
 
@@ -113,6 +114,13 @@ export class Runner {
       set!.delete(fn);
       if (!set!.size) this.listeners.delete(id);
     };
+  }
+
+  /** Read what later stages wrote into a finished run's directory (eval.json, spectrum/) into the
+   * store, and tell subscribers about the eval results. */
+  async ingest(r: RunRow): Promise<void> {
+    await this.store.ingestRunDir(r.runDir, r.device, r.id);
+    this.emit({ type: "eval", run_id: r.id, results: await this.store.evalResults(r.id) });
   }
 
   isActive(id: string): boolean {
