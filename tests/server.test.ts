@@ -197,3 +197,28 @@ describe("server", () => {
     expect(html).not.toMatch(/<script>(?!<\/script>)/); // no inline script
   });
 });
+
+describe("the token", () => {
+  test("generated once into the config dir (0600), reused after, overridden by LORALAB_TOKEN; compared in constant time", async () => {
+    const { loadToken, sameSecret } = await import("@loralab/server");
+    const { statSync } = await import("node:fs");
+    const dir = tempDir("token");
+    const prev = process.env.XDG_CONFIG_HOME;
+    process.env.XDG_CONFIG_HOME = dir;
+    try {
+      const first = loadToken({});
+      expect(first.generated).toBe(true);
+      expect(first.token.length).toBeGreaterThanOrEqual(40);
+      expect(first.file).toBe(join(dir, "loralab", "token"));
+      expect(statSync(first.file).mode & 0o777).toBe(0o600);
+      const again = loadToken({});
+      expect([again.generated, again.token]).toEqual([false, first.token]);
+      expect(loadToken({ LORALAB_TOKEN: "from-env" })).toEqual({ token: "from-env", file: "", generated: false });
+    } finally {
+      if (prev === undefined) delete process.env.XDG_CONFIG_HOME;
+      else process.env.XDG_CONFIG_HOME = prev;
+    }
+    expect(sameSecret("abc", "abc")).toBe(true);
+    expect(sameSecret("abc", "abcd")).toBe(false);
+  });
+});
