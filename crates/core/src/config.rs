@@ -119,7 +119,7 @@ pub struct MethodConfig {
     pub alpha: Option<f64>,
     /// Dropout on the adapter's input (the study: 0.05).
     pub dropout: f64,
-    /// Adapted modules: attention, mlp, all (the study recommends all), or a list such as ["q_proj","v_proj"].
+    /// LoRA: the adapted modules: attention, mlp, all (the study recommends all), or a list such as ["q_proj","v_proj"]. Full FT: "all" trains every weight; anything else trains only those modules (the hybrid method).
     pub targets: Targets,
     /// rsLoRA: scale alpha/√r instead of alpha/r, so high ranks are not under-scaled.
     pub rslora: bool,
@@ -169,6 +169,9 @@ pub struct ScheduleConfig {
     pub kind: ScheduleKind,
     /// Warmup length as a fraction of train.steps (the study: 0.1).
     pub warmup_frac: f64,
+    /// Warmup length in steps; overrides warmup_frac when > 0 (CPT branches resumed from one
+    /// long run keep its warmup whatever their own length).
+    pub warmup_steps: usize,
     /// Cosine: the lr at the end, as a fraction of the peak (the study: 0.01).
     pub final_frac: f64,
     /// inverse_sqrt: the final linear cooldown, as a fraction of train.steps (the study: 0.2).
@@ -261,7 +264,7 @@ impl Default for OptimConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { kind: ScheduleKind::Cosine, warmup_frac: 0.1, final_frac: 0.01, cooldown_frac: 0.2 }
+        Self { kind: ScheduleKind::Cosine, warmup_frac: 0.1, warmup_steps: 0, final_frac: 0.01, cooldown_frac: 0.2 }
     }
 }
 

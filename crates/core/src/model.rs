@@ -416,9 +416,23 @@ impl Llama {
     /// The method decides which weights train; nothing else differs between methods.
     pub fn apply_method(&mut self, m: &MethodConfig, rng: &mut Rng) -> Result<()> {
         match m.kind {
-            MethodKind::Full => {
+            // full FT trains every weight; with targets other than "all" only those modules'
+            // weights (the hybrid method's second phase: full FT of chosen modules)
+            MethodKind::Full if m.targets == crate::config::Targets::Preset("all".into()) => {
                 for w in self.weights_mut() {
                     w.unfreeze()?;
+                }
+            }
+            MethodKind::Full => {
+                let targets = m.target_modules()?;
+                for lin in self.linears_mut() {
+                    let module = lin.name.rsplit('.').next().unwrap_or_default().to_string();
+                    if targets.contains(&module) {
+                        lin.weight.unfreeze()?;
+                        if let Some(b) = &mut lin.bias {
+                            b.unfreeze()?;
+                        }
+                    }
                 }
             }
             MethodKind::Lora => {

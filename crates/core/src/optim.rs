@@ -229,7 +229,7 @@ impl candle_core::CustomOp1 for SumSquares {
 /// The learning rate for update index `s` (0-based) of a `total`-step schedule.
 pub fn lr_at(cfg: &ScheduleConfig, lr0: f64, s: usize, total: usize) -> f64 {
     let total = total.max(1);
-    let warm = (cfg.warmup_frac * total as f64).round() as usize;
+    let warm = if cfg.warmup_steps > 0 { cfg.warmup_steps } else { (cfg.warmup_frac * total as f64).round() as usize };
     if s < warm {
         return lr0 * (s + 1) as f64 / warm as f64;
     }

@@ -3,11 +3,11 @@
 // or with no config the embedded tiny laboratory. Also `loralab bench train`.
 import { applyOverrides, ConfigError, loadConfigFile, merge, train, type RunConfig } from "loralab";
 import { configHelp } from "./help.ts";
-import { runTinyLab } from "./lab.ts";
 import { progressReporter } from "./progress.ts";
 
 const USAGE = `usage:
-  loralab train                         the tiny laboratory: full FT vs LoRA on bundled data (CPU, under a minute)
+  loralab train [--quick]               the laboratory: the whole study in miniature on this machine (≤ 10 min;
+                                        --quick: a minute or two), ending with a summary table and a report
   loralab train CONFIG [--key=value...] one run from a .toml/.json config; --method.rank=64 style overrides
   loralab train --help                  every config field, its default and why
   loralab eval --model M [--adapter A] | --run ID  [--tasks ...]
@@ -16,6 +16,9 @@ const USAGE = `usage:
   loralab analyze --base B --tuned T | --adapter A | --run ID
                                         the spectrum of the weight change (rank@90 %, noise floor, figures); --help
   loralab serve [--port 8080]           the HTTP API and dashboard: start, watch and keep runs; --help
+  loralab sweep FILE [--out DIR]        the study on your model and data: a grid of runs, every checkpoint evaluated,
+                                        the report (configs/sweep-example.toml)
+  loralab report DIR                    redraw a study's or the laboratory's report from its points.json
   loralab merge BASE ADAPTER OUT        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
   loralab bench train|data|eval|svd     side-by-side speed and memory measurements`;
 
@@ -26,9 +29,9 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   }
   const files = args.filter((a) => !a.startsWith("--"));
   const overrides = args.filter((a) => a.startsWith("--"));
-  if (files.length === 0 && overrides.length === 0) {
-    await runTinyLab("runs", signal);
-    return 0;
+  if (files.length === 0 && overrides.every((o) => o === "--quick")) {
+    const { runLaboratory } = await import("./study.ts");
+    return runLaboratory(overrides.includes("--quick"));
   }
   if (files.length > 1) throw new ConfigError(`expected one config file, got ${files.join(", ")}`, "");
   const base: RunConfig = files[0] ? await loadConfigFile(files[0]) : {};
@@ -77,6 +80,14 @@ async function main(argv: string[]): Promise<number> {
     case "serve": {
       const { cmdServe } = await import("./serve.ts");
       return cmdServe(rest);
+    }
+    case "sweep": {
+      const { cmdSweep } = await import("./study.ts");
+      return cmdSweep(rest);
+    }
+    case "report": {
+      const { cmdReport } = await import("./study.ts");
+      return cmdReport(rest);
     }
     case "merge": {
       if (rest.length !== 3) throw new ConfigError("usage: loralab merge BASE ADAPTER OUT", "");

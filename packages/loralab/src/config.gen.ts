@@ -100,7 +100,7 @@ export interface MethodConfig {
    */
   rslora?: boolean;
   /**
-   * Adapted modules: attention, mlp, all (the study recommends all), or a list such as ["q_proj","v_proj"].
+   * LoRA: the adapted modules: attention, mlp, all (the study recommends all), or a list such as ["q_proj","v_proj"]. Full FT: "all" trains every weight; anything else trains only those modules (the hybrid method).
    */
   targets?: string | string[];
 }
@@ -168,6 +168,11 @@ export interface ScheduleConfig {
    * Warmup length as a fraction of train.steps (the study: 0.1).
    */
   warmup_frac?: number;
+  /**
+   * Warmup length in steps; overrides warmup_frac when > 0 (CPT branches resumed from one
+   * long run keep its warmup whatever their own length).
+   */
+  warmup_steps?: number;
 }
 export interface TrainConfig {
   /**

@@ -1,0 +1,38 @@
+// `loralab train` with no config (the laboratory), `loralab sweep FILE` and `loralab report DIR`.
+import { join } from "node:path";
+import { ConfigError } from "loralab";
+import { loadStudySpec, redrawReport, runLab, runStudy, summaryTable } from "@loralab/study";
+
+const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+
+export async function runLaboratory(quick: boolean): Promise<number> {
+  const out = join("runs", `lab-${stamp()}${quick ? "-quick" : ""}`);
+  const r = await runLab({ quick, out });
+  console.log(`\n${summaryTable(r)}\n`);
+  for (const f of r.findings) console.log(`finding: ${f.claim}: ${f.held === true ? "HELD" : f.held === false ? "DID NOT HOLD" : "UNDECIDED"}. ${f.evidence}`);
+  for (const g of r.gates) console.log(`quality gate: ${g.passed ? "passed" : "FAILED"}: ${g.name}: ${g.detail}`);
+  console.log(`\nreport: ${r.report} (figures as SVG and PNG beside it)`);
+  console.log(`time: ${r.seconds.total.toFixed(0)} s (training ${r.seconds.train.toFixed(0)} s, evaluation and analysis ${r.seconds.eval.toFixed(0)} s)`);
+  if (r.gates.some((g) => !g.passed)) {
+    console.error("\nloralab: a quality gate failed: the findings above are not to be trusted (see the report)");
+    return 1;
+  }
+  return 0;
+}
+
+export async function cmdSweep(args: string[]): Promise<number> {
+  const file = args.find((a) => !a.startsWith("--"));
+  if (!file) throw new ConfigError("usage: loralab sweep FILE.toml|json [--out DIR]", "");
+  const outArg = args.find((a) => a.startsWith("--out="));
+  const spec = loadStudySpec(file);
+  const out = outArg ? outArg.slice(6) : join("runs", `sweep-${spec.name}`);
+  const r = await runStudy(spec, out);
+  console.log(`report: ${r.report} (${r.points.length} points; re-running the same command resumes and skips finished cells)`);
+  return 0;
+}
+
+export async function cmdReport(args: string[]): Promise<number> {
+  if (!args[0]) throw new ConfigError("usage: loralab report DIR (a directory with points.json: runs/lab-… or runs/sweep-…)", "");
+  console.log(`report: ${await redrawReport(args[0])}`);
+  return 0;
+}

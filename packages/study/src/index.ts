@@ -1,0 +1,9 @@
+// @loralab/study: sweeps over methods, ranks, targets, learning rates, seeds and durations;
+// every checkpoint evaluated and analysed; the report with the Pareto frontier and findings;
+// and the laboratory `bun run train` runs by default.
+export { makeLabData, type LabData } from "./labdata.ts";
+export { LAB_BASE, labSpecs, runLab, summaryTable, type LabResult } from "./lab.ts";
+export { basePoint, checkpointPoint, groupOf, type EvalPlan, type Point } from "./points.ts";
+export { bestLrPoints, figures, findings, paretoFrontier, writeReport, type Finding, type ReportInput } from "./report.ts";
+export { cellConfig, cells, perplexity, runSweep, type Cell, type Checkpoint, type Method, type SweepSpec } from "./sweep.ts";
+export { loadStudySpec, redrawReport, runStudy, type StudySpec } from "./study.ts";

@@ -1,0 +1,111 @@
+// The laboratory's data, made at run time from nothing downloaded: the target domain is
+// arithmetic word problems with exact answers (a miniature GSM8K, scored by the GSM8K code
+// path), the source domain's forgetting measures are a HellaSwag-style cloze and held-out
+// text for perplexity, both built from the held-out prose (datasets/lab/corpus.ts).
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { PyRandom } from "@loralab/eval";
+import { sentences, sourceDocs } from "../../../datasets/lab/corpus.ts";
+
+const NAMES = ["Ann", "Ben", "Cara", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivan", "Jo", "Kim", "Liam", "Maya", "Ned", "Olga", "Pat"];
+const THINGS = ["apples", "books", "coins", "stamps", "shells", "marbles", "pens", "cards", "eggs", "ropes"];
+
+export interface Problem {
+  question: string;
+  answer: string;
+  value: number;
+}
+
+/** One word problem: addition or subtraction of small numbers, with its worked answer ending in "#### N". */
+function problem(r: PyRandom): Problem {
+  const name = NAMES[r.randbelow(NAMES.length)]!;
+  const thing = THINGS[r.randbelow(THINGS.length)]!;
+  const a = 2 + r.randbelow(18);
+  const kind = r.randbelow(3);
+  if (kind === 0) {
+    const b = 1 + r.randbelow(19);
+    return { question: `${name} has ${a} ${thing} and finds ${b} more. How many ${thing} does ${name} have now?`, answer: `${name} has ${a} + ${b} = ${a + b} ${thing}.\n#### ${a + b}`, value: a + b };
+  }
+  if (kind === 1) {
+    const b = 1 + r.randbelow(a);
+    return { question: `${name} has ${a} ${thing} and gives away ${b}. How many ${thing} are left?`, answer: `${name} has ${a} - ${b} = ${a - b} ${thing} left.\n#### ${a - b}`, value: a - b };
+  }
+  const b = 2 + r.randbelow(8);
+  const c = 1 + r.randbelow(9);
+  return { question: `${name} buys ${b} bags with ${c} ${thing} in each. How many ${thing} is that?`, answer: `${name} buys ${b} * ${c} = ${b * c} ${thing}.\n#### ${b * c}`, value: b * c };
+}
+
+export interface LabData {
+  dir: string;
+  /** IFT training records: {prompt, response}. */
+  train: string;
+  trainRecords: number;
+  /** GSM8K-format test (and train, for shots) directory. */
+  gsm8k: string;
+  /** HellaSwag-format cloze directory (validation split). */
+  cloze: string;
+  /** Held-out source text, one {text} per line, for perplexity. */
+  heldOut: string;
+  counts: { train: number; test: number; cloze: number; heldOutDocs: number };
+}
+
+/** Write the laboratory's data sets into `dir` (deterministic in `seed`). */
+export function makeLabData(dir: string, o: { train: number; test: number; cloze: number; seed?: number }): LabData {
+  mkdirSync(join(dir, "gsm8k"), { recursive: true });
+  mkdirSync(join(dir, "cloze"), { recursive: true });
+  const r = new PyRandom(o.seed ?? 7);
+  const seen = new Set<string>();
+  const draw = (n: number) => {
+    const out: Problem[] = [];
+    while (out.length < n) {
+      const p = problem(r);
+      if (seen.has(p.question)) continue;
+      seen.add(p.question);
+      out.push(p);
+    }
+    return out;
+  };
+  const test = draw(o.test); // disjoint from train: every question once
+  const train = draw(o.train);
+  const jsonl = (rows: unknown[]) => rows.map((x) => JSON.stringify(x)).join("\n") + "\n";
+  writeFileSync(join(dir, "train.jsonl"), jsonl(train.map((p) => ({ prompt: `Question: ${p.question}\nAnswer:`, response: ` ${p.answer}` }))));
+  writeFileSync(join(dir, "gsm8k", "test.jsonl"), jsonl(test.map((p) => ({ question: p.question, answer: p.answer }))));
+  writeFileSync(join(dir, "gsm8k", "train.jsonl"), jsonl(train.slice(0, 50).map((p) => ({ question: p.question, answer: p.answer }))));
+  // the cloze: a held-out sentence's beginning, its true ending and three endings of other sentences
+  const held = sourceDocs().filter((d) => d.heldOut);
+  const pool: { label: string; words: string[] }[] = [];
+  for (const d of held)
+    for (const s of sentences(d.text)) {
+      const words = s.split(" ");
+      if (words.length >= 12 && words.length <= 40 && !/[[\]]/.test(s)) pool.push({ label: d.source === "sotu" ? "State of the Union" : "Moby-Dick", words });
+    }
+  const cr = new PyRandom((o.seed ?? 7) + 1);
+  const chosen = cr.sample(pool, Math.min(o.cloze, pool.length));
+  const cloze = chosen.map((q) => {
+    const cut = Math.floor(q.words.length * 0.6);
+    const ending = q.words.slice(cut).join(" ");
+    const others: string[] = [];
+    while (others.length < 3) {
+      const o2 = pool[cr.randbelow(pool.length)]!;
+      const e = o2.words.slice(Math.floor(o2.words.length * 0.6)).join(" ");
+      if (e !== ending && !others.includes(e)) others.push(e);
+    }
+    const label = cr.randbelow(4);
+    const endings = [...others];
+    endings.splice(label, 0, ending);
+    return { activity_label: q.label, ctx_a: q.words.slice(0, cut).join(" "), ctx_b: "", endings, label: String(label) };
+  });
+  writeFileSync(join(dir, "cloze", "validation.jsonl"), jsonl(cloze));
+  // perplexity on a fixed 64k-character slice of the held-out prose (the start of each document)
+  const per = Math.ceil(64_000 / held.length);
+  writeFileSync(join(dir, "heldout.jsonl"), jsonl(held.map((d) => ({ text: d.text.slice(0, per) }))));
+  return {
+    dir,
+    train: join(dir, "train.jsonl"),
+    trainRecords: train.length,
+    gsm8k: join(dir, "gsm8k"),
+    cloze: join(dir, "cloze"),
+    heldOut: join(dir, "heldout.jsonl"),
+    counts: { train: train.length, test: test.length, cloze: cloze.length, heldOutDocs: held.length },
+  };
+}

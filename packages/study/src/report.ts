@@ -1,0 +1,272 @@
+// The study's report: Vega-Lite figures rendered to SVG on the server (vega), PNG beside each
+// (resvg), a self-contained HTML page with every figure inline, a table of every point, and
+// findings computed from the data, each with its uncertainty — never a canned sentence.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Resvg } from "@resvg/resvg-js";
+import * as vega from "vega";
+import * as vl from "vega-lite";
+import type { Point } from "./points.ts";
+
+const Z = 1.96; // 95 % intervals from bootstrap standard errors
+
+async function render(spec: vl.TopLevelSpec): Promise<string> {
+  const view = new vega.View(vega.parse(vl.compile(spec).spec), { renderer: "none" });
+  return view.toSVG();
+}
+
+const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+/** Points not dominated in (learning up, forgetting-score up): the learning–forgetting frontier. */
+export function paretoFrontier(ps: Point[]): Point[] {
+  const sorted = [...ps].sort((a, b) => b.learning.value - a.learning.value || b.forgetting.value - a.forgetting.value);
+  const out: Point[] = [];
+  let best = -Infinity;
+  for (const p of sorted)
+    if (p.forgetting.value > best) {
+      out.push(p);
+      best = p.forgetting.value;
+    }
+  return out.sort((a, b) => a.learning.value - b.learning.value);
+}
+
+function rows(points: Point[]) {
+  return points.map((p) => ({
+    group: p.group,
+    key: p.key,
+    lr: p.lr,
+    seed: p.seed,
+    duration: p.duration,
+    learning: p.learning.value,
+    lLo: p.learning.value - Z * p.learning.stderr,
+    lHi: p.learning.value + Z * p.learning.stderr,
+    forgetting: p.forgetting.value,
+    fLo: p.forgetting.value - Z * p.forgetting.stderr,
+    fHi: p.forgetting.value + Z * p.forgetting.stderr,
+    perplexity: p.perplexity,
+  }));
+}
+
+export interface Figures {
+  name: string;
+  title: string;
+  svg: string;
+}
+
+export async function figures(base: Point, points: Point[], durationLabel: string): Promise<Figures[]> {
+  const data = rows(points);
+  const frontier = paretoFrontier([base, ...points]).map((p) => ({ learning: p.learning.value, forgetting: p.forgetting.value }));
+  const out: Figures[] = [];
+  const axisL = { field: "learning", type: "quantitative" as const, title: "learning: target-task accuracy", scale: { zero: false } };
+  const axisF = { field: "forgetting", type: "quantitative" as const, title: "forgetting score: source cloze acc_norm (higher = forgot less)", scale: { zero: false } };
+  out.push({
+    name: "pareto",
+    title: "Learning vs forgetting, with the Pareto frontier (base marked; size = duration; 95 % intervals)",
+    svg: await render({
+      width: 560,
+      height: 400,
+      layer: [
+        { data: { values: frontier }, mark: { type: "line", color: "#999", strokeDash: [4, 3] }, encoding: { x: axisL, y: axisF } },
+        { data: { values: data }, mark: { type: "rule", opacity: 0.4 }, encoding: { x: { field: "lLo", type: "quantitative" }, x2: { field: "lHi" }, y: axisF, color: { field: "group", type: "nominal", title: "method" } } },
+        { data: { values: data }, mark: { type: "rule", opacity: 0.4 }, encoding: { y: { field: "fLo", type: "quantitative" }, y2: { field: "fHi" }, x: axisL, color: { field: "group", type: "nominal" } } },
+        { data: { values: data }, mark: { type: "line", opacity: 0.6 }, encoding: { x: axisL, y: axisF, color: { field: "group", type: "nominal" }, detail: [{ field: "lr", type: "nominal" }, { field: "seed", type: "nominal" }], order: { field: "duration", type: "quantitative" } } },
+        { data: { values: data }, mark: { type: "point", filled: true }, encoding: { x: axisL, y: axisF, color: { field: "group", type: "nominal" }, size: { field: "duration", type: "quantitative", title: durationLabel }, tooltip: [{ field: "key" }] } },
+        { data: { values: [{ learning: base.learning.value, forgetting: base.forgetting.value, label: "base" }] }, layer: [{ mark: { type: "point", shape: "diamond", size: 220, color: "black", filled: true }, encoding: { x: axisL, y: axisF } }, { mark: { type: "text", dx: 14, align: "left" }, encoding: { x: axisL, y: axisF, text: { field: "label" } } }] },
+      ],
+    } as vl.TopLevelSpec),
+  });
+  // learning and forgetting over training, best learning rate of each group
+  const best = bestLrPoints(points);
+  const long = best.flatMap((p) => [
+    { group: p.group, duration: p.duration, measure: "learning (target accuracy)", value: p.learning.value, lo: p.learning.value - Z * p.learning.stderr, hi: p.learning.value + Z * p.learning.stderr },
+    { group: p.group, duration: p.duration, measure: "forgetting score (source cloze)", value: p.forgetting.value, lo: p.forgetting.value - Z * p.forgetting.stderr, hi: p.forgetting.value + Z * p.forgetting.stderr },
+  ]);
+  out.push({
+    name: "duration",
+    title: `Learning and forgetting vs training duration (${durationLabel}; each group at its best learning rate)`,
+    svg: await render({
+      data: { values: long },
+      facet: { column: { field: "measure", type: "nominal", title: null } },
+      spec: {
+        width: 300,
+        height: 240,
+        layer: [
+          { mark: { type: "line", point: true }, encoding: { x: { field: "duration", type: "quantitative", title: durationLabel }, y: { field: "value", type: "quantitative", scale: { zero: false }, title: null }, color: { field: "group", type: "nominal", title: "method" } } },
+          { mark: { type: "errorbar" }, encoding: { x: { field: "duration", type: "quantitative" }, y: { field: "lo", type: "quantitative" }, y2: { field: "hi" }, color: { field: "group", type: "nominal" } } },
+        ],
+      },
+      resolve: { scale: { y: "independent" } },
+    } as vl.TopLevelSpec),
+  });
+  // LR sensitivity at the longest duration
+  const maxD = Math.max(...points.map((p) => p.duration));
+  const atEnd = data.filter((d) => d.duration === maxD);
+  out.push({
+    name: "lr",
+    title: "Learning-rate sensitivity: learning at the longest duration per method",
+    svg: await render({
+      width: 480,
+      height: 300,
+      data: { values: atEnd },
+      layer: [
+        { mark: { type: "line", point: true }, encoding: { x: { field: "lr", type: "quantitative", scale: { type: "log" }, title: "learning rate" }, y: { field: "learning", type: "quantitative", title: "learning: target-task accuracy" }, color: { field: "group", type: "nominal", title: "method" }, detail: { field: "seed", type: "nominal" } } },
+        { mark: { type: "errorbar" }, encoding: { x: { field: "lr", type: "quantitative" }, y: { field: "lLo", type: "quantitative" }, y2: { field: "lHi" }, color: { field: "group", type: "nominal" } } },
+      ],
+    } as vl.TopLevelSpec),
+  });
+  // target-module ablation (LoRA groups at the same rank and their best LR)
+  const lora = best.filter((p) => p.method === "lora" && p.duration === maxD);
+  if (new Set(lora.map((p) => p.targets)).size > 1) {
+    const vals = lora.flatMap((p) => [
+      { targets: `r=${p.rank} ${p.targets}`, measure: "learning", value: p.learning.value, lo: p.learning.value - Z * p.learning.stderr, hi: p.learning.value + Z * p.learning.stderr },
+      { targets: `r=${p.rank} ${p.targets}`, measure: "forgetting score", value: p.forgetting.value, lo: p.forgetting.value - Z * p.forgetting.stderr, hi: p.forgetting.value + Z * p.forgetting.stderr },
+    ]);
+    out.push({
+      name: "targets",
+      title: "Target-module ablation (LoRA, longest duration, best LR)",
+      svg: await render({
+        data: { values: vals },
+        facet: { column: { field: "measure", type: "nominal", title: null } },
+        spec: { width: 220, height: 220, layer: [{ mark: "bar", encoding: { x: { field: "targets", type: "nominal", title: null }, y: { field: "value", type: "quantitative", title: null } } }, { mark: "errorbar", encoding: { x: { field: "targets", type: "nominal" }, y: { field: "lo", type: "quantitative" }, y2: { field: "hi" } } }] },
+        resolve: { scale: { y: "independent" } },
+      } as vl.TopLevelSpec),
+    });
+  }
+  // rank@90 % of ΔW by layer and module (final checkpoints, best LR)
+  const spec90 = best.filter((p) => p.duration === maxD).flatMap((p) => p.rank90By.map((r) => ({ group: p.group, module: r.module, layer: r.layer, rank: r.rank })));
+  out.push({
+    name: "rank90",
+    title: "Rank needed to explain 90 % of ΔW's variance, by layer and module (longest duration)",
+    svg: await render({
+      data: { values: spec90 },
+      facet: { column: { field: "module", type: "nominal", sort: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], title: null } },
+      spec: { width: 110, height: 200, mark: { type: "line", point: true }, encoding: { x: { field: "layer", type: "ordinal" }, y: { field: "rank", type: "quantitative", title: "rank@90 %" }, color: { field: "group", type: "nominal", title: "method" } } },
+    } as vl.TopLevelSpec),
+  });
+  return out;
+}
+
+/** Per group and duration, the learning rate with the best learning at the longest duration (seed 0 preferred). */
+export function bestLrPoints(points: Point[]): Point[] {
+  const maxD = Math.max(...points.map((p) => p.duration));
+  const out: Point[] = [];
+  for (const g of new Set(points.map((p) => p.group))) {
+    const gp = points.filter((p) => p.group === g);
+    const finals = gp.filter((p) => p.duration === maxD && p.seed === Math.min(...gp.map((x) => x.seed)));
+    const bestLr = [...finals].sort((a, b) => b.learning.value - a.learning.value)[0]?.lr;
+    out.push(...gp.filter((p) => p.lr === bestLr && p.seed === finals[0]?.seed));
+  }
+  return out;
+}
+
+export interface Finding {
+  claim: string;
+  held: boolean | null;
+  evidence: string;
+}
+
+const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
+const ci = (m: { value: number; stderr: number }) => `${pct(m.value)} ± ${pct(Z * m.stderr)}`;
+
+/** The study's findings, tested on this sweep's numbers. */
+export function findings(base: Point, points: Point[]): Finding[] {
+  const out: Finding[] = [];
+  const maxD = Math.max(...points.map((p) => p.duration));
+  const final = points.filter((p) => p.duration === maxD);
+  const bestOf = (f: (p: Point) => boolean) => [...final.filter(f)].sort((a, b) => b.learning.value - a.learning.value)[0];
+  const full = bestOf((p) => p.method === "full");
+  const lora = bestOf((p) => p.method === "lora");
+  if (full && lora) {
+    const diff = full.learning.value - lora.learning.value;
+    const se = Math.hypot(full.learning.stderr, lora.learning.stderr);
+    out.push({
+      claim: "LoRA learns less than full fine-tuning",
+      held: diff > Z * se ? true : diff < -Z * se ? false : null,
+      evidence: `best full FT (${full.key}) reaches ${ci(full.learning)} target accuracy, best LoRA (${lora.key}) ${ci(lora.learning)}: difference ${pct(diff)} ± ${pct(Z * se)} (95 %)${Math.abs(diff) <= Z * se ? " — within noise" : ""}; base ${pct(base.learning.value)}`,
+    });
+  }
+  // forgetting at matched learning: every LoRA point against the full-FT points that learned at least as much
+  const loraPts = points.filter((p) => p.method === "lora");
+  const fullPts = points.filter((p) => p.method === "full");
+  const pairs: { d: number; se: number }[] = [];
+  for (const l of loraPts) {
+    const matched = fullPts.filter((f) => f.learning.value >= l.learning.value - Z * Math.hypot(f.learning.stderr, l.learning.stderr) && f.learning.value <= l.learning.value + 0.1);
+    if (!matched.length) continue;
+    const f = matched.sort((a, b) => Math.abs(a.learning.value - l.learning.value) - Math.abs(b.learning.value - l.learning.value))[0]!;
+    pairs.push({ d: l.forgetting.value - f.forgetting.value, se: Math.hypot(l.forgetting.stderr, f.forgetting.stderr) });
+  }
+  if (pairs.length) {
+    const mean = pairs.reduce((a, p) => a + p.d, 0) / pairs.length;
+    const se = Math.sqrt(pairs.reduce((a, p) => a + p.se ** 2, 0)) / pairs.length;
+    out.push({
+      claim: "LoRA forgets less than full fine-tuning at matched learning",
+      held: mean > Z * se ? true : mean < -Z * se ? false : null,
+      evidence: `over ${pairs.length} LoRA points each matched to the full-FT point of closest (not lower) learning, LoRA's source cloze score is higher by ${pct(mean)} ± ${pct(Z * se)} (95 %) on average${Math.abs(mean) <= Z * se ? " — within noise" : ""}; base ${ci(base.forgetting)}`,
+    });
+  } else out.push({ claim: "LoRA forgets less than full fine-tuning at matched learning", held: null, evidence: "no full-FT point learned as much as any LoRA point: learning was never matched" });
+  const fullRank = final.filter((p) => p.method === "full" && p.rank90 !== null);
+  const loraRank = final.filter((p) => p.method === "lora" && p.rank90 !== null);
+  if (fullRank.length && loraRank.length) {
+    const fr = fullRank.reduce((a, p) => a + p.rank90!, 0) / fullRank.length;
+    const maxR = Math.max(...loraRank.map((p) => p.rank ?? 0));
+    const ratio = fr / maxR;
+    out.push({
+      claim: "Full fine-tuning's weight change has a much higher rank than LoRA's",
+      held: ratio > 2 ? true : ratio < 1 ? false : null,
+      evidence: `rank@90 % of ΔW, mean over matrices and full-FT runs: ${fr.toFixed(1)} (of at most ${fullRank[0]!.rank90By[0]?.maxRank ?? "?"} per matrix), against LoRA's rank ≤ ${maxR} by construction (largest rank swept): ${ratio.toFixed(1)}×`,
+    });
+  }
+  if (full && lora) {
+    const ratio = lora.lr / full.lr;
+    out.push({
+      claim: "LoRA's best learning rate is about 10× full fine-tuning's",
+      held: ratio >= 3 && ratio <= 30 ? true : ratio < 2 ? false : null,
+      evidence: `best LR by final learning: LoRA ${lora.lr.toExponential(0)} vs full FT ${full.lr.toExponential(0)} = ${ratio.toFixed(1)}× (the grid's LRs bound this ratio)`,
+    });
+  }
+  return out;
+}
+
+export interface ReportInput {
+  title: string;
+  base: Point;
+  points: Point[];
+  durationLabel: string;
+  notes: string[];
+  gates: { name: string; passed: boolean; detail: string }[];
+}
+
+/** Write report.html (self-contained) and <figure>.svg/.png into `dir`; returns the HTML path. */
+export async function writeReport(dir: string, r: ReportInput): Promise<{ html: string; pngs: string[]; findings: Finding[] }> {
+  mkdirSync(dir, { recursive: true });
+  const figs = await figures(r.base, r.points, r.durationLabel);
+  const pngs: string[] = [];
+  for (const f of figs) {
+    writeFileSync(join(dir, `${f.name}.svg`), f.svg);
+    const png = new Resvg(f.svg, { background: "white", font: { loadSystemFonts: true } }).render().asPng();
+    writeFileSync(join(dir, `${f.name}.png`), png);
+    pngs.push(join(dir, `${f.name}.png`));
+  }
+  const fs = findings(r.base, r.points);
+  const verdict = (h: boolean | null) => (h === true ? "held" : h === false ? "did not hold" : "undecided (within noise)");
+  const table = [r.base, ...r.points]
+    .map((p) => `<tr><td>${esc(p.group)}</td><td>${esc(p.key)}</td><td>${p.lr ? p.lr.toExponential(0) : ""}</td><td>${p.seed}</td><td>${p.duration}</td><td>${ci(p.learning)}</td><td>${ci(p.forgetting)}</td><td>${p.perplexity.toFixed(2)}</td><td>${p.rank90 === null ? "" : p.rank90.toFixed(1)}</td></tr>`)
+    .join("\n");
+  const html = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${esc(r.title)}</title>
+<style>body{font:14px system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}figure{margin:1.5rem 0}.held{color:#2a7}.not{color:#c33}.und{color:#a70}</style>
+</head><body>
+<h1>${esc(r.title)}</h1>
+<h2>Quality gates</h2><ul>${r.gates.map((g) => `<li class="${g.passed ? "held" : "not"}">${g.passed ? "passed" : "FAILED"}: ${esc(g.name)} — ${esc(g.detail)}</li>`).join("")}</ul>
+<h2>Findings (computed from this sweep)</h2><ul>${fs.map((f) => `<li><b>${esc(f.claim)}</b>: <span class="${f.held === true ? "held" : f.held === false ? "not" : "und"}">${verdict(f.held)}</span>. ${esc(f.evidence)}</li>`).join("")}</ul>
+${figs.map((f) => `<figure>${f.svg}<figcaption>${esc(f.title)}</figcaption></figure>`).join("\n")}
+<h2>Every point</h2>
+<table><tr><th>method</th><th>cell</th><th>lr</th><th>seed</th><th>${esc(r.durationLabel)}</th><th>learning (95 %)</th><th>forgetting score (95 %)</th><th>source ppl</th><th>ΔW rank@90 %</th></tr>
+${table}</table>
+<h2>Notes</h2><ul>${r.notes.map((n) => `<li>${esc(n)}</li>`).join("")}</ul>
+</body></html>
+`;
+  const file = join(dir, "report.html");
+  writeFileSync(file, html);
+  return { html: file, pngs, findings: fs };
+}

@@ -1,0 +1,217 @@
+// A sweep: a grid over method (full, lora, hybrid), rank, alpha = k·rank, targets, learning
+// rate and seed, plus regularised full-FT baselines (weight decay, attention dropout). Every
+// cell is a run in the store (its id derived from the sweep and the cell, so an interrupted
+// sweep resumes: finished cells are skipped, a cell with a checkpoint resumes from it).
+// Durations as the study made them: for IFT, the checkpoint at the end of each epoch of one
+// run; for CPT, branches resumed from the checkpoint at 0.8·D of one long run, each with a
+// linear cooldown over its last 20 % (the trapezoidal schedule). Every checkpoint is then
+// evaluated (learning and forgetting) and its weight change analysed.
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import type { Store } from "@loralab/db";
+import { evalLoss, merge, resolveConfig, train, type RunConfig } from "loralab/core";
+
+export type Method = "full" | "lora" | "hybrid";
+
+export interface SweepSpec {
+  name: string;
+  regime: "ift" | "cpt";
+  /** Everything the cells share (model, data, optimizer defaults, micro-batch...). */
+  base: RunConfig;
+  methods: Method[];
+  /** Learning rates per method. */
+  lr: Partial<Record<Method | "full_wd" | "full_dropout", number[]>>;
+  ranks?: number[];
+  /** alpha = k·rank (default [2], the study's choice). */
+  alphaFactors?: number[];
+  /** LoRA target sets: "all", "attention", "mlp" or module lists. */
+  targets?: (string | string[])[];
+  seeds?: number[];
+  /** IFT: epochs (checkpoints of one run); CPT: training tokens (branches). */
+  durations: number[];
+  /** Full FT with these regularisers as extra baselines (the study's comparison). */
+  regularizers?: { weightDecay?: number; attentionDropout?: number };
+  /** Hybrid: LoRA for this fraction of the budget, merge, then full FT of these modules. */
+  hybrid?: { loraFraction: number; fullTargets: string[]; rank: number };
+  /** Training records (IFT: examples) per epoch, to place the epoch checkpoints. */
+  recordsPerEpoch?: number;
+}
+
+export interface Cell {
+  key: string;
+  method: Method | "full_wd" | "full_dropout";
+  rank: number | null;
+  alpha: number | null;
+  targets: string;
+  lr: number;
+  seed: number;
+}
+
+export interface Checkpoint {
+  cell: Cell;
+  runId: string;
+  /** What is evaluated: a model directory, or a base + adapter. */
+  model: string;
+  adapter: string;
+  /** Epochs (IFT) or tokens (CPT) trained. */
+  duration: number;
+  tokens: number;
+}
+
+const fmt = (x: number) => x.toExponential(0).replace("+", "");
+
+export function cells(spec: SweepSpec): Cell[] {
+  const out: Cell[] = [];
+  const seeds = spec.seeds ?? [0];
+  const targetsList = spec.targets ?? ["all"];
+  const tname = (t: string | string[]) => (Array.isArray(t) ? t.join("+") : t);
+  for (const seed of seeds)
+    for (const m of spec.methods) {
+      for (const lr of spec.lr[m] ?? []) {
+        if (m === "full") out.push({ key: `full-lr${fmt(lr)}-s${seed}`, method: "full", rank: null, alpha: null, targets: "all", lr, seed });
+        else if (m === "hybrid") {
+          const h = spec.hybrid;
+          if (!h) throw new Error(`sweep ${spec.name}: method hybrid needs a hybrid section (loraFraction, fullTargets, rank)`);
+          out.push({ key: `hybrid-r${h.rank}-${h.fullTargets.join("+")}-lr${fmt(lr)}-s${seed}`, method: "hybrid", rank: h.rank, alpha: 2 * h.rank, targets: h.fullTargets.join("+"), lr, seed });
+        } else
+          for (const r of spec.ranks ?? [16])
+            for (const k of spec.alphaFactors ?? [2])
+              for (const t of targetsList) out.push({ key: `lora-r${r}-a${k * r}-${tname(t)}-lr${fmt(lr)}-s${seed}`, method: "lora", rank: r, alpha: k * r, targets: tname(t), lr, seed });
+      }
+    }
+  if (spec.regularizers?.weightDecay !== undefined)
+    for (const lr of spec.lr.full_wd ?? spec.lr.full ?? []) out.push({ key: `full_wd${spec.regularizers.weightDecay}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_wd", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
+  if (spec.regularizers?.attentionDropout !== undefined)
+    for (const lr of spec.lr.full_dropout ?? spec.lr.full ?? []) out.push({ key: `full_dropout${spec.regularizers.attentionDropout}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_dropout", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
+  return out;
+}
+
+function targetsValue(t: string): string | string[] {
+  return ["all", "attention", "mlp"].includes(t) ? t : t.split("+");
+}
+
+/** The run config of one cell (IFT: one run checkpointed every epoch). */
+export function cellConfig(spec: SweepSpec, c: Cell, runsDir: string, runId: string): RunConfig {
+  const b = spec.base;
+  const method: RunConfig["method"] =
+    c.method === "lora" ? { ...b.method, kind: "lora", rank: c.rank!, alpha: c.alpha!, targets: targetsValue(c.targets) } : { ...b.method, kind: "full" };
+  const optim: RunConfig["optim"] = { ...b.optim, lr: c.lr, ...(c.method === "full_wd" ? { weight_decay: spec.regularizers!.weightDecay! } : {}) };
+  const trainCfg: RunConfig["train"] = { ...b.train, ...(c.method === "full_dropout" ? { attention_dropout: spec.regularizers!.attentionDropout! } : {}) };
+  return { ...b, name: `${spec.name}-${c.key}`, run_id: runId, out_dir: runsDir, seed: c.seed, method, optim, train: trainCfg };
+}
+
+export interface SweepProgress {
+  (msg: string): void;
+}
+
+/** Steps per epoch for IFT: records / (micro_batch · grad_accum), rounded up. */
+function stepsPerEpoch(spec: SweepSpec): number {
+  const n = spec.recordsPerEpoch;
+  if (!n) throw new Error(`sweep ${spec.name}: IFT durations are epochs; give recordsPerEpoch (the training examples)`);
+  const bs = (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
+  return Math.ceil(n / bs);
+}
+
+async function trainOrResume(store: Store, cfg: RunConfig, device = "cpu"): Promise<{ runDir: string; skipped: boolean }> {
+  const id = cfg.run_id!;
+  const runDir = join(cfg.out_dir!, id);
+  const row = await store.getRun(id);
+  if (row?.status === "completed") return { runDir, skipped: true };
+  const resolved = resolveConfig(cfg);
+  if (!row) await store.createRun({ id, name: resolved.name, method: resolved.method.kind, config: resolved as unknown as Record<string, unknown>, device, runDir, status: "running" });
+  else await store.updateRun(id, { status: "running", error: null });
+  // resume an interrupted cell from its last checkpoint; a cell that never checkpointed restarts
+  const ckDir = join(runDir, "checkpoints");
+  const last = existsSync(ckDir) ? (await import("node:fs")).readdirSync(ckDir).filter((n) => /^step-\d+$/.test(n)).sort().pop() : undefined;
+  if (last) cfg = { ...cfg, train: { ...cfg.train, resume_from: join(ckDir, last) } };
+  else if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
+  try {
+    const s = await train(cfg);
+    if (s.status !== "completed") throw new Error(`run ${id} ${s.status}`);
+  } catch (e) {
+    await store.updateRun(id, { status: "failed", error: (e as Error).message });
+    throw e;
+  }
+  await store.ingestRunDir(runDir, device, id);
+  return { runDir, skipped: false };
+}
+
+/** Train every cell (skipping finished ones) and list the checkpoints to evaluate. */
+export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress = () => {}): Promise<Checkpoint[]> {
+  if (spec.regime === "cpt") return runCptSweep(spec, store, runsDir, log);
+  const spe = stepsPerEpoch(spec);
+  const maxEpochs = Math.max(...spec.durations);
+  const all = cells(spec);
+  const out: Checkpoint[] = [];
+  const baseModel = spec.base.model?.path ?? "";
+  for (const [i, c] of all.entries()) {
+    const runId = `${spec.name}-${c.key}`;
+    const cfg = cellConfig(spec, c, runsDir, runId);
+    cfg.train = { ...cfg.train, steps: maxEpochs * spe, epochs: 0, tokens: 0, checkpoint_every: spe };
+    let firstEpoch = 1;
+    if (c.method === "hybrid") {
+      // phase 1: LoRA for a fraction of the epochs; merge; phase 2: full FT of the chosen modules
+      const h = spec.hybrid!;
+      const loraEpochs = Math.max(1, Math.round(h.loraFraction * maxEpochs));
+      const p1: RunConfig = { ...cfg, run_id: `${runId}-lora`, name: `${cfg.name}-lora-phase`, method: { ...cfg.method, kind: "lora", rank: h.rank, alpha: 2 * h.rank }, train: { ...cfg.train, steps: loraEpochs * spe } };
+      const r1 = await trainOrResume(store, p1);
+      const merged = join(runsDir, `${runId}-merged`);
+      // a randomly initialised base lives in the phase-1 run's base/
+      if (!existsSync(join(merged, "model.safetensors"))) await merge(baseModel || join(r1.runDir, "base"), join(r1.runDir, "adapter"), merged);
+      cfg.model = { ...cfg.model, path: merged };
+      cfg.method = { ...cfg.method, kind: "full", targets: h.fullTargets };
+      cfg.train = { ...cfg.train, steps: (maxEpochs - loraEpochs) * spe };
+      firstEpoch = loraEpochs + 1;
+    }
+    log(`[${i + 1}/${all.length}] ${c.key}`);
+    const { runDir, skipped } = await trainOrResume(store, cfg);
+    if (skipped) log("  (finished earlier: skipped)");
+    for (const e of spec.durations) {
+      if (e < firstEpoch) continue;
+      const step = (e - firstEpoch + 1) * spe;
+      const dir = join(runDir, "checkpoints", `step-${String(step).padStart(6, "0")}`);
+      if (!existsSync(dir)) continue;
+      const st = JSON.parse(readFileSync(join(dir, "trainer_state.json"), "utf8")) as { tokens: number };
+      const lora = c.method === "lora";
+      out.push({ cell: c, runId, model: lora ? baseModel || join(runDir, "base") : dir, adapter: lora ? dir : "", duration: e, tokens: st.tokens });
+    }
+  }
+  return out;
+}
+
+/** CPT: per cell one long run to the largest budget (constant after warmup, checkpoints at
+ * 0.8·D for every budget D), then one branch per budget resumed from its 0.8·D checkpoint
+ * with a linear cooldown to zero over the remaining 20 %. */
+async function runCptSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress): Promise<Checkpoint[]> {
+  const tokensPerStep = (spec.base.data?.seq_len ?? 512) * (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
+  const budgets = [...spec.durations].sort((a, b) => a - b).map((d) => Math.max(5, Math.round(d / tokensPerStep)));
+  const maxSteps = budgets[budgets.length - 1]!;
+  const warm = Math.max(1, Math.round((spec.base.schedule?.warmup_frac ?? 0.05) * maxSteps));
+  const out: Checkpoint[] = [];
+  const all = cells(spec);
+  for (const [i, c] of all.entries()) {
+    if (c.method === "hybrid") throw new Error(`sweep ${spec.name}: hybrid is supported in IFT sweeps only`);
+    log(`[${i + 1}/${all.length}] ${c.key}`);
+    const runId = `${spec.name}-${c.key}`;
+    const cfg = cellConfig(spec, c, runsDir, runId);
+    const cuts = budgets.map((b) => Math.round(0.8 * b));
+    cfg.schedule = { ...cfg.schedule, kind: "inverse_sqrt", cooldown_frac: 0, warmup_steps: warm };
+    cfg.train = { ...cfg.train, steps: maxSteps, tokens: 0, epochs: 0, checkpoint_every: 0, checkpoint_at_tokens: cuts.map((s) => s * tokensPerStep) };
+    const long = await trainOrResume(store, cfg);
+    for (const [j, b] of budgets.entries()) {
+      const from = join(long.runDir, "checkpoints", `step-${String(cuts[j]).padStart(6, "0")}`);
+      const branch: RunConfig = { ...cfg, run_id: `${runId}-D${b}`, name: `${cfg.name}-D${b}`, schedule: { ...cfg.schedule, cooldown_frac: 0.2 }, train: { ...cfg.train, steps: b, checkpoint_at_tokens: [], resume_from: from } };
+      const r = await trainOrResume(store, branch);
+      const lora = c.method === "lora";
+      const outDir = join(r.runDir, lora ? "adapter" : "model");
+      out.push({ cell: c, runId: branch.run_id!, model: lora ? spec.base.model?.path || join(long.runDir, "base") : outDir, adapter: lora ? outDir : "", duration: b * tokensPerStep, tokens: b * tokensPerStep });
+    }
+  }
+  return out;
+}
+
+/** Perplexity of held-out text (exp of the mean next-token loss). */
+export async function perplexity(model: string, adapter: string, text: string, cacheDir: string): Promise<number> {
+  const r = await evalLoss({ model, adapter, merged: true, data: { train: text, text_field: "text", seq_len: 128, cache_dir: cacheDir } });
+  return Math.exp(r.loss);
+}

@@ -1,0 +1,97 @@
+// The study: the laboratory's --quick variant end to end through the CLI (the report renders
+// in headless Chromium without console errors, its PNGs exist), a sweep that resumes by
+// skipping finished cells, CPT duration branches, and the hybrid method.
+import { expect, test } from "bun:test";
+import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+import { openStore } from "@loralab/db";
+import { runSweep, type SweepSpec } from "@loralab/study";
+import { root, tempDir, tinyConfig } from "./helpers.ts";
+
+test("bun run train --quick: the laboratory end to end, a summary table, a report that renders", async () => {
+  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "train", "--quick"], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const out = p.stdout.toString();
+  expect(p.stderr.toString()).toBe("");
+  expect(p.exitCode).toBe(0); // quality gates passed
+  expect(out).toContain("quality gate: passed: the base model knows its source domain");
+  expect(out).toContain("quality gate: passed: full fine-tuning learns the target domain");
+  expect(out).toMatch(/finding: LoRA learns less than full fine-tuning: (HELD|DID NOT HOLD|UNDECIDED)\. best full FT/);
+  expect(out).toMatch(/^base\s+0\s+[\d.]+ ±\s*[\d.]+/m);
+  const report = /report: (\S+report\.html)/.exec(out)![1]!;
+  const dir = join(root, report, "..");
+  for (const f of ["pareto", "duration", "lr", "rank90"]) {
+    expect(existsSync(join(dir, `${f}.svg`))).toBe(true);
+    const png = join(dir, `${f}.png`);
+    expect(statSync(png).size).toBeGreaterThan(5000);
+    expect(readFileSync(png).subarray(1, 4).toString()).toBe("PNG");
+  }
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+  try {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+    await page.goto(`file://${join(root, report)}`);
+    expect(await page.locator("figure svg").count()).toBeGreaterThanOrEqual(4);
+    expect(await page.textContent("h1")).toContain("laboratory");
+    const shot = await page.screenshot({ fullPage: true });
+    expect(shot.length).toBeGreaterThan(20_000);
+    expect(errors).toEqual([]);
+  } finally {
+    await browser.close();
+  }
+}, 600_000);
+
+function tinySpec(name: string, out: string, over: Partial<SweepSpec> = {}): SweepSpec {
+  const base = tinyConfig(out);
+  delete base.out_dir;
+  delete base.run_id;
+  base.train = { micro_batch: 4, checkpoint_every: 0 };
+  return { name, regime: "ift", base, methods: ["full", "lora"], lr: { full: [1e-3], lora: [3e-3] }, ranks: [4], durations: [1, 2], recordsPerEpoch: 16, ...over };
+}
+
+test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed sweep skips finished cells", async () => {
+  const out = tempDir("sweep");
+  const store = await openStore({ path: join(out, "s.db") });
+  const spec = tinySpec("t", out, { targets: ["all", "attention"] });
+  const logs: string[] = [];
+  const cks = await runSweep(spec, store, join(out, "runs"), (m) => logs.push(m));
+  expect(cks.map((c) => `${c.cell.key}@${c.duration}`)).toEqual([
+    "full-lr1e-3-s0@1", "full-lr1e-3-s0@2", "lora-r4-a8-all-lr3e-3-s0@1", "lora-r4-a8-all-lr3e-3-s0@2", "lora-r4-a8-attention-lr3e-3-s0@1", "lora-r4-a8-attention-lr3e-3-s0@2",
+  ]);
+  expect(cks[2]!.adapter).toContain("checkpoints/step-000004"); // 16 records / 4 per step = 4 steps an epoch
+  expect((await store.listRuns()).map((r) => r.status)).toEqual(["completed", "completed", "completed"]);
+  const again: string[] = [];
+  await runSweep(spec, store, join(out, "runs"), (m) => again.push(m));
+  expect(again.filter((m) => m.includes("skipped")).length).toBe(3);
+  await store.close();
+}, 180_000);
+
+test("CPT durations are branches from 0.8·D of one long run; hybrid trains LoRA, merges, then fully trains chosen modules", async () => {
+  const out = tempDir("sweep-cpt");
+  const store = await openStore({ path: join(out, "s.db") });
+  const cpt = tinySpec("c", out, { regime: "cpt", methods: ["full"], durations: [32 * 4 * 10, 32 * 4 * 20] }); // 10 and 20 steps of 4×32 tokens
+  const cks = await runSweep(cpt, store, join(out, "runs"), () => {});
+  expect(cks.map((c) => c.runId)).toEqual(["c-full-lr1e-3-s0-D10", "c-full-lr1e-3-s0-D20"]);
+  const longRun = join(out, "runs", "c-full-lr1e-3-s0", "checkpoints");
+  expect(readdirSync(longRun).sort()).toEqual(["step-000008", "step-000016", "step-000020"]);
+  const branch = JSON.parse(readFileSync(join(out, "runs", "c-full-lr1e-3-s0-D10", "config.json"), "utf8"));
+  expect(branch.train.resume_from).toContain("step-000008");
+  expect(branch.schedule).toMatchObject({ kind: "inverse_sqrt", cooldown_frac: 0.2 });
+  const lrs = readFileSync(join(out, "runs", "c-full-lr1e-3-s0-D10", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).lr as number);
+  expect(lrs.length).toBe(2); // steps 9 and 10: the cooldown
+  expect(lrs[1]!).toBeLessThan(lrs[0]!);
+
+  const hy = tinySpec("h", out, { methods: ["hybrid"], lr: { hybrid: [1e-3] }, durations: [1, 2, 3], hybrid: { loraFraction: 1 / 3, fullTargets: ["gate_proj", "up_proj", "down_proj"], rank: 4 } });
+  const hcks = await runSweep(hy, store, join(out, "runs"), () => {});
+  expect(hcks.map((c) => c.duration)).toEqual([2, 3]);
+  const phase2 = JSON.parse(readFileSync(join(out, "runs", hcks[0]!.runId, "config.json"), "utf8"));
+  expect(phase2.method).toMatchObject({ kind: "full", targets: ["gate_proj", "up_proj", "down_proj"] });
+  // only the MLP weights moved in phase 2: attention equals the merged LoRA phase's
+  const { analyze } = await import("@loralab/spectrum");
+  const merged = join(out, "runs", `${hcks[0]!.runId}-merged`);
+  const a = await analyze({ base: merged, tuned: hcks[1]!.model }, { spectra: false, layers: [0] });
+  for (const m of a.matrices) expect([m.module, m.delta.frobenius > 0]).toEqual([m.module, ["gate_proj", "up_proj", "down_proj"].includes(m.module)]);
+  await store.close();
+}, 300_000);
