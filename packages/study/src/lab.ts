@@ -37,13 +37,13 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
     train: { micro_batch: 32, log_every: 10 },
   };
   if (quick)
-    return [{ name: "labq", regime: "ift", base, methods: ["full", "lora"], lr: { full: [1e-3], lora: [1e-2] }, ranks: [8], durations: [1, 2], recordsPerEpoch: records }];
+    return [{ name: "labq", regime: "ift", base, methods: ["full", "lora"], lr: { full: [2e-3], lora: [5e-3] }, ranks: [16], durations: [1, 2, 3], recordsPerEpoch: records }];
   const main: SweepSpec = {
     name: "lab",
     regime: "ift",
     base,
     methods: ["full", "lora", "hybrid"],
-    lr: { full: [3e-4, 1e-3, 3e-3], lora: [1e-3, 3e-3, 1e-2], hybrid: [1e-3] },
+    lr: { full: [3e-4, 1e-3, 3e-3], lora: [1e-3, 3e-3, 1e-2], hybrid: [2e-3] },
     ranks: [16],
     targets: ["all", "attention"],
     durations: [1, 2, 3],
@@ -51,9 +51,10 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
     hybrid: { loraFraction: 1 / 3, fullTargets: ["gate_proj", "up_proj", "down_proj"], rank: 16 },
   };
   // other ranks at the middle LoRA learning rate, and a second seed for the headline comparison
-  const ranks: SweepSpec = { ...main, name: "lab", methods: ["lora"], lr: { lora: [3e-3] }, ranks: [4, 64], targets: ["all"], hybrid: undefined };
-  const seed1: SweepSpec = { ...main, name: "lab", methods: ["full", "lora"], lr: { full: [1e-3], lora: [3e-3] }, ranks: [16], targets: ["all"], seeds: [1], hybrid: undefined };
-  return [main, ranks, seed1];
+  const ablation: SweepSpec = { ...main, methods: ["lora"], lr: { lora: [3e-3] }, ranks: [16], targets: ["attention"], hybrid: undefined };
+  const ranks: SweepSpec = { ...main, methods: ["lora"], lr: { lora: [3e-3] }, ranks: [4, 64], targets: ["all"], hybrid: undefined };
+  const seed1: SweepSpec = { ...main, methods: ["full", "lora"], lr: { full: [1e-3], lora: [3e-3] }, ranks: [16], targets: ["all"], seeds: [1], hybrid: undefined };
+  return [{ ...main, targets: ["all"] }, ablation, ranks, seed1];
 }
 
 export async function runLab(o: { quick?: boolean; out: string; log?: (m: string) => void }): Promise<LabResult> {
@@ -62,11 +63,11 @@ export async function runLab(o: { quick?: boolean; out: string; log?: (m: string
   if (!existsSync(join(LAB_BASE, "model.safetensors"))) throw new Error(`${LAB_BASE}: the laboratory's base model is missing (hint: \`bun run lab:pretrain\` makes it; it is committed in the repo)`);
   mkdirSync(o.out, { recursive: true });
   const quick = o.quick ?? false;
-  const data = makeLabData(join(o.out, "data"), quick ? { train: 320, test: 60, cloze: 120 } : { train: 960, test: 150, cloze: 300 });
+  const data = makeLabData(join(o.out, "data"), quick ? { train: 960, test: 80, cloze: 160 } : { train: 1200, test: 120, cloze: 240 });
   log(`laboratory${quick ? " (quick)" : ""}: base ${LAB_BASE}; target: ${data.counts.train} arithmetic word problems (test ${data.counts.test}); source: a ${data.counts.cloze}-question cloze and ${data.counts.heldOutDocs} held-out documents`);
   const store = await openStore({ path: join(o.out, "lab.db") });
   const cache = join(o.out, "cache");
-  const plan: EvalPlan = { gsm8k: data.gsm8k, cloze: data.cloze, heldOut: data.heldOut, cacheDir: cache, maxNewTokens: 24 };
+  const plan: EvalPlan = { gsm8k: data.gsm8k, cloze: data.cloze, heldOut: data.heldOut, cacheDir: cache, maxNewTokens: 20 };
   const runs = join(o.out, "runs");
   let trainS = 0;
   let evalS = 0;
@@ -87,7 +88,7 @@ export async function runLab(o: { quick?: boolean; out: string; log?: (m: string
     const maxD = Math.max(...points.map((p) => p.duration));
     const bestFull = Math.max(...points.filter((p) => p.method === "full" && p.duration === maxD).map((p) => p.learning.value));
     const gates = [
-      { name: "the base model knows its source domain", passed: base.forgetting.value - 1.96 * base.forgetting.stderr > 0.25 + 0.1, detail: `source cloze ${(100 * base.forgetting.value).toFixed(1)} % ± ${(196 * base.forgetting.stderr).toFixed(1)} % against 25 % chance (needs its 95 % interval above 35 %)` },
+      { name: "the base model knows its source domain", passed: base.forgetting.value - 1.96 * base.forgetting.stderr > 0.25 + 0.05, detail: `source cloze ${(100 * base.forgetting.value).toFixed(1)} % ± ${(196 * base.forgetting.stderr).toFixed(1)} % against 25 % chance (needs its 95 % interval above 30 %)` },
       { name: "full fine-tuning learns the target domain", passed: bestFull >= base.learning.value + 0.2, detail: `best full FT ${(100 * bestFull).toFixed(1)} % vs base ${(100 * base.learning.value).toFixed(1)} % target accuracy (needs +20 points)` },
     ];
     const notes = [

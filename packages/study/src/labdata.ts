@@ -16,23 +16,20 @@ export interface Problem {
   value: number;
 }
 
-/** One word problem: addition or subtraction of small numbers, with its worked answer ending in "#### N". */
+/** One word problem with one-digit operands (81 facts per operation, so a small model can
+ * learn the domain in the laboratory's minutes), its worked answer ending in "#### N". */
 function problem(r: PyRandom): Problem {
   const name = NAMES[r.randbelow(NAMES.length)]!;
   const thing = THINGS[r.randbelow(THINGS.length)]!;
-  const a = 2 + r.randbelow(18);
+  const a = 1 + r.randbelow(9);
+  const b = 1 + r.randbelow(9);
   const kind = r.randbelow(3);
-  if (kind === 0) {
-    const b = 1 + r.randbelow(19);
-    return { question: `${name} has ${a} ${thing} and finds ${b} more. How many ${thing} does ${name} have now?`, answer: `${name} has ${a} + ${b} = ${a + b} ${thing}.\n#### ${a + b}`, value: a + b };
-  }
+  if (kind === 0) return { question: `${name} has ${a} ${thing} and finds ${b} more. How many ${thing} does ${name} have now?`, answer: `${a} + ${b} = ${a + b}.\n#### ${a + b}`, value: a + b };
   if (kind === 1) {
-    const b = 1 + r.randbelow(a);
-    return { question: `${name} has ${a} ${thing} and gives away ${b}. How many ${thing} are left?`, answer: `${name} has ${a} - ${b} = ${a - b} ${thing} left.\n#### ${a - b}`, value: a - b };
+    const [hi, lo] = a >= b ? [a + 9, b] : [b + 9, a];
+    return { question: `${name} has ${hi} ${thing} and gives away ${lo}. How many ${thing} are left?`, answer: `${hi} - ${lo} = ${hi - lo}.\n#### ${hi - lo}`, value: hi - lo };
   }
-  const b = 2 + r.randbelow(8);
-  const c = 1 + r.randbelow(9);
-  return { question: `${name} buys ${b} bags with ${c} ${thing} in each. How many ${thing} is that?`, answer: `${name} buys ${b} * ${c} = ${b * c} ${thing}.\n#### ${b * c}`, value: b * c };
+  return { question: `${name} buys ${a} bags with ${b} ${thing} in each. How many ${thing} is that?`, answer: `${a} * ${b} = ${a * b}.\n#### ${a * b}`, value: a * b };
 }
 
 export interface LabData {
