@@ -18,7 +18,7 @@ const USAGE = `usage:
   loralab serve [--port 8080]           the HTTP API and dashboard: start, watch and keep runs; --help
   loralab sweep FILE [--out DIR]        the study on your model and data: a grid of runs, every checkpoint evaluated,
                                         the report (configs/sweep-example.toml)
-  loralab report DIR                    redraw a study's or the laboratory's report from its points.json
+  loralab report DIR | RUN...           redraw a study's or the laboratory's report, or report over evaluated runs
   loralab merge BASE ADAPTER OUT        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
   loralab bench train|data|eval|svd     side-by-side speed and memory measurements`;
 

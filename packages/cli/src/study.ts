@@ -1,7 +1,8 @@
 // `loralab train` with no config (the laboratory), `loralab sweep FILE` and `loralab report DIR`.
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError } from "loralab";
-import { loadStudySpec, redrawReport, runLab, runStudy, summaryTable } from "@loralab/study";
+import { loadStudySpec, redrawReport, reportRuns, runLab, runStudy, summaryTable } from "@loralab/study";
 
 const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 
@@ -32,7 +33,10 @@ export async function cmdSweep(args: string[]): Promise<number> {
 }
 
 export async function cmdReport(args: string[]): Promise<number> {
-  if (!args[0]) throw new ConfigError("usage: loralab report DIR (a directory with points.json: runs/lab-… or runs/sweep-…)", "");
-  console.log(`report: ${await redrawReport(args[0])}`);
+  const outArg = args.find((a) => a.startsWith("--out="));
+  const dirs = args.filter((a) => !a.startsWith("--"));
+  if (!dirs.length) throw new ConfigError("usage: loralab report SWEEP_DIR | RUN_DIR... [--out=DIR] (a directory with points.json, or evaluated run directories)", "");
+  if (dirs.length === 1 && existsSync(join(dirs[0]!, "points.json"))) console.log(`report: ${await redrawReport(dirs[0]!)}`);
+  else console.log(`report: ${await reportRuns(dirs, outArg ? outArg.slice(6) : join("runs", `report-${stamp()}`))}`);
   return 0;
 }

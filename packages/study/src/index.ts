@@ -6,4 +6,4 @@ export { LAB_BASE, labSpecs, runLab, summaryTable, type LabResult } from "./lab.
 export { basePoint, checkpointPoint, groupOf, type EvalPlan, type Point } from "./points.ts";
 export { bestLrPoints, figures, findings, paretoFrontier, writeReport, type Finding, type ReportInput } from "./report.ts";
 export { cellConfig, cells, perplexity, runSweep, type Cell, type Checkpoint, type Method, type SweepSpec } from "./sweep.ts";
-export { loadStudySpec, redrawReport, runStudy, type StudySpec } from "./study.ts";
+export { loadStudySpec, redrawReport, reportRuns, runStudy, type StudySpec } from "./study.ts";

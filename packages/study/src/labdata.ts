@@ -81,9 +81,12 @@ export function makeLabData(dir: string, o: { train: number; test: number; cloze
   const cloze = chosen.map((q) => {
     const cut = Math.floor(q.words.length * 0.6);
     const ending = q.words.slice(cut).join(" ");
+    // distractors: endings of sentences from the other source (a Moby-Dick sentence gets State of
+    // the Union endings and vice versa), so a model that knows its source domain can tell
     const others: string[] = [];
+    const foreign = pool.filter((x) => x.label !== q.label);
     while (others.length < 3) {
-      const o2 = pool[cr.randbelow(pool.length)]!;
+      const o2 = foreign[cr.randbelow(foreign.length)]!;
       const e = o2.words.slice(Math.floor(o2.words.length * 0.6)).join(" ");
       if (e !== ending && !others.includes(e)) others.push(e);
     }

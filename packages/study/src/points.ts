@@ -31,6 +31,8 @@ export interface Point {
   rank90: number | null;
   /** rank@90 % per module and layer. */
   rank90By: { module: string; layer: number; rank: number; maxRank: number }[];
+  /** HumanEval learning only: the study's diversity measure (distinct completions per problem). */
+  diversity?: { all: number; passing: number; failing: number };
 }
 
 export interface EvalPlan {

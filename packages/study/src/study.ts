@@ -33,7 +33,8 @@ async function score(model: string, adapter: string, spec: StudySpec) {
   const lse = typeof lm === "number" ? Math.sqrt((s.learning!.value * (1 - s.learning!.value)) / Math.max(1, lt.docs)) : lm!.stderr;
   const parts = MC_TASKS.map((t) => r.tasks[t]!.metrics[FORGETTING_DEFAULT.metrics[t]] as { stderr: number });
   const fse = Math.sqrt(parts.reduce((a, p) => a + p.stderr ** 2, 0)) / parts.length;
-  return { learning: { value: s.learning!.value, stderr: lse }, forgetting: { value: s.forgetting!.value, stderr: fse }, perplexity: NaN };
+  const div = spec.eval.learning === "humaneval" ? { all: lt.metrics.diversity_all as number, passing: lt.metrics.diversity_passing as number, failing: lt.metrics.diversity_failing as number } : undefined;
+  return { learning: { value: s.learning!.value, stderr: lse }, forgetting: { value: s.forgetting!.value, stderr: fse }, perplexity: NaN, ...(div ? { diversity: div } : {}) };
 }
 
 export async function runStudy(spec: StudySpec, out: string, log: (m: string) => void = console.log): Promise<{ report: string; points: Point[] }> {
@@ -68,6 +69,32 @@ export async function runStudy(spec: StudySpec, out: string, log: (m: string) =>
   } finally {
     await store.close();
   }
+}
+
+/** A report over individual runs: each run's eval.json (loralab eval --run) and spectrum/
+ * (loralab analyze --run) become points; the base is the first run's evaluated base. */
+export async function reportRuns(runDirs: string[], out: string): Promise<string> {
+  const points: Point[] = [];
+  let base: Point | undefined;
+  for (const dir of runDirs) {
+    const f = join(dir, "eval.json");
+    if (!existsSync(f)) throw new Error(`${dir}: no eval.json (hint: \`loralab eval --run ${dir}\` first)`);
+    const e = JSON.parse(readFileSync(f, "utf8")) as { learning: { value: number } | null; forgetting: { value: number } | null; base: { learning: { value: number } | null; forgetting: { value: number } | null }; tasks: Record<string, { docs: number }> };
+    if (!e.learning || !e.forgetting) throw new Error(`${f}: needs a learning task and the three forgetting tasks`);
+    const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as { run_id: string; seed: number; method: { kind: string; rank: number; targets: unknown }; optim: { lr: number } };
+    const n = Math.max(1, ...Object.values(e.tasks).map((t) => t.docs));
+    const se = (v: number) => Math.sqrt((v * (1 - v)) / n);
+    const spec = existsSync(join(dir, "spectrum", "final.json")) ? JSON.parse(readFileSync(join(dir, "spectrum", "final.json"), "utf8")) : null;
+    const rank90By = spec ? (spec.analysis.matrices as { module: string; layer: number; delta: { rank_at: Record<string, number>; max_rank: number } }[]).map((m) => ({ module: m.module, layer: m.layer, rank: m.delta.rank_at["0.9"] ?? 0, maxRank: m.delta.max_rank })) : [];
+    const lora = cfg.method.kind === "lora";
+    points.push({ key: cfg.run_id, group: lora ? `LoRA r=${cfg.method.rank}` : "full FT", method: cfg.method.kind, rank: lora ? cfg.method.rank : null, targets: String(cfg.method.targets), lr: cfg.optim.lr, seed: cfg.seed, duration: 1, tokens: 0, learning: { value: e.learning.value, stderr: se(e.learning.value) }, forgetting: { value: e.forgetting.value, stderr: se(e.forgetting.value) }, perplexity: NaN, rank90: rank90By.length ? rank90By.reduce((a, x) => a + x.rank, 0) / rank90By.length : null, rank90By });
+    if (!base && e.base.learning && e.base.forgetting) base = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, learning: { value: e.base.learning.value, stderr: se(e.base.learning.value) }, forgetting: { value: e.base.forgetting.value, stderr: se(e.base.forgetting.value) }, perplexity: NaN, rank90: null, rank90By: [] };
+  }
+  if (!base) throw new Error("no run's eval.json carries its base model's scores (hint: loralab eval --run without --no-base)");
+  const title = `loralab report: ${runDirs.length} runs`;
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, "points.json"), JSON.stringify({ title, base, points, durationLabel: "runs" }, null, 1));
+  return (await writeReport(join(out, "report"), { title, base, points, durationLabel: "runs", notes: ["Points are whole runs (their final output), scored by loralab eval --run; standard errors are binomial over the largest task's items."], gates: [] })).html;
 }
 
 /** Redraw a report from a points.json (a study's or the laboratory's). */
