@@ -56,7 +56,7 @@ fn clipping_scales_to_max_norm() {
 }
 
 fn sched(kind: ScheduleKind) -> ScheduleConfig {
-    ScheduleConfig { kind, warmup_frac: 0.1, final_frac: 0.01, cooldown_frac: 0.2 }
+    ScheduleConfig { kind, warmup_frac: 0.1, warmup_steps: 0, final_frac: 0.01, cooldown_frac: 0.2 }
 }
 
 #[test]
@@ -104,4 +104,17 @@ fn fused_in_place_updates_equal_the_tensor_op_reference() {
             assert!(d < tol, "{name:?} {dtype:?}: fused vs reference differ by {d:e}");
         }
     }
+}
+
+#[test]
+fn warmup_steps_overrides_the_fraction_so_cpt_branches_share_one_warmup() {
+    // a long run (100 steps) and a branch of it (50 steps) warm up over the same 10 steps
+    let s = ScheduleConfig { warmup_steps: 10, ..sched(ScheduleKind::InverseSqrt) };
+    for step in 0..40 {
+        let long = lr_at(&ScheduleConfig { cooldown_frac: 0.0, ..s.clone() }, 1.0, step, 100);
+        let branch = lr_at(&s, 1.0, step, 50);
+        assert!((long - branch).abs() < 1e-15, "step {step}: {long} vs {branch}"); // before the branch's cooldown (from 40)
+    }
+    assert!(lr_at(&s, 1.0, 45, 50) < lr_at(&s, 1.0, 40, 50));
+    assert_eq!(lr_at(&s, 1.0, 4, 50), 0.5); // (4+1)/10
 }
