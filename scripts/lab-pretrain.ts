@@ -1,11 +1,12 @@
 // `bun run lab:pretrain`: pretrains the laboratory's base model on its source prose
 // (datasets/lab/corpus.ts: Moby-Dick and the State of the Union addresses, held-out documents
-// excluded) with loralab's own engine, and copies the result into datasets/lab/base/ (it is
-// committed, a few MB, so `bun run train` spends its minutes on the study itself).
+// excluded) with loralab's own engine, and puts the result in datasets/lab/base/: committed as
+// model.f16.safetensors.gz (1.9 MB), so `bun run train` spends its minutes on the study itself.
 import { cpSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { train } from "loralab";
 import { sourceDocs } from "../datasets/lab/corpus.ts";
+import { packLabBase } from "../packages/study/src/labbase.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const lab = join(root, "datasets/lab");
@@ -31,4 +32,5 @@ const s = await train(
 const out = join(lab, "base");
 rmSync(out, { recursive: true, force: true });
 cpSync(s.output, out, { recursive: true });
+console.log(`committed form: ${packLabBase(out)}`);
 console.log(`base model: ${out} (loss ${s.first_loss.toFixed(3)} → ${s.final_loss.toFixed(3)}, ${s.tokens.toLocaleString("en-US")} tokens, ${s.elapsed_s.toFixed(0)} s)`);

@@ -397,7 +397,7 @@ fn analyze_matrix(j: &Job, base: &Source, tuned: Option<&Source>, adapter: Optio
     };
     out.relative_change = if base_fro > 0.0 { out.delta.frobenius / base_fro } else { 0.0 };
     if let (Some(wt), true) = (&w_tuned, req.intruders) {
-        out.intruders = Some(spectrum::intruders(w_base.view(), wt.view(), req.intruder_top_k, req.intruder_threshold, par)?);
+        out.intruders = Some(spectrum::intruders(w_base.view(), wt.view(), req.intruder_top_k, req.intruder_threshold)?);
     }
     Ok(out)
 }

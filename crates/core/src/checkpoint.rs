@@ -310,3 +310,21 @@ pub fn load_base(path: &Path, dtype: DType) -> Result<Llama> {
         load_model_dir(path, dtype)
     }
 }
+
+/// A model to evaluate: a base (HF directory or .gguf) with an optional PEFT adapter, merged
+/// into the weights or run beside them, and the path of its tokenizer (`tokenizer` empty: the
+/// model's own).
+pub fn load_for_eval(model: &str, adapter: &str, merged: bool, tokenizer: &str, dtype: DType) -> Result<(Llama, PathBuf)> {
+    let path = Path::new(model);
+    if !is_gguf(path) && !path.join("config.json").is_file() {
+        return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory or a .gguf file)", path.display())));
+    }
+    let mut m = load_base(path, dtype)?;
+    if !adapter.is_empty() {
+        load_adapter(&mut m, Path::new(adapter))?;
+        if merged {
+            m.merge_lora()?;
+        }
+    }
+    Ok((m, if tokenizer.is_empty() { default_tokenizer(path) } else { PathBuf::from(tokenizer) }))
+}

@@ -3,14 +3,13 @@
 use crate::checkpoint;
 use crate::config::{DTypeName, DataConfig};
 use crate::data;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::linear::Ctx;
 use crate::model::masked_loss;
 use crate::rng::Rng;
 use crate::train::micro_batch;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields, default)]
@@ -44,18 +43,7 @@ pub struct EvalLoss {
 
 pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
     let dtype = if req.dtype == DTypeName::F64 { DType::F64 } else { DType::F32 };
-    let dir = Path::new(&req.model);
-    if !checkpoint::is_gguf(dir) && !dir.join("config.json").is_file() {
-        return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory or a .gguf file)", dir.display())));
-    }
-    let mut model = checkpoint::load_base(dir, dtype)?;
-    if !req.adapter.is_empty() {
-        checkpoint::load_adapter(&mut model, Path::new(&req.adapter))?;
-        if req.merged {
-            model.merge_lora()?;
-        }
-    }
-    let tok_path = if req.tokenizer.is_empty() { checkpoint::default_tokenizer(dir) } else { PathBuf::from(&req.tokenizer) };
+    let (model, tok_path) = checkpoint::load_for_eval(&req.model, &req.adapter, req.merged, &req.tokenizer, dtype)?;
     let tok = data::load_tokenizer(&tok_path)?;
     let eos = data::eos_id(&tok, model.cfg.eos_id())?;
     let chat = crate::chat::ChatTemplate::find(&req.model)?;

@@ -15,7 +15,6 @@ use crate::model::{norm, Llama};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -126,20 +125,8 @@ fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 impl Engine {
     pub fn load(req: &LoadRequest) -> Result<Self> {
         let dtype = if req.dtype == DTypeName::F64 { DType::F64 } else { DType::F32 };
-        let path = Path::new(&req.model);
-        if !checkpoint::is_gguf(path) && !path.join("config.json").is_file() {
-            return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory or a .gguf file)", path.display())));
-        }
-        let mut model = checkpoint::load_base(path, dtype)?;
-        if !req.adapter.is_empty() {
-            checkpoint::load_adapter(&mut model, Path::new(&req.adapter))?;
-            if req.merged {
-                model.merge_lora()?;
-            }
-        }
-        let tok_path = if req.tokenizer.is_empty() { checkpoint::default_tokenizer(path) } else { PathBuf::from(&req.tokenizer) };
-        let tok = data::load_tokenizer(&tok_path)?;
-        Self::new(model, tok)
+        let (model, tok_path) = checkpoint::load_for_eval(&req.model, &req.adapter, req.merged, &req.tokenizer, dtype)?;
+        Self::new(model, data::load_tokenizer(&tok_path)?)
     }
 
     pub fn new(model: Llama, tok: Tokenizer) -> Result<Self> {

@@ -117,8 +117,7 @@ pub struct Intruders {
     pub max_cosine: Vec<f64>,
 }
 
-pub fn intruders(base: MatRef<'_, f64>, tuned: MatRef<'_, f64>, top_k: usize, threshold: f64, par: Par) -> Result<Intruders> {
-    let _ = par;
+pub fn intruders(base: MatRef<'_, f64>, tuned: MatRef<'_, f64>, top_k: usize, threshold: f64) -> Result<Intruders> {
     let ub = base.thin_svd().map_err(svd_err)?;
     let ut = tuned.thin_svd().map_err(svd_err)?;
     let k = top_k.min(ut.U().ncols());

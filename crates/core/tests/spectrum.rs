@@ -112,7 +112,7 @@ fn intruder_dimensions_appear_for_a_new_orthogonal_direction_and_not_for_a_resca
     let s: Vec<f64> = (0..10).map(|i| 5.0 - 0.4 * i as f64).collect();
     let base = with_spectrum(40, 30, &s, 30);
     let scaled = &base * faer::Scale(1.05);
-    assert_eq!(intruders(base.as_ref(), scaled.as_ref(), 5, 0.5, Par::Seq).unwrap().count, 0);
+    assert_eq!(intruders(base.as_ref(), scaled.as_ref(), 5, 0.5).unwrap().count, 0);
     // a strong rank-1 update along a direction outside the base's range: an intruder
     let svd = base.thin_svd().unwrap();
     let mut u = gaussian(40, 1, 31);
@@ -122,7 +122,7 @@ fn intruder_dimensions_appear_for_a_new_orthogonal_direction_and_not_for_a_resca
     let v = orthonormal(30, 1, 32);
     let update = (&u * v.transpose()) * faer::Scale(8.0 / norm);
     let tuned = &base + &update;
-    let r = intruders(base.as_ref(), tuned.as_ref(), 3, 0.5, Par::Seq).unwrap();
+    let r = intruders(base.as_ref(), tuned.as_ref(), 3, 0.5).unwrap();
     assert_eq!(r.count, 1, "{:?}", r.max_cosine);
     assert!(r.max_cosine[0] < 0.2);
 }

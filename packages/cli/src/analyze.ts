@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError } from "loralab";
+import { countBars } from "./progress.ts";
 import { analyze, analyzeRun, baselineFigure, randomBaseline, writeFigures, type Analysis, type AnalyzeOptions } from "@loralab/spectrum";
 
 export const ANALYZE_USAGE = `usage: loralab analyze (--base B (--tuned T | --adapter A) | --run ID|DIR) [options]
@@ -23,24 +24,6 @@ function list(v: string | undefined, flag: string, parse: (s: string) => number 
   const out = v.split(",").map((s) => parse(s.trim()));
   if (out.some((x) => !Number.isFinite(x))) throw new ConfigError(`--${flag} ${v}: expected comma-separated numbers`, flag);
   return out;
-}
-
-function bar(label: string) {
-  const tty = process.stdout.isTTY === true;
-  let last = -1;
-  return (done: number, total: number, matrix: string) => {
-    if (tty) {
-      const f = Math.round((24 * done) / total);
-      process.stdout.write(`\r\x1b[2K${label} [${"#".repeat(f)}${".".repeat(24 - f)}] ${done}/${total} ${matrix}`);
-      if (done === total) process.stdout.write("\n");
-    } else {
-      const pct = Math.floor((100 * done) / total);
-      if (pct >= last + 25 || done === total) {
-        console.log(`${label} ${done}/${total}`);
-        last = pct;
-      }
-    }
-  };
 }
 
 function summary(a: Analysis, t: string): string {
@@ -100,14 +83,16 @@ export async function cmdAnalyze(args: string[]): Promise<number> {
   if (a.run) {
     const runDir = existsSync(join(a.run, "config.json")) ? a.run : join("runs", a.run);
     let label = "";
-    const cks = await analyzeRun(runDir, { ...o, onCheckpoint: (name, i, n) => (label = `${name} (${i}/${n})`), onProgress: (d, n, m) => bar(label)(d, n, m) });
+    const bar = countBars();
+    const cks = await analyzeRun(runDir, { ...o, onCheckpoint: (name, i, n) => (label = `${name} (${i}/${n})`), onProgress: (d, n, m) => bar(label, d, n, m) });
     for (const c of cks) console.log(`\n${c.checkpoint}${c.tokens !== null ? ` (${c.tokens.toLocaleString("en-US")} tokens)` : ""}: ${summary(c.analysis, t)}`);
     if (a.matrix) writeFigures(join(runDir, "spectrum"), cks, a.matrix);
     console.log(`\nresults: ${join(runDir, "spectrum")}/ (one JSON per checkpoint, rank_by_layer_*.svg, spectra_*.svg)`);
     return 0;
   }
   if (!a.base || (!a.tuned && !a.adapter) || (a.tuned && a.adapter)) throw new ConfigError(`give --base and one of --tuned / --adapter, or --run\n${ANALYZE_USAGE}`, "base");
-  const r = await analyze({ base: a.base, tuned: a.tuned, adapter: a.adapter }, { ...o, onProgress: bar("analyze") });
+  const bar = countBars();
+  const r = await analyze({ base: a.base, tuned: a.tuned, adapter: a.adapter }, { ...o, onProgress: (d, n, m) => bar("analyze", d, n, m) });
   console.log(summary(r, t));
   const dir = a.out ?? "spectrum";
   const c = { checkpoint: "tuned", step: null, tokens: null, analysis: r };

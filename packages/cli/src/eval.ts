@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError } from "loralab";
+import { countBars } from "./progress.ts";
 import { evaluate, evaluateBase, FORGETTING_DEFAULT, FORGETTING_GAUNTLET, MC_TASKS, runModels, TASKS, writeJsonAtomic, writeRunEvaluation, type EvalOptions, type EvalResult, type McTask, type TaskName } from "@loralab/eval";
 
 export const EVAL_USAGE = `usage: loralab eval (--model DIR|GGUF [--adapter DIR] | --run ID|DIR) --tasks T1,T2 [options]
@@ -22,26 +23,6 @@ export const EVAL_USAGE = `usage: loralab eval (--model DIR|GGUF [--adapter DIR]
   --batch-size N     (default 8)
   --no-base          skip the base model's scores
   --out FILE         also write the results here`;
-
-function bars() {
-  const tty = process.stdout.isTTY === true;
-  let last = "";
-  let lastPct = -1;
-  return (task: TaskName, done: number, total: number) => {
-    const pct = Math.floor((100 * done) / Math.max(1, total));
-    if (tty) {
-      const w = 24;
-      const f = Math.round((w * done) / Math.max(1, total));
-      if (last && last !== task) process.stdout.write("\n");
-      process.stdout.write(`\r\x1b[2K${task.padEnd(14)} [${"#".repeat(f)}${".".repeat(w - f)}] ${done}/${total}`);
-      if (done >= total) process.stdout.write("\n");
-    } else if (task !== last || pct >= lastPct + 25 || done >= total) {
-      console.log(`${task} ${done}/${total}`);
-      lastPct = task !== last ? 0 : pct;
-    }
-    last = done >= total ? "" : task;
-  };
-}
 
 function fmt(v: number | undefined | null): string {
   return v === undefined || v === null || Number.isNaN(v) ? "—" : v.toFixed(4);
@@ -140,7 +121,7 @@ export async function cmdEval(args: string[]): Promise<number> {
     gsm8k: { shots: int(a["gsm8k-shots"], "gsm8k-shots", 0) },
     shots,
     forgetting: a.gauntlet ? FORGETTING_GAUNTLET : FORGETTING_DEFAULT,
-    onProgress: bars(),
+    onProgress: countBars(),
   };
   console.log(`eval: ${model}${adapter ? ` + adapter ${adapter}${a.merged ? " (merged)" : ""}` : ""}: ${tasks.join(", ")}${opts.limit ? ` (first ${opts.limit} each)` : ""}`);
   const r = await evaluate(opts);

@@ -49,3 +49,24 @@ export function progressReporter(label: string, out: NodeJS.WriteStream = proces
     },
   };
 }
+
+/** Progress of counted work under changing labels (eval tasks, analysed matrices): a redrawn
+ * bar on a terminal, a line at each quarter when piped. */
+export function countBars(out: NodeJS.WriteStream = process.stdout) {
+  const tty = out.isTTY === true;
+  let last = "";
+  let lastPct = -1;
+  return (label: string, done: number, total: number, detail = "") => {
+    const pct = Math.floor((100 * done) / Math.max(1, total));
+    if (tty) {
+      if (last && last !== label) out.write("\n");
+      const f = Math.round((24 * done) / Math.max(1, total));
+      out.write(`\r\x1b[2K${label.padEnd(14)} [${"#".repeat(f)}${".".repeat(24 - f)}] ${done}/${total} ${detail}`);
+      if (done >= total) out.write("\n");
+    } else if (label !== last || pct >= lastPct + 25 || done >= total) {
+      out.write(`${label} ${done}/${total}\n`);
+      lastPct = label !== last ? 0 : pct;
+    }
+    last = done >= total ? "" : label;
+  };
+}

@@ -1,7 +1,8 @@
 // The training half of the library: typed config, train with progress and cancellation,
 // held-out loss, merge. Thin: the engine (crates/core, via the napi addon) validates and works.
 // `loralab` (index.ts) re-exports it with evaluation, analysis, the store and the server.
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { engineReadable, normalize, RECIPES, type Mapping } from "@loralab/data";
 import * as native from "@loralab/native";
 import type { RunConfig } from "./config.gen.ts";
@@ -240,4 +241,12 @@ export async function merge(base: string, adapter: string, out: string): Promise
   } catch (e) {
     throw mapError(e);
   }
+}
+
+/** The last checkpoint of a run directory (by step; one with its trainer state), or "" when it has none. */
+export function lastCheckpoint(runDir: string): string {
+  const dir = join(runDir, "checkpoints");
+  if (!existsSync(dir)) return "";
+  const steps = readdirSync(dir).filter((n) => /^step-\d+$/.test(n) && existsSync(join(dir, n, "trainer_state.json"))).sort();
+  return steps.length ? join(dir, steps[steps.length - 1]!) : "";
 }

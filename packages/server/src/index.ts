@@ -10,7 +10,7 @@ import { loadToken, type Token } from "./security.ts";
 
 export { createApp, problem } from "./app.ts";
 export { openapi } from "./openapi.ts";
-export { lastCheckpoint, newRunId, Runner, type RunEvent } from "./runner.ts";
+export { newRunId, Runner, type RunEvent } from "./runner.ts";
 export * from "./security.ts";
 
 export interface ServerOptions {

@@ -5,10 +5,10 @@
 // interrupted and queued again to resume from its last checkpoint, so no step beyond that
 // checkpoint is lost and no metric row is duplicated.
 import { randomBytes } from "node:crypto";
-import { existsSync, readdirSync, renameSync } from "node:fs";
+import { existsSync, renameSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { RunRow, Store } from "@loralab/db";
-import { resolveConfig, train, type ResolvedRunConfig, type RunConfig, type TrainEvent } from "loralab/core";
+import { lastCheckpoint, resolveConfig, train, type ResolvedRunConfig, type RunConfig, type TrainEvent } from "loralab/core";
 
 export interface RunnerOptions {
   /** Where run directories go (each run's out_dir). */
@@ -26,14 +26,6 @@ export type RunEvent =
   | { type: "eval"; run_id: string; results: unknown[] };
 
 type Listener = (e: RunEvent) => void;
-
-/** The last checkpoint of a run directory (by step), or "" when it has none. */
-export function lastCheckpoint(runDir: string): string {
-  const dir = join(runDir, "checkpoints");
-  if (!existsSync(dir)) return "";
-  const steps = readdirSync(dir).filter((n) => /^step-\d+$/.test(n) && existsSync(join(dir, n, "trainer_state.json"))).sort();
-  return steps.length ? join(dir, steps[steps.length - 1]!) : "";
-}
 
 export function newRunId(): string {
   const t = new Date().toISOString().replace(/[-:T]/g, "").slice(0, 14);

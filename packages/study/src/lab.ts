@@ -1,6 +1,6 @@
 // The laboratory `bun run train` runs by default: a complete miniature of the study on this
 // machine, nothing downloaded at run time. The base model (datasets/lab/base, pretrained by
-// `bun run lab:pretrain` on Moby-Dick and the State of the Union addresses, committed) is
+// `bun run lab:pretrain` on Moby-Dick and the State of the Union addresses, committed as f16) is
 // fine-tuned on a domain it never saw — arithmetic word problems — by full FT, LoRA at several
 // ranks, targets and learning rates, and a hybrid; every epoch's checkpoint is scored for
 // learning (target accuracy, the GSM8K code path) and forgetting (a cloze built from held-out
@@ -9,6 +9,7 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
+import { ensureLabBase } from "./labbase.ts";
 import { makeLabData } from "./labdata.ts";
 import { basePoint, checkpointPoint, type EvalPlan, type Point } from "./points.ts";
 import { writeReport, type Finding } from "./report.ts";
@@ -60,7 +61,8 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
 export async function runLab(o: { quick?: boolean; out: string; log?: (m: string) => void }): Promise<LabResult> {
   const log = o.log ?? ((m: string) => console.log(m));
   const t0 = performance.now();
-  if (!existsSync(join(LAB_BASE, "model.safetensors"))) throw new Error(`${LAB_BASE}: the laboratory's base model is missing (hint: \`bun run lab:pretrain\` makes it; it is committed in the repo)`);
+  if (!process.env.LORALAB_LAB_BASE) ensureLabBase(LAB_BASE); // the committed f16 gzip, expanded once
+  if (!existsSync(join(LAB_BASE, "model.safetensors"))) throw new Error(`${LAB_BASE}: the laboratory's base model is missing (hint: \`bun run lab:pretrain\` makes it)`);
   mkdirSync(o.out, { recursive: true });
   const quick = o.quick ?? false;
   const data = makeLabData(join(o.out, "data"), quick ? { train: 960, test: 80, cloze: 160 } : { train: 1200, test: 120, cloze: 240 });

@@ -9,7 +9,7 @@
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Store } from "@loralab/db";
-import { evalLoss, merge, resolveConfig, train, type RunConfig } from "loralab/core";
+import { evalLoss, lastCheckpoint, merge, resolveConfig, train, type RunConfig } from "loralab/core";
 
 export type Method = "full" | "lora" | "hybrid";
 
@@ -121,9 +121,8 @@ async function trainOrResume(store: Store, cfg: RunConfig, device = "cpu"): Prom
   if (!row) await store.createRun({ id, name: resolved.name, method: resolved.method.kind, config: resolved as unknown as Record<string, unknown>, device, runDir, status: "running" });
   else await store.updateRun(id, { status: "running", error: null });
   // resume an interrupted cell from its last checkpoint; a cell that never checkpointed restarts
-  const ckDir = join(runDir, "checkpoints");
-  const last = existsSync(ckDir) ? (await import("node:fs")).readdirSync(ckDir).filter((n) => /^step-\d+$/.test(n)).sort().pop() : undefined;
-  if (last) cfg = { ...cfg, train: { ...cfg.train, resume_from: join(ckDir, last) } };
+  const last = lastCheckpoint(runDir);
+  if (last) cfg = { ...cfg, train: { ...cfg.train, resume_from: last } };
   else if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
   try {
     const s = await train(cfg);
