@@ -182,8 +182,9 @@ async function* readParquet(path: string): AsyncGenerator<DataRecord> {
   }
 }
 
-/** The data files of a Hugging Face dataset directory (its train split when it names one). */
-export function datasetFiles(dir: string): string[] {
+/** The data files of a Hugging Face dataset directory: those whose path names `split`, or
+ * without one its train split when it names one, else every file. */
+export function datasetFiles(dir: string, split?: string): string[] {
   const all: string[] = [];
   const walk = (d: string) => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
@@ -195,7 +196,9 @@ export function datasetFiles(dir: string): string[] {
   };
   walk(dir);
   all.sort();
-  const train = all.filter((p) => /(^|[/_-])train([/_.-]|$)/.test(p.slice(dir.length)));
+  const named = (s: string) => all.filter((p) => new RegExp(`(^|[/_.-])${s}([/_.-]|$)`).test(p.slice(dir.length)));
+  if (split) return named(split);
+  const train = named("train");
   return train.length ? train : all;
 }
 

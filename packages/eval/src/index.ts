@@ -3,10 +3,10 @@
 // model's. The engine (napi addon) generates and scores; this package builds the prompts
 // exactly as the reference harnesses do, runs code in the sandbox and aggregates.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { join, relative } from "node:path";
-import { formatOf, readRecords } from "@loralab/data";
+import { join } from "node:path";
+import { datasetFiles, readRecords } from "@loralab/data";
 import * as native from "@loralab/native";
 import { GSM8K_STOP, GSM8K_VERSION, gsm8kPrompts, scoreGsm8k, type Gsm8kDoc } from "./gsm8k.ts";
 import { HUMANEVAL_STOP, humanevalPrompt, scoreHumanEval, type HumanEvalProblem } from "./humaneval.ts";
@@ -102,18 +102,9 @@ export const SPLITS: Record<TaskName, { eval: string; shots: string | null }> = 
 export function splitFiles(path: string, split: string): string[] {
   if (!existsSync(path)) throw new EvalError(`${path}: not found (hint: point --data at the benchmark's file or Hugging Face dataset directory)`);
   if (statSync(path).isFile()) return [path];
-  const out: string[] = [];
-  const walk = (d: string) => {
-    for (const name of readdirSync(d, { withFileTypes: true })) {
-      if (name.name.startsWith(".")) continue;
-      const p = join(d, name.name);
-      if (name.isDirectory()) walk(p);
-      else if (formatOf(p) && new RegExp(`(^|[/_.-])${split}([/_.-]|$)`).test(relative(path, p))) out.push(p);
-    }
-  };
-  walk(path);
+  const out = datasetFiles(path, split);
   if (!out.length) throw new EvalError(`${path}: no data files for the ${split} split (hint: a file named like ${split}.jsonl or ${split}-00000-of-00001.parquet)`);
-  return out.sort();
+  return out;
 }
 
 async function records(files: string[], limit = Infinity): Promise<Record<string, unknown>[]> {
