@@ -3,6 +3,7 @@
 // is newer than it. Run first by `bun run train`, `bun run test` and `bun run bench`.
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { hostTriple } from "../packages/cli/src/cargo.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const addon = join(root, "crates/node/loralab.linux-x64-gnu.node");
@@ -45,4 +46,11 @@ const sources = Math.max(newest(join(root, "crates")), statSync(join(root, "Carg
 if (!existsSync(addon) || statSync(addon).mtimeMs < sources) {
   console.error("setup: building the engine (first build compiles candle: a few minutes on 2 cores)");
   run([join(root, "node_modules/.bin/napi"), "build", "--platform", "--release", "--cwd", "crates/node"]);
+}
+
+// --- the sidecar (CPU build; the CUDA build is scripts/build-cuda-sidecar.sh): the worker process
+// CUDA runs go through, and what the supervision tests run.
+const sidecar = join(root, "target", hostTriple(), "release", "loralab-sidecar");
+if (!existsSync(sidecar) || statSync(sidecar).mtimeMs < Math.max(sources, newest(join(root, "sidecar")))) {
+  run(["cargo", "build", "--release", "--target", hostTriple(), "-p", "loralab-sidecar"]);
 }

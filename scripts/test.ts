@@ -2,6 +2,7 @@
 // package set, so candle compiles once), a strict typecheck, then the Bun tests. Ends with
 // one summary line.
 import { cargoArgs } from "../packages/cli/src/cargo.ts";
+import { ensureWasm } from "../packages/report/src/wasm.ts";
 import { fetchModel } from "./fetch.ts";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -38,9 +39,19 @@ const cargo = await run(cargoArgs("test"), (out) => {
   }
   return [p, f];
 });
+// the report's WebAssembly maths (scripts/build-wasm.sh; apt packages and wasm-bindgen-cli on a
+// fresh machine), built before the Bun tests that load it in Bun and in Chromium
+{
+  const t0 = performance.now();
+  console.log("\n$ scripts/build-wasm.sh (when crates/maths or crates/wasm changed)");
+  ensureWasm();
+  console.log(`stage: wasm took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+}
 // the TypeScript is strict (tsconfig.base.json): a type error fails the suite like a test
 const tsc = await run([process.execPath, "x", "tsc", "-p", "tsconfig.json"], (out) => (out.trim() === "" ? [1, 0] : [0, 1]));
-const bun = await run([process.execPath, "test"], (out) => [Number(/^\s*(\d+) pass/m.exec(out)?.[1] ?? 0), Number(/^\s*(\d+) fail/m.exec(out)?.[1] ?? 0)]);
+// bun test's per-test default is 5 s (bunfig.toml cannot change it): training tests run real tiny
+// models on 2 cores, and a loaded machine must not turn them into timeouts
+const bun = await run([process.execPath, "test", "--timeout", "300000"], (out) => [Number(/^\s*(\d+) pass/m.exec(out)?.[1] ?? 0), Number(/^\s*(\d+) fail/m.exec(out)?.[1] ?? 0)]);
 
 const stages = [cargo, tsc, bun];
 const passed = stages.reduce((a, s) => a + s[0], 0);

@@ -2,24 +2,10 @@
 // when missing, driven by playwright-core): log in, start a tiny run, watch its loss curve
 // grow over Server-Sent Events, see it finish.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { chromium, type Browser } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { createServer, type LoralabServer } from "loralab";
-import { root, tempDir, tinyConfig } from "./helpers.ts";
-
-function chromiumPath(): string {
-  for (const p of ["/usr/bin/chromium", "/usr/bin/chromium-browser"]) if (existsSync(p)) return p;
-  const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
-  let r = spawnSync("apt-get", ["install", "-y", "-q", "chromium"], { env, encoding: "utf8" });
-  if (r.status !== 0) {
-    spawnSync("apt-get", ["update", "-q"], { env });
-    r = spawnSync("apt-get", ["install", "-y", "-q", "chromium"], { env, encoding: "utf8" });
-  }
-  if (!existsSync("/usr/bin/chromium")) throw new Error(`the dashboard test needs Debian's chromium: apt-get install chromium failed: ${r.stderr}`);
-  return "/usr/bin/chromium";
-}
+import { launchChromium, root, tempDir, tinyConfig } from "./helpers.ts";
 
 const TOKEN = "dashboard-test-token";
 let srv: LoralabServer;
@@ -32,7 +18,7 @@ beforeAll(async () => {
   delete template.out_dir;
   srv = await createServer({ store: { path: join(out, "store.db") }, runsDir: join(out, "runs"), roots: [root, out], token: TOKEN, template });
   url = srv.listen(0);
-  browser = await chromium.launch({ executablePath: chromiumPath(), args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+  browser = await launchChromium();
 }, 300_000);
 
 afterAll(async () => {

@@ -1,8 +1,10 @@
 // Shared helpers for the Bun tests: a temporary run folder and a tiny run config.
-import { mkdtempSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RunConfig } from "loralab";
+import { chromium, type Browser } from "playwright-core";
 
 export const root = new URL("..", import.meta.url).pathname;
 
@@ -53,4 +55,18 @@ export function tinyModel(): Promise<string> {
     return s.output;
   })();
   return tiny;
+}
+
+/** Headless Chromium: Debian's `chromium` (installed with apt-get when missing), driven by playwright-core. */
+export async function launchChromium(): Promise<Browser> {
+  if (!existsSync("/usr/bin/chromium")) {
+    const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+    let r = spawnSync("apt-get", ["install", "-y", "-q", "chromium"], { env, encoding: "utf8" });
+    if (r.status !== 0) {
+      spawnSync("apt-get", ["update", "-q"], { env });
+      r = spawnSync("apt-get", ["install", "-y", "-q", "chromium"], { env, encoding: "utf8" });
+    }
+    if (!existsSync("/usr/bin/chromium")) throw new Error(`the browser tests need Debian's chromium: apt-get install chromium failed: ${r.stderr}`);
+  }
+  return chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
 }

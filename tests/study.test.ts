@@ -4,10 +4,9 @@
 import { expect, test } from "bun:test";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
 import { openStore } from "@loralab/db";
 import { runSweep, type SweepSpec } from "@loralab/study";
-import { root, tempDir, tinyConfig } from "./helpers.ts";
+import { launchChromium, root, tempDir, tinyConfig } from "./helpers.ts";
 
 test("bun run train --quick: the laboratory end to end, a summary table, a report that renders", async () => {
   const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "train", "--quick"], { cwd: root, stdout: "pipe", stderr: "pipe" });
@@ -26,7 +25,7 @@ test("bun run train --quick: the laboratory end to end, a summary table, a repor
     expect(statSync(png).size).toBeGreaterThan(5000);
     expect(readFileSync(png).subarray(1, 4).toString()).toBe("PNG");
   }
-  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage();
     const errors: string[] = [];

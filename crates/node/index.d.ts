@@ -40,8 +40,14 @@ export declare function analyze(requestJson: string, onProgress?: ((event: strin
 /** The run config's JSON Schema (descriptions and defaults included). */
 export declare function configSchema(): any
 
+/** exp of the entropy of σ/Σσ. */
+export declare function effectiveRank(sigma: Array<number>): number
+
 /** Mean held-out loss of a model (+ optional adapter) on a data file; JSON in, JSON text out. */
 export declare function evalLoss(requestJson: string): Promise<string>
+
+/** Cumulative explained variance of `sigma` against `totalSq` (default Σ of `sigma`). */
+export declare function explainedVariance(sigma: Array<number>, totalSq?: number | undefined | null): Array<number>
 
 /** Load a model for inference; JSON `{model, adapter?, merged?, tokenizer?, dtype?}`. */
 export declare function loadEngine(requestJson: string): Promise<Engine>
@@ -49,11 +55,29 @@ export declare function loadEngine(requestJson: string): Promise<Engine>
 /** Fold a PEFT adapter into its base (HF directory or .gguf) and write an HF model to `out`. */
 export declare function merge(base: string, adapter: string, out: string): Promise<void>
 
+/** Indices of the points not dominated with both coordinates better higher, by x ascending. */
+export declare function paretoFrontier(x: Array<number>, y: Array<number>): Array<number>
+
+/** Unbiased pass@k = 1 − C(n−c, k)/C(n, k) (Chen et al. 2021). */
+export declare function passAtK(n: number, c: number, k: number): number
+
 /** The study's random-matrix control: spectra of Gaussian A, cB and A + cB (n×n) for each c. */
 export declare function randomBaseline(n: number, cs: Array<number>, seed: number): Promise<string>
 
+/**
+ * Smallest k whose first k of `sigma` explain `threshold` of `totalSq` (Σσ² of the whole
+ * spectrum; default Σ of `sigma`); null when the stored values never reach it.
+ */
+export declare function rankAt(sigma: Array<number>, threshold: number, totalSq?: number | undefined | null): number | null
+
 /** Parse, default and validate a config (JSON text); returns the resolved config. */
 export declare function resolveConfig(configJson: string): any
+
+/** Singular values (descending) of a small row-major m×n matrix (one-sided Jacobi). */
+export declare function smallSingularValues(a: Array<number>, m: number, n: number): Array<number>
+
+/** Σσ² / σ₁². */
+export declare function stableRank(sigma: Array<number>): number
 
 /**
  * Train one run on a worker thread; resolves with the run summary as JSON text. Events (JSON text: start, progress, checkpoint)

@@ -185,12 +185,12 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Res
         if t.dims() != var.dims() {
             return Err(Error::file(&weights, format!("{name} has shape {:?}, the model expects {:?} (hint: same model and method as the run that wrote it?)", t.dims(), var.dims())));
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         let m = o.get(&format!("{name}::m")).ok_or_else(|| Error::MissingTensor { path: dir.join("optimizer.safetensors"), name: format!("{name}::m") })?;
-        st.m = m.to_dtype(st.m.dtype())?;
+        st.m = m.to_dtype(st.m.dtype())?.to_device(st.m.device())?;
         if let Some(v) = &mut st.v {
             let t = o.get(&format!("{name}::v")).ok_or_else(|| Error::MissingTensor { path: dir.join("optimizer.safetensors"), name: format!("{name}::v") })?;
-            *v = t.to_dtype(v.dtype())?;
+            *v = t.to_dtype(v.dtype())?.to_device(v.device())?;
         }
     }
     Ok(state)

@@ -35,7 +35,8 @@ pub struct ModelConfig {
     pub config: String,
     /// tokenizer.json. Empty: `<path>/tokenizer.json`, or the GGUF file's own tokenizer metadata.
     pub tokenizer: String,
-    /// Compute dtype on CPU: f32 for training, f64 for gradient checks. Trained weights are always saved in f32 or wider.
+    /// Compute dtype: f32 (CPU training), f64 (gradient checks), or bf16: mixed precision, the GPU's dtype: frozen
+    /// weights and activations in bf16, trained weights (f32 masters), optimizer state and the loss in f32. Trained weights are always saved in f32 or wider.
     pub dtype: DTypeName,
 }
 
@@ -44,6 +45,17 @@ pub struct ModelConfig {
 pub enum DTypeName {
     F32,
     F64,
+    Bf16,
+}
+
+impl DTypeName {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            DTypeName::F32 => candle_core::DType::F32,
+            DTypeName::F64 => candle_core::DType::F64,
+            DTypeName::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +213,7 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Resume from this checkpoint directory (weights, optimizer state, data position, RNG). The schedule is this config's, so a run can branch off a long one with a new cooldown.
     pub resume_from: String,
-    /// cpu (the in-process engine). cuda runs through the sidecar (its own issue).
+    /// cpu (the in-process engine), or cuda / cuda:N: the run goes through the sidecar process (docs/sidecar-protocol.md).
     pub device: String,
 }
 
@@ -493,12 +505,7 @@ impl RunConfig {
         if !self.train.resume_from.is_empty() {
             require_file(&Path::new(&self.train.resume_from).join("trainer_state.json"), "train.resume_from")?;
         }
-        if self.train.device != "cpu" {
-            return Err(Error::config(
-                "train.device",
-                format!("`{}` is not available in-process (hint: use \"cpu\"; CUDA runs go through the loralab sidecar)", self.train.device),
-            ));
-        }
+        crate::device::parse(&self.train.device)?;
         Ok(self)
     }
 }

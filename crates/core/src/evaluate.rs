@@ -42,7 +42,7 @@ pub struct EvalLoss {
 }
 
 pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
-    let dtype = if req.dtype == DTypeName::F64 { DType::F64 } else { DType::F32 };
+    let dtype = req.dtype.dtype();
     let (model, tok_path) = checkpoint::load_for_eval(&req.model, &req.adapter, req.merged, &req.tokenizer, dtype)?;
     let tok = data::load_tokenizer(&tok_path)?;
     let eos = data::eos_id(&tok, model.cfg.eos_id())?;
@@ -52,7 +52,7 @@ pub fn eval_loss(req: &EvalLossRequest) -> Result<EvalLoss> {
     let mut rng = Rng::new(0);
     let (mut sum, mut count) = (0.0, 0.0);
     for chunk in rows.chunks(req.micro_batch.max(1)) {
-        let mb = micro_batch(&shards, chunk)?;
+        let mb = micro_batch(&shards, chunk, &model.device)?;
         let logits = model.forward(&mb.ids, &mut Ctx { train: false, rng: &mut rng })?;
         sum += masked_loss(&logits, &mb.targets, &mb.mask, 1.0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         count += mb.loss_tokens;

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::linear::Ctx;
 use crate::model::{norm, Llama};
 use crate::rng::Rng;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -29,11 +29,13 @@ pub struct LoadRequest {
     /// tokenizer.json or .gguf (empty: the model's own).
     pub tokenizer: String,
     pub dtype: DTypeName,
+    /// cpu, or cuda / cuda:N in the sidecar's CUDA build.
+    pub device: String,
 }
 
 impl Default for LoadRequest {
     fn default() -> Self {
-        Self { model: String::new(), adapter: String::new(), merged: false, tokenizer: String::new(), dtype: DTypeName::F32 }
+        Self { model: String::new(), adapter: String::new(), merged: false, tokenizer: String::new(), dtype: DTypeName::F32, device: "cpu".into() }
     }
 }
 
@@ -110,7 +112,7 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(model: &Llama, b: usize, cap: usize) -> Result<Self> {
         let (kv, hd) = (model.cfg.kv_heads(), model.cfg.head_dim());
-        let z = || Tensor::zeros((b, kv, cap, hd), model.dtype, &Device::Cpu);
+        let z = || Tensor::zeros((b, kv, cap, hd), model.dtype, &model.device);
         let n = model.layers.len();
         Ok(Self { k: (0..n).map(|_| z()).collect::<candle_core::Result<_>>()?, v: (0..n).map(|_| z()).collect::<candle_core::Result<_>>()?, len: 0, cap })
     }
@@ -124,9 +126,9 @@ fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 
 impl Engine {
     pub fn load(req: &LoadRequest) -> Result<Self> {
-        let dtype = if req.dtype == DTypeName::F64 { DType::F64 } else { DType::F32 };
+        let dtype = req.dtype.dtype();
         let (model, tok_path) = checkpoint::load_for_eval(&req.model, &req.adapter, req.merged, &req.tokenizer, dtype)?;
-        Self::new(model, data::load_tokenizer(&tok_path)?)
+        Self::new(model.to_device(&crate::device::open(&req.device)?)?, data::load_tokenizer(&tok_path)?)
     }
 
     pub fn new(model: Llama, tok: Tokenizer) -> Result<Self> {
@@ -167,8 +169,8 @@ impl Engine {
             let n = n.next_power_of_two().max(64);
             let t = crate::model::rope_tables(&self.model.cfg, n)?;
             let hd = t.hd;
-            let cos = Tensor::from_vec(t.cos.to_vec(), (n, hd), &Device::Cpu)?.to_dtype(self.model.dtype)?;
-            let sin = Tensor::from_vec(t.sin.to_vec(), (n, hd), &Device::Cpu)?.to_dtype(self.model.dtype)?;
+            let cos = Tensor::from_vec(t.cos.to_vec(), (n, hd), &self.model.device)?.to_dtype(self.model.dtype)?;
+            let sin = Tensor::from_vec(t.sin.to_vec(), (n, hd), &self.model.device)?.to_dtype(self.model.dtype)?;
             *c = (n, Some((cos, sin)));
         }
         Ok(c.1.clone().expect("filled above"))
@@ -188,7 +190,7 @@ impl Engine {
         }
         let pos: Vec<u32> = (0..b).flat_map(|r| (start..total).map(move |c| c.saturating_sub(pad[r]) as u32)).collect();
         let (cos, sin) = self.rope_tables(total)?;
-        let pos = Tensor::from_vec(pos, b * t, &Device::Cpu)?;
+        let pos = Tensor::from_vec(pos, b * t, &self.model.device)?;
         let cos = cos.index_select(&pos, 0)?.reshape((b, 1, t, hd))?;
         let sin = sin.index_select(&pos, 0)?.reshape((b, 1, t, hd))?;
         let mut mask = Vec::with_capacity(b * t * total);
@@ -198,7 +200,7 @@ impl Engine {
                 mask.extend((0..total).map(|k| if (k >= p && k <= q) || k == q { 0f32 } else { f32::NEG_INFINITY }));
             }
         }
-        let mask = Tensor::from_vec(mask, (b, 1, 1, t, total), &Device::Cpu)?.to_dtype(m.dtype)?;
+        let mask = Tensor::from_vec(mask, (b, 1, 1, t, total), &self.model.device)?.to_dtype(m.dtype)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut rng = Rng::new(0);
         let ctx = &mut Ctx { train: false, rng: &mut rng };
@@ -270,9 +272,9 @@ impl Engine {
             flat.extend_from_slice(p);
         }
         let mut cache = KvCache::new(&self.model, b, longest + steps)?;
-        let h = self.forward_cached(&Tensor::from_vec(flat, (b, longest), &Device::Cpu)?, &pad, &mut cache)?;
+        let h = self.forward_cached(&Tensor::from_vec(flat, (b, longest), &self.model.device)?, &pad, &mut cache)?;
         let last: Vec<u32> = (0..b).map(|r| (r * longest + longest - 1) as u32).collect();
-        let mut logits = self.head(&h.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?)?;
+        let mut logits = self.head(&h.index_select(&Tensor::new(last.as_slice(), &self.model.device)?, 0)?)?;
         for _ in 0..steps {
             let rows_logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let mut next = Vec::with_capacity(b);
@@ -286,7 +288,7 @@ impl Engine {
             if rows.iter().all(|r| r.done) {
                 break;
             }
-            let h = self.forward_cached(&Tensor::from_vec(next, (b, 1), &Device::Cpu)?, &pad, &mut cache)?;
+            let h = self.forward_cached(&Tensor::from_vec(next, (b, 1), &self.model.device)?, &pad, &mut cache)?;
             logits = self.head(&h)?;
         }
         rows.into_iter().map(|r| r.finish(self)).collect()
@@ -310,10 +312,10 @@ impl Engine {
             }
             for (t, group) in groups {
                 let flat: Vec<u32> = group.iter().flat_map(|&r| seqs[r].iter().copied()).collect();
-                let ids = Tensor::from_vec(flat, (group.len(), t), &Device::Cpu)?;
+                let ids = Tensor::from_vec(flat, (group.len(), t), &self.model.device)?;
                 let logits = self.model.forward(&ids, &mut Ctx { train: false, rng: &mut rng })?;
                 let last: Vec<u32> = (0..group.len()).map(|i| (i * t + t - 1) as u32).collect();
-                let logits = logits.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                let logits = logits.index_select(&Tensor::new(last.as_slice(), &self.model.device)?, 0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
                 for (&r, l) in group.iter().zip(&logits) {
                     let tok = rows[r].sample(l, o);
                     rows[r].push(tok, self, o)?;
@@ -371,8 +373,8 @@ impl Engine {
             }
             // right padding: real tokens never see the pad columns after them
             let mut cache = KvCache::new(&self.model, b, t)?;
-            let h = self.forward_cached(&Tensor::from_vec(flat, (b, t), &Device::Cpu)?, &vec![0; b], &mut cache)?;
-            let logits = self.head(&h.index_select(&Tensor::from_vec(rows, targets.len(), &Device::Cpu)?, 0)?)?.to_dtype(DType::F64)?;
+            let h = self.forward_cached(&Tensor::from_vec(flat, (b, t), &self.model.device)?, &vec![0; b], &mut cache)?;
+            let logits = self.head(&h.index_select(&Tensor::from_vec(rows, targets.len(), &self.model.device)?, 0)?)?.to_dtype(DType::F64)?;
             let m = logits.max_keepdim(D::Minus1)?;
             let lse = (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &m)?.squeeze(1)?.to_vec1::<f64>()?;
             let arg = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod gguf;
@@ -17,6 +18,7 @@ pub mod rng;
 pub mod spectrum;
 pub mod train;
 
+pub use candle_core as candle;
 pub use config::{config_schema, parse_config, RunConfig};
 pub use error::{Error, Result};
 pub use train::{run, Event, RunSummary, Sink};

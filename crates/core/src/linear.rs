@@ -21,13 +21,19 @@ impl Weight {
     pub fn is_trainable(&self) -> bool {
         matches!(self, Weight::Trainable(_))
     }
-    /// Make this weight train (full fine-tuning).
+    /// Make this weight train (full fine-tuning): an f32 master under bf16.
     pub fn unfreeze(&mut self) -> Result<()> {
         if let Weight::Frozen(t) = self {
-            *self = Weight::Trainable(Var::from_tensor(t)?);
+            *self = Weight::Trainable(Var::from_tensor(&t.to_dtype(master_dtype(t.dtype()))?)?);
         }
         Ok(())
     }
+}
+
+/// Trained weights keep an f32 master copy when the model computes in bf16/f16; the
+/// optimizer updates it and checkpoints save it.
+pub fn master_dtype(compute: DType) -> DType {
+    if compute == DType::F64 { DType::F64 } else { DType::F32 }
 }
 
 /// The low-rank update scale·B·A on a frozen linear (PEFT's layout: A is (r, in), B is (out, r)).
@@ -76,12 +82,12 @@ impl Linear {
         let y = if self.weight.is_trainable() {
             let y = ops::linear(x, w, true)?;
             match &self.bias {
-                Some(b) => y.broadcast_add(b.tensor())?,
+                Some(b) => y.broadcast_add(&b.tensor().to_dtype(y.dtype())?)?,
                 None => y,
             }
         } else {
             match &self.bias {
-                Some(Weight::Trainable(b)) => ops::frozen_linear(x, w, None)?.broadcast_add(b.as_tensor())?,
+                Some(Weight::Trainable(b)) => ops::frozen_linear(x, w, None)?.broadcast_add(&b.as_tensor().to_dtype(x.dtype())?)?,
                 Some(Weight::Frozen(b)) => ops::frozen_linear(x, w, Some(b))?,
                 None => ops::frozen_linear(x, w, None)?,
             }
@@ -92,6 +98,9 @@ impl Linear {
     // x: (n, in) -> (n, out)
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let Some(l) = &self.lora else { return self.base_forward(x) };
+        if !ops::fused(x) {
+            return self.lora_reference(x, ctx);
+        }
         let p = if ctx.train { l.dropout } else { 0.0 };
         let dropout = if p > 0.0 {
             let start = ctx.rng.clone();
@@ -130,8 +139,9 @@ impl Linear {
         let w = self.weight.tensor();
         let bound = 1.0 / (fan_in as f64).sqrt();
         let a: Vec<f64> = (0..rank * fan_in).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect();
-        let a = Tensor::from_vec(a, (rank, fan_in), w.device())?.to_dtype(w.dtype())?;
-        let b = Tensor::zeros((fan_out, rank), w.dtype(), w.device())?;
+        let dt = master_dtype(w.dtype());
+        let a = Tensor::from_vec(a, (rank, fan_in), w.device())?.to_dtype(dt)?;
+        let b = Tensor::zeros((fan_out, rank), dt, w.device())?;
         self.lora = Some(LoraAdapter { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale, dropout });
         Ok(())
     }

@@ -355,6 +355,29 @@ impl Llama {
         Self::from_tensors(cfg, w, dtype, Path::new("<random init>"))
     }
 
+    /// Move every weight to `device` (before the method makes any of them trainable).
+    pub fn to_device(mut self, device: &Device) -> Result<Self> {
+        if self.device.same_device(device) {
+            return Ok(self);
+        }
+        for w in self.weights_mut() {
+            if let Weight::Frozen(t) = w {
+                *t = t.to_device(device)?;
+            } else {
+                return Err(Error::config("train.device", "weights must move to the device before the method is applied (a loralab bug)"));
+            }
+        }
+        // an evaluated adapter (unmerged) moves with its base
+        for lin in self.linears_mut() {
+            if let Some(l) = &mut lin.lora {
+                l.a = Var::from_tensor(&l.a.as_tensor().to_device(device)?)?;
+                l.b = Var::from_tensor(&l.b.as_tensor().to_device(device)?)?;
+            }
+        }
+        self.device = device.clone();
+        Ok(self)
+    }
+
     pub fn linears(&self) -> Vec<&Linear> {
         self.layers
             .iter()
@@ -482,7 +505,8 @@ impl Llama {
             }
         };
         let p_drop = if ctx.train { self.attention_dropout } else { 0.0 };
-        let mut x = self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?; // (b·t, d)
+        // (b·t, d); a trained embedding is an f32 master: the activations are in the model's dtype
+        let mut x = self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dtype)?;
         for l in &self.layers {
             let h = norm(&x, &l.input_layernorm, cfg.rms_norm_eps)?;
             x = (x + l.self_attn.forward(&h, b, t, cfg, &rope, p_drop, ctx)?)?;

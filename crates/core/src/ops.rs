@@ -4,6 +4,50 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 
+// ------------------------------------------------------------------ fused or portable
+
+/// Whether the fused CPU kernels below serve this tensor (CPU, f32 or f64). Anywhere else
+/// (CUDA, or bf16 mixed precision) each op takes its portable path: the same maths from
+/// candle's own tensor ops, which candle runs on every device, with softmax, norms and the
+/// loss computed in f32 whatever the activation dtype. The CPU tests run the portable path
+/// too (in bf16, and in f32 against the fused ops: tests/portable.rs).
+pub fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) && !portable_forced()
+}
+
+thread_local! {
+    static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with the portable path forced on this thread, even where the fused kernels would
+/// serve: how the CPU tests check the GPU's code path against the fused one.
+pub fn with_portable<R>(f: impl FnOnce() -> R) -> R {
+    FORCE_PORTABLE.with(|c| c.set(true));
+    let r = f();
+    FORCE_PORTABLE.with(|c| c.set(false));
+    r
+}
+
+fn portable_forced() -> bool {
+    FORCE_PORTABLE.with(|c| c.get())
+}
+
+/// `w` in `x`'s dtype (a trained weight is an f32 master under bf16 activations; the cast
+/// is differentiable, so its gradient reaches the master in f32).
+fn like(w: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    w.to_dtype(x.dtype())
+}
+
+/// Run `f` in f32 on a lower-precision tensor and cast the result back.
+fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+    use candle_core::DType::{F32, F64};
+    if matches!(x.dtype(), F32 | F64) {
+        f(x)
+    } else {
+        f(&x.to_dtype(F32)?)?.to_dtype(x.dtype())
+    }
+}
+
 // ------------------------------------------------------------------ shared CPU plumbing
 
 use num_like::Float;
@@ -297,6 +341,10 @@ fn add_rows<T: Copy + std::ops::AddAssign>(y: &mut [T], b: &[T], n: usize) {
 
 /// x: (n, in), w: (out, in) -> (n, out); dL/dW only when `weight_grad`, and detached.
 pub fn linear(x: &Tensor, w: &Tensor, weight_grad: bool) -> candle_core::Result<Tensor> {
+    if !fused(x) {
+        let w = if weight_grad { like(w, x)? } else { like(&w.detach(), x)? };
+        return x.matmul(&w.t()?);
+    }
     x.contiguous()?.apply_op2(w, LinearOp { weight_grad })
 }
 
@@ -304,6 +352,7 @@ pub fn linear(x: &Tensor, w: &Tensor, weight_grad: bool) -> candle_core::Result<
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match b {
         None => linear(x, w, false),
+        Some(b) if !fused(x) => linear(x, w, false)?.broadcast_add(&like(&b.detach(), x)?),
         Some(b) => x.contiguous()?.apply_op3(w, b, FrozenLinearBias),
     }
 }
@@ -362,6 +411,10 @@ impl CustomOp2 for RmsNorm {
 
 /// x: (.., d), w: (d) -> (.., d)
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, weight_grad: bool) -> candle_core::Result<Tensor> {
+    if !fused(x) {
+        let w = if weight_grad { w.clone() } else { w.detach() };
+        return in_f32(x, |x| rms_norm_reference(x, &w.to_dtype(x.dtype())?, eps));
+    }
     x.contiguous()?.apply_op2(w, RmsNorm { eps, weight_grad })
 }
 
@@ -451,7 +504,25 @@ impl candle_core::CustomOp1 for CausalSoftmax {
 
 /// scores: (.., t, t) -> attention probabilities, causal, softmax(scale·scores).
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    if !fused(scores) {
+        return in_f32(scores, |s| causal_softmax_portable(s, scale));
+    }
     scores.contiguous()?.apply_op1(CausalSoftmax { scale })
+}
+
+/// The causal mask built on the tensor's device (no (t, t) host table per call).
+fn causal_softmax_portable(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let (rows, t) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+    let dev = scores.device();
+    // rows may be rep·t (grouped-query heads stacked): row r is query position r mod t
+    let i = Tensor::arange(0u32, t as u32, dev)?.reshape((1, t))?.repeat((rows / t, 1))?.reshape((rows, 1))?;
+    let j = Tensor::arange(0u32, t as u32, dev)?.reshape((1, t))?;
+    let future = j.broadcast_gt(&i)?.broadcast_as(scores.shape())?;
+    let s = (scores * scale)?;
+    let s = future.where_cond(&Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(s.dtype())?.broadcast_as(s.shape())?, &s)?;
+    let m = s.max_keepdim(D::Minus1)?.detach();
+    let e = s.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// The reference composition of `causal_softmax` (tests compare the two).
@@ -532,6 +603,10 @@ impl RopeTables {
     }
     /// x: (b, h, t, hd) -> (b, h, t, hd)
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !fused(x) {
+            let table = |v: &Arc<Vec<f64>>| Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device());
+            return crate::model::apply_rope_reference(x, &table(&self.cos)?, &table(&self.sin)?);
+        }
         x.contiguous()?.apply_op1(Rope { cos: self.cos.clone(), sin: self.sin.clone(), t: self.t, hd: self.hd })
     }
 }
@@ -595,6 +670,12 @@ pub fn dropout_draws(n: usize) -> u64 {
 pub fn dropout(x: &Tensor, p: f64, rng: &mut crate::rng::Rng) -> candle_core::Result<Tensor> {
     let op = Dropout { start: rng.clone(), p };
     rng.skip(Dropout::draws(x.elem_count()));
+    if !fused(x) {
+        // the same mask (same RNG bits), drawn on the host and applied as a constant
+        let ones = Tensor::ones(x.shape(), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let mask = ones.apply_op1_no_bwd(&op)?.to_dtype(x.dtype())?.to_device(x.device())?;
+        return x * mask;
+    }
     x.contiguous()?.apply_op1(op)
 }
 
@@ -674,5 +755,13 @@ impl candle_core::CustomOp1 for MaskedNllGrad {
 
 /// logits (n, V), targets (n) ids, weights (n) = mask/denom -> scalar loss.
 pub fn masked_nll(logits: &Tensor, targets: Vec<u32>, weights: Vec<f64>) -> candle_core::Result<Tensor> {
+    if !fused(logits) {
+        // in f32 (the loss of bf16 logits), on the logits' device
+        let dev = logits.device();
+        let n = targets.len();
+        let targets = Tensor::from_vec(targets, n, dev)?;
+        let weights = Tensor::from_vec(weights.iter().map(|&w| w as f32).collect::<Vec<f32>>(), n, dev)?;
+        return crate::model::masked_loss_reference(&logits.to_dtype(candle_core::DType::F32)?, &targets, &weights, 1.0);
+    }
     logits.contiguous()?.apply_op1(MaskedNll { targets: Arc::new(targets), weights: Arc::new(weights) })
 }

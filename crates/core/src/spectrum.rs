@@ -2,7 +2,8 @@
 //! singular values, cumulative explained variance Σ_{i≤k} σ_i² / Σ σ_i², the smallest k
 //! reaching each threshold, effective rank (entropy) and stable rank; LoRA deltas
 //! s·B·A exactly from their factors (QR of B and Aᵀ, then an r×r SVD); intruder
-//! dimensions (Shuttleworth et al. 2024); the study's random-matrix control.
+//! dimensions (Shuttleworth et al. 2024); the study's random-matrix control. The statistics
+//! themselves live in loralab-maths, shared with the browser build (crates/wasm).
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use faer::{Mat, MatRef, Par};
@@ -74,32 +75,18 @@ pub struct SpectrumStats {
 
 /// Smallest k whose first k singular values explain `threshold` of Σσ² (0 for a zero matrix).
 pub fn rank_at(sigma: &[f64], threshold: f64) -> usize {
-    let total: f64 = sigma.iter().map(|s| s * s).sum();
-    if total == 0.0 {
-        return 0;
-    }
-    let mut acc = 0.0;
-    for (i, s) in sigma.iter().enumerate() {
-        acc += s * s;
-        // a relative tolerance: 0.9 of a sum that is exactly 0.9 must count as reached
-        if acc >= threshold * total * (1.0 - 1e-12) {
-            return i + 1;
-        }
-    }
-    sigma.len()
+    loralab_maths::rank_at(sigma, loralab_maths::total_sq(sigma), threshold).unwrap_or(sigma.len())
 }
 
 pub fn stats(sigma: &[f64], shape: (usize, usize), thresholds: &[f64], keep: usize, eps: f64) -> SpectrumStats {
-    let total2: f64 = sigma.iter().map(|s| s * s).sum();
-    let total1: f64 = sigma.iter().sum();
+    let total2 = loralab_maths::total_sq(sigma);
     let s1 = sigma.first().copied().unwrap_or(0.0);
-    let entropy: f64 = if total1 > 0.0 { sigma.iter().filter(|&&s| s > 0.0).map(|s| -(s / total1) * (s / total1).ln()).sum() } else { 0.0 };
     let tol = shape.0.max(shape.1) as f64 * eps * s1;
     SpectrumStats {
         max_rank: shape.0.min(shape.1),
         rank_at: thresholds.iter().map(|t| (format!("{t}"), rank_at(sigma, *t))).collect(),
-        effective_rank: if total1 > 0.0 { entropy.exp() } else { 0.0 },
-        stable_rank: if s1 > 0.0 { total2 / (s1 * s1) } else { 0.0 },
+        effective_rank: loralab_maths::effective_rank(sigma),
+        stable_rank: loralab_maths::stable_rank(sigma),
         numerical_rank: sigma.iter().filter(|&&s| s > tol && s > 0.0).count(),
         sigma_max: s1,
         frobenius: total2.sqrt(),

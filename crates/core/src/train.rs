@@ -2,7 +2,7 @@
 //! go through this same loop; the method only decided which weights are trainable.
 //! Called by the napi binding (crates/node), the sidecar and the benches.
 use crate::checkpoint::{self, TrainerState, FORMAT_VERSION};
-use crate::config::{DTypeName, MethodKind, RunConfig};
+use crate::config::{MethodKind, RunConfig};
 use crate::data::{self, Sampler, Shards};
 use crate::error::{Error, Result};
 use crate::linear::Ctx;
@@ -116,16 +116,14 @@ fn write_run_json(dir: &Path, cfg: &RunConfig, status: &str, started: &str, erro
 
 /// Build the model the config names: pretrained from model.path, or a seeded random init.
 pub fn build_model(cfg: &RunConfig) -> Result<Llama> {
-    let dtype = match cfg.model.dtype {
-        DTypeName::F32 => DType::F32,
-        DTypeName::F64 => DType::F64,
-    };
-    let mut model = if cfg.model.path.is_empty() {
+    let dtype = cfg.model.dtype.dtype();
+    let model = if cfg.model.path.is_empty() {
         let hf = LlamaConfig::from_file(Path::new(&cfg.model.config))?;
         Llama::random(hf, dtype, &mut Rng::fork(cfg.seed, 0))?
     } else {
         checkpoint::load_base(Path::new(&cfg.model.path), dtype)?
     };
+    let mut model = model.to_device(&crate::device::open(&cfg.train.device)?)?;
     model.attention_dropout = cfg.train.attention_dropout;
     model.apply_method(&cfg.method, &mut Rng::fork(cfg.seed, 1))?;
     Ok(model)
@@ -139,12 +137,14 @@ pub struct MicroBatch {
     pub loss_tokens: f64,
 }
 
-pub fn micro_batch(shards: &Shards, rows: &[usize]) -> Result<MicroBatch> {
+pub fn micro_batch(shards: &Shards, rows: &[usize], device: &Device) -> Result<MicroBatch> {
     let rows: Vec<(Vec<u32>, Vec<u8>)> = rows.iter().map(|&r| {
         let (ids, m) = shards.row(r);
         (ids, m.to_vec())
     }).collect();
-    batch_from_rows(&rows)
+    let mut mb = batch_from_rows(&rows)?;
+    mb.ids = mb.ids.to_device(device)?;
+    Ok(mb)
 }
 
 /// Rows of (token ids, loss mask) -> inputs, next-token targets and target mask.
@@ -266,7 +266,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         // one global batch = grad_accum micro-batches; the loss is normalised by the
         // global batch's loss-token count so accumulation equals one big batch
         let rows: Vec<usize> = (0..per_step as u64).map(|i| sampler.row_of(state.samples + i)).collect();
-        let batches = rows.chunks(cfg.train.micro_batch).map(|r| micro_batch(&shards, r)).collect::<Result<Vec<_>>>()?;
+        let batches = rows.chunks(cfg.train.micro_batch).map(|r| micro_batch(&shards, r, &model.device)).collect::<Result<Vec<_>>>()?;
         let denom: f64 = batches.iter().map(|b| b.loss_tokens).sum::<f64>().max(1.0);
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let mut loss_sum = 0.0;

@@ -303,3 +303,18 @@ fn a_gguf_base_is_read_in_hugging_face_layout_so_its_own_hf_weights_differ_by_no
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_browser_builds_small_jacobi_svd_equals_faer_to_1e_12_sigma_1() {
+    // loralab-maths' one-sided Jacobi (what the report runs in WebAssembly) against faer
+    for (m, n, seed) in [(20, 13, 1), (7, 31, 2), (16, 16, 3)] {
+        let a = gaussian(m, n, seed);
+        let rows: Vec<f64> = (0..m).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| a[(i, j)]).collect();
+        let f = svals(a.as_ref());
+        let j = loralab_maths::singular_values(&rows, m, n).unwrap();
+        assert_eq!(f.len(), j.len());
+        for (x, y) in f.iter().zip(&j) {
+            assert!((x - y).abs() <= 1e-12 * f[0], "{m}×{n}: faer {f:?} vs jacobi {j:?}");
+        }
+    }
+}

@@ -166,7 +166,7 @@ fn bad_configs_fail_before_any_work_naming_the_field() {
         (serde_json::json!({"method": {"kind": "dora"}}), "method.kind", "unknown variant"),
         (serde_json::json!({"data": {"train": "/nonexistent/data.jsonl"}}), "data.train", "file not found"),
         (serde_json::json!({"optim": {"lr": -1.0}}), "optim.lr", "must be > 0"),
-        (serde_json::json!({"train": {"device": "cuda"}}), "train.device", "sidecar"),
+        (serde_json::json!({"train": {"device": "gpu"}}), "train.device", "unknown device `gpu`"),
     ];
     for (extra, field, text) in cases {
         let tiny = repo().join("datasets/tiny");

@@ -344,3 +344,54 @@ impl Task for BaselineTask {
 pub fn random_baseline(n: u32, cs: Vec<f64>, seed: u32) -> AsyncTask<BaselineTask> {
     AsyncTask::new(BaselineTask { n, cs, seed })
 }
+
+// ------------------------------------------------------------------ the shared analysis maths
+// (loralab-maths: the same code the browser report runs as WebAssembly, crates/wasm)
+
+/// Unbiased pass@k = 1 − C(n−c, k)/C(n, k) (Chen et al. 2021).
+#[napi]
+pub fn pass_at_k(n: u32, c: u32, k: u32) -> Result<f64> {
+    loralab_maths::pass_at_k(n as u64, c as u64, k as u64).map_err(|e| Error::new(Status::InvalidArg, e))
+}
+
+/// Indices of the points not dominated with both coordinates better higher, by x ascending.
+#[napi]
+pub fn pareto_frontier(x: Vec<f64>, y: Vec<f64>) -> Result<Vec<u32>> {
+    if x.len() != y.len() {
+        return Err(Error::new(Status::InvalidArg, format!("pareto frontier: {} x values for {} y values", x.len(), y.len())));
+    }
+    Ok(loralab_maths::pareto_frontier(&x, &y).into_iter().map(|i| i as u32).collect())
+}
+
+/// Smallest k whose first k of `sigma` explain `threshold` of `totalSq` (Σσ² of the whole
+/// spectrum; default Σ of `sigma`); null when the stored values never reach it.
+#[napi]
+pub fn rank_at(sigma: Vec<f64>, threshold: f64, total_sq: Option<f64>) -> Option<u32> {
+    let total = total_sq.unwrap_or_else(|| loralab_maths::total_sq(&sigma));
+    loralab_maths::rank_at(&sigma, total, threshold).map(|k| k as u32)
+}
+
+/// Cumulative explained variance of `sigma` against `totalSq` (default Σ of `sigma`).
+#[napi]
+pub fn explained_variance(sigma: Vec<f64>, total_sq: Option<f64>) -> Vec<f64> {
+    let total = total_sq.unwrap_or_else(|| loralab_maths::total_sq(&sigma));
+    loralab_maths::explained_variance(&sigma, total)
+}
+
+/// exp of the entropy of σ/Σσ.
+#[napi]
+pub fn effective_rank(sigma: Vec<f64>) -> f64 {
+    loralab_maths::effective_rank(&sigma)
+}
+
+/// Σσ² / σ₁².
+#[napi]
+pub fn stable_rank(sigma: Vec<f64>) -> f64 {
+    loralab_maths::stable_rank(&sigma)
+}
+
+/// Singular values (descending) of a small row-major m×n matrix (one-sided Jacobi).
+#[napi]
+pub fn small_singular_values(a: Vec<f64>, m: u32, n: u32) -> Result<Vec<f64>> {
+    loralab_maths::singular_values(&a, m as usize, n as usize).map_err(|e| Error::new(Status::InvalidArg, e))
+}

@@ -8,7 +8,7 @@ export function hostTriple(): string {
   return host;
 }
 
-/** `cargo <cmd> --release --target <host> -p loralab-core -p loralab-node ...rest` */
+/** `cargo <cmd> --release --target <host> -p loralab-core -p loralab-node -p loralab-sidecar ...rest` */
 export function cargoArgs(cmd: "test" | "build", rest: string[] = []): string[] {
-  return ["cargo", cmd, "--release", "--target", hostTriple(), "-p", "loralab-core", "-p", "loralab-node", ...rest];
+  return ["cargo", cmd, "--release", "--target", hostTriple(), "-p", "loralab-core", "-p", "loralab-node", "-p", "loralab-sidecar", ...rest];
 }

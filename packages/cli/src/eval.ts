@@ -12,6 +12,7 @@ export const EVAL_USAGE = `usage: loralab eval (--model DIR|GGUF [--adapter DIR]
   --limit N          first N documents of each task
   --data TASK=PATH   a benchmark's file or Hugging Face dataset directory (default <cache>/benchmarks/TASK)
   --merged           fold the adapter into the weights first (same scores, faster)
+  --device D         cpu (default, in process) or cuda / cuda:N (in the CUDA sidecar)
   --n N              HumanEval samples per problem (default 1; the study: 50 at --temperature 0.2)
   --temperature T    HumanEval sampling temperature (default 0 for n=1, else 0.2)
   --top-p P          (default 0.95)
@@ -75,7 +76,7 @@ export async function cmdEval(args: string[]): Promise<number> {
       args,
       options: {
         model: { type: "string" }, adapter: { type: "string" }, run: { type: "string" }, tasks: { type: "string" }, limit: { type: "string" },
-        data: { type: "string", multiple: true }, merged: { type: "boolean" }, n: { type: "string" }, temperature: { type: "string" }, "top-p": { type: "string" },
+        data: { type: "string", multiple: true }, merged: { type: "boolean" }, device: { type: "string" }, n: { type: "string" }, temperature: { type: "string" }, "top-p": { type: "string" },
         "max-length": { type: "string" }, k: { type: "string" }, "gsm8k-shots": { type: "string" }, shots: { type: "string", multiple: true },
         gauntlet: { type: "boolean" }, "batch-size": { type: "string" }, "no-base": { type: "boolean" }, out: { type: "string" }, help: { type: "boolean", short: "h" },
       },
@@ -113,6 +114,7 @@ export async function cmdEval(args: string[]): Promise<number> {
     model: model!,
     adapter,
     merged: a.merged,
+    device: a.device,
     tasks,
     limit: int(a.limit, "limit"),
     data,

@@ -3,6 +3,7 @@
 // problem, generation cut at the first stop sequence, the program
 // prompt + generation + "\n" + "\n" + test + "\n" + "check(entry_point)" run in the sandbox,
 // unbiased pass@k (Chen et al. 2021) for every k ≤ n asked for.
+import * as native from "@loralab/native";
 import { pyStrip } from "./text.ts";
 import type { ExecResult, Sandbox } from "./sandbox.ts";
 
@@ -36,14 +37,11 @@ export function humanevalProgram(p: HumanEvalProblem, generation: string): strin
   return humanevalPrompt(p) + stopAtStopToken(generation) + "\n" + ("\n" + p.test + "\n" + `check(${p.entry_point})`);
 }
 
-/** Unbiased pass@k = 1 − C(n−c, k)/C(n, k), as a stable product (Chen et al. 2021). */
+/** Unbiased pass@k = 1 − C(n−c, k)/C(n, k), as a stable product (Chen et al. 2021): the
+ *  shared maths (loralab-maths, through the addon; the browser report runs the same code). */
 export function passAtK(n: number, c: number, k: number): number {
-  if (!(Number.isInteger(n) && Number.isInteger(c) && Number.isInteger(k)) || k < 1 || c < 0 || c > n) throw new Error(`pass@k: need integers with 0 ≤ c ≤ n and k ≥ 1 (n=${n}, c=${c}, k=${k})`);
-  if (k > n) throw new Error(`pass@${k} needs at least ${k} samples per problem, not ${n}`);
-  if (n - c < k) return 1;
-  let fail = 1;
-  for (let i = n - c + 1; i <= n; i++) fail *= 1 - k / i;
-  return 1 - fail;
+  if (![n, c, k].every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32)) throw new Error(`pass@k: need integers with 0 ≤ c ≤ n and k ≥ 1 (n=${n}, c=${c}, k=${k})`);
+  return native.passAtK(n, c, k);
 }
 
 export interface HumanEvalSample {

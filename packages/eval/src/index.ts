@@ -8,6 +8,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { datasetFiles, readRecords } from "@loralab/data";
 import * as native from "@loralab/native";
+import { Sidecar, sidecarPath } from "@loralab/native/sidecar";
 import { GSM8K_STOP, GSM8K_VERSION, gsm8kPrompts, scoreGsm8k, type Gsm8kDoc } from "./gsm8k.ts";
 import { HUMANEVAL_STOP, humanevalPrompt, scoreHumanEval, type HumanEvalProblem } from "./humaneval.ts";
 import { aggregateMc, fewshotPrefixes, MC_TASKS, mcDoc, mcRequests, meanWithBootstrap, scoreMcDoc, type McDoc, type McTask, type Metric } from "./mc.ts";
@@ -52,25 +53,51 @@ export interface Loglik {
   greedy: boolean;
 }
 
-/** A model loaded once: generation and log-likelihoods (the engine's, off the JS thread). */
-export class Model {
-  private constructor(private readonly engine: native.Engine, readonly path: string, readonly adapter: string) {}
+/** Where a model runs: the addon in this process (cpu), or a sidecar process (cuda). */
+type Backend =
+  | { kind: "addon"; engine: native.Engine }
+  | { kind: "sidecar"; sidecar: Sidecar; engine: string };
 
-  static async load(o: { model: string; adapter?: string; merged?: boolean; tokenizer?: string }): Promise<Model> {
-    const e = await native.loadEngine(JSON.stringify({ model: o.model, adapter: o.adapter ?? "", merged: o.merged ?? false, tokenizer: o.tokenizer ?? "" }));
-    return new Model(e, o.model, o.adapter ?? "");
+/** A model loaded once: generation and log-likelihoods (the engine's, off the JS thread; on
+ *  `device: "cuda"` in the sidecar process, which `close()` stops). */
+export class Model {
+  private constructor(private readonly backend: Backend, readonly path: string, readonly adapter: string) {}
+
+  static async load(o: { model: string; adapter?: string; merged?: boolean; tokenizer?: string; device?: string }): Promise<Model> {
+    const request = { model: o.model, adapter: o.adapter ?? "", merged: o.merged ?? false, tokenizer: o.tokenizer ?? "" };
+    const device = o.device ?? "cpu";
+    if (device === "cpu") return new Model({ kind: "addon", engine: await native.loadEngine(JSON.stringify(request)) }, o.model, o.adapter ?? "");
+    const sidecar = await Sidecar.start({ path: sidecarPath(device) });
+    try {
+      const { engine } = await sidecar.request<{ engine: string }>("load", { request: { ...request, device } }).result;
+      return new Model({ kind: "sidecar", sidecar, engine }, o.model, o.adapter ?? "");
+    } catch (e) {
+      await sidecar.shutdown();
+      throw new EvalError((e as Error).message);
+    }
   }
 
   async generate(prompts: string[], o: GenerateOptions = {}): Promise<Generation[]> {
-    return JSON.parse(await this.engine.generate(JSON.stringify(prompts), JSON.stringify(o)));
+    const b = this.backend;
+    if (b.kind === "sidecar") return b.sidecar.request<Generation[]>("generate", { engine: b.engine, prompts, options: o }).result;
+    return JSON.parse(await b.engine.generate(JSON.stringify(prompts), JSON.stringify(o)));
   }
 
   async loglikelihood(reqs: { context: string; continuation: string }[], batchSize = 8): Promise<Loglik[]> {
-    return JSON.parse(await this.engine.loglikelihood(JSON.stringify(reqs), batchSize));
+    const b = this.backend;
+    if (b.kind === "sidecar") return b.sidecar.request<Loglik[]>("loglik", { engine: b.engine, requests: reqs, batch_size: batchSize }).result;
+    return JSON.parse(await b.engine.loglikelihood(JSON.stringify(reqs), batchSize));
   }
 
-  countTokens(text: string): number {
-    return this.engine.countTokens(text);
+  async countTokens(text: string): Promise<number> {
+    const b = this.backend;
+    if (b.kind === "sidecar") return b.sidecar.request<number>("count_tokens", { engine: b.engine, text }).result;
+    return b.engine.countTokens(text);
+  }
+
+  /** Stop the sidecar process (nothing to do in process). */
+  async close(): Promise<void> {
+    if (this.backend.kind === "sidecar") await this.backend.sidecar.shutdown();
   }
 }
 
@@ -131,6 +158,8 @@ export interface EvalOptions {
   /** Fold the adapter into the weights first (same scores, faster generation). */
   merged?: boolean;
   tokenizer?: string;
+  /** cpu (in process) or cuda / cuda:N (in the sidecar process). */
+  device?: string;
   tasks: TaskName[];
   /** First N documents of each task (lm-eval's --limit). */
   limit?: number;
@@ -308,13 +337,17 @@ export async function evaluate(o: EvalOptions): Promise<EvalResult> {
   if (o.limit !== undefined && !(Number.isInteger(o.limit) && o.limit > 0)) throw new EvalError(`limit must be a positive integer, not ${o.limit}`);
   // refuse before loading anything if code cannot be executed safely
   const sandbox = o.tasks.includes("humaneval") ? await Sandbox.open(o.humaneval?.sandbox) : null;
-  const m = await Model.load({ model: o.model, adapter: o.adapter, merged: o.merged, tokenizer: o.tokenizer });
+  const m = await Model.load({ model: o.model, adapter: o.adapter, merged: o.merged, tokenizer: o.tokenizer, device: o.device });
   const tasks: Partial<Record<TaskName, TaskResult>> = {};
-  for (const t of o.tasks) {
-    const t0 = performance.now();
-    const r = t === "humaneval" ? await runHumanEval(m, o, sandbox!) : t === "gsm8k" ? await runGsm8k(m, o) : await runMc(m, t, o);
-    r.seconds = (performance.now() - t0) / 1000;
-    tasks[t] = r;
+  try {
+    for (const t of o.tasks) {
+      const t0 = performance.now();
+      const r = t === "humaneval" ? await runHumanEval(m, o, sandbox!) : t === "gsm8k" ? await runGsm8k(m, o) : await runMc(m, t, o);
+      r.seconds = (performance.now() - t0) / 1000;
+      tasks[t] = r;
+    }
+  } finally {
+    await m.close();
   }
   return { model: o.model, adapter: o.adapter ?? "", limit: o.limit ?? null, tasks, ...summarize(tasks, o.forgetting, o.shots) };
 }

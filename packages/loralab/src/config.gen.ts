@@ -110,9 +110,10 @@ export interface ModelConfig {
    */
   config?: string;
   /**
-   * Compute dtype on CPU: f32 for training, f64 for gradient checks. Trained weights are always saved in f32 or wider.
+   * Compute dtype: f32 (CPU training), f64 (gradient checks), or bf16: mixed precision, the GPU's dtype: frozen
+   * weights and activations in bf16, trained weights (f32 masters), optimizer state and the loss in f32. Trained weights are always saved in f32 or wider.
    */
-  dtype?: "f32" | "f64";
+  dtype?: "f32" | "f64" | "bf16";
   /**
    * Hugging Face model directory (config.json + model.safetensors + tokenizer.json), or a llama.cpp .gguf file (dequantized to f32). Empty: a randomly initialised model from `config`.
    */
@@ -188,7 +189,7 @@ export interface TrainConfig {
    */
   checkpoint_every?: number;
   /**
-   * cpu (the in-process engine). cuda runs through the sidecar (its own issue).
+   * cpu (the in-process engine), or cuda / cuda:N: the run goes through the sidecar process (docs/sidecar-protocol.md).
    */
   device?: string;
   /**

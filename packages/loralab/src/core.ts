@@ -1,11 +1,14 @@
 // The training half of the library: typed config, train with progress and cancellation,
 // held-out loss, merge. Thin: the engine (crates/core, via the napi addon) validates and works.
 // `loralab` (index.ts) re-exports it with evaluation, analysis, the store and the server.
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { engineReadable, normalize, RECIPES, type Mapping } from "@loralab/data";
 import * as native from "@loralab/native";
 import type { RunConfig } from "./config.gen.ts";
+import { Sidecar, SidecarCrashed, SidecarError, sidecarPath, type SidecarOptions } from "@loralab/native/sidecar";
+
+export { Sidecar, SidecarCrashed, SidecarError, sidecarPath, type Ready, type SidecarOptions } from "@loralab/native/sidecar";
 
 export type { RunConfig } from "./config.gen.ts";
 
@@ -89,6 +92,30 @@ export class EngineError extends Error {
   override name = "EngineError";
 }
 
+/** CUDA ran out of memory; `config` is the run config that asked for too much. */
+export class OutOfMemoryError extends EngineError {
+  override name = "OutOfMemoryError";
+  constructor(
+    message: string,
+    readonly config: unknown,
+  ) {
+    super(message);
+  }
+}
+
+/** The worker process died mid-run. The run directory says "interrupted"; resume it from
+ *  `lastCheckpoint` (empty when it had none: then it starts over). */
+export class RunInterrupted extends EngineError {
+  override name = "RunInterrupted";
+  constructor(
+    message: string,
+    readonly runDir: string,
+    readonly lastCheckpoint: string,
+  ) {
+    super(message);
+  }
+}
+
 function mapError(e: unknown): Error {
   const err = e as { code?: string; message?: string };
   const msg = err?.message ?? String(e);
@@ -158,6 +185,9 @@ export interface TrainOptions {
   onEvent?: (e: TrainEvent) => void;
   /** Aborting stops the run after its current step, writes a checkpoint, and resolves with status "cancelled". */
   signal?: AbortSignal;
+  /** Run in the sidecar process. Always so for `train.device = "cuda"`; `true` also sends a cpu
+   *  run there (isolation: a crash cannot take this process down). */
+  sidecar?: boolean | SidecarOptions;
 }
 
 type DataConfig = NonNullable<RunConfig["data"]>;
@@ -186,9 +216,12 @@ export async function prepareData(data: DataConfig): Promise<DataConfig> {
   }
 }
 
-/** Train one run in-process (CPU). Resolves with the run summary. */
+/** Train one run: in-process on CPU, in the sidecar process for CUDA (or when `opts.sidecar`).
+ *  Resolves with the run summary. */
 export async function train(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
   if (config.data) config = { ...config, data: await prepareData(config.data) };
+  const device = config.train?.device ?? "cpu";
+  if (opts.sidecar || device !== "cpu") return trainInSidecar(resolveConfig(config), opts, typeof opts.sidecar === "object" ? opts.sidecar : { path: undefined });
   const token = new native.CancelToken();
   const onAbort = () => token.cancel();
   if (opts.signal?.aborted) token.cancel();
@@ -205,6 +238,53 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
   } finally {
     opts.signal?.removeEventListener("abort", onAbort);
   }
+}
+
+async function trainInSidecar(config: ResolvedRunConfig, opts: TrainOptions, so: SidecarOptions): Promise<RunSummary> {
+  // resolved here, so the run directory is known even if the worker dies before saying it
+  const runDir = join(config.out_dir, config.run_id);
+  let sc: Sidecar;
+  try {
+    sc = await Sidecar.start({ ...so, path: so.path ?? sidecarPath(config.train.device) });
+  } catch (e) {
+    throw new EngineError((e as Error).message);
+  }
+  const onAbort = () => sc.cancel(id);
+  const { id, result } = sc.request<RunSummary>("train", { config }, (data) => {
+    const ev = data as TrainEvent;
+    opts.onEvent?.(ev);
+    if (ev.type === "progress") opts.onProgress?.(ev);
+  });
+  if (opts.signal?.aborted) onAbort();
+  opts.signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    return await result;
+  } catch (e) {
+    if (e instanceof SidecarCrashed) {
+      const ck = lastCheckpoint(runDir);
+      markInterrupted(runDir, e.message);
+      const hint = ck ? `resume with --train.resume_from=${ck}` : "it had no checkpoint yet: run it again";
+      throw new RunInterrupted(`run ${config.run_id} interrupted: ${e.message} (hint: ${hint})`, runDir, ck);
+    }
+    if (e instanceof SidecarError) {
+      if (e.code === "config") throw new ConfigError(e.message, e.field);
+      if (e.code === "oom") throw new OutOfMemoryError(e.message, e.config);
+      throw new EngineError(e.message);
+    }
+    throw e;
+  } finally {
+    opts.signal?.removeEventListener("abort", onAbort);
+    await sc.shutdown();
+  }
+}
+
+/** run.json says "running" until its process says otherwise; a dead worker cannot, so Bun does. */
+function markInterrupted(runDir: string, why: string): void {
+  const path = join(runDir, "run.json");
+  if (!existsSync(path)) return;
+  const run = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+  if (run.status !== "running") return;
+  writeFileSync(path, JSON.stringify({ ...run, status: "interrupted", error: why, updated_at: new Date().toISOString() }, null, 2));
 }
 
 export interface EvalLossRequest {

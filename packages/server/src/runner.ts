@@ -8,12 +8,12 @@ import { randomBytes } from "node:crypto";
 import { existsSync, renameSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { RunRow, Store } from "@loralab/db";
-import { lastCheckpoint, resolveConfig, train, type ResolvedRunConfig, type RunConfig, type TrainEvent } from "loralab/core";
+import { lastCheckpoint, resolveConfig, RunInterrupted, train, type ResolvedRunConfig, type RunConfig, type TrainEvent } from "loralab/core";
 
 export interface RunnerOptions {
   /** Where run directories go (each run's out_dir). */
   runsDir: string;
-  /** Runs at once per device (default cpu: 1). */
+  /** Runs at once per device (default cpu: 1, cuda: 1). */
   concurrency?: Record<string, number>;
   /** How often the queue is polled when idle, ms. */
   pollMs?: number;
@@ -35,6 +35,7 @@ export function newRunId(): string {
 export class Runner {
   private listeners = new Map<string, Set<Listener>>();
   private active = new Map<string, AbortController>();
+  private activeDevice = new Map<string, string>();
   private timer: ReturnType<typeof setInterval> | undefined;
   private ticking = false;
   readonly runsDir: string;
@@ -75,9 +76,10 @@ export class Runner {
   }
 
   /** Validate (the engine's own resolution: ConfigError names the field) and queue a run. */
-  async submit(config: RunConfig, device = "cpu"): Promise<RunRow> {
+  async submit(config: RunConfig, device?: string): Promise<RunRow> {
     const id = newRunId();
     const resolved = resolveConfig({ ...config, run_id: id, out_dir: this.runsDir });
+    device ??= resolved.train.device;
     const row = await this.store.createRun({ id, name: resolved.name, method: resolved.method.kind, config: resolved as unknown as Record<string, unknown>, device, runDir: join(this.runsDir, id) });
     this.emit({ type: "status", run_id: id, status: "queued" });
     void this.tick();
@@ -127,10 +129,11 @@ export class Runner {
     if (this.ticking || !this.timer) return;
     this.ticking = true;
     try {
-      const limits = { cpu: 1, ...this.o.concurrency };
+      // one pool per device: cpu runs in-process, cuda runs each in their own sidecar process
+      const limits = { cpu: 1, cuda: 1, ...this.o.concurrency };
       for (const [device, limit] of Object.entries(limits)) {
-        const busy = [...this.active.keys()].length; // one pool per device: in-process runs are all cpu
-        for (const r of await this.store.claimQueued(device, limit - (device === "cpu" ? busy : 0))) void this.execute(r);
+        const busy = [...this.activeDevice.values()].filter((d) => d === device).length;
+        for (const r of await this.store.claimQueued(device, limit - busy)) void this.execute(r);
       }
     } finally {
       this.ticking = false;
@@ -140,6 +143,7 @@ export class Runner {
   private async execute(r: RunRow) {
     const abort = new AbortController();
     this.active.set(r.id, abort);
+    this.activeDevice.set(r.id, r.device);
     this.emit({ type: "status", run_id: r.id, status: "running" });
     const config = r.config as unknown as RunConfig;
     let pending = Promise.resolve();
@@ -151,13 +155,15 @@ export class Runner {
         this.emit({ type: "progress", run_id: r.id, step: e.step, total_steps: e.total_steps, loss: e.loss, lr: e.lr, grad_norm: e.grad_norm, tokens: e.tokens, tokens_per_s: e.tokens_per_s });
       } else if (e.type === "checkpoint") this.emit({ type: "checkpoint", run_id: r.id, step: e.step, path: e.path });
     };
-    let status: "completed" | "cancelled" | "failed" = "failed";
+    let status: "completed" | "cancelled" | "failed" | "interrupted" = "failed";
     let error: string | null = null;
     try {
       const s = await train(config, { signal: abort.signal, onEvent });
       status = s.status;
     } catch (e) {
       error = (e as Error).message;
+      // the sidecar died under it: resumable from its last checkpoint (recovery re-queues it)
+      if (e instanceof RunInterrupted) status = "interrupted";
     }
     await pending;
     try {
@@ -167,6 +173,7 @@ export class Runner {
     }
     await this.store.updateRun(r.id, { status, error, finishedAt: new Date().toISOString() });
     this.active.delete(r.id);
+    this.activeDevice.delete(r.id);
     this.emit({ type: "status", run_id: r.id, status, error });
     void this.tick();
   }

@@ -5,6 +5,6 @@ export { ensureLabBase, packLabBase } from "./labbase.ts";
 export { makeLabData, type LabData } from "./labdata.ts";
 export { LAB_BASE, labSpecs, runLab, summaryTable, type LabResult } from "./lab.ts";
 export { basePoint, checkpointPoint, groupOf, type EvalPlan, type Point } from "./points.ts";
-export { bestLrPoints, figures, findings, paretoFrontier, writeReport, type Finding, type ReportInput } from "./report.ts";
+export { bestLrPoints, figures, findings, interactiveData, paretoFrontier, writeReport, type Finding, type ReportInput } from "./report.ts";
 export { cellConfig, cells, perplexity, runSweep, type Cell, type Checkpoint, type Method, type SweepSpec } from "./sweep.ts";
 export { loadStudySpec, redrawReport, reportRuns, runStudy, type StudySpec } from "./study.ts";

@@ -14,6 +14,37 @@ export interface Metric {
   stderr: number;
 }
 
+export interface MatrixRank {
+  module: string;
+  layer: number;
+  rank: number;
+  maxRank: number;
+  /** ΔW's largest singular values (at most SIGMA_KEEP). */
+  sigma?: number[];
+  /** Σσ² over ΔW's whole spectrum. */
+  totalSq?: number;
+}
+
+/** Singular values of ΔW kept per matrix for the interactive report. */
+export const SIGMA_KEEP = 128;
+
+type Analysed = { module: string; layer: number; delta: { rank_at: Record<string, number>; max_rank: number; singular_values?: number[]; frobenius?: number } };
+
+/** A point's per-matrix ranks from an analysis (ΔW's rank@90 % and its stored spectrum). */
+export function matrixRanks(matrices: Analysed[]): MatrixRank[] {
+  return matrices.map((x) => ({
+    module: x.module,
+    layer: x.layer,
+    rank: x.delta.rank_at["0.9"] ?? 0,
+    maxRank: x.delta.max_rank,
+    ...(x.delta.singular_values?.length ? { sigma: x.delta.singular_values, totalSq: (x.delta.frobenius ?? 0) ** 2 } : {}),
+  }));
+}
+
+export function meanRank(r: MatrixRank[]): number | null {
+  return r.length ? r.reduce((s, x) => s + x.rank, 0) / r.length : null;
+}
+
 export interface Point {
   key: string;
   group: string;
@@ -29,8 +60,9 @@ export interface Point {
   perplexity: number;
   /** Mean over matrices of the smallest k explaining 90 % of ΔW's Σσ² (null for the base). */
   rank90: number | null;
-  /** rank@90 % per module and layer. */
-  rank90By: { module: string; layer: number; rank: number; maxRank: number }[];
+  /** rank@90 % per module and layer, with ΔW's largest singular values and Σσ² (the interactive
+   *  report recomputes rank at any threshold from them, in the browser). */
+  rank90By: MatrixRank[];
   /** HumanEval learning only: the study's diversity measure (distinct completions per problem). */
   diversity?: { all: number; passing: number; failing: number };
 }
@@ -80,10 +112,13 @@ export function groupOf(c: Checkpoint["cell"]): string {
 export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPlan): Promise<Point> {
   const dir = ck.adapter || ck.model;
   const cache = join(dir, "lab-point.json");
-  if (existsSync(cache)) return JSON.parse(readFileSync(cache, "utf8"));
+  if (existsSync(cache)) {
+    const p = JSON.parse(readFileSync(cache, "utf8")) as Point;
+    if (p.rank90By.every((r) => r.sigma)) return p; // else cached before spectra were kept
+  }
   const m = await measure(ck.model, ck.adapter, plan);
-  const a = await analyze(ck.adapter ? { base, adapter: ck.adapter } : { base, tuned: ck.model }, { spectra: false, keep: 0 });
-  const rank90By = a.matrices.map((x) => ({ module: x.module, layer: x.layer, rank: x.delta.rank_at["0.9"] ?? 0, maxRank: x.delta.max_rank }));
+  const a = await analyze(ck.adapter ? { base, adapter: ck.adapter } : { base, tuned: ck.model }, { spectra: false, keep: SIGMA_KEEP });
+  const rank90By = matrixRanks(a.matrices);
   const p: Point = {
     key: ck.cell.key,
     group: groupOf(ck.cell),
@@ -95,7 +130,7 @@ export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPl
     duration: ck.duration,
     tokens: ck.tokens,
     ...m,
-    rank90: rank90By.length ? rank90By.reduce((s, x) => s + x.rank, 0) / rank90By.length : null,
+    rank90: meanRank(rank90By),
     rank90By,
   };
   mkdirSync(dir, { recursive: true });

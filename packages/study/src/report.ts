@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { Resvg } from "@resvg/resvg-js";
 import * as vega from "vega";
 import * as vl from "vega-lite";
+import * as native from "@loralab/native";
+import { interactiveHtml, INTERACTIVE_CSS, type InteractiveData } from "@loralab/report";
 import type { Point } from "./points.ts";
 
 const Z = 1.96; // 95 % intervals from bootstrap standard errors
@@ -17,17 +19,11 @@ async function render(spec: vl.TopLevelSpec): Promise<string> {
 
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
-/** Points not dominated in (learning up, forgetting-score up): the learning–forgetting frontier. */
+/** Points not dominated in (learning up, forgetting-score up): the learning–forgetting frontier,
+ *  by learning ascending. The shared maths (loralab-maths through the addon; the report's
+ *  page recomputes it in the browser from the same code compiled to WebAssembly). */
 export function paretoFrontier(ps: Point[]): Point[] {
-  const sorted = [...ps].sort((a, b) => b.learning.value - a.learning.value || b.forgetting.value - a.forgetting.value);
-  const out: Point[] = [];
-  let best = -Infinity;
-  for (const p of sorted)
-    if (p.forgetting.value > best) {
-      out.push(p);
-      best = p.forgetting.value;
-    }
-  return out.sort((a, b) => a.learning.value - b.learning.value);
+  return native.paretoFrontier(ps.map((p) => p.learning.value), ps.map((p) => p.forgetting.value)).map((i) => ps[i]!);
 }
 
 function rows(points: Point[]) {
@@ -264,6 +260,20 @@ export function findings(base: Point, points: Point[]): Finding[] {
   return out;
 }
 
+/** What the page's interactive section computes from: every point, and ΔW's stored spectra of
+ *  the points at the longest duration. */
+export function interactiveData(base: Point, points: Point[], durationLabel: string): InteractiveData {
+  const maxD = Math.max(0, ...points.map((p) => p.duration));
+  return {
+    durationLabel,
+    learningLabel: "target-task accuracy",
+    points: [base, ...points].map((p) => ({ key: p.key, group: p.group, method: p.method, rank: p.rank, targets: p.targets, lr: p.lr, seed: p.seed, duration: p.duration, learning: p.learning.value, learningSe: p.learning.stderr, forgetting: p.forgetting.value, forgettingSe: p.forgetting.stderr })),
+    spectra: points
+      .filter((p) => p.duration === maxD)
+      .flatMap((p) => p.rank90By.filter((r) => r.sigma?.length).map((r) => ({ key: p.key, group: p.group, module: r.module, layer: r.layer, sigma: r.sigma!, totalSq: r.totalSq ?? 0 }))),
+  };
+}
+
 export interface ReportInput {
   title: string;
   base: Point;
@@ -291,11 +301,12 @@ export async function writeReport(dir: string, r: ReportInput): Promise<{ html: 
     .join("\n");
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(r.title)}</title>
-<style>body{font:14px system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}figure{margin:1.5rem 0}.held{color:#2a7}.not{color:#c33}.und{color:#a70}</style>
+<style>body{font:14px system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}figure{margin:1.5rem 0}.held{color:#2a7}.not{color:#c33}.und{color:#a70}${INTERACTIVE_CSS}</style>
 </head><body>
 <h1>${esc(r.title)}</h1>
 <h2>Quality gates</h2><ul>${r.gates.map((g) => `<li class="${g.passed ? "held" : "not"}">${g.passed ? "passed" : "FAILED"}: ${esc(g.name)} — ${esc(g.detail)}</li>`).join("")}</ul>
 <h2>Findings (computed from this sweep)</h2><ul>${fs.map((f) => `<li><b>${esc(f.claim)}</b>: <span class="${f.held === true ? "held" : f.held === false ? "not" : "und"}">${verdict(f.held)}</span>. ${esc(f.evidence)}</li>`).join("")}</ul>
+${interactiveHtml(interactiveData(r.base, r.points, r.durationLabel))}
 ${figs.map((f) => `<figure>${f.svg}<figcaption>${esc(f.title)}</figcaption></figure>`).join("\n")}
 <h2>Every point</h2>
 <table><tr><th>method</th><th>cell</th><th>lr</th><th>seed</th><th>${esc(r.durationLabel)}</th><th>learning (95 %)</th><th>forgetting score (95 %)</th><th>source ppl</th><th>ΔW rank@90 %</th></tr>

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { evaluate, FORGETTING_DEFAULT, MC_TASKS, summarize, type EvalOptions, type TaskName } from "@loralab/eval";
 import { analyze } from "@loralab/spectrum";
-import { groupOf, type Point } from "./points.ts";
+import { groupOf, matrixRanks, meanRank, SIGMA_KEEP, type Point } from "./points.ts";
 import { writeReport } from "./report.ts";
 import { runSweep, type Checkpoint, type SweepSpec } from "./sweep.ts";
 
@@ -56,9 +56,9 @@ export async function runStudy(spec: StudySpec, out: string, log: (m: string) =>
       }
       log(`eval ${ck.runId} @ ${ck.duration}`);
       const m = await score(ck.model, ck.adapter, spec);
-      const a = await analyze(ck.adapter ? { base: baseModel, adapter: ck.adapter } : { base: baseModel, tuned: ck.model }, { spectra: false, keep: 0 });
-      const rank90By = a.matrices.map((x) => ({ module: x.module, layer: x.layer, rank: x.delta.rank_at["0.9"] ?? 0, maxRank: x.delta.max_rank }));
-      const p: Point = { key: ck.cell.key, group: groupOf(ck.cell), method: ck.cell.method, rank: ck.cell.rank, targets: ck.cell.targets, lr: ck.cell.lr, seed: ck.cell.seed, duration: ck.duration, tokens: ck.tokens, ...m, rank90: rank90By.reduce((s, x) => s + x.rank, 0) / Math.max(1, rank90By.length), rank90By };
+      const a = await analyze(ck.adapter ? { base: baseModel, adapter: ck.adapter } : { base: baseModel, tuned: ck.model }, { spectra: false, keep: SIGMA_KEEP });
+      const rank90By = matrixRanks(a.matrices);
+      const p: Point = { key: ck.cell.key, group: groupOf(ck.cell), method: ck.cell.method, rank: ck.cell.rank, targets: ck.cell.targets, lr: ck.cell.lr, seed: ck.cell.seed, duration: ck.duration, tokens: ck.tokens, ...m, rank90: meanRank(rank90By) ?? 0, rank90By };
       writeFileSync(cache, JSON.stringify(p));
       points.push(p);
     }
@@ -85,9 +85,9 @@ export async function reportRuns(runDirs: string[], out: string): Promise<string
     const n = Math.max(1, ...Object.values(e.tasks).map((t) => t.docs));
     const se = (v: number) => Math.sqrt((v * (1 - v)) / n);
     const spec = existsSync(join(dir, "spectrum", "final.json")) ? JSON.parse(readFileSync(join(dir, "spectrum", "final.json"), "utf8")) : null;
-    const rank90By = spec ? (spec.analysis.matrices as { module: string; layer: number; delta: { rank_at: Record<string, number>; max_rank: number } }[]).map((m) => ({ module: m.module, layer: m.layer, rank: m.delta.rank_at["0.9"] ?? 0, maxRank: m.delta.max_rank })) : [];
+    const rank90By = spec ? matrixRanks(spec.analysis.matrices) : [];
     const lora = cfg.method.kind === "lora";
-    points.push({ key: cfg.run_id, group: lora ? `LoRA r=${cfg.method.rank}` : "full FT", method: cfg.method.kind, rank: lora ? cfg.method.rank : null, targets: String(cfg.method.targets), lr: cfg.optim.lr, seed: cfg.seed, duration: 1, tokens: 0, learning: { value: e.learning.value, stderr: se(e.learning.value) }, forgetting: { value: e.forgetting.value, stderr: se(e.forgetting.value) }, perplexity: NaN, rank90: rank90By.length ? rank90By.reduce((a, x) => a + x.rank, 0) / rank90By.length : null, rank90By });
+    points.push({ key: cfg.run_id, group: lora ? `LoRA r=${cfg.method.rank}` : "full FT", method: cfg.method.kind, rank: lora ? cfg.method.rank : null, targets: String(cfg.method.targets), lr: cfg.optim.lr, seed: cfg.seed, duration: 1, tokens: 0, learning: { value: e.learning.value, stderr: se(e.learning.value) }, forgetting: { value: e.forgetting.value, stderr: se(e.forgetting.value) }, perplexity: NaN, rank90: meanRank(rank90By), rank90By });
     if (!base && e.base.learning && e.base.forgetting) base = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, learning: { value: e.base.learning.value, stderr: se(e.base.learning.value) }, forgetting: { value: e.base.forgetting.value, stderr: se(e.base.forgetting.value) }, perplexity: NaN, rank90: null, rank90By: [] };
   }
   if (!base) throw new Error("no run's eval.json carries its base model's scores (hint: loralab eval --run without --no-base)");
