@@ -52,5 +52,7 @@ if (!existsSync(addon) || statSync(addon).mtimeMs < sources) {
 // CUDA runs go through, and what the supervision tests run.
 const sidecar = join(root, "target", hostTriple(), "release", "loralab-sidecar");
 if (!existsSync(sidecar) || statSync(sidecar).mtimeMs < Math.max(sources, newest(join(root, "sidecar")))) {
-  run(["cargo", "build", "--release", "--target", hostTriple(), "-p", "loralab-sidecar"]);
+  // with the addon's package beside it, so features unify as in the addon build and candle is
+  // not compiled a second time (alone, the sidecar's graph turns syn's `full` off)
+  run(["cargo", "build", "--release", "--target", hostTriple(), "-p", "loralab-node", "-p", "loralab-sidecar"]);
 }

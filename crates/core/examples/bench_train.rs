@@ -201,6 +201,33 @@ fn matmul_gflops() -> candle_core::Result<f64> {
     Ok(2.0 * 2048f64.powi(3) / best / 1e9)
 }
 
+/// Gradient checkpointing against plain backprop, one method at a time in the process: the
+/// peak of a step (measured, above the weights and optimizer state) and the median step time.
+fn checkpointing(s: &Shape, method: &MethodConfig) -> candle_core::Result<[(f64, f64); 2]> {
+    let mut out = [(0.0, 0.0); 2];
+    for (k, ckpt) in [false, true].into_iter().enumerate() {
+        let mut r = setup(s, method)?;
+        let mut times = vec![];
+        let mut peak_b = 0.0f64;
+        for i in 0..=STEPS {
+            let (ids, targets, mask) = batch(&s.cfg, s.batch, s.seq, i as u64);
+            let base = reset_peak();
+            let t0 = Instant::now();
+            let (_, g) = r.model.loss_and_grads(&ids, &targets, &mask, (s.batch * s.seq) as f64, &mut Ctx { train: true, rng: &mut r.rng }, &r.params, ckpt)?;
+            let mut gs: Vec<Tensor> = g.into_iter().map(|x| x.expect("grad")).collect();
+            clip_grad_norm(&mut gs, 1.0)?;
+            r.opt.step(&r.params, &gs, 1e-4, i + 1)?;
+            if i > 0 {
+                times.push(t0.elapsed().as_secs_f64());
+                peak_b = peak_b.max(peak() as f64 - base as f64);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        out[k] = (peak_b, times[times.len() / 2]);
+    }
+    Ok(out)
+}
+
 fn main() -> candle_core::Result<()> {
     // as the addon does: mimalloc keeps freed pages (purge_delay, option 15 in v3, = -1)
     // instead of returning them to the OS and faulting fresh zeroed ones in every step
@@ -254,6 +281,15 @@ fn main() -> candle_core::Result<()> {
         row("peak", &|x| format!("{} / {}", mib(x.peak), mib(total(x))));
         row("  peak vs model", &|x| format!("{:+.0} %", 100.0 * (x.peak / total(x) - 1.0)));
         row("peak vs full FT", &|x| format!("{:.2}×", x.peak / m[0].peak));
+        println!();
+        // train.gradient_checkpointing, measured side by side in this run
+        let c: Vec<[(f64, f64); 2]> = methods[..2].iter().map(|x| checkpointing(s, x)).collect::<candle_core::Result<_>>()?;
+        println!("gradient checkpointing    {:>18}{:>18}", "full FT", "LoRA r=16");
+        let row2 = |k: &str, f: &dyn Fn(&[(f64, f64); 2]) -> String| println!("{k:<26}{:>18}{:>18}", f(&c[0]), f(&c[1]));
+        row2("step peak (MiB) off / on", &|x| format!("{} / {}", mib(x[0].0), mib(x[1].0)));
+        row2("  on vs off", &|x| format!("{:.2}×", x[1].0 / x[0].0));
+        row2("step time (s) off / on", &|x| format!("{:.3} / {:.3}", x[0].1, x[1].1));
+        row2("  on vs off", &|x| format!("{:.2}×", x[1].1 / x[0].1));
         println!();
     }
     Ok(())

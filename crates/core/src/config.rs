@@ -215,6 +215,8 @@ pub struct TrainConfig {
     pub resume_from: String,
     /// cpu (the in-process engine), or cuda / cuda:N: the run goes through the sidecar process (docs/sidecar-protocol.md).
     pub device: String,
+    /// Keep only each block's input in the forward pass and recompute the block in the backward pass: activation memory of one block instead of all, for about one more forward pass of compute (long sequences).
+    pub gradient_checkpointing: bool,
 }
 
 // --------------------------------------------------------------------- defaults
@@ -294,6 +296,7 @@ impl Default for TrainConfig {
             log_every: 1,
             resume_from: String::new(),
             device: "cpu".into(),
+            gradient_checkpointing: false,
         }
     }
 }

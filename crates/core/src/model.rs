@@ -492,30 +492,106 @@ impl Llama {
     /// ids: (b, t) u32 -> logits (b·t, vocab)
     pub fn forward(&self, ids: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let cfg = &self.cfg;
-        let rope = {
-            let mut cache = self.rope_cache.lock().map_err(|_| candle_core::Error::Msg("rope cache poisoned".into()))?;
-            match cache.as_ref() {
-                Some(r) if r.t == t => r.clone(),
-                _ => {
-                    let r = rope_tables(cfg, t).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                    *cache = Some(r.clone());
-                    r
-                }
-            }
-        };
-        let p_drop = if ctx.train { self.attention_dropout } else { 0.0 };
-        // (b·t, d); a trained embedding is an f32 master: the activations are in the model's dtype
-        let mut x = self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dtype)?;
+        let rope = self.rope(t)?;
+        let mut x = self.embed(ids)?;
         for l in &self.layers {
-            let h = norm(&x, &l.input_layernorm, cfg.rms_norm_eps)?;
-            x = (x + l.self_attn.forward(&h, b, t, cfg, &rope, p_drop, ctx)?)?;
-            let h = norm(&x, &l.post_attention_layernorm, cfg.rms_norm_eps)?;
-            x = (x + l.mlp.forward(&h, ctx)?)?;
+            x = self.block(l, &x, b, t, &rope, ctx)?;
         }
-        let x = norm(&x, &self.norm, cfg.rms_norm_eps)?;
+        self.head(&x)
+    }
+
+    /// The rotary tables for t positions (cached for the last t).
+    fn rope(&self, t: usize) -> candle_core::Result<ops::RopeTables> {
+        let mut cache = self.rope_cache.lock().map_err(|_| candle_core::Error::Msg("rope cache poisoned".into()))?;
+        Ok(match cache.as_ref() {
+            Some(r) if r.t == t => r.clone(),
+            _ => {
+                let r = rope_tables(&self.cfg, t).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                *cache = Some(r.clone());
+                r
+            }
+        })
+    }
+
+    /// ids (b, t) -> x (b·t, d); a trained embedding is an f32 master: the activations are in the model's dtype.
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?.to_dtype(self.dtype)
+    }
+
+    /// One transformer block on the residual stream x (b·t, d).
+    #[allow(clippy::too_many_arguments)]
+    fn block(&self, l: &Block, x: &Tensor, b: usize, t: usize, rope: &ops::RopeTables, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let (cfg, p_drop) = (&self.cfg, if ctx.train { self.attention_dropout } else { 0.0 });
+        let h = norm(x, &l.input_layernorm, cfg.rms_norm_eps)?;
+        let x = (x + l.self_attn.forward(&h, b, t, cfg, rope, p_drop, ctx)?)?;
+        let h = norm(&x, &l.post_attention_layernorm, cfg.rms_norm_eps)?;
+        x + l.mlp.forward(&h, ctx)?
+    }
+
+    /// Final norm and LM head: x (b·t, d) -> logits (b·t, vocab).
+    fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = norm(x, &self.norm, self.cfg.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         ops::linear(&x, head.tensor(), head.is_trainable())
+    }
+
+    /// One micro-batch's masked loss and the gradients of `params` (None: a parameter this
+    /// batch did not reach). With `checkpointing`, only each block's input is kept from the
+    /// forward pass; the backward pass recomputes one block at a time from it (with the same
+    /// dropout masks: the RNG is replayed from the block's start), so activation memory is
+    /// one block's plus the block inputs instead of every block's (STUDY: long sequences).
+    pub fn loss_and_grads(&self, ids: &Tensor, targets: &[u32], mask: &[f64], denom: f64, ctx: &mut Ctx, params: &[(String, Var)], checkpointing: bool) -> candle_core::Result<(f64, Vec<Option<Tensor>>)> {
+        let scalar = |loss: &Tensor| -> candle_core::Result<f64> { loss.to_dtype(DType::F64)?.to_scalar::<f64>() };
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let take = |g: &mut candle_core::backprop::GradStore, grads: &mut Vec<Option<Tensor>>| -> candle_core::Result<()> {
+            for (acc, (_, v)) in grads.iter_mut().zip(params) {
+                if let Some(gi) = g.remove(v.as_tensor()) {
+                    *acc = Some(match acc.take() {
+                        None => gi,
+                        Some(a) => (a + gi)?,
+                    });
+                }
+            }
+            Ok(())
+        };
+        if !checkpointing {
+            let loss = masked_loss(&self.forward(ids, ctx)?, targets, mask, denom)?;
+            let value = scalar(&loss)?;
+            take(&mut loss.backward()?, &mut grads)?;
+            return Ok((value, grads));
+        }
+        let (b, t) = ids.dims2()?;
+        let rope = self.rope(t)?;
+        // forward: keep each block's input (detached: its graph is dropped) and the RNG there
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = self.embed(ids)?.detach();
+        for l in &self.layers {
+            inputs.push((x.clone(), ctx.rng.clone()));
+            x = self.block(l, &x, b, t, &rope, ctx)?.detach();
+        }
+        // the head, with the gradient of its input
+        let x = Var::from_tensor(&x)?;
+        let loss = masked_loss(&self.head(x.as_tensor())?, targets, mask, denom)?;
+        let value = scalar(&loss)?;
+        let mut g = loss.backward()?;
+        take(&mut g, &mut grads)?;
+        // gradients carry their own graph in candle (a norm's dx is built from its weight):
+        // detached, or the next surrogate's backward would run through it into that weight
+        let mut dx = g.remove(x.as_tensor()).ok_or_else(|| candle_core::Error::Msg("checkpointing: no gradient reached the head's input".into()))?.detach();
+        // backward, one block at a time: recompute it, then backpropagate Σ(y ⊙ dy)
+        for (l, (x_in, rng)) in self.layers.iter().zip(inputs).rev() {
+            let x_in = Var::from_tensor(&x_in)?;
+            let mut rng = rng;
+            let y = self.block(l, x_in.as_tensor(), b, t, &rope, &mut Ctx { train: ctx.train, rng: &mut rng })?;
+            let mut g = (y * &dx)?.sum_all()?.backward()?;
+            take(&mut g, &mut grads)?;
+            dx = g.remove(x_in.as_tensor()).ok_or_else(|| candle_core::Error::Msg("checkpointing: no gradient reached a block's input".into()))?.detach();
+        }
+        if self.embed_tokens.is_trainable() {
+            let mut g = (self.embed(ids)? * &dx)?.sum_all()?.backward()?;
+            take(&mut g, &mut grads)?;
+        }
+        Ok((value, grads))
     }
 
     /// Fold every adapter into its weight.

@@ -6,10 +6,10 @@ use crate::config::{MethodKind, RunConfig};
 use crate::data::{self, Sampler, Shards};
 use crate::error::{Error, Result};
 use crate::linear::Ctx;
-use crate::model::{masked_loss, Llama, LlamaConfig};
+use crate::model::{Llama, LlamaConfig};
 use crate::optim::{clip_grad_norm, lr_at, Optimizer};
 use crate::rng::Rng;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -272,12 +272,10 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         let mut loss_sum = 0.0;
         for mb in &batches {
             let mut ctx = Ctx { train: true, rng: &mut state.rng };
-            let logits = model.forward(&mb.ids, &mut ctx)?;
-            let loss = masked_loss(&logits, &mb.targets, &mb.mask, denom)?;
-            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let mut g = loss.backward()?;
-            for (acc, (_, v)) in grads.iter_mut().zip(&params) {
-                let gi = g.remove(v.as_tensor()).ok_or_else(|| candle_core::Error::Msg("a trainable tensor received no gradient: the graph is cut (a loralab bug; please report it with config.json)".into()))?;
+            let (loss, g) = model.loss_and_grads(&mb.ids, &mb.targets, &mb.mask, denom, &mut ctx, &params, cfg.train.gradient_checkpointing)?;
+            loss_sum += loss;
+            for (acc, gi) in grads.iter_mut().zip(g) {
+                let gi = gi.ok_or_else(|| candle_core::Error::Msg("a trainable tensor received no gradient: the graph is cut (a loralab bug; please report it with config.json)".into()))?;
                 *acc = Some(match acc.take() {
                     None => gi,
                     Some(a) => (a + gi)?,

@@ -71,3 +71,42 @@ fn bf16_mixed_precision_follows_f32_and_saves_f32_masters() {
         }
     }
 }
+
+#[test]
+fn gradient_checkpointing_gives_plain_backprops_gradients_and_losses() {
+    use loralab_core::linear::Ctx;
+    use loralab_core::rng::Rng;
+    use loralab_core::train::{batch_from_rows, build_model};
+    for kind in ["full", "lora"] {
+        // the gradients of one micro-batch, dropout on (the replayed RNG must give the same masks)
+        let c = cfg("ckpt", kind, kind, "f32", 0.1);
+        let model = build_model(&c).unwrap();
+        let params = model.trainable();
+        let rows: Vec<(Vec<u32>, Vec<u8>)> = (0..2).map(|r| ((0..32).map(|i| ((i * 7 + r * 13) % 500) as u32).collect(), vec![1u8; 32])).collect();
+        let mb = batch_from_rows(&rows).unwrap();
+        let run = |ckpt: bool| {
+            let mut rng = Rng::new(9);
+            let r = model.loss_and_grads(&mb.ids, &mb.targets, &mb.mask, mb.loss_tokens, &mut Ctx { train: true, rng: &mut rng }, &params, ckpt).unwrap();
+            (r, rng.uniform())
+        };
+        let (((l0, g0), next0), ((l1, g1), next1)) = (run(false), run(true));
+        assert!((l0 - l1).abs() <= 1e-6 * l0, "{kind}: loss {l0} vs {l1}");
+        assert_eq!(next0, next1, "{kind}: the RNG must end where plain backprop leaves it");
+        for ((name, _), (a, b)) in params.iter().zip(g0.iter().zip(&g1)) {
+            let (a, b) = (a.as_ref().unwrap(), b.as_ref().expect("checkpointing lost a gradient"));
+            let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-12);
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-5 * scale, "{kind} {name}: max |Δg| {d} of max |g| {scale}");
+        }
+        // and whole runs: the same losses step by step
+        let with = |ckpt: bool| {
+            let mut c = cfg("ckpt", &format!("{kind}-{ckpt}"), kind, "f32", 0.1);
+            c.train.gradient_checkpointing = ckpt;
+            go(c).1
+        };
+        let (plain, ckpt) = (with(false), with(true));
+        for (a, b) in plain.iter().zip(&ckpt) {
+            assert!((a - b).abs() <= 1e-6 * a.abs(), "{kind}: plain {plain:?} vs checkpointed {ckpt:?}");
+        }
+    }
+}

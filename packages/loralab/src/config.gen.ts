@@ -201,6 +201,10 @@ export interface TrainConfig {
    */
   grad_accum?: number;
   /**
+   * Keep only each block's input in the forward pass and recompute the block in the backward pass: activation memory of one block instead of all, for about one more forward pass of compute (long sequences).
+   */
+  gradient_checkpointing?: boolean;
+  /**
    * Append a metrics line every N steps.
    */
   log_every?: number;
