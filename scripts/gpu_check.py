@@ -183,13 +183,24 @@ def check_b(sc, out, device, model_dir, data, seq, mb, steps):
         }
         stamps = []
         mem = PeakMemory(sc.pid, device.startswith("cuda"))
-        summary = sc.call("train", config=cfg, on_progress=lambda e: e.get("type") == "progress" and stamps.append((time.perf_counter(), e["tokens"])))
+        try:
+            summary = sc.call("train", config=cfg, on_progress=lambda e: e.get("type") == "progress" and stamps.append((time.perf_counter(), e["tokens"])))
+        except RuntimeError as e:
+            if "oom" not in str(e):
+                raise
+            # out of memory: the same run with gradient checkpointing (and so the PyTorch side too)
+            log(f"  {kind}: {str(e)[:200]}\n  {kind}: again with train.gradient_checkpointing = true")
+            cfg["run_id"] += "-ckpt"
+            cfg["train"]["gradient_checkpointing"] = True
+            stamps.clear()
+            summary = sc.call("train", config=cfg, on_progress=lambda e: e.get("type") == "progress" and stamps.append((time.perf_counter(), e["tokens"])))
         peak = mem.done()
         # steady state: from the end of step 2 (after warm-up and allocation) to the last step
         (t0, n0), (t1, n1) = stamps[1], stamps[-1]
         tps = (n1 - n0) / (t1 - t0)
-        RESULTS[f"loralab_{kind}"] = {"tokens_per_s": tps, "peak_gib": peak, "final_loss": summary["final_loss"]}
-        log(f"  {kind:4s}: {tps:10.0f} tokens/s   peak {peak:6.1f} GiB   loss {summary['first_loss']:.3f} → {summary['final_loss']:.3f}")
+        ckpt = cfg["train"].get("gradient_checkpointing", False)
+        RESULTS[f"loralab_{kind}"] = {"tokens_per_s": tps, "peak_gib": peak, "final_loss": summary["final_loss"], "checkpointing": ckpt}
+        log(f"  {kind:4s}: {tps:10.0f} tokens/s   peak {peak:6.1f} GiB   loss {summary['first_loss']:.3f} → {summary['final_loss']:.3f}{'   (gradient checkpointing)' if ckpt else ''}")
 
 
 def check_c(model_dir, cfg, device, seq, mb, steps):
@@ -212,6 +223,8 @@ def check_c(model_dir, cfg, device, seq, mb, steps):
             for p in m.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+        if RESULTS.get(f"loralab_{kind}", {}).get("checkpointing"):
+            m.gradient_checkpointing_enable()  # as loralab had to: same recomputation on both sides
         m.train()
         opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
         g = torch.Generator().manual_seed(0)
@@ -232,8 +245,9 @@ def check_c(model_dir, cfg, device, seq, mb, steps):
             stamps.append(time.perf_counter())
         peak = mem.done()
         tps = (len(stamps) - 2) * mb * seq / (stamps[-1] - stamps[1])
-        RESULTS[f"torch_{kind}"] = {"tokens_per_s": tps, "peak_gib": peak, "max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0}
-        log(f"  {kind:4s}: {tps:10.0f} tokens/s   peak {peak:6.1f} GiB (nvidia-smi)")
+        ckpt = bool(RESULTS.get(f"loralab_{kind}", {}).get("checkpointing"))
+        RESULTS[f"torch_{kind}"] = {"tokens_per_s": tps, "peak_gib": peak, "max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0, "checkpointing": ckpt}
+        log(f"  {kind:4s}: {tps:10.0f} tokens/s   peak {peak:6.1f} GiB (nvidia-smi){'   (gradient checkpointing)' if ckpt else ''}")
         del m, opt
         if on_gpu:
             torch.cuda.empty_cache()
