@@ -73,7 +73,7 @@ fn classify(e: CoreError, config: Option<&Value>) -> Failure {
         let what = config.map(oom_summary).unwrap_or_default();
         return Failure {
             code: "oom",
-            message: format!("CUDA out of memory{what}: {message} (hint: lower train.micro_batch (raise train.grad_accum to keep the batch) or data.seq_len, or train with method.kind = \"lora\")"),
+            message: format!("CUDA out of memory{what}: {message} (hint: lower train.micro_batch (raise train.grad_accum to keep the batch) or data.seq_len, set train.gradient_checkpointing = true, or train with method.kind = \"lora\")"),
             field: None,
             config: config.cloned(),
         };
@@ -105,7 +105,7 @@ fn guard(config: Option<&Value>, f: impl FnOnce() -> Result<Value, CoreError>) -
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r.map_err(|e| classify(e, config)),
         Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = loralab_core::error::panic_message(p.as_ref());
             if is_out_of_memory(&msg) {
                 return Err(classify(CoreError::Candle(loralab_core::candle::Error::Msg(msg)), config));
             }
@@ -171,7 +171,7 @@ impl Worker {
             "count_tokens" => {
                 let e = self.engine(&req)?;
                 let text: String = field(&req, "text")?;
-                Ok(json!(e.tok.encode(text.as_str(), false).map_err(|e| CoreError::Tokenizer(e.to_string()))?.len()))
+                Ok(json!(e.count_tokens(&text)?))
             }
             "train" => {
                 let text = serde_json::to_string(req.get("config").unwrap_or(&Value::Null))?;

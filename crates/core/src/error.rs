@@ -37,6 +37,12 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The text a caught panic carried (for the binding and the sidecar, which answer a panic
+/// with an error instead of dying).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
 impl Error {
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Config { field: field.into(), msg: msg.into() }

@@ -144,6 +144,11 @@ impl Engine {
         Ok(self.tok.encode(text, special).map_err(|e| Error::Tokenizer(e.to_string()))?.get_ids().to_vec())
     }
 
+    /// Tokens of a text without special tokens (prompt-length accounting).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.encode(text, false)?.len())
+    }
+
     fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tok.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }

@@ -505,13 +505,14 @@ impl candle_core::CustomOp1 for CausalSoftmax {
 /// scores: (.., t, t) -> attention probabilities, causal, softmax(scale·scores).
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     if !fused(scores) {
-        return in_f32(scores, |s| causal_softmax_portable(s, scale));
+        return in_f32(scores, |s| causal_softmax_reference(s, scale));
     }
     scores.contiguous()?.apply_op1(CausalSoftmax { scale })
 }
 
-/// The causal mask built on the tensor's device (no (t, t) host table per call).
-fn causal_softmax_portable(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+/// The reference composition of `causal_softmax` (tests compare the two), which is also its
+/// portable path: the mask is built on the tensor's device, with no host (t, t) table per call.
+pub fn causal_softmax_reference(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let (rows, t) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
     let dev = scores.device();
     // rows may be rep·t (grouped-query heads stacked): row r is query position r mod t
@@ -520,17 +521,6 @@ fn causal_softmax_portable(scores: &Tensor, scale: f64) -> candle_core::Result<T
     let future = j.broadcast_gt(&i)?.broadcast_as(scores.shape())?;
     let s = (scores * scale)?;
     let s = future.where_cond(&Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(s.dtype())?.broadcast_as(s.shape())?, &s)?;
-    let m = s.max_keepdim(D::Minus1)?.detach();
-    let e = s.broadcast_sub(&m)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// The reference composition of `causal_softmax` (tests compare the two).
-pub fn causal_softmax_reference(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    let t = scores.dim(D::Minus1)?;
-    let mask: Vec<f64> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f64::NEG_INFINITY } else { 0.0 })).collect();
-    let mask = Tensor::from_vec(mask, (t, t), scores.device())?.to_dtype(scores.dtype())?;
-    let s = (scores * scale)?.broadcast_add(&mask)?;
     let m = s.max_keepdim(D::Minus1)?.detach();
     let e = s.broadcast_sub(&m)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -584,6 +574,9 @@ pub struct RopeTables {
     pub sin: Arc<Vec<f64>>,
     pub t: usize,
     pub hd: usize,
+    /// (cos, sin) as tensors on the model's device and dtype, made once for the portable
+    /// path (uploading them for every q and k of every layer would cost a copy each time).
+    device_tables: Arc<std::sync::OnceLock<(Tensor, Tensor)>>,
 }
 
 impl RopeTables {
@@ -599,13 +592,22 @@ impl RopeTables {
                 }
             }
         }
-        Self { cos: Arc::new(cos), sin: Arc::new(sin), t, hd }
+        Self { cos: Arc::new(cos), sin: Arc::new(sin), t, hd, device_tables: Default::default() }
     }
     /// x: (b, h, t, hd) -> (b, h, t, hd)
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if !fused(x) {
             let table = |v: &Arc<Vec<f64>>| Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device());
-            return crate::model::apply_rope_reference(x, &table(&self.cos)?, &table(&self.sin)?);
+            let fits = |c: &(Tensor, Tensor)| c.0.dtype() == x.dtype() && c.0.device().same_device(x.device());
+            let (cos, sin) = match self.device_tables.get() {
+                Some(c) if fits(c) => c.clone(),
+                _ => {
+                    let c = (table(&self.cos)?, table(&self.sin)?);
+                    let _ = self.device_tables.set(c.clone()); // the first caller's device and dtype stay cached
+                    c
+                }
+            };
+            return crate::model::apply_rope_reference(x, &cos, &sin);
         }
         x.contiguous()?.apply_op1(Rope { cos: self.cos.clone(), sin: self.sin.clone(), t: self.t, hd: self.hd })
     }

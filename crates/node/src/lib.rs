@@ -38,7 +38,7 @@ fn guard<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, CoreError>) -
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r.map_err(to_napi),
         Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = loralab_core::error::panic_message(p.as_ref());
             Err(Error::new(Status::GenericFailure, format!("internal error in {what}: {msg} (hint: this is a loralab bug; please report it with the run's config.json)")))
         }
     }
@@ -236,7 +236,7 @@ impl Engine {
     /// Token ids of a text (no special tokens): for prompt-length accounting.
     #[napi]
     pub fn count_tokens(&self, text: String) -> Result<u32> {
-        guard("countTokens", || Ok(self.inner.tok.encode(text.as_str(), false).map_err(|e| CoreError::Tokenizer(e.to_string()))?.len() as u32))
+        guard("countTokens", || Ok(self.inner.count_tokens(&text)? as u32))
     }
 
     /// The model's config.json fields, as loaded.
