@@ -4,8 +4,9 @@
 # scripts/build-cuda-sidecar.sh), this checkout, python3 with PyTorch's CUDA 13 libraries
 # (and transformers + PEFT for parts c and d). No Bun, Rust or registries.
 #
-#   scripts/gpu-check.sh                 # (a) losses vs CPU, (b) loralab tokens/s + peak memory,
-#                                        # (c) PyTorch + PEFT side by side, as ratios, (d) PEFT round trip
+#   scripts/gpu-check.sh                 # (a) losses vs CPU (CUDA kernels on and off), (b) loralab
+#                                        # tokens/s + peak memory, (c) PyTorch + PEFT side by side, as
+#                                        # ratios, (d) PEFT round trip, (e) LoRA with the kernels off
 #   scripts/gpu-check.sh --skip c        # arguments go to scripts/gpu_check.py
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,13 +4,17 @@
 Run by scripts/gpu-check.sh on a GPU machine (no Bun, Rust or registries needed there: the
 sidecar binary is carried; PyTorch, transformers and PEFT are used when present).
 
-  (a) tiny model: the first 3 steps' losses on CUDA (f32 and bf16) against the CPU engine's f32;
+  (a) tiny models (head dims 32 and 64): the first 3 steps' losses on CUDA against the CPU
+      engine's f32: f32 with loralab's CUDA kernels (flash attention, RMSNorm, RoPE,
+      cross-entropy), f32 with them turned off (LORALAB_CUDA_KERNELS=0: candle's ops), and bf16;
   (b) a Llama-3.2-1B-like model (random weights made here, shared by both sides), seq 2048,
       micro-batch 4: loralab's training tokens/s and peak GPU memory, full FT and LoRA r=16 on
       all modules;
   (c) the same two with PyTorch + transformers + PEFT (eager, attn_implementation="sdpa"),
       printed as ratios;
-  (d) the PEFT round trip: a loralab adapter loaded into PEFT scores text as loralab does.
+  (d) the PEFT round trip: a loralab adapter loaded into PEFT scores text as loralab does;
+  (e) loralab LoRA on the 1B model with its kernels turned off: what the kernels buy, as ratios.
+Results go to results.json after every part (a timeout keeps what was measured).
 
 `--device cpu --small` runs the same script on a CPU with a small model: how it is tested
 without a GPU (the figures it prints then say nothing about GPUs).
@@ -38,8 +42,8 @@ def log(*a):
 class Sidecar:
     """One loralab-sidecar process; call(op, ...) sends a request and waits for its answer."""
 
-    def __init__(self, path):
-        self.p = subprocess.Popen([str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    def __init__(self, path, env=None):
+        self.p = subprocess.Popen([str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env={**os.environ, **(env or {})})
         line = self.p.stdout.readline()
         if not line:
             raise SystemExit(f"sidecar {path} exited at start (code {self.p.wait()}); run it by hand to see why")
@@ -106,10 +110,10 @@ class PeakMemory:
         return self.peak_mib / 1024
 
 
-def tiny_config(out, run_id, device, dtype, kind="full", steps=3, lr=1e-3):
+def tiny_config(out, run_id, device, dtype, kind="full", steps=3, lr=1e-3, model_config=TINY / "config.json"):
     return {
         "name": "gpu-check", "out_dir": str(out), "run_id": run_id, "seed": 5,
-        "model": {"config": str(TINY / "config.json"), "tokenizer": str(TINY / "tokenizer.json"), "dtype": dtype},
+        "model": {"config": str(model_config), "tokenizer": str(TINY / "tokenizer.json"), "dtype": dtype},
         "data": {"train": str(TINY / "code.jsonl"), "text_field": "content", "seq_len": 32, "cache_dir": str(Path(out) / "cache")},
         "method": {"kind": kind, "rank": 4, "targets": "all"},
         "optim": {"name": "adamw", "lr": lr},
@@ -121,15 +125,21 @@ def losses(run_dir):
     return [json.loads(l)["loss"] for l in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
 
 
-def check_a(sc, out, device):
-    log("\n== (a) first 3 steps on the tiny model: CPU f32 vs", device, "f32 and bf16")
-    ref = losses(sc.call("train", config=tiny_config(out, "a-cpu-f32", "cpu", "f32"))["run_dir"])
+def check_a(sc, portable, out, device):
+    log("\n== (a) first 3 steps on tiny models: CPU f32 vs", device, "(kernels on and off) f32 and bf16")
+    # the tiny model (head dim 32), and the same width with 2 heads (head dim 64, as the 1B model)
+    hd64 = Path(out) / "tiny-hd64.json"
+    hd64.write_text(json.dumps({**json.loads((TINY / "config.json").read_text()), "num_attention_heads": 2, "num_key_value_heads": 1}))
     ok = True
-    for dtype, tol in (("f32", 1e-3), ("bf16", 2e-2)):
-        got = losses(sc.call("train", config=tiny_config(out, f"a-{device.replace(':', '')}-{dtype}-run", device, dtype))["run_dir"])
-        worst = max(abs(a - b) / abs(a) for a, b in zip(ref, got))
-        ok &= worst <= tol
-        log(f"  cpu f32 {['%.5f' % x for x in ref]}  {device} {dtype} {['%.5f' % x for x in got]}  worst rel diff {worst:.2e} (tolerance {tol:g}) {'ok' if worst <= tol else 'FAIL'}")
+    for name, mc in (("hd32", TINY / "config.json"), ("hd64", hd64)):
+        ref = losses(sc.call("train", config=tiny_config(out, f"a-{name}-cpu-f32", "cpu", "f32", model_config=mc))["run_dir"])
+        log(f"  {name} cpu f32                 {['%.5f' % x for x in ref]}")
+        for side, dtype, tol in (("kernels", "f32", 1e-3), ("candle ops", "f32", 1e-3), ("kernels", "bf16", 2e-2)):
+            run_id = f"a-{name}-{device.replace(':', '')}-{dtype}-{side.split()[0]}"
+            got = losses((sc if side == "kernels" else portable).call("train", config=tiny_config(out, run_id, device, dtype, model_config=mc))["run_dir"])
+            worst = max(abs(a - b) / abs(a) for a, b in zip(ref, got))
+            ok &= worst <= tol
+            log(f"  {name} {device} {dtype:4s} {side:10s}  {['%.5f' % x for x in got]}  worst rel diff {worst:.2e} (tolerance {tol:g}) {'ok' if worst <= tol else 'FAIL'}")
     RESULTS["a_losses_match"] = ok
     return ok
 
@@ -170,11 +180,13 @@ def make_data(out, seq_len, rows):
     return path
 
 
-def check_b(sc, out, device, model_dir, data, seq, mb, steps):
-    log(f"\n== (b) loralab on the {'1B' if seq == 2048 else 'small'} model, seq {seq}, micro-batch {mb}, bf16, {device}")
+def check_b(sc, out, device, model_dir, data, seq, mb, steps, kinds=("full", "lora"), tag="loralab"):
+    log(f"\n== ({'b' if tag == 'loralab' else 'e'}) {tag} on the {'1B' if seq == 2048 else 'small'} model, seq {seq}, micro-batch {mb}, bf16, {device}")
     for kind, lr in (("full", 1e-5), ("lora", 1e-4)):
+        if kind not in kinds:
+            continue
         cfg = {
-            "name": "gpu-check", "out_dir": str(out), "run_id": f"b-{kind}", "seed": 0,
+            "name": "gpu-check", "out_dir": str(out), "run_id": f"{tag}-{kind}", "seed": 0,
             "model": {"path": str(model_dir), "tokenizer": str(TINY / "tokenizer.json"), "dtype": "bf16"},
             "data": {"train": str(data), "text_field": "text", "seq_len": seq, "cache_dir": str(Path(out) / "cache")},
             "method": {"kind": kind, "rank": 16, "alpha": 32, "targets": "all"},
@@ -199,7 +211,7 @@ def check_b(sc, out, device, model_dir, data, seq, mb, steps):
         (t0, n0), (t1, n1) = stamps[1], stamps[-1]
         tps = (n1 - n0) / (t1 - t0)
         ckpt = cfg["train"].get("gradient_checkpointing", False)
-        RESULTS[f"loralab_{kind}"] = {"tokens_per_s": tps, "peak_gib": peak, "final_loss": summary["final_loss"], "checkpointing": ckpt}
+        RESULTS[f"{tag}_{kind}"] = {"tokens_per_s": tps, "peak_gib": peak, "final_loss": summary["final_loss"], "checkpointing": ckpt}
         log(f"  {kind:4s}: {tps:10.0f} tokens/s   peak {peak:6.1f} GiB   loss {summary['first_loss']:.3f} → {summary['final_loss']:.3f}{'   (gradient checkpointing)' if ckpt else ''}")
 
 
@@ -300,36 +312,60 @@ def check_d(sc, out, device):
     return ok
 
 
+def save(out):
+    Path(out, "results.json").write_text(json.dumps(RESULTS, indent=2))
+
+
+def check_e():
+    a, b = RESULTS.get("loralab_lora"), RESULTS.get("portable_lora")
+    if a and b:
+        mem = f"   peak memory {a['peak_gib'] / b['peak_gib']:.2f}×" if b["peak_gib"] else ""
+        log(f"  kernels on / off, LoRA: tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}×{mem}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sidecar", default=str(ROOT / "dist" / "cuda" / "loralab-sidecar"))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="a small model and sequence (the CPU test of this script)")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d,e")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     seq, mb = (256, 2) if args.small else (2048, 4)
     t0 = time.perf_counter()
     out = Path(tempfile.mkdtemp(prefix="loralab-gpu-check-"))
     sc = Sidecar(args.sidecar)
+    # a second sidecar with loralab's CUDA kernels turned off: candle's own ops (the portable path)
+    portable = Sidecar(args.sidecar, env={"LORALAB_CUDA_KERNELS": "0"})
     log(f"sidecar {args.sidecar}: {sc.ready}")
     ok = True
     try:
         if "a" not in skip:
-            ok &= check_a(sc, out, args.device)
-        if not {"b", "c"} <= skip:
+            ok &= check_a(sc, portable, out, args.device)
+            save(out)
+        if not {"b", "c", "e"} <= skip:
             model_dir, cfg = make_model(out, args.small, args.device)
             data = make_data(out, seq, rows=args.steps * mb + 8)
             if "b" not in skip:
                 check_b(sc, out, args.device, model_dir, data, seq, mb, args.steps)
+                save(out)
         if "d" not in skip:
             ok &= bool(check_d(sc, out, args.device))
+            save(out)
     finally:
         sc.close()
     if "c" not in skip:
         check_c(model_dir, cfg, args.device, seq, mb, args.steps)
-    Path(out, "results.json").write_text(json.dumps(RESULTS, indent=2))
+        save(out)
+    try:
+        if "e" not in skip:
+            check_b(portable, out, args.device, model_dir, data, seq, mb, max(4, args.steps // 2), kinds=("lora",), tag="portable")
+            check_e()
+            save(out)
+    finally:
+        portable.close()
+    save(out)
     log(f"\nresults: {out / 'results.json'}; {time.perf_counter() - t0:.0f} s in all; correctness checks {'passed' if ok else 'FAILED'}")
     sys.exit(0 if ok else 1)
 

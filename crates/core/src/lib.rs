@@ -4,6 +4,8 @@ pub mod analyze;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod error;

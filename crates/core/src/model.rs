@@ -279,10 +279,16 @@ impl Attention {
         let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
         // grouped-query attention without copying k and v: the rep query heads of kv head j
         // are adjacent, so q regroups to (b, kv, rep·t, hd) and every kv head is used once
-        let q = rope.apply(&q)?.reshape((b, kv, rep * t, hd))?;
-        let k = rope.apply(&k)?;
+        let (q, k) = (rope.apply(&q)?, rope.apply(&k)?);
+        let scale = 1.0 / (hd as f64).sqrt();
+        if p_drop == 0.0 {
+            if let Some(y) = ops::flash_attention(&q, &k, &v, scale)? {
+                return self.o_proj.forward(&y.transpose(1, 2)?.reshape((b * t, nh * hd))?, ctx);
+            }
+        }
+        let q = q.reshape((b, kv, rep * t, hd))?;
         let scores = q.matmul(&k.t()?)?; // (b, kv, rep·t, t)
-        let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
+        let p = ops::causal_softmax(&scores, scale)?;
         let p = dropout(&p, p_drop, ctx)?;
         let y = p.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         self.o_proj.forward(&y, ctx)

@@ -28,7 +28,7 @@ pub fn with_portable<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-fn portable_forced() -> bool {
+pub(crate) fn portable_forced() -> bool {
     FORCE_PORTABLE.with(|c| c.get())
 }
 
@@ -413,6 +413,10 @@ impl CustomOp2 for RmsNorm {
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, weight_grad: bool) -> candle_core::Result<Tensor> {
     if !fused(x) {
         let w = if weight_grad { w.clone() } else { w.detach() };
+        #[cfg(feature = "cuda")]
+        if crate::cuda::serves(x) {
+            return crate::cuda::rms_norm(x, &like(&w, x)?, eps, weight_grad);
+        }
         return in_f32(x, |x| rms_norm_reference(x, &w.to_dtype(x.dtype())?, eps));
     }
     x.contiguous()?.apply_op2(w, RmsNorm { eps, weight_grad })
@@ -526,6 +530,19 @@ pub fn causal_softmax_reference(scores: &Tensor, scale: f64) -> candle_core::Res
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// Causal attention softmax(q·kᵀ·scale)·v over q (b, nh, t, hd) and k, v (b, kvh, t, hd)
+/// by the flash-attention kernel, where one serves (CUDA builds, on the GPU); None
+/// otherwise, and the caller composes it from matmuls and `causal_softmax`.
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    return crate::cuda::attention(q, k, v, scale);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (q, k, v, scale);
+        Ok(None)
+    }
+}
+
 // ------------------------------------------------------------------ rotary embedding
 
 /// x·cos + rotate_half(x)·sin with the tables captured (so they get no gradient). The
@@ -577,6 +594,9 @@ pub struct RopeTables {
     /// (cos, sin) as tensors on the model's device and dtype, made once for the portable
     /// path (uploading them for every q and k of every layer would cost a copy each time).
     device_tables: Arc<std::sync::OnceLock<(Tensor, Tensor)>>,
+    /// The same in f32 for the CUDA kernel.
+    #[cfg(feature = "cuda")]
+    kernel_tables: Arc<std::sync::OnceLock<(Tensor, Tensor)>>,
 }
 
 impl RopeTables {
@@ -592,12 +612,34 @@ impl RopeTables {
                 }
             }
         }
-        Self { cos: Arc::new(cos), sin: Arc::new(sin), t, hd, device_tables: Default::default() }
+        Self {
+            cos: Arc::new(cos),
+            sin: Arc::new(sin),
+            t,
+            hd,
+            device_tables: Default::default(),
+            #[cfg(feature = "cuda")]
+            kernel_tables: Default::default(),
+        }
     }
     /// x: (b, h, t, hd) -> (b, h, t, hd)
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if !fused(x) {
-            let table = |v: &Arc<Vec<f64>>| Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device());
+            let table_in = |v: &Arc<Vec<f64>>, dt| Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(dt)?.to_device(x.device());
+            let table = |v: &Arc<Vec<f64>>| table_in(v, x.dtype());
+            #[cfg(feature = "cuda")]
+            if crate::cuda::serves(x) {
+                // the kernel reads f32 tables
+                let (cos, sin) = match self.kernel_tables.get() {
+                    Some(c) if c.0.device().same_device(x.device()) => c.clone(),
+                    _ => {
+                        let c = (table_in(&self.cos, candle_core::DType::F32)?, table_in(&self.sin, candle_core::DType::F32)?);
+                        let _ = self.kernel_tables.set(c.clone());
+                        c
+                    }
+                };
+                return crate::cuda::rope(x, &cos, &sin);
+            }
             let fits = |c: &(Tensor, Tensor)| c.0.dtype() == x.dtype() && c.0.device().same_device(x.device());
             let (cos, sin) = match self.device_tables.get() {
                 Some(c) if fits(c) => c.clone(),
@@ -757,6 +799,10 @@ impl candle_core::CustomOp1 for MaskedNllGrad {
 
 /// logits (n, V), targets (n) ids, weights (n) = mask/denom -> scalar loss.
 pub fn masked_nll(logits: &Tensor, targets: Vec<u32>, weights: Vec<f64>) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::serves(logits) {
+        return crate::cuda::masked_nll(logits, &targets, &weights);
+    }
     if !fused(logits) {
         // in f32 (the loss of bf16 logits), on the logits' device
         let dev = logits.device();

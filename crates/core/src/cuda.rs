@@ -1,0 +1,405 @@
+//! The GPU kernels of ops.rs (feature `cuda`): causal flash attention forward and backward,
+//! RMSNorm, rotary embedding and the masked cross-entropy, from loralab-kernels' PTX.
+//! ops.rs routes a tensor here when `serves` says so (on CUDA, f32 or bf16, kernels not
+//! turned off); everything else takes the portable path (candle's own ops), which is also
+//! what `LORALAB_CUDA_KERNELS=0` or `ops::with_portable` selects, e.g. to compare the two.
+//! The kernels themselves are tested on the CPU through loralab-kernels' emulator.
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use half::bf16;
+use loralab_kernels::{self as kern, Dtype};
+
+const MODULE: &str = "loralab-kernels";
+
+/// Whether the kernels serve `x`: on a CUDA device, f32 or bf16, and not turned off.
+pub fn serves(x: &Tensor) -> bool {
+    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16) && !crate::ops::portable_forced() && !turned_off()
+}
+
+fn turned_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("LORALAB_CUDA_KERNELS").is_ok_and(|v| v == "0"))
+}
+
+fn err(e: impl std::fmt::Display + Send + Sync + 'static) -> candle_core::Error {
+    candle_core::Error::wrap(e)
+}
+
+fn cfg(l: kern::Launch) -> LaunchConfig {
+    LaunchConfig { grid_dim: l.grid, block_dim: (l.block, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn dtype_of(dt: DType, what: &str) -> Result<Dtype> {
+    match dt {
+        DType::F32 => Ok(Dtype::F32),
+        DType::BF16 => Ok(Dtype::Bf16),
+        other => candle_core::bail!("{what}: no CUDA kernel for {other:?} (hint: model.dtype bf16 or f32)"),
+    }
+}
+
+/// A contiguous storage's elements as a device view.
+fn view<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+fn cuda_storage<'a>(s: &'a Storage, what: &str) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => candle_core::bail!("{what}: tensor is not on a CUDA device"),
+    }
+}
+
+fn tensor<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cuda(T::wrap_cuda_slice(slice, dev.clone())), shape, BackpropOp::none(), false)
+}
+
+macro_rules! by_dtype {
+    ($dt:expr, $f:ident ( $($a:expr),* )) => {
+        match $dt {
+            Dtype::F32 => $f::<f32>($($a),*),
+            Dtype::Bf16 => $f::<bf16>($($a),*),
+        }
+    };
+}
+
+fn no_cpu<R>(what: &str) -> Result<R> {
+    candle_core::bail!("{what}: a CUDA kernel, called on a CPU tensor (ops.rs routes CPU tensors elsewhere)")
+}
+
+// ------------------------------------------------------------------ RMSNorm
+
+struct RmsNorm {
+    eps: f32,
+    weight_grad: bool,
+}
+
+fn rms_fwd<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, eps: f32, dt: Dtype) -> Result<CudaStorage> {
+    let dev = x.device();
+    let d = *lx.dims().last().unwrap_or(&1);
+    let rows = lx.shape().elem_count() / d;
+    let (xv, wv) = (view::<T>(x, lx, "rms-norm")?, view::<T>(w, lw, "rms-norm")?);
+    // SAFETY: the kernel writes every element (one block per row, every column).
+    let mut y = unsafe { dev.alloc::<T>(rows * d) }?;
+    let f = dev.get_or_load_custom_func(&kern::name("rms_norm_fwd", dt), MODULE, kern::PTX)?;
+    let (di, mut b) = (d as i32, f.builder());
+    b.arg(&xv).arg(&wv).arg(&mut y).arg(&di).arg(&eps);
+    unsafe { b.launch(cfg(kern::rms_norm(rows))) }.map_err(err)?;
+    Ok(T::wrap_cuda_slice(y, dev.clone()))
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = dtype_of(x.dtype(), self.name())?;
+        Ok((by_dtype!(dt, rms_fwd(x, lx, w, lw, self.eps, dt))?, lx.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3_no_bwd(w, &g.contiguous()?, &RmsNormDx { eps: self.eps })?;
+        let dw = if self.weight_grad {
+            // Σ_rows g·x·r in f32 (full fine-tuning only: LoRA's norms are frozen)
+            let (x, g) = (x.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
+            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?.recip()?;
+            let d = x.dim(D::Minus1)?;
+            Some((g * x.broadcast_mul(&r)?)?.reshape(((), d))?.sum(0)?.to_dtype(w.dtype())?.detach())
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
+struct RmsNormDx {
+    eps: f32,
+}
+
+fn rms_dx<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), g: (&CudaStorage, &Layout), eps: f32, dt: Dtype) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let d = *x.1.dims().last().unwrap_or(&1);
+    let rows = x.1.shape().elem_count() / d;
+    let (xv, wv, gv) = (view::<T>(x.0, x.1, "rms-norm")?, view::<T>(w.0, w.1, "rms-norm")?, view::<T>(g.0, g.1, "rms-norm")?);
+    // SAFETY: written whole by the kernel.
+    let mut dx = unsafe { dev.alloc::<T>(rows * d) }?;
+    let f = dev.get_or_load_custom_func(&kern::name("rms_norm_bwd", dt), MODULE, kern::PTX)?;
+    let (di, mut b) = (d as i32, f.builder());
+    b.arg(&xv).arg(&wv).arg(&gv).arg(&mut dx).arg(&di).arg(&eps);
+    unsafe { b.launch(cfg(kern::rms_norm(rows))) }.map_err(err)?;
+    Ok(T::wrap_cuda_slice(dx, dev.clone()))
+}
+
+impl CustomOp3 for RmsNormDx {
+    fn name(&self) -> &'static str {
+        "rms-norm-dx-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = dtype_of(x.dtype(), self.name())?;
+        Ok((by_dtype!(dt, rms_dx((x, lx), (w, lw), (g, lg), self.eps, dt))?, lx.shape().clone()))
+    }
+}
+
+/// x: (.., d), w: (d) in x's dtype.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, weight_grad: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32, weight_grad })
+}
+
+// ------------------------------------------------------------------ rotary embedding
+
+/// (x, cos, sin) -> x rotated; the tables are f32 (t, hd) and get no gradient.
+struct Rope {
+    sign: f32,
+    t: usize,
+}
+
+fn rope_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), cos: (&CudaStorage, &Layout), sin: (&CudaStorage, &Layout), r: &Rope, dt: Dtype) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let hd = *x.1.dims().last().unwrap_or(&1);
+    let rows = x.1.shape().elem_count() / hd;
+    let (xv, cv, sv) = (view::<T>(x.0, x.1, "rope")?, view::<f32>(cos.0, cos.1, "rope")?, view::<f32>(sin.0, sin.1, "rope")?);
+    // SAFETY: one thread per rotated pair writes both of its elements.
+    let mut y = unsafe { dev.alloc::<T>(rows * hd) }?;
+    let f = dev.get_or_load_custom_func(&kern::name("rope", dt), MODULE, kern::PTX)?;
+    let (ri, ti, hi, mut b) = (rows as i32, r.t as i32, hd as i32, f.builder());
+    b.arg(&xv).arg(&cv).arg(&sv).arg(&mut y).arg(&ri).arg(&ti).arg(&hi).arg(&r.sign);
+    unsafe { b.launch(cfg(kern::rope(rows, hd))) }.map_err(err)?;
+    Ok(T::wrap_cuda_slice(y, dev.clone()))
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, c: &CudaStorage, lc: &Layout, s: &CudaStorage, ls: &Layout) -> Result<(CudaStorage, Shape)> {
+        let d = lx.dims();
+        if d.len() != 4 || d[2] != self.t || lc.dims() != [self.t, d[3]] || c.dtype() != DType::F32 || s.dtype() != DType::F32 {
+            candle_core::bail!("rope: expects x (b, h, {}, hd) and f32 tables ({}, hd), got {d:?} and {:?}", self.t, self.t, lc.dims())
+        }
+        let dt = dtype_of(x.dtype(), self.name())?;
+        Ok((by_dtype!(dt, rope_run((x, lx), (c, lc), (s, ls), self, dt))?, lx.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, cos: &Tensor, sin: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let inverse = Rope { sign: -self.sign, t: self.t };
+        Ok((Some(g.contiguous()?.apply_op3_no_bwd(cos, sin, &inverse)?), None, None))
+    }
+}
+
+/// x: (b, h, t, hd) with f32 tables cos, sin: (t, hd) on x's device.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let t = x.dim(2)?;
+    x.contiguous()?.apply_op3(cos, sin, Rope { sign: 1.0, t })
+}
+
+// ------------------------------------------------------------------ masked cross-entropy
+
+/// (logits (n, V), targets (n) u32, weights (n) f32) -> Σ_i w_i·nll_i as an f32 scalar.
+struct Nll;
+
+fn nll_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let (n, v) = x.1.shape().dims2()?;
+    let (xv, tv, wv) = (view::<T>(x.0, x.1, "masked-nll")?, view::<u32>(tg.0, tg.1, "masked-nll")?, view::<f32>(w.0, w.1, "masked-nll")?);
+    // SAFETY: one block per row writes its loss; the sum writes its one element.
+    let mut rows = unsafe { dev.alloc::<f32>(n) }?;
+    let mut total = unsafe { dev.alloc::<f32>(1) }?;
+    let f = dev.get_or_load_custom_func(&kern::name("nll_fwd", dt), MODULE, kern::PTX)?;
+    let (vi, ni) = (v as i32, n as i32);
+    let mut b = f.builder();
+    b.arg(&xv).arg(&tv).arg(&wv).arg(&mut rows).arg(&vi);
+    unsafe { b.launch(cfg(kern::nll(n))) }.map_err(err)?;
+    let f = dev.get_or_load_custom_func("sum_f32", MODULE, kern::PTX)?;
+    let mut b = f.builder();
+    b.arg(&rows).arg(&mut total).arg(&ni);
+    unsafe { b.launch(cfg(kern::sum())) }.map_err(err)?;
+    Ok(CudaStorage::wrap_cuda_slice(total, dev.clone()))
+}
+
+fn nll_grad_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let (n, v) = x.1.shape().dims2()?;
+    let (xv, tv, wv) = (view::<T>(x.0, x.1, "masked-nll")?, view::<u32>(tg.0, tg.1, "masked-nll")?, view::<f32>(w.0, w.1, "masked-nll")?);
+    // SAFETY: one block per row writes the whole row.
+    let mut dx = unsafe { dev.alloc::<T>(n * v) }?;
+    let f = dev.get_or_load_custom_func(&kern::name("nll_grad", dt), MODULE, kern::PTX)?;
+    let (vi, mut b) = (v as i32, f.builder());
+    b.arg(&xv).arg(&tv).arg(&wv).arg(&mut dx).arg(&vi);
+    unsafe { b.launch(cfg(kern::nll(n))) }.map_err(err)?;
+    Ok(T::wrap_cuda_slice(dx, dev.clone()))
+}
+
+impl CustomOp3 for Nll {
+    fn name(&self) -> &'static str {
+        "masked-nll-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = dtype_of(x.dtype(), self.name())?;
+        Ok((by_dtype!(dt, nll_run((x, lx), (t, lt), (w, lw), dt))?, Shape::from(())))
+    }
+    fn bwd(&self, x: &Tensor, t: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // the upstream gradient folded into the row weights, on the device (no host sync)
+        let wg = w.broadcast_mul(&g.to_dtype(DType::F32)?)?;
+        Ok((Some(x.apply_op3_no_bwd(t, &wg, &NllGrad)?), None, None))
+    }
+}
+
+struct NllGrad;
+
+impl CustomOp3 for NllGrad {
+    fn name(&self) -> &'static str {
+        "masked-nll-grad-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = dtype_of(x.dtype(), self.name())?;
+        Ok((by_dtype!(dt, nll_grad_run((x, lx), (t, lt), (w, lw), dt))?, lx.shape().clone()))
+    }
+}
+
+/// logits (n, V) -> Σ_i w_i·(logsumexp(logits_i) − logits_i[target_i]), an f32 scalar.
+pub fn masked_nll(logits: &Tensor, targets: &[u32], weights: &[f64]) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if n != targets.len() || n != weights.len() {
+        candle_core::bail!("masked-nll: {n} rows of logits for {} targets and {} weights", targets.len(), weights.len())
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("masked-nll: target id {bad} is outside the vocabulary of {v} (hint: tokenizer and model config disagree)")
+    }
+    let dev = logits.device();
+    let t = Tensor::from_slice(targets, n, dev)?;
+    let w = Tensor::from_vec(weights.iter().map(|&w| w as f32).collect::<Vec<f32>>(), n, dev)?;
+    logits.contiguous()?.apply_op3(&t, &w, Nll)
+}
+
+// ------------------------------------------------------------------ flash attention
+
+/// Causal attention softmax(q·kᵀ·scale)·v with grouped-query heads, never storing the
+/// (t, t) scores: the forward keeps O and each row's log-sum-exp, the backward recomputes
+/// the probabilities tile by tile.
+struct FlashAttention {
+    scale: f32,
+    /// the forward's row log-sum-exp (b, nh, t), f32, taken by the backward
+    lse: std::sync::Mutex<Option<CudaSlice<f32>>>,
+}
+
+struct Dims {
+    b: usize,
+    nh: usize,
+    kvh: usize,
+    t: usize,
+    hd: usize,
+}
+
+fn attn_dims(q: &[usize], k: &[usize], v: &[usize]) -> Result<Dims> {
+    let [b, nh, t, hd] = *q else { candle_core::bail!("attention: q must be (b, heads, t, hd), got {q:?}") };
+    let [_, kvh, _, _] = *k else { candle_core::bail!("attention: k must be (b, kv heads, t, hd), got {k:?}") };
+    if k != [b, kvh, t, hd] || v != k || kvh == 0 || nh % kvh != 0 {
+        candle_core::bail!("attention: q {q:?}, k {k:?} and v {v:?} do not fit (heads a multiple of kv heads)")
+    }
+    if !kern::ATTN_HEAD_DIMS.contains(&hd) {
+        candle_core::bail!("attention: no kernel for head dim {hd} (built for {:?})", kern::ATTN_HEAD_DIMS)
+    }
+    Ok(Dims { b, nh, kvh, t, hd })
+}
+
+fn attn_fwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: (&CudaStorage, &Layout), k: (&CudaStorage, &Layout), v: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+    let dm = attn_dims(q.1.dims(), k.1.dims(), v.1.dims())?;
+    let dev = q.0.device();
+    let (qv, kv, vv) = (view::<T>(q.0, q.1, "attention")?, view::<T>(k.0, k.1, "attention")?, view::<T>(v.0, v.1, "attention")?);
+    // SAFETY: every live query row writes its output row and its log-sum-exp.
+    let mut o = unsafe { dev.alloc::<T>(q.1.shape().elem_count()) }?;
+    let mut lse = unsafe { dev.alloc::<f32>(dm.b * dm.nh * dm.t) }?;
+    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_fwd", dt, dm.hd), MODULE, kern::PTX)?;
+    let (nh, kvh, t) = (dm.nh as i32, dm.kvh as i32, dm.t as i32);
+    let mut b = f.builder();
+    b.arg(&qv).arg(&kv).arg(&vv).arg(&mut o).arg(&mut lse).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
+    unsafe { b.launch(cfg(kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd))) }.map_err(err)?;
+    *op.lse.lock().map_err(|_| candle_core::Error::Msg("attention: lse lock poisoned".into()))? = Some(lse);
+    Ok(T::wrap_cuda_slice(o, dev.clone()))
+}
+
+/// dQ, dK, dV from the tensors the forward kept, its log-sum-exp and dO.
+fn attn_bwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor, dt: Dtype) -> Result<(Tensor, Tensor, Tensor)> {
+    let dm = attn_dims(q.dims(), k.dims(), v.dims())?;
+    let lse = op.lse.lock().map_err(|_| candle_core::Error::Msg("attention: lse lock poisoned".into()))?.take();
+    let lse = lse.ok_or_else(|| candle_core::Error::Msg("attention: backward ran twice (the forward's log-sum-exp is gone)".into()))?;
+    let dev = q.device().as_cuda_device()?.clone();
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (os, ol) = o.storage_and_layout();
+    let (gs, gl) = g.storage_and_layout();
+    let what = "attention backward";
+    let qv = view::<T>(cuda_storage(&qs, what)?, ql, what)?;
+    let kv = view::<T>(cuda_storage(&ks, what)?, kl, what)?;
+    let vv = view::<T>(cuda_storage(&vs, what)?, vl, what)?;
+    let ov = view::<T>(cuda_storage(&os, what)?, ol, what)?;
+    let gv = view::<T>(cuda_storage(&gs, what)?, gl, what)?;
+    let rows = dm.b * dm.nh * dm.t;
+    let (nq, nk) = (rows * dm.hd, dm.b * dm.kvh * dm.t * dm.hd);
+    // SAFETY: each kernel writes every element of its outputs (one thread or group per row).
+    let (mut delta, mut dq, mut dk, mut dv) = unsafe { (dev.alloc::<f32>(rows)?, dev.alloc::<T>(nq)?, dev.alloc::<T>(nk)?, dev.alloc::<T>(nk)?) };
+    let (nh, kvh, t, ri) = (dm.nh as i32, dm.kvh as i32, dm.t as i32, rows as i32);
+
+    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_bwd_delta", dt, dm.hd), MODULE, kern::PTX)?;
+    let mut b = f.builder();
+    b.arg(&ov).arg(&gv).arg(&mut delta).arg(&ri);
+    unsafe { b.launch(cfg(kern::attn_bwd_delta(rows))) }.map_err(err)?;
+
+    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_bwd_kv", dt, dm.hd), MODULE, kern::PTX)?;
+    let mut b = f.builder();
+    b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dk).arg(&mut dv).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
+    unsafe { b.launch(cfg(kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd))) }.map_err(err)?;
+
+    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_bwd_q", dt, dm.hd), MODULE, kern::PTX)?;
+    let mut b = f.builder();
+    b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dq).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
+    unsafe { b.launch(cfg(kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd))) }.map_err(err)?;
+
+    Ok((tensor(dq, &dev, q.shape()), tensor(dk, &dev, k.shape()), tensor(dv, &dev, v.shape())))
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "flash-attention-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, q: &CudaStorage, lq: &Layout, k: &CudaStorage, lk: &Layout, v: &CudaStorage, lv: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = dtype_of(q.dtype(), self.name())?;
+        Ok((by_dtype!(dt, attn_fwd(self, (q, lq), (k, lk), (v, lv), dt))?, lq.shape().clone()))
+    }
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dt = dtype_of(q.dtype(), self.name())?;
+        let g = g.contiguous()?;
+        let (dq, dk, dv) = by_dtype!(dt, attn_bwd(self, q, k, v, o, &g, dt))?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// Causal attention over q (b, nh, t, hd), k and v (b, kvh, t, hd) -> (b, nh, t, hd), or
+/// None where no kernel serves (CPU, another dtype, a head dim the kernels are not built for).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    if !serves(q) || !kern::ATTN_HEAD_DIMS.contains(&q.dim(D::Minus1)?) {
+        return Ok(None);
+    }
+    let op = FlashAttention { scale: scale as f32, lse: Default::default() };
+    Ok(Some(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?))
+}

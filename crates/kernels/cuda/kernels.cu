@@ -1,0 +1,417 @@
+// loralab's CUDA kernels: the ops candle has no GPU kernel (or no backward) for.
+//
+//   rms_norm_{fwd,bwd}_T        RMSNorm over the last dim; the backward gives dx
+//   rope_T                      rotary embedding; sign = -1 is its backward (inverse rotation)
+//   nll_{fwd,grad}_T, sum_f32   masked next-token cross-entropy and its gradient,
+//                               never materialising the (n, vocab) log-softmax
+//   attn_fwd_T_HD               causal flash attention with grouped-query heads: O and the
+//                               row log-sum-exp, no (t, t) scores in memory
+//   attn_bwd_{delta,kv,q}_T_HD  its backward: D = rowsum(dO∘O), then dK/dV (one block per
+//                               key block, summing the kv head's query heads, no atomics)
+//                               and dQ (one block per query block), recomputing P
+//
+// T is f32 or bf16 (suffix f32 / bf16); every kernel computes in f32. Tensors are
+// contiguous, row-major. One source serves two builds: nvcc --ptx for the GPU (loaded by
+// crates/core/src/cuda.rs), and g++ with emu.h, which runs each block's threads as fibers
+// on the CPU, so `cargo test -p loralab-kernels` checks the kernels without a GPU.
+// Kernels keep control flow uniform around __syncthreads and shuffles (the emulator
+// checks it).
+
+#ifndef LORALAB_EMULATE
+#include <cuda_bf16.h>
+#include <math_constants.h>
+#define LL_INF CUDART_INF_F
+#else
+#define LL_INF INFINITY
+#endif
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ float ld(bf16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T st(float v);
+template <> __device__ __forceinline__ float st<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 st<bf16>(float v) { return __float2bfloat16(v); }
+
+// Sum over aligned groups of G lanes (G a power of two ≤ 32); every lane gets the sum.
+template <int G> __device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide sum or max (blockDim.x a multiple of 32); every thread gets the result.
+template <bool MAX> __device__ float block_reduce(float v) {
+  __shared__ float part[32];
+  v = MAX ? warp_max(v) : group_sum<32>(v);
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();  // part[] may still be read by a previous call
+  if (lane == 0) part[w] = v;
+  __syncthreads();
+  float r = part[0];
+  for (int i = 1; i < nw; i++) r = MAX ? fmaxf(r, part[i]) : r + part[i];
+  return r;
+}
+
+// ------------------------------------------------------------------ RMSNorm
+
+// y = x · rsqrt(mean(x²) + eps) · w; one block per row of d.
+template <typename T>
+__device__ void rms_norm_fwd(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int d, float eps) {
+  const T* xr = x + (size_t)blockIdx.x * d;
+  T* yr = y + (size_t)blockIdx.x * d;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) { float a = ld(xr[i]); ss += a * a; }
+  const float r = rsqrtf(block_reduce<false>(ss) / d + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = st<T>(ld(xr[i]) * r * ld(w[i]));
+}
+
+// dx = r·(g∘w) − x·r³·mean((g∘w)∘x) with r = rsqrt(mean(x²) + eps); one block per row.
+template <typename T>
+__device__ void rms_norm_bwd(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ g,
+                             T* __restrict__ dx, int d, float eps) {
+  const size_t off = (size_t)blockIdx.x * d;
+  float ss = 0.f, dot = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float a = ld(x[off + i]);
+    ss += a * a;
+    dot += ld(g[off + i]) * ld(w[i]) * a;
+  }
+  ss = block_reduce<false>(ss);
+  dot = block_reduce<false>(dot);
+  const float r = rsqrtf(ss / d + eps), c = r * r * r * dot / d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x)
+    dx[off + i] = st<T>(r * ld(g[off + i]) * ld(w[i]) - ld(x[off + i]) * c);
+}
+
+// ------------------------------------------------------------------ rotary embedding
+
+// x: (rows, hd) with row r at position r mod t; cos, sin: (t, hd) f32. One thread per
+// rotated pair (i, i + hd/2). sign = -1 applies the inverse rotation (the backward).
+template <typename T>
+__device__ void rope(const T* __restrict__ x, const float* __restrict__ cos, const float* __restrict__ sin,
+                     T* __restrict__ y, int rows, int t, int hd, float sign) {
+  const int half = hd / 2;
+  const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (size_t)rows * half) return;
+  const size_t row = idx / half;
+  const int i = (int)(idx % half), pos = (int)(row % t);
+  const float a = ld(x[row * hd + i]), b = ld(x[row * hd + i + half]);
+  const float* c = cos + (size_t)pos * hd;
+  const float* s = sin + (size_t)pos * hd;
+  y[row * hd + i] = st<T>(a * c[i] - b * sign * s[i]);
+  y[row * hd + i + half] = st<T>(b * c[i + half] + a * sign * s[i + half]);
+}
+
+// ------------------------------------------------------------------ masked cross-entropy
+
+// Row max and Σ exp(x − max) of one row of v logits, block-wide.
+template <typename T> __device__ void row_lse(const T* xr, int v, float& m, float& s) {
+  float lm = -LL_INF;
+  for (int i = threadIdx.x; i < v; i += blockDim.x) lm = fmaxf(lm, ld(xr[i]));
+  m = block_reduce<true>(lm);
+  float ls = 0.f;
+  for (int i = threadIdx.x; i < v; i += blockDim.x) ls += __expf(ld(xr[i]) - m);
+  s = block_reduce<false>(ls);
+}
+
+// loss_i = w_i·(logsumexp(x_i) − x_i[target_i]); rows with w_i = 0 are skipped. One block per row.
+template <typename T>
+__device__ void nll_fwd(const T* __restrict__ x, const unsigned* __restrict__ target, const float* __restrict__ weight,
+                        float* __restrict__ loss, int v) {
+  const int row = blockIdx.x;
+  const float w = weight[row];
+  if (w == 0.f) {  // uniform over the block
+    if (threadIdx.x == 0) loss[row] = 0.f;
+    return;
+  }
+  const T* xr = x + (size_t)row * v;
+  float m, s;
+  row_lse(xr, v, m, s);
+  if (threadIdx.x == 0) loss[row] = w * (m + logf(s) - ld(xr[target[row]]));
+}
+
+// dx_i = w_i·(softmax(x_i) − onehot(target_i)), w already multiplied by the upstream gradient.
+template <typename T>
+__device__ void nll_grad(const T* __restrict__ x, const unsigned* __restrict__ target, const float* __restrict__ weight,
+                         T* __restrict__ dx, int v) {
+  const int row = blockIdx.x;
+  const float w = weight[row];
+  const T* xr = x + (size_t)row * v;
+  T* dr = dx + (size_t)row * v;
+  if (w == 0.f) {
+    for (int i = threadIdx.x; i < v; i += blockDim.x) dr[i] = st<T>(0.f);
+    return;
+  }
+  float m, s;
+  row_lse(xr, v, m, s);
+  const float lse = m + logf(s);
+  const int tg = (int)target[row];
+  for (int i = threadIdx.x; i < v; i += blockDim.x) dr[i] = st<T>(w * (__expf(ld(xr[i]) - lse) - (i == tg ? 1.f : 0.f)));
+}
+
+// out[0] = Σ a (one block; deterministic).
+extern "C" __global__ void sum_f32(const float* __restrict__ a, float* __restrict__ out, int n) {
+  float s = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += a[i];
+  s = block_reduce<false>(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+// ------------------------------------------------------------------ causal flash attention
+//
+// q, o, dq: (b, nh, t, HD); k, v, dk, dv: (b, kvh, t, HD); query head h reads kv head
+// h / (nh / kvh). lse, delta: (b, nh, t) f32; lse is in base 2 of the scaled scores
+// (log2 Σ_j 2^(s_ij·scale·log2 e)), delta = rowsum(dO ∘ O).
+// A query (or key) row is served by G = HD/32 adjacent threads; thread g of the group
+// holds dims g, g+G, g+2G, … (32 of them) in registers, so the group's lanes read
+// adjacent shared-memory words (no bank conflicts); dot products are summed over the G lanes.
+
+#define ATTN_THREADS 128
+#define ATTN_BC 32  // keys (forward, dQ) or queries (dK/dV) per shared-memory tile
+
+// Rows r0 … r0+BC−1 of two (t, HD) matrices at `off` into shared tiles, in f32; rows past t
+// read as zeros. Called by every thread of the block, between barriers.
+template <typename T, int HD>
+__device__ __forceinline__ void load_tiles(float (*a)[HD], float (*b)[HD], const T* __restrict__ x, const T* __restrict__ y,
+                                           size_t off, int r0, int t) {
+  for (int e = threadIdx.x; e < ATTN_BC * HD; e += ATTN_THREADS) {
+    const int rr = e / HD, dd = e % HD, r = r0 + rr;
+    a[rr][dd] = r < t ? ld(x[off + (size_t)r * HD + dd]) : 0.f;
+    b[rr][dd] = r < t ? ld(y[off + (size_t)r * HD + dd]) : 0.f;
+  }
+}
+
+template <typename T, int HD>
+__device__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+                         float* __restrict__ lse, int nh, int kvh, int t, float scale) {
+  constexpr int G = HD / 32, S = 32, BR = ATTN_THREADS / G, BC = ATTN_BC;
+  __shared__ float ks[BC][HD];
+  __shared__ float vs[BC][HD];
+  const int r = threadIdx.x / G, g = threadIdx.x % G, h = blockIdx.y, b = blockIdx.z;
+  const int i = blockIdx.x * BR + r;
+  const bool live = i < t;
+  const size_t qoff = ((size_t)(b * nh + h) * t) * HD, koff = ((size_t)(b * kvh + h / (nh / kvh)) * t) * HD;
+  const float c = scale * 1.44269504088896340736f;  // scores in base 2
+  float qr[S], acc[S];
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    qr[s] = live ? ld(q[qoff + (size_t)i * HD + s * G + g]) * c : 0.f;
+    acc[s] = 0.f;
+  }
+  float m = -LL_INF, l = 0.f;
+  const int end = min(t, (int)(blockIdx.x + 1) * BR);  // the block's last query sees keys < end
+  for (int j0 = 0; j0 < end; j0 += BC) {
+    __syncthreads();
+    load_tiles<T, HD>(ks, vs, k, v, koff, j0, t);
+    __syncthreads();
+    float sc[BC];
+    float mt = m;
+#pragma unroll
+    for (int jj = 0; jj < BC; jj++) {
+      float p = 0.f;
+#pragma unroll
+      for (int s = 0; s < S; s++) p += qr[s] * ks[jj][s * G + g];
+      p = group_sum<G>(p);
+      sc[jj] = (live && j0 + jj <= i) ? p : -LL_INF;
+      mt = fmaxf(mt, sc[jj]);
+    }
+    if (mt == -LL_INF) continue;  // nothing visible yet (rows past t); no barrier follows
+    const float alpha = exp2f(m - mt);  // m = -inf on the first tile: alpha = 0
+    l *= alpha;
+#pragma unroll
+    for (int s = 0; s < S; s++) acc[s] *= alpha;
+#pragma unroll
+    for (int jj = 0; jj < BC; jj++) {
+      const float p = exp2f(sc[jj] - mt);
+      l += p;
+#pragma unroll
+      for (int s = 0; s < S; s++) acc[s] += p * vs[jj][s * G + g];
+    }
+    m = mt;
+  }
+  if (!live) return;
+  const float inv = 1.f / l;
+#pragma unroll
+  for (int s = 0; s < S; s++) o[qoff + (size_t)i * HD + s * G + g] = st<T>(acc[s] * inv);
+  if (g == 0) lse[(size_t)(b * nh + h) * t + i] = m + log2f(l);
+}
+
+// delta = rowsum(dO ∘ O) over (b·nh·t) rows; one thread per row.
+template <typename T, int HD>
+__device__ void attn_bwd_delta(const T* __restrict__ o, const T* __restrict__ dout, float* __restrict__ delta, int rows) {
+  const size_t row = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= (size_t)rows) return;
+  float s = 0.f;
+  for (int d = 0; d < HD; d++) s += ld(o[row * HD + d]) * ld(dout[row * HD + d]);
+  delta[row] = s;
+}
+
+// dK, dV for one block of BR keys of one kv head, over every query i ≥ key and every
+// query head sharing the kv head: dV_j = Σ_i P_ij dO_i, dK_j = scale·Σ_i dS_ij q_i with
+// dS_ij = P_ij (dO_i·v_j − delta_i).
+template <typename T, int HD>
+__device__ void attn_bwd_kv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                            const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                            T* __restrict__ dk, T* __restrict__ dv, int nh, int kvh, int t, float scale) {
+  constexpr int G = HD / 32, S = 32, BR = ATTN_THREADS / G, BQ = ATTN_BC;
+  __shared__ float qs[BQ][HD];
+  __shared__ float dos[BQ][HD];
+  __shared__ float ls[BQ], ds[BQ];
+  const int r = threadIdx.x / G, g = threadIdx.x % G, kh = blockIdx.y, b = blockIdx.z;
+  const int j = blockIdx.x * BR + r, rep = nh / kvh;
+  const bool live = j < t;
+  const size_t koff = ((size_t)(b * kvh + kh) * t) * HD;
+  const float c = scale * 1.44269504088896340736f;
+  float kr[S], vr[S], dkr[S], dvr[S];
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    kr[s] = live ? ld(k[koff + (size_t)j * HD + s * G + g]) : 0.f;
+    vr[s] = live ? ld(v[koff + (size_t)j * HD + s * G + g]) : 0.f;
+    dkr[s] = 0.f;
+    dvr[s] = 0.f;
+  }
+  const int start = (blockIdx.x * BR) / BQ * BQ;  // the first query that sees any of these keys
+  for (int hh = 0; hh < rep; hh++) {
+    const int h = kh * rep + hh;
+    const size_t qoff = ((size_t)(b * nh + h) * t) * HD, roff = (size_t)(b * nh + h) * t;
+    for (int i0 = start; i0 < t; i0 += BQ) {
+      __syncthreads();
+      load_tiles<T, HD>(qs, dos, q, dout, qoff, i0, t);
+      for (int ii = threadIdx.x; ii < BQ; ii += ATTN_THREADS) {
+        ls[ii] = i0 + ii < t ? lse[roff + i0 + ii] : 0.f;
+        ds[ii] = i0 + ii < t ? delta[roff + i0 + ii] : 0.f;
+      }
+      __syncthreads();
+#pragma unroll 4
+      for (int ii = 0; ii < BQ; ii++) {
+        float sc = 0.f, dp = 0.f;
+#pragma unroll
+        for (int s = 0; s < S; s++) {
+          sc += qs[ii][s * G + g] * kr[s];
+          dp += dos[ii][s * G + g] * vr[s];
+        }
+        sc = group_sum<G>(sc);
+        dp = group_sum<G>(dp);
+        const int i = i0 + ii;
+        const float p = (live && i < t && j <= i) ? exp2f(sc * c - ls[ii]) : 0.f;
+        const float dsij = p * (dp - ds[ii]);
+#pragma unroll
+        for (int s = 0; s < S; s++) {
+          dvr[s] += p * dos[ii][s * G + g];
+          dkr[s] += dsij * qs[ii][s * G + g];
+        }
+      }
+    }
+  }
+  if (!live) return;
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    dk[koff + (size_t)j * HD + s * G + g] = st<T>(dkr[s] * scale);
+    dv[koff + (size_t)j * HD + s * G + g] = st<T>(dvr[s]);
+  }
+}
+
+// dQ for one block of BR queries of one head: dQ_i = scale·Σ_{j ≤ i} dS_ij k_j.
+template <typename T, int HD>
+__device__ void attn_bwd_q(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                           const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                           T* __restrict__ dq, int nh, int kvh, int t, float scale) {
+  constexpr int G = HD / 32, S = 32, BR = ATTN_THREADS / G, BC = ATTN_BC;
+  __shared__ float ks[BC][HD];
+  __shared__ float vs[BC][HD];
+  const int r = threadIdx.x / G, g = threadIdx.x % G, h = blockIdx.y, b = blockIdx.z;
+  const int i = blockIdx.x * BR + r;
+  const bool live = i < t;
+  const size_t qoff = ((size_t)(b * nh + h) * t) * HD, koff = ((size_t)(b * kvh + h / (nh / kvh)) * t) * HD;
+  const size_t roff = (size_t)(b * nh + h) * t;
+  const float c = scale * 1.44269504088896340736f;
+  float qr[S], dor[S], dqr[S];
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    qr[s] = live ? ld(q[qoff + (size_t)i * HD + s * G + g]) : 0.f;
+    dor[s] = live ? ld(dout[qoff + (size_t)i * HD + s * G + g]) : 0.f;
+    dqr[s] = 0.f;
+  }
+  const float li = live ? lse[roff + i] : 0.f, di = live ? delta[roff + i] : 0.f;
+  const int end = min(t, (int)(blockIdx.x + 1) * BR);
+  for (int j0 = 0; j0 < end; j0 += BC) {
+    __syncthreads();
+    load_tiles<T, HD>(ks, vs, k, v, koff, j0, t);
+    __syncthreads();
+#pragma unroll 4
+    for (int jj = 0; jj < BC; jj++) {
+      float sc = 0.f, dp = 0.f;
+#pragma unroll
+      for (int s = 0; s < S; s++) {
+        sc += qr[s] * ks[jj][s * G + g];
+        dp += dor[s] * vs[jj][s * G + g];
+      }
+      sc = group_sum<G>(sc);
+      dp = group_sum<G>(dp);
+      const float p = (live && j0 + jj <= i) ? exp2f(sc * c - li) : 0.f;
+      const float dsij = p * (dp - di);
+#pragma unroll
+      for (int s = 0; s < S; s++) dqr[s] += dsij * ks[jj][s * G + g];
+    }
+  }
+  if (!live) return;
+#pragma unroll
+  for (int s = 0; s < S; s++) dq[qoff + (size_t)i * HD + s * G + g] = st<T>(dqr[s] * scale);
+}
+
+// ------------------------------------------------------------------ entry points
+// Unmangled names, one per dtype (and head dimension): <op>_<dtype>[_<HD>].
+
+#define LL_ROW_OPS(T, N)                                                                                          \
+  extern "C" __global__ void rms_norm_fwd_##N(const T* x, const T* w, T* y, int d, float eps) {                    \
+    rms_norm_fwd<T>(x, w, y, d, eps);                                                                             \
+  }                                                                                                               \
+  extern "C" __global__ void rms_norm_bwd_##N(const T* x, const T* w, const T* g, T* dx, int d, float eps) {       \
+    rms_norm_bwd<T>(x, w, g, dx, d, eps);                                                                         \
+  }                                                                                                               \
+  extern "C" __global__ void rope_##N(const T* x, const float* cos, const float* sin, T* y, int rows, int t,       \
+                                      int hd, float sign) {                                                       \
+    rope<T>(x, cos, sin, y, rows, t, hd, sign);                                                                   \
+  }                                                                                                               \
+  extern "C" __global__ void nll_fwd_##N(const T* x, const unsigned* target, const float* weight, float* loss,     \
+                                         int v) {                                                                 \
+    nll_fwd<T>(x, target, weight, loss, v);                                                                       \
+  }                                                                                                               \
+  extern "C" __global__ void nll_grad_##N(const T* x, const unsigned* target, const float* weight, T* dx, int v) { \
+    nll_grad<T>(x, target, weight, dx, v);                                                                        \
+  }
+
+#define LL_ATTN(T, N, HD)                                                                                          \
+  extern "C" __global__ void attn_fwd_##N##_##HD(const T* q, const T* k, const T* v, T* o, float* lse, int nh,      \
+                                                 int kvh, int t, float scale) {                                    \
+    attn_fwd<T, HD>(q, k, v, o, lse, nh, kvh, t, scale);                                                           \
+  }                                                                                                                \
+  extern "C" __global__ void attn_bwd_delta_##N##_##HD(const T* o, const T* dout, float* delta, int rows) {         \
+    attn_bwd_delta<T, HD>(o, dout, delta, rows);                                                                   \
+  }                                                                                                                \
+  extern "C" __global__ void attn_bwd_kv_##N##_##HD(const T* q, const T* k, const T* v, const T* dout,              \
+                                                    const float* lse, const float* delta, T* dk, T* dv, int nh,    \
+                                                    int kvh, int t, float scale) {                                 \
+    attn_bwd_kv<T, HD>(q, k, v, dout, lse, delta, dk, dv, nh, kvh, t, scale);                                      \
+  }                                                                                                                \
+  extern "C" __global__ void attn_bwd_q_##N##_##HD(const T* q, const T* k, const T* v, const T* dout,               \
+                                                   const float* lse, const float* delta, T* dq, int nh, int kvh,   \
+                                                   int t, float scale) {                                           \
+    attn_bwd_q<T, HD>(q, k, v, dout, lse, delta, dq, nh, kvh, t, scale);                                           \
+  }
+
+LL_ROW_OPS(float, f32)
+LL_ROW_OPS(bf16, bf16)
+LL_ATTN(float, f32, 32)
+LL_ATTN(float, f32, 64)
+LL_ATTN(float, f32, 128)
+LL_ATTN(bf16, bf16, 32)
+LL_ATTN(bf16, bf16, 64)
+LL_ATTN(bf16, bf16, 128)
