@@ -1,4 +1,4 @@
-//! Builds cuda/kernels.cu one of two ways: with feature `cuda`, to PTX through nvcc (the
+//! Builds cuda/kernels.cu one of two ways: with feature `cuda`, to a fatbin through nvcc (the
 //! sidecar's kernels); without it, for the CPU through the emulator (the tests' kernels;
 //! kept out of the CUDA build, which then needs no C++ runtime).
 use std::{env, path::PathBuf, process::Command};
@@ -14,9 +14,10 @@ fn main() {
         println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
         let nvcc = env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
         let cap = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
-        let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("kernels.ptx");
+        let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("kernels.fatbin");
+        // -arch=sm_XX: machine code for that GPU (nothing to JIT at load) and its PTX for newer ones
         let status = Command::new(&nvcc)
-            .args(["--ptx", &format!("-arch=compute_{cap}"), "-O3", "-std=c++17", "-o"])
+            .args(["--fatbin", &format!("-arch=sm_{cap}"), "-O3", "-std=c++17", "-o"])
             .arg(&out)
             .arg("cuda/kernels.cu")
             .status()

@@ -1,18 +1,49 @@
 //! The GPU kernels of ops.rs (feature `cuda`): causal flash attention forward and backward,
-//! RMSNorm, rotary embedding and the masked cross-entropy, from loralab-kernels' PTX.
+//! RMSNorm, rotary embedding, dropout and the masked cross-entropy, from loralab-kernels' fatbin.
 //! ops.rs routes a tensor here when `serves` says so (on CUDA, f32 or bf16, kernels not
 //! turned off); everything else takes the portable path (candle's own ops), which is also
 //! what `LORALAB_CUDA_KERNELS=0` or `ops::with_portable` selects, e.g. to compare the two.
 //! The kernels themselves are tested on the CPU through loralab-kernels' emulator.
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 use half::bf16;
 use loralab_kernels::{self as kern, Dtype};
+use std::sync::{Arc, Mutex};
 
-const MODULE: &str = "loralab-kernels";
+/// The kernel `name` on `dev`, from the fatbin, loaded once per device (candle's own module
+/// cache takes PTX text only, which the driver would compile at load).
+fn kernel(dev: &CudaDevice, name: &str) -> Result<Kernel> {
+    type Modules = Vec<(DeviceId, Arc<CudaModule>)>;
+    static MODULES: Mutex<Modules> = Mutex::new(Vec::new());
+    let stream = dev.cuda_stream();
+    let module = {
+        let mut mods = MODULES.lock().map_err(|_| candle_core::Error::Msg("kernel module cache poisoned".into()))?;
+        match mods.iter().find(|(id, _)| *id == dev.id()) {
+            Some((_, m)) => m.clone(),
+            None => {
+                let m = stream.context().load_module(Ptx::from_binary(kern::FATBIN.to_vec())).map_err(err)?;
+                mods.push((dev.id(), m.clone()));
+                m
+            }
+        }
+    };
+    Ok(Kernel { func: module.load_function(name).map_err(err)?, stream })
+}
+
+struct Kernel {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Kernel {
+    fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
 
 /// Whether the kernels serve `x`: on a CUDA device, f32 or bf16, and not turned off.
 pub fn serves(x: &Tensor) -> bool {
@@ -84,7 +115,7 @@ fn rms_fwd<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, w: &CudaStor
     let (xv, wv) = (view::<T>(x, lx, "rms-norm")?, view::<T>(w, lw, "rms-norm")?);
     // SAFETY: the kernel writes every element (one block per row, every column).
     let mut y = unsafe { dev.alloc::<T>(rows * d) }?;
-    let f = dev.get_or_load_custom_func(&kern::name("rms_norm_fwd", dt), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::name("rms_norm_fwd", dt))?;
     let (di, mut b) = (d as i32, f.builder());
     b.arg(&xv).arg(&wv).arg(&mut y).arg(&di).arg(&eps);
     unsafe { b.launch(cfg(kern::rms_norm(rows))) }.map_err(err)?;
@@ -128,7 +159,7 @@ fn rms_dx<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), w: (&CudaStorag
     let (xv, wv, gv) = (view::<T>(x.0, x.1, "rms-norm")?, view::<T>(w.0, w.1, "rms-norm")?, view::<T>(g.0, g.1, "rms-norm")?);
     // SAFETY: written whole by the kernel.
     let mut dx = unsafe { dev.alloc::<T>(rows * d) }?;
-    let f = dev.get_or_load_custom_func(&kern::name("rms_norm_bwd", dt), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::name("rms_norm_bwd", dt))?;
     let (di, mut b) = (d as i32, f.builder());
     b.arg(&xv).arg(&wv).arg(&gv).arg(&mut dx).arg(&di).arg(&eps);
     unsafe { b.launch(cfg(kern::rms_norm(rows))) }.map_err(err)?;
@@ -168,7 +199,7 @@ fn rope_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), cos: (&CudaSt
     let (xv, cv, sv) = (view::<T>(x.0, x.1, "rope")?, view::<f32>(cos.0, cos.1, "rope")?, view::<f32>(sin.0, sin.1, "rope")?);
     // SAFETY: one thread per rotated pair writes both of its elements.
     let mut y = unsafe { dev.alloc::<T>(rows * hd) }?;
-    let f = dev.get_or_load_custom_func(&kern::name("rope", dt), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::name("rope", dt))?;
     let (ri, ti, hi, mut b) = (rows as i32, r.t as i32, hd as i32, f.builder());
     b.arg(&xv).arg(&cv).arg(&sv).arg(&mut y).arg(&ri).arg(&ti).arg(&hi).arg(&r.sign);
     unsafe { b.launch(cfg(kern::rope(rows, hd))) }.map_err(err)?;
@@ -202,6 +233,51 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(cos, sin, Rope { sign: 1.0, t })
 }
 
+// ------------------------------------------------------------------ dropout
+
+/// x·mask with the mask drawn on the device from the engine's RNG (the CPU's mask, bit for
+/// bit); the backward applies the same mask to the gradient.
+struct Dropout {
+    state: u64,
+    threshold: u32,
+    keep: f32,
+}
+
+fn dropout_run<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, op: &Dropout, dt: Dtype) -> Result<CudaStorage> {
+    let dev = x.device();
+    let n = lx.shape().elem_count();
+    let xv = view::<T>(x, lx, "dropout")?;
+    // SAFETY: one thread per draw writes its four elements.
+    let mut y = unsafe { dev.alloc::<T>(n) }?;
+    let f = kernel(dev, &kern::name("dropout", dt))?;
+    let (nl, mut b) = (n as u64, f.builder());
+    b.arg(&xv).arg(&mut y).arg(&nl).arg(&op.state).arg(&op.threshold).arg(&op.keep);
+    unsafe { b.launch(cfg(kern::dropout(n))) }.map_err(err)?;
+    Ok(T::wrap_cuda_slice(y, dev.clone()))
+}
+
+impl candle_core::CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "dropout-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = dtype_of(x.dtype(), self.name())?;
+        Ok((by_dtype!(dt, dropout_run(x, lx, self, dt))?, lx.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(Dropout { ..*self })?))
+    }
+}
+
+/// x · mask, the mask from RNG state `state` (draw i = Rng::bits_at(i)), elements dropped when
+/// their 16-bit lane is below `threshold`, the rest scaled by `keep`.
+pub fn dropout(x: &Tensor, state: u64, threshold: u32, keep: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Dropout { state, threshold, keep })
+}
+
 // ------------------------------------------------------------------ masked cross-entropy
 
 /// (logits (n, V), targets (n) u32, weights (n) f32) -> Σ_i w_i·nll_i as an f32 scalar.
@@ -214,12 +290,12 @@ fn nll_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&CudaStor
     // SAFETY: one block per row writes its loss; the sum writes its one element.
     let mut rows = unsafe { dev.alloc::<f32>(n) }?;
     let mut total = unsafe { dev.alloc::<f32>(1) }?;
-    let f = dev.get_or_load_custom_func(&kern::name("nll_fwd", dt), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::name("nll_fwd", dt))?;
     let (vi, ni) = (v as i32, n as i32);
     let mut b = f.builder();
     b.arg(&xv).arg(&tv).arg(&wv).arg(&mut rows).arg(&vi);
     unsafe { b.launch(cfg(kern::nll(n))) }.map_err(err)?;
-    let f = dev.get_or_load_custom_func("sum_f32", MODULE, kern::PTX)?;
+    let f = kernel(dev, "sum_f32")?;
     let mut b = f.builder();
     b.arg(&rows).arg(&mut total).arg(&ni);
     unsafe { b.launch(cfg(kern::sum())) }.map_err(err)?;
@@ -232,7 +308,7 @@ fn nll_grad_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&Cud
     let (xv, tv, wv) = (view::<T>(x.0, x.1, "masked-nll")?, view::<u32>(tg.0, tg.1, "masked-nll")?, view::<f32>(w.0, w.1, "masked-nll")?);
     // SAFETY: one block per row writes the whole row.
     let mut dx = unsafe { dev.alloc::<T>(n * v) }?;
-    let f = dev.get_or_load_custom_func(&kern::name("nll_grad", dt), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::name("nll_grad", dt))?;
     let (vi, mut b) = (v as i32, f.builder());
     b.arg(&xv).arg(&tv).arg(&wv).arg(&mut dx).arg(&vi);
     unsafe { b.launch(cfg(kern::nll(n))) }.map_err(err)?;
@@ -325,7 +401,7 @@ fn attn_fwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: (&CudaStorage, &L
     // SAFETY: every live query row writes its output row and its log-sum-exp.
     let mut o = unsafe { dev.alloc::<T>(q.1.shape().elem_count()) }?;
     let mut lse = unsafe { dev.alloc::<f32>(dm.b * dm.nh * dm.t) }?;
-    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_fwd", dt, dm.hd), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::attn_name("attn_fwd", dt, dm.hd))?;
     let (nh, kvh, t) = (dm.nh as i32, dm.kvh as i32, dm.t as i32);
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&mut o).arg(&mut lse).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
@@ -339,7 +415,7 @@ fn attn_bwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: &Tensor, k: &Tens
     let dm = attn_dims(q.dims(), k.dims(), v.dims())?;
     let lse = op.lse.lock().map_err(|_| candle_core::Error::Msg("attention: lse lock poisoned".into()))?.take();
     let lse = lse.ok_or_else(|| candle_core::Error::Msg("attention: backward ran twice (the forward's log-sum-exp is gone)".into()))?;
-    let dev = q.device().as_cuda_device()?.clone();
+    let dev = q.device().as_cuda_device()?;
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
@@ -357,22 +433,22 @@ fn attn_bwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: &Tensor, k: &Tens
     let (mut delta, mut dq, mut dk, mut dv) = unsafe { (dev.alloc::<f32>(rows)?, dev.alloc::<T>(nq)?, dev.alloc::<T>(nk)?, dev.alloc::<T>(nk)?) };
     let (nh, kvh, t, ri) = (dm.nh as i32, dm.kvh as i32, dm.t as i32, rows as i32);
 
-    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_bwd_delta", dt, dm.hd), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::attn_name("attn_bwd_delta", dt, dm.hd))?;
     let mut b = f.builder();
     b.arg(&ov).arg(&gv).arg(&mut delta).arg(&ri);
     unsafe { b.launch(cfg(kern::attn_bwd_delta(rows))) }.map_err(err)?;
 
-    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_bwd_kv", dt, dm.hd), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::attn_name("attn_bwd_kv", dt, dm.hd))?;
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dk).arg(&mut dv).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
     unsafe { b.launch(cfg(kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd))) }.map_err(err)?;
 
-    let f = dev.get_or_load_custom_func(&kern::attn_name("attn_bwd_q", dt, dm.hd), MODULE, kern::PTX)?;
+    let f = kernel(dev, &kern::attn_name("attn_bwd_q", dt, dm.hd))?;
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dq).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
     unsafe { b.launch(cfg(kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd))) }.map_err(err)?;
 
-    Ok((tensor(dq, &dev, q.shape()), tensor(dk, &dev, k.shape()), tensor(dv, &dev, v.shape())))
+    Ok((tensor(dq, dev, q.shape()), tensor(dk, dev, k.shape()), tensor(dv, dev, v.shape())))
 }
 
 impl CustomOp3 for FlashAttention {

@@ -108,7 +108,8 @@ struct LinearOp {
     weight_grad: bool,
 }
 
-fn matmul_t_cpu(s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+/// x·Wᵀ on any backend's storage (the weight's transpose is a view: no copy).
+fn matmul_t<S: BackendStorage>(s1: &S, l1: &Layout, s2: &S, l2: &Layout) -> candle_core::Result<(S, Shape)> {
     let (m, k) = l1.shape().dims2()?;
     let (n, k2) = l2.shape().dims2()?;
     if k != k2 {
@@ -124,7 +125,17 @@ impl CustomOp2 for LinearOp {
         "linear"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        matmul_t_cpu(s1, l1, s2, l2)
+        matmul_t(s1, l1, s2, l2)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        matmul_t(s1, l1, s2, l2) // cuBLAS
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // detached inputs: the backward builds no graph of its own
@@ -149,7 +160,7 @@ impl CustomOp3 for FrozenLinearBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (out, shape) = matmul_t_cpu(s1, l1, s2, l2)?;
+        let (out, shape) = matmul_t(s1, l1, s2, l2)?;
         let n = shape.dims()[1];
         let (b0, b1) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen bias must be contiguous".into()))?;
         let out = match (out, s3) {
@@ -260,7 +271,7 @@ impl CustomOp3 for LoraOp {
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sa: &CpuStorage, la: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         // W is captured, not an argument: it is frozen and gets no gradient.
         let (sw, lw) = cpu_of(&self.w)?;
-        let (y, shape) = matmul_t_cpu(sx, lx, &sw, &lw)?;
+        let (y, shape) = matmul_t(sx, lx, &sw, &lw)?;
         let (n, inp) = lx.shape().dims2()?;
         let dropped = match &self.dropout {
             Some((rng, p)) => {
@@ -271,12 +282,12 @@ impl CustomOp3 for LoraOp {
         };
         let xl = Layout::contiguous((n, inp));
         let (h, _) = match &dropped {
-            Some(xd) => matmul_t_cpu(xd, &xl, sa, la)?,
-            None => matmul_t_cpu(sx, lx, sa, la)?,
+            Some(xd) => matmul_t(xd, &xl, sa, la)?,
+            None => matmul_t(sx, lx, sa, la)?,
         };
         let r = la.shape().dims2()?.0;
         let out = lb.shape().dims2()?.0;
-        let (d, _) = matmul_t_cpu(&h, &Layout::contiguous((n, r)), sb, lb)?;
+        let (d, _) = matmul_t(&h, &Layout::contiguous((n, r)), sb, lb)?;
         if let Ok(mut cache) = self.h.lock() {
             *cache = Some(Tensor::from_storage(candle_core::Storage::Cpu(h), (n, r), candle_core::op::BackpropOp::none(), false));
         }
@@ -343,6 +354,12 @@ fn add_rows<T: Copy + std::ops::AddAssign>(y: &mut [T], b: &[T], n: usize) {
 pub fn linear(x: &Tensor, w: &Tensor, weight_grad: bool) -> candle_core::Result<Tensor> {
     if !fused(x) {
         let w = if weight_grad { like(w, x)? } else { like(&w.detach(), x)? };
+        // on the GPU the op too (its forward is cuBLAS): a frozen weight then costs no
+        // weight-gradient matmul in the backward, and a trained one's gradient keeps no graph
+        #[cfg(feature = "cuda")]
+        if crate::cuda::serves(x) && x.rank() == 2 {
+            return x.contiguous()?.apply_op2(&w, LinearOp { weight_grad });
+        }
         return x.matmul(&w.t()?);
     }
     x.contiguous()?.apply_op2(w, LinearOp { weight_grad })
@@ -714,6 +731,11 @@ pub fn dropout_draws(n: usize) -> u64 {
 pub fn dropout(x: &Tensor, p: f64, rng: &mut crate::rng::Rng) -> candle_core::Result<Tensor> {
     let op = Dropout { start: rng.clone(), p };
     rng.skip(Dropout::draws(x.elem_count()));
+    #[cfg(feature = "cuda")]
+    if crate::cuda::serves(x) {
+        // the same mask, drawn on the device
+        return crate::cuda::dropout(x, op.start.state, op.threshold() as u32, (1.0 / (1.0 - p)) as f32);
+    }
     if !fused(x) {
         // the same mask (same RNG bits), drawn on the host and applied as a constant
         let ones = Tensor::ones(x.shape(), candle_core::DType::F32, &candle_core::Device::Cpu)?;

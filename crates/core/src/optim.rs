@@ -109,12 +109,18 @@ impl Optimizer {
 /// (torch's clip_grad_norm_: coefficient max_norm/(norm+1e-6), capped at 1).
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sq = 0.0f64;
+    // on a GPU (or the portable path) each gradient's Σg² stays on the device, in f32, and
+    // the host reads their sum once: one synchronisation per step, not one per tensor
+    let mut on_device = Vec::new();
     for g in grads.iter() {
-        sq += if g.device().is_cpu() && g.is_contiguous() {
-            g.apply_op1_no_bwd(&SumSquares)?.to_scalar::<f64>()?
+        if g.device().is_cpu() && g.is_contiguous() && !crate::ops::portable_forced() {
+            sq += g.apply_op1_no_bwd(&SumSquares)?.to_scalar::<f64>()?;
         } else {
-            g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
-        };
+            on_device.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+        }
+    }
+    if !on_device.is_empty() {
+        sq += Tensor::stack(&on_device, 0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm.is_finite() {

@@ -53,6 +53,11 @@ fn clipping_scales_to_max_norm() {
     let mut small = vec![Tensor::new(&[0.3f64], &Device::Cpu).unwrap()];
     clip_grad_norm(&mut small, 1.0).unwrap();
     assert_eq!(small[0].to_vec1::<f64>().unwrap(), vec![0.3]);
+    // the GPU's form (each Σg² kept on the device in f32, read once) gives the same norm
+    let mut g = vec![Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(), Tensor::new(&[[4f32], [12.]], &Device::Cpu).unwrap().t().unwrap()];
+    let norm = loralab_core::ops::with_portable(|| clip_grad_norm(&mut g, 1.0)).unwrap();
+    assert!((norm - 13.0).abs() < 1e-6, "portable norm {norm}");
+    assert!((g[1].to_vec2::<f32>().unwrap()[0][1] - 12.0 / 13.0).abs() < 1e-6);
 }
 
 fn sched(kind: ScheduleKind) -> ScheduleConfig {

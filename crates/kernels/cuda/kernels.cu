@@ -2,6 +2,8 @@
 //
 //   rms_norm_{fwd,bwd}_T        RMSNorm over the last dim; the backward gives dx
 //   rope_T                      rotary embedding; sign = -1 is its backward (inverse rotation)
+//   dropout_T                   x·mask with the engine's counter-based RNG (crates/core/src/rng.rs),
+//                               so the GPU draws the CPU's masks; the backward is the same call
 //   nll_{fwd,grad}_T, sum_f32   masked next-token cross-entropy and its gradient,
 //                               never materialising the (n, vocab) log-softmax
 //   attn_fwd_T_HD               causal flash attention with grouped-query heads: O and the
@@ -11,7 +13,7 @@
 //                               and dQ (one block per query block), recomputing P
 //
 // T is f32 or bf16 (suffix f32 / bf16); every kernel computes in f32. Tensors are
-// contiguous, row-major. One source serves two builds: nvcc --ptx for the GPU (loaded by
+// contiguous, row-major. One source serves two builds: nvcc --fatbin for the GPU (loaded by
 // crates/core/src/cuda.rs), and g++ with emu.h, which runs each block's threads as fibers
 // on the CPU, so `cargo test -p loralab-kernels` checks the kernels without a GPU.
 // Kernels keep control flow uniform around __syncthreads and shuffles (the emulator
@@ -107,6 +109,31 @@ __device__ void rope(const T* __restrict__ x, const float* __restrict__ cos, con
   const float* s = sin + (size_t)pos * hd;
   y[row * hd + i] = st<T>(a * c[i] - b * sign * s[i]);
   y[row * hd + i + half] = st<T>(b * c[i + half] + a * sign * s[i + half]);
+}
+
+// ------------------------------------------------------------------ dropout
+
+// splitmix64's finaliser: Rng::bits_at(i) = mix(state + (i + 1)·golden).
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// y_e = x_e · (lane < threshold ? 0 : keep) where draw e/4 gives four 16-bit lanes, lane e%4
+// (ops.rs Dropout). One thread per draw.
+template <typename T>
+__device__ void dropout(const T* __restrict__ x, T* __restrict__ y, unsigned long long n, unsigned long long state,
+                        unsigned threshold, float keep) {
+  const unsigned long long q = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (q * 4 >= n) return;
+  const unsigned long long bits = mix64(state + (q + 1) * 0x9E3779B97F4A7C15ull);
+  for (int lane = 0; lane < 4; lane++) {
+    const unsigned long long e = q * 4 + lane;
+    if (e >= n) break;
+    const float m = ((bits >> (16 * lane)) & 0xFFFFull) < threshold ? 0.f : keep;
+    y[e] = st<T>(ld(x[e]) * m);
+  }
 }
 
 // ------------------------------------------------------------------ masked cross-entropy
@@ -379,6 +406,10 @@ __device__ void attn_bwd_q(const T* __restrict__ q, const T* __restrict__ k, con
   extern "C" __global__ void rope_##N(const T* x, const float* cos, const float* sin, T* y, int rows, int t,       \
                                       int hd, float sign) {                                                       \
     rope<T>(x, cos, sin, y, rows, t, hd, sign);                                                                   \
+  }                                                                                                               \
+  extern "C" __global__ void dropout_##N(const T* x, T* y, unsigned long long n, unsigned long long state,         \
+                                         unsigned threshold, float keep) {                                         \
+    dropout<T>(x, y, n, state, threshold, keep);                                                                  \
   }                                                                                                               \
   extern "C" __global__ void nll_fwd_##N(const T* x, const unsigned* target, const float* weight, float* loss,     \
                                          int v) {                                                                 \

@@ -1,13 +1,14 @@
 //! loralab's CUDA kernels (cuda/kernels.cu): causal flash attention forward and backward
-//! with grouped-query heads, RMSNorm forward and backward, rotary embedding and the masked
-//! cross-entropy with its gradient. This crate holds the source, its launch shapes and two
-//! builds of it: PTX for the GPU (feature `cuda`, loaded by loralab-core's `cuda` module)
-//! and, without that feature, a CPU emulation (`emu`) that the tests run, so the kernels are
-//! checked on machines with no GPU.
+//! with grouped-query heads, RMSNorm forward and backward, rotary embedding, dropout with the
+//! engine's RNG and the masked cross-entropy with its gradient. This crate holds the source,
+//! its launch shapes and two builds of it: a fatbin for the GPU (feature `cuda`, loaded by
+//! loralab-core's `cuda` module) and, without that feature, a CPU emulation (`emu`) that the
+//! tests run, so the kernels are checked on machines with no GPU.
 
-/// The kernels' PTX, built by nvcc for `CUDA_COMPUTE_CAP` (default 90).
+/// The kernels as a fatbin built by nvcc for `CUDA_COMPUTE_CAP` (default 90): that GPU's
+/// machine code, so loading compiles nothing, plus PTX for newer GPUs.
 #[cfg(feature = "cuda")]
-pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+pub const FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
 
 /// Head dimensions the attention kernels are built for (a query row takes hd/32 threads).
 pub const ATTN_HEAD_DIMS: [usize; 3] = [32, 64, 128];
@@ -60,6 +61,11 @@ pub fn rope(rows: usize, hd: usize) -> Launch {
     Launch { grid: (blocks(rows * hd / 2, 256), 1, 1), block: 256 }
 }
 
+/// One thread per RNG draw (four elements).
+pub fn dropout(n: usize) -> Launch {
+    Launch { grid: (blocks(n.div_ceil(4), 256), 1, 1), block: 256 }
+}
+
 /// One block per row of logits.
 pub fn nll(rows: usize) -> Launch {
     Launch { grid: (rows as u32, 1, 1), block: 512 }
@@ -109,6 +115,8 @@ pub mod emu {
         U16Mut(&'a mut [u16]),
         U32(&'a [u32]),
         Int(i32),
+        Uint(u32),
+        Long(u64),
         Float(f32),
     }
 
@@ -122,13 +130,15 @@ pub mod emu {
                 Arg::U16(s) => s.as_ptr() as *const c_void,
                 Arg::U16Mut(s) => s.as_ptr() as *const c_void,
                 Arg::U32(s) => s.as_ptr() as *const c_void,
-                Arg::Int(_) | Arg::Float(_) => std::ptr::null(),
+                Arg::Int(_) | Arg::Uint(_) | Arg::Long(_) | Arg::Float(_) => std::ptr::null(),
             })
             .collect();
         let mut slots: Vec<*mut c_void> = Vec::with_capacity(args.len());
         for (a, p) in args.iter_mut().zip(ptrs.iter_mut()) {
             slots.push(match a {
                 Arg::Int(v) => v as *mut i32 as *mut c_void,
+                Arg::Uint(v) => v as *mut u32 as *mut c_void,
+                Arg::Long(v) => v as *mut u64 as *mut c_void,
                 Arg::Float(v) => v as *mut f32 as *mut c_void,
                 _ => p as *mut *const c_void as *mut c_void,
             });

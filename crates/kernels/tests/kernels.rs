@@ -51,6 +51,8 @@ enum P {
     AuxOut,
     U32s(Vec<u32>),
     Int(i32),
+    Uint(u32),
+    Long(u64),
     Float(f32),
 }
 
@@ -78,6 +80,8 @@ fn run(name: &str, dt: Dtype, l: k::Launch, params: Vec<P>, data: &[&[f32]], out
                 P::AuxOut => Arg::F32Mut(ao.next().expect("aux out")),
                 P::U32s(ref v) => Arg::U32(v),
                 P::Int(v) => Arg::Int(v),
+                P::Uint(v) => Arg::Uint(v),
+                P::Long(v) => Arg::Long(v),
                 P::Float(v) => Arg::Float(v),
             });
         }
@@ -286,4 +290,33 @@ fn launch_shapes_cover_every_row() {
     assert_eq!(k::rope(3, 64).grid.0, 1);
     assert_eq!(k::rope(9, 64).grid.0, 2); // 288 pairs
     assert_eq!(k::attn_name("attn_fwd", Dtype::Bf16, 64), "attn_fwd_bf16_64");
+}
+
+#[test]
+fn dropout_draws_the_engines_counter_based_mask_and_the_backward_is_the_same_call() {
+    // Rng::bits_at(i) = mix(state + (i + 1)·golden) (crates/core/src/rng.rs; core's tests hold
+    // the kernel to ops::dropout itself)
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let mut r = Rng(4);
+    let (n, state, p) = (1031usize, 0x1234_5678_9abc_def0u64, 0.25f64);
+    let thr = (p * 65536.0).round() as u32;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    for dt in [Dtype::F32, Dtype::Bf16] {
+        let x = r.vec(n, 1.0);
+        let xs = seen(dt, &x);
+        let want: Vec<f64> = (0..n)
+            .map(|e| {
+                let bits = mix(state.wrapping_add((e as u64 / 4 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+                if (bits >> (16 * (e % 4))) & 0xFFFF < thr as u64 { 0.0 } else { (xs[e] as f32 * keep) as f64 }
+            })
+            .collect();
+        let (o, _) = run(&k::name("dropout", dt), dt, k::dropout(n), vec![P::In(0), P::Out, P::Long(n as u64), P::Long(state), P::Uint(thr), P::Float(keep)], &[&x], &[n], &[]);
+        let dropped = o[0].iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - p).abs() < 0.06, "{dt:?}: dropped {dropped:.3} of the elements, p = {p}");
+        close(&format!("dropout {dt:?}"), &o[0], &want, if dt == Dtype::F32 { 0.0 } else { 8e-3 });
+    }
 }

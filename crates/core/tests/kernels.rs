@@ -1,0 +1,122 @@
+//! The CUDA kernels (crates/kernels, run on its CPU emulator) held to this crate's own ops on
+//! the same inputs: the conventions the GPU path relies on (grouped-query head order, rotary
+//! table layout, the dropout RNG's draws, the loss's row weights) are the engine's.
+//! crates/kernels/tests checks the kernels' maths against plain references; this file checks
+//! they compute what ops.rs and model.rs compute.
+use candle_core::{DType, Device, Tensor, Var};
+use loralab_core::ops;
+use loralab_core::rng::Rng;
+use loralab_kernels::emu::{launch, Arg};
+use loralab_kernels::{self as kern, Dtype};
+
+fn randn(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn the_dropout_kernel_draws_ops_dropouts_mask_bit_for_bit() {
+    let mut rng = Rng::fork(7, 3);
+    let x = randn(&mut rng, &[37, 29]); // 1073 elements: a partial last draw
+    for p in [0.05, 0.5] {
+        let start = rng.clone();
+        let cpu = flat(&ops::dropout(&x, p, &mut rng).unwrap());
+        let n = x.elem_count();
+        let mut gpu = vec![f32::NAN; n];
+        let xs = flat(&x);
+        let thr = (p * 65536.0).round() as u32;
+        launch(&kern::name("dropout", Dtype::F32), kern::dropout(n), &mut [Arg::F32(&xs), Arg::F32Mut(&mut gpu), Arg::Long(n as u64), Arg::Long(start.state), Arg::Uint(thr), Arg::Float((1.0 / (1.0 - p)) as f32)]);
+        assert!(cpu.iter().zip(&gpu).all(|(a, b)| a.to_bits() == b.to_bits()), "p = {p}: the kernel's mask differs from ops::dropout's");
+        let mut after = start.clone();
+        after.skip(ops::dropout_draws(n));
+        assert_eq!(rng, after, "ops::dropout advances the RNG past exactly its draws");
+    }
+}
+
+#[test]
+fn the_attention_kernels_compute_model_rs_grouped_query_attention_and_its_gradients() {
+    let mut rng = Rng::new(11);
+    let (b, nh, kv, t, hd) = (2, 4, 2, 19, 32);
+    let rep = nh / kv;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let (q, k, v) = (Var::from_tensor(&randn(&mut rng, &[b, nh, t, hd])).unwrap(), Var::from_tensor(&randn(&mut rng, &[b, kv, t, hd])).unwrap(), Var::from_tensor(&randn(&mut rng, &[b, kv, t, hd])).unwrap());
+    let d_o = randn(&mut rng, &[b, nh, t, hd]);
+    // model.rs's composition: the rep query heads of kv head j are adjacent
+    let scores = q.as_tensor().reshape((b, kv, rep * t, hd)).unwrap().matmul(&k.as_tensor().t().unwrap()).unwrap();
+    let o = ops::causal_softmax(&scores, scale).unwrap().matmul(v.as_tensor()).unwrap().reshape((b, nh, t, hd)).unwrap();
+    let grads = (&o * &d_o).unwrap().sum_all().unwrap().backward().unwrap();
+    let (dq, dk, dv) = (flat(grads.get(q.as_tensor()).unwrap()), flat(grads.get(k.as_tensor()).unwrap()), flat(grads.get(v.as_tensor()).unwrap()));
+
+    let (qs, ks, vs, dos) = (flat(q.as_tensor()), flat(k.as_tensor()), flat(v.as_tensor()), flat(&d_o));
+    let (nq, nk, rows) = (qs.len(), ks.len(), b * nh * t);
+    let (nh_, kv_, t_, sc) = (nh as i32, kv as i32, t as i32, scale as f32);
+    let (mut go, mut lse, mut delta) = (vec![f32::NAN; nq], vec![f32::NAN; rows], vec![f32::NAN; rows]);
+    launch(&kern::attn_name("attn_fwd", Dtype::F32, hd), kern::attn_fwd(b, nh, t, hd), &mut [Arg::F32(&qs), Arg::F32(&ks), Arg::F32(&vs), Arg::F32Mut(&mut go), Arg::F32Mut(&mut lse), Arg::Int(nh_), Arg::Int(kv_), Arg::Int(t_), Arg::Float(sc)]);
+    let d = max_diff(&go, &flat(&o));
+    assert!(d < 1e-5, "O differs from model.rs's attention by {d:e}");
+    launch(&kern::attn_name("attn_bwd_delta", Dtype::F32, hd), kern::attn_bwd_delta(rows), &mut [Arg::F32(&go), Arg::F32(&dos), Arg::F32Mut(&mut delta), Arg::Int(rows as i32)]);
+    let (mut gdq, mut gdk, mut gdv) = (vec![f32::NAN; nq], vec![f32::NAN; nk], vec![f32::NAN; nk]);
+    launch(&kern::attn_name("attn_bwd_kv", Dtype::F32, hd), kern::attn_bwd_kv(b, kv, t, hd), &mut [Arg::F32(&qs), Arg::F32(&ks), Arg::F32(&vs), Arg::F32(&dos), Arg::F32(&lse), Arg::F32(&delta), Arg::F32Mut(&mut gdk), Arg::F32Mut(&mut gdv), Arg::Int(nh_), Arg::Int(kv_), Arg::Int(t_), Arg::Float(sc)]);
+    launch(&kern::attn_name("attn_bwd_q", Dtype::F32, hd), kern::attn_fwd(b, nh, t, hd), &mut [Arg::F32(&qs), Arg::F32(&ks), Arg::F32(&vs), Arg::F32(&dos), Arg::F32(&lse), Arg::F32(&delta), Arg::F32Mut(&mut gdq), Arg::Int(nh_), Arg::Int(kv_), Arg::Int(t_), Arg::Float(sc)]);
+    for (what, got, want) in [("dQ", &gdq, &dq), ("dK", &gdk, &dk), ("dV", &gdv, &dv)] {
+        let d = max_diff(got, want);
+        assert!(d < 1e-4, "{what} differs from candle's backward through model.rs's attention by {d:e}");
+    }
+}
+
+#[test]
+fn rope_rms_norm_and_the_loss_kernels_compute_what_ops_rs_computes() {
+    let mut rng = Rng::new(12);
+    // rotary embedding with the model's tables (frequencies repeated as HF does)
+    let (b, h, t, hd) = (2, 3, 9, 32);
+    let inv_freq: Vec<f64> = (0..hd / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64)).collect();
+    let tables = ops::RopeTables::new(&inv_freq, t);
+    let x = randn(&mut rng, &[b, h, t, hd]);
+    let want = flat(&tables.apply(&x).unwrap());
+    let (cos, sin): (Vec<f32>, Vec<f32>) = (tables.cos.iter().map(|&v| v as f32).collect(), tables.sin.iter().map(|&v| v as f32).collect());
+    let (xs, rows) = (flat(&x), b * h * t);
+    let mut got = vec![f32::NAN; xs.len()];
+    launch(&kern::name("rope", Dtype::F32), kern::rope(rows, hd), &mut [Arg::F32(&xs), Arg::F32(&cos), Arg::F32(&sin), Arg::F32Mut(&mut got), Arg::Int(rows as i32), Arg::Int(t as i32), Arg::Int(hd as i32), Arg::Float(1.0)]);
+    let d = max_diff(&got, &want);
+    assert!(d < 1e-5, "rope differs from RopeTables::apply by {d:e}");
+
+    // RMSNorm
+    let (n, dm, eps) = (7, 200, 1e-5);
+    let (x, w) = (randn(&mut rng, &[n, dm]), randn(&mut rng, &[dm]));
+    let want = flat(&ops::rms_norm(&x, &w, eps, false).unwrap());
+    let (xs, ws) = (flat(&x), flat(&w));
+    let mut got = vec![f32::NAN; xs.len()];
+    launch(&kern::name("rms_norm_fwd", Dtype::F32), kern::rms_norm(n), &mut [Arg::F32(&xs), Arg::F32(&ws), Arg::F32Mut(&mut got), Arg::Int(dm as i32), Arg::Float(eps as f32)]);
+    let d = max_diff(&got, &want);
+    assert!(d < 1e-5, "rms-norm differs from ops::rms_norm by {d:e}");
+
+    // the masked next-token loss: row weights = mask / denominator, as the trainer passes them
+    let (n, vocab) = (6, 300);
+    let logits = (randn(&mut rng, &[n, vocab]) * 3.0).unwrap();
+    let targets: Vec<u32> = (0..n as u32).map(|i| i * 47 % vocab as u32).collect();
+    let weights = vec![0.25, 0.0, 0.25, 0.25, 0.0, 0.25];
+    let want = ops::masked_nll(&logits, targets.clone(), weights.clone()).unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+    let ls = flat(&logits);
+    let w32: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    let (mut per_row, mut total) = (vec![f32::NAN; n], vec![f32::NAN]);
+    launch(&kern::name("nll_fwd", Dtype::F32), kern::nll(n), &mut [Arg::F32(&ls), Arg::U32(&targets), Arg::F32(&w32), Arg::F32Mut(&mut per_row), Arg::Int(vocab as i32)]);
+    launch("sum_f32", kern::sum(), &mut [Arg::F32(&per_row), Arg::F32Mut(&mut total), Arg::Int(n as i32)]);
+    assert!((total[0] - want).abs() < 1e-5 * want.abs().max(1.0), "loss {} vs ops::masked_nll {want}", total[0]);
+    // and its gradient: candle's backward through the CPU op
+    let lv = Var::from_tensor(&logits).unwrap();
+    let g = ops::masked_nll(lv.as_tensor(), targets.clone(), weights).unwrap().backward().unwrap();
+    let want = flat(g.get(lv.as_tensor()).unwrap());
+    let mut got = vec![f32::NAN; ls.len()];
+    launch(&kern::name("nll_grad", Dtype::F32), kern::nll(n), &mut [Arg::F32(&ls), Arg::U32(&targets), Arg::F32(&w32), Arg::F32Mut(&mut got), Arg::Int(vocab as i32)]);
+    let d = max_diff(&got, &want);
+    assert!(d < 1e-6, "the loss gradient differs from ops::masked_nll's backward by {d:e}");
+}
