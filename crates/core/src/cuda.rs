@@ -50,6 +50,14 @@ pub fn serves(x: &Tensor) -> bool {
     x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16) && !crate::ops::portable_forced() && !turned_off()
 }
 
+/// Whether bf16 attention runs on tensor cores: yes, unless `LORALAB_CUDA_ATTENTION=simt`
+/// (the f32-FMA kernels, f32's path) or a tensor starts off a 16-byte boundary.
+fn tensor_cores(dt: Dtype, offsets: &[usize]) -> bool {
+    static SIMT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let simt = *SIMT.get_or_init(|| std::env::var("LORALAB_CUDA_ATTENTION").is_ok_and(|v| v == "simt"));
+    dt == Dtype::Bf16 && !simt && offsets.iter().all(|o| o % 8 == 0)
+}
+
 fn turned_off() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OFF.get_or_init(|| std::env::var("LORALAB_CUDA_KERNELS").is_ok_and(|v| v == "0"))
@@ -401,11 +409,15 @@ fn attn_fwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: (&CudaStorage, &L
     // SAFETY: every live query row writes its output row and its log-sum-exp.
     let mut o = unsafe { dev.alloc::<T>(q.1.shape().elem_count()) }?;
     let mut lse = unsafe { dev.alloc::<f32>(dm.b * dm.nh * dm.t) }?;
-    let f = kernel(dev, &kern::attn_name("attn_fwd", dt, dm.hd))?;
+    let tc = tensor_cores(dt, &[q.1.start_offset(), k.1.start_offset(), v.1.start_offset()]);
+    let (f, shape) = match tc {
+        true => (kernel(dev, &kern::attn_name("attn_fwd_tc", dt, dm.hd))?, kern::attn_tc(dm.b, dm.nh, dm.t)),
+        false => (kernel(dev, &kern::attn_name("attn_fwd", dt, dm.hd))?, kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd)),
+    };
     let (nh, kvh, t) = (dm.nh as i32, dm.kvh as i32, dm.t as i32);
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&mut o).arg(&mut lse).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
-    unsafe { b.launch(cfg(kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd))) }.map_err(err)?;
+    unsafe { b.launch(cfg(shape)) }.map_err(err)?;
     *op.lse.lock().map_err(|_| candle_core::Error::Msg("attention: lse lock poisoned".into()))? = Some(lse);
     Ok(T::wrap_cuda_slice(o, dev.clone()))
 }
@@ -438,15 +450,22 @@ fn attn_bwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: &Tensor, k: &Tens
     b.arg(&ov).arg(&gv).arg(&mut delta).arg(&ri);
     unsafe { b.launch(cfg(kern::attn_bwd_delta(rows))) }.map_err(err)?;
 
-    let f = kernel(dev, &kern::attn_name("attn_bwd_kv", dt, dm.hd))?;
+    let tc = tensor_cores(dt, &[ql.start_offset(), kl.start_offset(), vl.start_offset(), gl.start_offset()]);
+    let (f, shape) = match tc {
+        true => (kernel(dev, &kern::attn_name("attn_bwd_kv_tc", dt, dm.hd))?, kern::attn_tc(dm.b, dm.kvh, dm.t)),
+        false => (kernel(dev, &kern::attn_name("attn_bwd_kv", dt, dm.hd))?, kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd)),
+    };
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dk).arg(&mut dv).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
-    unsafe { b.launch(cfg(kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd))) }.map_err(err)?;
+    unsafe { b.launch(cfg(shape)) }.map_err(err)?;
 
-    let f = kernel(dev, &kern::attn_name("attn_bwd_q", dt, dm.hd))?;
+    let (f, shape) = match tc {
+        true => (kernel(dev, &kern::attn_name("attn_bwd_q_tc", dt, dm.hd))?, kern::attn_tc(dm.b, dm.nh, dm.t)),
+        false => (kernel(dev, &kern::attn_name("attn_bwd_q", dt, dm.hd))?, kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd)),
+    };
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dq).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
-    unsafe { b.launch(cfg(kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd))) }.map_err(err)?;
+    unsafe { b.launch(cfg(shape)) }.map_err(err)?;
 
     Ok((tensor(dq, dev, q.shape()), tensor(dk, dev, k.shape()), tensor(dv, dev, v.shape())))
 }

@@ -14,6 +14,19 @@ fn randn(rng: &mut Rng, shape: &[usize]) -> Tensor {
     Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
 }
 
+/// Values a bf16 holds exactly (so f32 and bf16 kernels see the same inputs).
+fn randn_bf16(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    randn(rng, shape).to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+fn bf16_bits(v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect()
+}
+
+fn from_bf16_bits(v: &[u16]) -> Vec<f32> {
+    v.iter().map(|&x| half::bf16::from_bits(x).to_f32()).collect()
+}
+
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
@@ -48,8 +61,8 @@ fn the_attention_kernels_compute_model_rs_grouped_query_attention_and_its_gradie
     let (b, nh, kv, t, hd) = (2, 4, 2, 19, 32);
     let rep = nh / kv;
     let scale = 1.0 / (hd as f64).sqrt();
-    let (q, k, v) = (Var::from_tensor(&randn(&mut rng, &[b, nh, t, hd])).unwrap(), Var::from_tensor(&randn(&mut rng, &[b, kv, t, hd])).unwrap(), Var::from_tensor(&randn(&mut rng, &[b, kv, t, hd])).unwrap());
-    let d_o = randn(&mut rng, &[b, nh, t, hd]);
+    let (q, k, v) = (Var::from_tensor(&randn_bf16(&mut rng, &[b, nh, t, hd])).unwrap(), Var::from_tensor(&randn_bf16(&mut rng, &[b, kv, t, hd])).unwrap(), Var::from_tensor(&randn_bf16(&mut rng, &[b, kv, t, hd])).unwrap());
+    let d_o = randn_bf16(&mut rng, &[b, nh, t, hd]);
     // model.rs's composition: the rep query heads of kv head j are adjacent
     let scores = q.as_tensor().reshape((b, kv, rep * t, hd)).unwrap().matmul(&k.as_tensor().t().unwrap()).unwrap();
     let o = ops::causal_softmax(&scores, scale).unwrap().matmul(v.as_tensor()).unwrap().reshape((b, nh, t, hd)).unwrap();
@@ -70,6 +83,23 @@ fn the_attention_kernels_compute_model_rs_grouped_query_attention_and_its_gradie
     for (what, got, want) in [("dQ", &gdq, &dq), ("dK", &gdk, &dk), ("dV", &gdv, &dv)] {
         let d = max_diff(got, want);
         assert!(d < 1e-4, "{what} differs from candle's backward through model.rs's attention by {d:e}");
+    }
+
+    // the tensor-core kernels (bf16 in and out, the GPU's default for bf16) on the same inputs
+    let (q16, k16, v16, do16) = (bf16_bits(&qs), bf16_bits(&ks), bf16_bits(&vs), bf16_bits(&dos));
+    let (mut o16, mut lse16, mut delta16) = (vec![0u16; nq], vec![f32::NAN; rows], vec![f32::NAN; rows]);
+    let name = |op: &str| format!("{op}_tc_bf16_{hd}");
+    launch(&name("attn_fwd"), kern::attn_tc(b, nh, t), &mut [Arg::U16(&q16), Arg::U16(&k16), Arg::U16(&v16), Arg::U16Mut(&mut o16), Arg::F32Mut(&mut lse16), Arg::Int(nh_), Arg::Int(kv_), Arg::Int(t_), Arg::Float(sc)]);
+    let d = max_diff(&from_bf16_bits(&o16), &flat(&o));
+    assert!(d < 2e-2, "tensor-core O differs from model.rs's attention by {d:e}");
+    launch(&kern::attn_name("attn_bwd_delta", Dtype::Bf16, hd), kern::attn_bwd_delta(rows), &mut [Arg::U16(&o16), Arg::U16(&do16), Arg::F32Mut(&mut delta16), Arg::Int(rows as i32)]);
+    let (mut dq16, mut dk16, mut dv16) = (vec![0u16; nq], vec![0u16; nk], vec![0u16; nk]);
+    launch(&name("attn_bwd_kv"), kern::attn_tc(b, kv, t), &mut [Arg::U16(&q16), Arg::U16(&k16), Arg::U16(&v16), Arg::U16(&do16), Arg::F32(&lse16), Arg::F32(&delta16), Arg::U16Mut(&mut dk16), Arg::U16Mut(&mut dv16), Arg::Int(nh_), Arg::Int(kv_), Arg::Int(t_), Arg::Float(sc)]);
+    launch(&name("attn_bwd_q"), kern::attn_tc(b, nh, t), &mut [Arg::U16(&q16), Arg::U16(&k16), Arg::U16(&v16), Arg::U16(&do16), Arg::F32(&lse16), Arg::F32(&delta16), Arg::U16Mut(&mut dq16), Arg::Int(nh_), Arg::Int(kv_), Arg::Int(t_), Arg::Float(sc)]);
+    for (what, got, want) in [("dQ", &dq16, &dq), ("dK", &dk16, &dk), ("dV", &dv16, &dv)] {
+        let d = max_diff(&from_bf16_bits(got), want);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert!(d < 3e-2 * scale, "tensor-core {what} differs from candle's backward through model.rs's attention by {d:e} (scale {scale})");
     }
 }
 

@@ -3,7 +3,8 @@
 // thread, switching at __syncthreads, so `__shared__` can be a function-local static and
 // barrier semantics are exact. A warp shuffle is an exchange through memory between two
 // barriers, so it needs every thread of the block to reach it: kernels.cu keeps shuffles in
-// uniform control flow (the emulator aborts on a barrier some threads skip).
+// uniform control flow (the emulator aborts on a barrier some threads skip). Tensor-core
+// fragments (nvcuda::wmma) are emulated too, below.
 #pragma once
 #define LORALAB_EMULATE 1
 #include <ucontext.h>
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -21,6 +23,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __restrict__
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -112,6 +115,72 @@ inline void launch(dim3 grid, dim3 block, std::function<void()> kernel) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::barrier(); }
+// A warp-level barrier: the emulator's barriers are block-wide, which is stronger.
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::barrier(); }
+
+// Tensor-core tiles (m16n16k16): every thread of the warp holds the whole 16×16 tile (the
+// hardware spreads it over the warp's registers in a layout the API does not expose, so
+// kernels only load, multiply-accumulate, fill and store fragments, never index them), and
+// each warp-collective call does the whole operation in every thread. Pointer alignment and
+// ldm are checked as the hardware requires them (256-bit pointers; ldm a multiple of 16 bytes).
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "emu: m16n16k16 only");
+  float x[16][16];  // [row][col] of the tile
+};
+
+inline void check(const void* p, unsigned ldm, unsigned elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ldm * elem) % 16 != 0) {
+    std::fprintf(stderr, "emu: wmma pointer %p not 256-bit aligned or ldm %u not a multiple of 16 bytes\n", p, ldm);
+    std::abort();
+  }
+}
+inline float val(float v) { return v; }
+inline float val(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename Use, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  check(p, ldm, sizeof(T));
+  for (int r = 0; r < 16; r++)
+    for (int c = 0; c < 16; c++) f.x[r][c] = val(std::is_same<Layout, col_major>::value ? p[c * ldm + r] : p[r * ldm + c]);
+}
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
+  check(p, ldm, 4);
+  for (int r = 0; r < 16; r++)
+    for (int c = 0; c < 16; c++) f.x[r][c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  check(p, ldm, 4);
+  for (int r = 0; r < 16; r++)
+    for (int c = 0; c < 16; c++) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float v) {
+  for (auto& row : f.x)
+    for (auto& e : row) e = v;
+}
+template <typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LA>& a,
+                     const fragment<matrix_b, 16, 16, 16, T, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  float out[16][16];
+  for (int r = 0; r < 16; r++)
+    for (int n = 0; n < 16; n++) {
+      float s = c.x[r][n];
+      for (int k = 0; k < 16; k++) s += a.x[r][k] * b.x[k][n];
+      out[r][n] = s;
+    }
+  std::memcpy(d.x, out, sizeof out);
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 // An exchange through memory: every thread of the block must call it (uniform control flow).
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {

@@ -11,6 +11,8 @@
 //   attn_bwd_{delta,kv,q}_T_HD  its backward: D = rowsum(dO∘O), then dK/dV (one block per
 //                               key block, summing the kv head's query heads, no atomics)
 //                               and dQ (one block per query block), recomputing P
+//   attn_{fwd,bwd_kv,bwd_q}_tc_bf16_HD
+//                               the same three on tensor cores (bf16 tiles, f32 accumulators)
 //
 // T is f32 or bf16 (suffix f32 / bf16); every kernel computes in f32. Tensors are
 // contiguous, row-major. One source serves two builds: nvcc --fatbin for the GPU (loaded by
@@ -22,9 +24,21 @@
 #ifndef LORALAB_EMULATE
 #include <cuda_bf16.h>
 #include <math_constants.h>
+#include <mma.h>
 #define LL_INF CUDART_INF_F
+// 16 aligned bytes at once
+__device__ __forceinline__ void copy16(void* d, const void* s) { *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(s); }
+__device__ __forceinline__ void zero16(void* d) { *reinterpret_cast<uint4*>(d) = make_uint4(0, 0, 0, 0); }
 #else
 #define LL_INF INFINITY
+inline void align16(const void* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    std::fprintf(stderr, "emu: 16-byte access at %p is misaligned\n", p);
+    std::abort();
+  }
+}
+inline void copy16(void* d, const void* s) { align16(d), align16(s), std::memcpy(d, s, 16); }
+inline void zero16(void* d) { align16(d), std::memset(d, 0, 16); }
 #endif
 
 typedef __nv_bfloat16 bf16;
@@ -393,6 +407,262 @@ __device__ void attn_bwd_q(const T* __restrict__ q, const T* __restrict__ k, con
   for (int s = 0; s < S; s++) dq[qoff + (size_t)i * HD + s * G + g] = st<T>(dqr[s] * scale);
 }
 
+// ------------------------------------------------------------------ tensor-core attention (bf16)
+//
+// The same maths as above with the tile products on tensor cores (wmma m16n16k16: bf16
+// operands, f32 accumulators). A block is 4 warps; a warp owns 16 query rows (forward, dQ)
+// or 16 keys (dK/dV), whose operands it keeps in fragments and whose accumulators it never
+// rescales: the forward makes two passes over the keys (the exact row log-sum-exp first, then
+// O = Σ exp2(s·c − lse)·v), so every accumulator is a plain sum. Elementwise work (mask,
+// exp, dS) goes through each warp's shared tiles, a lane pair per row, 16 columns each.
+// Shared tiles have a row stride of HD + 8 (fragments stay 256-bit aligned, rows shift banks).
+
+namespace wm = nvcuda::wmma;
+#define TC_ROWS 64  // query rows (forward, dQ) or keys (dK/dV) per block: 4 warps × 16
+#define TC_TILE 32  // keys (forward, dQ) or queries (dK/dV) per step
+typedef wm::fragment<wm::matrix_a, 16, 16, 16, bf16, wm::row_major> FragA;
+typedef wm::fragment<wm::matrix_b, 16, 16, 16, bf16, wm::row_major> FragB;
+typedef wm::fragment<wm::matrix_b, 16, 16, 16, bf16, wm::col_major> FragBt;  // a row-major (n, k) tile read as its transpose
+typedef wm::fragment<wm::accumulator, 16, 16, 16, float> FragC;
+
+// Rows r0 … r0+R−1 of a (t, HD) bf16 matrix at `off` into a shared tile; zeros past t.
+template <int HD, int R>
+__device__ __forceinline__ void stage(bf16 (*dst)[HD + 8], const bf16* __restrict__ src, size_t off, int r0, int t) {
+  for (int e = threadIdx.x; e < R * HD / 8; e += 128) {
+    const int rr = e / (HD / 8), c8 = (e % (HD / 8)) * 8, r = r0 + rr;
+    if (r < t) copy16(&dst[rr][c8], &src[off + (size_t)r * HD + c8]);
+    else zero16(&dst[rr][c8]);
+  }
+}
+
+// out (16 × TC_TILE, f32) = A (16 × HD, fragments) · Bᵀ with B the tile's TC_TILE rows.
+template <int HD>
+__device__ __forceinline__ void tile_scores(const FragA* a, bf16 (*b)[HD + 8], float (*out)[TC_TILE]) {
+#pragma unroll
+  for (int nb = 0; nb < TC_TILE / 16; nb++) {
+    FragC acc;
+    wm::fill_fragment(acc, 0.f);
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+      FragBt bt;
+      wm::load_matrix_sync(bt, &b[nb * 16][kk * 16], HD + 8);
+      wm::mma_sync(acc, a[kk], bt, acc);
+    }
+    wm::store_matrix_sync(&out[0][nb * 16], acc, TC_TILE, wm::mem_row_major);
+  }
+}
+
+// acc (16 × HD) += P (16 × TC_TILE, bf16, shared) · B (TC_TILE × HD rows of a tile).
+template <int HD>
+__device__ __forceinline__ void tile_accumulate(FragC* acc, bf16 (*p)[TC_TILE], bf16 (*b)[HD + 8]) {
+#pragma unroll
+  for (int kc = 0; kc < TC_TILE / 16; kc++) {
+    FragA pa;
+    wm::load_matrix_sync(pa, &p[0][kc * 16], TC_TILE);
+#pragma unroll
+    for (int nb = 0; nb < HD / 16; nb++) {
+      FragB bb;
+      wm::load_matrix_sync(bb, &b[kc * 16][nb * 16], HD + 8);
+      wm::mma_sync(acc[nb], pa, bb, acc[nb]);
+    }
+  }
+}
+
+// Row `row` of a warp's 16 × HD accumulators, times `mul`, to dst[row·HD …] in bf16, 16
+// columns at a time through the warp's f32 scratch tile. Every lane of the warp calls it.
+template <int HD>
+__device__ __forceinline__ void tile_write(const FragC* acc, float (*scratch)[TC_TILE], bf16* __restrict__ dst, bool live, float mul) {
+  const int r = (threadIdx.x % 32) / 2, half = threadIdx.x % 2;
+#pragma unroll
+  for (int nb = 0; nb < HD / 16; nb++) {
+    __syncwarp();
+    wm::store_matrix_sync(&scratch[0][0], acc[nb], TC_TILE, wm::mem_row_major);
+    __syncwarp();
+    if (live)
+      for (int cc = 0; cc < 8; cc++) dst[nb * 16 + half * 8 + cc] = st<bf16>(scratch[r][half * 8 + cc] * mul);
+  }
+}
+
+template <int HD>
+__device__ void attn_fwd_tc(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, bf16* __restrict__ o,
+                            float* __restrict__ lse, int nh, int kvh, int t, float scale) {
+  constexpr int KB = HD / 16;
+  __shared__ __align__(32) bf16 qs[TC_ROWS][HD + 8];
+  __shared__ __align__(32) bf16 ks[TC_TILE][HD + 8];
+  __shared__ __align__(32) bf16 vs[TC_TILE][HD + 8];
+  __shared__ __align__(32) float sw[4][16][TC_TILE];
+  __shared__ __align__(32) bf16 pw[4][16][TC_TILE];
+  const int w = threadIdx.x / 32, r = (threadIdx.x % 32) / 2, half = threadIdx.x % 2;
+  const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * TC_ROWS, i = q0 + w * 16 + r;
+  const size_t qoff = ((size_t)(b * nh + h) * t) * HD, koff = ((size_t)(b * kvh + h / (nh / kvh)) * t) * HD;
+  const float c = scale * 1.44269504088896340736f;
+  stage<HD, TC_ROWS>(qs, q, qoff, q0, t);
+  __syncthreads();
+  FragA qa[KB];
+#pragma unroll
+  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(qa[kk], &qs[w * 16][kk * 16], HD + 8);
+  const int end = min(t, q0 + TC_ROWS);
+  // pass 1: the row max and Σ 2^(s·c − max)
+  float m = -LL_INF, l = 0.f;
+  for (int j0 = 0; j0 < end; j0 += TC_TILE) {
+    __syncthreads();
+    stage<HD, TC_TILE>(ks, k, koff, j0, t);
+    __syncthreads();
+    tile_scores<HD>(qa, ks, sw[w]);
+    __syncwarp();
+    float mt = -LL_INF;
+    for (int cc = 0; cc < 16; cc++) {
+      const int col = half * 16 + cc;
+      if (i < t && j0 + col <= i) mt = fmaxf(mt, sw[w][r][col] * c);
+    }
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    const float mn = fmaxf(m, mt);
+    float ls = 0.f;
+    for (int cc = 0; cc < 16; cc++) {
+      const int col = half * 16 + cc;
+      if (i < t && j0 + col <= i) ls += exp2f(sw[w][r][col] * c - mn);
+    }
+    ls += __shfl_xor_sync(0xffffffffu, ls, 1);
+    if (mn != -LL_INF) {
+      l = l * exp2f(m - mn) + ls;
+      m = mn;
+    }
+  }
+  const float li = m + log2f(l);
+  // pass 2: O = Σ_j 2^(s_ij·c − lse_i) v_j, probabilities exact before the bf16 product
+  FragC oc[KB];
+#pragma unroll
+  for (int nb = 0; nb < KB; nb++) wm::fill_fragment(oc[nb], 0.f);
+  for (int j0 = 0; j0 < end; j0 += TC_TILE) {
+    __syncthreads();
+    stage<HD, TC_TILE>(ks, k, koff, j0, t);
+    stage<HD, TC_TILE>(vs, v, koff, j0, t);
+    __syncthreads();
+    tile_scores<HD>(qa, ks, sw[w]);
+    __syncwarp();
+    for (int cc = 0; cc < 16; cc++) {
+      const int col = half * 16 + cc;
+      pw[w][r][col] = st<bf16>(i < t && j0 + col <= i ? exp2f(sw[w][r][col] * c - li) : 0.f);
+    }
+    __syncwarp();
+    tile_accumulate<HD>(oc, pw[w], vs);
+  }
+  tile_write<HD>(oc, sw[w], o + qoff + (size_t)min(i, t - 1) * HD, i < t, 1.f);
+  if (i < t && half == 0) lse[(size_t)(b * nh + h) * t + i] = li;
+}
+
+template <int HD>
+__device__ void attn_bwd_kv_tc(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                               const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                               bf16* __restrict__ dk, bf16* __restrict__ dv, int nh, int kvh, int t, float scale) {
+  constexpr int KB = HD / 16;
+  // first the block's keys, then its values; then each step's queries (rows 0…31) and dO (32…63)
+  __shared__ __align__(32) bf16 xs[TC_ROWS][HD + 8];
+  __shared__ __align__(32) float sw[4][16][TC_TILE];  // Sᵀ (keys × queries)
+  __shared__ __align__(32) float dw[4][16][TC_TILE];  // dPᵀ
+  __shared__ __align__(32) bf16 pw[4][16][TC_TILE];   // Pᵀ
+  __shared__ __align__(32) bf16 gw[4][16][TC_TILE];   // dSᵀ
+  __shared__ float ls[TC_TILE], ds[TC_TILE];
+  const int w = threadIdx.x / 32, r = (threadIdx.x % 32) / 2, half = threadIdx.x % 2;
+  const int kh = blockIdx.y, b = blockIdx.z, j0 = blockIdx.x * TC_ROWS, j = j0 + w * 16 + r, rep = nh / kvh;
+  const size_t koff = ((size_t)(b * kvh + kh) * t) * HD;
+  const float c = scale * 1.44269504088896340736f;
+  FragA ka[KB], va[KB];
+  stage<HD, TC_ROWS>(xs, k, koff, j0, t);
+  __syncthreads();
+#pragma unroll
+  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(ka[kk], &xs[w * 16][kk * 16], HD + 8);
+  __syncthreads();
+  stage<HD, TC_ROWS>(xs, v, koff, j0, t);
+  __syncthreads();
+#pragma unroll
+  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(va[kk], &xs[w * 16][kk * 16], HD + 8);
+  FragC dkc[KB], dvc[KB];
+#pragma unroll
+  for (int nb = 0; nb < KB; nb++) {
+    wm::fill_fragment(dkc[nb], 0.f);
+    wm::fill_fragment(dvc[nb], 0.f);
+  }
+  for (int hh = 0; hh < rep; hh++) {
+    const int h = kh * rep + hh;
+    const size_t qoff = ((size_t)(b * nh + h) * t) * HD, roff = (size_t)(b * nh + h) * t;
+    for (int i0 = j0; i0 < t; i0 += TC_TILE) {  // queries before the block's first key see none of it
+      __syncthreads();
+      stage<HD, TC_TILE>(xs, q, qoff, i0, t);
+      stage<HD, TC_TILE>(xs + TC_TILE, dout, qoff, i0, t);
+      for (int e = threadIdx.x; e < TC_TILE; e += 128) {
+        ls[e] = i0 + e < t ? lse[roff + i0 + e] : 0.f;
+        ds[e] = i0 + e < t ? delta[roff + i0 + e] : 0.f;
+      }
+      __syncthreads();
+      tile_scores<HD>(ka, xs, sw[w]);
+      tile_scores<HD>(va, xs + TC_TILE, dw[w]);
+      __syncwarp();
+      for (int cc = 0; cc < 16; cc++) {
+        const int col = half * 16 + cc, ii = i0 + col;
+        const float p = j < t && ii < t && j <= ii ? exp2f(sw[w][r][col] * c - ls[col]) : 0.f;
+        pw[w][r][col] = st<bf16>(p);
+        gw[w][r][col] = st<bf16>(p * (dw[w][r][col] - ds[col]));
+      }
+      __syncwarp();
+      tile_accumulate<HD>(dvc, pw[w], xs + TC_TILE);  // dV += Pᵀ dO
+      tile_accumulate<HD>(dkc, gw[w], xs);            // dK += dSᵀ Q (× scale when written)
+    }
+  }
+  const size_t row = koff + (size_t)min(j, t - 1) * HD;
+  tile_write<HD>(dkc, sw[w], dk + row, j < t, scale);
+  tile_write<HD>(dvc, sw[w], dv + row, j < t, 1.f);
+}
+
+template <int HD>
+__device__ void attn_bwd_q_tc(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                              const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                              bf16* __restrict__ dq, int nh, int kvh, int t, float scale) {
+  constexpr int KB = HD / 16;
+  // first the block's queries, then its dO; then each step's keys (rows 0…31) and values (32…63)
+  __shared__ __align__(32) bf16 xs[TC_ROWS][HD + 8];
+  __shared__ __align__(32) float sw[4][16][TC_TILE];  // S
+  __shared__ __align__(32) float dw[4][16][TC_TILE];  // dP
+  __shared__ __align__(32) bf16 gw[4][16][TC_TILE];   // dS
+  const int w = threadIdx.x / 32, r = (threadIdx.x % 32) / 2, half = threadIdx.x % 2;
+  const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * TC_ROWS, i = q0 + w * 16 + r;
+  const size_t qoff = ((size_t)(b * nh + h) * t) * HD, koff = ((size_t)(b * kvh + h / (nh / kvh)) * t) * HD;
+  const size_t roff = (size_t)(b * nh + h) * t;
+  const float c = scale * 1.44269504088896340736f;
+  const float li = i < t ? lse[roff + i] : 0.f, di = i < t ? delta[roff + i] : 0.f;
+  FragA qa[KB], da[KB];
+  stage<HD, TC_ROWS>(xs, q, qoff, q0, t);
+  __syncthreads();
+#pragma unroll
+  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(qa[kk], &xs[w * 16][kk * 16], HD + 8);
+  __syncthreads();
+  stage<HD, TC_ROWS>(xs, dout, qoff, q0, t);
+  __syncthreads();
+#pragma unroll
+  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(da[kk], &xs[w * 16][kk * 16], HD + 8);
+  FragC dqc[KB];
+#pragma unroll
+  for (int nb = 0; nb < KB; nb++) wm::fill_fragment(dqc[nb], 0.f);
+  const int end = min(t, q0 + TC_ROWS);
+  for (int j0 = 0; j0 < end; j0 += TC_TILE) {
+    __syncthreads();
+    stage<HD, TC_TILE>(xs, k, koff, j0, t);
+    stage<HD, TC_TILE>(xs + TC_TILE, v, koff, j0, t);
+    __syncthreads();
+    tile_scores<HD>(qa, xs, sw[w]);
+    tile_scores<HD>(da, xs + TC_TILE, dw[w]);
+    __syncwarp();
+    for (int cc = 0; cc < 16; cc++) {
+      const int col = half * 16 + cc;
+      const float p = i < t && j0 + col <= i ? exp2f(sw[w][r][col] * c - li) : 0.f;
+      gw[w][r][col] = st<bf16>(p * (dw[w][r][col] - di));
+    }
+    __syncwarp();
+    tile_accumulate<HD>(dqc, gw[w], xs);  // dQ += dS K (× scale when written)
+  }
+  tile_write<HD>(dqc, sw[w], dq + qoff + (size_t)min(i, t - 1) * HD, i < t, scale);
+}
+
 // ------------------------------------------------------------------ entry points
 // Unmangled names, one per dtype (and head dimension): <op>_<dtype>[_<HD>].
 
@@ -438,6 +708,22 @@ __device__ void attn_bwd_q(const T* __restrict__ q, const T* __restrict__ k, con
     attn_bwd_q<T, HD>(q, k, v, dout, lse, delta, dq, nh, kvh, t, scale);                                           \
   }
 
+#define LL_ATTN_TC(HD)                                                                                              \
+  extern "C" __global__ void attn_fwd_tc_bf16_##HD(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse,  \
+                                                   int nh, int kvh, int t, float scale) {                              \
+    attn_fwd_tc<HD>(q, k, v, o, lse, nh, kvh, t, scale);                                                             \
+  }                                                                                                                  \
+  extern "C" __global__ void attn_bwd_kv_tc_bf16_##HD(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,  \
+                                                      const float* lse, const float* delta, bf16* dk, bf16* dv,       \
+                                                      int nh, int kvh, int t, float scale) {                          \
+    attn_bwd_kv_tc<HD>(q, k, v, dout, lse, delta, dk, dv, nh, kvh, t, scale);                                        \
+  }                                                                                                                  \
+  extern "C" __global__ void attn_bwd_q_tc_bf16_##HD(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,   \
+                                                     const float* lse, const float* delta, bf16* dq, int nh, int kvh, \
+                                                     int t, float scale) {                                            \
+    attn_bwd_q_tc<HD>(q, k, v, dout, lse, delta, dq, nh, kvh, t, scale);                                             \
+  }
+
 LL_ROW_OPS(float, f32)
 LL_ROW_OPS(bf16, bf16)
 LL_ATTN(float, f32, 32)
@@ -446,3 +732,6 @@ LL_ATTN(float, f32, 128)
 LL_ATTN(bf16, bf16, 32)
 LL_ATTN(bf16, bf16, 64)
 LL_ATTN(bf16, bf16, 128)
+LL_ATTN_TC(32)
+LL_ATTN_TC(64)
+LL_ATTN_TC(128)

@@ -96,6 +96,12 @@ pub fn attn_bwd_kv(b: usize, kvh: usize, t: usize, hd: usize) -> Launch {
     Launch { grid: (blocks(t, attn_rows_per_block(hd)), kvh as u32, b as u32), block: ATTN_THREADS }
 }
 
+/// Tensor-core attention (bf16): one block of 4 warps per 64 query rows (forward, dQ) or
+/// 64 keys (dK/dV), per head (kv head for dK/dV) and batch.
+pub fn attn_tc(b: usize, heads: usize, t: usize) -> Launch {
+    Launch { grid: (blocks(t, 64), heads as u32, b as u32), block: 128 }
+}
+
 /// The kernels run on the CPU: each block's threads as fibers (cuda/emu.h). For tests; not
 /// in the CUDA build.
 #[cfg(not(feature = "cuda"))]

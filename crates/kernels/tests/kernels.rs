@@ -265,6 +265,19 @@ fn attention_case(dt: Dtype, b: usize, nh: usize, kvh: usize, t: usize, hd: usiz
     close(&format!("{what}: dV"), &g[1], &dv, tol(dt));
     let (g, _) = run(&k::attn_name("attn_bwd_q", dt, hd), dt, k::attn_fwd(b, nh, t, hd), vec![P::In(0), P::In(1), P::In(2), P::In(3), P::Aux(4), P::Aux(5), P::Out, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &data, &[nq], &[]);
     close(&format!("{what}: dQ"), &g[0], &dq, 2.0 * tol(dt));
+
+    if dt == Dtype::Bf16 {
+        // the tensor-core kernels: same contract (O, lse in base 2, dQ, dK, dV), same references
+        let name = |op: &str| format!("{op}_tc_bf16_{hd}");
+        let (to, tl) = run(&name("attn_fwd"), dt, k::attn_tc(b, nh, t), vec![P::In(0), P::In(1), P::In(2), P::Out, P::AuxOut, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &[&q, &kk, &v], &[nq], &[b * nh * t]);
+        close(&format!("{what} tc: O"), &to[0], &o, tol(dt));
+        close(&format!("{what} tc: lse"), &tl[0], &lse, 1e-5);
+        let (g, _) = run(&name("attn_bwd_kv"), dt, k::attn_tc(b, kvh, t), vec![P::In(0), P::In(1), P::In(2), P::In(3), P::Aux(4), P::Aux(5), P::Out, P::Out, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &data, &[nk, nk], &[]);
+        close(&format!("{what} tc: dK"), &g[0], &dk, 2.0 * tol(dt));
+        close(&format!("{what} tc: dV"), &g[1], &dv, tol(dt));
+        let (g, _) = run(&name("attn_bwd_q"), dt, k::attn_tc(b, nh, t), vec![P::In(0), P::In(1), P::In(2), P::In(3), P::Aux(4), P::Aux(5), P::Out, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &data, &[nq], &[]);
+        close(&format!("{what} tc: dQ"), &g[0], &dq, 2.0 * tol(dt));
+    }
 }
 
 #[test]
@@ -275,9 +288,10 @@ fn flash_attention_forward_and_backward_match_naive_attention_f32() {
 }
 
 #[test]
-fn flash_attention_forward_and_backward_match_naive_attention_bf16() {
-    attention_case(Dtype::Bf16, 1, 4, 2, 40, 64, 13);
+fn flash_attention_forward_and_backward_match_naive_attention_bf16_simt_and_tensor_core() {
+    attention_case(Dtype::Bf16, 1, 4, 2, 40, 64, 13); // 2 query blocks of the SIMT kernel, 1 of the tensor-core one
     attention_case(Dtype::Bf16, 1, 2, 1, 33, 128, 14);
+    attention_case(Dtype::Bf16, 2, 2, 2, 70, 32, 15); // 2 tensor-core blocks, a partial one
 }
 
 #[test]
