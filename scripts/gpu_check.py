@@ -189,7 +189,7 @@ def check_b(sc, out, device, model_dir, data, seq, mb, steps, kinds=("full", "lo
             "name": "gpu-check", "out_dir": str(out), "run_id": f"{tag}-{kind}", "seed": 0,
             "model": {"path": str(model_dir), "tokenizer": str(TINY / "tokenizer.json"), "dtype": "bf16"},
             "data": {"train": str(data), "text_field": "text", "seq_len": seq, "cache_dir": str(Path(out) / "cache")},
-            "method": {"kind": kind, "rank": 16, "alpha": 32, "targets": "all"},
+            "method": {"kind": kind, "rank": 16, "alpha": 32, "dropout": 0.05, "targets": "all"},  # the study's LoRA (PEFT's too, in c)
             "optim": {"name": "adamw", "lr": lr},
             "train": {"steps": steps, "micro_batch": mb, "grad_accum": 1, "checkpoint_every": 0, "device": device},
         }
@@ -231,7 +231,7 @@ def check_c(model_dir, cfg, device, seq, mb, steps):
         # the loralab recipe: bf16 compute; full FT trains f32 master weights; LoRA keeps the base in bf16, the adapters in f32
         m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if kind == "full" else torch.bfloat16, attn_implementation="sdpa").to(device)
         if kind == "lora":
-            m = peft.get_peft_model(m, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+            m = peft.get_peft_model(m, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
             for p in m.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()

@@ -1,5 +1,6 @@
 //! The GPU kernels of ops.rs (feature `cuda`): causal flash attention forward and backward,
-//! RMSNorm, rotary embedding, dropout and the masked cross-entropy, from loralab-kernels' fatbin.
+//! RMSNorm, rotary embedding, dropout, SwiGLU and the masked cross-entropy, from
+//! loralab-kernels' fatbin.
 //! ops.rs routes a tensor here when `serves` says so (on CUDA, f32 or bf16, kernels not
 //! turned off); everything else takes the portable path (candle's own ops), which is also
 //! what `LORALAB_CUDA_KERNELS=0` or `ops::with_portable` selects, e.g. to compare the two.
@@ -284,6 +285,69 @@ impl candle_core::CustomOp1 for Dropout {
 /// their 16-bit lane is below `threshold`, the rest scaled by `keep`.
 pub fn dropout(x: &Tensor, state: u64, threshold: u32, keep: f32) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Dropout { state, threshold, keep })
+}
+
+// ------------------------------------------------------------------ SwiGLU
+
+/// (g, u) -> silu(g)·u, keeping only g and u for the backward (the composition keeps silu(g) too).
+struct SwiGlu;
+
+fn swiglu_fwd<T: CudaDType + DeviceRepr>(g: (&CudaStorage, &Layout), u: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+    let dev = g.0.device();
+    let n = g.1.shape().elem_count();
+    let (gv, uv) = (view::<T>(g.0, g.1, "swiglu")?, view::<T>(u.0, u.1, "swiglu")?);
+    // SAFETY: one thread per element writes it.
+    let mut y = unsafe { dev.alloc::<T>(n) }?;
+    let f = kernel(dev, &kern::name("swiglu_fwd", dt))?;
+    let (nl, mut b) = (n as u64, f.builder());
+    b.arg(&gv).arg(&uv).arg(&mut y).arg(&nl);
+    unsafe { b.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
+    Ok(T::wrap_cuda_slice(y, dev.clone()))
+}
+
+fn swiglu_bwd<T: CudaDType + DeviceRepr>(g: &Tensor, u: &Tensor, dy: &Tensor, dt: Dtype) -> Result<(Tensor, Tensor)> {
+    let dev = g.device().as_cuda_device()?;
+    let n = g.elem_count();
+    let what = "swiglu backward";
+    let (gs, gl) = g.storage_and_layout();
+    let (us, ul) = u.storage_and_layout();
+    let (ds, dl) = dy.storage_and_layout();
+    let gv = view::<T>(cuda_storage(&gs, what)?, gl, what)?;
+    let uv = view::<T>(cuda_storage(&us, what)?, ul, what)?;
+    let dv = view::<T>(cuda_storage(&ds, what)?, dl, what)?;
+    // SAFETY: one thread per element writes both gradients.
+    let (mut dg, mut du) = unsafe { (dev.alloc::<T>(n)?, dev.alloc::<T>(n)?) };
+    let f = kernel(dev, &kern::name("swiglu_bwd", dt))?;
+    let (nl, mut b) = (n as u64, f.builder());
+    b.arg(&gv).arg(&uv).arg(&dv).arg(&mut dg).arg(&mut du).arg(&nl);
+    unsafe { b.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
+    Ok((tensor(dg, dev, g.shape()), tensor(du, dev, u.shape())))
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu-cuda"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout) -> Result<(CudaStorage, Shape)> {
+        if lg.shape() != lu.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", lg.dims(), lu.dims())
+        }
+        let dt = dtype_of(g.dtype(), self.name())?;
+        Ok((by_dtype!(dt, swiglu_fwd((g, lg), (u, lu), dt))?, lg.shape().clone()))
+    }
+    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dt = dtype_of(g.dtype(), self.name())?;
+        let (dg, du) = by_dtype!(dt, swiglu_bwd(g, u, &dy.contiguous()?, dt))?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+/// silu(g)·u for same-shaped g and u.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)
 }
 
 // ------------------------------------------------------------------ masked cross-entropy

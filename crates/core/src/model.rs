@@ -298,9 +298,9 @@ impl Attention {
 impl Mlp {
     // x: (n, d) -> (n, d); SwiGLU: down(silu(gate(x)) · up(x))
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
-        let g = self.gate_proj.forward(x, ctx)?.silu()?;
+        let g = self.gate_proj.forward(x, ctx)?;
         let u = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(g * u)?, ctx)
+        self.down_proj.forward(&ops::swiglu(&g, &u)?, ctx)
     }
 }
 

@@ -560,6 +560,16 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle
     }
 }
 
+/// silu(g)·u, the SwiGLU gate. On the GPU one kernel each way that keeps only g and u for the
+/// backward; elsewhere candle's silu and mul.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::serves(g) {
+        return crate::cuda::swiglu(g, u);
+    }
+    g.silu()? * u
+}
+
 // ------------------------------------------------------------------ rotary embedding
 
 /// x·cos + rotate_half(x)·sin with the tables captured (so they get no gradient). The

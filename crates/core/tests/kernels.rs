@@ -104,7 +104,7 @@ fn the_attention_kernels_compute_model_rs_grouped_query_attention_and_its_gradie
 }
 
 #[test]
-fn rope_rms_norm_and_the_loss_kernels_compute_what_ops_rs_computes() {
+fn rope_swiglu_rms_norm_and_the_loss_kernels_compute_what_ops_rs_computes() {
     let mut rng = Rng::new(12);
     // rotary embedding with the model's tables (frequencies repeated as HF does)
     let (b, h, t, hd) = (2, 3, 9, 32);
@@ -118,6 +118,22 @@ fn rope_rms_norm_and_the_loss_kernels_compute_what_ops_rs_computes() {
     launch(&kern::name("rope", Dtype::F32), kern::rope(rows, hd), &mut [Arg::F32(&xs), Arg::F32(&cos), Arg::F32(&sin), Arg::F32Mut(&mut got), Arg::Int(rows as i32), Arg::Int(t as i32), Arg::Int(hd as i32), Arg::Float(1.0)]);
     let d = max_diff(&got, &want);
     assert!(d < 1e-5, "rope differs from RopeTables::apply by {d:e}");
+
+    // SwiGLU and its gradients, against ops::swiglu's composition (candle's silu and mul)
+    let (g, u, dy) = (Var::from_tensor(&randn(&mut rng, &[5, 33])).unwrap(), Var::from_tensor(&randn(&mut rng, &[5, 33])).unwrap(), randn(&mut rng, &[5, 33]));
+    let y = ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+    let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let (gs, us, dys, n) = (flat(g.as_tensor()), flat(u.as_tensor()), flat(&dy), 5 * 33);
+    let mut got = vec![f32::NAN; n];
+    launch(&kern::name("swiglu_fwd", Dtype::F32), kern::elementwise(n), &mut [Arg::F32(&gs), Arg::F32(&us), Arg::F32Mut(&mut got), Arg::Long(n as u64)]);
+    let d = max_diff(&got, &flat(&y));
+    assert!(d < 1e-5, "swiglu differs from ops::swiglu by {d:e}");
+    let (mut dg, mut du) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+    launch(&kern::name("swiglu_bwd", Dtype::F32), kern::elementwise(n), &mut [Arg::F32(&gs), Arg::F32(&us), Arg::F32(&dys), Arg::F32Mut(&mut dg), Arg::F32Mut(&mut du), Arg::Long(n as u64)]);
+    for (what, got, t) in [("dg", &dg, g.as_tensor()), ("du", &du, u.as_tensor())] {
+        let d = max_diff(got, &flat(grads.get(t).unwrap()));
+        assert!(d < 1e-5, "swiglu {what} differs from candle's backward by {d:e}");
+    }
 
     // RMSNorm
     let (n, dm, eps) = (7, 200, 1e-5);

@@ -26,7 +26,7 @@ struct Entry {
 
 #define K(n) {#n, [](void** a) { return bind(n, a); }},
 #define K_ATTN(N, HD) K(attn_fwd_##N##_##HD) K(attn_bwd_delta_##N##_##HD) K(attn_bwd_kv_##N##_##HD) K(attn_bwd_q_##N##_##HD)
-#define K_ROWS(N) K(rms_norm_fwd_##N) K(rms_norm_bwd_##N) K(rope_##N) K(dropout_##N) K(nll_fwd_##N) K(nll_grad_##N)
+#define K_ROWS(N) K(rms_norm_fwd_##N) K(rms_norm_bwd_##N) K(rope_##N) K(dropout_##N) K(swiglu_fwd_##N) K(swiglu_bwd_##N) K(nll_fwd_##N) K(nll_grad_##N)
 
 #define K_TC(HD) K(attn_fwd_tc_bf16_##HD) K(attn_bwd_kv_tc_bf16_##HD) K(attn_bwd_q_tc_bf16_##HD)
 

@@ -4,6 +4,7 @@
 //   rope_T                      rotary embedding; sign = -1 is its backward (inverse rotation)
 //   dropout_T                   x·mask with the engine's counter-based RNG (crates/core/src/rng.rs),
 //                               so the GPU draws the CPU's masks; the backward is the same call
+//   swiglu_{fwd,bwd}_T          silu(g)·u and its two gradients, keeping only g and u
 //   nll_{fwd,grad}_T, sum_f32   masked next-token cross-entropy and its gradient,
 //                               never materialising the (n, vocab) log-softmax
 //   attn_fwd_T_HD               causal flash attention with grouped-query heads: O and the
@@ -148,6 +149,28 @@ __device__ void dropout(const T* __restrict__ x, T* __restrict__ y, unsigned lon
     const float m = ((bits >> (16 * lane)) & 0xFFFFull) < threshold ? 0.f : keep;
     y[e] = st<T>(ld(x[e]) * m);
   }
+}
+
+// ------------------------------------------------------------------ SwiGLU
+
+// y = silu(g)·u, one thread per element.
+template <typename T>
+__device__ void swiglu_fwd(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ y, unsigned long long n) {
+  const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const float a = ld(g[e]);
+  y[e] = st<T>(a / (1.f + __expf(-a)) * ld(u[e]));
+}
+
+// dg = dy·u·σ(g)·(1 + g·(1 − σ(g))), du = dy·silu(g).
+template <typename T>
+__device__ void swiglu_bwd(const T* __restrict__ g, const T* __restrict__ u, const T* __restrict__ dy, T* __restrict__ dg,
+                           T* __restrict__ du, unsigned long long n) {
+  const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const float a = ld(g[e]), sig = 1.f / (1.f + __expf(-a)), d = ld(dy[e]);
+  du[e] = st<T>(d * a * sig);
+  dg[e] = st<T>(d * ld(u[e]) * sig * (1.f + a * (1.f - sig)));
 }
 
 // ------------------------------------------------------------------ masked cross-entropy
@@ -680,6 +703,13 @@ __device__ void attn_bwd_q_tc(const bf16* __restrict__ q, const bf16* __restrict
   extern "C" __global__ void dropout_##N(const T* x, T* y, unsigned long long n, unsigned long long state,         \
                                          unsigned threshold, float keep) {                                         \
     dropout<T>(x, y, n, state, threshold, keep);                                                                  \
+  }                                                                                                               \
+  extern "C" __global__ void swiglu_fwd_##N(const T* g, const T* u, T* y, unsigned long long n) {                 \
+    swiglu_fwd<T>(g, u, y, n);                                                                                    \
+  }                                                                                                               \
+  extern "C" __global__ void swiglu_bwd_##N(const T* g, const T* u, const T* dy, T* dg, T* du,                     \
+                                            unsigned long long n) {                                               \
+    swiglu_bwd<T>(g, u, dy, dg, du, n);                                                                           \
   }                                                                                                               \
   extern "C" __global__ void nll_fwd_##N(const T* x, const unsigned* target, const float* weight, float* loss,     \
                                          int v) {                                                                 \

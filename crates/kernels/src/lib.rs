@@ -1,6 +1,6 @@
 //! loralab's CUDA kernels (cuda/kernels.cu): causal flash attention forward and backward
 //! with grouped-query heads, RMSNorm forward and backward, rotary embedding, dropout with the
-//! engine's RNG and the masked cross-entropy with its gradient. This crate holds the source,
+//! engine's RNG, SwiGLU and the masked cross-entropy with its gradient. This crate holds the source,
 //! its launch shapes and two builds of it: a fatbin for the GPU (feature `cuda`, loaded by
 //! loralab-core's `cuda` module) and, without that feature, a CPU emulation (`emu`) that the
 //! tests run, so the kernels are checked on machines with no GPU.
@@ -59,6 +59,11 @@ pub fn rms_norm(rows: usize) -> Launch {
 /// One thread per rotated pair.
 pub fn rope(rows: usize, hd: usize) -> Launch {
     Launch { grid: (blocks(rows * hd / 2, 256), 1, 1), block: 256 }
+}
+
+/// One thread per element.
+pub fn elementwise(n: usize) -> Launch {
+    Launch { grid: (blocks(n, 256), 1, 1), block: 256 }
 }
 
 /// One thread per RNG draw (four elements).

@@ -334,3 +334,23 @@ fn dropout_draws_the_engines_counter_based_mask_and_the_backward_is_the_same_cal
         close(&format!("dropout {dt:?}"), &o[0], &want, if dt == Dtype::F32 { 0.0 } else { 8e-3 });
     }
 }
+
+#[test]
+fn swiglu_and_its_two_gradients_match_the_reference() {
+    let mut r = Rng(5);
+    let n = 777;
+    for dt in [Dtype::F32, Dtype::Bf16] {
+        let (g, u, dy) = (r.vec(n, 4.0), r.vec(n, 2.0), r.vec(n, 1.0));
+        let (gs, us, ds) = (seen(dt, &g), seen(dt, &u), seen(dt, &dy));
+        let sig = |a: f64| 1.0 / (1.0 + (-a).exp());
+        let y: Vec<f64> = (0..n).map(|e| gs[e] * sig(gs[e]) * us[e]).collect();
+        let dg: Vec<f64> = (0..n).map(|e| ds[e] * us[e] * sig(gs[e]) * (1.0 + gs[e] * (1.0 - sig(gs[e])))).collect();
+        let du: Vec<f64> = (0..n).map(|e| ds[e] * gs[e] * sig(gs[e])).collect();
+        let l = k::elementwise(n);
+        let (o, _) = run(&k::name("swiglu_fwd", dt), dt, l, vec![P::In(0), P::In(1), P::Out, P::Long(n as u64)], &[&g, &u], &[n], &[]);
+        close(&format!("swiglu {dt:?}"), &o[0], &y, tol(dt));
+        let (o, _) = run(&k::name("swiglu_bwd", dt), dt, l, vec![P::In(0), P::In(1), P::In(2), P::Out, P::Out, P::Long(n as u64)], &[&g, &u, &dy], &[n, n], &[]);
+        close(&format!("swiglu dg {dt:?}"), &o[0], &dg, tol(dt));
+        close(&format!("swiglu du {dt:?}"), &o[1], &du, tol(dt));
+    }
+}
