@@ -350,6 +350,44 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)
 }
 
+// ------------------------------------------------------------------ optimizers
+
+/// A contiguous f32 storage's elements as a mutable device view.
+fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f32>> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: contiguous tensors only")))?;
+    Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(a..b))
+}
+
+/// m = β·m + (1−β)·(g or g²), in place (optim.rs's moment pass).
+pub(crate) fn opt_moment(m: &mut CudaStorage, lm: &Layout, g: &CudaStorage, lg: &Layout, beta: f64, square: bool) -> Result<()> {
+    let dev = m.device().clone();
+    let n = lm.shape().elem_count();
+    let gv = view::<f32>(g, lg, "optimizer")?;
+    let mut mv = view_mut(m, lm, "optimizer")?;
+    let f = kernel(&dev, "opt_moment")?;
+    let (nl, sq, mut b) = (n as u64, square as i32, f.builder());
+    b.arg(&mut mv).arg(&gv).arg(&nl).arg(&beta).arg(&sq);
+    unsafe { b.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
+    Ok(())
+}
+
+/// p updated in place from (a, b) = (m, v) for AdamW or (m, g) for LionW (optim.rs's update pass).
+pub(crate) fn opt_update(p: &mut CudaStorage, lp: &Layout, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout), name: &str, consts: &[f64]) -> Result<()> {
+    let dev = p.device().clone();
+    let n = lp.shape().elem_count();
+    let (av, bv) = (view::<f32>(a.0, a.1, "optimizer")?, view::<f32>(b.0, b.1, "optimizer")?);
+    let mut pv = view_mut(p, lp, "optimizer")?;
+    let f = kernel(&dev, name)?;
+    let nl = n as u64;
+    let mut bld = f.builder();
+    bld.arg(&mut pv).arg(&av).arg(&bv).arg(&nl);
+    for c in consts {
+        bld.arg(c);
+    }
+    unsafe { bld.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
+    Ok(())
+}
+
 // ------------------------------------------------------------------ masked cross-entropy
 
 /// (logits (n, V), targets (n) u32, weights (n) f32) -> Σ_i w_i·nll_i as an f32 scalar.

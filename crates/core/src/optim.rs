@@ -38,12 +38,14 @@ impl Optimizer {
     }
 
     /// Apply one update. `t` is the 1-based count of updates (AdamW's bias correction).
-    /// On CPU with parameter, gradient and state in one dtype, each tensor is updated in
-    /// place in one or two fused passes (no temporaries); otherwise `step_reference`.
+    /// On CPU with parameter, gradient and state in one dtype (and on CUDA in f32), each tensor
+    /// is updated in place in one or two fused passes (no temporaries); otherwise `step_reference`.
     pub fn step(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64, t: usize) -> Result<()> {
         let [b1, b2] = self.betas;
+        // the CUDA build runs the same passes as kernels on f32 (masters and state are f32 there)
+        let fused_here = |p: &Tensor| p.device().is_cpu() || (cfg!(feature = "cuda") && p.device().is_cuda() && p.dtype() == DType::F32);
         let fusable = params.iter().zip(grads).zip(&self.state).all(|(((_, p), g), st)| {
-            p.device().is_cpu() && p.dtype() == g.dtype() && p.dtype() == st.m.dtype() && (p.dtype() == DType::F32 || p.dtype() == DType::F64) && p.is_contiguous() && g.is_contiguous()
+            fused_here(p) && p.dtype() == g.dtype() && p.dtype() == st.m.dtype() && (p.dtype() == DType::F32 || p.dtype() == DType::F64) && p.is_contiguous() && g.is_contiguous()
         });
         if !fusable {
             return self.step_reference(params, grads, lr, t);
@@ -196,6 +198,11 @@ impl candle_core::InplaceOp2 for Kernel {
         }
         Ok(())
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &mut candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<()> {
+        let Kernel::Moment { beta, square } = *self else { candle_core::bail!("optimizer: not a moment kernel") };
+        crate::cuda::opt_moment(s1, l1, s2, l2, beta, square)
+    }
 }
 
 impl candle_core::InplaceOp3 for Kernel {
@@ -209,6 +216,22 @@ impl candle_core::InplaceOp3 for Kernel {
             _ => candle_core::bail!("optimizer: dtype mismatch"),
         }
         Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        match *self {
+            Kernel::Adam { decay, lr, bc1, bc2, eps } => crate::cuda::opt_update(s1, l1, (s2, l2), (s3, l3), "opt_adam", &[decay, lr, bc1, bc2, eps]),
+            Kernel::Lion { decay, lr, b1 } => crate::cuda::opt_update(s1, l1, (s2, l2), (s3, l3), "opt_lion", &[decay, lr, b1]),
+            Kernel::Moment { .. } => candle_core::bail!("optimizer: a moment is not an update"),
+        }
     }
 }
 

@@ -166,3 +166,40 @@ fn rope_swiglu_rms_norm_and_the_loss_kernels_compute_what_ops_rs_computes() {
     let d = max_diff(&got, &want);
     assert!(d < 1e-6, "the loss gradient differs from ops::masked_nll's backward by {d:e}");
 }
+
+#[test]
+fn the_optimizer_kernels_take_the_cpus_fused_adamw_and_lionw_steps_bit_for_bit() {
+    use loralab_core::config::{OptimConfig, OptimizerName};
+    use loralab_core::optim::Optimizer;
+    let mut rng = Rng::new(13);
+    let n = 1000;
+    for name in [OptimizerName::Adamw, OptimizerName::Lionw] {
+        let p = Var::from_tensor(&randn(&mut rng, &[n])).unwrap();
+        let params = vec![("w".to_string(), p.clone())];
+        let mut opt = Optimizer::new(&OptimConfig { name, weight_decay: 0.1, ..Default::default() }, 1e-2, &params).unwrap();
+        // emulated state, started where the CPU's is
+        let (mut pe, mut me, mut ve) = (flat(p.as_tensor()), vec![0f32; n], vec![0f32; n]);
+        let (lr0, [b1, b2], eps) = (1e-2, opt.betas, opt.eps);
+        for t in 1..=3 {
+            let g = randn(&mut rng, &[n]);
+            let gs = flat(&g);
+            let lr = lr0 * (1.0 - 0.1 * t as f64);
+            opt.step(&params, &[g], lr, t).unwrap();
+            let nl = n as u64;
+            match name {
+                OptimizerName::Adamw => {
+                    launch("opt_moment", kern::elementwise(n), &mut [Arg::F32Mut(&mut me), Arg::F32(&gs), Arg::Long(nl), Arg::Double(b1), Arg::Int(0)]);
+                    launch("opt_moment", kern::elementwise(n), &mut [Arg::F32Mut(&mut ve), Arg::F32(&gs), Arg::Long(nl), Arg::Double(b2), Arg::Int(1)]);
+                    let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+                    launch("opt_adam", kern::elementwise(n), &mut [Arg::F32Mut(&mut pe), Arg::F32(&me), Arg::F32(&ve), Arg::Long(nl), Arg::Double(1.0 - lr * 0.1), Arg::Double(lr), Arg::Double(bc1), Arg::Double(bc2), Arg::Double(eps)]);
+                }
+                OptimizerName::Lionw => {
+                    launch("opt_lion", kern::elementwise(n), &mut [Arg::F32Mut(&mut pe), Arg::F32(&me), Arg::F32(&gs), Arg::Long(nl), Arg::Double(1.0 - lr / lr0 * 0.1), Arg::Double(lr), Arg::Double(b1)]);
+                    launch("opt_moment", kern::elementwise(n), &mut [Arg::F32Mut(&mut me), Arg::F32(&gs), Arg::Long(nl), Arg::Double(b2), Arg::Int(0)]);
+                }
+            }
+            let cpu = flat(p.as_tensor());
+            assert!(cpu.iter().zip(&pe).all(|(a, b)| a.to_bits() == b.to_bits()), "{name:?} step {t}: the kernels' weights differ from the CPU's fused step");
+        }
+    }
+}

@@ -30,7 +30,7 @@ struct Entry {
 
 #define K_TC(HD) K(attn_fwd_tc_bf16_##HD) K(attn_bwd_kv_tc_bf16_##HD) K(attn_bwd_q_tc_bf16_##HD)
 
-static const Entry kTable[] = {K_TC(32) K_TC(64) K_TC(128) K(sum_f32) K_ROWS(f32) K_ROWS(bf16) K_ATTN(f32, 32) K_ATTN(f32, 64) K_ATTN(f32, 128)
+static const Entry kTable[] = {K(opt_moment) K(opt_adam) K(opt_lion) K_TC(32) K_TC(64) K_TC(128) K(sum_f32) K_ROWS(f32) K_ROWS(bf16) K_ATTN(f32, 32) K_ATTN(f32, 64) K_ATTN(f32, 128)
                                    K_ATTN(bf16, 32) K_ATTN(bf16, 64) K_ATTN(bf16, 128)};
 
 // 0 on success, -1 for an unknown kernel name. One launch at a time (the emulator's state

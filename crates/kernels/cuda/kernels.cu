@@ -5,6 +5,8 @@
 //   dropout_T                   x·mask with the engine's counter-based RNG (crates/core/src/rng.rs),
 //                               so the GPU draws the CPU's masks; the backward is the same call
 //   swiglu_{fwd,bwd}_T          silu(g)·u and its two gradients, keeping only g and u
+//   opt_{moment,adam,lion}      the optimizers' in-place passes over f32 state (maths in f64,
+//                               as the CPU's fused passes: the same bits)
 //   nll_{fwd,grad}_T, sum_f32   masked next-token cross-entropy and its gradient,
 //                               never materialising the (n, vocab) log-softmax
 //   attn_fwd_T_HD               causal flash attention with grouped-query heads: O and the
@@ -171,6 +173,34 @@ __device__ void swiglu_bwd(const T* __restrict__ g, const T* __restrict__ u, con
   const float a = ld(g[e]), sig = 1.f / (1.f + __expf(-a)), d = ld(dy[e]);
   du[e] = st<T>(d * a * sig);
   dg[e] = st<T>(d * ld(u[e]) * sig * (1.f + a * (1.f - sig)));
+}
+
+// ------------------------------------------------------------------ optimizers
+// In place, one thread per element, f32 storage, f64 maths (crates/core/src/optim.rs's passes).
+
+// m = β·m + (1−β)·(g or g²)
+extern "C" __global__ void opt_moment(float* __restrict__ m, const float* __restrict__ g, unsigned long long n, double beta, int square) {
+  const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const double gv = g[e];
+  m[e] = (float)(beta * (double)m[e] + (1.0 - beta) * (square ? gv * gv : gv));
+}
+
+// p = p·decay − lr·(m/bc1)/(√(v/bc2) + eps)
+extern "C" __global__ void opt_adam(float* __restrict__ p, const float* __restrict__ m, const float* __restrict__ v, unsigned long long n,
+                                    double decay, double lr, double bc1, double bc2, double eps) {
+  const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  p[e] = (float)((double)p[e] * decay - lr * ((double)m[e] / bc1) / (sqrt((double)v[e] / bc2) + eps));
+}
+
+// p = p·decay − lr·sign(β1·m + (1−β1)·g)
+extern "C" __global__ void opt_lion(float* __restrict__ p, const float* __restrict__ m, const float* __restrict__ g, unsigned long long n,
+                                    double decay, double lr, double b1) {
+  const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const double c = b1 * (double)m[e] + (1.0 - b1) * (double)g[e];
+  p[e] = (float)((double)p[e] * decay - lr * (c > 0.0 ? 1.0 : c < 0.0 ? -1.0 : 0.0));
 }
 
 // ------------------------------------------------------------------ masked cross-entropy

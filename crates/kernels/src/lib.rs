@@ -1,6 +1,7 @@
 //! loralab's CUDA kernels (cuda/kernels.cu): causal flash attention forward and backward
 //! with grouped-query heads, RMSNorm forward and backward, rotary embedding, dropout with the
-//! engine's RNG, SwiGLU and the masked cross-entropy with its gradient. This crate holds the source,
+//! engine's RNG, SwiGLU, the masked cross-entropy with its gradient and the optimizers'
+//! in-place passes. This crate holds the source,
 //! its launch shapes and two builds of it: a fatbin for the GPU (feature `cuda`, loaded by
 //! loralab-core's `cuda` module) and, without that feature, a CPU emulation (`emu`) that the
 //! tests run, so the kernels are checked on machines with no GPU.
@@ -129,6 +130,7 @@ pub mod emu {
         Uint(u32),
         Long(u64),
         Float(f32),
+        Double(f64),
     }
 
     /// Launch `name` over `l` with `args` in the kernel's parameter order.
@@ -141,7 +143,7 @@ pub mod emu {
                 Arg::U16(s) => s.as_ptr() as *const c_void,
                 Arg::U16Mut(s) => s.as_ptr() as *const c_void,
                 Arg::U32(s) => s.as_ptr() as *const c_void,
-                Arg::Int(_) | Arg::Uint(_) | Arg::Long(_) | Arg::Float(_) => std::ptr::null(),
+                Arg::Int(_) | Arg::Uint(_) | Arg::Long(_) | Arg::Float(_) | Arg::Double(_) => std::ptr::null(),
             })
             .collect();
         let mut slots: Vec<*mut c_void> = Vec::with_capacity(args.len());
@@ -151,6 +153,7 @@ pub mod emu {
                 Arg::Uint(v) => v as *mut u32 as *mut c_void,
                 Arg::Long(v) => v as *mut u64 as *mut c_void,
                 Arg::Float(v) => v as *mut f32 as *mut c_void,
+                Arg::Double(v) => v as *mut f64 as *mut c_void,
                 _ => p as *mut *const c_void as *mut c_void,
             });
         }
