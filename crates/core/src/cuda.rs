@@ -46,9 +46,10 @@ impl Kernel {
     }
 }
 
-/// Whether the kernels serve `x`: on a CUDA device, f32 or bf16, and not turned off.
+/// Whether the kernels serve `x`: on a CUDA device, f32 or bf16, not empty (a launch with an
+/// empty grid is an error on the GPU), and not turned off.
 pub fn serves(x: &Tensor) -> bool {
-    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16) && !crate::ops::portable_forced() && !turned_off()
+    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16) && x.elem_count() > 0 && !crate::ops::portable_forced() && !turned_off()
 }
 
 /// Whether bf16 attention runs on tensor cores: yes, unless `LORALAB_CUDA_ATTENTION=simt`
@@ -120,6 +121,9 @@ struct RmsNorm {
 fn rms_fwd<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, eps: f32, dt: Dtype) -> Result<CudaStorage> {
     let dev = x.device();
     let d = *lx.dims().last().unwrap_or(&1);
+    if lw.shape().elem_count() != d {
+        candle_core::bail!("rms-norm: a weight of {} for rows of {d}", lw.shape().elem_count())
+    }
     let rows = lx.shape().elem_count() / d;
     let (xv, wv) = (view::<T>(x, lx, "rms-norm")?, view::<T>(w, lw, "rms-norm")?);
     // SAFETY: the kernel writes every element (one block per row, every column).
@@ -164,6 +168,9 @@ struct RmsNormDx {
 fn rms_dx<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), g: (&CudaStorage, &Layout), eps: f32, dt: Dtype) -> Result<CudaStorage> {
     let dev = x.0.device();
     let d = *x.1.dims().last().unwrap_or(&1);
+    if w.1.shape().elem_count() != d || g.1.shape() != x.1.shape() {
+        candle_core::bail!("rms-norm backward: weight {:?} and gradient {:?} for x {:?}", w.1.dims(), g.1.dims(), x.1.dims())
+    }
     let rows = x.1.shape().elem_count() / d;
     let (xv, wv, gv) = (view::<T>(x.0, x.1, "rms-norm")?, view::<T>(w.0, w.1, "rms-norm")?, view::<T>(g.0, g.1, "rms-norm")?);
     // SAFETY: written whole by the kernel.

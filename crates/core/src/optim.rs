@@ -42,8 +42,12 @@ impl Optimizer {
     /// is updated in place in one or two fused passes (no temporaries); otherwise `step_reference`.
     pub fn step(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64, t: usize) -> Result<()> {
         let [b1, b2] = self.betas;
-        // the CUDA build runs the same passes as kernels on f32 (masters and state are f32 there)
-        let fused_here = |p: &Tensor| p.device().is_cpu() || (cfg!(feature = "cuda") && p.device().is_cuda() && p.dtype() == DType::F32);
+        // the CUDA build runs the same passes as kernels on f32 (masters and state are f32 there),
+        // unless its kernels are turned off
+        #[cfg(feature = "cuda")]
+        let fused_here = |p: &Tensor| p.device().is_cpu() || (crate::cuda::serves(p) && p.dtype() == DType::F32);
+        #[cfg(not(feature = "cuda"))]
+        let fused_here = |p: &Tensor| p.device().is_cpu();
         let fusable = params.iter().zip(grads).zip(&self.state).all(|(((_, p), g), st)| {
             fused_here(p) && p.dtype() == g.dtype() && p.dtype() == st.m.dtype() && (p.dtype() == DType::F32 || p.dtype() == DType::F64) && p.is_contiguous() && g.is_contiguous()
         });

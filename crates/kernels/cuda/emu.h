@@ -24,6 +24,7 @@
 #define __shared__ static
 #define __restrict__
 #define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(n)
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;

@@ -177,13 +177,25 @@ __device__ void swiglu_bwd(const T* __restrict__ g, const T* __restrict__ u, con
 
 // ------------------------------------------------------------------ optimizers
 // In place, one thread per element, f32 storage, f64 maths (crates/core/src/optim.rs's passes).
+// Every product and sum is rounded on its own, in the Rust expressions' order: nvcc would
+// otherwise fuse a·b + c into one FMA, whose single rounding differs from the CPU's (and can
+// flip LionW's sign(β1·m + (1−β1)·g) where the two terms cancel).
+#ifndef LORALAB_EMULATE
+#define MUL(a, b) __dmul_rn(a, b)
+#define ADD(a, b) __dadd_rn(a, b)
+#define SUB(a, b) __dsub_rn(a, b)
+#else
+#define MUL(a, b) ((a) * (b))
+#define ADD(a, b) ((a) + (b))
+#define SUB(a, b) ((a) - (b))
+#endif
 
 // m = β·m + (1−β)·(g or g²)
 extern "C" __global__ void opt_moment(float* __restrict__ m, const float* __restrict__ g, unsigned long long n, double beta, int square) {
   const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= n) return;
   const double gv = g[e];
-  m[e] = (float)(beta * (double)m[e] + (1.0 - beta) * (square ? gv * gv : gv));
+  m[e] = (float)ADD(MUL(beta, (double)m[e]), MUL(SUB(1.0, beta), square ? MUL(gv, gv) : gv));
 }
 
 // p = p·decay − lr·(m/bc1)/(√(v/bc2) + eps)
@@ -191,7 +203,7 @@ extern "C" __global__ void opt_adam(float* __restrict__ p, const float* __restri
                                     double decay, double lr, double bc1, double bc2, double eps) {
   const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= n) return;
-  p[e] = (float)((double)p[e] * decay - lr * ((double)m[e] / bc1) / (sqrt((double)v[e] / bc2) + eps));
+  p[e] = (float)SUB(MUL((double)p[e], decay), MUL(lr, (double)m[e] / bc1) / ADD(sqrt((double)v[e] / bc2), eps));
 }
 
 // p = p·decay − lr·sign(β1·m + (1−β1)·g)
@@ -199,9 +211,12 @@ extern "C" __global__ void opt_lion(float* __restrict__ p, const float* __restri
                                     double decay, double lr, double b1) {
   const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= n) return;
-  const double c = b1 * (double)m[e] + (1.0 - b1) * (double)g[e];
-  p[e] = (float)((double)p[e] * decay - lr * (c > 0.0 ? 1.0 : c < 0.0 ? -1.0 : 0.0));
+  const double c = ADD(MUL(b1, (double)m[e]), MUL(SUB(1.0, b1), (double)g[e]));
+  p[e] = (float)SUB(MUL((double)p[e], decay), MUL(lr, c > 0.0 ? 1.0 : c < 0.0 ? -1.0 : 0.0));
 }
+#undef MUL
+#undef ADD
+#undef SUB
 
 // ------------------------------------------------------------------ masked cross-entropy
 
@@ -251,7 +266,7 @@ __device__ void nll_grad(const T* __restrict__ x, const unsigned* __restrict__ t
 }
 
 // out[0] = Σ a (one block; deterministic).
-extern "C" __global__ void sum_f32(const float* __restrict__ a, float* __restrict__ out, int n) {
+extern "C" __global__ void __launch_bounds__(1024) sum_f32(const float* __restrict__ a, float* __restrict__ out, int n) {
   float s = 0.f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) s += a[i];
   s = block_reduce<false>(s);
