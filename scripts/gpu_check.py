@@ -5,8 +5,8 @@ Run by scripts/gpu-check.sh on a GPU machine (no Bun, Rust or registries needed 
 sidecar binary is carried; PyTorch, transformers and PEFT are used when present).
 
   (a) tiny models (head dims 32 and 64): the first 3 steps' losses on CUDA against the CPU
-      engine's f32: f32 with loralab's CUDA kernels (flash attention, RMSNorm, RoPE,
-      cross-entropy), f32 with them turned off (LORALAB_CUDA_KERNELS=0: candle's ops), and bf16;
+      engine's f32: f32 with loralab's CUDA kernels (docs/kernels.md), f32 with them turned
+      off (LORALAB_CUDA_KERNELS=0: candle's ops), and bf16 (attention on tensor cores);
   (b) a Llama-3.2-1B-like model (random weights made here, shared by both sides), seq 2048,
       micro-batch 4: loralab's training tokens/s and peak GPU memory, full FT and LoRA r=16 on
       all modules;
@@ -265,10 +265,7 @@ def check_c(model_dir, cfg, device, seq, mb, steps):
             torch.cuda.empty_cache()
     log("\n== ratios (loralab / PyTorch + PEFT, measured above in this one run)")
     for kind in ("full", "lora"):
-        a, b = RESULTS.get(f"loralab_{kind}"), RESULTS.get(f"torch_{kind}")
-        if a and b:
-            mem = f"   peak memory {a['peak_gib'] / b['peak_gib']:.2f}×" if b["peak_gib"] else ""
-            log(f"  {kind:4s}: tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}×{mem}")
+        log_ratios(kind, f"loralab_{kind}", f"torch_{kind}")
     a, b = RESULTS.get("loralab_lora"), RESULTS.get("loralab_full")
     if a and b and b["peak_gib"]:
         log(f"  loralab LoRA peak / loralab full FT peak: {a['peak_gib'] / b['peak_gib']:.2f}× (goal ≤ 0.6×)")
@@ -316,11 +313,12 @@ def save(out):
     Path(out, "results.json").write_text(json.dumps(RESULTS, indent=2))
 
 
-def check_e():
-    a, b = RESULTS.get("loralab_lora"), RESULTS.get("portable_lora")
+def log_ratios(label, over, under):
+    """tokens/s and peak memory of result `over` as ratios to `under`, when both were measured."""
+    a, b = RESULTS.get(over), RESULTS.get(under)
     if a and b:
         mem = f"   peak memory {a['peak_gib'] / b['peak_gib']:.2f}×" if b["peak_gib"] else ""
-        log(f"  kernels on / off, LoRA: tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}×{mem}")
+        log(f"  {label:4s}: tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}×{mem}")
 
 
 def main():
@@ -361,7 +359,7 @@ def main():
     try:
         if "e" not in skip:
             check_b(portable, out, args.device, model_dir, data, seq, mb, max(4, args.steps // 2), kinds=("lora",), tag="portable")
-            check_e()
+            log_ratios("kernels on / off, LoRA", "loralab_lora", "portable_lora")
             save(out)
     finally:
         portable.close()

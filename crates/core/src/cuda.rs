@@ -1,6 +1,6 @@
-//! The GPU kernels of ops.rs (feature `cuda`): causal flash attention forward and backward,
-//! RMSNorm, rotary embedding, dropout, SwiGLU and the masked cross-entropy, from
-//! loralab-kernels' fatbin.
+//! The GPU kernels of ops.rs and optim.rs (feature `cuda`): causal flash attention forward and
+//! backward, RMSNorm, rotary embedding, dropout, SwiGLU, the masked cross-entropy and the
+//! optimizers' passes, from loralab-kernels' fatbin.
 //! ops.rs routes a tensor here when `serves` says so (on CUDA, f32 or bf16, kernels not
 //! turned off); everything else takes the portable path (candle's own ops), which is also
 //! what `LORALAB_CUDA_KERNELS=0` or `ops::with_portable` selects, e.g. to compare the two.
@@ -98,6 +98,19 @@ fn tensor<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<
     Tensor::from_storage(Storage::Cuda(T::wrap_cuda_slice(slice, dev.clone())), shape, BackpropOp::none(), false)
 }
 
+/// Launch kernel `name` over `shape` with `args` (references to live values) in the kernel's
+/// parameter order.
+macro_rules! launch {
+    ($dev:expr, $name:expr, $shape:expr; $($arg:expr),+ $(,)?) => {{
+        let k = kernel($dev, $name)?;
+        let mut b = k.builder();
+        $(b.arg($arg);)+
+        // SAFETY: the arguments match the kernel's parameters in kernels.cu (count, order, C
+        // type) and every buffer outlives the launch.
+        unsafe { b.launch(cfg($shape)) }.map(|_| ()).map_err(err)
+    }};
+}
+
 macro_rules! by_dtype {
     ($dt:expr, $f:ident ( $($a:expr),* )) => {
         match $dt {
@@ -128,10 +141,8 @@ fn rms_fwd<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, w: &CudaStor
     let (xv, wv) = (view::<T>(x, lx, "rms-norm")?, view::<T>(w, lw, "rms-norm")?);
     // SAFETY: the kernel writes every element (one block per row, every column).
     let mut y = unsafe { dev.alloc::<T>(rows * d) }?;
-    let f = kernel(dev, &kern::name("rms_norm_fwd", dt))?;
-    let (di, mut b) = (d as i32, f.builder());
-    b.arg(&xv).arg(&wv).arg(&mut y).arg(&di).arg(&eps);
-    unsafe { b.launch(cfg(kern::rms_norm(rows))) }.map_err(err)?;
+    let di = d as i32;
+    launch!(dev, &kern::name("rms_norm_fwd", dt), kern::rms_norm(rows); &xv, &wv, &mut y, &di, &eps)?;
     Ok(T::wrap_cuda_slice(y, dev.clone()))
 }
 
@@ -175,10 +186,8 @@ fn rms_dx<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), w: (&CudaStorag
     let (xv, wv, gv) = (view::<T>(x.0, x.1, "rms-norm")?, view::<T>(w.0, w.1, "rms-norm")?, view::<T>(g.0, g.1, "rms-norm")?);
     // SAFETY: written whole by the kernel.
     let mut dx = unsafe { dev.alloc::<T>(rows * d) }?;
-    let f = kernel(dev, &kern::name("rms_norm_bwd", dt))?;
-    let (di, mut b) = (d as i32, f.builder());
-    b.arg(&xv).arg(&wv).arg(&gv).arg(&mut dx).arg(&di).arg(&eps);
-    unsafe { b.launch(cfg(kern::rms_norm(rows))) }.map_err(err)?;
+    let di = d as i32;
+    launch!(dev, &kern::name("rms_norm_bwd", dt), kern::rms_norm(rows); &xv, &wv, &gv, &mut dx, &di, &eps)?;
     Ok(T::wrap_cuda_slice(dx, dev.clone()))
 }
 
@@ -215,10 +224,8 @@ fn rope_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), cos: (&CudaSt
     let (xv, cv, sv) = (view::<T>(x.0, x.1, "rope")?, view::<f32>(cos.0, cos.1, "rope")?, view::<f32>(sin.0, sin.1, "rope")?);
     // SAFETY: one thread per rotated pair writes both of its elements.
     let mut y = unsafe { dev.alloc::<T>(rows * hd) }?;
-    let f = kernel(dev, &kern::name("rope", dt))?;
-    let (ri, ti, hi, mut b) = (rows as i32, r.t as i32, hd as i32, f.builder());
-    b.arg(&xv).arg(&cv).arg(&sv).arg(&mut y).arg(&ri).arg(&ti).arg(&hi).arg(&r.sign);
-    unsafe { b.launch(cfg(kern::rope(rows, hd))) }.map_err(err)?;
+    let (ri, ti, hi) = (rows as i32, r.t as i32, hd as i32);
+    launch!(dev, &kern::name("rope", dt), kern::rope(rows, hd); &xv, &cv, &sv, &mut y, &ri, &ti, &hi, &r.sign)?;
     Ok(T::wrap_cuda_slice(y, dev.clone()))
 }
 
@@ -265,10 +272,8 @@ fn dropout_run<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, op: &Dro
     let xv = view::<T>(x, lx, "dropout")?;
     // SAFETY: one thread per draw writes its four elements.
     let mut y = unsafe { dev.alloc::<T>(n) }?;
-    let f = kernel(dev, &kern::name("dropout", dt))?;
-    let (nl, mut b) = (n as u64, f.builder());
-    b.arg(&xv).arg(&mut y).arg(&nl).arg(&op.state).arg(&op.threshold).arg(&op.keep);
-    unsafe { b.launch(cfg(kern::dropout(n))) }.map_err(err)?;
+    let nl = n as u64;
+    launch!(dev, &kern::name("dropout", dt), kern::dropout(n); &xv, &mut y, &nl, &op.state, &op.threshold, &op.keep)?;
     Ok(T::wrap_cuda_slice(y, dev.clone()))
 }
 
@@ -305,10 +310,8 @@ fn swiglu_fwd<T: CudaDType + DeviceRepr>(g: (&CudaStorage, &Layout), u: (&CudaSt
     let (gv, uv) = (view::<T>(g.0, g.1, "swiglu")?, view::<T>(u.0, u.1, "swiglu")?);
     // SAFETY: one thread per element writes it.
     let mut y = unsafe { dev.alloc::<T>(n) }?;
-    let f = kernel(dev, &kern::name("swiglu_fwd", dt))?;
-    let (nl, mut b) = (n as u64, f.builder());
-    b.arg(&gv).arg(&uv).arg(&mut y).arg(&nl);
-    unsafe { b.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
+    let nl = n as u64;
+    launch!(dev, &kern::name("swiglu_fwd", dt), kern::elementwise(n); &gv, &uv, &mut y, &nl)?;
     Ok(T::wrap_cuda_slice(y, dev.clone()))
 }
 
@@ -324,10 +327,8 @@ fn swiglu_bwd<T: CudaDType + DeviceRepr>(g: &Tensor, u: &Tensor, dy: &Tensor, dt
     let dv = view::<T>(cuda_storage(&ds, what)?, dl, what)?;
     // SAFETY: one thread per element writes both gradients.
     let (mut dg, mut du) = unsafe { (dev.alloc::<T>(n)?, dev.alloc::<T>(n)?) };
-    let f = kernel(dev, &kern::name("swiglu_bwd", dt))?;
-    let (nl, mut b) = (n as u64, f.builder());
-    b.arg(&gv).arg(&uv).arg(&dv).arg(&mut dg).arg(&mut du).arg(&nl);
-    unsafe { b.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
+    let nl = n as u64;
+    launch!(dev, &kern::name("swiglu_bwd", dt), kern::elementwise(n); &gv, &uv, &dv, &mut dg, &mut du, &nl)?;
     Ok((tensor(dg, dev, g.shape()), tensor(du, dev, u.shape())))
 }
 
@@ -371,28 +372,27 @@ pub(crate) fn opt_moment(m: &mut CudaStorage, lm: &Layout, g: &CudaStorage, lg: 
     let n = lm.shape().elem_count();
     let gv = view::<f32>(g, lg, "optimizer")?;
     let mut mv = view_mut(m, lm, "optimizer")?;
-    let f = kernel(&dev, "opt_moment")?;
-    let (nl, sq, mut b) = (n as u64, square as i32, f.builder());
-    b.arg(&mut mv).arg(&gv).arg(&nl).arg(&beta).arg(&sq);
-    unsafe { b.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
-    Ok(())
+    let (nl, sq) = (n as u64, square as i32);
+    launch!(&dev, "opt_moment", kern::elementwise(n); &mut mv, &gv, &nl, &beta, &sq)
 }
 
-/// p updated in place from (a, b) = (m, v) for AdamW or (m, g) for LionW (optim.rs's update pass).
-pub(crate) fn opt_update(p: &mut CudaStorage, lp: &Layout, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout), name: &str, consts: &[f64]) -> Result<()> {
+/// AdamW's update pass in place: p = p·decay − lr·(m/bc1)/(√(v/bc2) + eps).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn opt_adam(p: &mut CudaStorage, lp: &Layout, m: (&CudaStorage, &Layout), v: (&CudaStorage, &Layout), decay: f64, lr: f64, bc1: f64, bc2: f64, eps: f64) -> Result<()> {
     let dev = p.device().clone();
     let n = lp.shape().elem_count();
-    let (av, bv) = (view::<f32>(a.0, a.1, "optimizer")?, view::<f32>(b.0, b.1, "optimizer")?);
+    let (mv, vv, nl) = (view::<f32>(m.0, m.1, "optimizer")?, view::<f32>(v.0, v.1, "optimizer")?, n as u64);
     let mut pv = view_mut(p, lp, "optimizer")?;
-    let f = kernel(&dev, name)?;
-    let nl = n as u64;
-    let mut bld = f.builder();
-    bld.arg(&mut pv).arg(&av).arg(&bv).arg(&nl);
-    for c in consts {
-        bld.arg(c);
-    }
-    unsafe { bld.launch(cfg(kern::elementwise(n))) }.map_err(err)?;
-    Ok(())
+    launch!(&dev, "opt_adam", kern::elementwise(n); &mut pv, &mv, &vv, &nl, &decay, &lr, &bc1, &bc2, &eps)
+}
+
+/// LionW's update pass in place: p = p·decay − lr·sign(β1·m + (1−β1)·g).
+pub(crate) fn opt_lion(p: &mut CudaStorage, lp: &Layout, m: (&CudaStorage, &Layout), g: (&CudaStorage, &Layout), decay: f64, lr: f64, b1: f64) -> Result<()> {
+    let dev = p.device().clone();
+    let n = lp.shape().elem_count();
+    let (mv, gv, nl) = (view::<f32>(m.0, m.1, "optimizer")?, view::<f32>(g.0, g.1, "optimizer")?, n as u64);
+    let mut pv = view_mut(p, lp, "optimizer")?;
+    launch!(&dev, "opt_lion", kern::elementwise(n); &mut pv, &mv, &gv, &nl, &decay, &lr, &b1)
 }
 
 // ------------------------------------------------------------------ masked cross-entropy
@@ -407,15 +407,9 @@ fn nll_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&CudaStor
     // SAFETY: one block per row writes its loss; the sum writes its one element.
     let mut rows = unsafe { dev.alloc::<f32>(n) }?;
     let mut total = unsafe { dev.alloc::<f32>(1) }?;
-    let f = kernel(dev, &kern::name("nll_fwd", dt))?;
     let (vi, ni) = (v as i32, n as i32);
-    let mut b = f.builder();
-    b.arg(&xv).arg(&tv).arg(&wv).arg(&mut rows).arg(&vi);
-    unsafe { b.launch(cfg(kern::nll(n))) }.map_err(err)?;
-    let f = kernel(dev, "sum_f32")?;
-    let mut b = f.builder();
-    b.arg(&rows).arg(&mut total).arg(&ni);
-    unsafe { b.launch(cfg(kern::sum())) }.map_err(err)?;
+    launch!(dev, &kern::name("nll_fwd", dt), kern::nll(n); &xv, &tv, &wv, &mut rows, &vi)?;
+    launch!(dev, "sum_f32", kern::sum(); &rows, &mut total, &ni)?;
     Ok(CudaStorage::wrap_cuda_slice(total, dev.clone()))
 }
 
@@ -425,10 +419,8 @@ fn nll_grad_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&Cud
     let (xv, tv, wv) = (view::<T>(x.0, x.1, "masked-nll")?, view::<u32>(tg.0, tg.1, "masked-nll")?, view::<f32>(w.0, w.1, "masked-nll")?);
     // SAFETY: one block per row writes the whole row.
     let mut dx = unsafe { dev.alloc::<T>(n * v) }?;
-    let f = kernel(dev, &kern::name("nll_grad", dt))?;
-    let (vi, mut b) = (v as i32, f.builder());
-    b.arg(&xv).arg(&tv).arg(&wv).arg(&mut dx).arg(&vi);
-    unsafe { b.launch(cfg(kern::nll(n))) }.map_err(err)?;
+    let vi = v as i32;
+    launch!(dev, &kern::name("nll_grad", dt), kern::nll(n); &xv, &tv, &wv, &mut dx, &vi)?;
     Ok(T::wrap_cuda_slice(dx, dev.clone()))
 }
 
@@ -518,15 +510,12 @@ fn attn_fwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: (&CudaStorage, &L
     // SAFETY: every live query row writes its output row and its log-sum-exp.
     let mut o = unsafe { dev.alloc::<T>(q.1.shape().elem_count()) }?;
     let mut lse = unsafe { dev.alloc::<f32>(dm.b * dm.nh * dm.t) }?;
-    let tc = tensor_cores(dt, &[q.1.start_offset(), k.1.start_offset(), v.1.start_offset()]);
-    let (f, shape) = match tc {
-        true => (kernel(dev, &kern::attn_name("attn_fwd_tc", dt, dm.hd))?, kern::attn_tc(dm.b, dm.nh, dm.t)),
-        false => (kernel(dev, &kern::attn_name("attn_fwd", dt, dm.hd))?, kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd)),
+    let (name, shape) = match tensor_cores(dt, &[q.1.start_offset(), k.1.start_offset(), v.1.start_offset()]) {
+        true => ("attn_fwd_tc", kern::attn_tc(dm.b, dm.nh, dm.t)),
+        false => ("attn_fwd", kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd)),
     };
     let (nh, kvh, t) = (dm.nh as i32, dm.kvh as i32, dm.t as i32);
-    let mut b = f.builder();
-    b.arg(&qv).arg(&kv).arg(&vv).arg(&mut o).arg(&mut lse).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
-    unsafe { b.launch(cfg(shape)) }.map_err(err)?;
+    launch!(dev, &kern::attn_name(name, dt, dm.hd), shape; &qv, &kv, &vv, &mut o, &mut lse, &nh, &kvh, &t, &op.scale)?;
     *op.lse.lock().map_err(|_| candle_core::Error::Msg("attention: lse lock poisoned".into()))? = Some(lse);
     Ok(T::wrap_cuda_slice(o, dev.clone()))
 }
@@ -554,27 +543,13 @@ fn attn_bwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: &Tensor, k: &Tens
     let (mut delta, mut dq, mut dk, mut dv) = unsafe { (dev.alloc::<f32>(rows)?, dev.alloc::<T>(nq)?, dev.alloc::<T>(nk)?, dev.alloc::<T>(nk)?) };
     let (nh, kvh, t, ri) = (dm.nh as i32, dm.kvh as i32, dm.t as i32, rows as i32);
 
-    let f = kernel(dev, &kern::attn_name("attn_bwd_delta", dt, dm.hd))?;
-    let mut b = f.builder();
-    b.arg(&ov).arg(&gv).arg(&mut delta).arg(&ri);
-    unsafe { b.launch(cfg(kern::attn_bwd_delta(rows))) }.map_err(err)?;
-
-    let tc = tensor_cores(dt, &[ql.start_offset(), kl.start_offset(), vl.start_offset(), gl.start_offset()]);
-    let (f, shape) = match tc {
-        true => (kernel(dev, &kern::attn_name("attn_bwd_kv_tc", dt, dm.hd))?, kern::attn_tc(dm.b, dm.kvh, dm.t)),
-        false => (kernel(dev, &kern::attn_name("attn_bwd_kv", dt, dm.hd))?, kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd)),
+    launch!(dev, &kern::attn_name("attn_bwd_delta", dt, dm.hd), kern::attn_bwd_delta(rows); &ov, &gv, &mut delta, &ri)?;
+    let ((kv_name, kv_shape), (q_name, q_shape)) = match tensor_cores(dt, &[ql.start_offset(), kl.start_offset(), vl.start_offset(), gl.start_offset()]) {
+        true => (("attn_bwd_kv_tc", kern::attn_tc(dm.b, dm.kvh, dm.t)), ("attn_bwd_q_tc", kern::attn_tc(dm.b, dm.nh, dm.t))),
+        false => (("attn_bwd_kv", kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd)), ("attn_bwd_q", kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd))),
     };
-    let mut b = f.builder();
-    b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dk).arg(&mut dv).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
-    unsafe { b.launch(cfg(shape)) }.map_err(err)?;
-
-    let (f, shape) = match tc {
-        true => (kernel(dev, &kern::attn_name("attn_bwd_q_tc", dt, dm.hd))?, kern::attn_tc(dm.b, dm.nh, dm.t)),
-        false => (kernel(dev, &kern::attn_name("attn_bwd_q", dt, dm.hd))?, kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd)),
-    };
-    let mut b = f.builder();
-    b.arg(&qv).arg(&kv).arg(&vv).arg(&gv).arg(&lse).arg(&delta).arg(&mut dq).arg(&nh).arg(&kvh).arg(&t).arg(&op.scale);
-    unsafe { b.launch(cfg(shape)) }.map_err(err)?;
+    launch!(dev, &kern::attn_name(kv_name, dt, dm.hd), kv_shape; &qv, &kv, &vv, &gv, &lse, &delta, &mut dk, &mut dv, &nh, &kvh, &t, &op.scale)?;
+    launch!(dev, &kern::attn_name(q_name, dt, dm.hd), q_shape; &qv, &kv, &vv, &gv, &lse, &delta, &mut dq, &nh, &kvh, &t, &op.scale)?;
 
     Ok((tensor(dq, dev, q.shape()), tensor(dk, dev, k.shape()), tensor(dv, dev, v.shape())))
 }

@@ -618,12 +618,10 @@ pub struct RopeTables {
     pub sin: Arc<Vec<f64>>,
     pub t: usize,
     pub hd: usize,
-    /// (cos, sin) as tensors on the model's device and dtype, made once for the portable
-    /// path (uploading them for every q and k of every layer would cost a copy each time).
+    /// (cos, sin) as tensors on the model's device, made once (uploading them for every q and
+    /// k of every layer would cost a copy each time): in the activations' dtype for the
+    /// portable path, in f32 for the CUDA kernel.
     device_tables: Arc<std::sync::OnceLock<(Tensor, Tensor)>>,
-    /// The same in f32 for the CUDA kernel.
-    #[cfg(feature = "cuda")]
-    kernel_tables: Arc<std::sync::OnceLock<(Tensor, Tensor)>>,
 }
 
 impl RopeTables {
@@ -639,43 +637,27 @@ impl RopeTables {
                 }
             }
         }
-        Self {
-            cos: Arc::new(cos),
-            sin: Arc::new(sin),
-            t,
-            hd,
-            device_tables: Default::default(),
-            #[cfg(feature = "cuda")]
-            kernel_tables: Default::default(),
+        Self { cos: Arc::new(cos), sin: Arc::new(sin), t, hd, device_tables: Default::default() }
+    }
+    /// (cos, sin) on `dev` in `dt`, from the cache when the first caller asked for the same.
+    fn device_tables(&self, dev: &candle_core::Device, dt: candle_core::DType) -> candle_core::Result<(Tensor, Tensor)> {
+        if let Some(c) = self.device_tables.get().filter(|c| c.0.dtype() == dt && c.0.device().same_device(dev)) {
+            return Ok(c.clone());
         }
+        let table = |v: &Arc<Vec<f64>>| Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(dt)?.to_device(dev);
+        let c = (table(&self.cos)?, table(&self.sin)?);
+        let _ = self.device_tables.set(c.clone()); // the first caller's device and dtype stay cached
+        Ok(c)
     }
     /// x: (b, h, t, hd) -> (b, h, t, hd)
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if !fused(x) {
-            let table_in = |v: &Arc<Vec<f64>>, dt| Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(dt)?.to_device(x.device());
-            let table = |v: &Arc<Vec<f64>>| table_in(v, x.dtype());
             #[cfg(feature = "cuda")]
             if crate::cuda::serves(x) {
-                // the kernel reads f32 tables
-                let (cos, sin) = match self.kernel_tables.get() {
-                    Some(c) if c.0.device().same_device(x.device()) => c.clone(),
-                    _ => {
-                        let c = (table_in(&self.cos, candle_core::DType::F32)?, table_in(&self.sin, candle_core::DType::F32)?);
-                        let _ = self.kernel_tables.set(c.clone());
-                        c
-                    }
-                };
+                let (cos, sin) = self.device_tables(x.device(), candle_core::DType::F32)?; // the kernel reads f32 tables
                 return crate::cuda::rope(x, &cos, &sin);
             }
-            let fits = |c: &(Tensor, Tensor)| c.0.dtype() == x.dtype() && c.0.device().same_device(x.device());
-            let (cos, sin) = match self.device_tables.get() {
-                Some(c) if fits(c) => c.clone(),
-                _ => {
-                    let c = (table(&self.cos)?, table(&self.sin)?);
-                    let _ = self.device_tables.set(c.clone()); // the first caller's device and dtype stay cached
-                    c
-                }
-            };
+            let (cos, sin) = self.device_tables(x.device(), x.dtype())?;
             return crate::model::apply_rope_reference(x, &cos, &sin);
         }
         x.contiguous()?.apply_op1(Rope { cos: self.cos.clone(), sin: self.sin.clone(), t: self.t, hd: self.hd })

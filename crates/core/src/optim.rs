@@ -232,8 +232,8 @@ impl candle_core::InplaceOp3 for Kernel {
         l3: &Layout,
     ) -> Result<()> {
         match *self {
-            Kernel::Adam { decay, lr, bc1, bc2, eps } => crate::cuda::opt_update(s1, l1, (s2, l2), (s3, l3), "opt_adam", &[decay, lr, bc1, bc2, eps]),
-            Kernel::Lion { decay, lr, b1 } => crate::cuda::opt_update(s1, l1, (s2, l2), (s3, l3), "opt_lion", &[decay, lr, b1]),
+            Kernel::Adam { decay, lr, bc1, bc2, eps } => crate::cuda::opt_adam(s1, l1, (s2, l2), (s3, l3), decay, lr, bc1, bc2, eps),
+            Kernel::Lion { decay, lr, b1 } => crate::cuda::opt_lion(s1, l1, (s2, l2), (s3, l3), decay, lr, b1),
             Kernel::Moment { .. } => candle_core::bail!("optimizer: a moment is not an update"),
         }
     }

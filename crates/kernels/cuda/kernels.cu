@@ -503,6 +503,18 @@ __device__ __forceinline__ void stage(bf16 (*dst)[HD + 8], const bf16* __restric
   }
 }
 
+// The block's TC_ROWS rows from r0 of a (t, HD) matrix at `off`, staged through `xs`, into each
+// warp's fragments for its 16 rows. Every thread of the block calls it; xs is free again after.
+template <int HD>
+__device__ __forceinline__ void load_rows(FragA* a, bf16 (*xs)[HD + 8], const bf16* __restrict__ src, size_t off, int r0, int t) {
+  __syncthreads();  // xs may still be in use
+  stage<HD, TC_ROWS>(xs, src, off, r0, t);
+  __syncthreads();
+  const int w = threadIdx.x / 32;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; kk++) wm::load_matrix_sync(a[kk], &xs[w * 16][kk * 16], HD + 8);
+}
+
 // out (16 × TC_TILE, f32) = A (16 × HD, fragments) · Bᵀ with B the tile's TC_TILE rows.
 template <int HD>
 __device__ __forceinline__ void tile_scores(const FragA* a, bf16 (*b)[HD + 8], float (*out)[TC_TILE]) {
@@ -564,11 +576,8 @@ __device__ void attn_fwd_tc(const bf16* __restrict__ q, const bf16* __restrict__
   const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * TC_ROWS, i = q0 + w * 16 + r;
   const size_t qoff = ((size_t)(b * nh + h) * t) * HD, koff = ((size_t)(b * kvh + h / (nh / kvh)) * t) * HD;
   const float c = scale * 1.44269504088896340736f;
-  stage<HD, TC_ROWS>(qs, q, qoff, q0, t);
-  __syncthreads();
   FragA qa[KB];
-#pragma unroll
-  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(qa[kk], &qs[w * 16][kk * 16], HD + 8);
+  load_rows<HD>(qa, qs, q, qoff, q0, t);
   const int end = min(t, q0 + TC_ROWS);
   // pass 1: the row max and Σ 2^(s·c − max)
   float m = -LL_INF, l = 0.f;
@@ -636,15 +645,8 @@ __device__ void attn_bwd_kv_tc(const bf16* __restrict__ q, const bf16* __restric
   const size_t koff = ((size_t)(b * kvh + kh) * t) * HD;
   const float c = scale * 1.44269504088896340736f;
   FragA ka[KB], va[KB];
-  stage<HD, TC_ROWS>(xs, k, koff, j0, t);
-  __syncthreads();
-#pragma unroll
-  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(ka[kk], &xs[w * 16][kk * 16], HD + 8);
-  __syncthreads();
-  stage<HD, TC_ROWS>(xs, v, koff, j0, t);
-  __syncthreads();
-#pragma unroll
-  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(va[kk], &xs[w * 16][kk * 16], HD + 8);
+  load_rows<HD>(ka, xs, k, koff, j0, t);
+  load_rows<HD>(va, xs, v, koff, j0, t);
   FragC dkc[KB], dvc[KB];
 #pragma unroll
   for (int nb = 0; nb < KB; nb++) {
@@ -699,15 +701,8 @@ __device__ void attn_bwd_q_tc(const bf16* __restrict__ q, const bf16* __restrict
   const float c = scale * 1.44269504088896340736f;
   const float li = i < t ? lse[roff + i] : 0.f, di = i < t ? delta[roff + i] : 0.f;
   FragA qa[KB], da[KB];
-  stage<HD, TC_ROWS>(xs, q, qoff, q0, t);
-  __syncthreads();
-#pragma unroll
-  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(qa[kk], &xs[w * 16][kk * 16], HD + 8);
-  __syncthreads();
-  stage<HD, TC_ROWS>(xs, dout, qoff, q0, t);
-  __syncthreads();
-#pragma unroll
-  for (int kk = 0; kk < KB; kk++) wm::load_matrix_sync(da[kk], &xs[w * 16][kk * 16], HD + 8);
+  load_rows<HD>(qa, xs, q, qoff, q0, t);
+  load_rows<HD>(da, xs, dout, qoff, q0, t);
   FragC dqc[KB];
 #pragma unroll
   for (int nb = 0; nb < KB; nb++) wm::fill_fragment(dqc[nb], 0.f);

@@ -5,7 +5,8 @@
 import { readFileSync } from "node:fs";
 import { wasmInline } from "./wasm.ts";
 
-export interface InteractivePoint {
+/** What identifies one run of a study: its point on the plot, its group, its config. */
+export interface RunFields {
   key: string;
   group: string;
   method: string;
@@ -14,6 +15,9 @@ export interface InteractivePoint {
   lr: number;
   seed: number;
   duration: number;
+}
+
+export interface InteractivePoint extends RunFields {
   learning: number;
   learningSe: number;
   forgetting: number;

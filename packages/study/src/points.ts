@@ -5,6 +5,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { evaluate, type EvalResult } from "@loralab/eval";
+import { type RunFields } from "@loralab/report";
 import { analyze } from "@loralab/spectrum";
 import type { Checkpoint } from "./sweep.ts";
 import { perplexity } from "./sweep.ts";
@@ -45,15 +46,7 @@ export function meanRank(r: MatrixRank[]): number | null {
   return r.length ? r.reduce((s, x) => s + x.rank, 0) / r.length : null;
 }
 
-export interface Point {
-  key: string;
-  group: string;
-  method: string;
-  rank: number | null;
-  targets: string;
-  lr: number;
-  seed: number;
-  duration: number;
+export interface Point extends RunFields {
   tokens: number;
   learning: Metric;
   forgetting: Metric;
