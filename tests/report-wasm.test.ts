@@ -14,7 +14,7 @@ let wasm: WasmMaths;
 let browser: Browser | undefined;
 
 beforeAll(async () => {
-  wasm = await loadWasm(); // builds it first when the Rust is newer (scripts/build-wasm.sh)
+  wasm = await loadWasm(); // built by the test command first (bun run build:wasm)
 }, 900_000);
 
 afterAll(async () => {

@@ -24,7 +24,7 @@ function sandboxProcesses(): string[] {
   for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
     try {
       const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
-      if (uid >= UID_BASE && uid < UID_BASE + 16) out.push(pid);
+      if (uid >= UID_BASE && uid < UID_BASE + 64) out.push(pid); // executions lease uid pairs from UID_BASE up
     } catch {
       // exited meanwhile
     }
@@ -32,7 +32,7 @@ function sandboxProcesses(): string[] {
   return out;
 }
 
-// each program "passes" (reaches the sentinel) only if its escape worked
+// each program "passes" (its top level runs to the end) only if its escape worked
 const PROGRAMS: Record<string, string> = {
   benign: "assert sum(range(10)) == 45",
   infinite_loop: "while True:\n    pass",
@@ -93,7 +93,7 @@ afterAll(() => {
 });
 
 describe("sandbox", () => {
-  test("a benign program passes, confined: PID 1, unprivileged, empty private cwd, no network", () => {
+  test("a benign program passes, confined: in its own PID namespace, unprivileged, empty private cwd, no network", () => {
     expect(results.benign!.passed).toBe(true);
     expect(results.benign!.status).toBe("passed");
   });
@@ -160,7 +160,7 @@ describe("sandbox", () => {
     expect(r.ms).toBeLessThan(3000); // neither the child's 600 s nor the timeout
   });
 
-  test("exit status 0 is not a pass: sys.exit(0), an atexit os._exit(0), a forged sentinel", () => {
+  test("exit status 0 is not a pass: sys.exit(0), an atexit os._exit(0), a forged pass marker", () => {
     for (const k of ["sys_exit_0", "atexit_exit_0", "forged_sentinel"]) {
       expect([k, results[k]!.passed, results[k]!.exitCode]).toEqual([k, false, 0]);
     }

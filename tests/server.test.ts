@@ -73,7 +73,8 @@ describe("server", () => {
     expect((await srv.app.request("http://evil.example/api/runs", { headers: auth })).status).toBe(403);
     expect((await req("/api/runs", { headers: { Origin: "http://evil.example" } })).status).toBe(403);
     expect((await req("/api/runs", { headers: { Origin: "null" } })).status).toBe(403);
-    expect((await req("/api/runs", { headers: { Host: "127.0.0.1:8080", Origin: "http://localhost:8080" } })).status).toBe(200);
+    expect((await req("/api/runs", { headers: { Host: "127.0.0.1:8080", Origin: "http://127.0.0.1:8080" } })).status).toBe(200);
+    expect((await req("/api/runs", { headers: { Host: "127.0.0.1:8080", Origin: "http://127.0.0.1:3000" } })).status).toBe(403); // another port, another origin
     expect((await req("/", { headers: { Host: "attacker.test:8080" } })).status).toBe(403);
   });
 

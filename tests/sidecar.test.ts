@@ -139,7 +139,7 @@ test("device names: cuda and cuda:N are valid config; the CPU sidecar refuses th
   expect((err as ConfigError).message).toMatch(/no CUDA \(hint: .*build-cuda-sidecar\.sh/);
 });
 
-test("the server's runner: a cuda run whose sidecar dies is stored as interrupted, with the reason", async () => {
+test("the server's runner: a cuda run whose sidecar dies is retried, then stored as failed with the reason", async () => {
   const out = tempDir("sidecar-runner");
   const saved = { path: process.env.LORALAB_SIDECAR, mode: process.env.FAKE_MODE };
   process.env.LORALAB_SIDECAR = fake;
@@ -151,12 +151,14 @@ test("the server's runner: a cuda run whose sidecar dies is stored as interrupte
     const row = await srv.runner.submit(cfg);
     expect(row.device).toBe("cuda");
     let run = await srv.store.getRun(row.id);
-    for (let i = 0; i < 200 && !["interrupted", "failed", "completed"].includes(run!.status); i++) {
+    for (let i = 0; i < 400 && !["failed", "completed"].includes(run!.status); i++) {
       await Bun.sleep(50);
       run = await srv.store.getRun(row.id);
     }
-    expect(run!.status).toBe("interrupted");
-    expect(run!.error).toMatch(/killed \(SIGSEGV\).*illegal memory access/s);
+    // interrupted once (queued again to resume), then failed: the retry budget is 2 attempts
+    expect(run!.status).toBe("failed");
+    expect(run!.attempts).toBe(2);
+    expect(run!.error).toMatch(/died in 2 of 2 attempts, the retry budget: .*killed \(SIGSEGV\).*illegal memory access/s);
   } finally {
     await srv.close();
     process.env.LORALAB_SIDECAR = saved.path;

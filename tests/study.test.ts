@@ -47,7 +47,7 @@ function tinySpec(name: string, out: string, over: Partial<SweepSpec> = {}): Swe
   delete base.out_dir;
   delete base.run_id;
   base.train = { micro_batch: 4, checkpoint_every: 0 };
-  return { name, regime: "ift", base, methods: ["full", "lora"], lr: { full: [1e-3], lora: [3e-3] }, ranks: [4], durations: [1, 2], recordsPerEpoch: 16, ...over };
+  return { name, regime: "ift", base, methods: ["full", "lora"], lr: { full: [1e-3], lora: [3e-3] }, ranks: [4], durations: [1, 2], records_per_epoch: 16, ...over };
 }
 
 test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed sweep skips finished cells", async () => {
@@ -82,7 +82,7 @@ test("CPT durations are branches from 0.8·D of one long run; hybrid trains LoRA
   expect(lrs.length).toBe(2); // steps 9 and 10: the cooldown
   expect(lrs[1]!).toBeLessThan(lrs[0]!);
 
-  const hy = tinySpec("h", out, { methods: ["hybrid"], lr: { hybrid: [1e-3] }, durations: [1, 2, 3], hybrid: { loraFraction: 1 / 3, fullTargets: ["gate_proj", "up_proj", "down_proj"], rank: 4 } });
+  const hy = tinySpec("h", out, { methods: ["hybrid"], lr: { hybrid: [1e-3] }, durations: [1, 2, 3], hybrid: { lora_fraction: 1 / 3, full_targets: ["gate_proj", "up_proj", "down_proj"], rank: 4 } });
   const hcks = await runSweep(hy, store, join(out, "runs"), () => {});
   expect(hcks.map((c) => c.duration)).toEqual([2, 3]);
   const phase2 = JSON.parse(readFileSync(join(out, "runs", hcks[0]!.runId, "config.json"), "utf8"));

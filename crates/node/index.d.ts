@@ -52,8 +52,12 @@ export declare function explainedVariance(sigma: Array<number>, totalSq?: number
 /** Load a model for inference; JSON `{model, adapter?, merged?, tokenizer?, dtype?}`. */
 export declare function loadEngine(requestJson: string): Promise<Engine>
 
-/** Fold a PEFT adapter into its base (HF directory or .gguf) and write an HF model to `out`. */
-export declare function merge(base: string, adapter: string, out: string): Promise<void>
+/**
+ * Fold a PEFT adapter into its base (HF directory or .gguf) and write a complete HF model
+ * directory to `out`. Options JSON `{dtype?: "bf16" | "f16" | "f32"}` (default f32);
+ * resolves with JSON text `{dtype, notes}`.
+ */
+export declare function merge(base: string, adapter: string, out: string, optionsJson?: string | undefined | null): Promise<string>
 
 /** Indices of the points not dominated with both coordinates better higher, by x ascending. */
 export declare function paretoFrontier(x: Array<number>, y: Array<number>): Array<number>

@@ -37,7 +37,244 @@ fn save_dtype(t: &Tensor) -> DType {
 }
 
 fn save_map(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    candle_core::safetensors::save(map, path).map_err(|e| Error::file(path, e))
+    // the safetensors crate writes a tempfile (mode 0600) and renames it into place: give the
+    // result the mode a plain new file gets here (0666 less the umask), as the JSON beside it has
+    let probe = path.with_extension("mode");
+    let mode = std::fs::File::create(&probe).and_then(|f| f.metadata()).map(|m| m.permissions());
+    let _ = std::fs::remove_file(&probe);
+    candle_core::safetensors::save(map, path).map_err(|e| Error::file(path, e))?;
+    if let Ok(mode) = mode {
+        std::fs::set_permissions(path, mode).map_err(|e| Error::file(path, e))?;
+    }
+    Ok(())
+}
+
+/// The dtype of written weights, by name (`loralab merge --dtype`).
+pub fn weight_dtype(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        _ => Err(Error::config("dtype", format!("`{name}` is not a weight dtype (hint: bf16, f16 or f32)"))),
+    }
+}
+
+/// config.json's name for a dtype (`torch_dtype`).
+fn torch_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+/// A file's bytes under a new name, as a file written here (std::fs::copy would keep the source's mode).
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    std::fs::write(to, std::fs::read(from).map_err(|e| Error::file(from, e))?).map_err(|e| Error::file(to, e))
+}
+
+/// A JSON object file (config.json, tokenizer_config.json, ...).
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).map_err(|e| Error::file(path, e))?).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Error::file(path, "not a JSON object (hint: a Hugging Face config file holds one {...})"));
+    }
+    Ok(v)
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(v)?).map_err(|e| Error::file(path, e))
+}
+
+/// The first id of a config.json token id field (a number or a list).
+fn first_id(v: &Option<serde_json::Value>) -> Option<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|i| i as u32),
+        Some(serde_json::Value::Array(a)) => a.first().and_then(|i| i.as_u64()).map(|i| i as u32),
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------------ a Hugging Face model directory
+
+/// A model as a complete Hugging Face directory in `dir`, what `AutoModelForCausalLM` and
+/// `AutoTokenizer` load: model.safetensors (in `dtype`; None: f32, f64 stays f64), config.json
+/// (the base's, or the one GGUF metadata gave, with `torch_dtype` set to what was written),
+/// generation_config.json, tokenizer.json and the tokenizer files beside it (see
+/// [`write_tokenizer_files`]). Returns notes on what the base lacked.
+fn write_model(dir: &Path, model: &Llama, hf_config: &Path, tokenizer: &Path, dtype: Option<DType>) -> Result<Vec<String>> {
+    let mut map = HashMap::new();
+    let mut written = DType::F32;
+    for (name, w) in model.named_weights() {
+        let t = w.tensor();
+        written = dtype.unwrap_or_else(|| save_dtype(t));
+        map.insert(name, t.to_dtype(written)?);
+    }
+    save_map(&map, &dir.join("model.safetensors"))?;
+    // the original keeps every field other tools read; a GGUF base has none: the config its metadata gave
+    let mut config = if hf_config.is_file() { read_json(hf_config)? } else { serde_json::to_value(&model.cfg)? };
+    config["torch_dtype"] = serde_json::json!(torch_name(written));
+    if config.get("dtype").is_some() {
+        // transformers >= 4.56 writes `dtype` (and reads it first)
+        config["dtype"] = serde_json::json!(torch_name(written));
+    }
+    write_json(&dir.join("config.json"), &config)?;
+    let gen = hf_config.with_file_name("generation_config.json");
+    if hf_config.is_file() && gen.is_file() {
+        copy_file(&gen, &dir.join("generation_config.json"))?;
+    } else {
+        let cfg = &model.cfg;
+        let eos = if cfg.generation_eos.is_empty() { cfg.eos_token_id.clone() } else { Some(serde_json::json!(cfg.generation_eos)) };
+        let mut g = serde_json::json!({"_from_model_config": true});
+        for (k, v) in [("bos_token_id", cfg.bos_token_id.clone()), ("eos_token_id", eos)] {
+            if let Some(v) = v.filter(|v| !v.is_null()) {
+                g[k] = v;
+            }
+        }
+        write_json(&dir.join("generation_config.json"), &g)?;
+    }
+    let tok_json = crate::data::tokenizer_json(tokenizer)?;
+    std::fs::write(dir.join("tokenizer.json"), &tok_json)?;
+    write_tokenizer_files(dir, tokenizer, &tok_json, &model.cfg)
+}
+
+/// tokenizer_config.json (chat template, bos/eos tokens) and special_tokens_map.json. A
+/// tokenizer.json's own folder's files are copied (tokenizer_config.json, special_tokens_map.json,
+/// chat_template.jinja); a .gguf's are built from its metadata ([`crate::gguf::tokenizer_config`]);
+/// with neither they are built. A bos or eos token none of them names comes from config.json's
+/// id. No chat template is made up: a base without one gives a note.
+fn write_tokenizer_files(dir: &Path, tokenizer: &Path, tok_json: &[u8], cfg: &LlamaConfig) -> Result<Vec<String>> {
+    let src = tokenizer.with_file_name("tokenizer_config.json");
+    let mut copied_map = None;
+    let mut template_file = false;
+    let mut tc = if is_gguf(tokenizer) {
+        crate::gguf::tokenizer_config(tokenizer)?
+    } else if src.is_file() {
+        for name in ["special_tokens_map.json", "chat_template.jinja"] {
+            let f = tokenizer.with_file_name(name);
+            if f.is_file() {
+                copy_file(&f, &dir.join(name))?;
+                if name == "chat_template.jinja" {
+                    template_file = true;
+                } else {
+                    copied_map = Some(read_json(&f)?);
+                }
+            }
+        }
+        read_json(&src)?
+    } else {
+        serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false, "model_max_length": cfg.max_position_embeddings})
+    };
+    let unnamed: Vec<(&str, u32)> = [("bos_token", first_id(&cfg.bos_token_id)), ("eos_token", first_id(&cfg.eos_token_id))]
+        .into_iter()
+        .filter(|(field, _)| {
+            let named = |v: &serde_json::Value| v.get(*field).is_some_and(|t| !t.is_null());
+            !named(&tc) && !copied_map.as_ref().is_some_and(named)
+        })
+        .filter_map(|(field, id)| Some((field, id?)))
+        .collect();
+    if !unnamed.is_empty() {
+        let tok = tokenizers::Tokenizer::from_bytes(tok_json).map_err(|e| Error::file(tokenizer, format!("cannot load tokenizer: {e}")))?;
+        for (field, id) in unnamed {
+            if let Some(t) = tok.id_to_token(id) {
+                tc[field] = serde_json::json!(t);
+            }
+        }
+    }
+    let mut notes = Vec::new();
+    if tc.get("chat_template").is_none_or(|t| t.is_null()) && !template_file {
+        notes.push(format!(
+            "{}: the base has no chat template (none in tokenizer_config.json beside its tokenizer, nor in GGUF metadata), so neither has the written model: transformers' apply_chat_template fails on it (hint: add a `chat_template` to the written tokenizer_config.json, or use a base that ships one)",
+            tokenizer.display()
+        ));
+    }
+    write_json(&dir.join("tokenizer_config.json"), &tc)?;
+    if copied_map.is_none() {
+        let map: serde_json::Map<String, serde_json::Value> =
+            ["bos_token", "eos_token", "unk_token", "pad_token"].iter().filter_map(|k| tc.get(*k).filter(|v| !v.is_null()).map(|v| (k.to_string(), v.clone()))).collect();
+        write_json(&dir.join("special_tokens_map.json"), &serde_json::Value::Object(map))?;
+    }
+    Ok(notes)
+}
+
+/// A fresh `<dir>.tmp` to write into; [`publish`] renames it to `dir`.
+fn fresh_tmp(dir: &Path) -> Result<PathBuf> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// The integrity record of a directory loralab wrote: every file's size and sha256, written last.
+pub const MANIFEST: &str = "loralab_manifest.json";
+
+fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(|e| Error::file(path, e))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+fn write_manifest(dir: &Path) -> Result<()> {
+    let mut files = serde_json::Map::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    names.sort();
+    for p in names {
+        let (bytes, sha256) = sha256_file(&p)?;
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        files.insert(name, serde_json::json!({ "bytes": bytes, "sha256": sha256 }));
+    }
+    write_json(&dir.join(MANIFEST), &serde_json::json!({ "format_version": FORMAT_VERSION, "files": files }))
+}
+
+/// Check a directory against its manifest: every file it lists present, of its size and sha256
+/// (files added later, such as evaluation results, are not its concern); with `tensors_only`,
+/// just the .safetensors files (a model or adapter directory whose JSON a user may edit, as
+/// Hugging Face users do). A directory without a manifest (written elsewhere, or by an older
+/// loralab) passes. Resuming checks a checkpoint whole.
+pub fn verify(dir: &Path, tensors_only: bool) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let m = read_json(&path)?;
+    let files = m["files"].as_object().ok_or_else(|| Error::file(&path, "no `files` table (hint: the manifest is damaged; so may the checkpoint be)"))?;
+    let hint = "hint: the file changed after loralab wrote it (a truncated copy, a full disk, bit rot): use another checkpoint, or copy this one again from where it came";
+    for (name, want) in files.iter().filter(|(n, _)| !tensors_only || n.ends_with(".safetensors")) {
+        let f = dir.join(name);
+        if name.contains('/') || name.contains("..") {
+            return Err(Error::file(&path, format!("lists `{name}`, not a file of this directory (hint: the manifest is damaged)")));
+        }
+        if !f.is_file() {
+            return Err(Error::file(&f, format!("missing: the checkpoint's manifest lists it ({hint})")));
+        }
+        let (bytes, sha) = sha256_file(&f)?;
+        if Some(bytes) != want["bytes"].as_u64() {
+            return Err(Error::file(&f, format!("damaged: {bytes} bytes, the manifest says {} ({hint})", want["bytes"])));
+        }
+        if Some(sha.as_str()) != want["sha256"].as_str() {
+            return Err(Error::file(&f, format!("damaged: sha256 {sha}, the manifest says {} ({hint})", want["sha256"])));
+        }
+    }
+    Ok(())
+}
+
+fn publish(tmp: &Path, dir: &Path) -> Result<()> {
+    write_manifest(tmp)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(tmp, dir).map_err(|e| Error::file(dir, e))
 }
 
 /// Write a model (full FT) or adapter (LoRA) directory, optionally with optimizer and trainer state.
@@ -52,29 +289,10 @@ pub fn save(
     opt: Option<(&Optimizer, &[(String, Var)])>,
     state: Option<&TrainerState>,
 ) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    let tmp = fresh_tmp(dir)?;
     match method.kind {
         MethodKind::Full => {
-            let mut map = HashMap::new();
-            for (name, w) in model.named_weights() {
-                let t = w.tensor();
-                map.insert(name, t.to_dtype(save_dtype(t))?);
-            }
-            save_map(&map, &tmp.join("model.safetensors"))?;
-            if hf_config.is_file() {
-                // the original keeps every field other tools read (and its generation defaults)
-                std::fs::copy(hf_config, tmp.join("config.json")).map_err(|e| Error::file(hf_config, e))?;
-                let gen = hf_config.with_file_name("generation_config.json");
-                if gen.is_file() {
-                    std::fs::copy(&gen, tmp.join("generation_config.json")).map_err(|e| Error::file(&gen, e))?;
-                }
-            } else {
-                // a GGUF base has none: write the config its metadata gave
-                std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&model.cfg)?)?;
-            }
-            std::fs::write(tmp.join("tokenizer.json"), crate::data::tokenizer_json(tokenizer)?)?;
+            write_model(&tmp, model, hf_config, tokenizer, None)?;
         }
         MethodKind::Lora => {
             let mut map = HashMap::new();
@@ -113,9 +331,7 @@ pub fn save(
     if let Some(s) = state {
         std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(s)?)?;
     }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
-    Ok(())
+    publish(&tmp, dir)
 }
 
 /// The safetensors files of a Hugging Face model directory (single or sharded).
@@ -153,6 +369,7 @@ pub fn load_hf_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 pub fn load_model_dir(dir: &Path, dtype: DType) -> Result<Llama> {
+    verify(dir, true)?;
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
     let tensors = load_hf_tensors(dir)?;
     check_shapes(&cfg, &tensors, dir)?;
@@ -172,6 +389,7 @@ fn check_shapes(cfg: &LlamaConfig, tensors: &HashMap<String, Tensor>, dir: &Path
 
 /// Restore trainable tensors, optimizer state and trainer state from a checkpoint directory.
 pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Result<TrainerState> {
+    verify(dir, false)?;
     let state: TrainerState = serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).map_err(|e| Error::file(dir, e))?)
         .map_err(|e| Error::file(dir.join("trainer_state.json"), e))?;
     if state.format_version != FORMAT_VERSION {
@@ -179,7 +397,8 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Res
     }
     let weights = if state.method == MethodKind::Full { dir.join("model.safetensors") } else { dir.join("adapter_model.safetensors") };
     let w = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|e| Error::file(&weights, e))?;
-    let o = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu).map_err(|e| Error::file(dir, e))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let o = candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| Error::file(&opt_path, format!("{e} (hint: the file is damaged or not a safetensors file: use another checkpoint)")))?;
     for ((name, var), st) in params.iter().zip(opt.state.iter_mut()) {
         let t = w.get(name).ok_or_else(|| Error::MissingTensor { path: weights.clone(), name: name.clone() })?;
         if t.dims() != var.dims() {
@@ -216,6 +435,7 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn open(dir: &Path) -> Result<Self> {
+        verify(dir, true)?;
         let cfg_path = dir.join("adapter_config.json");
         let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?).map_err(|e| Error::file(&cfg_path, e))?;
         if ac.get("peft_type").and_then(|v| v.as_str()).is_some_and(|t| t != "LORA") {
@@ -281,15 +501,44 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Load a base model (HF directory or .gguf), apply a PEFT adapter, fold it in and write
-/// the merged model in Hugging Face layout (f32). `loralab merge` calls it.
-pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
+/// Options of [`merge_with`] (JSON from the addon; unknown fields refused).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeOptions {
+    /// The written weights' dtype: bf16, f16 or f32. f32 by default: what merge always wrote.
+    pub dtype: String,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        Self { dtype: "f32".into() }
+    }
+}
+
+/// What [`merge_with`] wrote: the weights' dtype, and notes on what the base lacked.
+#[derive(Serialize, Clone, Debug)]
+pub struct Merged {
+    pub dtype: String,
+    pub notes: Vec<String>,
+}
+
+/// Load a base model (HF directory or .gguf), apply a PEFT adapter, fold it in (in f32) and
+/// write the merged model as a complete Hugging Face directory (see [`write_model`]), its
+/// weights in `opts.dtype`. `loralab merge` calls it.
+pub fn merge_with(base: &Path, adapter: &Path, out: &Path, opts: &MergeOptions) -> Result<Merged> {
+    let dtype = weight_dtype(&opts.dtype)?;
     let mut model = load_base(base, DType::F32)?;
     load_adapter(&mut model, adapter)?;
     model.merge_lora()?;
-    let tokenizer = default_tokenizer(base);
-    let full = MethodConfig { kind: MethodKind::Full, ..Default::default() };
-    save(out, &model, &full, &base.join("config.json"), &tokenizer, "", None, None)
+    let tmp = fresh_tmp(out)?;
+    let notes = write_model(&tmp, &model, &base.join("config.json"), &default_tokenizer(base), Some(dtype))?;
+    publish(&tmp, out)?;
+    Ok(Merged { dtype: opts.dtype.clone(), notes })
+}
+
+/// [`merge_with`] in f32.
+pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
+    merge_with(base, adapter, out, &MergeOptions::default()).map(|_| ())
 }
 
 /// A llama.cpp GGUF file rather than a Hugging Face directory.

@@ -469,7 +469,11 @@ impl RunConfig {
         // optimizer and schedule
         let lr = self.lr();
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::config("optim.lr", format!("must be > 0 (got {lr}) (hint: sweep in [1e-5, 5e-4])")));
+            let hint = match self.method.kind {
+                MethodKind::Full => "full fine-tuning: the study's best LRs are 1e-5 to 5e-5; sweep in [1e-6, 1e-4]",
+                MethodKind::Lora => "LoRA: the study's best LRs are 1e-4 to 5e-4, about 10× full FT's; sweep in [1e-5, 1e-3]",
+            };
+            return Err(Error::config("optim.lr", format!("must be > 0 (got {lr}) (hint: {hint})")));
         }
         self.optim.lr = Some(lr);
         for (i, b) in self.optim.betas.iter().enumerate() {

@@ -293,6 +293,29 @@ pub fn tokenizer_json(path: &Path) -> Result<String> {
     Ok(json.to_string())
 }
 
+/// The tokenizer_config.json transformers needs beside that tokenizer.json: the chat template
+/// (`tokenizer.chat_template`, when the file has one) and the special tokens by their text
+/// (`tokenizer.ggml.{bos,eos,unknown,padding}_token_id` → tokens). BOS is left to
+/// tokenizer.json's post-processor, as [`tokenizer_json`] wrote it.
+pub fn tokenizer_config(path: &Path) -> Result<serde_json::Value> {
+    let md = metadata(path)?;
+    let tokens = strings(&md, "tokenizer.ggml.tokens", path)?;
+    let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
+    if let Some(n) = md.get(&format!("{arch}.context_length")).and_then(num) {
+        tc["model_max_length"] = serde_json::json!(n as u64);
+    }
+    for (field, key) in [("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")] {
+        if let Some(t) = md.get(&format!("tokenizer.ggml.{key}_token_id")).and_then(num).and_then(|i| tokens.get(i as usize)) {
+            tc[field] = serde_json::json!(t);
+        }
+    }
+    if let Some(t) = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()) {
+        tc["chat_template"] = serde_json::json!(t);
+    }
+    Ok(tc)
+}
+
 type Parts = (serde_json::Value, serde_json::Value, serde_json::Value, serde_json::Value);
 
 /// Llama-2-style SentencePiece BPE (`tokenizer.ggml.model` = llama): GGUF keeps each piece's

@@ -77,19 +77,62 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
     let cfg = cfg.resolve()?;
     let run_dir = cfg.run_dir();
     let resuming = !cfg.train.resume_from.is_empty();
-    if run_dir.join("run.json").is_file() && !resuming {
-        return Err(Error::config("run_id", format!("run directory {} already exists (hint: pick a new run_id, or resume it with train.resume_from)", run_dir.display())));
-    }
     std::fs::create_dir_all(run_dir.join("checkpoints")).map_err(|e| Error::file(&run_dir, e))?;
+    // one process trains a run directory at a time: the lock goes with the process, however it ends
+    let lock_path = run_dir.join(".lock");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| Error::file(&lock_path, e))?;
+    // a resume may find the run's previous process still finishing (a worker whose server died
+    // stops after its step and checkpoints): it waits for it, up to a minute
+    let mut held = lock.try_lock().is_ok();
+    for _ in 0..if resuming { 600 } else { 0 } {
+        if held {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        held = lock.try_lock().is_ok();
+    }
+    if !held {
+        return Err(Error::config("run_id", format!("run directory {} is being trained by another process (hint: wait for it, or pick a new run_id)", run_dir.display())));
+    }
+    if run_dir.join("run.json").is_file() && !resuming {
+        // a run that died before its first checkpoint left nothing to resume: it starts over in
+        // place; anything else is kept
+        let last = last_checkpoint(&run_dir);
+        let completed = std::fs::read_to_string(run_dir.join("run.json")).is_ok_and(|t| t.contains("\"status\": \"completed\""));
+        if completed || last.is_some() {
+            let hint = match last {
+                Some(ck) if !completed => format!("resume it with --train.resume_from={}, or pick a new run_id", ck.display()),
+                _ => "pick a new run_id".to_string(),
+            };
+            return Err(Error::config("run_id", format!("run directory {} already exists (hint: {hint})", run_dir.display())));
+        }
+    }
     std::fs::write(run_dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
     let started = crate::config::utc_stamp();
     write_run_json(&run_dir, &cfg, "running", &started, None)?;
     let result = run_inner(&cfg, &run_dir, sink, cancel);
+    let _held = lock; // released when the run ends
     match &result {
         Ok(s) => write_run_json(&run_dir, &cfg, &s.status, &started, None)?,
         Err(e) => write_run_json(&run_dir, &cfg, "failed", &started, Some(&e.to_string()))?,
     }
     result
+}
+
+/// The newest complete checkpoint of a run directory (`checkpoints/step-N` with its
+/// trainer_state.json), if any.
+pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    let dir = run_dir.join("checkpoints");
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.strip_prefix("step-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) && p.join("trainer_state.json").is_file()
+        })
+        .collect();
+    steps.sort();
+    steps.pop()
 }
 
 fn write_run_json(dir: &Path, cfg: &RunConfig, status: &str, started: &str, error: Option<&str>) -> Result<()> {
@@ -119,14 +162,98 @@ pub fn build_model(cfg: &RunConfig) -> Result<Llama> {
     let dtype = cfg.model.dtype.dtype();
     let model = if cfg.model.path.is_empty() {
         let hf = LlamaConfig::from_file(Path::new(&cfg.model.config))?;
+        check_sizes(cfg, &hf, available_memory())?;
         Llama::random(hf, dtype, &mut Rng::fork(cfg.seed, 0))?
     } else {
-        checkpoint::load_base(Path::new(&cfg.model.path), dtype)?
+        let m = checkpoint::load_base(Path::new(&cfg.model.path), dtype)?;
+        check_sizes(cfg, &m.cfg, available_memory())?;
+        m
     };
     let mut model = model.to_device(&crate::device::open(&cfg.train.device)?)?;
     model.attention_dropout = cfg.train.attention_dropout;
     model.apply_method(&cfg.method, &mut Rng::fork(cfg.seed, 1))?;
     Ok(model)
+}
+
+/// Bytes of memory this machine can still give (Linux's MemAvailable); None where unknown.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Refuse sizes the model or the machine cannot hold, before any tensor is made: a LoRA rank
+/// above min(d_in, d_out) of an adapted module, a sequence longer than the model's positions,
+/// and (on the CPU) weights, optimizer state and one micro-batch's activations that would not
+/// fit in `available` bytes. The estimate counts what the engine keeps: weights, gradients and
+/// moments of what trains, each layer's saved activations (the attention scores are (t, t) per
+/// head) and the logits; it errs low, so a refusal is a run that could not have finished.
+pub fn check_sizes(cfg: &RunConfig, m: &LlamaConfig, available: Option<u64>) -> Result<()> {
+    let targets = match cfg.method.kind {
+        MethodKind::Lora => cfg.method.target_modules()?,
+        MethodKind::Full => Vec::new(),
+    };
+    // (module, d_out, d_in) of one layer's adaptable matrices
+    let shapes: Vec<(String, usize, usize)> = crate::model::hf_shapes(m)
+        .into_iter()
+        .filter(|(k, s)| k.starts_with("model.layers.0.") && k.ends_with(".weight") && s.len() == 2)
+        .map(|(k, s)| (k.trim_end_matches(".weight").rsplit('.').next().unwrap_or_default().to_string(), s[0], s[1]))
+        .collect();
+    let mut lora_params = 0usize;
+    for (module, d_out, d_in) in shapes.iter().filter(|(n, _, _)| targets.contains(n)) {
+        let max = (*d_out).min(*d_in);
+        if cfg.method.rank > max {
+            return Err(Error::config(
+                "method.rank",
+                format!("{} exceeds min(d_in, d_out) = {max} of {module} ({d_out}×{d_in}): a rank-{} update of it is full rank already (hint: method.rank ≤ {max} for this model, or leave {module} out of method.targets)", cfg.method.rank, cfg.method.rank),
+            ));
+        }
+        lora_params += cfg.method.rank * (d_out + d_in);
+    }
+    if m.max_position_embeddings > 0 && cfg.data.seq_len > m.max_position_embeddings {
+        return Err(Error::config(
+            "data.seq_len",
+            format!("{} is longer than the model's max_position_embeddings ({}) (hint: data.seq_len ≤ {})", cfg.data.seq_len, m.max_position_embeddings, m.max_position_embeddings),
+        ));
+    }
+    let tokens = cfg.train.micro_batch.checked_mul(cfg.data.seq_len).filter(|&t| t <= 1 << 40).ok_or_else(|| {
+        Error::config("train.micro_batch", format!("micro_batch × seq_len = {} × {} is too large (hint: a micro-batch holds at most a few hundred thousand tokens; use train.grad_accum for bigger batches)", cfg.train.micro_batch, cfg.data.seq_len))
+    })?;
+    let Some(available) = available else { return Ok(()) };
+    if crate::device::parse(&cfg.train.device)?.is_some() {
+        return Ok(()); // the GPU's memory is the sidecar's to judge (an OOM there is classified)
+    }
+    let e = cfg.model.dtype.dtype().size_in_bytes() as f64;
+    let n = m.n_params() as f64;
+    let trainable = if cfg.method.kind == MethodKind::Lora { (lora_params * m.num_hidden_layers) as f64 } else { n };
+    let moments = match cfg.optim.name {
+        crate::config::OptimizerName::Adamw => 2.0,
+        crate::config::OptimizerName::Lionw => 1.0,
+    };
+    let (d, f, nh, t) = (m.hidden_size as f64, m.intermediate_size as f64, m.num_attention_heads as f64, cfg.data.seq_len as f64);
+    let per_layer_token = 6.0 * d + 3.0 * f + 2.0 * nh * t;
+    let layers = m.num_hidden_layers as f64;
+    let saved = if cfg.train.gradient_checkpointing { layers * d + per_layer_token } else { layers * per_layer_token };
+    let activations = tokens as f64 * (saved + 2.0 * m.vocab_size as f64) * e;
+    let need = n * e + trainable * (1.0 + moments) * e + activations;
+    if need > available as f64 {
+        return Err(Error::config(
+            "train.micro_batch",
+            format!(
+                "this run needs about {:.1} GiB ({:.1} GiB weights and optimizer state, {:.1} GiB activations of micro_batch {} × seq_len {}) but the machine has {:.1} GiB available (hint: lower train.micro_batch and raise train.grad_accum for the same batch, shorten data.seq_len, or set train.gradient_checkpointing = true)",
+                need / GIB,
+                (need - activations) / GIB,
+                activations / GIB,
+                cfg.train.micro_batch,
+                cfg.data.seq_len,
+                available as f64 / GIB
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One global batch: ids (b, t), next-token targets and loss mask per micro-batch.

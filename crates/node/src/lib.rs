@@ -157,28 +157,37 @@ impl Task for EvalTask {
     }
 }
 
-/// Fold a PEFT adapter into its base (HF directory or .gguf) and write an HF model to `out`.
-#[napi(ts_return_type = "Promise<void>")]
-pub fn merge(base: String, adapter: String, out: String) -> AsyncTask<MergeTask> {
+/// Fold a PEFT adapter into its base (HF directory or .gguf) and write a complete HF model
+/// directory to `out`. Options JSON `{dtype?: "bf16" | "f16" | "f32"}` (default f32);
+/// resolves with JSON text `{dtype, notes}`.
+#[napi(ts_return_type = "Promise<string>")]
+pub fn merge(base: String, adapter: String, out: String, options_json: Option<String>) -> AsyncTask<MergeTask> {
     keep_freed_pages();
-    AsyncTask::new(MergeTask { base, adapter, out })
+    AsyncTask::new(MergeTask { base, adapter, out, options_json })
 }
 
 pub struct MergeTask {
     base: String,
     adapter: String,
     out: String,
+    options_json: Option<String>,
 }
 
 impl Task for MergeTask {
-    type Output = ();
-    type JsValue = ();
+    type Output = String;
+    type JsValue = String;
     fn compute(&mut self) -> Result<Self::Output> {
-        let (base, adapter, out) = (self.base.clone(), self.adapter.clone(), self.out.clone());
-        guard("merge", move || loralab_core::checkpoint::merge(base.as_ref(), adapter.as_ref(), out.as_ref()))
+        let (base, adapter, out, options) = (self.base.clone(), self.adapter.clone(), self.out.clone(), self.options_json.take());
+        guard("merge", move || {
+            let opts: loralab_core::checkpoint::MergeOptions = match options {
+                Some(json) => parse("merge", &json)?,
+                None => Default::default(),
+            };
+            Ok(serde_json::to_string(&loralab_core::checkpoint::merge_with(base.as_ref(), adapter.as_ref(), out.as_ref(), &opts)?)?)
+        })
     }
-    fn resolve(&mut self, _env: Env, _output: Self::Output) -> Result<Self::JsValue> {
-        Ok(())
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
     }
 }
 

@@ -2,8 +2,8 @@
 // checkpoint and the study's figures (SVG). Also the random-matrix baseline.
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { ConfigError } from "loralab";
+import { cliArgs } from "./args.ts";
 import { countBars } from "./progress.ts";
 import { analyze, analyzeRun, baselineFigure, randomBaseline, writeFigures, type Analysis, type AnalyzeOptions } from "@loralab/spectrum";
 
@@ -39,19 +39,11 @@ function summary(a: Analysis, t: string): string {
 }
 
 export async function cmdAnalyze(args: string[]): Promise<number> {
-  let a;
-  try {
-    a = parseArgs({
-      args,
-      options: {
+  const a = cliArgs("analyze", args, {
         base: { type: "string" }, tuned: { type: "string" }, adapter: { type: "string" }, run: { type: "string" }, modules: { type: "string" }, layers: { type: "string" },
         threshold: { type: "string" }, intruders: { type: "boolean" }, "no-spectra": { type: "boolean" }, keep: { type: "string" }, matrix: { type: "string" },
-        "memory-mb": { type: "string" }, out: { type: "string" }, baseline: { type: "boolean" }, n: { type: "string" }, c: { type: "string" }, help: { type: "boolean", short: "h" },
-      },
-    }).values;
-  } catch (e) {
-    throw new ConfigError(`${(e as Error).message}\n${ANALYZE_USAGE}`, "");
-  }
+        "memory-mb": { type: "string" }, out: { type: "string" }, baseline: { type: "boolean" }, n: { type: "string" }, c: { type: "string" }
+  }, ANALYZE_USAGE, 0).values;
   if (a.help) {
     console.log(ANALYZE_USAGE);
     return 0;

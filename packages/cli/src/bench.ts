@@ -6,7 +6,18 @@ import { cargoArgs, hostTriple } from "./cargo.ts";
 
 const root = new URL("../../..", import.meta.url).pathname;
 
+export const BENCH_USAGE =
+  "usage: loralab bench train [1|2]   full FT vs LoRA (1: activation-dominated shape, 2: parameter-dominated; default both)\n" +
+  "       loralab bench data        prepare throughput and memory on 50 and 200 MB of JSONL\n" +
+  "       loralab bench eval [N] [M] SmolLM2 inference: log-likelihood tokens/s, KV cache vs re-forward (N new tokens, M at batch 8), decode latency by position\n" +
+  "       loralab bench server [S]   the API under 200 req/s + 20 SSE clients for S seconds (60) while a run trains\n" +
+  "       loralab bench svd [quick]  singular values vs numpy (1024², 4096², 4096×11008 f32) and a synthetic 32-layer model pair end to end";
+
 export async function runBench(args: string[]): Promise<number> {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(BENCH_USAGE);
+    return 0;
+  }
   const [what, ...rest] = args;
   if (what === "server") {
     const { benchServer } = await import("./bench-server.ts");
@@ -15,13 +26,7 @@ export async function runBench(args: string[]): Promise<number> {
   const examples: Record<string, string> = { train: "bench_train", data: "bench_data", eval: "bench_eval", svd: "bench_svd" };
   const example = examples[what ?? ""];
   if (!example) {
-    console.error(
-      "usage: loralab bench train [1|2]   full FT vs LoRA (1: activation-dominated shape, 2: parameter-dominated; default both)\n" +
-        "       loralab bench data        prepare throughput and memory on 50 and 200 MB of JSONL\n" +
-        "       loralab bench eval [N] [M] SmolLM2 inference: log-likelihood tokens/s, KV cache vs re-forward (N new tokens, M at batch 8), decode latency by position\n" +
-        "       loralab bench server [S]   the API under 200 req/s + 20 SSE clients for S seconds (60) while a run trains\n" +
-        "       loralab bench svd [quick]  singular values vs numpy (1024², 4096², 4096×11008 f32) and a synthetic 32-layer model pair end to end",
-    );
+    console.error(BENCH_USAGE);
     return 2;
   }
   if (what === "eval") {

@@ -2,8 +2,8 @@
 // its base model's, with a progress bar per task; results into the run directory as JSON.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { ConfigError } from "loralab";
+import { cliArgs } from "./args.ts";
 import { countBars } from "./progress.ts";
 import { evaluate, evaluateBase, FORGETTING_DEFAULT, FORGETTING_GAUNTLET, MC_TASKS, runModels, TASKS, writeJsonAtomic, writeRunEvaluation, type EvalOptions, type EvalResult, type McTask, type TaskName } from "@loralab/eval";
 
@@ -70,20 +70,12 @@ function num(v: string | undefined, flag: string): number | undefined {
 }
 
 export async function cmdEval(args: string[]): Promise<number> {
-  let a;
-  try {
-    a = parseArgs({
-      args,
-      options: {
+  const a = cliArgs("eval", args, {
         model: { type: "string" }, adapter: { type: "string" }, run: { type: "string" }, tasks: { type: "string" }, limit: { type: "string" },
         data: { type: "string", multiple: true }, merged: { type: "boolean" }, device: { type: "string" }, n: { type: "string" }, temperature: { type: "string" }, "top-p": { type: "string" },
         "max-length": { type: "string" }, k: { type: "string" }, "gsm8k-shots": { type: "string" }, shots: { type: "string", multiple: true },
-        gauntlet: { type: "boolean" }, "batch-size": { type: "string" }, "no-base": { type: "boolean" }, out: { type: "string" }, help: { type: "boolean", short: "h" },
-      },
-    }).values;
-  } catch (e) {
-    throw new ConfigError(`${(e as Error).message}\n${EVAL_USAGE}`, "");
-  }
+        gauntlet: { type: "boolean" }, "batch-size": { type: "string" }, "no-base": { type: "boolean" }, out: { type: "string" }
+  }, EVAL_USAGE, 0).values;
   if (a.help) {
     console.log(EVAL_USAGE);
     return 0;

@@ -1,14 +1,17 @@
 #!/usr/bin/env bun
-// `loralab train [config.toml|json] [--key=value ...]`: one run with a progress display,
-// or with no config the embedded tiny laboratory. Also `loralab bench train`.
-import { applyOverrides, ConfigError, loadConfigFile, merge, train, type RunConfig } from "loralab";
+// `loralab train [config.toml|yaml|json] [--key=value ...]`: one run with a progress display,
+// or with no config the embedded tiny laboratory; and the other subcommands, each parsing its
+// arguments with the one parser (args.ts) and answering `--help` with exit 0.
+import { readFileSync } from "node:fs";
+import { applyOverrides, ConfigError, loadConfigFile, merge, train, type MergeOptions, type RunConfig } from "loralab";
+import { cliArgs, splitOverrides } from "./args.ts";
 import { configHelp } from "./help.ts";
 import { progressReporter } from "./progress.ts";
 
 const USAGE = `usage:
   loralab train [--quick]               the laboratory: the whole study in miniature on this machine (≤ 10 min;
                                         --quick: a minute or two), ending with a summary table and a report
-  loralab train CONFIG [--key=value...] one run from a .toml/.json config; --method.rank=64 style overrides
+  loralab train CONFIG [--key=value...] one run from a .toml/.yaml/.json config; --method.rank=64 style overrides
   loralab train --help                  every config field, its default and why
   loralab eval --model M [--adapter A] | --run ID  [--tasks ...]
                                         learning (HumanEval, GSM8K) and forgetting (HellaSwag, WinoGrande, ARC-C)
@@ -16,23 +19,45 @@ const USAGE = `usage:
   loralab analyze --base B --tuned T | --adapter A | --run ID
                                         the spectrum of the weight change (rank@90 %, noise floor, figures); --help
   loralab serve [--port 8080]           the HTTP API and dashboard: start, watch and keep runs; --help
+  loralab import RUN_DIR...             runs trained outside the server (train, the library) into its store; --help
   loralab sweep FILE [--out DIR]        the study on your model and data: a grid of runs, every checkpoint evaluated,
                                         the report (configs/sweep-example.toml)
   loralab report DIR | RUN...           redraw a study's or the laboratory's report, or report over evaluated runs
-  loralab merge BASE ADAPTER OUT        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
-  loralab bench train|data|eval|svd     side-by-side speed and memory measurements`;
+  loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32]
+                                        fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
+  loralab bench train|data|eval|svd     side-by-side speed and memory measurements
+  loralab --version                     the version of loralab and its engine
+every subcommand takes --help`;
+
+const SWEEP_USAGE = `usage: loralab sweep FILE.toml|yaml|json [--out DIR]
+  the study on your model and data (configs/sweep-example.toml); re-running resumes and skips finished cells
+  --out DIR   where runs, points.json and the report go (default runs/sweep-NAME)`;
+const REPORT_USAGE = `usage: loralab report SWEEP_DIR | RUN_DIR... [--out DIR]
+  redraw a study's or the laboratory's report from its points.json, or report over evaluated run directories
+  --out DIR   where a report over runs goes (default runs/report-STAMP)`;
+const MERGE_USAGE = `usage: loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32]
+  fold a PEFT adapter into its base model (HF directory or .gguf) and write a complete Hugging Face model
+  directory: weights, config, tokenizer, tokenizer_config (chat template, eos), generation_config
+  --dtype D   weights written as bf16, f16 or f32 (default f32)`;
+
+/** The version of the CLI, from the library's package.json. */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../loralab/package.json", import.meta.url), "utf8")) as { version: string };
+  return `loralab ${pkg.version}`;
+}
 
 async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
-  if (args.includes("--help") || args.includes("-h")) {
-    console.log(`${USAGE}\n\nconfig fields (TOML sections, or --section.field=value):\n${configHelp()}`);
+  const { overrides, rest } = splitOverrides(args);
+  const { values, positionals: files } = cliArgs("train", rest, { quick: { type: "boolean" } }, USAGE);
+  if (values.help) {
+    console.log(`${USAGE}\n\nconfig fields (TOML/YAML sections, or --section.field=value):\n${configHelp()}`);
     return 0;
   }
-  const files = args.filter((a) => !a.startsWith("--"));
-  const overrides = args.filter((a) => a.startsWith("--"));
-  if (files.length === 0 && overrides.every((o) => o === "--quick")) {
+  if (files.length === 0 && overrides.length === 0) {
     const { runLaboratory } = await import("./study.ts");
-    return runLaboratory(overrides.includes("--quick"));
+    return runLaboratory(values.quick === true);
   }
+  if (values.quick) throw new ConfigError("--quick is for the laboratory (no config file) (hint: bun run train --quick)", "quick");
   if (files.length > 1) throw new ConfigError(`expected one config file, got ${files.join(", ")}`, "");
   const base: RunConfig = files[0] ? await loadConfigFile(files[0]) : {};
   const cfg = applyOverrides(base, overrides);
@@ -51,7 +76,7 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   });
   bar.end();
   console.log(
-    `${summary.status}: ${summary.steps}/${summary.total_steps} steps, loss ${summary.first_loss.toFixed(4)} → ${summary.final_loss.toFixed(4)}, ` +
+    `${summary.status}: ${summary.steps}/${summary.total_steps} steps, ${summary.first_loss === null ? "no step left to train (resumed at the end)" : `loss ${summary.first_loss.toFixed(4)} → ${(summary.final_loss ?? NaN).toFixed(4)}`}, ` +
       `${Math.round(summary.tokens_per_s)} tok/s, ${summary.elapsed_s.toFixed(1)} s\n${summary.output ? `output: ${summary.output}` : `last checkpoint: ${summary.last_checkpoint}`}`,
   );
   return summary.status === "cancelled" ? 130 : 0;
@@ -81,28 +106,59 @@ async function main(argv: string[]): Promise<number> {
       const { cmdServe } = await import("./serve.ts");
       return cmdServe(rest);
     }
+    case "import": {
+      const { cmdImport } = await import("./import.ts");
+      return cmdImport(rest);
+    }
     case "sweep": {
+      const { values, positionals } = cliArgs("sweep", rest, { out: { type: "string" } }, SWEEP_USAGE);
+      if (values.help) {
+        console.log(SWEEP_USAGE);
+        return 0;
+      }
+      if (positionals.length !== 1) throw new ConfigError(`loralab sweep: expected one spec file\n${SWEEP_USAGE}`, "");
       const { cmdSweep } = await import("./study.ts");
-      return cmdSweep(rest);
+      return cmdSweep(positionals[0]!, values.out);
     }
     case "report": {
+      const { values, positionals } = cliArgs("report", rest, { out: { type: "string" } }, REPORT_USAGE);
+      if (values.help) {
+        console.log(REPORT_USAGE);
+        return 0;
+      }
+      if (!positionals.length) throw new ConfigError(`loralab report: expected a directory\n${REPORT_USAGE}`, "");
       const { cmdReport } = await import("./study.ts");
-      return cmdReport(rest);
+      return cmdReport(positionals, values.out);
     }
     case "merge": {
-      if (rest.length !== 3) throw new ConfigError("usage: loralab merge BASE ADAPTER OUT", "");
-      const [base, adapter, out] = rest as [string, string, string];
-      await merge(base, adapter, out);
-      console.log(`merged model: ${out}`);
+      const { values, positionals } = cliArgs("merge", rest, { dtype: { type: "string" } }, MERGE_USAGE);
+      if (values.help) {
+        console.log(MERGE_USAGE);
+        return 0;
+      }
+      if (positionals.length !== 3) throw new ConfigError(`loralab merge: expected BASE ADAPTER OUT, got ${positionals.length} paths\n${MERGE_USAGE}`, "");
+      const [base, adapter, out] = positionals as [string, string, string];
+      const r = await merge(base, adapter, out, values.dtype === undefined ? {} : { dtype: values.dtype as MergeOptions["dtype"] });
+      for (const n of r.notes) console.log(`note: ${n}`);
+      console.log(`merged model: ${out} (${r.dtype})`);
       return 0;
     }
     case "bench": {
       const { runBench } = await import("./bench.ts");
       return runBench(rest);
     }
+    case "--version":
+    case "-V":
+    case "version":
+      console.log(version());
+      return 0;
     default:
-      console.log(USAGE);
-      return cmd === undefined || cmd === "--help" || cmd === "help" ? 0 : 2;
+      if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
+        console.log(USAGE);
+        return 0;
+      }
+      console.error(`loralab: unknown command \`${cmd}\`\n${USAGE}`);
+      return 2;
   }
 }
 

@@ -7,31 +7,37 @@ function clock(s: number): string {
   return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
 }
 
-export function progressLine(p: ProgressEvent, startStep: number, t0: number): string {
-  const done = p.step - startStep;
+/** Seconds per step, a moving average of each step's own time (its tokens over its rate), so
+ *  the ETA is right from the first step and follows the run's pace. */
+export function stepClock() {
+  let ema = NaN;
+  return (p: ProgressEvent): number => {
+    const stepTokens = p.tokens / Math.max(1, p.step);
+    const dt = p.tokens_per_s > 0 ? stepTokens / p.tokens_per_s : NaN;
+    if (Number.isFinite(dt)) ema = Number.isFinite(ema) ? 0.7 * ema + 0.3 * dt : dt;
+    return ema;
+  };
+}
+
+export function progressLine(p: ProgressEvent, secondsPerStep: number): string {
   const left = p.total_steps - p.step;
-  const perStep = (performance.now() - t0) / 1000 / Math.max(done, 1);
   return (
     `step ${p.step}/${p.total_steps}  loss ${p.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  ` +
-    `|g| ${p.grad_norm.toFixed(3)}  ${Math.round(p.tokens_per_s).toLocaleString("en-US")} tok/s  ETA ${clock(left * perStep)}`
+    `|g| ${p.grad_norm.toFixed(3)}  ${Math.round(p.tokens_per_s).toLocaleString("en-US")} tok/s  ETA ${clock(left * secondsPerStep)}`
   );
 }
 
-/** Returns the progress callback for one run, labelled `label`. */
-export function progressReporter(label: string, out: NodeJS.WriteStream = process.stdout) {
+/** Returns the progress callback for one run, labelled `label`: a redrawn bar on a terminal,
+ *  plain lines when piped (`lines` per run, and the first and last step). */
+export function progressReporter(label: string, out: NodeJS.WriteStream = process.stdout, lines = 20) {
   const tty = out.isTTY === true;
-  let t0 = performance.now();
-  let startStep = 0;
-  let started = false;
+  const pace = stepClock();
+  let first = -1;
   let open = false; // a bar is drawn on the current terminal line
   return {
     onProgress(p: ProgressEvent) {
-      if (!started) {
-        started = true;
-        startStep = p.step - 1;
-        t0 = performance.now();
-      }
-      const line = progressLine(p, startStep, t0);
+      if (first < 0) first = p.step;
+      const line = progressLine(p, pace(p));
       if (tty) {
         const width = 24;
         const filled = Math.round((width * p.step) / p.total_steps);
@@ -39,8 +45,8 @@ export function progressReporter(label: string, out: NodeJS.WriteStream = proces
         open = p.step !== p.total_steps;
         if (!open) out.write("\n");
       } else {
-        const every = Math.max(1, Math.ceil(p.total_steps / 20));
-        if (p.step % every === 0 || p.step === p.total_steps || p.step === startStep + 1) out.write(`${label} ${line}\n`);
+        const every = Math.max(1, Math.ceil(p.total_steps / lines));
+        if (p.step % every === 0 || p.step === p.total_steps || p.step === first) out.write(`${label} ${line}\n`);
       }
     },
     end() {

@@ -1,27 +1,20 @@
 // `loralab serve`: the run store, the runner and the HTTP API + dashboard on one port.
 import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { ConfigError } from "loralab";
+import { cliArgs } from "./args.ts";
 import { createServer } from "@loralab/server";
 
-export const SERVE_USAGE = `usage: loralab serve [--port 8080] [--host 127.0.0.1] [--db loralab.db] [--runs-dir runs] [--root DIR ...] [--allow-host NAME ...] [--concurrency 1]
-  the store is Postgres when DATABASE_URL is set, else the SQLite file --db;
+export const SERVE_USAGE = `usage: loralab serve [--port 8080] [--host 127.0.0.1] [--db loralab.db] [--runs-dir runs] [--root DIR ...] [--allow-host NAME ...] [--allow-origin ORIGIN ...] [--concurrency 1]
+  the store is Postgres when DATABASE_URL is set, else the SQLite file --db; one server per store;
   a token is always required: LORALAB_TOKEN, else one generated once and kept in ~/.config/loralab/token;
-  submitted configs may only name files under --root (default: the working directory)`;
+  submitted configs may only name files under --root (default: the working directory);
+  browsers may call the API only from the server's own pages, and from each --allow-origin exactly (http://localhost:5173)`;
 
 export async function cmdServe(args: string[]): Promise<number> {
-  let a;
-  try {
-    a = parseArgs({
-      args,
-      options: {
+  const a = cliArgs("serve", args, {
         port: { type: "string" }, host: { type: "string" }, db: { type: "string" }, "runs-dir": { type: "string" }, root: { type: "string", multiple: true },
-        "allow-host": { type: "string", multiple: true }, concurrency: { type: "string" }, help: { type: "boolean", short: "h" },
-      },
-    }).values;
-  } catch (e) {
-    throw new ConfigError(`${(e as Error).message}\n${SERVE_USAGE}`, "");
-  }
+        "allow-host": { type: "string", multiple: true }, "allow-origin": { type: "string", multiple: true }, concurrency: { type: "string" }
+  }, SERVE_USAGE, 0).values;
   if (a.help) {
     console.log(SERVE_USAGE);
     return 0;
@@ -35,6 +28,7 @@ export async function cmdServe(args: string[]): Promise<number> {
     runsDir: a["runs-dir"] ?? "runs",
     roots: a.root ?? [process.cwd()],
     allowHosts: a["allow-host"],
+    allowOrigins: a["allow-origin"],
     concurrency: { cpu: Number(a.concurrency ?? 1) },
     template: {
       name: "tiny-lora", model: { config: join(tiny, "config.json"), tokenizer: join(tiny, "tokenizer.json") },

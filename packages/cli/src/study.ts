@@ -1,14 +1,14 @@
 // `loralab train` with no config (the laboratory), `loralab sweep FILE` and `loralab report DIR`.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ConfigError } from "loralab";
+import { progressReporter } from "./progress.ts";
 import { loadStudySpec, redrawReport, reportRuns, runLab, runStudy, summaryTable } from "@loralab/study";
 
 const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 
 export async function runLaboratory(quick: boolean): Promise<number> {
   const out = join("runs", `lab-${stamp()}${quick ? "-quick" : ""}`);
-  const r = await runLab({ quick, out });
+  const r = await runLab({ quick, out, progress: (label) => progressReporter(label, process.stdout, 4) });
   console.log(`\n${summaryTable(r)}\n`);
   for (const f of r.findings) console.log(`finding: ${f.claim}: ${f.held === true ? "HELD" : f.held === false ? "DID NOT HOLD" : "UNDECIDED"}. ${f.evidence}`);
   for (const g of r.gates) console.log(`quality gate: ${g.passed ? "passed" : "FAILED"}: ${g.name}: ${g.detail}`);
@@ -21,22 +21,16 @@ export async function runLaboratory(quick: boolean): Promise<number> {
   return 0;
 }
 
-export async function cmdSweep(args: string[]): Promise<number> {
-  const file = args.find((a) => !a.startsWith("--"));
-  if (!file) throw new ConfigError("usage: loralab sweep FILE.toml|json [--out DIR]", "");
-  const outArg = args.find((a) => a.startsWith("--out="));
+export async function cmdSweep(file: string, outDir?: string): Promise<number> {
   const spec = loadStudySpec(file);
-  const out = outArg ? outArg.slice(6) : join("runs", `sweep-${spec.name}`);
-  const r = await runStudy(spec, out);
+  const out = outDir ?? join("runs", `sweep-${spec.name}`);
+  const r = await runStudy(spec, out, console.log, (label) => progressReporter(label, process.stdout, 4));
   console.log(`report: ${r.report} (${r.points.length} points; re-running the same command resumes and skips finished cells)`);
   return 0;
 }
 
-export async function cmdReport(args: string[]): Promise<number> {
-  const outArg = args.find((a) => a.startsWith("--out="));
-  const dirs = args.filter((a) => !a.startsWith("--"));
-  if (!dirs.length) throw new ConfigError("usage: loralab report SWEEP_DIR | RUN_DIR... [--out=DIR] (a directory with points.json, or evaluated run directories)", "");
+export async function cmdReport(dirs: string[], outDir?: string): Promise<number> {
   if (dirs.length === 1 && existsSync(join(dirs[0]!, "points.json"))) console.log(`report: ${await redrawReport(dirs[0]!)}`);
-  else console.log(`report: ${await reportRuns(dirs, outArg ? outArg.slice(6) : join("runs", `report-${stamp()}`))}`);
+  else console.log(`report: ${await reportRuns(dirs, outDir ?? join("runs", `report-${stamp()}`))}`);
   return 0;
 }

@@ -72,7 +72,7 @@ function key(source: string, m: Mapping): string {
   return h.digest("hex").slice(0, 16);
 }
 
-export async function normalize(source: string, m: Mapping, cacheDir: string): Promise<NormalizeReport> {
+export async function normalize(source: string, m: Mapping, cacheDir: string, signal?: AbortSignal): Promise<NormalizeReport> {
   const dir = join(cacheDir, "normalized");
   mkdirSync(dir, { recursive: true });
   const output = join(dir, `${key(source, m)}.jsonl`);
@@ -82,6 +82,7 @@ export async function normalize(source: string, m: Mapping, cacheDir: string): P
   let n = 0;
   try {
     for await (const rec of readRecords(source)) {
+      if (signal?.aborted) throw new DataError(source, n, "cancelled while preparing the data");
       n++;
       const row =
         m.format === "cpt"

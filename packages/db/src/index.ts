@@ -13,9 +13,11 @@ import { migrate as migrateSqlite } from "drizzle-orm/bun-sqlite/migrator";
 import { drizzle as drizzlePg } from "drizzle-orm/postgres-js";
 import { migrate as migratePg } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
+import { leaseFile, leasePostgres, type StoreLease } from "./lease.ts";
 import * as pgSchema from "./schema.pg.ts";
 import * as sqliteSchema from "./schema.sqlite.ts";
 
+export { StoreBusy, type StoreLease } from "./lease.ts";
 export { pgSchema, sqliteSchema };
 
 const MIGRATIONS = join(import.meta.dir, "..", "drizzle");
@@ -50,6 +52,7 @@ export class Store {
     private readonly t: typeof sqliteSchema,
     private readonly closeFn: () => Promise<void>,
     readonly where: string,
+    private readonly leaseFn: (what: string, onLost: (why: string) => void) => Promise<StoreLease>,
   ) {}
 
   static async open(o: StoreOptions = {}): Promise<Store> {
@@ -64,7 +67,8 @@ export class Store {
         const cause = (e as { cause?: Error }).cause?.message;
         throw new Error(`run store ${url.replace(/\/\/[^@]*@/, "//…@")}: ${cause ?? (e as Error).message} (hint: is the Postgres server up and the database created?)`);
       }
-      return new Store("postgres", db as unknown as BunSQLiteDatabase<typeof sqliteSchema>, pgSchema as unknown as typeof sqliteSchema, () => client.end({ timeout: 5 }), "postgres");
+      const where = url.replace(/\/\/[^@]*@/, "//…@");
+      return new Store("postgres", db as unknown as BunSQLiteDatabase<typeof sqliteSchema>, pgSchema as unknown as typeof sqliteSchema, () => client.end({ timeout: 5 }), "postgres", (what, onLost) => leasePostgres(url, where, what, onLost));
     }
     const path = o.path ?? "loralab.db";
     if (dirname(path) !== ".") mkdirSync(dirname(path), { recursive: true });
@@ -72,7 +76,17 @@ export class Store {
     sqlite.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;");
     const db = drizzleSqlite(sqlite, { schema: sqliteSchema });
     migrateSqlite(db, { migrationsFolder: join(MIGRATIONS, "sqlite") });
-    return new Store("sqlite", db, sqliteSchema, async () => sqlite.close(), path);
+    // an in-memory database has no other process to share it with
+    const lease = path === ":memory:" ? async () => ({ holder: "", release: async () => {} }) : (what: string) => leaseFile(path, what);
+    return new Store("sqlite", db, sqliteSchema, async () => sqlite.close(), path, lease);
+  }
+
+  /** Take the store's lease for the process that works its queue (`loralab serve`): one at a time
+   * per store, or StoreBusy naming the holder. Readers (`loralab import`, reports) need none.
+   * `onLost` is called if the lease is taken away (Postgres: the connection was lost and another
+   * server took it meanwhile). */
+  async lease(what: string, onLost: (why: string) => void = () => {}): Promise<StoreLease> {
+    return this.leaseFn(what, onLost);
   }
 
   async close(): Promise<void> {
@@ -102,14 +116,23 @@ export class Store {
     await this.db.update(this.t.runs).set(patch).where(eq(this.t.runs.id, id));
   }
 
-  /** queued → running for up to `limit` runs of `device`, oldest first; each claim is a
-   * compare-and-set, so two workers never take the same run. */
-  async claimQueued(device: string, limit: number): Promise<RunRow[]> {
+  /** The devices that queued runs wait for (as their configs name them: cpu, cuda, cuda:1, ...). */
+  async queuedDevices(): Promise<string[]> {
+    const rows = await this.db.selectDistinct({ device: this.t.runs.device }).from(this.t.runs).where(eq(this.t.runs.status, "queued"));
+    return rows.map((r) => r.device).sort();
+  }
+
+  /** queued → running for up to `limit` runs of `device` (one name, or the names of one device:
+   * `cuda` and `cuda:0`), oldest first; each claim is a compare-and-set, so two workers never take
+   * the same run. */
+  async claimQueued(device: string | string[], limit: number): Promise<RunRow[]> {
     if (limit <= 0) return [];
+    const devices = typeof device === "string" ? [device] : device;
+    if (!devices.length) return [];
     const candidates = await this.db
       .select({ id: this.t.runs.id })
       .from(this.t.runs)
-      .where(and(eq(this.t.runs.status, "queued"), eq(this.t.runs.device, device)))
+      .where(and(eq(this.t.runs.status, "queued"), inArray(this.t.runs.device, devices)))
       .orderBy(asc(this.t.runs.createdAt), asc(this.t.runs.id))
       .limit(limit);
     const out: RunRow[] = [];

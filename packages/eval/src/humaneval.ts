@@ -1,11 +1,13 @@
 // HumanEval as bigcode-evaluation-harness scores it (bigcode_eval/tasks/humaneval.py,
 // task "humaneval"): 0-shot, the prompt stripped with Python's str.strip(), n samples per
 // problem, generation cut at the first stop sequence, the program
-// prompt + generation + "\n" + "\n" + test + "\n" + "check(entry_point)" run in the sandbox,
-// unbiased pass@k (Chen et al. 2021) for every k ≤ n asked for.
+// prompt + generation + "\n" + "\n" + test + "\n" + "check(entry_point)" judged in the sandbox,
+// unbiased pass@k (Chen et al. 2021) for every k ≤ n asked for. The sandbox splits that program
+// where bigcode does not: prompt + generation runs as the untrusted module, the test and
+// check(entry_point) in a trusted checker that calls it (sandbox.ts says why).
 import * as native from "@loralab/native";
 import { pyStrip } from "./text.ts";
-import type { ExecResult, Sandbox } from "./sandbox.ts";
+import type { CheckJob, ExecResult, Sandbox } from "./sandbox.ts";
 
 export interface HumanEvalProblem {
   task_id: string;
@@ -32,9 +34,15 @@ export function stopAtStopToken(generation: string, stops: string[] = HUMANEVAL_
   return generation.slice(0, at);
 }
 
-/** What the sandbox runs for one completion (the generation, without the prompt). */
+/** bigcode's program for one completion (the generation, without the prompt). */
 export function humanevalProgram(p: HumanEvalProblem, generation: string): string {
   return humanevalPrompt(p) + stopAtStopToken(generation) + "\n" + ("\n" + p.test + "\n" + `check(${p.entry_point})`);
+}
+
+/** The same program as the sandbox judges it: the module is the program up to the test, the
+ *  test and check(entry_point) run in the checker over the dataset's own prompt. */
+export function humanevalCheck(p: HumanEvalProblem, generation: string): CheckJob {
+  return { module: humanevalPrompt(p) + stopAtStopToken(generation) + "\n", prelude: humanevalPrompt(p), test: p.test, entryPoint: p.entry_point };
 }
 
 /** Unbiased pass@k = 1 − C(n−c, k)/C(n, k), as a stable product (Chen et al. 2021): the
@@ -89,7 +97,7 @@ export async function scoreHumanEval(
     problems.map(async (p, i) => {
       const samples = await Promise.all(
         generations[i]!.map(async (g) => {
-          const r = await sandbox.run(humanevalProgram(p, g));
+          const r = await sandbox.check(humanevalCheck(p, g));
           onDone?.(++done, total);
           return { generation: stopAtStopToken(g), passed: r.passed, status: r.status };
         }),

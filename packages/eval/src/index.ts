@@ -208,7 +208,9 @@ export interface EvalResult {
   limit: number | null;
   tasks: Partial<Record<TaskName, TaskResult>>;
   learning: { metric: string; value: number } | null;
-  forgetting: { value: number; definition: string; parts: Partial<Record<McTask, number>> } | null;
+  /** The forgetting score over the forgetting tasks that ran; `complete` only when all three
+   *  did (a partial score is not comparable with a complete one). Null when none ran. */
+  forgetting: { value: number; definition: string; parts: Partial<Record<McTask, number>>; complete: boolean } | null;
 }
 
 // ------------------------------------------------------------------ tasks
@@ -324,9 +326,12 @@ export function summarize(tasks: Partial<Record<TaskName, TaskResult>>, def: For
       ? { metric: "gsm8k strict_match", value: metricValue(tasks.gsm8k.metrics.strict_match) }
       : null;
   let forgetting: EvalResult["forgetting"] = null;
-  if (MC_TASKS.every((t) => tasks[t])) {
-    const parts = Object.fromEntries(MC_TASKS.map((t) => [t, metricValue(tasks[t]!.metrics[def.metrics[t]])])) as Record<McTask, number>;
-    forgetting = { value: MC_TASKS.reduce((a, t) => a + parts[t], 0) / MC_TASKS.length, definition: describeForgetting(def, shots), parts };
+  const ran = MC_TASKS.filter((t) => tasks[t]);
+  if (ran.length) {
+    const parts = Object.fromEntries(ran.map((t) => [t, metricValue(tasks[t]!.metrics[def.metrics[t]])])) as Partial<Record<McTask, number>>;
+    const complete = ran.length === MC_TASKS.length;
+    const definition = complete ? describeForgetting(def, shots) : `${describeForgetting(def, shots).replace("mean of ", `PARTIAL (${ran.length} of ${MC_TASKS.length} tasks: ${ran.join(", ")}) mean of `)}; not comparable with the full three-task score`;
+    forgetting = { value: ran.reduce((a, t) => a + parts[t]!, 0) / ran.length, definition, parts, complete };
   }
   return { learning, forgetting };
 }

@@ -6,11 +6,13 @@ import { join } from "node:path";
 import { engineReadable, normalize, RECIPES, type Mapping } from "@loralab/data";
 import * as native from "@loralab/native";
 import type { RunConfig } from "./config.gen.ts";
+import { ConfigSyntaxError, readConfigFile } from "./configfile.ts";
 import { Sidecar, SidecarCrashed, SidecarError, sidecarPath, type SidecarOptions } from "@loralab/native/sidecar";
 
 export { Sidecar, SidecarCrashed, SidecarError, sidecarPath, type Ready, type SidecarOptions } from "@loralab/native/sidecar";
 
 export type { RunConfig } from "./config.gen.ts";
+export { CONFIG_EXTENSIONS, ConfigSyntaxError, nearestName, parseConfigText, readConfigFile } from "./configfile.ts";
 
 type DeepRequired<T> = T extends (infer U)[] ? DeepRequired<U>[] : T extends object ? { [K in keyof T]-?: DeepRequired<T[K]> } : T;
 /** A config after `resolveConfig`: every field present, every default applied. */
@@ -68,8 +70,10 @@ export interface RunSummary {
   tokens: number;
   /** Passes over the prepared data. */
   epochs: number;
-  first_loss: number;
-  final_loss: number;
+  /** Loss of this process's first and last step; null when it trained no step (resumed from
+   *  the final checkpoint). */
+  first_loss: number | null;
+  final_loss: number | null;
   tokens_per_s: number;
   elapsed_s: number;
   params: number;
@@ -140,15 +144,15 @@ export function configSchema(): Record<string, unknown> {
   return native.configSchema() as Record<string, unknown>;
 }
 
-/** Read a .toml or .json run config. */
+/** Read a .toml, .yaml/.yml or .json run config (one schema; syntax errors with line and column). */
 export async function loadConfigFile(path: string): Promise<RunConfig> {
-  const file = Bun.file(path);
-  if (!(await file.exists())) throw new ConfigError(`config file ${path}: not found (hint: check the path)`, "");
-  const text = await file.text();
   try {
-    return (path.endsWith(".toml") ? Bun.TOML.parse(text) : JSON.parse(text)) as RunConfig;
+    const v = readConfigFile(path);
+    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new ConfigSyntaxError(`config file ${path}: expected a table of sections (hint: [model], [data], ... as in configs/tiny-lora.toml)`, path, 0, 0);
+    return v as RunConfig;
   } catch (e) {
-    throw new ConfigError(`config file ${path}: ${(e as Error).message} (hint: fix the syntax)`, "");
+    if (e instanceof ConfigSyntaxError) throw new ConfigError(e.message, "");
+    throw e;
   }
 }
 
@@ -194,7 +198,7 @@ type DataConfig = NonNullable<RunConfig["data"]>;
 
 /** Datasets the engine cannot read as they are (other formats, directories, recipes) become a
  *  normalised JSONL in the shard cache; the engine then prepares from it. */
-export async function prepareData(data: DataConfig): Promise<DataConfig> {
+export async function prepareData(data: DataConfig, signal?: AbortSignal): Promise<DataConfig> {
   const train = data.train ?? "";
   const recipe = data.recipe ?? "";
   // a missing path or a plain .jsonl/.txt goes to the engine as it is (it names the error)
@@ -209,7 +213,7 @@ export async function prepareData(data: DataConfig): Promise<DataConfig> {
     ...(recipe ? RECIPES[recipe] : {}),
   };
   try {
-    const r = await normalize(train, m, data.cache_dir ?? ".cache/loralab/shards");
+    const r = await normalize(train, m, data.cache_dir ?? ".cache/loralab/shards", signal);
     return { ...data, train: r.output, source: train, recipe: "", format: m.format, text_field: "text", prompt_field: "prompt", response_field: "response", messages_field: "messages" };
   } catch (e) {
     throw new EngineError((e as Error).message);
@@ -219,7 +223,18 @@ export async function prepareData(data: DataConfig): Promise<DataConfig> {
 /** Train one run: in-process on CPU, in the sidecar process for CUDA (or when `opts.sidecar`).
  *  Resolves with the run summary. */
 export async function train(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
-  if (config.data) config = { ...config, data: await prepareData(config.data) };
+  // a cancel while the data is being prepared (a large dataset normalised to JSONL) ends it there
+  const cancelled = () => cancelledBeforeSteps(config, join(config.out_dir ?? "runs", config.run_id ?? ""));
+  if (opts.signal?.aborted) return cancelled();
+  if (config.data) {
+    try {
+      config = { ...config, data: await prepareData(config.data, opts.signal) };
+    } catch (e) {
+      if (opts.signal?.aborted) return cancelled();
+      throw e;
+    }
+  }
+  if (opts.signal?.aborted) return cancelled();
   const device = config.train?.device ?? "cpu";
   if (opts.sidecar || device !== "cpu") return trainInSidecar(resolveConfig(config), opts, typeof opts.sidecar === "object" ? opts.sidecar : { path: undefined });
   const token = new native.CancelToken();
@@ -249,9 +264,18 @@ async function trainInSidecar(config: ResolvedRunConfig, opts: TrainOptions, so:
   } catch (e) {
     throw new EngineError((e as Error).message);
   }
-  const onAbort = () => sc.cancel(id);
+  // a cancel once steps run stops after the current one and checkpoints; before the first step
+  // (loading, preparing the data) there is nothing to keep, so the worker is stopped at once
+  let stepping = false;
+  let killedBeforeSteps = false;
+  const onAbort = () => {
+    if (stepping) return sc.cancel(id);
+    killedBeforeSteps = true;
+    sc.kill();
+  };
   const { id, result } = sc.request<RunSummary>("train", { config }, (data) => {
     const ev = data as TrainEvent;
+    if (ev.type === "start") stepping = true;
     opts.onEvent?.(ev);
     if (ev.type === "progress") opts.onProgress?.(ev);
   });
@@ -260,6 +284,10 @@ async function trainInSidecar(config: ResolvedRunConfig, opts: TrainOptions, so:
   try {
     return await result;
   } catch (e) {
+    if (e instanceof SidecarCrashed && killedBeforeSteps) {
+      markInterrupted(runDir, "cancelled before its first step", "cancelled");
+      return cancelledBeforeSteps(config as unknown as RunConfig, runDir);
+    }
     if (e instanceof SidecarCrashed) {
       const ck = lastCheckpoint(runDir);
       markInterrupted(runDir, e.message);
@@ -279,12 +307,18 @@ async function trainInSidecar(config: ResolvedRunConfig, opts: TrainOptions, so:
 }
 
 /** run.json says "running" until its process says otherwise; a dead worker cannot, so Bun does. */
-function markInterrupted(runDir: string, why: string): void {
+function markInterrupted(runDir: string, why: string, status: "interrupted" | "cancelled" = "interrupted"): void {
   const path = join(runDir, "run.json");
   if (!existsSync(path)) return;
   const run = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
   if (run.status !== "running") return;
-  writeFileSync(path, JSON.stringify({ ...run, status: "interrupted", error: why, updated_at: new Date().toISOString() }, null, 2));
+  writeFileSync(path, JSON.stringify({ ...run, status, error: status === "cancelled" ? null : why, updated_at: new Date().toISOString() }, null, 2));
+}
+
+/** The summary of a run cancelled before it trained a step. */
+function cancelledBeforeSteps(config: RunConfig, runDir: string): RunSummary {
+  const method = (config.method?.kind ?? "lora") as RunSummary["method"];
+  return { run_id: config.run_id ?? "", run_dir: runDir, status: "cancelled", method, steps: 0, total_steps: 0, tokens: 0, epochs: 0, first_loss: null, final_loss: null, tokens_per_s: 0, elapsed_s: 0, params: 0, trainable_params: 0, output: "", last_checkpoint: lastCheckpoint(runDir) };
 }
 
 export interface EvalLossRequest {
@@ -313,11 +347,23 @@ export async function evalLoss(req: EvalLossRequest): Promise<EvalLoss> {
   }
 }
 
-/** Fold a PEFT LoRA adapter into its base model (HF directory or .gguf) and write a merged
- *  model in Hugging Face layout (f32) to `out`. */
-export async function merge(base: string, adapter: string, out: string): Promise<void> {
+export interface MergeOptions {
+  /** The written weights' dtype (the fold itself is f32). Default f32; anything else is a ConfigError on field `dtype`. */
+  dtype?: "bf16" | "f16" | "f32";
+}
+export interface MergeResult {
+  dtype: string;
+  /** What the base lacked, for the user: e.g. no chat template, so the merged model has none. */
+  notes: string[];
+}
+
+/** Fold a PEFT LoRA adapter into its base model (HF directory or .gguf) and write `out` as a
+ *  complete Hugging Face model directory: weights in `dtype`, config.json (its torch_dtype),
+ *  generation_config.json, tokenizer.json, tokenizer_config.json (chat template, bos/eos) and
+ *  special_tokens_map.json. */
+export async function merge(base: string, adapter: string, out: string, { dtype = "f32" }: MergeOptions = {}): Promise<MergeResult> {
   try {
-    await native.merge(base, adapter, out);
+    return JSON.parse(await native.merge(base, adapter, out, JSON.stringify({ dtype }))) as MergeResult;
   } catch (e) {
     throw mapError(e);
   }

@@ -3,7 +3,7 @@
 // config. Computed in the browser by loralab's maths in WebAssembly (wasm.ts), inlined with
 // the data and interactive.js, so the page stays one self-contained file.
 import { readFileSync } from "node:fs";
-import { wasmInline } from "./wasm.ts";
+import { WASM_HINT, wasmInline } from "./wasm.ts";
 
 /** What identifies one run of a study: its point on the plot, its group, its config. */
 export interface RunFields {
@@ -45,6 +45,9 @@ export interface InteractiveData {
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 
 export function interactiveHtml(d: InteractiveData): string {
+  const wasm = wasmInline();
+  if (wasm === null)
+    return `<section id="interactive"><h2>Interactive section</h2><p class="note">${esc(WASM_HINT.replace(/^report: /, ""))}. The static figures below show the same data.</p></section>`;
   const groups = [...new Set(d.spectra.map((s) => s.group))];
   const modules = [...new Set(d.spectra.map((s) => s.module))];
   const maxDuration = Math.max(1, ...d.points.map((p) => p.duration));
@@ -68,7 +71,7 @@ ${ranks}
 <div id="tooltip" hidden></div>
 </section>
 <script type="module">
-${wasmInline()}
+${wasm}
 const DATA = ${data};
 ${script}
 </script>`;

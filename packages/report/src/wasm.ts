@@ -1,14 +1,19 @@
 // The analysis maths as WebAssembly (crates/wasm over crates/maths: the code the engine and the
-// addon run), for the interactive report. Built by scripts/build-wasm.sh whenever the Rust is
-// newer than the module; loaded in Bun (the tests compare it with the addon) and inlined into
-// report.html, so the page needs no server.
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+// addon run), for the interactive report. Built by an explicit step, `bun run build:wasm`
+// (scripts/build-wasm.ts; the test command runs it), never from here: a report only loads the
+// module and inlines it into report.html, so the page needs no server. Without the module the
+// report keeps its static figures and says, once, how to enable the interactive part.
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 const root = new URL("../../..", import.meta.url).pathname;
-const dir = join(root, "packages/report/wasm");
-const JS = join(dir, "loralab_wasm.js");
-const BIN = join(dir, "loralab_wasm_bg.wasm");
+/** Where the module lives (`LORALAB_WASM_DIR` overrides, e.g. for a packed library). */
+export function wasmDir(): string {
+  return process.env.LORALAB_WASM_DIR || join(root, "packages/report/wasm");
+}
+
+/** The one line a report prints when the module is missing. */
+export const WASM_HINT = "report: the interactive section is off: the WebAssembly maths is not built (hint: `bun run build:wasm`; it needs Rust's wasm32 target, see the README)";
 
 /** The maths the module exports (names as in crates/wasm/src/lib.rs). */
 export interface WasmMaths {
@@ -21,43 +26,40 @@ export interface WasmMaths {
   singularValues(a: Float64Array, m: number, n: number): Float64Array;
 }
 
-function newest(path: string): number {
-  if (!existsSync(path)) return 0;
-  const st = statSync(path);
-  if (!st.isDirectory()) return st.mtimeMs;
-  return Math.max(0, ...readdirSync(path).map((n) => newest(join(path, n))));
-}
-
-/** Build the module when it is missing or older than its sources; returns its two files. */
-export function ensureWasm(): { js: string; wasm: string } {
-  const sources = Math.max(...["crates/maths/src", "crates/maths/Cargo.toml", "crates/wasm/src", "crates/wasm/Cargo.toml", "scripts/build-wasm.sh"].map((p) => newest(join(root, p))));
-  if (!existsSync(BIN) || !existsSync(JS) || statSync(BIN).mtimeMs < sources) {
-    const t0 = performance.now();
-    const p = Bun.spawnSync(["bash", join(root, "scripts/build-wasm.sh")], { cwd: root, stdout: "inherit", stderr: "inherit" });
-    if (p.exitCode !== 0) throw new Error(`scripts/build-wasm.sh failed (exit ${p.exitCode}): the report's WebAssembly module could not be built (hint: run it by hand to see why)`);
-    console.error(`report: built the WebAssembly maths in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  }
-  return { js: JS, wasm: BIN };
+/** The module's two files, or null when it has not been built. */
+export function wasmFiles(): { js: string; wasm: string } | null {
+  const js = join(wasmDir(), "loralab_wasm.js");
+  const wasm = join(wasmDir(), "loralab_wasm_bg.wasm");
+  return existsSync(js) && existsSync(wasm) ? { js, wasm } : null;
 }
 
 let loaded: Promise<WasmMaths> | undefined;
 
-/** The module, instantiated in this process. */
+/** The module, instantiated in this process; throws with the hint when it is not built. */
 export function loadWasm(): Promise<WasmMaths> {
   loaded ??= (async () => {
-    const { js, wasm } = ensureWasm();
-    const mod = await import(js);
-    mod.initSync({ module: readFileSync(wasm) });
+    const f = wasmFiles();
+    if (!f) throw new Error(WASM_HINT);
+    const mod = await import(f.js);
+    mod.initSync({ module: readFileSync(f.wasm) });
     return mod as WasmMaths;
   })();
   return loaded;
 }
 
+let hinted = false;
+
 /** The module as the body of an inline `<script type="module">`: wasm-bindgen's glue, the
- *  bytes in base64, instantiated synchronously; the page's own code follows it. */
-export function wasmInline(): string {
-  const { js, wasm } = ensureWasm();
-  const glue = readFileSync(js, "utf8").replace(/^\/\/# sourceMappingURL=.*$/m, "");
-  const b64 = readFileSync(wasm).toString("base64");
+ *  bytes in base64, instantiated synchronously. Null (and the hint on stderr, once per process)
+ *  when the module is not built. */
+export function wasmInline(): string | null {
+  const f = wasmFiles();
+  if (!f) {
+    if (!hinted) console.error(WASM_HINT);
+    hinted = true;
+    return null;
+  }
+  const glue = readFileSync(f.js, "utf8").replace(/^\/\/# sourceMappingURL=.*$/m, "");
+  const b64 = readFileSync(f.wasm).toString("base64");
   return `${glue}\ninitSync({ module: Uint8Array.from(atob("${b64}"), (c) => c.charCodeAt(0)) });\n`;
 }

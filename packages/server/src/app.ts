@@ -1,20 +1,20 @@
 // The HTTP API and dashboard (Hono). Every /api route but the login and the OpenAPI document
 // needs the token: `Authorization: Bearer <token>` or the session cookie the login sets
 // (HttpOnly, SameSite=Strict: EventSource cannot send a header, and a token never goes in a
-// URL). Host and Origin are checked on every request, bodies are size-limited, and errors are
-// problem details, never a stack trace.
-import { readFileSync } from "node:fs";
-import { extname } from "node:path";
+// URL). Host and Origin are checked on every request, bodies are size-limited and must be JSON,
+// query parameters are parsed strictly, and errors are problem details, never a stack trace.
+import { existsSync, readFileSync } from "node:fs";
+import { extname, join } from "node:path";
 import type { Store } from "@loralab/db";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { getCookie, setCookie } from "hono/cookie";
 import { streamSSE } from "hono/streaming";
-import { ConfigError, type RunConfig } from "loralab/core";
+import { ConfigError, configSchema, type RunConfig } from "loralab/core";
 import { DASHBOARD_CSP, dashboardHtml, dashboardJs } from "./dashboard.ts";
-import { openapi } from "./openapi.ts";
+import { LIST_LIMIT, MAX_JSON_DEPTH, openapi, routeMethods } from "./openapi.ts";
 import type { RunEvent, Runner } from "./runner.ts";
-import { artifactFile, hostAllowed, originAllowed, pathOutsideRoots, sameSecret, sessionValue } from "./security.ts";
+import { artifactFile, confineConfig, hostAllowed, originAllowed, sameSecret, sessionValue } from "./security.ts";
 
 export interface AppOptions {
   store: Store;
@@ -24,6 +24,8 @@ export interface AppOptions {
   roots: string[];
   /** Host names (optionally host:port) the server answers to. */
   allowedHosts: string[];
+  /** Browser origins (normalised: `http://localhost:5173`) that may call besides the server's own. */
+  allowOrigins?: string[];
   /** Largest request body, bytes. */
   maxBodyBytes: number;
   /** A config the dashboard offers to start (the tiny laboratory). */
@@ -35,8 +37,103 @@ const TERMINAL = new Set(["completed", "cancelled", "failed"]);
 const RUN_TTL_MS = 100;
 const TYPES: Record<string, string> = { ".json": "application/json", ".jsonl": "application/x-ndjson", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8", ".html": "text/html; charset=utf-8", ".md": "text/markdown; charset=utf-8" };
 
-export function problem(c: Context, status: number, title: string, detail: string, extra: Record<string, unknown> = {}) {
-  return c.body(JSON.stringify({ type: "about:blank", title, status, detail, ...extra }), status as 400, { "Content-Type": "application/problem+json" });
+export function problem(c: Context, status: number, title: string, detail: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
+  return c.body(JSON.stringify({ type: "about:blank", title, status, detail, ...extra }), status as 400, { "Content-Type": "application/problem+json", ...headers });
+}
+
+/** The request's URL: past the Host check it parses (that check answers 400 when it does not). */
+const urlOf = (c: Context): URL => new URL(c.req.url);
+
+/** How deep `text`'s brackets nest (outside strings), counting no further than `limit` + 1: a
+ *  body nested 100k deep is refused before JSON.parse and the engine's resolution recurse on it. */
+export function jsonDepth(text: string, limit = MAX_JSON_DEPTH): number {
+  let depth = 0;
+  let max = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (inString) {
+      if (ch === 92) i++; // a backslash escapes the next character
+      else if (ch === 34) inString = false;
+    } else if (ch === 34) inString = true;
+    else if (ch === 123 || ch === 91) {
+      depth++;
+      if (depth > max) max = depth;
+      if (max > limit) return max;
+    } else if (ch === 125 || ch === 93) depth--;
+  }
+  return max;
+}
+
+type Schema = { $ref?: string; type?: string | string[]; properties?: Record<string, Schema>; items?: Schema; anyOf?: Schema[]; oneOf?: Schema[]; allOf?: Schema[] };
+
+/** The first number in a submitted config the engine cannot be handed as JSON carries it: a
+ *  non-finite one (1e309 parses as Infinity), or an integer field's value beyond 2^53 − 1 (it would
+ *  come back rounded, or as a BigInt nothing downstream can encode). Walks the engine's own schema,
+ *  so a new integer field is covered without a list. Returns [field, problem] or null. */
+export function unsafeNumber(v: unknown, schema: Schema | undefined, defs: Record<string, Schema>, field = ""): [string, string] | null {
+  const resolved: Schema[] = [];
+  const add = (s: Schema | undefined, depth = 0) => {
+    if (!s || depth > 8) return;
+    resolved.push(s);
+    if (s.$ref) add(defs[s.$ref.replace(/^#\/\$defs\//, "")], depth + 1);
+    for (const x of [...(s.anyOf ?? []), ...(s.oneOf ?? []), ...(s.allOf ?? [])]) add(x, depth + 1);
+  };
+  add(schema);
+  if (typeof v === "number") {
+    if (!Number.isFinite(v)) return [field, "is not a finite number"];
+    const integer = resolved.some((s) => s.type === "integer" || (Array.isArray(s.type) && s.type.includes("integer")));
+    if (integer && Number.isInteger(v) && !Number.isSafeInteger(v)) return [field, `${v} is beyond 9007199254740991 (2^53 − 1), the largest integer a JSON number carries exactly`];
+    return null;
+  }
+  if (Array.isArray(v)) {
+    const items = resolved.find((s) => s.items)?.items;
+    for (let i = 0; i < v.length; i++) {
+      const bad = unsafeNumber(v[i], items, defs, `${field}[${i}]`);
+      if (bad) return bad;
+    }
+  } else if (typeof v === "object" && v !== null) {
+    for (const [k, x] of Object.entries(v)) {
+      const bad = unsafeNumber(x, resolved.find((s) => s.properties?.[k])?.properties?.[k], defs, field ? `${field}.${k}` : k);
+      if (bad) return bad;
+    }
+  }
+  return null;
+}
+
+let engineSchema: { schema: Schema; defs: Record<string, Schema> } | undefined;
+function runConfigSchema() {
+  if (!engineSchema) {
+    const { $defs, ...schema } = configSchema() as Schema & { $defs?: Record<string, Schema> };
+    engineSchema = { schema, defs: $defs ?? {} };
+  }
+  return engineSchema;
+}
+
+/** A query parameter that must be an integer in [min, max] (digits only: no sign, point or
+ *  exponent), its default when absent, or a problem naming it. */
+function queryInt(c: Context, name: string, min: number, max: number, fallback: number | undefined): { value: number | undefined } | Response {
+  const raw = c.req.query(name);
+  if (raw === undefined) return { value: fallback };
+  const n = /^\d{1,16}$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= min && n <= max)) return problem(c, 400, "Bad Request", `query parameter ${name}=${JSON.stringify(raw)}: expected an integer from ${min} to ${max}`, { field: name });
+  return { value: n };
+}
+
+function isJsonType(type: string | undefined): boolean {
+  return type !== undefined && type.split(";")[0]!.trim().toLowerCase() === "application/json";
+}
+
+/** The request's JSON body, or the problem to answer: 400 when it is not JSON, 422 when it nests
+ *  deeper than any run config does. */
+async function jsonBody(c: Context): Promise<{ value: unknown } | Response> {
+  const text = await c.req.text();
+  if (jsonDepth(text) > MAX_JSON_DEPTH) return problem(c, 422, "Unprocessable Content", `the body nests deeper than ${MAX_JSON_DEPTH} levels; a run config is a few levels deep`, { field: "" });
+  try {
+    return { value: JSON.parse(text) };
+  } catch {
+    return problem(c, 400, "Bad Request", "the body must be JSON");
+  }
 }
 
 export function createApp(o: AppOptions): Hono {
@@ -48,20 +145,40 @@ export function createApp(o: AppOptions): Hono {
     log(`loralab serve: ${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
     return problem(c, 500, "Internal Server Error", "the server failed on this request; the details are in its log");
   });
-  app.notFound((c) => problem(c, 404, "Not Found", `no route ${c.req.method} ${c.req.path}`));
+  app.notFound((c) => {
+    const allow = routeMethods(c.req.path);
+    if (allow.length) return problem(c, 405, "Method Not Allowed", `${c.req.method} ${c.req.path}: this path takes ${allow.join(", ")}`, {}, { Allow: allow.join(", ") });
+    return problem(c, 404, "Not Found", `no route ${c.req.method} ${c.req.path}`);
+  });
 
-  // DNS rebinding and cross-site requests: Host and Origin must be ours
-  app.use("*", async (c, next) => {
+  // DNS rebinding and cross-site requests: Host must be one we serve and Origin exactly ours
+  app.use("*", async function hostAndOrigin(c, next) {
+    let url: URL | undefined;
+    try {
+      url = new URL(c.req.url);
+    } catch {}
     // Bun builds the request URL from the Host header; in-process requests carry it only in the URL
-    const host = c.req.header("host") ?? new URL(c.req.url).host;
+    const host = c.req.header("host") ?? url?.host;
+    if (!url || !host) return problem(c, 400, "Bad Request", "the request has no Host header (hint: HTTP/1.1 requires one; curl and browsers send it)");
     if (!hostAllowed(host, o.allowedHosts)) return problem(c, 403, "Forbidden", `Host ${JSON.stringify(host)} is not served here (hint: allowed: ${o.allowedHosts.join(", ")}; --allow-host adds one)`);
-    if (!originAllowed(c.req.header("origin"), o.allowedHosts)) return problem(c, 403, "Forbidden", `Origin ${JSON.stringify(c.req.header("origin"))} may not call this server`);
+    const origin = c.req.header("origin");
+    if (!originAllowed(origin, { scheme: url.protocol, host }, o.allowOrigins))
+      return problem(c, 403, "Forbidden", `Origin ${JSON.stringify(origin)} may not call this server: only pages it serves itself (${url.protocol}//${host}) may (hint: --allow-origin ORIGIN adds one, exactly: scheme, host and port)`);
     await next();
     c.header("X-Content-Type-Options", "nosniff");
     c.header("Referrer-Policy", "no-referrer");
     c.header("Cache-Control", "no-store");
   });
   app.use("/api/*", bodyLimit({ maxSize: o.maxBodyBytes, onError: (c) => problem(c, 413, "Content Too Large", `request bodies are limited to ${o.maxBodyBytes} bytes`) }));
+  // a browser sends text/plain, a form's types or no type at all without asking first (no CORS
+  // preflight): a body this API reads is application/json, and a request with another type is refused
+  app.use("/api/*", async function jsonBodiesOnly(c, next) {
+    if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+    const type = c.req.header("content-type");
+    const readsBody = c.req.method === "POST" && (c.req.path === "/api/runs" || c.req.path === "/api/session");
+    if (isJsonType(type) || (type === undefined && !readsBody)) return next();
+    return problem(c, 415, "Unsupported Media Type", `${type === undefined ? "no Content-Type" : `Content-Type ${JSON.stringify(type)}`}: request bodies are JSON (hint: Content-Type: application/json)`, {}, { "Accept-Post": "application/json" });
+  });
 
   // the dashboard (its data comes from the API, which checks the session)
   app.get("/", (c) => c.html(dashboardHtml(), 200, { "Content-Security-Policy": DASHBOARD_CSP }));
@@ -70,9 +187,11 @@ export function createApp(o: AppOptions): Hono {
   app.get("/api/openapi.json", (c) => c.json(openapi()));
 
   app.post("/api/session", async (c) => {
-    const body = await c.req.json().catch(() => null);
-    if (!body || typeof body.token !== "string" || !sameSecret(body.token, o.token)) return problem(c, 401, "Unauthorized", "wrong token");
-    setCookie(c, "loralab_session", session, { httpOnly: true, sameSite: "Strict", path: "/", secure: new URL(c.req.url).protocol === "https:" });
+    const parsed = await jsonBody(c);
+    if (parsed instanceof Response) return parsed;
+    const body = parsed.value as { token?: unknown } | null;
+    if (typeof body !== "object" || body === null || typeof body.token !== "string" || !sameSecret(body.token, o.token)) return problem(c, 401, "Unauthorized", "wrong token");
+    setCookie(c, "loralab_session", session, { httpOnly: true, sameSite: "Strict", path: "/", secure: urlOf(c).protocol === "https:" });
     return c.body(null, 204);
   });
 
@@ -92,17 +211,20 @@ export function createApp(o: AppOptions): Hono {
   const publicRun = (r: Awaited<ReturnType<Store["getRun"]>>) => r && { ...r, runDir: undefined };
 
   app.post("/api/runs", async (c) => {
-    let cfg: RunConfig;
+    const parsed = await jsonBody(c);
+    if (parsed instanceof Response) return parsed;
+    const body = parsed.value;
+    if (typeof body !== "object" || body === null || Array.isArray(body)) return problem(c, 422, "Unprocessable Content", "a run config is a JSON object", { field: "" });
+    const { schema, defs } = runConfigSchema();
+    const bad = unsafeNumber(body, schema, defs);
+    if (bad) return problem(c, 422, "Unprocessable Content", `config ${bad[0]}: ${bad[1]}`, { field: bad[0] });
+    // every path as the engine would open it (~/, relative, symlinks), checked, and then handed to
+    // the engine in that form: what was checked is what is opened
+    const confined = confineConfig(body as Record<string, unknown>, o.roots);
+    if ("field" in confined)
+      return problem(c, 422, "Unprocessable Content", `config ${confined.field}: ${confined.path} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`, { field: confined.field });
     try {
-      cfg = await c.req.json();
-    } catch {
-      return problem(c, 400, "Bad Request", "the body must be a JSON run config");
-    }
-    if (typeof cfg !== "object" || cfg === null || Array.isArray(cfg)) return problem(c, 422, "Unprocessable Content", "a run config is a JSON object", { field: "" });
-    const outside = pathOutsideRoots(cfg as Record<string, unknown>, o.roots);
-    if (outside) return problem(c, 422, "Unprocessable Content", `config ${outside[0]}: ${outside[1]} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`, { field: outside[0] });
-    try {
-      const r = await o.runner.submit(cfg);
+      const r = await o.runner.submit(confined.config as RunConfig);
       return c.json(publicRun(r), 201);
     } catch (e) {
       if (e instanceof ConfigError) return problem(c, 422, "Unprocessable Content", e.message, { field: e.field });
@@ -110,7 +232,11 @@ export function createApp(o: AppOptions): Hono {
     }
   });
 
-  app.get("/api/runs", async (c) => c.json((await o.store.listRuns({ limit: Number(c.req.query("limit") ?? 200) })).map(publicRun)));
+  app.get("/api/runs", async (c) => {
+    const limit = queryInt(c, "limit", 1, LIST_LIMIT, 200);
+    if (limit instanceof Response) return limit;
+    return c.json((await o.store.listRuns({ limit: limit.value })).map(publicRun));
+  });
   app.get("/api/templates/tiny", (c) => c.json(o.template ?? {}));
 
   // the endpoint clients poll: its serialized body is reused for RUN_TTL_MS (a row read and a
@@ -130,8 +256,9 @@ export function createApp(o: AppOptions): Hono {
 
   app.get("/api/runs/:id/metrics", async (c) => {
     if (!(await runOr404(c))) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
-    const after = c.req.query("after");
-    return c.json(await o.store.metrics(c.req.param("id"), { name: c.req.query("name"), afterStep: after === undefined ? undefined : Number(after) }));
+    const after = queryInt(c, "after", 0, Number.MAX_SAFE_INTEGER, undefined);
+    if (after instanceof Response) return after;
+    return c.json(await o.store.metrics(c.req.param("id"), { name: c.req.query("name"), afterStep: after.value }));
   });
 
   app.get("/api/runs/:id/results", async (c) => {
@@ -151,6 +278,7 @@ export function createApp(o: AppOptions): Hono {
     const r = await runOr404(c);
     if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
     if (o.runner.isActive(r.id) || !TERMINAL.has(r.status)) return problem(c, 409, "Conflict", `run ${r.id} is ${r.status}: its directory is read when it ends`);
+    if (!existsSync(join(r.runDir, "run.json"))) return problem(c, 409, "Conflict", `run ${r.id} has no run directory to read (no run.json) (hint: it failed before the engine wrote one, or its directory was moved)`);
     await o.runner.ingest(r);
     return c.json({ eval: await o.store.evalResults(r.id), spectra: await o.store.spectra(r.id) });
   });
@@ -208,7 +336,7 @@ export function createApp(o: AppOptions): Hono {
     const r = await runOr404(c);
     if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
     // the raw (still percent-encoded) path after /artifacts/, decoded exactly once
-    const rawPath = new URL(c.req.url).pathname;
+    const rawPath = urlOf(c).pathname;
     const prefix = `/api/runs/${encodeURIComponent(r.id)}/artifacts/`;
     const raw = rawPath.startsWith(prefix) ? rawPath.slice(prefix.length) : "";
     const file = artifactFile(r.runDir, raw);

@@ -1,22 +1,29 @@
 // The runner: runs are queued in the store and executed by this worker, at most
-// `concurrency[device]` at a time (default 1 on CPU). Progress goes to the store (one metric
-// row per step and name, upserted) and to subscribers (the SSE streams). A run the store
-// still calls "running" when the runner starts belonged to a process that died: it is marked
-// interrupted and queued again to resume from its last checkpoint, so no step beyond that
-// checkpoint is lost and no metric row is duplicated.
+// `concurrency[device]` at a time on each device (the CPU, each GPU; default 1). Progress goes
+// to the store (one metric row per step and name, upserted) and to subscribers (the SSE
+// streams). A run the store still calls "running" when the runner starts belonged to a process
+// that died: it is marked interrupted and queued again to resume from its last checkpoint, so no
+// step beyond that checkpoint is lost and no metric row is duplicated.
 import { randomBytes } from "node:crypto";
 import { existsSync, renameSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { RunRow, Store } from "@loralab/db";
-import { lastCheckpoint, resolveConfig, RunInterrupted, train, type ResolvedRunConfig, type RunConfig, type TrainEvent } from "loralab/core";
+import { lastCheckpoint, resolveConfig, RunInterrupted, train, type ResolvedRunConfig, type RunConfig, type SidecarOptions, type TrainEvent } from "loralab/core";
 
 export interface RunnerOptions {
   /** Where run directories go (each run's out_dir). */
   runsDir: string;
-  /** Runs at once per device (default cpu: 1, cuda: 1). */
+  /** Runs at once per device: `cpu`, `cuda` (each GPU) or `cuda:N` (that GPU); default 1 each. */
   concurrency?: Record<string, number>;
   /** How often the queue is polled when idle, ms. */
   pollMs?: number;
+  /** Attempts a run gets: a run whose worker died (killed for memory, crashed) is queued again
+   *  to resume from its last checkpoint until it has had this many (default 2), then it fails
+   *  with the reason. The store's `attempts` counts them. */
+  maxAttempts?: number;
+  /** Where runs execute: in a worker process each (the sidecar; default), so one that dies takes
+   *  only itself; `false` runs CPU runs in this process (tests of the in-process path only). */
+  sidecar?: boolean | SidecarOptions;
 }
 
 export type RunEvent =
@@ -30,6 +37,14 @@ type Listener = (e: RunEvent) => void;
 export function newRunId(): string {
   const t = new Date().toISOString().replace(/[-:T]/g, "").slice(0, 14);
   return `r${t}-${randomBytes(3).toString("hex")}`;
+}
+
+/** The device a run's `train.device` names, one pool per device: `cuda` is `cuda:0`, `cuda:01`
+ * is `cuda:1`; anything else is its own pool (the engine refuses it at submit). */
+export function devicePool(device: string): string {
+  if (device === "cuda") return "cuda:0";
+  const m = /^cuda:(\d+)$/.exec(device);
+  return m ? `cuda:${Number(m[1])}` : device;
 }
 
 export class Runner {
@@ -47,11 +62,33 @@ export class Runner {
     this.runsDir = resolve(o.runsDir);
   }
 
+  get maxAttempts(): number {
+    return this.o.maxAttempts ?? 2;
+  }
+
+  /** Queue a run whose worker died again, to resume from its last checkpoint (what an attempt
+   *  without one wrote is kept aside). */
+  private async requeue(r: RunRow): Promise<void> {
+    const ck = lastCheckpoint(r.runDir);
+    const config = { ...(r.config as ResolvedRunConfig) };
+    config.train = { ...config.train, resume_from: ck };
+    if (!ck && existsSync(r.runDir)) renameSync(r.runDir, `${r.runDir}.attempt-${r.attempts}`);
+    await this.store.updateRun(r.id, { status: "queued", config });
+    this.emit({ type: "status", run_id: r.id, status: "queued" });
+  }
+
   /** Recover what a dead process left running, then work the queue. */
   async start(): Promise<{ resumed: string[] }> {
     const resumed: string[] = [];
     for (const r of await this.store.listRuns({ status: ["running", "interrupted"] })) {
       if (this.active.has(r.id)) continue;
+      if (r.attempts >= this.maxAttempts) {
+        // it has taken its process down as often as it may: not again (no crash loop)
+        const error = `interrupted in ${r.attempts} of ${this.maxAttempts} attempts, the retry budget: not queued again (hint: a run that dies with its process usually needs more memory than the machine has; lower train.micro_batch or data.seq_len, or set train.gradient_checkpointing = true, and submit it again)`;
+        await this.store.updateRun(r.id, { status: "failed", error, finishedAt: new Date().toISOString() });
+        this.emit({ type: "status", run_id: r.id, status: "failed", error });
+        continue;
+      }
       const ck = lastCheckpoint(r.runDir);
       const config = { ...(r.config as ResolvedRunConfig) };
       config.train = { ...config.train, resume_from: ck };
@@ -129,11 +166,16 @@ export class Runner {
     if (this.ticking || !this.timer) return;
     this.ticking = true;
     try {
-      // one pool per device: cpu runs in-process, cuda runs each in their own sidecar process
-      const limits = { cpu: 1, cuda: 1, ...this.o.concurrency };
-      for (const [device, limit] of Object.entries(limits)) {
-        const busy = [...this.activeDevice.values()].filter((d) => d === device).length;
-        for (const r of await this.store.claimQueued(device, limit - busy)) void this.execute(r);
+      // one pool per device: cpu runs in-process, each GPU's runs each in their own sidecar process
+      const pools = new Map<string, string[]>();
+      for (const d of await this.store.queuedDevices()) {
+        const p = devicePool(d);
+        pools.set(p, [...(pools.get(p) ?? []), d]);
+      }
+      for (const [pool, names] of pools) {
+        const limit = this.o.concurrency?.[pool] ?? this.o.concurrency?.[pool.replace(/:\d+$/, "")] ?? 1;
+        const busy = [...this.activeDevice.values()].filter((d) => devicePool(d) === pool).length;
+        for (const r of await this.store.claimQueued(names, limit - busy)) void this.execute(r);
       }
     } finally {
       this.ticking = false;
@@ -158,12 +200,17 @@ export class Runner {
     let status: "completed" | "cancelled" | "failed" | "interrupted" = "failed";
     let error: string | null = null;
     try {
-      const s = await train(config, { signal: abort.signal, onEvent });
+      const s = await train(config, { signal: abort.signal, onEvent, sidecar: this.o.sidecar ?? true });
       status = s.status;
     } catch (e) {
       error = (e as Error).message;
-      // the sidecar died under it: resumable from its last checkpoint (recovery re-queues it)
-      if (e instanceof RunInterrupted) status = "interrupted";
+      // the worker died under it: queued again to resume from its last checkpoint, until the
+      // retry budget is spent; this process stays up either way
+      if (e instanceof RunInterrupted) {
+        if (abort.signal.aborted) status = "cancelled";
+        else if (r.attempts < this.maxAttempts) status = "interrupted";
+        else error = `the worker process died in ${r.attempts} of ${this.maxAttempts} attempts, the retry budget: ${error} (hint: a run that dies with its process usually needs more memory than the machine has; lower train.micro_batch or data.seq_len, or set train.gradient_checkpointing = true)`;
+      }
     }
     await pending;
     try {
@@ -172,9 +219,10 @@ export class Runner {
       error ??= `ingesting the run directory: ${(e as Error).message}`;
     }
     await this.store.updateRun(r.id, { status, error, finishedAt: new Date().toISOString() });
+    this.emit({ type: "status", run_id: r.id, status, error });
+    if (status === "interrupted") await this.requeue(r);
     this.active.delete(r.id);
     this.activeDevice.delete(r.id);
-    this.emit({ type: "status", run_id: r.id, status, error });
     void this.tick();
   }
 }

@@ -11,9 +11,9 @@ import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { ensureLabBase } from "./labbase.ts";
 import { makeLabData } from "./labdata.ts";
-import { basePoint, checkpointPoint, type EvalPlan, type Point } from "./points.ts";
+import { basePoint, checkpointPoint, fmtNum, type EvalPlan, type Point } from "./points.ts";
 import { writeReport, type Finding } from "./report.ts";
-import { runSweep, type SweepSpec } from "./sweep.ts";
+import { runSweep, type RunProgress, type SweepSpec } from "./sweep.ts";
 
 const root = new URL("../../..", import.meta.url).pathname;
 export const LAB_BASE = process.env.LORALAB_LAB_BASE ?? join(root, "datasets/lab/base");
@@ -38,7 +38,7 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
     train: { micro_batch: 32, log_every: 10 },
   };
   if (quick)
-    return [{ name: "labq", regime: "ift", base, methods: ["full", "lora"], lr: { full: [2e-3], lora: [5e-3] }, ranks: [16], durations: [1, 2, 3], recordsPerEpoch: records }];
+    return [{ name: "labq", regime: "ift", base, methods: ["full", "lora"], lr: { full: [1e-3], lora: [3e-3] }, ranks: [16], durations: [1, 2, 3], records_per_epoch: records }];
   const main: SweepSpec = {
     name: "lab",
     regime: "ift",
@@ -48,8 +48,8 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
     ranks: [16],
     targets: ["all", "attention"],
     durations: [1, 2, 3],
-    recordsPerEpoch: records,
-    hybrid: { loraFraction: 1 / 3, fullTargets: ["gate_proj", "up_proj", "down_proj"], rank: 16 },
+    records_per_epoch: records,
+    hybrid: { lora_fraction: 1 / 3, full_targets: ["gate_proj", "up_proj", "down_proj"], rank: 16 },
   };
   // other ranks at the middle LoRA learning rate, and a second seed for the headline comparison
   const ablation: SweepSpec = { ...main, methods: ["lora"], lr: { lora: [3e-3] }, ranks: [16], targets: ["attention"], hybrid: undefined };
@@ -58,7 +58,7 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
   return [{ ...main, targets: ["all"] }, ablation, ranks, seed1];
 }
 
-export async function runLab(o: { quick?: boolean; out: string; log?: (m: string) => void }): Promise<LabResult> {
+export async function runLab(o: { quick?: boolean; out: string; log?: (m: string) => void; progress?: RunProgress }): Promise<LabResult> {
   const log = o.log ?? ((m: string) => console.log(m));
   const t0 = performance.now();
   if (!process.env.LORALAB_LAB_BASE) ensureLabBase(LAB_BASE); // the committed f16 gzip, expanded once
@@ -77,11 +77,11 @@ export async function runLab(o: { quick?: boolean; out: string; log?: (m: string
     let t = performance.now();
     const base = await basePoint(LAB_BASE, plan);
     evalS += (performance.now() - t) / 1000;
-    log(`base: target accuracy ${(100 * base.learning.value).toFixed(1)} %, source cloze ${(100 * base.forgetting.value).toFixed(1)} % (chance 25 %), held-out perplexity ${base.perplexity.toFixed(1)}`);
+    log(`base: target accuracy ${(100 * base.learning.value).toFixed(1)} %, source cloze ${(100 * base.forgetting.value).toFixed(1)} % (chance 25 %), held-out perplexity ${fmtNum(base.perplexity, 1)}`);
     const points: Point[] = [];
     for (const spec of labSpecs(quick, data.train, data.trainRecords, cache)) {
       t = performance.now();
-      const cks = await runSweep(spec, store, runs, log);
+      const cks = await runSweep(spec, store, runs, log, o.progress);
       trainS += (performance.now() - t) / 1000;
       t = performance.now();
       for (const ck of cks) points.push(await checkpointPoint(ck, LAB_BASE, plan));
@@ -116,6 +116,6 @@ export function summaryTable(r: LabResult): string {
   const pct = (m: { value: number; stderr: number }) => `${(100 * m.value).toFixed(1).padStart(5)} ±${(196 * m.stderr).toFixed(1).padStart(4)}`;
   const lines = [`${"method".padEnd(34)}${"lr".padStart(7)}${"seed".padStart(5)}  ${"learning %".padStart(12)}  ${"forgetting score %".padStart(18)}  ${"ppl".padStart(6)}  ${"ΔW rank@90".padStart(10)}`];
   for (const p of rows)
-    lines.push(`${p.group.padEnd(34)}${(p.lr ? p.lr.toExponential(0) : "").padStart(7)}${String(p.seed).padStart(5)}  ${pct(p.learning).padStart(12)}  ${pct(p.forgetting).padStart(18)}  ${p.perplexity.toFixed(2).padStart(6)}  ${(p.rank90 === null ? "" : p.rank90.toFixed(1)).padStart(10)}`);
+    lines.push(`${p.group.padEnd(34)}${(p.lr ? p.lr.toExponential(0) : "").padStart(7)}${String(p.seed).padStart(5)}  ${pct(p.learning).padStart(12)}  ${pct(p.forgetting).padStart(18)}  ${fmtNum(p.perplexity, 2).padStart(6)}  ${fmtNum(p.rank90, 1).padStart(10)}`);
   return lines.join("\n");
 }

@@ -42,6 +42,11 @@ export function matrixRanks(matrices: Analysed[]): MatrixRank[] {
   }));
 }
 
+/** A number that may be missing, for tables: "–" when it is null or not finite. */
+export function fmtNum(x: number | null | undefined, digits: number): string {
+  return x === null || x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(digits);
+}
+
 export function meanRank(r: MatrixRank[]): number | null {
   return r.length ? r.reduce((s, x) => s + x.rank, 0) / r.length : null;
 }
@@ -50,7 +55,8 @@ export interface Point extends RunFields {
   tokens: number;
   learning: Metric;
   forgetting: Metric;
-  perplexity: number;
+  /** Held-out source perplexity; null where it was not measured (user sweeps, run reports). */
+  perplexity: number | null;
   /** Mean over matrices of the smallest k explaining 90 % of ΔW's Σσ² (null for the base). */
   rank90: number | null;
   /** rank@90 % per module and layer, with ΔW's largest singular values and Σσ² (the interactive

@@ -8,7 +8,7 @@ import * as vega from "vega";
 import * as vl from "vega-lite";
 import * as native from "@loralab/native";
 import { interactiveHtml, INTERACTIVE_CSS, type InteractiveData } from "@loralab/report";
-import type { Point } from "./points.ts";
+import { fmtNum, type Point } from "./points.ts";
 
 const Z = 1.96; // 95 % intervals from bootstrap standard errors
 
@@ -240,7 +240,7 @@ export function findings(base: Point, points: Point[]): Finding[] {
     });
   }
   // forgetting by held-out perplexity at matched learning (no interval: one fixed text)
-  const withPpl = (ps: Point[]) => ps.filter((p) => Number.isFinite(p.perplexity));
+  const withPpl = (ps: Point[]) => ps.filter((p): p is Point & { perplexity: number } => typeof p.perplexity === "number" && Number.isFinite(p.perplexity));
   const lp = withPpl(points.filter((p) => p.method === "lora"));
   const fp = withPpl(points.filter((p) => p.method === "full"));
   const ratios: number[] = [];
@@ -248,13 +248,13 @@ export function findings(base: Point, points: Point[]): Finding[] {
     const f = fp.filter((x) => x.learning.value >= l.learning.value).sort((a, b) => a.learning.value - b.learning.value)[0];
     if (f) ratios.push(Math.log(f.perplexity / l.perplexity));
   }
-  if (ratios.length && Number.isFinite(base.perplexity)) {
+  if (ratios.length && typeof base.perplexity === "number" && Number.isFinite(base.perplexity)) {
     const wins = ratios.filter((r) => r > 0).length;
     const gm = Math.exp(ratios.reduce((a, r) => a + r, 0) / ratios.length);
     out.push({
       claim: "LoRA forgets less than full fine-tuning at matched learning (held-out source perplexity)",
       held: wins >= 0.75 * ratios.length ? true : wins <= 0.25 * ratios.length ? false : null,
-      evidence: `${ratios.length} LoRA points, each against the full-FT point of the closest learning not below it: full FT's held-out perplexity is ${gm.toFixed(2)}× LoRA's (geometric mean; higher in ${wins} of ${ratios.length}); base perplexity ${base.perplexity.toFixed(1)}. No interval: one fixed held-out text`,
+      evidence: `${ratios.length} LoRA points, each against the full-FT point of the closest learning not below it: full FT's held-out perplexity is ${gm.toFixed(2)}× LoRA's (geometric mean; higher in ${wins} of ${ratios.length}); base perplexity ${fmtNum(base.perplexity, 1)}. No interval: one fixed held-out text`,
     });
   }
   return out;
@@ -297,7 +297,7 @@ export async function writeReport(dir: string, r: ReportInput): Promise<{ html: 
   const fs = findings(r.base, r.points);
   const verdict = (h: boolean | null) => (h === true ? "held" : h === false ? "did not hold" : "undecided (within noise)");
   const table = [r.base, ...r.points]
-    .map((p) => `<tr><td>${esc(p.group)}</td><td>${esc(p.key)}</td><td>${p.lr ? p.lr.toExponential(0) : ""}</td><td>${p.seed}</td><td>${p.duration}</td><td>${ci(p.learning)}</td><td>${ci(p.forgetting)}</td><td>${p.perplexity.toFixed(2)}</td><td>${p.rank90 === null ? "" : p.rank90.toFixed(1)}</td></tr>`)
+    .map((p) => `<tr><td>${esc(p.group)}</td><td>${esc(p.key)}</td><td>${p.lr ? p.lr.toExponential(0) : ""}</td><td>${p.seed}</td><td>${p.duration}</td><td>${ci(p.learning)}</td><td>${ci(p.forgetting)}</td><td>${fmtNum(p.perplexity, 2)}</td><td>${fmtNum(p.rank90, 1)}</td></tr>`)
     .join("\n");
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(r.title)}</title>

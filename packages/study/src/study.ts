@@ -1,5 +1,5 @@
 // `loralab sweep FILE`: the study on the user's own model and data. The file is a SweepSpec
-// (JSON or TOML) plus `eval`: which learning task (humaneval or gsm8k) and which forgetting
+// (TOML, YAML or JSON; its schema is spec.ts) plus `eval`: which learning task (humaneval or gsm8k) and which forgetting
 // tasks to score every checkpoint on, with their data. Results go to <out>/points.json and the
 // report; `loralab report DIR` redraws the report from points.json.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -9,24 +9,40 @@ import { evaluate, FORGETTING_DEFAULT, MC_TASKS, summarize, type EvalOptions, ty
 import { analyze } from "@loralab/spectrum";
 import { groupOf, matrixRanks, meanRank, SIGMA_KEEP, type Point } from "./points.ts";
 import { writeReport } from "./report.ts";
-import { runSweep, type Checkpoint, type SweepSpec } from "./sweep.ts";
+import { runSweep, type Checkpoint, type RunProgress, type SweepSpec } from "./sweep.ts";
 
-export interface StudySpec extends SweepSpec {
-  eval: Pick<EvalOptions, "data" | "limit" | "humaneval" | "gsm8k" | "shots" | "batchSize"> & { learning: "humaneval" | "gsm8k" };
+/** The `eval` section of a sweep spec: the learning task and how to score (snake_case, as in
+ *  the file; spec.ts holds its schema). */
+export interface StudyEval {
+  learning: "humaneval" | "gsm8k";
+  data?: EvalOptions["data"];
+  limit?: number;
+  batch_size?: number;
+  shots?: EvalOptions["shots"];
+  humaneval?: { n?: number; temperature?: number; top_p?: number; max_length?: number; ks?: number[]; seed?: number };
+  gsm8k?: { shots?: number; max_new_tokens?: number };
 }
 
-export function loadStudySpec(file: string): StudySpec {
-  const text = readFileSync(file, "utf8");
-  const spec = (file.endsWith(".toml") ? Bun.TOML.parse(text) : JSON.parse(text)) as StudySpec;
-  for (const k of ["name", "regime", "base", "methods", "lr", "durations", "eval"] as const)
-    if (spec[k] === undefined) throw new Error(`${file}: the sweep spec lacks \`${k}\` (hint: see configs/sweep-example.toml)`);
-  if (!["ift", "cpt"].includes(spec.regime)) throw new Error(`${file}: regime must be "ift" or "cpt", not ${JSON.stringify(spec.regime)}`);
-  return spec;
+export interface StudySpec extends SweepSpec {
+  eval: StudyEval;
+}
+
+/** The eval section as the evaluator's options. */
+function evalOptions(e: StudyEval): Pick<EvalOptions, "data" | "limit" | "batchSize" | "shots" | "humaneval" | "gsm8k"> {
+  const h = e.humaneval;
+  return {
+    data: e.data,
+    limit: e.limit,
+    batchSize: e.batch_size,
+    shots: e.shots,
+    humaneval: h && { n: h.n, temperature: h.temperature, topP: h.top_p, maxLength: h.max_length, ks: h.ks, seed: h.seed },
+    gsm8k: e.gsm8k && { shots: e.gsm8k.shots, maxNewTokens: e.gsm8k.max_new_tokens },
+  };
 }
 
 async function score(model: string, adapter: string, spec: StudySpec) {
   const tasks: TaskName[] = [spec.eval.learning, ...MC_TASKS];
-  const r = await evaluate({ ...spec.eval, model, adapter: adapter || undefined, merged: true, tasks });
+  const r = await evaluate({ ...evalOptions(spec.eval), model, adapter: adapter || undefined, merged: true, tasks });
   const s = summarize(r.tasks, FORGETTING_DEFAULT, spec.eval.shots);
   const lt = r.tasks[spec.eval.learning]!;
   const lm = lt.metrics[spec.eval.learning === "humaneval" ? "pass@1" : "strict_match"];
@@ -34,10 +50,10 @@ async function score(model: string, adapter: string, spec: StudySpec) {
   const parts = MC_TASKS.map((t) => r.tasks[t]!.metrics[FORGETTING_DEFAULT.metrics[t]] as { stderr: number });
   const fse = Math.sqrt(parts.reduce((a, p) => a + p.stderr ** 2, 0)) / parts.length;
   const div = spec.eval.learning === "humaneval" ? { all: lt.metrics.diversity_all as number, passing: lt.metrics.diversity_passing as number, failing: lt.metrics.diversity_failing as number } : undefined;
-  return { learning: { value: s.learning!.value, stderr: lse }, forgetting: { value: s.forgetting!.value, stderr: fse }, perplexity: NaN, ...(div ? { diversity: div } : {}) };
+  return { learning: { value: s.learning!.value, stderr: lse }, forgetting: { value: s.forgetting!.value, stderr: fse }, perplexity: null, ...(div ? { diversity: div } : {}) };
 }
 
-export async function runStudy(spec: StudySpec, out: string, log: (m: string) => void = console.log): Promise<{ report: string; points: Point[] }> {
+export async function runStudy(spec: StudySpec, out: string, log: (m: string) => void = console.log, progress?: RunProgress): Promise<{ report: string; points: Point[] }> {
   mkdirSync(out, { recursive: true });
   const store = await openStore({ path: join(out, "study.db") });
   try {
@@ -45,7 +61,7 @@ export async function runStudy(spec: StudySpec, out: string, log: (m: string) =>
     if (!baseModel) throw new Error(`sweep ${spec.name}: base.model.path must name the base model (HF directory or .gguf)`);
     const bm = await score(baseModel, "", spec);
     const base: Point = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, ...bm, rank90: null, rank90By: [] };
-    const cks: Checkpoint[] = await runSweep(spec, store, join(out, "runs"), log);
+    const cks: Checkpoint[] = await runSweep(spec, store, join(out, "runs"), log, progress);
     const points: Point[] = [];
     for (const ck of cks) {
       const dir = ck.adapter || ck.model;
@@ -79,16 +95,16 @@ export async function reportRuns(runDirs: string[], out: string): Promise<string
   for (const dir of runDirs) {
     const f = join(dir, "eval.json");
     if (!existsSync(f)) throw new Error(`${dir}: no eval.json (hint: \`loralab eval --run ${dir}\` first)`);
-    const e = JSON.parse(readFileSync(f, "utf8")) as { learning: { value: number } | null; forgetting: { value: number } | null; base: { learning: { value: number } | null; forgetting: { value: number } | null }; tasks: Record<string, { docs: number }> };
-    if (!e.learning || !e.forgetting) throw new Error(`${f}: needs a learning task and the three forgetting tasks`);
+    const e = JSON.parse(readFileSync(f, "utf8")) as { learning: { value: number } | null; forgetting: { value: number; complete?: boolean } | null; base: { learning: { value: number } | null; forgetting: { value: number } | null }; tasks: Record<string, { docs: number }> };
+    if (!e.learning || !e.forgetting || e.forgetting.complete === false) throw new Error(`${f}: needs a learning task and the three forgetting tasks (hint: loralab eval --run ${dir} --tasks gsm8k,hellaswag,winogrande,arc_challenge)`);
     const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as { run_id: string; seed: number; method: { kind: string; rank: number; targets: unknown }; optim: { lr: number } };
     const n = Math.max(1, ...Object.values(e.tasks).map((t) => t.docs));
     const se = (v: number) => Math.sqrt((v * (1 - v)) / n);
     const spec = existsSync(join(dir, "spectrum", "final.json")) ? JSON.parse(readFileSync(join(dir, "spectrum", "final.json"), "utf8")) : null;
     const rank90By = spec ? matrixRanks(spec.analysis.matrices) : [];
     const lora = cfg.method.kind === "lora";
-    points.push({ key: cfg.run_id, group: lora ? `LoRA r=${cfg.method.rank}` : "full FT", method: cfg.method.kind, rank: lora ? cfg.method.rank : null, targets: String(cfg.method.targets), lr: cfg.optim.lr, seed: cfg.seed, duration: 1, tokens: 0, learning: { value: e.learning.value, stderr: se(e.learning.value) }, forgetting: { value: e.forgetting.value, stderr: se(e.forgetting.value) }, perplexity: NaN, rank90: meanRank(rank90By), rank90By });
-    if (!base && e.base.learning && e.base.forgetting) base = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, learning: { value: e.base.learning.value, stderr: se(e.base.learning.value) }, forgetting: { value: e.base.forgetting.value, stderr: se(e.base.forgetting.value) }, perplexity: NaN, rank90: null, rank90By: [] };
+    points.push({ key: cfg.run_id, group: lora ? `LoRA r=${cfg.method.rank}` : "full FT", method: cfg.method.kind, rank: lora ? cfg.method.rank : null, targets: String(cfg.method.targets), lr: cfg.optim.lr, seed: cfg.seed, duration: 1, tokens: 0, learning: { value: e.learning.value, stderr: se(e.learning.value) }, forgetting: { value: e.forgetting.value, stderr: se(e.forgetting.value) }, perplexity: null, rank90: meanRank(rank90By), rank90By });
+    if (!base && e.base.learning && e.base.forgetting) base = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, learning: { value: e.base.learning.value, stderr: se(e.base.learning.value) }, forgetting: { value: e.base.forgetting.value, stderr: se(e.base.forgetting.value) }, perplexity: null, rank90: null, rank90By: [] };
   }
   if (!base) throw new Error("no run's eval.json carries its base model's scores (hint: loralab eval --run without --no-base)");
   const title = `loralab report: ${runDirs.length} runs`;

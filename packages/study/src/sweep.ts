@@ -9,7 +9,7 @@
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Store } from "@loralab/db";
-import { evalLoss, lastCheckpoint, merge, resolveConfig, train, type RunConfig } from "loralab/core";
+import { evalLoss, lastCheckpoint, merge, resolveConfig, train, type ProgressEvent, type RunConfig } from "loralab/core";
 
 export type Method = "full" | "lora" | "hybrid";
 
@@ -23,18 +23,18 @@ export interface SweepSpec {
   lr: Partial<Record<Method | "full_wd" | "full_dropout", number[]>>;
   ranks?: number[];
   /** alpha = k·rank (default [2], the study's choice). */
-  alphaFactors?: number[];
+  alpha_factors?: number[];
   /** LoRA target sets: "all", "attention", "mlp" or module lists. */
   targets?: (string | string[])[];
   seeds?: number[];
   /** IFT: epochs (checkpoints of one run); CPT: training tokens (branches). */
   durations: number[];
   /** Full FT with these regularisers as extra baselines (the study's comparison). */
-  regularizers?: { weightDecay?: number; attentionDropout?: number };
+  regularizers?: { weight_decay?: number; attention_dropout?: number };
   /** Hybrid: LoRA for this fraction of the budget, merge, then full FT of these modules. */
-  hybrid?: { loraFraction: number; fullTargets: string[]; rank: number };
+  hybrid?: { lora_fraction: number; full_targets: string[]; rank: number };
   /** Training records (IFT: examples) per epoch, to place the epoch checkpoints. */
-  recordsPerEpoch?: number;
+  records_per_epoch?: number;
 }
 
 export interface Cell {
@@ -71,18 +71,18 @@ export function cells(spec: SweepSpec): Cell[] {
         if (m === "full") out.push({ key: `full-lr${fmt(lr)}-s${seed}`, method: "full", rank: null, alpha: null, targets: "all", lr, seed });
         else if (m === "hybrid") {
           const h = spec.hybrid;
-          if (!h) throw new Error(`sweep ${spec.name}: method hybrid needs a hybrid section (loraFraction, fullTargets, rank)`);
-          out.push({ key: `hybrid-r${h.rank}-${h.fullTargets.join("+")}-lr${fmt(lr)}-s${seed}`, method: "hybrid", rank: h.rank, alpha: 2 * h.rank, targets: h.fullTargets.join("+"), lr, seed });
+          if (!h) throw new Error(`sweep ${spec.name}: method hybrid needs a hybrid section (lora_fraction, full_targets, rank)`);
+          out.push({ key: `hybrid-r${h.rank}-${h.full_targets.join("+")}-lr${fmt(lr)}-s${seed}`, method: "hybrid", rank: h.rank, alpha: 2 * h.rank, targets: h.full_targets.join("+"), lr, seed });
         } else
           for (const r of spec.ranks ?? [16])
-            for (const k of spec.alphaFactors ?? [2])
+            for (const k of spec.alpha_factors ?? [2])
               for (const t of targetsList) out.push({ key: `lora-r${r}-a${k * r}-${tname(t)}-lr${fmt(lr)}-s${seed}`, method: "lora", rank: r, alpha: k * r, targets: tname(t), lr, seed });
       }
     }
-  if (spec.regularizers?.weightDecay !== undefined)
-    for (const lr of spec.lr.full_wd ?? spec.lr.full ?? []) out.push({ key: `full_wd${spec.regularizers.weightDecay}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_wd", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
-  if (spec.regularizers?.attentionDropout !== undefined)
-    for (const lr of spec.lr.full_dropout ?? spec.lr.full ?? []) out.push({ key: `full_dropout${spec.regularizers.attentionDropout}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_dropout", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
+  if (spec.regularizers?.weight_decay !== undefined)
+    for (const lr of spec.lr.full_wd ?? spec.lr.full ?? []) out.push({ key: `full_wd${spec.regularizers.weight_decay}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_wd", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
+  if (spec.regularizers?.attention_dropout !== undefined)
+    for (const lr of spec.lr.full_dropout ?? spec.lr.full ?? []) out.push({ key: `full_dropout${spec.regularizers.attention_dropout}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_dropout", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
   return out;
 }
 
@@ -95,8 +95,8 @@ export function cellConfig(spec: SweepSpec, c: Cell, runsDir: string, runId: str
   const b = spec.base;
   const method: RunConfig["method"] =
     c.method === "lora" ? { ...b.method, kind: "lora", rank: c.rank!, alpha: c.alpha!, targets: targetsValue(c.targets) } : { ...b.method, kind: "full" };
-  const optim: RunConfig["optim"] = { ...b.optim, lr: c.lr, ...(c.method === "full_wd" ? { weight_decay: spec.regularizers!.weightDecay! } : {}) };
-  const trainCfg: RunConfig["train"] = { ...b.train, ...(c.method === "full_dropout" ? { attention_dropout: spec.regularizers!.attentionDropout! } : {}) };
+  const optim: RunConfig["optim"] = { ...b.optim, lr: c.lr, ...(c.method === "full_wd" ? { weight_decay: spec.regularizers!.weight_decay! } : {}) };
+  const trainCfg: RunConfig["train"] = { ...b.train, ...(c.method === "full_dropout" ? { attention_dropout: spec.regularizers!.attention_dropout! } : {}) };
   return { ...b, name: `${spec.name}-${c.key}`, run_id: runId, out_dir: runsDir, seed: c.seed, method, optim, train: trainCfg };
 }
 
@@ -104,15 +104,18 @@ export interface SweepProgress {
   (msg: string): void;
 }
 
+/** A progress display for one run of a sweep (the CLI's bar under its `[k/n]` line). */
+export type RunProgress = (label: string) => { onProgress(p: ProgressEvent): void; end(): void };
+
 /** Steps per epoch for IFT: records / (micro_batch · grad_accum), rounded up. */
 function stepsPerEpoch(spec: SweepSpec): number {
-  const n = spec.recordsPerEpoch;
-  if (!n) throw new Error(`sweep ${spec.name}: IFT durations are epochs; give recordsPerEpoch (the training examples)`);
+  const n = spec.records_per_epoch;
+  if (!n) throw new Error(`sweep ${spec.name}: IFT durations are epochs; give records_per_epoch (the training examples)`);
   const bs = (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
   return Math.ceil(n / bs);
 }
 
-async function trainOrResume(store: Store, cfg: RunConfig, device = "cpu"): Promise<{ runDir: string; skipped: boolean }> {
+async function trainOrResume(store: Store, cfg: RunConfig, progress?: RunProgress, device = "cpu"): Promise<{ runDir: string; skipped: boolean }> {
   const id = cfg.run_id!;
   const runDir = join(cfg.out_dir!, id);
   const row = await store.getRun(id);
@@ -124,20 +127,23 @@ async function trainOrResume(store: Store, cfg: RunConfig, device = "cpu"): Prom
   const last = lastCheckpoint(runDir);
   if (last) cfg = { ...cfg, train: { ...cfg.train, resume_from: last } };
   else if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
+  const bar = progress?.(cfg.name ?? id);
   try {
-    const s = await train(cfg);
+    const s = await train(cfg, { onProgress: bar?.onProgress });
     if (s.status !== "completed") throw new Error(`run ${id} ${s.status}`);
   } catch (e) {
     await store.updateRun(id, { status: "failed", error: (e as Error).message });
     throw e;
+  } finally {
+    bar?.end();
   }
   await store.ingestRunDir(runDir, device, id);
   return { runDir, skipped: false };
 }
 
 /** Train every cell (skipping finished ones) and list the checkpoints to evaluate. */
-export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress = () => {}): Promise<Checkpoint[]> {
-  if (spec.regime === "cpt") return runCptSweep(spec, store, runsDir, log);
+export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress = () => {}, progress?: RunProgress): Promise<Checkpoint[]> {
+  if (spec.regime === "cpt") return runCptSweep(spec, store, runsDir, log, progress);
   const spe = stepsPerEpoch(spec);
   const maxEpochs = Math.max(...spec.durations);
   const all = cells(spec);
@@ -151,19 +157,19 @@ export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, l
     if (c.method === "hybrid") {
       // phase 1: LoRA for a fraction of the epochs; merge; phase 2: full FT of the chosen modules
       const h = spec.hybrid!;
-      const loraEpochs = Math.max(1, Math.round(h.loraFraction * maxEpochs));
+      const loraEpochs = Math.max(1, Math.round(h.lora_fraction * maxEpochs));
       const p1: RunConfig = { ...cfg, run_id: `${runId}-lora`, name: `${cfg.name}-lora-phase`, method: { ...cfg.method, kind: "lora", rank: h.rank, alpha: 2 * h.rank }, train: { ...cfg.train, steps: loraEpochs * spe } };
-      const r1 = await trainOrResume(store, p1);
+      const r1 = await trainOrResume(store, p1, progress);
       const merged = join(runsDir, `${runId}-merged`);
       // a randomly initialised base lives in the phase-1 run's base/
       if (!existsSync(join(merged, "model.safetensors"))) await merge(baseModel || join(r1.runDir, "base"), join(r1.runDir, "adapter"), merged);
       cfg.model = { ...cfg.model, path: merged };
-      cfg.method = { ...cfg.method, kind: "full", targets: h.fullTargets };
+      cfg.method = { ...cfg.method, kind: "full", targets: h.full_targets };
       cfg.train = { ...cfg.train, steps: (maxEpochs - loraEpochs) * spe };
       firstEpoch = loraEpochs + 1;
     }
     log(`[${i + 1}/${all.length}] ${c.key}`);
-    const { runDir, skipped } = await trainOrResume(store, cfg);
+    const { runDir, skipped } = await trainOrResume(store, cfg, progress);
     if (skipped) log("  (finished earlier: skipped)");
     for (const e of spec.durations) {
       if (e < firstEpoch) continue;
@@ -181,7 +187,7 @@ export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, l
 /** CPT: per cell one long run to the largest budget (constant after warmup, checkpoints at
  * 0.8·D for every budget D), then one branch per budget resumed from its 0.8·D checkpoint
  * with a linear cooldown to zero over the remaining 20 %. */
-async function runCptSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress): Promise<Checkpoint[]> {
+async function runCptSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress, progress?: RunProgress): Promise<Checkpoint[]> {
   const tokensPerStep = (spec.base.data?.seq_len ?? 512) * (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
   const budgets = [...spec.durations].sort((a, b) => a - b).map((d) => Math.max(5, Math.round(d / tokensPerStep)));
   const maxSteps = budgets[budgets.length - 1]!;
@@ -196,11 +202,11 @@ async function runCptSweep(spec: SweepSpec, store: Store, runsDir: string, log: 
     const cuts = budgets.map((b) => Math.round(0.8 * b));
     cfg.schedule = { ...cfg.schedule, kind: "inverse_sqrt", cooldown_frac: 0, warmup_steps: warm };
     cfg.train = { ...cfg.train, steps: maxSteps, tokens: 0, epochs: 0, checkpoint_every: 0, checkpoint_at_tokens: cuts.map((s) => s * tokensPerStep) };
-    const long = await trainOrResume(store, cfg);
+    const long = await trainOrResume(store, cfg, progress);
     for (const [j, b] of budgets.entries()) {
       const from = join(long.runDir, "checkpoints", `step-${String(cuts[j]).padStart(6, "0")}`);
       const branch: RunConfig = { ...cfg, run_id: `${runId}-D${b}`, name: `${cfg.name}-D${b}`, schedule: { ...cfg.schedule, cooldown_frac: 0.2 }, train: { ...cfg.train, steps: b, checkpoint_at_tokens: [], resume_from: from } };
-      const r = await trainOrResume(store, branch);
+      const r = await trainOrResume(store, branch, progress);
       const lora = c.method === "lora";
       const outDir = join(r.runDir, lora ? "adapter" : "model");
       out.push({ cell: c, runId: branch.run_id!, model: lora ? spec.base.model?.path || join(long.runDir, "base") : outDir, adapter: lora ? outDir : "", duration: b * tokensPerStep, tokens: b * tokensPerStep });
