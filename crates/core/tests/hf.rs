@@ -105,6 +105,11 @@ fn bad_checkpoints_fail_naming_the_file_and_the_problem() {
     let full_file = m.join("model.safetensors");
     let bytes = std::fs::read(&full_file).unwrap();
     candle_core::safetensors::save(&all, &full_file).unwrap();
+    // loralab wrote this directory: its manifest catches the change first, naming the file
+    let e = err_of(&m);
+    assert!(e.contains("model.safetensors: damaged"), "{e}");
+    // what a directory written elsewhere (no manifest) can hold: the loader's own checks
+    std::fs::remove_file(m.join("loralab_manifest.json")).unwrap();
     let e = err_of(&m);
     assert!(e.contains("missing tensor model.layers.1.mlp.up_proj.weight") && e.contains("model"), "{e}");
 

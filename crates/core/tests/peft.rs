@@ -77,6 +77,8 @@ fn peft_default_infix_and_patterns_are_honoured() {
     let w = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
     let renamed: std::collections::HashMap<String, Tensor> = w.into_iter().map(|(k, v)| (k.replace(".weight", ".default.weight"), v)).collect();
     candle_core::safetensors::save(&renamed, &file).unwrap();
+    // as PEFT would write it: no loralab manifest
+    std::fs::remove_file(dir.join("adapter/loralab_manifest.json")).unwrap();
     let mut m = load_model_dir(&dir.join("base"), DType::F32).unwrap();
     load_adapter(&mut m, &dir.join("adapter")).unwrap();
     assert!(max_abs_diff(&logits(&m), &logits(&adapted)) < 1e-6, "the .default infix");
