@@ -98,7 +98,8 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
         // a run that died before its first checkpoint left nothing to resume: it starts over in
         // place; anything else is kept
         let last = last_checkpoint(&run_dir);
-        let completed = std::fs::read_to_string(run_dir.join("run.json")).is_ok_and(|t| t.contains("\"status\": \"completed\""));
+        let status = std::fs::read(run_dir.join("run.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["status"].as_str().map(str::to_string));
+        let completed = status.as_deref() == Some("completed");
         if completed || last.is_some() {
             let hint = match last {
                 Some(ck) if !completed => format!("resume it with --train.resume_from={}, or pick a new run_id", ck.display()),
