@@ -44,7 +44,20 @@ async function listener() {
   }
 }
 
-await Promise.all([...Array.from({ length: conns }, (_, i) => poller((1000 * i) / conns)), ...Array.from({ length: sse }, listener)]);
+await Promise.all([
+  ...Array.from({ length: conns }, (_, i) => poller((1000 * i) / conns)),
+  ...Array.from({ length: sse }, listener),
+]);
 lat.sort((a, b) => a - b);
 const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] ?? NaN;
-console.log(JSON.stringify({ requests: lat.length, errors, rate: lat.length / seconds, p50_ms: q(0.5), p99_ms: q(0.99), max_ms: lat[lat.length - 1], sse_events: events }));
+console.log(
+  JSON.stringify({
+    requests: lat.length,
+    errors,
+    rate: lat.length / seconds,
+    p50_ms: q(0.5),
+    p99_ms: q(0.99),
+    max_ms: lat[lat.length - 1],
+    sse_events: events,
+  }),
+);

@@ -6,7 +6,13 @@ import { join } from "node:path";
 
 const root = new URL("..", import.meta.url).pathname;
 const out = join(root, "packages/report/wasm");
-const SOURCES = ["crates/maths/src", "crates/maths/Cargo.toml", "crates/wasm/src", "crates/wasm/Cargo.toml", "scripts/build-wasm.sh"];
+const SOURCES = [
+  "crates/maths/src",
+  "crates/maths/Cargo.toml",
+  "crates/wasm/src",
+  "crates/wasm/Cargo.toml",
+  "scripts/build-wasm.sh",
+];
 
 function newest(path: string): number {
   if (!existsSync(path)) return 0;
@@ -27,8 +33,15 @@ export function wasmStale(): boolean {
 export function buildWasm(force = false): boolean {
   if (!force && !wasmStale()) return false;
   const t0 = performance.now();
-  const p = Bun.spawnSync(["bash", join(root, "scripts/build-wasm.sh")], { cwd: root, stdout: "inherit", stderr: "inherit" });
-  if (p.exitCode !== 0) throw new Error(`scripts/build-wasm.sh failed (exit ${p.exitCode}) (hint: run it by hand to see why; the README lists what it needs)`);
+  const p = Bun.spawnSync(["bash", join(root, "scripts/build-wasm.sh")], {
+    cwd: root,
+    stdout: "inherit",
+    stderr: "inherit",
+  });
+  if (p.exitCode !== 0)
+    throw new Error(
+      `scripts/build-wasm.sh failed (exit ${p.exitCode}) (hint: run it by hand to see why; the README lists what it needs)`,
+    );
   console.error(`build:wasm: built the WebAssembly maths in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   return true;
 }

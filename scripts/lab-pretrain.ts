@@ -16,10 +16,15 @@ rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 const docs = sourceDocs().filter((d) => !d.heldOut);
 writeFileSync(join(work, "corpus.jsonl"), docs.map((d) => JSON.stringify({ text: d.text })).join("\n") + "\n");
-console.log(`pretraining on ${docs.length} documents (${docs.reduce((a, d) => a + d.text.length, 0).toLocaleString("en-US")} characters), ${steps} steps`);
+console.log(
+  `pretraining on ${docs.length} documents (${docs.reduce((a, d) => a + d.text.length, 0).toLocaleString("en-US")} characters), ${steps} steps`,
+);
 const s = await train(
   {
-    name: "lab-pretrain", run_id: "base", out_dir: work, seed: 0,
+    name: "lab-pretrain",
+    run_id: "base",
+    out_dir: work,
+    seed: 0,
     model: { config: join(lab, "config.json"), tokenizer: join(lab, "tokenizer.json") },
     data: { train: join(work, "corpus.jsonl"), format: "cpt", seq_len: 128, cache_dir: join(work, "cache") },
     method: { kind: "full" },
@@ -27,10 +32,17 @@ const s = await train(
     schedule: { kind: "cosine", warmup_frac: 0.02, final_frac: 0.05 },
     train: { steps, micro_batch: 32, checkpoint_every: 0 },
   },
-  { onProgress: (p) => { if (p.step % 50 === 0 || p.step === p.total_steps) console.log(`step ${p.step}/${p.total_steps} loss ${p.loss.toFixed(3)} ${Math.round(p.tokens_per_s)} tok/s`); } },
+  {
+    onProgress: (p) => {
+      if (p.step % 50 === 0 || p.step === p.total_steps)
+        console.log(`step ${p.step}/${p.total_steps} loss ${p.loss.toFixed(3)} ${Math.round(p.tokens_per_s)} tok/s`);
+    },
+  },
 );
 const out = join(lab, "base");
 rmSync(out, { recursive: true, force: true });
 cpSync(s.output, out, { recursive: true });
 console.log(`committed form: ${packLabBase(out)}`);
-console.log(`base model: ${out} (loss ${(s.first_loss ?? NaN).toFixed(3)} → ${(s.final_loss ?? NaN).toFixed(3)}, ${s.tokens.toLocaleString("en-US")} tokens, ${s.elapsed_s.toFixed(0)} s)`);
+console.log(
+  `base model: ${out} (loss ${(s.first_loss ?? NaN).toFixed(3)} → ${(s.final_loss ?? NaN).toFixed(3)}, ${s.tokens.toLocaleString("en-US")} tokens, ${s.elapsed_s.toFixed(0)} s)`,
+);

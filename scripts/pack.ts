@@ -55,7 +55,8 @@ function lockedVersion(lock: { packages: Record<string, unknown[]> }, name: stri
 /** `./x` → `./<prefix>/x` through a package.json's main/types/exports. */
 function rebase<T>(v: T, prefix: string): T {
   if (typeof v === "string") return (v.startsWith("./") ? `./${prefix}/${v.slice(2)}` : v) as T;
-  if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, rebase(x, prefix)])) as T;
+  if (v && typeof v === "object")
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, rebase(x, prefix)])) as T;
   return v;
 }
 
@@ -63,7 +64,8 @@ function rebase<T>(v: T, prefix: string): T {
 function bundledManifest(p: PackageJson, prefix = ""): Record<string, unknown> {
   const m: Record<string, unknown> = { name: p.name, version: p.version };
   if (p.type) m.type = p.type;
-  for (const k of ["main", "types", "exports"] as const) if (p[k] !== undefined) m[k] = prefix ? rebase(p[k], prefix) : p[k];
+  for (const k of ["main", "types", "exports"] as const)
+    if (p[k] !== undefined) m[k] = prefix ? rebase(p[k], prefix) : p[k];
   return m;
 }
 
@@ -78,7 +80,9 @@ export interface PackResult {
 
 export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Promise<PackResult> {
   const ws = await workspaces();
-  const lock = Bun.JSONC.parse(await Bun.file(join(root, "bun.lock")).text()) as { packages: Record<string, unknown[]> };
+  const lock = Bun.JSONC.parse(await Bun.file(join(root, "bun.lock")).text()) as {
+    packages: Record<string, unknown[]>;
+  };
   const libDir = ws.get("loralab");
   if (!libDir) throw new Error("pack: no workspace package named loralab");
   const lib = await readJson<PackageJson>(join(libDir, "package.json"));
@@ -98,7 +102,10 @@ export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Prom
         continue;
       }
       const version = lockedVersion(lock, name, spec);
-      if (dependencies[name] && dependencies[name] !== version) throw new Error(`pack: ${name} is needed at ${dependencies[name]} and ${version} (hint: one version in the workspace)`);
+      if (dependencies[name] && dependencies[name] !== version)
+        throw new Error(
+          `pack: ${name} is needed at ${dependencies[name]} and ${version} (hint: one version in the workspace)`,
+        );
       dependencies[name] = version;
     }
   };
@@ -111,10 +118,14 @@ export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Prom
   const sidecarCpu = join("target", triple, "release", "loralab-sidecar");
   const sidecarCuda = join("dist", "cuda", "loralab-sidecar");
   const engine: string[] = [];
-  const addonFiles = native ? readdirSync(nativeDir).filter((f) => f.endsWith(".node") || ["index.js", "index.d.ts", "sidecar.ts"].includes(f)) : [];
+  const addonFiles = native
+    ? readdirSync(nativeDir).filter((f) => f.endsWith(".node") || ["index.js", "index.d.ts", "sidecar.ts"].includes(f))
+    : [];
   if (native) {
-    if (!addonFiles.some((f) => f.endsWith(".node")) || !addonFiles.includes("index.js")) throw new Error(`pack: the addon is not built in ${nativeDir} (hint: \`bun run setup\`)`);
-    if (!existsSync(join(root, sidecarCpu))) throw new Error(`pack: no CPU sidecar at ${sidecarCpu} (hint: \`bun run setup\` builds it)`);
+    if (!addonFiles.some((f) => f.endsWith(".node")) || !addonFiles.includes("index.js"))
+      throw new Error(`pack: the addon is not built in ${nativeDir} (hint: \`bun run setup\`)`);
+    if (!existsSync(join(root, sidecarCpu)))
+      throw new Error(`pack: no CPU sidecar at ${sidecarCpu} (hint: \`bun run setup\` builds it)`);
   }
 
   // --- stage: outside the repository, so no .gitignore of ours (*.node, target/) applies
@@ -122,7 +133,10 @@ export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Prom
   try {
     // a package's files as they are, but its own node_modules (workspace links) and package.json
     const copyPackage = (src: string, dst: string) =>
-      cpSync(src, dst, { recursive: true, filter: (s) => !s.slice(src.length).split("/").includes("node_modules") && s !== join(src, "package.json") });
+      cpSync(src, dst, {
+        recursive: true,
+        filter: (s) => !s.slice(src.length).split("/").includes("node_modules") && s !== join(src, "package.json"),
+      });
     copyPackage(libDir, stage);
     for (const [name, p] of bundled) {
       const dst = join(stage, "node_modules", name);
@@ -159,27 +173,60 @@ export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Prom
     mkdirSync(outDir, { recursive: true });
     const tarball = join(outDir, `${lib.name}-${lib.version}.tgz`);
     rmSync(tarball, { force: true });
-    const p = Bun.spawnSync([process.execPath, "pm", "pack", "--quiet", "--ignore-scripts", "--gzip-level", String(o.gzipLevel ?? 6), "--destination", outDir], { cwd: stage, stdout: "pipe", stderr: "pipe" });
-    if (p.exitCode !== 0 || !existsSync(tarball)) throw new Error(`pack: \`bun pm pack\` failed (exit ${p.exitCode}): ${p.stderr.toString().trim()}`);
-    return { tarball, bytes: statSync(tarball).size, bundled: manifest.bundleDependencies, dependencies: manifest.dependencies, engine };
+    const p = Bun.spawnSync(
+      [
+        process.execPath,
+        "pm",
+        "pack",
+        "--quiet",
+        "--ignore-scripts",
+        "--gzip-level",
+        String(o.gzipLevel ?? 6),
+        "--destination",
+        outDir,
+      ],
+      { cwd: stage, stdout: "pipe", stderr: "pipe" },
+    );
+    if (p.exitCode !== 0 || !existsSync(tarball))
+      throw new Error(`pack: \`bun pm pack\` failed (exit ${p.exitCode}): ${p.stderr.toString().trim()}`);
+    return {
+      tarball,
+      bytes: statSync(tarball).size,
+      bundled: manifest.bundleDependencies,
+      dependencies: manifest.dependencies,
+      engine,
+    };
   } finally {
     rmSync(stage, { recursive: true, force: true });
   }
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ args: Bun.argv.slice(2), options: { out: { type: "string" }, "gzip-level": { type: "string" }, help: { type: "boolean", short: "h" } } });
+  const { values } = parseArgs({
+    args: Bun.argv.slice(2),
+    options: { out: { type: "string" }, "gzip-level": { type: "string" }, help: { type: "boolean", short: "h" } },
+  });
   if (values.help) {
-    console.log("usage: bun run pack [--out dist] [--gzip-level 6]\n  writes <out>/loralab-<version>.tgz: install it with `bun add path/to/loralab-<version>.tgz`");
+    console.log(
+      "usage: bun run pack [--out dist] [--gzip-level 6]\n  writes <out>/loralab-<version>.tgz: install it with `bun add path/to/loralab-<version>.tgz`",
+    );
     process.exit(0);
   }
   try {
     const t0 = performance.now();
-    const r = await pack(resolve(values.out ?? join(root, "dist")), { gzipLevel: values["gzip-level"] === undefined ? undefined : Number(values["gzip-level"]) });
-    console.log(`${r.tarball} (${(r.bytes / 2 ** 20).toFixed(1)} MiB, ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    const r = await pack(resolve(values.out ?? join(root, "dist")), {
+      gzipLevel: values["gzip-level"] === undefined ? undefined : Number(values["gzip-level"]),
+    });
+    console.log(
+      `${r.tarball} (${(r.bytes / 2 ** 20).toFixed(1)} MiB, ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    );
     console.log(`  bundled: ${r.bundled.join(", ")}`);
     console.log(`  engine: ${r.engine.join(", ")}`);
-    console.log(`  from the registry: ${Object.entries(r.dependencies).map(([n, v]) => `${n}@${v}`).join(", ")}`);
+    console.log(
+      `  from the registry: ${Object.entries(r.dependencies)
+        .map(([n, v]) => `${n}@${v}`)
+        .join(", ")}`,
+    );
     console.log(`install it: bun add ${r.tarball}`);
   } catch (e) {
     console.error((e as Error).message);

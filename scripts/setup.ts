@@ -42,7 +42,11 @@ if (cargo.exitCode !== 0) {
   console.error("setup: cargo not found (hint: install Rust with rustup; the engine is a Rust crate)");
   process.exit(1);
 }
-const sources = Math.max(newest(join(root, "crates")), statSync(join(root, "Cargo.toml")).mtimeMs, statSync(join(root, "Cargo.lock")).mtimeMs);
+const sources = Math.max(
+  newest(join(root, "crates")),
+  statSync(join(root, "Cargo.toml")).mtimeMs,
+  statSync(join(root, "Cargo.lock")).mtimeMs,
+);
 if (!existsSync(addon) || statSync(addon).mtimeMs < sources) {
   console.error("setup: building the engine (first build compiles candle: a few minutes on 2 cores)");
   run([join(root, "node_modules/.bin/napi"), "build", "--platform", "--release", "--cwd", "crates/node"]);

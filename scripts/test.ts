@@ -55,14 +55,21 @@ const cargo = await run(cargoArgs("test", ["-p", "loralab-kernels"]), (out) => {
   console.log(`stage: wasm took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
 // the TypeScript is strict (tsconfig.base.json): a type error fails the suite like a test
-const tsc = await run([process.execPath, "x", "tsc", "-p", "tsconfig.json"], (out) => (out.trim() === "" ? [1, 0] : [0, 1]));
+const tsc = await run([process.execPath, "x", "tsc", "-p", "tsconfig.json"], (out) =>
+  out.trim() === "" ? [1, 0] : [0, 1],
+);
 // bun test's per-test default is 5 s (bunfig.toml cannot change it): training tests run real tiny
 // models on 2 cores, and a loaded machine must not turn them into timeouts
-const bun = await run([process.execPath, "test", "--timeout", "300000"], (out) => [Number(/^\s*(\d+) pass/m.exec(out)?.[1] ?? 0), Number(/^\s*(\d+) fail/m.exec(out)?.[1] ?? 0)]);
+const bun = await run([process.execPath, "test", "--timeout", "300000"], (out) => [
+  Number(/^\s*(\d+) pass/m.exec(out)?.[1] ?? 0),
+  Number(/^\s*(\d+) fail/m.exec(out)?.[1] ?? 0),
+]);
 
 const stages = [cargo, tsc, bun];
 const passed = stages.reduce((a, s) => a + s[0], 0);
 const failed = stages.reduce((a, s) => a + s[1] + (s[2] !== 0 && s[1] === 0 ? 1 : 0), 0);
-console.log(`\nrust ${cargo[0]} passed, ${cargo[1]} failed; typecheck ${tsc[1] ? "failed" : "ok"}; bun ${bun[0]} passed, ${bun[1]} failed`);
+console.log(
+  `\nrust ${cargo[0]} passed, ${cargo[1]} failed; typecheck ${tsc[1] ? "failed" : "ok"}; bun ${bun[0]} passed, ${bun[1]} failed`,
+);
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed === 0 && passed > 0 ? 0 : 1);

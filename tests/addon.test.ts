@@ -11,7 +11,9 @@ describe("addon", () => {
     const out = tempDir("addon");
     for (const kind of ["full", "lora"] as const) {
       const events: TrainEvent[] = [];
-      const s = await train(tinyConfig(out, { run_id: kind, method: { kind, rank: 4 } }), { onEvent: (e) => events.push(e) });
+      const s = await train(tinyConfig(out, { run_id: kind, method: { kind, rank: 4 } }), {
+        onEvent: (e) => events.push(e),
+      });
       expect(s.status).toBe("completed");
       expect(s.steps).toBe(6);
       expect(Number.isFinite(s.final_loss)).toBe(true);
@@ -20,13 +22,25 @@ describe("addon", () => {
       expect(progress.map((p) => p.step)).toEqual([1, 2, 3, 4, 5, 6]);
       expect(progress.every((p) => p.tokens_per_s > 0 && p.lr > 0 && p.grad_norm > 0)).toBe(true);
       expect(events.filter((e) => e.type === "checkpoint").length).toBe(3);
-      expect(existsSync(join(s.output, kind === "full" ? "model.safetensors" : "adapter_model.safetensors"))).toBe(true);
+      expect(existsSync(join(s.output, kind === "full" ? "model.safetensors" : "adapter_model.safetensors"))).toBe(
+        true,
+      );
       if (kind === "lora") expect(s.trainable_params).toBeLessThan(s.params / 5);
     }
     // the LoRA adapter evaluates on top of its (kept) random base, merged or not, to the same loss
-    const data = { train: tinyConfig(out).data!.train!, text_field: "content", seq_len: 32, cache_dir: join(out, "cache") };
+    const data = {
+      train: tinyConfig(out).data!.train!,
+      text_field: "content",
+      seq_len: 32,
+      cache_dir: join(out, "cache"),
+    };
     const unmerged = await evalLoss({ model: join(out, "lora/base"), adapter: join(out, "lora/adapter"), data });
-    const merged = await evalLoss({ model: join(out, "lora/base"), adapter: join(out, "lora/adapter"), merged: true, data });
+    const merged = await evalLoss({
+      model: join(out, "lora/base"),
+      adapter: join(out, "lora/adapter"),
+      merged: true,
+      data,
+    });
     expect(Math.abs(unmerged.loss - merged.loss)).toBeLessThan(1e-4);
   });
 
@@ -50,7 +64,10 @@ describe("addon", () => {
     const loss = await evalLoss({ model: s.last_checkpoint, data: cfg.data! });
     expect(Number.isFinite(loss.loss)).toBe(true);
     // ... and the run resumes from it to the end, each step once in metrics.jsonl
-    const resumed = await train({ ...cfg, train: { ...cfg.train, steps: s.steps + 2, resume_from: s.last_checkpoint } });
+    const resumed = await train({
+      ...cfg,
+      train: { ...cfg.train, steps: s.steps + 2, resume_from: s.last_checkpoint },
+    });
     expect(resumed.status).toBe("completed");
     const steps = (await metricLosses(s.run_dir)).map(([step]) => step);
     expect(steps).toEqual(Array.from({ length: s.steps + 2 }, (_, i) => i + 1));

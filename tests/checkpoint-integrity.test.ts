@@ -8,10 +8,15 @@ import { tempDir, tinyConfig } from "./helpers.ts";
 
 test("a bit-flipped adapter tensor and a truncated optimizer state are refused, naming the file", async () => {
   const out = tempDir("integrity");
-  const s = await train(tinyConfig(out, { run_id: "r", method: { kind: "lora", rank: 4 }, train: { steps: 2, checkpoint_every: 2 } }));
+  const s = await train(
+    tinyConfig(out, { run_id: "r", method: { kind: "lora", rank: 4 }, train: { steps: 2, checkpoint_every: 2 } }),
+  );
   const ck = join(s.run_dir, "checkpoints", "step-000002");
-  const manifest = JSON.parse(readFileSync(join(ck, "loralab_manifest.json"), "utf8")) as { files: Record<string, { bytes: number; sha256: string }> };
-  for (const f of ["adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "trainer_state.json"]) expect(manifest.files[f]?.sha256).toMatch(/^[0-9a-f]{64}$/);
+  const manifest = JSON.parse(readFileSync(join(ck, "loralab_manifest.json"), "utf8")) as {
+    files: Record<string, { bytes: number; sha256: string }>;
+  };
+  for (const f of ["adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "trainer_state.json"])
+    expect(manifest.files[f]?.sha256).toMatch(/^[0-9a-f]{64}$/);
   expect(existsSync(join(s.output, "loralab_manifest.json"))).toBe(true); // the final adapter too
   const data = { ...tinyConfig(out).data!, seq_len: 32 };
   const base = join(s.run_dir, "base");
@@ -30,8 +35,17 @@ test("a bit-flipped adapter tensor and a truncated optimizer state are refused, 
     }
     return "loaded";
   };
-  expect(await refused(evalLoss({ model: base, adapter: ck, data }))).toMatch(/adapter_model\.safetensors: damaged: sha256 [0-9a-f]{64}, the manifest says .*hint: /);
-  const resume = () => train(tinyConfig(out, { run_id: "r2", method: { kind: "lora", rank: 4 }, train: { steps: 4, checkpoint_every: 2, resume_from: ck } }));
+  expect(await refused(evalLoss({ model: base, adapter: ck, data }))).toMatch(
+    /adapter_model\.safetensors: damaged: sha256 [0-9a-f]{64}, the manifest says .*hint: /,
+  );
+  const resume = () =>
+    train(
+      tinyConfig(out, {
+        run_id: "r2",
+        method: { kind: "lora", rank: 4 },
+        train: { steps: 4, checkpoint_every: 2, resume_from: ck },
+      }),
+    );
   expect(await refused(resume())).toContain("adapter_model.safetensors: damaged");
   // restored, then the optimizer state truncated
   bytes[bytes.length - 3]! ^= 0x10;

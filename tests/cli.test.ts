@@ -4,13 +4,24 @@ import { expect, test } from "bun:test";
 import { root, tempDir } from "./helpers.ts";
 
 function cli(args: string[]) {
-  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", ...args], {
+    cwd: root,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 
 test("train a shipped config with overrides; plain progress lines when piped", () => {
   const out = tempDir("cli");
-  const r = cli(["train", "configs/tiny-lora.toml", "--train.steps=3", `--out_dir=${out}`, "--data.seq_len=32", `--data.cache_dir=${out}/cache`]);
+  const r = cli([
+    "train",
+    "configs/tiny-lora.toml",
+    "--train.steps=3",
+    `--out_dir=${out}`,
+    "--data.seq_len=32",
+    `--data.cache_dir=${out}/cache`,
+  ]);
   expect(r.err).toBe("");
   expect(r.code).toBe(0);
   expect(r.out).toContain("step 3/3");
@@ -23,7 +34,16 @@ test("train a shipped config with overrides; plain progress lines when piped", (
 test("--help lists every section with defaults and reasons", () => {
   const r = cli(["train", "--help"]);
   expect(r.code).toBe(0);
-  for (const s of ["[method]", "method.rank", "method.alpha", "optim.betas", "schedule.cooldown_frac", "train.resume_from", "the study"]) expect(r.out).toContain(s);
+  for (const s of [
+    "[method]",
+    "method.rank",
+    "method.alpha",
+    "optim.betas",
+    "schedule.cooldown_frac",
+    "train.resume_from",
+    "the study",
+  ])
+    expect(r.out).toContain(s);
 });
 
 test("bad input exits 2 naming the field, without a stack trace", () => {
@@ -38,12 +58,25 @@ test("bad input exits 2 naming the field, without a stack trace", () => {
 
 test("merge folds a trained adapter into its base; the merged model scores the same", async () => {
   const out = tempDir("merge");
-  const r = cli(["train", "configs/tiny-lora.toml", "--train.steps=3", `--out_dir=${out}`, "--run_id=m", "--data.seq_len=32", `--data.cache_dir=${out}/cache`]);
+  const r = cli([
+    "train",
+    "configs/tiny-lora.toml",
+    "--train.steps=3",
+    `--out_dir=${out}`,
+    "--run_id=m",
+    "--data.seq_len=32",
+    `--data.cache_dir=${out}/cache`,
+  ]);
   expect(r.code).toBe(0);
   const m = cli(["merge", `${out}/m/base`, `${out}/m/adapter`, `${out}/merged`]);
   expect(m.err).toBe("");
   expect(m.code).toBe(0);
-  const data = { train: "datasets/tiny/code_heldout.jsonl", text_field: "content", seq_len: 32, cache_dir: `${out}/cache` };
+  const data = {
+    train: "datasets/tiny/code_heldout.jsonl",
+    text_field: "content",
+    seq_len: 32,
+    cache_dir: `${out}/cache`,
+  };
   const { evalLoss } = await import("loralab");
   const unmerged = await evalLoss({ model: `${out}/m/base`, adapter: `${out}/m/adapter`, data });
   const merged = await evalLoss({ model: `${out}/merged`, data });
@@ -53,11 +86,33 @@ test("merge folds a trained adapter into its base; the merged model scores the s
 
 test("eval a run: a progress line per task, a table beside the base model, results in the run directory", () => {
   const out = tempDir("cli-eval");
-  const t = cli(["train", "configs/tiny-lora.toml", "--train.steps=2", `--out_dir=${out}`, "--run_id=r", "--data.seq_len=32", `--data.cache_dir=${out}/cache`]);
+  const t = cli([
+    "train",
+    "configs/tiny-lora.toml",
+    "--train.steps=2",
+    `--out_dir=${out}`,
+    "--run_id=r",
+    "--data.seq_len=32",
+    `--data.cache_dir=${out}/cache`,
+  ]);
   expect(t.code).toBe(0);
   const fx = `${root}/tests/fixtures/eval`;
   const p = Bun.spawnSync(
-    [process.execPath, "packages/cli/src/main.ts", "eval", "--run", `${out}/r`, "--tasks", "winogrande,arc_challenge", "--data", `winogrande=${fx}/winogrande`, "--data", `arc_challenge=${fx}/arc_challenge`, "--limit", "2"],
+    [
+      process.execPath,
+      "packages/cli/src/main.ts",
+      "eval",
+      "--run",
+      `${out}/r`,
+      "--tasks",
+      "winogrande,arc_challenge",
+      "--data",
+      `winogrande=${fx}/winogrande`,
+      "--data",
+      `arc_challenge=${fx}/arc_challenge`,
+      "--limit",
+      "2",
+    ],
     { cwd: root, stdout: "pipe", stderr: "pipe", env: { ...process.env, LORALAB_CACHE: `${out}/cache` } },
   );
   const r = { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
@@ -68,5 +123,8 @@ test("eval a run: a progress line per task, a table beside the base model, resul
   expect(r.out).toMatch(/arc_challenge\s+acc_norm\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[+-][\d.]+/); // this, ± se, base, Δ
   expect(r.out).toContain(`results: ${out}/r/eval.json`);
   const bad = cli(["eval", "--model", "x", "--tasks", "mmlu"]);
-  expect([bad.code, bad.err.trim()]).toEqual([2, "loralab: --tasks: unknown task `mmlu` (hint: humaneval, gsm8k, hellaswag, winogrande, arc_challenge)"]);
+  expect([bad.code, bad.err.trim()]).toEqual([
+    2,
+    "loralab: --tasks: unknown task `mmlu` (hint: humaneval, gsm8k, hellaswag, winogrande, arc_challenge)",
+  ]);
 }, 120_000);

@@ -15,7 +15,12 @@ describe("config", () => {
     ["wrong type", { train: { steps: "ten" } }, "train.steps", "invalid type"],
     ["rank 0", { method: { kind: "lora", rank: 0 } }, "method.rank", "must be ≥ 1"],
     ["negative rank", { method: { kind: "lora", rank: -2 } }, "method.rank", "invalid value"],
-    ["unknown target", { method: { kind: "lora", targets: ["q_proj", "embed_tokens"] } }, "method.targets", "unknown target module `embed_tokens`"],
+    [
+      "unknown target",
+      { method: { kind: "lora", targets: ["q_proj", "embed_tokens"] } },
+      "method.targets",
+      "unknown target module `embed_tokens`",
+    ],
     ["missing file", { data: { train: "/no/such/file.jsonl" } }, "data.train", "file not found"],
     ["unknown method", { method: { kind: "dora" } }, "method.kind", "unknown variant"],
   ];
@@ -50,7 +55,10 @@ describe("config", () => {
 
   test("the committed addon typings are what napi-rs generates from the binding", () => {
     // scripts/setup.ts rebuilt crates/node (regenerating index.d.ts) before the tests ran
-    const diff = Bun.spawnSync(["git", "diff", "--stat", "--", "crates/node/index.d.ts"], { cwd: root, stdout: "pipe" });
+    const diff = Bun.spawnSync(["git", "diff", "--stat", "--", "crates/node/index.d.ts"], {
+      cwd: root,
+      stdout: "pipe",
+    });
     expect(diff.exitCode).toBe(0);
     expect(diff.stdout.toString()).toBe("");
   });
@@ -59,7 +67,8 @@ describe("config", () => {
     const s = configSchema() as { $defs: Record<string, { properties?: Record<string, { description?: string }> }> };
     const missing: string[] = [];
     for (const [name, def] of Object.entries(s.$defs))
-      for (const [k, p] of Object.entries(def.properties ?? {})) if (!p.description && !("$ref" in p)) missing.push(`${name}.${k}`);
+      for (const [k, p] of Object.entries(def.properties ?? {}))
+        if (!p.description && !("$ref" in p)) missing.push(`${name}.${k}`);
     expect(missing).toEqual([]);
   });
 
@@ -88,7 +97,12 @@ describe("config", () => {
   });
 
   test("overrides set nested fields with JSON values", () => {
-    const c = applyOverrides({ method: { kind: "full" } }, ["--method.kind=lora", "--method.rank=64", "--method.targets=[\"q_proj\"]", "--name=x"]);
+    const c = applyOverrides({ method: { kind: "full" } }, [
+      "--method.kind=lora",
+      "--method.rank=64",
+      '--method.targets=["q_proj"]',
+      "--name=x",
+    ]);
     expect(c).toEqual({ method: { kind: "lora", rank: 64, targets: ["q_proj"] }, name: "x" });
     expect(() => applyOverrides({}, ["--method"])).toThrow(ConfigError);
   });

@@ -14,9 +14,19 @@ let url: string;
 
 beforeAll(async () => {
   const out = tempDir("dashboard");
-  const template = tinyConfig(out, { name: "from-the-dashboard", method: { kind: "lora", rank: 4 }, train: { steps: 30, checkpoint_every: 10, micro_batch: 4 } });
+  const template = tinyConfig(out, {
+    name: "from-the-dashboard",
+    method: { kind: "lora", rank: 4 },
+    train: { steps: 30, checkpoint_every: 10, micro_batch: 4 },
+  });
   delete template.out_dir;
-  srv = await createServer({ store: { path: join(out, "store.db") }, runsDir: join(out, "runs"), roots: [root, out], token: TOKEN, template });
+  srv = await createServer({
+    store: { path: join(out, "store.db") },
+    runsDir: join(out, "runs"),
+    roots: [root, out],
+    token: TOKEN,
+    template,
+  });
   url = srv.listen(0);
   browser = await launchChromium();
 }, 300_000);
@@ -43,23 +53,35 @@ test("log in, start a tiny run, watch its loss curve grow, see it finish", async
   await page.waitForSelector("#app:not(.hidden)");
   // the session is an HttpOnly cookie: the page's script cannot read it
   expect(await page.evaluate(() => document.cookie)).toBe("");
-  await page.waitForFunction(() => (document.querySelector("#config") as HTMLTextAreaElement).value.includes("from-the-dashboard"));
+  await page.waitForFunction(() =>
+    (document.querySelector("#config") as HTMLTextAreaElement).value.includes("from-the-dashboard"),
+  );
   await page.click("#start");
   await page.waitForFunction(() => document.querySelector("#start-msg")?.textContent?.startsWith("queued"));
   // the curve grows point by point as progress events arrive
   const counts: number[] = [];
   for (let i = 0; i < 200; i++) {
-    const n = await page.evaluate(() => (document.querySelector("#loss")?.getAttribute("points") ?? "").split(" ").filter(Boolean).length);
+    const n = await page.evaluate(
+      () => (document.querySelector("#loss")?.getAttribute("points") ?? "").split(" ").filter(Boolean).length,
+    );
     if (!counts.length || n !== counts[counts.length - 1]) counts.push(n);
     if ((await page.textContent("#d-status")) === "completed") break;
     await Bun.sleep(25);
   }
-  await page.waitForFunction(() => document.querySelector("#d-status")?.textContent === "completed", undefined, { timeout: 60_000 });
-  const final = await page.evaluate(() => (document.querySelector("#loss")?.getAttribute("points") ?? "").split(" ").filter(Boolean).length);
+  await page.waitForFunction(() => document.querySelector("#d-status")?.textContent === "completed", undefined, {
+    timeout: 60_000,
+  });
+  const final = await page.evaluate(
+    () => (document.querySelector("#loss")?.getAttribute("points") ?? "").split(" ").filter(Boolean).length,
+  );
   expect(final).toBe(30);
   expect(counts.length).toBeGreaterThan(2); // seen growing, not only drawn at the end
   expect(await page.textContent("#loss-label")).toContain("at step 30");
   // the runs table shows it completed
-  await page.waitForFunction(() => [...document.querySelectorAll("#runs tr")].some((tr) => tr.textContent?.includes("from-the-dashboard") && tr.textContent.includes("completed")));
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("#runs tr")].some(
+      (tr) => tr.textContent?.includes("from-the-dashboard") && tr.textContent.includes("completed"),
+    ),
+  );
   expect(errors).toEqual([]);
 }, 180_000);

@@ -42,9 +42,18 @@ describe("readers", () => {
 
   test("the chat recipe keeps conversations (also when a CSV stores them as JSON text)", async () => {
     const dir = tempDir("chat");
-    const conv = [{ role: "user", content: "Hi, you" }, { role: "assistant", content: "Hello." }];
+    const conv = [
+      { role: "user", content: "Hi, you" },
+      { role: "assistant", content: "Hello." },
+    ];
     await Bun.write(join(dir, "c.csv"), `id,messages\n1,"${JSON.stringify(conv).replaceAll('"', '""')}"\n`);
-    const m = { format: "chat" as const, text_field: "", prompt_field: "", response_field: "", messages_field: "messages" };
+    const m = {
+      format: "chat" as const,
+      text_field: "",
+      prompt_field: "",
+      response_field: "",
+      messages_field: "messages",
+    };
     const r = await normalize(join(dir, "c.csv"), m, dir);
     expect(JSON.parse((await Bun.file(r.output).text()).trim())).toEqual({ messages: conv });
     await Bun.write(join(dir, "bad.jsonl"), '{"messages": [{"role": "user"}]}\n');
@@ -54,10 +63,19 @@ describe("readers", () => {
 
   test("normalising with a recipe writes engine input once; a missing field leaves nothing behind", async () => {
     const cache = tempDir("norm");
-    const m = { format: "ift" as const, text_field: "text", prompt_field: "instruction", response_field: "response", messages_field: "messages" };
+    const m = {
+      format: "ift" as const,
+      text_field: "text",
+      prompt_field: "instruction",
+      response_field: "response",
+      messages_field: "messages",
+    };
     const r = await normalize(join(fx, "rows.snappy.parquet"), m, cache);
     expect(r.records).toBe(5);
-    const lines = (await Bun.file(r.output).text()).trim().split("\n").map((l) => JSON.parse(l));
+    const lines = (await Bun.file(r.output).text())
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     expect(lines.map((l) => l.prompt)).toEqual(expected.map((e: { instruction: string }) => e.instruction));
     expect((await normalize(join(fx, "rows.snappy.parquet"), m, cache)).reused).toBe(true);
     const bad = await normalize(join(fx, "rows.csv"), { ...m, prompt_field: "query" }, cache).catch((e) => e as Error);
@@ -70,7 +88,11 @@ describe("readers", () => {
 test("the library trains from a Parquet file with the study's Magicoder recipe", async () => {
   const out = tempDir("parquet-train");
   const s = await train(
-    tinyConfig(out, { run_id: "pq", data: { format: "ift", train: join(fx, "rows.zstd.parquet"), recipe: "magicoder-evol-instruct", seq_len: 64 }, train: { steps: 2, micro_batch: 2, checkpoint_every: 0 } }),
+    tinyConfig(out, {
+      run_id: "pq",
+      data: { format: "ift", train: join(fx, "rows.zstd.parquet"), recipe: "magicoder-evol-instruct", seq_len: 64 },
+      train: { steps: 2, micro_batch: 2, checkpoint_every: 0 },
+    }),
   );
   expect(s.status).toBe("completed");
   const report = await Bun.file(join(s.run_dir, "data.json")).json();

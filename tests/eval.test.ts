@@ -49,7 +49,15 @@ describe("pass@k", () => {
     expect(passAtK(50, 0, 1)).toBe(0);
     expect(passAtK(50, 50, 10)).toBe(1);
     expect(passAtK(2, 1, 2)).toBe(1);
-    expect(passAtK(200, 13, 100)).toBeCloseTo(1 - (() => { let p = 1; for (let i = 0; i < 100; i++) p *= (187 - i) / (200 - i); return p; })(), 12);
+    expect(passAtK(200, 13, 100)).toBeCloseTo(
+      1 -
+        (() => {
+          let p = 1;
+          for (let i = 0; i < 100; i++) p *= (187 - i) / (200 - i);
+          return p;
+        })(),
+      12,
+    );
     expect(() => passAtK(5, 1, 6)).toThrow(/needs at least 6 samples/);
     expect(() => passAtK(5, 6, 1)).toThrow();
   });
@@ -76,11 +84,24 @@ describe("Python semantics", () => {
     // the pool branch (small populations) and a seed wider than 32 bits
     const s = new PyRandom(1234);
     const ten = Array.from({ length: 10 }, (_, i) => i);
-    expect([s.sample(ten, 5), s.sample(ten, 5)]).toEqual([[7, 1, 0, 9, 4], [0, 1, 8, 6, 2]]);
-    expect(s.sample(Array.from({ length: 40 }, (_, i) => i), 25)).toEqual([15, 1, 38, 37, 22, 30, 29, 9, 5, 31, 35, 3, 27, 0, 16, 39, 7, 2, 21, 17, 14, 33, 18, 25, 36]);
+    expect([s.sample(ten, 5), s.sample(ten, 5)]).toEqual([
+      [7, 1, 0, 9, 4],
+      [0, 1, 8, 6, 2],
+    ]);
+    expect(
+      s.sample(
+        Array.from({ length: 40 }, (_, i) => i),
+        25,
+      ),
+    ).toEqual([15, 1, 38, 37, 22, 30, 29, 9, 5, 31, 35, 3, 27, 0, 16, 39, 7, 2, 21, 17, 14, 33, 18, 25, 36]);
     const w = new PyRandom(2 ** 40 + 7);
     expect(w.getrandbits(32)).toBe(2635837658);
-    expect(w.sample(Array.from({ length: 1000 }, (_, i) => i), 3)).toEqual([765, 834, 960]);
+    expect(
+      w.sample(
+        Array.from({ length: 1000 }, (_, i) => i),
+        3,
+      ),
+    ).toEqual([765, 834, 960]);
   });
 });
 
@@ -130,8 +151,15 @@ describe("GSM8K (lm-eval v0.4.4 filters and exact_match)", () => {
 
 describe("multiple choice (lm-eval v0.4.4 preprocessing)", () => {
   test("requests equal those Python builds from the same records", async () => {
-    const expected = JSON.parse(readFileSync(join(fx, "expected.json"), "utf8")) as Record<McTask, { requests: [string, string][]; choices: string[]; gold: number }[]>;
-    const files: Record<McTask, string> = { hellaswag: "hellaswag/validation.jsonl", winogrande: "winogrande/validation.jsonl", arc_challenge: "arc_challenge/test.jsonl" };
+    const expected = JSON.parse(readFileSync(join(fx, "expected.json"), "utf8")) as Record<
+      McTask,
+      { requests: [string, string][]; choices: string[]; gold: number }[]
+    >;
+    const files: Record<McTask, string> = {
+      hellaswag: "hellaswag/validation.jsonl",
+      winogrande: "winogrande/validation.jsonl",
+      arc_challenge: "arc_challenge/test.jsonl",
+    };
     for (const task of ["hellaswag", "winogrande", "arc_challenge"] as McTask[]) {
       const docs = (await rows(join(fx, files[task]))).map((r) => mcDoc(task, r));
       expect(docs.length).toBe(3);
@@ -144,11 +172,23 @@ describe("multiple choice (lm-eval v0.4.4 preprocessing)", () => {
   });
 
   test("acc, acc_norm (per character) and per-token mean pick differently, ties to the first", () => {
-    const doc = { contexts: ["Q"], continuations: [" a", " bbbbbbbbbb"], choices: ["a", "bbbbbbbbbb"], gold: 1, shot: "" };
+    const doc = {
+      contexts: ["Q"],
+      continuations: [" a", " bbbbbbbbbb"],
+      choices: ["a", "bbbbbbbbbb"],
+      gold: 1,
+      shot: "",
+    };
     // raw: a wins (−2 > −5); per char: b wins (−0.5 > −2); per token: a (−2/1) vs b (−5/2 = −2.5): a wins
-    const r = scoreMcDoc(doc, [{ logprob: -2, tokens: 1 }, { logprob: -5, tokens: 2 }]);
+    const r = scoreMcDoc(doc, [
+      { logprob: -2, tokens: 1 },
+      { logprob: -5, tokens: 2 },
+    ]);
     expect([r.acc, r.acc_norm, r.acc_per_token]).toEqual([0, 1, 0]);
-    const tie = scoreMcDoc({ ...doc, gold: 0 }, [{ logprob: -1, tokens: 1 }, { logprob: -1, tokens: 1 }]);
+    const tie = scoreMcDoc({ ...doc, gold: 0 }, [
+      { logprob: -1, tokens: 1 },
+      { logprob: -1, tokens: 1 },
+    ]);
     expect(tie.acc).toBe(1);
   });
 
@@ -170,10 +210,18 @@ describe("multiple choice (lm-eval v0.4.4 preprocessing)", () => {
 
 describe("HumanEval", () => {
   test("bigcode prompt, stop sequences and program", () => {
-    const p: HumanEvalProblem = { task_id: "t", prompt: "\ndef f():\n    \"\"\"doc\"\"\"\n", canonical_solution: "", test: "def check(c):\n    assert c() == 1\n", entry_point: "f" };
+    const p: HumanEvalProblem = {
+      task_id: "t",
+      prompt: '\ndef f():\n    """doc"""\n',
+      canonical_solution: "",
+      test: "def check(c):\n    assert c() == 1\n",
+      entry_point: "f",
+    };
     expect(stopAtStopToken("\n    return 1\n\ndef g():\n    pass")).toBe("\n    return 1\n");
     expect(stopAtStopToken("\n    return 1\nprint(f())")).toBe("\n    return 1");
-    expect(humanevalProgram(p, "\n    return 1\n\nif __name__ == '__main__':\n    f()")).toBe('def f():\n    """doc"""\n    return 1\n\n\ndef check(c):\n    assert c() == 1\n\ncheck(f)');
+    expect(humanevalProgram(p, "\n    return 1\n\nif __name__ == '__main__':\n    f()")).toBe(
+      'def f():\n    """doc"""\n    return 1\n\n\ndef check(c):\n    assert c() == 1\n\ncheck(f)',
+    );
   });
 
   test("on the real 164 problems: canonical solutions score 1.0, empty bodies 0.0", async () => {
@@ -183,11 +231,21 @@ describe("HumanEval", () => {
     expect(problems.length).toBe(164);
     const sb = await Sandbox.open({ timeoutS: 10 });
     // the stripped prompt ends at the docstring: a model's generation starts with the newline
-    const canonical = await scoreHumanEval(problems, problems.map((p) => ["\n" + p.canonical_solution]), sb, [1]);
+    const canonical = await scoreHumanEval(
+      problems,
+      problems.map((p) => ["\n" + p.canonical_solution]),
+      sb,
+      [1],
+    );
     const failing = canonical.per_problem.filter((r) => r.correct === 0).map((r) => r.task_id);
     expect(failing).toEqual([]);
     expect(canonical.pass_at["1"]).toBe(1);
-    const empty = await scoreHumanEval(problems, problems.map(() => ["\n    pass\n", ""]), sb, [1, 2]);
+    const empty = await scoreHumanEval(
+      problems,
+      problems.map(() => ["\n    pass\n", ""]),
+      sb,
+      [1, 2],
+    );
     expect(empty.pass_at).toEqual({ "1": 0, "2": 0 });
     expect(empty.diversity).toEqual({ all: 2, passing: 0, failing: 2 });
   }, 300_000);
@@ -197,7 +255,13 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
   test("every task runs, results carry settings, shots and per-document detail", async () => {
     const dir = mkdtempSync(join(tmpdir(), "loralab-eval-"));
     try {
-      const data = { humaneval: join(fx, "humaneval/HumanEval.jsonl.gz"), gsm8k: join(fx, "gsm8k"), hellaswag: join(fx, "hellaswag"), winogrande: join(fx, "winogrande"), arc_challenge: join(fx, "arc_challenge") };
+      const data = {
+        humaneval: join(fx, "humaneval/HumanEval.jsonl.gz"),
+        gsm8k: join(fx, "gsm8k"),
+        hellaswag: join(fx, "hellaswag"),
+        winogrande: join(fx, "winogrande"),
+        arc_challenge: join(fx, "arc_challenge"),
+      };
       const seen = new Set<string>();
       const r = await evaluate({
         model: await tinyModel(),
@@ -224,7 +288,10 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
       expect(r.learning!.metric).toBe("humaneval pass@1");
       expect(r.forgetting!.definition).toContain("arc_challenge acc_norm (1-shot)");
       expect(r.forgetting!.value).toBeCloseTo(
-        ((r.tasks.hellaswag!.metrics.acc_norm as { value: number }).value + (r.tasks.winogrande!.metrics.acc as { value: number }).value + (r.tasks.arc_challenge!.metrics.acc_norm as { value: number }).value) / 3,
+        ((r.tasks.hellaswag!.metrics.acc_norm as { value: number }).value +
+          (r.tasks.winogrande!.metrics.acc as { value: number }).value +
+          (r.tasks.arc_challenge!.metrics.acc_norm as { value: number }).value) /
+          3,
         12,
       );
     } finally {
@@ -236,12 +303,22 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
     const { train, evaluateRun } = await import("loralab");
     const out = tempDir("eval-run");
     try {
-      const s = await train(tinyConfig(out, { run_id: "r", method: { kind: "lora", rank: 4 }, train: { steps: 2, checkpoint_every: 0 } }));
-      const data = { hellaswag: join(fx, "hellaswag"), winogrande: join(fx, "winogrande"), arc_challenge: join(fx, "arc_challenge") };
+      const s = await train(
+        tinyConfig(out, { run_id: "r", method: { kind: "lora", rank: 4 }, train: { steps: 2, checkpoint_every: 0 } }),
+      );
+      const data = {
+        hellaswag: join(fx, "hellaswag"),
+        winogrande: join(fx, "winogrande"),
+        arc_challenge: join(fx, "arc_challenge"),
+      };
       const prev = process.env.LORALAB_CACHE;
       process.env.LORALAB_CACHE = join(out, "cache"); // the base's cached results go here
       const r = await evaluateRun(s.run_dir, { tasks: ["hellaswag", "winogrande", "arc_challenge"], data, limit: 3 });
-      const again = await evaluateRun(s.run_dir, { tasks: ["hellaswag", "winogrande", "arc_challenge"], data, limit: 3 });
+      const again = await evaluateRun(s.run_dir, {
+        tasks: ["hellaswag", "winogrande", "arc_challenge"],
+        data,
+        limit: 3,
+      });
       if (prev === undefined) delete process.env.LORALAB_CACHE;
       else process.env.LORALAB_CACHE = prev;
       expect(r.adapter).toBe(join(s.run_dir, "adapter"));
@@ -260,8 +337,12 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
   test("bad input: unknown task, missing split, missing field — each a clear error", async () => {
     const model = await tinyModel();
     await expect(evaluate({ model, tasks: ["mmlu" as McTask] })).rejects.toThrow(/unknown task `mmlu`/);
-    await expect(evaluate({ model, tasks: ["gsm8k"], data: { gsm8k: join(fx, "hellaswag") } })).rejects.toThrow(/no data files for the test split/);
-    await expect(evaluate({ model, tasks: ["winogrande"], data: { winogrande: join(fx, "arc_challenge/test.jsonl") } })).rejects.toThrow(/record 1: winogrande: record lacks the string field `sentence`/);
+    await expect(evaluate({ model, tasks: ["gsm8k"], data: { gsm8k: join(fx, "hellaswag") } })).rejects.toThrow(
+      /no data files for the test split/,
+    );
+    await expect(
+      evaluate({ model, tasks: ["winogrande"], data: { winogrande: join(fx, "arc_challenge/test.jsonl") } }),
+    ).rejects.toThrow(/record 1: winogrande: record lacks the string field `sentence`/);
   }, 60_000);
 
   test("the engine from Bun: log-likelihood batched equals one by one", async () => {

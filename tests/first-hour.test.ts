@@ -10,13 +10,30 @@ import { progressReporter } from "../packages/cli/src/progress.ts";
 import { root, tempDir, tinyConfig, tinyModel } from "./helpers.ts";
 
 function cli(args: string[], env: Record<string, string> = {}) {
-  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", ...args], { cwd: root, stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
+  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", ...args], {
+    cwd: root,
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, ...env },
+  });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 
 const point = (key: string, method: string, l: number, f: number, perplexity: number | null = null): Point => ({
-  key, group: method === "base" ? "base" : method === "lora" ? "LoRA r=4" : "full FT", method, rank: method === "lora" ? 4 : null, targets: "all", lr: method === "base" ? 0 : 1e-3, seed: 0, duration: method === "base" ? 0 : 1, tokens: 0,
-  learning: { value: l, stderr: 0.05 }, forgetting: { value: f, stderr: 0.05 }, perplexity, rank90: method === "base" ? null : 2, rank90By: [],
+  key,
+  group: method === "base" ? "base" : method === "lora" ? "LoRA r=4" : "full FT",
+  method,
+  rank: method === "lora" ? 4 : null,
+  targets: "all",
+  lr: method === "base" ? 0 : 1e-3,
+  seed: 0,
+  duration: method === "base" ? 0 : 1,
+  tokens: 0,
+  learning: { value: l, stderr: 0.05 },
+  forgetting: { value: f, stderr: 0.05 },
+  perplexity,
+  rank90: method === "base" ? null : 2,
+  rank90By: [],
 });
 
 // 1. the report builds nothing: without the WebAssembly module it keeps its static figures and says
@@ -28,7 +45,14 @@ test("a report without the WebAssembly module: static figures, one line saying h
   process.env.LORALAB_WASM_DIR = empty;
   try {
     const t0 = performance.now();
-    const { html } = await writeReport(dir, { title: "no wasm", base: point("base", "base", 0.1, 0.8, 20), points: [point("f", "full", 0.5, 0.6, 40), point("l", "lora", 0.3, 0.75, 25)], durationLabel: "epochs", notes: [], gates: [] });
+    const { html } = await writeReport(dir, {
+      title: "no wasm",
+      base: point("base", "base", 0.1, 0.8, 20),
+      points: [point("f", "full", 0.5, 0.6, 40), point("l", "lora", 0.3, 0.75, 25)],
+      durationLabel: "epochs",
+      notes: [],
+      gates: [],
+    });
     const page = readFileSync(html, "utf8");
     expect(page).toContain("bun run build:wasm");
     expect(page).not.toContain("initSync");
@@ -41,7 +65,8 @@ test("a report without the WebAssembly module: static figures, one line saying h
   }
   expect(WASM_HINT).toContain("bun run build:wasm");
   // and no library code can build it: the build lives in scripts/ only
-  for (const f of readdirSync(join(root, "packages/report/src"))) expect(readFileSync(join(root, "packages/report/src", f), "utf8")).not.toContain("build-wasm.sh");
+  for (const f of readdirSync(join(root, "packages/report/src")))
+    expect(readFileSync(join(root, "packages/report/src", f), "utf8")).not.toContain("build-wasm.sh");
 }, 60_000);
 
 // 2 and 3: a user sweep (YAML spec, `--out DIR`) finishes, resumes, and redraws; missing numbers are "–"
@@ -92,10 +117,19 @@ test("sweep specs are validated by a schema: unknown keys get the nearest name, 
   const cases: [string, RegExp][] = [
     [good.replace("ranks = ", "rankz = "), /rankz: unknown key `rankz` \(hint: did you mean `ranks`\?/],
     [good.replace("records_per_epoch", "recordsPerEpoch"), /did you mean `records_per_epoch`/],
-    [good.replace("micro_batch = 1", "micro_batchh = 1"), /base\.train\.micro_batchh: unknown key .*did you mean `micro_batch`/],
-    [good.replace('regime = "ift"', 'regime = "ifft"'), /regime: "ifft" is not one of ift, cpt \(hint: did you mean "ift"\?\)/],
+    [
+      good.replace("micro_batch = 1", "micro_batchh = 1"),
+      /base\.train\.micro_batchh: unknown key .*did you mean `micro_batch`/,
+    ],
+    [
+      good.replace('regime = "ift"', 'regime = "ifft"'),
+      /regime: "ifft" is not one of ift, cpt \(hint: did you mean "ift"\?\)/,
+    ],
     [good.replace("ranks = [16, 64, 256]", "ranks = [16, 0]"), /ranks\[1\]: must be ≥ 1/],
-    [good.replace('learning = "humaneval"', 'learning = "mmlu"'), /eval\.learning: "mmlu" is not one of humaneval, gsm8k/],
+    [
+      good.replace('learning = "humaneval"', 'learning = "mmlu"'),
+      /eval\.learning: "mmlu" is not one of humaneval, gsm8k/,
+    ],
   ];
   for (const [text, want] of cases) {
     const f = join(dir, `s${cases.findIndex((c) => c[0] === text)}.toml`);
@@ -129,12 +163,22 @@ test("rank, seq_len and micro-batch beyond the model or the machine are refused 
     expect(performance.now() - t0).toBeLessThan(10_000);
   };
   // the tiny model: hidden 128, 4 heads of 32, 2 kv heads → k_proj/v_proj are 64×128
-  await refuse({ method: { kind: "lora", rank: 65 } }, "method.rank", /65 exceeds min\(d_in, d_out\) = 64 of k_proj \(64×128\).*hint: method.rank ≤ 64/);
+  await refuse(
+    { method: { kind: "lora", rank: 65 } },
+    "method.rank",
+    /65 exceeds min\(d_in, d_out\) = 64 of k_proj \(64×128\).*hint: method.rank ≤ 64/,
+  );
   await refuse({ method: { kind: "lora", rank: 4294967297 } }, "method.rank", /exceeds min\(d_in, d_out\)/);
-  await refuse({ data: { seq_len: 100_000 } }, "data.seq_len", /longer than the model's max_position_embeddings \(512\)/);
+  await refuse(
+    { data: { seq_len: 100_000 } },
+    "data.seq_len",
+    /longer than the model's max_position_embeddings \(512\)/,
+  );
   await refuse({ train: { micro_batch: 1e9 } }, "train.micro_batch", /GiB available \(hint: lower train.micro_batch/);
   // rank 64 on attention + mlp is allowed (min over k/v is 64), and trains
-  const s = await train(tinyConfig(out, { run_id: "r64", method: { kind: "lora", rank: 64 }, train: { steps: 1, checkpoint_every: 0 } }));
+  const s = await train(
+    tinyConfig(out, { run_id: "r64", method: { kind: "lora", rank: 64 }, train: { steps: 1, checkpoint_every: 0 } }),
+  );
   expect(s.status).toBe("completed");
   expect(s.trainable_params).toBeLessThan(s.params);
 }, 120_000);
@@ -192,8 +236,19 @@ train:
 // 7. progress: an ETA from the pace of the steps, never 0:00 at the start
 test("progress bar: ETA from a moving average of step times, right from step 1; plain lines when piped", () => {
   const chunks: string[] = [];
-  const fake = (tty: boolean) => ({ isTTY: tty, write: (s: string) => (chunks.push(s), true) }) as unknown as NodeJS.WriteStream;
-  const ev = (step: number, tps: number) => ({ type: "progress" as const, step, total_steps: 100, tokens: step * 1000, loss: 2, lr: 1e-3, grad_norm: 1, tokens_per_s: tps, elapsed_s: step });
+  const fake = (tty: boolean) =>
+    ({ isTTY: tty, write: (s: string) => (chunks.push(s), true) }) as unknown as NodeJS.WriteStream;
+  const ev = (step: number, tps: number) => ({
+    type: "progress" as const,
+    step,
+    total_steps: 100,
+    tokens: step * 1000,
+    loss: 2,
+    lr: 1e-3,
+    grad_norm: 1,
+    tokens_per_s: tps,
+    elapsed_s: step,
+  });
   const tty = progressReporter("run", fake(true));
   tty.onProgress(ev(1, 1000)); // 1 s a step, 99 left
   expect(chunks.at(-1)).toContain("ETA 1:39");
@@ -212,7 +267,13 @@ test("progress bar: ETA from a moving average of step times, right from step 1; 
 // 8. resume edge cases
 test("resuming from the final checkpoint exits 0; a run killed before its first checkpoint restarts in place", async () => {
   const out = tempDir("resume-edges");
-  const args = ["train", "configs/tiny-lora.toml", `--out_dir=${out}`, "--data.seq_len=32", `--data.cache_dir=${out}/cache`];
+  const args = [
+    "train",
+    "configs/tiny-lora.toml",
+    `--out_dir=${out}`,
+    "--data.seq_len=32",
+    `--data.cache_dir=${out}/cache`,
+  ];
   const r = cli([...args, "--run_id=a", "--train.steps=2", "--train.checkpoint_every=2"]);
   expect(r.code).toBe(0);
   const again = cli([...args, "--run_id=a", "--train.steps=2", `--train.resume_from=${out}/a/checkpoints/step-000002`]);
@@ -224,7 +285,17 @@ test("resuming from the final checkpoint exits 0; a run killed before its first 
   expect(clash.code).toBe(2);
   expect(clash.err).toContain("already exists");
   // killed (SIGKILL) before its first checkpoint: nothing to resume, so the same command starts over
-  const long = Bun.spawn([process.execPath, "packages/cli/src/main.ts", ...args, "--run_id=k", "--train.steps=100000", "--train.checkpoint_every=0"], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const long = Bun.spawn(
+    [
+      process.execPath,
+      "packages/cli/src/main.ts",
+      ...args,
+      "--run_id=k",
+      "--train.steps=100000",
+      "--train.checkpoint_every=0",
+    ],
+    { cwd: root, stdout: "pipe", stderr: "pipe" },
+  );
   const reader = long.stdout.getReader();
   let seen = "";
   while (!seen.includes("step ")) seen += new TextDecoder().decode((await reader.read()).value ?? new Uint8Array());
@@ -239,13 +310,21 @@ test("resuming from the final checkpoint exits 0; a run killed before its first 
   expect(restart.err).toBe("");
   expect(restart.code).toBe(0);
   expect(restart.out).toContain("completed: 2/2 steps");
-  const steps = readFileSync(join(out, "k", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).step);
+  const steps = readFileSync(join(out, "k", "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l).step);
   expect(steps).toEqual([1, 2]);
 }, 180_000);
 
 // 9. a forgetting score from the tasks that ran, marked partial
 test("the forgetting score is computed from the forgetting tasks that ran, and says when it is partial", () => {
-  const mc = (v: number): TaskResult => ({ metrics: { acc: { value: v, stderr: 0.1 }, acc_norm: { value: v, stderr: 0.1 } }, docs: 10, seconds: 0 }) as unknown as TaskResult;
+  const mc = (v: number): TaskResult =>
+    ({
+      metrics: { acc: { value: v, stderr: 0.1 }, acc_norm: { value: v, stderr: 0.1 } },
+      docs: 10,
+      seconds: 0,
+    }) as unknown as TaskResult;
   const one = summarize({ hellaswag: mc(0.4) });
   expect(one.forgetting?.value).toBeCloseTo(0.4, 12);
   expect(one.forgetting?.complete).toBe(false);

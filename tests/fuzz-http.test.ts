@@ -21,9 +21,27 @@ const ROUTE_COUNT = ROUTES.length;
 function finishedRun(runs: string, id: string) {
   const dir = join(runs, id);
   mkdirSync(join(dir, "adapter"), { recursive: true });
-  writeFileSync(join(dir, "run.json"), JSON.stringify({ run_id: id, name: "fuzz", method: "lora", status: "completed", error: null, started_at: "20260101-000000-000", updated_at: "20260101-000100-000" }));
+  writeFileSync(
+    join(dir, "run.json"),
+    JSON.stringify({
+      run_id: id,
+      name: "fuzz",
+      method: "lora",
+      status: "completed",
+      error: null,
+      started_at: "20260101-000000-000",
+      updated_at: "20260101-000100-000",
+    }),
+  );
   writeFileSync(join(dir, "config.json"), JSON.stringify({ name: "fuzz", method: { kind: "lora", rank: 4 } }));
-  writeFileSync(join(dir, "metrics.jsonl"), [1, 2, 3].map((step) => JSON.stringify({ step, loss: 3 - step / 2, lr: 1e-3, grad_norm: 1, tokens_per_s: 100, tokens: 128 * step })).join("\n") + "\n");
+  writeFileSync(
+    join(dir, "metrics.jsonl"),
+    [1, 2, 3]
+      .map((step) =>
+        JSON.stringify({ step, loss: 3 - step / 2, lr: 1e-3, grad_norm: 1, tokens_per_s: 100, tokens: 128 * step }),
+      )
+      .join("\n") + "\n",
+  );
   writeFileSync(join(dir, "adapter", "adapter_config.json"), JSON.stringify({ peft_type: "LORA", r: 4 }));
 }
 
@@ -31,7 +49,14 @@ test("schemathesis: every operation, valid and invalid requests: no 5xx, respons
   const python = testPython();
   const out = tempDir("fuzz");
   finishedRun(join(out, "runs"), "fuzz-run");
-  const srv = await createServer({ store: { path: join(out, "store.db") }, runsDir: join(out, "runs"), roots: [out], token: TOKEN, run: false, log: () => {} });
+  const srv = await createServer({
+    store: { path: join(out, "store.db") },
+    runsDir: join(out, "runs"),
+    roots: [out],
+    token: TOKEN,
+    run: false,
+    log: () => {},
+  });
   expect(srv.imported.map((r) => r.action)).toEqual(["imported"]);
   // the server's own tally of what it answered
   const statuses = new Map<number, number>();
@@ -64,18 +89,46 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
   const t0 = performance.now();
   const st = Bun.spawn(
     [
-      python, "-m", "schemathesis.cli", "--config-file", join(out, "schemathesis.toml"), "run", `${base}/api/openapi.json`,
-      "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,positive_data_acceptance,missing_required_header,unsupported_method,ignored_auth",
-      "--mode", "all", "--phases", "examples,coverage,fuzzing",
-      "--max-examples", String(EXAMPLES), "--seed", String(SEED), "--generation-deterministic",
-      "--header", `Authorization: Bearer ${TOKEN}`,
-      "--request-timeout", "10", "--workers", "1", "--warnings", "off", "--continue-on-failure",
-      "--report", "ndjson", "--report-ndjson-path", join(out, "report.ndjson"),
+      python,
+      "-m",
+      "schemathesis.cli",
+      "--config-file",
+      join(out, "schemathesis.toml"),
+      "run",
+      `${base}/api/openapi.json`,
+      "--checks",
+      "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,positive_data_acceptance,missing_required_header,unsupported_method,ignored_auth",
+      "--mode",
+      "all",
+      "--phases",
+      "examples,coverage,fuzzing",
+      "--max-examples",
+      String(EXAMPLES),
+      "--seed",
+      String(SEED),
+      "--generation-deterministic",
+      "--header",
+      `Authorization: Bearer ${TOKEN}`,
+      "--request-timeout",
+      "10",
+      "--workers",
+      "1",
+      "--warnings",
+      "off",
+      "--continue-on-failure",
+      "--report",
+      "ndjson",
+      "--report-ndjson-path",
+      join(out, "report.ndjson"),
     ],
     { cwd: out, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1", PYTHONUNBUFFERED: "1" } },
   );
   const killer = setTimeout(() => st.kill(9), 150_000);
-  const [stdout, stderr, code] = await Promise.all([new Response(st.stdout).text(), new Response(st.stderr).text(), st.exited]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(st.stdout).text(),
+    new Response(st.stderr).text(),
+    st.exited,
+  ]);
   clearTimeout(killer);
   const seconds = (performance.now() - t0) / 1000;
   http.stop(true);
@@ -87,7 +140,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
   const report = join(out, "report.ndjson");
   for (const line of existsSync(report) ? readFileSync(report, "utf8").split("\n") : []) {
     if (!line.startsWith('{"ScenarioFinished"')) continue;
-    const ev = JSON.parse(line).ScenarioFinished as { phase: string; status: string; recorder: { label: string; checks?: Record<string, { name: string; status: string }[]> } };
+    const ev = JSON.parse(line).ScenarioFinished as {
+      phase: string;
+      status: string;
+      recorder: { label: string; checks?: Record<string, { name: string; status: string }[]> };
+    };
     if (ev.phase === "fuzzing" && ev.status === "success") fuzzed.add(ev.recorder.label);
     for (const list of Object.values(ev.recorder.checks ?? {}))
       for (const c of list) {
@@ -102,7 +159,9 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
   }
   const total = [...statuses.values()].reduce((a, b) => a + b, 0);
   const fives = [...statuses].filter(([s]) => s >= 500).reduce((a, [, n]) => a + n, 0);
-  console.log(`fuzz: ${total} requests in ${seconds.toFixed(1)} s; statuses ${JSON.stringify(Object.fromEntries([...statuses].sort((a, b) => a[0] - b[0])))}; 5xx: ${fives}`);
+  console.log(
+    `fuzz: ${total} requests in ${seconds.toFixed(1)} s; statuses ${JSON.stringify(Object.fromEntries([...statuses].sort((a, b) => a[0] - b[0])))}; 5xx: ${fives}`,
+  );
   console.log(`fuzz: checks ${JSON.stringify(Object.fromEntries(checks))}`);
   if (code !== 0 || failures.length) console.log(stdout.slice(-12000), stderr.slice(-4000));
   expect(errors).toEqual([]);
@@ -110,7 +169,14 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
   expect(code).toBe(0);
   // every operation but the document itself went through the fuzzing phase, and was judged
   expect(fuzzed.size).toBe(ROUTE_COUNT - 1);
-  for (const c of ["not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance", "negative_data_rejection"]) expect([c, (checks.get(c)?.passed ?? 0) > 500]).toEqual([c, true]);
+  for (const c of [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+  ])
+    expect([c, (checks.get(c)?.passed ?? 0) > 500]).toEqual([c, true]);
   expect(total).toBeGreaterThan(1000);
   expect(seconds).toBeLessThan(90);
 }, 200_000);

@@ -52,7 +52,9 @@ export function tinyModel(): Promise<string> {
   tiny ??= (async () => {
     const { train } = await import("loralab");
     const out = tempDir("tiny-model");
-    const s = await train(tinyConfig(out, { run_id: "m", method: { kind: "full" }, train: { steps: 1, checkpoint_every: 0 } }));
+    const s = await train(
+      tinyConfig(out, { run_id: "m", method: { kind: "full" }, train: { steps: 1, checkpoint_every: 0 } }),
+    );
     return s.output;
   })();
   return tiny;
@@ -67,9 +69,13 @@ export async function launchChromium(): Promise<Browser> {
       spawnSync("apt-get", ["update", "-q"], { env });
       r = spawnSync("apt-get", ["install", "-y", "-q", "chromium"], { env, encoding: "utf8" });
     }
-    if (!existsSync("/usr/bin/chromium")) throw new Error(`the browser tests need Debian's chromium: apt-get install chromium failed: ${r.stderr}`);
+    if (!existsSync("/usr/bin/chromium"))
+      throw new Error(`the browser tests need Debian's chromium: apt-get install chromium failed: ${r.stderr}`);
   }
-  return chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+  return chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
 }
 
 /** The test venv's python (torch, transformers, peft: scripts/pyenv.ts). `bun run test` makes it and
@@ -78,6 +84,9 @@ export async function launchChromium(): Promise<Browser> {
 export function testPython(): string {
   const named = process.env.LORALAB_TEST_PYTHON;
   const python = named ? (existsSync(named) ? named : undefined) : madePyenv();
-  if (!python) throw new Error(`no test venv at ${named ?? pyenvDir()} (hint: \`bun scripts/pyenv.ts\` makes it, once; \`bun run test\` does that first)`);
+  if (!python)
+    throw new Error(
+      `no test venv at ${named ?? pyenvDir()} (hint: \`bun scripts/pyenv.ts\` makes it, once; \`bun run test\` does that first)`,
+    );
   return python;
 }

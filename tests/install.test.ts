@@ -41,7 +41,11 @@ test("bun add the packed tarball in a separate app; train from 'loralab' and 'lo
   const pack = run([process.execPath, join(root, "scripts/pack.ts"), "--out", join(dir, "dist")], root);
   expect(pack.err).toBe("");
   expect(pack.code).toBe(0);
-  const tarball = join(dir, "dist", `loralab-${(await Bun.file(join(root, "packages/loralab/package.json")).json()).version}.tgz`);
+  const tarball = join(
+    dir,
+    "dist",
+    `loralab-${(await Bun.file(join(root, "packages/loralab/package.json")).json()).version}.tgz`,
+  );
   expect(existsSync(tarball)).toBe(true);
   const packSeconds = (performance.now() - t0) / 1000;
 
@@ -49,7 +53,8 @@ test("bun add the packed tarball in a separate app; train from 'loralab' and 'lo
   const app = join(dir, "app");
   mkdirSync(join(app, "tiny"), { recursive: true });
   writeFileSync(join(app, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
-  for (const f of ["config.json", "tokenizer.json", "code.jsonl"]) cpSync(join(root, "datasets/tiny", f), join(app, "tiny", f));
+  for (const f of ["config.json", "tokenizer.json", "code.jsonl"])
+    cpSync(join(root, "datasets/tiny", f), join(app, "tiny", f));
   // third-party packages from bun's cache (the workspace's install filled it), else the registry;
   // loralab's own packages are in the tarball and never asked for
   const add = run([process.execPath, "add", "--prefer-offline", tarball], app);
@@ -76,5 +81,7 @@ test("bun add the packed tarball in a separate app; train from 'loralab' and 'lo
   expect(existsSync(resolve(app, out.full.output, "model.safetensors"))).toBe(true);
   expect(out.sidecar.startsWith(join(app, "node_modules"))).toBe(true);
   expect(out.api).toEqual([200, "completed"]);
-  console.error(`install: pack ${packSeconds.toFixed(1)} s, consumer run ${((performance.now() - t1) / 1000).toFixed(1)} s`);
+  console.error(
+    `install: pack ${packSeconds.toFixed(1)} s, consumer run ${((performance.now() - t1) / 1000).toFixed(1)} s`,
+  );
 }, 300_000);

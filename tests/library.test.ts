@@ -7,21 +7,34 @@ import { root, tempDir, tinyConfig } from "./helpers.ts";
 test("import { train, evaluate, analyze, openStore, createServer } from 'loralab'", async () => {
   const out = tempDir("library");
   // train a LoRA adapter
-  const run = await train(tinyConfig(out, { run_id: "app", method: { kind: "lora", rank: 4 }, train: { steps: 3, checkpoint_every: 0 } }));
+  const run = await train(
+    tinyConfig(out, { run_id: "app", method: { kind: "lora", rank: 4 }, train: { steps: 3, checkpoint_every: 0 } }),
+  );
   expect(run.status).toBe("completed");
   // what it forgot, next to its base
   const fx = join(root, "tests/fixtures/eval");
-  const ev = await evaluate({ model: join(run.run_dir, "base"), adapter: run.output, tasks: ["arc_challenge"], data: { arc_challenge: join(fx, "arc_challenge") }, limit: 3 });
+  const ev = await evaluate({
+    model: join(run.run_dir, "base"),
+    adapter: run.output,
+    tasks: ["arc_challenge"],
+    data: { arc_challenge: join(fx, "arc_challenge") },
+    limit: 3,
+  });
   expect(ev.tasks.arc_challenge!.docs).toBe(3);
   // why: the spectrum of its weight change
-  const spec = await analyze({ base: join(run.run_dir, "base"), adapter: run.output }, { modules: ["q_proj"], layers: [0] });
+  const spec = await analyze(
+    { base: join(run.run_dir, "base"), adapter: run.output },
+    { modules: ["q_proj"], layers: [0] },
+  );
   expect(spec.matrices[0]!.delta.numerical_rank).toBeLessThanOrEqual(4);
   // keep it
   const store = await openStore({ path: join(out, "app.db") });
   expect(await store.ingestRunDir(run.run_dir)).toBe("app");
   // serve it
   const server = await createServer({ store, runsDir: join(out, "runs"), token: "app-token", run: false });
-  const res = await server.fetch(new Request("http://localhost/api/runs/app", { headers: { Authorization: "Bearer app-token" } }));
+  const res = await server.fetch(
+    new Request("http://localhost/api/runs/app", { headers: { Authorization: "Bearer app-token" } }),
+  );
   expect(res.status).toBe(200);
   expect((await res.json()).status).toBe("completed");
   await server.close();

@@ -4,7 +4,17 @@
 // transformers' AutoTokenizer and AutoModelForCausalLM load, chat-template and generate from
 // (tests/fixtures/load_hf.py, in the test venv of scripts/pyenv.ts). Every file is a plain 0644 one.
 import { describe, expect, test } from "bun:test";
-import { closeSync, copyFileSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { ConfigError, merge, train } from "loralab";
 import { fetchModel } from "../scripts/fetch.ts";
@@ -29,7 +39,11 @@ function loadInTransformers(dirs: string[]): Map<string, Loaded> {
     env: { ...process.env, HF_HUB_OFFLINE: "1", TRANSFORMERS_VERBOSITY: "error", TOKENIZERS_PARALLELISM: "false" },
   });
   if (p.exitCode !== 0) throw new Error(`load_hf.py failed (exit ${p.exitCode}):\n${p.stderr.toString()}`);
-  const rows = p.stdout.toString().trim().split("\n").map((l) => JSON.parse(l) as Loaded);
+  const rows = p.stdout
+    .toString()
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as Loaded);
   return new Map(rows.map((r) => [r.dir, r]));
 }
 
@@ -42,7 +56,11 @@ function safetensors(file: string): { dtypes: Set<string>; dataBytes: number } {
     const header = Buffer.alloc(Number(len.readBigUInt64LE()));
     readSync(fd, header, 0, header.length, 8);
     const h = JSON.parse(header.toString()) as Record<string, { dtype: string }>;
-    const dtypes = new Set(Object.entries(h).filter(([k]) => k !== "__metadata__").map(([, v]) => v.dtype));
+    const dtypes = new Set(
+      Object.entries(h)
+        .filter(([k]) => k !== "__metadata__")
+        .map(([, v]) => v.dtype),
+    );
     return { dtypes, dataBytes: statSync(file).size - 8 - header.length };
   } finally {
     closeSync(fd);
@@ -61,16 +79,33 @@ function expectPlainModes(dir: string): void {
   }
 }
 
-const HF_FILES = ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+const HF_FILES = [
+  "model.safetensors",
+  "config.json",
+  "generation_config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+];
 
 // a tiny jinja template in the tiny vocabulary's special tokens, as a model's tokenizer_config.json ships it
-const TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}";
+const TEMPLATE =
+  "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}";
 
 /** The bundled tiny model's config and tokenizer, with a tokenizer_config.json carrying a chat template. */
 function chatTinyBase(): { config: string; tokenizer: string } {
   const dir = tempDir("chat-tiny");
   for (const f of ["config.json", "tokenizer.json"]) copyFileSync(join(root, "datasets/tiny", f), join(dir, f));
-  writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ tokenizer_class: "PreTrainedTokenizerFast", bos_token: "<s>", eos_token: "</s>", pad_token: "<pad>", chat_template: TEMPLATE }));
+  writeFileSync(
+    join(dir, "tokenizer_config.json"),
+    JSON.stringify({
+      tokenizer_class: "PreTrainedTokenizerFast",
+      bos_token: "<s>",
+      eos_token: "</s>",
+      pad_token: "<pad>",
+      chat_template: TEMPLATE,
+    }),
+  );
   return { config: join(dir, "config.json"), tokenizer: join(dir, "tokenizer.json") };
 }
 
@@ -78,8 +113,22 @@ describe("HF model directories", () => {
   test("merge (bf16, f16, f32) and full FT write complete HF dirs that transformers loads, chats with and generates from", async () => {
     const out = tempDir("merge-hf");
     const chat = chatTinyBase();
-    const lora = await train(tinyConfig(out, { run_id: "lora", model: chat, method: { kind: "lora", rank: 4 }, train: { steps: 2, checkpoint_every: 1 } }));
-    const full = await train(tinyConfig(out, { run_id: "full", model: chat, method: { kind: "full" }, train: { steps: 2, checkpoint_every: 1 } }));
+    const lora = await train(
+      tinyConfig(out, {
+        run_id: "lora",
+        model: chat,
+        method: { kind: "lora", rank: 4 },
+        train: { steps: 2, checkpoint_every: 1 },
+      }),
+    );
+    const full = await train(
+      tinyConfig(out, {
+        run_id: "full",
+        model: chat,
+        method: { kind: "full" },
+        train: { steps: 2, checkpoint_every: 1 },
+      }),
+    );
     const base = join(lora.run_dir, "base");
     const merged: Record<string, string> = {};
     for (const dtype of ["bf16", "f16", "f32"] as const) {
@@ -113,7 +162,9 @@ describe("HF model directories", () => {
     for (const d of [...Object.values(merged), lora.run_dir, full.run_dir]) expectPlainModes(d);
 
     // a base without a chat template: the merge says so, and the merged tokenizer has none (none is made up)
-    const plain = await train(tinyConfig(out, { run_id: "plain", method: { kind: "lora", rank: 4 }, train: { steps: 1, checkpoint_every: 0 } }));
+    const plain = await train(
+      tinyConfig(out, { run_id: "plain", method: { kind: "lora", rank: 4 }, train: { steps: 1, checkpoint_every: 0 } }),
+    );
     const plainMerged = join(out, "merged-plain");
     const r = await merge(join(plain.run_dir, "base"), plain.output, plainMerged, { dtype: "bf16" });
     expect(r.notes.length).toBe(1);
@@ -128,7 +179,12 @@ describe("HF model directories", () => {
     const bf16 = loaded.get(merged.bf16!)!;
     expect(bf16).toMatchObject({ eos_token: "</s>", bos_token: "<s>", dtype: "bfloat16", new_tokens: 5 });
     expect(bf16.chat).toBe("<s>user\nhi</s>\n<s>assistant\n");
-    expect(loaded.get(full.output)).toMatchObject({ eos_token: "</s>", dtype: "float32", new_tokens: 5, chat: "<s>user\nhi</s>\n<s>assistant\n" });
+    expect(loaded.get(full.output)).toMatchObject({
+      eos_token: "</s>",
+      dtype: "float32",
+      new_tokens: 5,
+      chat: "<s>user\nhi</s>\n<s>assistant\n",
+    });
     const p = loaded.get(plainMerged)!;
     expect(p).toMatchObject({ eos_token: "</s>", dtype: "bfloat16", new_tokens: 5 });
     expect(p.chat_error).toContain("chat_template is not set");
@@ -136,8 +192,12 @@ describe("HF model directories", () => {
 
   test("an unknown dtype is a ConfigError on `dtype` with a hint, and writes nothing", async () => {
     const out = tempDir("merge-dtype");
-    const run = await train(tinyConfig(out, { run_id: "l", method: { kind: "lora", rank: 2 }, train: { steps: 1, checkpoint_every: 0 } }));
-    const e = await merge(join(run.run_dir, "base"), run.output, join(out, "m"), { dtype: "int8" as "bf16" }).catch((e: unknown) => e);
+    const run = await train(
+      tinyConfig(out, { run_id: "l", method: { kind: "lora", rank: 2 }, train: { steps: 1, checkpoint_every: 0 } }),
+    );
+    const e = await merge(join(run.run_dir, "base"), run.output, join(out, "m"), { dtype: "int8" as "bf16" }).catch(
+      (e: unknown) => e,
+    );
     expect(e).toBeInstanceOf(ConfigError);
     expect((e as ConfigError).field).toBe("dtype");
     expect((e as Error).message).toContain("hint: bf16, f16 or f32");

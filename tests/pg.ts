@@ -10,14 +10,17 @@ let started: Promise<string> | undefined;
 
 function sh(cmd: string[], what: string, env: Record<string, string> = {}): string {
   const p = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8", env: { ...process.env, ...env } });
-  if (p.status !== 0) throw new Error(`postgres for the tests: ${what} failed (${cmd.join(" ")}): ${p.stderr || p.stdout}`);
+  if (p.status !== 0)
+    throw new Error(`postgres for the tests: ${what} failed (${cmd.join(" ")}): ${p.stderr || p.stdout}`);
   return p.stdout;
 }
 
 function binDir(): string | undefined {
   const base = "/usr/lib/postgresql";
   if (!existsSync(base)) return undefined;
-  const v = readdirSync(base).filter((d) => existsSync(join(base, d, "bin", "initdb"))).sort((a, b) => Number(b) - Number(a))[0];
+  const v = readdirSync(base)
+    .filter((d) => existsSync(join(base, d, "bin", "initdb")))
+    .sort((a, b) => Number(b) - Number(a))[0];
   return v ? join(base, v, "bin") : undefined;
 }
 
@@ -27,7 +30,10 @@ export function postgresUrl(): Promise<string> {
     let bin = binDir();
     if (!bin) {
       const env = { DEBIAN_FRONTEND: "noninteractive" };
-      const install = spawnSync("apt-get", ["install", "-y", "-q", "postgresql"], { encoding: "utf8", env: { ...process.env, ...env } });
+      const install = spawnSync("apt-get", ["install", "-y", "-q", "postgresql"], {
+        encoding: "utf8",
+        env: { ...process.env, ...env },
+      });
       if (install.status !== 0) {
         sh(["apt-get", "update", "-q"], "apt-get update", env);
         sh(["apt-get", "install", "-y", "-q", "postgresql"], "apt-get install postgresql", env);
@@ -48,9 +54,25 @@ export function postgresUrl(): Promise<string> {
     const data = join(dir, "data");
     sh(as([join(bin, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]), "initdb");
     const port = 20000 + Math.floor(Math.random() * 20000);
-    sh(as([join(bin, "pg_ctl"), "-D", data, "-l", join(dir, "log"), "-w", "-o", `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off`, "start"]), "pg_ctl start");
+    sh(
+      as([
+        join(bin, "pg_ctl"),
+        "-D",
+        data,
+        "-l",
+        join(dir, "log"),
+        "-w",
+        "-o",
+        `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off`,
+        "start",
+      ]),
+      "pg_ctl start",
+    );
     process.on("exit", () => {
-      spawnSync(as([join(bin!, "pg_ctl"), "-D", data, "-m", "immediate", "stop"])[0]!, as([join(bin!, "pg_ctl"), "-D", data, "-m", "immediate", "stop"]).slice(1));
+      spawnSync(
+        as([join(bin!, "pg_ctl"), "-D", data, "-m", "immediate", "stop"])[0]!,
+        as([join(bin!, "pg_ctl"), "-D", data, "-m", "immediate", "stop"]).slice(1),
+      );
       rmSync(dir, { recursive: true, force: true });
     });
     sh([join(bin, "createdb"), "-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "loralab_test"], "createdb");

@@ -35,7 +35,8 @@ function uniform(seed: number): () => number {
 test("pass@k and the Pareto frontier: the wasm module equals the addon (one Rust source)", () => {
   for (const n of [1, 5, 10, 50, 200])
     for (let c = 0; c <= n; c += Math.max(1, n >> 3))
-      for (const k of [1, 2, 5, 10, 100].filter((k) => k <= n)) expect(wasm.passAtK(n, c, k)).toBe(native.passAtK(n, c, k));
+      for (const k of [1, 2, 5, 10, 100].filter((k) => k <= n))
+        expect(wasm.passAtK(n, c, k)).toBe(native.passAtK(n, c, k));
   expect(() => wasm.passAtK(5, 1, 6)).toThrow(/needs at least 6 samples/);
   const r = uniform(7);
   for (let trial = 0; trial < 20; trial++) {
@@ -48,8 +49,18 @@ test("pass@k and the Pareto frontier: the wasm module equals the addon (one Rust
 
 test("spectral statistics of a real LoRA run: the wasm module reproduces the core's analysis", async () => {
   const out = tempDir("wasm-spectrum");
-  const run = await train(tinyConfig(out, { run_id: "w", method: { kind: "lora", rank: 4 }, optim: { lr: 1e-2 }, train: { steps: 4, checkpoint_every: 0 } }));
-  const a = await analyze({ base: join(run.run_dir, "base"), adapter: run.output }, { thresholds: [0.5, 0.9, 0.99], keep: 100_000 });
+  const run = await train(
+    tinyConfig(out, {
+      run_id: "w",
+      method: { kind: "lora", rank: 4 },
+      optim: { lr: 1e-2 },
+      train: { steps: 4, checkpoint_every: 0 },
+    }),
+  );
+  const a = await analyze(
+    { base: join(run.run_dir, "base"), adapter: run.output },
+    { thresholds: [0.5, 0.9, 0.99], keep: 100_000 },
+  );
   expect(a.matrices.length).toBeGreaterThan(0);
   for (const m of a.matrices) {
     const s = Float64Array.from(m.delta.singular_values);
@@ -73,11 +84,21 @@ function syntheticPoints(): { base: Point; points: Point[] } {
   const r = uniform(11);
   const spectrum = (kind: string, layer: number) => {
     const n = kind === "full" ? 64 : 4;
-    const sigma = Array.from({ length: n }, (_, i) => (kind === "full" ? 1 / (1 + 0.05 * i) : 2 / (1 + i)) * (1 + 0.1 * r()) + 0.001 * layer).sort((a, b) => b - a);
+    const sigma = Array.from(
+      { length: n },
+      (_, i) => (kind === "full" ? 1 / (1 + 0.05 * i) : 2 / (1 + i)) * (1 + 0.1 * r()) + 0.001 * layer,
+    ).sort((a, b) => b - a);
     return sigma;
   };
   const metric = (v: number) => ({ value: v, stderr: 0.01 });
-  const point = (key: string, method: string, rank: number | null, lr: number, learning: number, forgetting: number): Point => {
+  const point = (
+    key: string,
+    method: string,
+    rank: number | null,
+    lr: number,
+    learning: number,
+    forgetting: number,
+  ): Point => {
     const rank90By = ["q_proj", "v_proj"].flatMap((module) =>
       [0, 1].map((layer) => {
         const sigma = spectrum(method, layer);
@@ -85,19 +106,61 @@ function syntheticPoints(): { base: Point; points: Point[] } {
         return { module, layer, rank: native.rankAt(sigma, 0.9, totalSq)!, maxRank: 64, sigma, totalSq };
       }),
     );
-    return { key, group: method === "full" ? "full FT" : `LoRA r=${rank}`, method, rank, targets: "all", lr, seed: 0, duration: 2, tokens: 0, learning: metric(learning), forgetting: metric(forgetting), perplexity: 10, rank90: rank90By.reduce((a, x) => a + x.rank, 0) / rank90By.length, rank90By };
+    return {
+      key,
+      group: method === "full" ? "full FT" : `LoRA r=${rank}`,
+      method,
+      rank,
+      targets: "all",
+      lr,
+      seed: 0,
+      duration: 2,
+      tokens: 0,
+      learning: metric(learning),
+      forgetting: metric(forgetting),
+      perplexity: 10,
+      rank90: rank90By.reduce((a, x) => a + x.rank, 0) / rank90By.length,
+      rank90By,
+    };
   };
-  const base: Point = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, learning: metric(0.1), forgetting: metric(0.6), perplexity: 9, rank90: null, rank90By: [] };
+  const base: Point = {
+    key: "base",
+    group: "base",
+    method: "base",
+    rank: null,
+    targets: "",
+    lr: 0,
+    seed: 0,
+    duration: 0,
+    tokens: 0,
+    learning: metric(0.1),
+    forgetting: metric(0.6),
+    perplexity: 9,
+    rank90: null,
+    rank90By: [],
+  };
   return {
     base,
-    points: [point("full-1e-5", "full", null, 1e-5, 0.5, 0.3), point("full-5e-5", "full", null, 5e-5, 0.6, 0.2), point("lora-1e-4", "lora", 4, 1e-4, 0.4, 0.55), point("lora-5e-4", "lora", 4, 5e-4, 0.45, 0.5)],
+    points: [
+      point("full-1e-5", "full", null, 1e-5, 0.5, 0.3),
+      point("full-5e-5", "full", null, 5e-5, 0.6, 0.2),
+      point("lora-1e-4", "lora", 4, 1e-4, 0.4, 0.55),
+      point("lora-5e-4", "lora", 4, 5e-4, 0.45, 0.5),
+    ],
   };
 }
 
 test("the report in Chromium: the slider recomputes ranks, toggles recompute the frontier, hover shows the config", async () => {
   const { base, points } = syntheticPoints();
   const dir = tempDir("wasm-report");
-  const { html } = await writeReport(dir, { title: "wasm report", base, points, durationLabel: "epochs", notes: [], gates: [] });
+  const { html } = await writeReport(dir, {
+    title: "wasm report",
+    base,
+    points,
+    durationLabel: "epochs",
+    notes: [],
+    gates: [],
+  });
   const data = interactiveData(base, points, "epochs");
   // what the page must show, computed in Bun by the addon: mean rank per (group, module) at t
   const expected = (t: number, group: string, module: string) => {
@@ -112,7 +175,12 @@ test("the report in Chromium: the slider recomputes ranks, toggles recompute the
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(`file://${html}`);
   await page.waitForSelector("body[data-interactive=ready]", { timeout: 15_000 });
-  const cells = () => page.$$eval("#ranks td[data-group]", (tds) => tds.map((td) => [(td as HTMLElement).dataset.group!, (td as HTMLElement).dataset.module!, td.textContent!] as const));
+  const cells = () =>
+    page.$$eval("#ranks td[data-group]", (tds) =>
+      tds.map(
+        (td) => [(td as HTMLElement).dataset.group!, (td as HTMLElement).dataset.module!, td.textContent!] as const,
+      ),
+    );
 
   const at90 = await cells();
   expect(at90.length).toBe(2 * 3);
@@ -124,16 +192,30 @@ test("the report in Chromium: the slider recomputes ranks, toggles recompute the
   const at50 = await cells();
   for (const [g, m, text] of at50) expect(text).toBe(expected(0.5, g, m));
   expect(at50.map((c) => c[2])).not.toEqual(at90.map((c) => c[2]));
-  expect(Number(at50.find(([g, m]) => g === "full FT" && m === "all")![2])).toBeLessThan(Number(at90.find(([g, m]) => g === "full FT" && m === "all")![2]));
+  expect(Number(at50.find(([g, m]) => g === "full FT" && m === "all")![2])).toBeLessThan(
+    Number(at90.find(([g, m]) => g === "full FT" && m === "all")![2]),
+  );
 
   // the frontier of everything shown, then with LoRA toggled off
   const frontier = async () => (await page.getAttribute("#frontier", "data-indices"))!.split(",").map(Number);
-  const xs = data.points.map((p) => p.learning), ys = data.points.map((p) => p.forgetting);
+  const xs = data.points.map((p) => p.learning),
+    ys = data.points.map((p) => p.forgetting);
   expect(await frontier()).toEqual(native.paretoFrontier(xs, ys));
   await page.click('#toggles input[data-group="LoRA r=4"]');
   const shown = data.points.map((p, i) => [p, i] as const).filter(([p]) => p.group !== "LoRA r=4");
-  expect(await frontier()).toEqual(native.paretoFrontier(shown.map(([p]) => p.learning), shown.map(([p]) => p.forgetting)).map((k) => shown[k]![1]));
-  expect(await page.$$eval('#pareto .point[data-group="LoRA r=4"]', (ms) => ms.every((m) => (m as SVGElement).style.display === "none"))).toBe(true);
+  expect(await frontier()).toEqual(
+    native
+      .paretoFrontier(
+        shown.map(([p]) => p.learning),
+        shown.map(([p]) => p.forgetting),
+      )
+      .map((k) => shown[k]![1]),
+  );
+  expect(
+    await page.$$eval('#pareto .point[data-group="LoRA r=4"]', (ms) =>
+      ms.every((m) => (m as SVGElement).style.display === "none"),
+    ),
+  ).toBe(true);
 
   // hover a full-FT point: its run's config
   await page.hover('#pareto .point[data-group="full FT"]');

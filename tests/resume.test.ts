@@ -9,11 +9,18 @@ for (const kind of ["full", "lora"] as const) {
   test(`${kind}: SIGKILL then resume equals uninterrupted`, async () => {
     const out = tempDir(`kill-${kind}`);
     // dropout on (LoRA and attention) so the RNG state must be restored too
-    const over = { method: { kind, rank: 4, dropout: 0.1 }, train: { steps: 8, checkpoint_every: 3, attention_dropout: 0.1, grad_accum: 2 } };
+    const over = {
+      method: { kind, rank: 4, dropout: 0.1 },
+      train: { steps: 8, checkpoint_every: 3, attention_dropout: 0.1, grad_accum: 2 },
+    };
     const whole = await train(tinyConfig(out, { ...over, run_id: "whole" }));
 
     const cfg = tinyConfig(out, { ...over, run_id: "killed" });
-    const child = Bun.spawn([process.execPath, join(root, "tests/fixtures/train-child.ts"), JSON.stringify(cfg)], { cwd: root, stdout: "pipe", stderr: "inherit" });
+    const child = Bun.spawn([process.execPath, join(root, "tests/fixtures/train-child.ts"), JSON.stringify(cfg)], {
+      cwd: root,
+      stdout: "pipe",
+      stderr: "inherit",
+    });
     let lastCheckpoint = "";
     let buf = "";
     const dec = new TextDecoder();

@@ -118,14 +118,23 @@ describe("host unix sockets and keyrings", () => {
         "os.execv(sys.argv[1], [sys.argv[1], '-e', sys.argv[2]])",
       ].join("\n"),
     );
-    const p = Bun.spawnSync(["python3", "-c", wrapper, process.execPath, script], { cwd: repo, stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawnSync(["python3", "-c", wrapper, process.execPath, script], {
+      cwd: repo,
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     const out = p.stdout.toString();
     if (p.exitCode === 77) {
       console.warn("no keyrings on this machine: nothing for a sandbox to leak");
       return;
     }
     expect([p.exitCode, p.stderr.toString().slice(-500)]).toEqual([0, ""]);
-    const r = JSON.parse(out.trim().split("\n").pop()!) as { read: boolean; readOut: string; plant: boolean; next: boolean };
+    const r = JSON.parse(out.trim().split("\n").pop()!) as {
+      read: boolean;
+      readOut: string;
+      plant: boolean;
+      next: boolean;
+    };
     expect(r.readOut).not.toContain(secret);
     expect({ read: r.read, plant: r.plant, next: r.next }).toEqual({ read: false, plant: false, next: false });
   }, 30_000);
@@ -153,7 +162,10 @@ describe("two instances at once", () => {
     );
     await Bun.sleep(1500); // the holder has filled its uid's process limit by now
     const correct = [];
-    for (let i = 0; i < 3; i++) correct.push(await b.run("import os, subprocess\nprint(os.getuid())\nassert subprocess.run(['true']).returncode == 0"));
+    for (let i = 0; i < 3; i++)
+      correct.push(
+        await b.run("import os, subprocess\nprint(os.getuid())\nassert subprocess.run(['true']).returncode == 0"),
+      );
     const held = await holder;
     expect(correct.map((r) => [r.passed, r.stderr.slice(-200)])).toEqual(correct.map(() => [true, ""]));
     expect(held.passed).toBe(true);
@@ -200,7 +212,11 @@ describe("the bounds of one execution", () => {
     expect(r.ms).toBeLessThan(8000);
     // and the execution's cgroup is gone afterwards
     const cg = readFileSync("/proc/self/cgroup", "utf8");
-    const dirs = [join("/sys/fs/cgroup", cg.match(/^0::(.*)$/m)?.[1] ?? "/"), join("/sys/fs/cgroup/memory", cg.match(/^\d+:[^:]*\bmemory\b[^:]*:(.*)$/m)?.[1] ?? "/")];
-    for (const d of dirs.filter(existsSync)) expect(readdirSync(d).filter((n) => n.startsWith(`loralab-sandbox-${process.pid}-`))).toEqual([]);
+    const dirs = [
+      join("/sys/fs/cgroup", cg.match(/^0::(.*)$/m)?.[1] ?? "/"),
+      join("/sys/fs/cgroup/memory", cg.match(/^\d+:[^:]*\bmemory\b[^:]*:(.*)$/m)?.[1] ?? "/"),
+    ];
+    for (const d of dirs.filter(existsSync))
+      expect(readdirSync(d).filter((n) => n.startsWith(`loralab-sandbox-${process.pid}-`))).toEqual([]);
   }, 30_000);
 });

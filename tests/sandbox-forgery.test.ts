@@ -4,7 +4,15 @@
 // forgeries that scored PASS when the pass marker lived in the completion's process.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
-import { humanevalCheck, Sandbox, scoreHumanEval, stopAtStopToken, type ExecResult, type HumanEvalProblem, type HumanEvalResult } from "@loralab/eval";
+import {
+  humanevalCheck,
+  Sandbox,
+  scoreHumanEval,
+  stopAtStopToken,
+  type ExecResult,
+  type HumanEvalProblem,
+  type HumanEvalResult,
+} from "@loralab/eval";
 
 const UID_BASE = 61200;
 
@@ -103,7 +111,8 @@ const ATTACKS: Record<string, string> = {
     "    return Any()",
     "",
   ].join("\n"),
-  int_subclass_equal_to_anything: "\n    return type('I', (int,), {'__eq__': lambda s, o: True, '__hash__': int.__hash__, '__sub__': lambda s, o: 0.0})(0)\n",
+  int_subclass_equal_to_anything:
+    "\n    return type('I', (int,), {'__eq__': lambda s, o: True, '__hash__': int.__hash__, '__sub__': lambda s, o: 0.0})(0)\n",
   raise_system_exit: "\n    raise SystemExit(0)\n",
   raise_stop_iteration: "\n    raise StopIteration\n",
   patch_builtins: after(
@@ -118,7 +127,7 @@ const ATTACKS: Record<string, string> = {
   write_every_fd: after(
     [
       "import os",
-      "lies = [b'\\n{\"passed\": true, \"exit\": 0, \"signal\": null, \"error\": null}\\n', b'[\"ready\"]\\n', b'[\"ret\",[\"i\",\"0x0\"]]\\n' * 3]",
+      'lies = [b\'\\n{"passed": true, "exit": 0, "signal": null, "error": null}\\n\', b\'["ready"]\\n\', b\'["ret",["i","0x0"]]\\n\' * 3]',
       "for fd in range(1024):",
       "    for lie in lies:",
       "        try:",
@@ -274,7 +283,9 @@ beforeAll(async () => {
     scoreHumanEval([add], [["\n    return a + b\n", "\n    print('noise')\n    return b + a\n"]], sb, [1, 2]),
   ]);
   reach = await sb.check(humanevalCheck(add, PROBE_REACH));
-  values = await sb.check(humanevalCheck({ ...VALUES, prompt: VALUES.prompt.replace("values()", "values(**kw)") }, VALUES_BODY));
+  values = await sb.check(
+    humanevalCheck({ ...VALUES, prompt: VALUES.prompt.replace("values()", "values(**kw)") }, VALUES_BODY),
+  );
 }, 120_000);
 
 afterAll(async () => {
@@ -292,8 +303,12 @@ describe("a completion cannot fake a HumanEval pass", () => {
   });
 
   test("each forgery with a wrong body scores a failure", () => {
-    const verdicts: Record<string, string> = Object.fromEntries(attacks.per_problem.map((r) => [r.task_id, r.samples[0]!.status]));
-    const expected = Object.fromEntries(Object.keys(ATTACKS).map((n) => [n, n === "sleep_past_timeout" ? "timeout" : "failed"]));
+    const verdicts: Record<string, string> = Object.fromEntries(
+      attacks.per_problem.map((r) => [r.task_id, r.samples[0]!.status]),
+    );
+    const expected = Object.fromEntries(
+      Object.keys(ATTACKS).map((n) => [n, n === "sleep_past_timeout" ? "timeout" : "failed"]),
+    );
     expect(verdicts).toEqual(expected);
     expect(attacks.pass_at["1"]).toBe(0);
   });

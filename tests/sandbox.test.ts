@@ -60,7 +60,8 @@ const PROGRAMS: Record<string, string> = {
     "assert found",
   ].join("\n"),
   open_socket: "import socket\ns = socket.create_connection(('127.0.0.1', PORT), timeout=1)\ns.sendall(b'escaped')",
-  kill_everything: "import os, time\nfor pid in (-1, 0, os.getppid()):\n    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\ntime.sleep(60)",
+  kill_everything:
+    "import os, time\nfor pid in (-1, 0, os.getppid()):\n    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\ntime.sleep(60)",
   raise_rlimits: [
     "import resource",
     "for r in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE):",
@@ -77,11 +78,22 @@ const PROGRAMS: Record<string, string> = {
 beforeAll(async () => {
   mkdirSync(store, { recursive: true });
   chmodSync(store, 0o777); // even a world-writable run store must be out of reach
-  server = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open() { connections++; }, data() {} } });
+  server = Bun.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open() {
+        connections++;
+      },
+      data() {},
+    },
+  });
   // a root process holding the secret in its environment: the sandbox must not read it via /proc
   witness = Bun.spawn(["sleep", "120"], { env: { PATH: "/usr/bin:/bin", LORALAB_TEST_SECRET: secret } });
   sb = await Sandbox.open({ parallel: 6, timeoutS: 3, uidBase: UID_BASE });
-  const entries = await Promise.all(Object.entries(PROGRAMS).map(async ([k, p]) => [k, await sb.run(p.replace("PORT", String(server.port)))] as const));
+  const entries = await Promise.all(
+    Object.entries(PROGRAMS).map(async ([k, p]) => [k, await sb.run(p.replace("PORT", String(server.port)))] as const),
+  );
   results = Object.fromEntries(entries);
 }, 120_000);
 

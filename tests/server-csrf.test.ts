@@ -17,7 +17,14 @@ let api: string;
 
 beforeAll(async () => {
   const out = tempDir("csrf");
-  srv = await createServer({ store: { path: join(out, "store.db") }, runsDir: join(out, "runs"), roots: [root, out], token: TOKEN, run: false, importRuns: false });
+  srv = await createServer({
+    store: { path: join(out, "store.db") },
+    runsDir: join(out, "runs"),
+    roots: [root, out],
+    token: TOKEN,
+    run: false,
+    importRuns: false,
+  });
   const cfg = tinyConfig(out);
   delete cfg.out_dir;
   api = srv.listen(0);
@@ -38,7 +45,11 @@ beforeAll(async () => {
         document.title = "sent " + sent.join("; ");
       })();
     </script></body>`;
-  attacker = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response(page, { headers: { "Content-Type": "text/html" } }) });
+  attacker = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    fetch: () => new Response(page, { headers: { "Content-Type": "text/html" } }),
+  });
   browser = await launchChromium();
 }, 300_000);
 
@@ -53,7 +64,17 @@ test("a page on another localhost port cannot queue a run with the user's sessio
   const page = await ctx.newPage();
   // the user logs in to the dashboard (its own origin): the session cookie is set
   await page.goto(api);
-  const login = await page.evaluate(async (token) => (await fetch("/api/session", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) })).status, TOKEN);
+  const login = await page.evaluate(
+    async (token) =>
+      (
+        await fetch("/api/session", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ token }),
+        })
+      ).status,
+    TOKEN,
+  );
   expect(login).toBe(204);
   expect(await page.evaluate(async () => (await fetch("/api/runs")).status)).toBe(200); // the cookie works on its own origin
   // the attacker's page, on another port of the same host

@@ -18,7 +18,11 @@ function req(path: string, init: RequestInit & { headers?: Record<string, string
   return srv.app.request(path, { ...init, headers: { ...auth, ...init.headers } });
 }
 function post(path: string, body: unknown, headers: Record<string, string> = {}) {
-  return req(path, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body), headers: { "Content-Type": "application/json", ...headers } });
+  return req(path, {
+    method: "POST",
+    body: typeof body === "string" ? body : JSON.stringify(body),
+    headers: { "Content-Type": "application/json", ...headers },
+  });
 }
 function runConfig(over: Parameters<typeof tinyConfig>[1] = {}) {
   const c = tinyConfig(out, over);
@@ -29,7 +33,15 @@ function runConfig(over: Parameters<typeof tinyConfig>[1] = {}) {
 beforeAll(async () => {
   out = tempDir("hardening");
   // run: false: what is queued stays queued; these tests look at what the edge lets through
-  srv = await createServer({ store: { path: join(out, "store.db") }, runsDir: join(out, "runs"), roots: [root, out], token: TOKEN, run: false, importRuns: false, allowOrigins: ["http://localhost:5173"] });
+  srv = await createServer({
+    store: { path: join(out, "store.db") },
+    runsDir: join(out, "runs"),
+    roots: [root, out],
+    token: TOKEN,
+    run: false,
+    importRuns: false,
+    allowOrigins: ["http://localhost:5173"],
+  });
 });
 afterAll(async () => {
   await srv.close();
@@ -40,7 +52,9 @@ describe("item 3: a config path is normalised once, as the engine opens it, then
 
   test("the server's ~/ is the engine's ~/", () => {
     // the engine's expand_home shows in its error: it looked in $HOME, not in <cwd>/~
-    expect(() => resolveConfig({ ...runConfig(), data: { train: "~/loralab-no-such-file.jsonl" } })).toThrow(join(home, "loralab-no-such-file.jsonl"));
+    expect(() => resolveConfig({ ...runConfig(), data: { train: "~/loralab-no-such-file.jsonl" } })).toThrow(
+      join(home, "loralab-no-such-file.jsonl"),
+    );
     expect(enginePath("~/loralab-no-such-file.jsonl")).toBe(join(home, "loralab-no-such-file.jsonl"));
     // only a leading "~/" (the engine's rule): "~", "~user/x" and "a/~/b" are plain names
     expect(enginePath("~/a", "/c", "/h")).toBe("/h/a");
@@ -95,7 +109,10 @@ describe("item 3: a config path is normalised once, as the engine opens it, then
       expect([data.train, data.cache_dir]).toEqual([join(fakeHome, "data", "code.jsonl"), join(fakeHome, "cache")]);
       // a symlink that stays inside the roots is followed for the check and kept in the path (the
       // file's name is what the engine reads its format from); one that leaves them is refused
-      const viaLink = await post("/api/runs", runConfig({ data: { train: join(out, "data-link", "..", "data-link", "code.jsonl") } }));
+      const viaLink = await post(
+        "/api/runs",
+        runConfig({ data: { train: join(out, "data-link", "..", "data-link", "code.jsonl") } }),
+      );
       expect(viaLink.status).toBe(201);
       const linked = await srv.store.getRun((await viaLink.json()).id);
       expect((linked!.config as { data: { train: string } }).data.train).toBe(join(out, "data-link", "code.jsonl"));
@@ -123,22 +140,48 @@ describe("item 4: only the server's own origin, and JSON bodies", () => {
       [{ Host: "localhost:8080", Origin: "http://localhost:8080/" + "x" }, 403], // not an origin
       [{ Host: "localhost:8080", Origin: "null" }, 403],
     ];
-    for (const [headers, status] of cases) expect([headers, (await req("/api/runs", { headers })).status]).toEqual([headers, status]);
-    await expect(createServer({ store: { path: ":memory:" }, token: "t", run: false, importRuns: false, allowOrigins: ["http://localhost:5173/app"] })).rejects.toThrow("--allow-origin http://localhost:5173/app: not an origin");
+    for (const [headers, status] of cases)
+      expect([headers, (await req("/api/runs", { headers })).status]).toEqual([headers, status]);
+    await expect(
+      createServer({
+        store: { path: ":memory:" },
+        token: "t",
+        run: false,
+        importRuns: false,
+        allowOrigins: ["http://localhost:5173/app"],
+      }),
+    ).rejects.toThrow("--allow-origin http://localhost:5173/app: not an origin");
   });
 
   test("a body a browser sends without a preflight (text/plain, a form) is refused with 415", async () => {
     const cfg = JSON.stringify(runConfig());
     const before = (await srv.store.listRuns()).length;
-    for (const type of ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx"]) {
+    for (const type of [
+      "text/plain",
+      "text/plain;charset=UTF-8",
+      "application/x-www-form-urlencoded",
+      "multipart/form-data; boundary=x",
+      "application/jsonx",
+    ]) {
       const r = await req("/api/runs", { method: "POST", body: cfg, headers: { "Content-Type": type } });
       expect([type, r.status]).toEqual([type, 415]);
       expect(r.headers.get("content-type")).toBe("application/problem+json");
     }
     const untyped = await srv.app.request("/api/runs", { method: "POST", body: new Blob([cfg]), headers: auth });
     expect(untyped.status).toBe(415);
-    expect((await req("/api/session", { method: "POST", body: JSON.stringify({ token: TOKEN }), headers: { "Content-Type": "text/plain" } })).status).toBe(415);
-    expect((await req("/api/runs/nope/cancel", { method: "POST", body: "x", headers: { "Content-Type": "text/plain" } })).status).toBe(415);
+    expect(
+      (
+        await req("/api/session", {
+          method: "POST",
+          body: JSON.stringify({ token: TOKEN }),
+          headers: { "Content-Type": "text/plain" },
+        })
+      ).status,
+    ).toBe(415);
+    expect(
+      (await req("/api/runs/nope/cancel", { method: "POST", body: "x", headers: { "Content-Type": "text/plain" } }))
+        .status,
+    ).toBe(415);
     expect(await srv.store.listRuns()).toHaveLength(before); // nothing was queued
     expect((await post("/api/runs", cfg, { "Content-Type": "application/json; charset=utf-8" })).status).toBe(201);
   });
@@ -167,12 +210,18 @@ describe("item 9: malformed requests are 4xx, never 500", () => {
       const res = await raw(`GET ${path} HTTP/1.0\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`);
       expect([path, res.split("\r\n")[0]]).toEqual([path, expect.stringMatching(/^HTTP\/1\.[01] 400/)]);
     }
-    const ok = await raw(`GET /api/runs HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: Bearer ${TOKEN}\r\nConnection: close\r\n\r\n`);
+    const ok = await raw(
+      `GET /api/runs HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: Bearer ${TOKEN}\r\nConnection: close\r\n\r\n`,
+    );
     expect(ok.split("\r\n")[0]).toMatch(/^HTTP\/1\.1 200/);
   });
 
   test("JSON nested 100k deep: 422 before anything recurses on it", async () => {
-    for (const body of [`{"model":${"[".repeat(100_000)}${"]".repeat(100_000)}}`, "[".repeat(100_000), `{"name":"${"[".repeat(1000)}"}`]) {
+    for (const body of [
+      `{"model":${"[".repeat(100_000)}${"]".repeat(100_000)}}`,
+      "[".repeat(100_000),
+      `{"name":"${"[".repeat(1000)}"}`,
+    ]) {
       const r = await post("/api/runs", body);
       expect(r.status).toBeLessThan(500);
     }
@@ -189,7 +238,8 @@ describe("item 9: malformed requests are 4xx, never 500", () => {
     expect((await req("/api/runs?limit=1")).status).toBe(200);
     expect((await req("/api/runs?limit=1000")).status).toBe(200);
     const id = (await srv.store.listRuns())[0]!.id;
-    for (const q of ["1.5", "1e309", "NaN", "-1", "x"]) expect([q, (await req(`/api/runs/${id}/metrics?after=${q}`)).status]).toEqual([q, 400]);
+    for (const q of ["1.5", "1e309", "NaN", "-1", "x"])
+      expect([q, (await req(`/api/runs/${id}/metrics?after=${q}`)).status]).toEqual([q, 400]);
     expect((await req(`/api/runs/${id}/metrics?after=0`)).status).toBe(200);
   });
 
@@ -200,7 +250,10 @@ describe("item 9: malformed requests are 4xx, never 500", () => {
       ["seed", base.replace(/"seed":\d+/, '"seed":18446744073709551615')],
       ["seed", base.replace(/"seed":\d+/, '"seed":9007199254740993')],
       ["train.tokens", base.replace(/"steps":\d+/, '"tokens":9223372036854775807')],
-      ["train.checkpoint_at_tokens[1]", base.replace(/"steps":\d+/, '"steps":2,"checkpoint_at_tokens":[1,9223372036854775808]')],
+      [
+        "train.checkpoint_at_tokens[1]",
+        base.replace(/"steps":\d+/, '"steps":2,"checkpoint_at_tokens":[1,9223372036854775808]'),
+      ],
       ["optim.lr", base.replace(/"lr":[^,}]+/, '"lr":1e309')],
     ];
     for (const [field, body] of cases) {
@@ -213,9 +266,24 @@ describe("item 9: malformed requests are 4xx, never 500", () => {
 
   test("Host: name[:port] exactly", async () => {
     const allowed = ["localhost", "127.0.0.1", "[::1]", "lab.example:8443"];
-    for (const h of ["localhost:abc", "127.0.0.1:1@evil.example", "localhost:99999", "localhost:", "localhost:80:80", "evil.example#localhost", "localhost evil", "lab.example", "lab.example:8444", "[::1]x", ""]) expect([h, hostAllowed(h, allowed)]).toEqual([h, false]);
-    for (const h of ["localhost", "LOCALHOST:8080", "127.0.0.1:1", "[::1]:8080", "lab.example:8443"]) expect([h, hostAllowed(h, allowed)]).toEqual([h, true]);
-    for (const h of ["localhost:abc", "127.0.0.1:1@evil.example"]) expect([h, (await req("/api/runs", { headers: { Host: h } })).status]).toEqual([h, 403]);
+    for (const h of [
+      "localhost:abc",
+      "127.0.0.1:1@evil.example",
+      "localhost:99999",
+      "localhost:",
+      "localhost:80:80",
+      "evil.example#localhost",
+      "localhost evil",
+      "lab.example",
+      "lab.example:8444",
+      "[::1]x",
+      "",
+    ])
+      expect([h, hostAllowed(h, allowed)]).toEqual([h, false]);
+    for (const h of ["localhost", "LOCALHOST:8080", "127.0.0.1:1", "[::1]:8080", "lab.example:8443"])
+      expect([h, hostAllowed(h, allowed)]).toEqual([h, true]);
+    for (const h of ["localhost:abc", "127.0.0.1:1@evil.example"])
+      expect([h, (await req("/api/runs", { headers: { Host: h } })).status]).toEqual([h, 403]);
   });
 
   test("a known path with another method: 405 with Allow", async () => {
@@ -230,9 +298,12 @@ describe("item 9: malformed requests are 4xx, never 500", () => {
     for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, unknown>>))
       for (const method of Object.keys(ops)) {
         expect([path, method, codes(path, method)]).toEqual([path, method, expect.arrayContaining(["403"])]);
-        if (path.includes("{id}")) expect([path, method, codes(path, method)]).toEqual([path, method, expect.arrayContaining(["404"])]);
+        if (path.includes("{id}"))
+          expect([path, method, codes(path, method)]).toEqual([path, method, expect.arrayContaining(["404"])]);
       }
-    expect(codes("/api/runs", "post")).toEqual(expect.arrayContaining(["201", "400", "401", "403", "413", "415", "422"]));
+    expect(codes("/api/runs", "post")).toEqual(
+      expect.arrayContaining(["201", "400", "401", "403", "413", "415", "422"]),
+    );
     expect(codes("/api/runs", "get")).toEqual(expect.arrayContaining(["200", "400"]));
     expect(doc.paths["/api/templates/tiny"]).toBeDefined();
     const s = doc.components.schemas;

@@ -13,12 +13,23 @@ describe("the store's lease", () => {
   test("SQLite: a second server on the store is refused, naming the first; readers still read; released on close", async () => {
     const out = tempDir("lease");
     const db = join(out, "store.db");
-    const opts = { store: { path: db }, runsDir: join(out, "runs"), roots: [root, out], token: "t", importRuns: false, log: () => {} };
+    const opts = {
+      store: { path: db },
+      runsDir: join(out, "runs"),
+      roots: [root, out],
+      token: "t",
+      importRuns: false,
+      log: () => {},
+    };
     const first = await createServer(opts);
     try {
       const second = createServer(opts);
       await expect(second).rejects.toBeInstanceOf(StoreBusy);
-      await expect(createServer(opts)).rejects.toThrow(new RegExp(`run store ${db} is in use by another loralab server \\(loralab serve, pid ${process.pid} on .*\\) \\(hint: stop that server first, or give this one its own store`));
+      await expect(createServer(opts)).rejects.toThrow(
+        new RegExp(
+          `run store ${db} is in use by another loralab server \\(loralab serve, pid ${process.pid} on .*\\) \\(hint: stop that server first, or give this one its own store`,
+        ),
+      );
       // a reader (loralab import, a report, a test's watcher) needs no lease
       const reader = await openStore({ path: db });
       expect(await reader.listRuns()).toEqual([]);
@@ -60,7 +71,11 @@ describe("the store's lease", () => {
     const opts = { store: { url }, runsDir: join(out, "runs"), token: "t", importRuns: false, log: () => {} };
     const first = await createServer(opts);
     try {
-      await expect(createServer(opts)).rejects.toThrow(new RegExp(`run store postgres://…@.* is in use by another loralab server \\(loralab serve, pid ${process.pid} on `));
+      await expect(createServer(opts)).rejects.toThrow(
+        new RegExp(
+          `run store postgres://…@.* is in use by another loralab server \\(loralab serve, pid ${process.pid} on `,
+        ),
+      );
       const viewer = await createServer({ ...opts, run: false });
       expect(await viewer.store.listRuns()).toEqual([]);
       await viewer.close();

@@ -11,9 +11,15 @@ test("a run interrupted by the server's death resumes from its last checkpoint o
   const out = tempDir("server-resume");
   const db = join(out, "store.db");
   const runs = join(out, "runs");
-  const cfg = tinyConfig(out, { method: { kind: "lora", rank: 4 }, train: { steps: 60, checkpoint_every: 10, micro_batch: 4 } });
+  const cfg = tinyConfig(out, {
+    method: { kind: "lora", rank: 4 },
+    train: { steps: 60, checkpoint_every: 10, micro_batch: 4 },
+  });
   delete cfg.out_dir;
-  const child = Bun.spawn([process.execPath, join(root, "tests/fixtures/serve-child.ts"), db, runs, `${root},${out}`, JSON.stringify(cfg)], { cwd: root, stdout: "pipe", stderr: "inherit" });
+  const child = Bun.spawn(
+    [process.execPath, join(root, "tests/fixtures/serve-child.ts"), db, runs, `${root},${out}`, JSON.stringify(cfg)],
+    { cwd: root, stdout: "pipe", stderr: "inherit" },
+  );
   const reader = child.stdout.getReader();
   const id = new TextDecoder().decode((await reader.read()).value).trim();
   expect(id).toMatch(/^r\d{14}-[0-9a-f]{6}$/);
@@ -45,7 +51,10 @@ test("a run interrupted by the server's death resumes from its last checkpoint o
   // store holds each step once
   const loss = await srv.store.metrics(id, { name: "loss" });
   expect(loss.map((m) => m.step)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
-  const lines = readFileSync(join(runs, id, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).step);
+  const lines = readFileSync(join(runs, id, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l).step);
   expect(lines).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
   const resumedFrom = (run!.config as { train: { resume_from: string } }).train.resume_from;
   expect(resumedFrom).toMatch(/checkpoints\/step-0000[2-9]0$/);

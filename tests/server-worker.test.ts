@@ -32,7 +32,11 @@ async function withFake<T>(mode: string, fn: (dir: string) => Promise<T>): Promi
   try {
     return await fn(dir);
   } finally {
-    for (const [k, v] of [["LORALAB_SIDECAR", saved.path], ["FAKE_DIR", saved.dir], ["FAKE_MODE", saved.mode]] as const) {
+    for (const [k, v] of [
+      ["LORALAB_SIDECAR", saved.path],
+      ["FAKE_DIR", saved.dir],
+      ["FAKE_MODE", saved.mode],
+    ] as const) {
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }
@@ -51,19 +55,31 @@ async function until<T>(f: () => Promise<T>, ok: (v: T) => boolean, ms = 30_000)
 
 test("a run whose worker is killed is retried once, then failed with the reason; the server stays up; a restart does not re-queue it", async () => {
   await withFake("die", async (dir) => {
-    const opts = { store: { path: join(dir, "store.db") }, runsDir: join(dir, "runs"), roots: [root, dir], token: "t", importRuns: false, log: () => {} };
+    const opts = {
+      store: { path: join(dir, "store.db") },
+      runsDir: join(dir, "runs"),
+      roots: [root, dir],
+      token: "t",
+      importRuns: false,
+      log: () => {},
+    };
     let srv = await createServer(opts);
     const cfg = tinyConfig(dir);
     delete cfg.out_dir;
     const { id } = await srv.runner.submit(cfg);
     try {
-      const row = await until(() => srv.store.getRun(id), (r) => r?.status === "failed");
+      const row = await until(
+        () => srv.store.getRun(id),
+        (r) => r?.status === "failed",
+      );
       expect(row?.status).toBe("failed");
       expect(row?.attempts).toBe(2);
       expect(row?.error).toContain("the worker process died in 2 of 2 attempts, the retry budget");
       expect(row?.error).toContain("hint: ");
       expect((await Bun.file(join(dir, "trains")).text()).trim().split("\n").length).toBe(2); // two workers, each killed
-      const res = await srv.fetch(new Request("http://localhost/api/runs", { headers: { authorization: "Bearer t", host: "localhost" } }));
+      const res = await srv.fetch(
+        new Request("http://localhost/api/runs", { headers: { authorization: "Bearer t", host: "localhost" } }),
+      );
       expect(res.status).toBe(200); // the server did not go down with its runs
     } finally {
       await srv.close();
@@ -84,16 +100,30 @@ test("a run whose worker is killed is retried once, then failed with the reason;
 
 test("a cancel stops a run still preparing (before its first step)", async () => {
   await withFake("prepare", async (dir) => {
-    const srv = await createServer({ store: { path: join(dir, "store.db") }, runsDir: join(dir, "runs"), roots: [root, dir], token: "t", importRuns: false, log: () => {} });
+    const srv = await createServer({
+      store: { path: join(dir, "store.db") },
+      runsDir: join(dir, "runs"),
+      roots: [root, dir],
+      token: "t",
+      importRuns: false,
+      log: () => {},
+    });
     try {
       const cfg = tinyConfig(dir);
       delete cfg.out_dir;
       const { id } = await srv.runner.submit(cfg);
-      await until(async () => Bun.file(join(dir, "trains")).exists(), (x) => x); // the worker took it
+      await until(
+        async () => Bun.file(join(dir, "trains")).exists(),
+        (x) => x,
+      ); // the worker took it
       expect((await srv.store.getRun(id))?.status).toBe("running");
       const t0 = Date.now();
       expect(await srv.runner.cancel(id)).toBe(true);
-      const row = await until(() => srv.store.getRun(id), (r) => r?.status !== "running", 10_000);
+      const row = await until(
+        () => srv.store.getRun(id),
+        (r) => r?.status !== "running",
+        10_000,
+      );
       expect(row?.status).toBe("cancelled");
       expect(Date.now() - t0).toBeLessThan(5_000);
     } finally {

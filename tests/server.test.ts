@@ -17,7 +17,11 @@ function req(path: string, init: RequestInit & { headers?: Record<string, string
 }
 
 async function post(path: string, body: unknown, headers: Record<string, string> = {}) {
-  return req(path, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body), headers: { "Content-Type": "application/json", ...headers } });
+  return req(path, {
+    method: "POST",
+    body: typeof body === "string" ? body : JSON.stringify(body),
+    headers: { "Content-Type": "application/json", ...headers },
+  });
 }
 
 /** A tiny config with every path under the test's roots. */
@@ -39,7 +43,13 @@ async function waitFor(id: string, statuses: string[], ms = 60_000) {
 
 beforeAll(async () => {
   out = tempDir("server");
-  srv = await createServer({ store: { path: join(out, "store.db") }, runsDir: join(out, "runs"), roots: [root, out], token: TOKEN, maxBodyBytes: 64 * 1024 });
+  srv = await createServer({
+    store: { path: join(out, "store.db") },
+    runsDir: join(out, "runs"),
+    roots: [root, out],
+    token: TOKEN,
+    maxBodyBytes: 64 * 1024,
+  });
 });
 afterAll(async () => {
   await srv.close();
@@ -57,8 +67,20 @@ describe("server", () => {
     expect((await srv.app.request("/api/runs", { headers: { Authorization: TOKEN } })).status).toBe(401); // not a bearer
     expect((await req("/api/runs")).status).toBe(200);
     // the dashboard's login: the token becomes an HttpOnly SameSite=Strict cookie (not the token itself)
-    expect((await srv.app.request("/api/session", { method: "POST", body: JSON.stringify({ token: "nope" }), headers: { "Content-Type": "application/json" } })).status).toBe(401);
-    const login = await srv.app.request("/api/session", { method: "POST", body: JSON.stringify({ token: TOKEN }), headers: { "Content-Type": "application/json" } });
+    expect(
+      (
+        await srv.app.request("/api/session", {
+          method: "POST",
+          body: JSON.stringify({ token: "nope" }),
+          headers: { "Content-Type": "application/json" },
+        })
+      ).status,
+    ).toBe(401);
+    const login = await srv.app.request("/api/session", {
+      method: "POST",
+      body: JSON.stringify({ token: TOKEN }),
+      headers: { "Content-Type": "application/json" },
+    });
     expect(login.status).toBe(204);
     const cookie = login.headers.get("set-cookie")!;
     expect(cookie).toMatch(/loralab_session=[^;]+; Path=\/; HttpOnly; SameSite=Strict/);
@@ -73,8 +95,12 @@ describe("server", () => {
     expect((await srv.app.request("http://evil.example/api/runs", { headers: auth })).status).toBe(403);
     expect((await req("/api/runs", { headers: { Origin: "http://evil.example" } })).status).toBe(403);
     expect((await req("/api/runs", { headers: { Origin: "null" } })).status).toBe(403);
-    expect((await req("/api/runs", { headers: { Host: "127.0.0.1:8080", Origin: "http://127.0.0.1:8080" } })).status).toBe(200);
-    expect((await req("/api/runs", { headers: { Host: "127.0.0.1:8080", Origin: "http://127.0.0.1:3000" } })).status).toBe(403); // another port, another origin
+    expect(
+      (await req("/api/runs", { headers: { Host: "127.0.0.1:8080", Origin: "http://127.0.0.1:8080" } })).status,
+    ).toBe(200);
+    expect(
+      (await req("/api/runs", { headers: { Host: "127.0.0.1:8080", Origin: "http://127.0.0.1:3000" } })).status,
+    ).toBe(403); // another port, another origin
     expect((await req("/", { headers: { Host: "attacker.test:8080" } })).status).toBe(403);
   });
 
@@ -101,7 +127,10 @@ describe("server", () => {
       const r = await post("/api/runs", cfg);
       expect(r.status).toBe(422);
       const b = await r.json();
-      expect([b.field, b.detail]).toEqual([field, expect.stringContaining("outside the directories this server may read")]);
+      expect([b.field, b.detail]).toEqual([
+        field,
+        expect.stringContaining("outside the directories this server may read"),
+      ]);
     }
     // a symlink inside a root that points outside is outside
     mkdirSync(join(out, "links"), { recursive: true });
@@ -111,7 +140,10 @@ describe("server", () => {
   });
 
   test("a run end to end: 201, its SSE stream to the end, metrics, artifacts, 409 on cancelling it after", async () => {
-    const r = await post("/api/runs", runConfig({ method: { kind: "lora", rank: 4 }, train: { steps: 6, checkpoint_every: 3 } }));
+    const r = await post(
+      "/api/runs",
+      runConfig({ method: { kind: "lora", rank: 4 }, train: { steps: 6, checkpoint_every: 3 } }),
+    );
     expect(r.status).toBe(201);
     const run = await r.json();
     expect(run.status).toBe("queued");
@@ -146,7 +178,20 @@ describe("server", () => {
     symlinkSync("/etc/passwd", join(runDir, "escape"));
     symlinkSync(join(runDir, "run.json"), join(runDir, "inside-link"));
     writeFileSync(join(out, "runs", "secret.txt"), "outside the run");
-    for (const p of ["../secret.txt", "..%2fsecret.txt", "%2e%2e/secret.txt", "%2e%2e%2fsecret.txt", "adapter/../../secret.txt", "%2Fetc%2Fpasswd", "/etc/passwd", "escape", "adapter%2f..%2f..%2fsecret.txt", "%252e%252e/secret.txt", "%00", "..\\secret.txt"]) {
+    for (const p of [
+      "../secret.txt",
+      "..%2fsecret.txt",
+      "%2e%2e/secret.txt",
+      "%2e%2e%2fsecret.txt",
+      "adapter/../../secret.txt",
+      "%2Fetc%2Fpasswd",
+      "/etc/passwd",
+      "escape",
+      "adapter%2f..%2f..%2fsecret.txt",
+      "%252e%252e/secret.txt",
+      "%00",
+      "..\\secret.txt",
+    ]) {
       const x = await srv.app.request(`http://localhost/api/runs/${run.id}/artifacts/${p}`, { headers: auth });
       expect([p, x.status]).toEqual([p, 404]);
     }
@@ -155,20 +200,32 @@ describe("server", () => {
     const fx = join(root, "tests/fixtures/eval");
     const prev = process.env.LORALAB_CACHE;
     process.env.LORALAB_CACHE = join(out, "cache");
-    await evaluateRun(runDir, { tasks: ["arc_challenge"], data: { arc_challenge: join(fx, "arc_challenge") }, limit: 2 });
+    await evaluateRun(runDir, {
+      tasks: ["arc_challenge"],
+      data: { arc_challenge: join(fx, "arc_challenge") },
+      limit: 2,
+    });
     if (prev === undefined) delete process.env.LORALAB_CACHE;
     else process.env.LORALAB_CACHE = prev;
     const ing = await req(`/api/runs/${run.id}/ingest`, { method: "POST" });
     expect(ing.status).toBe(200);
     const res = await ing.json();
-    expect(res.eval.some((e: { checkpoint: string; task: string; metric: string }) => e.checkpoint === "final" && e.task === "arc_challenge" && e.metric === "acc_norm")).toBe(true);
+    expect(
+      res.eval.some(
+        (e: { checkpoint: string; task: string; metric: string }) =>
+          e.checkpoint === "final" && e.task === "arc_challenge" && e.metric === "acc_norm",
+      ),
+    ).toBe(true);
     expect(res.eval.some((e: { checkpoint: string }) => e.checkpoint === "base")).toBe(true);
     const replay = await (await req(`/api/runs/${run.id}/events`)).text();
     expect(replay).toContain("event: eval");
   }, 120_000);
 
   test("cancel a running run: 202, then it stops at a checkpoint", async () => {
-    const r = await post("/api/runs", runConfig({ method: { kind: "full" }, train: { steps: 2000, checkpoint_every: 0 } }));
+    const r = await post(
+      "/api/runs",
+      runConfig({ method: { kind: "full" }, train: { steps: 2000, checkpoint_every: 0 } }),
+    );
     const run = await r.json();
     await waitFor(run.id, ["running"]);
     while (!(await (await req(`/api/runs/${run.id}/metrics?name=loss`)).json()).length) await Bun.sleep(20);
@@ -182,8 +239,19 @@ describe("server", () => {
   test("the OpenAPI document covers every route, with the engine's config schema as the request body", async () => {
     const doc = await (await srv.app.request("/api/openapi.json")).json();
     expect(doc.openapi).toBe("3.1.0");
-    for (const p of ["/api/runs", "/api/runs/{id}", "/api/runs/{id}/metrics", "/api/runs/{id}/events", "/api/runs/{id}/cancel", "/api/runs/{id}/artifacts/{path}", "/api/session"]) expect(doc.paths[p]).toBeDefined();
-    expect(doc.paths["/api/runs"].post.requestBody.content["application/json"].schema.$ref).toBe("#/components/schemas/RunConfig");
+    for (const p of [
+      "/api/runs",
+      "/api/runs/{id}",
+      "/api/runs/{id}/metrics",
+      "/api/runs/{id}/events",
+      "/api/runs/{id}/cancel",
+      "/api/runs/{id}/artifacts/{path}",
+      "/api/session",
+    ])
+      expect(doc.paths[p]).toBeDefined();
+    expect(doc.paths["/api/runs"].post.requestBody.content["application/json"].schema.$ref).toBe(
+      "#/components/schemas/RunConfig",
+    );
     expect(doc.components.schemas.RunConfig.properties.method).toBeDefined();
     expect(JSON.stringify(doc)).not.toContain("#/$defs/");
     expect(doc.paths["/api/runs"].post.responses["422"]).toBeDefined();

@@ -5,7 +5,19 @@
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import * as native from "@loralab/native";
-import { ConfigError, createServer, OutOfMemoryError, resolveConfig, RunInterrupted, Sidecar, SidecarCrashed, SidecarError, sidecarPath, train, type TrainEvent } from "loralab";
+import {
+  ConfigError,
+  createServer,
+  OutOfMemoryError,
+  resolveConfig,
+  RunInterrupted,
+  Sidecar,
+  SidecarCrashed,
+  SidecarError,
+  sidecarPath,
+  train,
+  type TrainEvent,
+} from "loralab";
 import { Model } from "@loralab/eval";
 import { metricLosses, root, tempDir, tinyConfig, tinyModel } from "./helpers.ts";
 
@@ -24,15 +36,27 @@ test("load / generate / loglik / count_tokens over the protocol equal the in-pro
   const model = await tinyModel();
   const s = await Sidecar.start({ path: sidecarPath("cpu") });
   try {
-    const { engine, model_config } = await s.request<{ engine: string; model_config: { hidden_size: number } }>("load", { request: { model } }).result;
+    const { engine, model_config } = await s.request<{ engine: string; model_config: { hidden_size: number } }>(
+      "load",
+      { request: { model } },
+    ).result;
     const local = await Model.load({ model });
     expect(model_config.hidden_size).toBeGreaterThan(0);
     const prompts = ["def add(a, b):", "x = 1"];
     const options = { max_new_tokens: 6, temperature: 0.8, seed: 5 };
-    expect(await s.request("generate", { engine, prompts, options }).result).toEqual(await local.generate(prompts, options));
-    const reqs = [{ context: "def f(x):", continuation: " return x" }, { context: "", continuation: "import os" }];
-    expect(await s.request("loglik", { engine, requests: reqs, batch_size: 2 }).result).toEqual(await local.loglikelihood(reqs, 2));
-    expect(await s.request("count_tokens", { engine, text: "return a + b" }).result).toBe(await local.countTokens("return a + b"));
+    expect(await s.request("generate", { engine, prompts, options }).result).toEqual(
+      await local.generate(prompts, options),
+    );
+    const reqs = [
+      { context: "def f(x):", continuation: " return x" },
+      { context: "", continuation: "import os" },
+    ];
+    expect(await s.request("loglik", { engine, requests: reqs, batch_size: 2 }).result).toEqual(
+      await local.loglikelihood(reqs, 2),
+    );
+    expect(await s.request("count_tokens", { engine, text: "return a + b" }).result).toBe(
+      await local.countTokens("return a + b"),
+    );
     // errors answer the request that caused them, and the worker goes on
     const missing = s.request("generate", { engine: "engine-9", prompts: ["x"] }).result;
     expect(missing).rejects.toThrow(/no engine `engine-9`.*hint/);
@@ -49,9 +73,21 @@ test("train through the sidecar equals in-process; analyze reports progress; can
   const cfg = { method: { kind: "lora" as const, rank: 4 }, train: { steps: 4, checkpoint_every: 2 } };
   const local = await train(tinyConfig(out, { ...cfg, run_id: "local" }));
   const events: TrainEvent[] = [];
-  const remote = await train(tinyConfig(out, { ...cfg, run_id: "remote" }), { sidecar: true, onEvent: (e) => events.push(e) });
+  const remote = await train(tinyConfig(out, { ...cfg, run_id: "remote" }), {
+    sidecar: true,
+    onEvent: (e) => events.push(e),
+  });
   expect(remote.status).toBe("completed");
-  expect(events.map((e) => e.type)).toEqual(["prepared", "start", "progress", "progress", "checkpoint", "progress", "progress", "checkpoint"]);
+  expect(events.map((e) => e.type)).toEqual([
+    "prepared",
+    "start",
+    "progress",
+    "progress",
+    "checkpoint",
+    "progress",
+    "progress",
+    "checkpoint",
+  ]);
   expect(await metricLosses(remote.run_dir)).toEqual(await metricLosses(local.run_dir));
 
   const s = await Sidecar.start({ path: sidecarPath("cpu") });
@@ -64,11 +100,14 @@ test("train through the sidecar equals in-process; analyze reports progress; can
   expect(progress.length).toBe((viaSidecar as { matrices: unknown[] }).matrices.length);
 
   const abort = new AbortController();
-  const cancelled = await train(tinyConfig(out, { ...cfg, run_id: "cancelled", train: { steps: 50, checkpoint_every: 0 } }), {
-    sidecar: true,
-    signal: abort.signal,
-    onProgress: (p) => p.step === 2 && abort.abort(),
-  });
+  const cancelled = await train(
+    tinyConfig(out, { ...cfg, run_id: "cancelled", train: { steps: 50, checkpoint_every: 0 } }),
+    {
+      sidecar: true,
+      signal: abort.signal,
+      onProgress: (p) => p.step === 2 && abort.abort(),
+    },
+  );
   expect(cancelled.status).toBe("cancelled");
   expect(cancelled.steps).toBeLessThan(50);
   expect(cancelled.last_checkpoint).toContain(`step-${String(cancelled.steps).padStart(6, "0")}`);
@@ -101,15 +140,21 @@ test("Model.load on a device other than cpu runs in the sidecar (here its CPU bu
 
 test("a sidecar that exits at start, prints garbage, says nothing or speaks another protocol is a clear error", async () => {
   const start = (mode: string) => Sidecar.start({ path: fake, env: { FAKE_MODE: mode }, startTimeoutMs: 1500 });
-  await expect(start("exit")).rejects.toThrow(/exited at start \(code 127\).*libcublas\.so\.13: cannot open shared object file/s);
+  await expect(start("exit")).rejects.toThrow(
+    /exited at start \(code 127\).*libcublas\.so\.13: cannot open shared object file/s,
+  );
   await expect(start("garbage")).rejects.toThrow(/printed something that is not the protocol: "Segmentation fault/);
   await expect(start("silent")).rejects.toThrow(/said nothing within 1\.5 s/);
   await expect(start("old")).rejects.toThrow(/speaks protocol 0, this package speaks 1/);
-  await expect(Sidecar.start({ path: "/nonexistent/loralab-sidecar" })).rejects.toThrow(/not found \(hint: `bun run setup`/);
+  await expect(Sidecar.start({ path: "/nonexistent/loralab-sidecar" })).rejects.toThrow(
+    /not found \(hint: `bun run setup`/,
+  );
 
   // garbage after ready: pending requests fail, the process is stopped
   const s = await Sidecar.start({ path: fake, env: { FAKE_MODE: "midgarbage" } });
-  await expect(s.request("load", { request: {} }).result).rejects.toThrow(/not the protocol: "WARNING: something printed on stdout"/);
+  await expect(s.request("load", { request: {} }).result).rejects.toThrow(
+    /not the protocol: "WARNING: something printed on stdout"/,
+  );
   expect(s.alive).toBe(false);
   await s.exited;
 
@@ -123,7 +168,9 @@ test("a sidecar that exits at start, prints garbage, says nothing or speaks anot
 
 test("CUDA out of memory is reported as such, with the config that caused it", async () => {
   const out = tempDir("sidecar-oom");
-  const err = await train(tinyConfig(out, { run_id: "oom", train: { device: "cuda", micro_batch: 64 } }), { sidecar: { path: fake, env: { FAKE_MODE: "oom" } } }).catch((e: Error) => e);
+  const err = await train(tinyConfig(out, { run_id: "oom", train: { device: "cuda", micro_batch: 64 } }), {
+    sidecar: { path: fake, env: { FAKE_MODE: "oom" } },
+  }).catch((e: Error) => e);
   expect(err).toBeInstanceOf(OutOfMemoryError);
   expect((err as Error).message).toMatch(/CUDA out of memory.*train.micro_batch = 64.*hint/);
   expect((err as OutOfMemoryError).config).toEqual({ train: { micro_batch: 64 } });
@@ -133,7 +180,9 @@ test("device names: cuda and cuda:N are valid config; the CPU sidecar refuses th
   const out = tempDir("sidecar-device");
   expect(resolveConfig(tinyConfig(out, { train: { device: "cuda:1" } })).train.device).toBe("cuda:1");
   expect(() => resolveConfig(tinyConfig(out, { train: { device: "gpu" } }))).toThrow(/unknown device `gpu`/);
-  const err = await train(tinyConfig(out, { run_id: "c", train: { device: "cuda" } }), { sidecar: { path: sidecarPath("cpu") } }).catch((e: ConfigError) => e);
+  const err = await train(tinyConfig(out, { run_id: "c", train: { device: "cuda" } }), {
+    sidecar: { path: sidecarPath("cpu") },
+  }).catch((e: ConfigError) => e);
   expect(err).toBeInstanceOf(ConfigError);
   expect((err as ConfigError).field).toBe("train.device");
   expect((err as ConfigError).message).toMatch(/no CUDA \(hint: .*build-cuda-sidecar\.sh/);
@@ -144,7 +193,12 @@ test("the server's runner: a cuda run whose sidecar dies is retried, then stored
   const saved = { path: process.env.LORALAB_SIDECAR, mode: process.env.FAKE_MODE };
   process.env.LORALAB_SIDECAR = fake;
   process.env.FAKE_MODE = "crash";
-  const srv = await createServer({ store: { path: join(out, "store.db") }, runsDir: join(out, "runs"), roots: [root, out], token: "t" });
+  const srv = await createServer({
+    store: { path: join(out, "store.db") },
+    runsDir: join(out, "runs"),
+    roots: [root, out],
+    token: "t",
+  });
   try {
     const cfg = tinyConfig(out, { train: { device: "cuda" } });
     delete cfg.out_dir;
@@ -158,7 +212,9 @@ test("the server's runner: a cuda run whose sidecar dies is retried, then stored
     // interrupted once (queued again to resume), then failed: the retry budget is 2 attempts
     expect(run!.status).toBe("failed");
     expect(run!.attempts).toBe(2);
-    expect(run!.error).toMatch(/died in 2 of 2 attempts, the retry budget: .*killed \(SIGSEGV\).*illegal memory access/s);
+    expect(run!.error).toMatch(
+      /died in 2 of 2 attempts, the retry budget: .*killed \(SIGSEGV\).*illegal memory access/s,
+    );
   } finally {
     await srv.close();
     process.env.LORALAB_SIDECAR = saved.path;

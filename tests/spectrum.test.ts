@@ -10,7 +10,9 @@ describe("analyze", () => {
   test("every checkpoint of a full-FT and a LoRA run: ΔW's rank over training, JSON and figures", async () => {
     const out = tempDir("spectrum");
     for (const kind of ["full", "lora"] as const) {
-      const s = await train(tinyConfig(out, { run_id: kind, method: { kind, rank: 4 }, train: { steps: 4, checkpoint_every: 2 } }));
+      const s = await train(
+        tinyConfig(out, { run_id: kind, method: { kind, rank: 4 }, train: { steps: 4, checkpoint_every: 2 } }),
+      );
       const progress: number[] = [];
       const cks = await analyzeRun(s.run_dir, { thresholds: [0.5, 0.9], onProgress: (d) => progress.push(d) });
       expect(cks.map((c) => c.checkpoint)).toEqual(["step-000002", "step-000004"]); // the last checkpoint is the final output
@@ -39,8 +41,13 @@ describe("analyze", () => {
 
   test("an adapter against its base from the library; intruders only when asked", async () => {
     const out = tempDir("spectrum-lib");
-    const s = await train(tinyConfig(out, { run_id: "l", method: { kind: "lora", rank: 2 }, train: { steps: 2, checkpoint_every: 0 } }));
-    const a = await analyze({ base: join(s.run_dir, "base"), adapter: s.output }, { modules: ["q_proj", "down_proj"], layers: [0, 3], intruders: true });
+    const s = await train(
+      tinyConfig(out, { run_id: "l", method: { kind: "lora", rank: 2 }, train: { steps: 2, checkpoint_every: 0 } }),
+    );
+    const a = await analyze(
+      { base: join(s.run_dir, "base"), adapter: s.output },
+      { modules: ["q_proj", "down_proj"], layers: [0, 3], intruders: true },
+    );
     expect(a.matrices.map((m) => m.name)).toEqual([
       "model.layers.0.self_attn.q_proj.weight",
       "model.layers.0.mlp.down_proj.weight",
@@ -48,7 +55,10 @@ describe("analyze", () => {
       "model.layers.3.mlp.down_proj.weight",
     ]);
     expect(a.matrices.every((m) => m.intruders !== null && m.intruders.top_k === 10)).toBe(true);
-    const plain = await analyze({ base: join(s.run_dir, "base"), adapter: s.output }, { modules: ["q_proj"], layers: [0] });
+    const plain = await analyze(
+      { base: join(s.run_dir, "base"), adapter: s.output },
+      { modules: ["q_proj"], layers: [0] },
+    );
     expect(plain.matrices[0]!.intruders).toBeNull();
   }, 60_000);
 
@@ -62,7 +72,11 @@ describe("analyze", () => {
   test("CLI: a clear error for a mismatched pair, and the baseline's files", () => {
     const out = tempDir("spectrum-cli");
     const run = (args: string[]) => {
-      const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "analyze", ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
+      const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "analyze", ...args], {
+        cwd: root,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
       return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
     };
     const bad = run(["--base", join(root, "datasets/tiny"), "--tuned", join(root, "tests/fixtures/hf/qwen2")]);

@@ -11,8 +11,24 @@ import { freshPostgresUrl } from "./pg.ts";
 import { tempDir, tinyConfig } from "./helpers.ts";
 
 test("the SQLite and Postgres schemas have the same tables, columns, nullability and keys", () => {
-  const kind = (t: string) => ({ SQLiteText: "text", PgText: "text", SQLiteTextJson: "json", PgJsonb: "json", SQLiteInteger: "int", PgInteger: "int", PgBigInt53: "int", SQLiteReal: "real", PgDoublePrecision: "real" })[t] ?? t;
-  const describeT = (c: { name: string; columns: { name: string; columnType: string; notNull: boolean; primary: boolean }[]; primaryKeys: { columns: { name: string }[] }[]; indexes: { config: { name: string } }[] }) => ({
+  const kind = (t: string) =>
+    ({
+      SQLiteText: "text",
+      PgText: "text",
+      SQLiteTextJson: "json",
+      PgJsonb: "json",
+      SQLiteInteger: "int",
+      PgInteger: "int",
+      PgBigInt53: "int",
+      SQLiteReal: "real",
+      PgDoublePrecision: "real",
+    })[t] ?? t;
+  const describeT = (c: {
+    name: string;
+    columns: { name: string; columnType: string; notNull: boolean; primary: boolean }[];
+    primaryKeys: { columns: { name: string }[] }[];
+    indexes: { config: { name: string } }[];
+  }) => ({
     name: c.name,
     columns: c.columns.map((x) => [x.name, kind(x.columnType), x.notNull, x.primary]).sort(),
     pk: c.primaryKeys.map((k) => k.columns.map((x) => x.name)),
@@ -22,7 +38,9 @@ test("the SQLite and Postgres schemas have the same tables, columns, nullability
   expect(names.sort()).toEqual(Object.keys(pgSchema).sort());
   expect(names.length).toBe(6);
   for (const n of names) {
-    const a = describeT(sqliteConfig((sqliteSchema as unknown as Record<string, Parameters<typeof sqliteConfig>[0]>)[n]!) as never);
+    const a = describeT(
+      sqliteConfig((sqliteSchema as unknown as Record<string, Parameters<typeof sqliteConfig>[0]>)[n]!) as never,
+    );
     const b = describeT(pgConfig((pgSchema as unknown as Record<string, Parameters<typeof pgConfig>[0]>)[n]!) as never);
     expect(a).toEqual(b);
   }
@@ -30,7 +48,15 @@ test("the SQLite and Postgres schemas have the same tables, columns, nullability
 
 async function exercise(store: Store, out: string) {
   // runs: create, list, claim (compare-and-set), update
-  const mk = (id: string) => store.createRun({ id, name: "n", method: "lora", config: { seed: 1, nested: { a: [1, 2] } }, device: "cpu", runDir: join(out, id) });
+  const mk = (id: string) =>
+    store.createRun({
+      id,
+      name: "n",
+      method: "lora",
+      config: { seed: 1, nested: { a: [1, 2] } },
+      device: "cpu",
+      runDir: join(out, id),
+    });
   await mk("a");
   await Bun.sleep(5);
   await mk("b");
@@ -45,29 +71,70 @@ async function exercise(store: Store, out: string) {
   await store.updateRun("a", { status: "failed", error: "boom" });
   expect((await store.listRuns({ status: ["failed"] })).map((r) => [r.id, r.error])).toEqual([["a", "boom"]]);
   // metrics: upsert by (run, step, name), never duplicated
-  await store.recordMetrics("a", [{ step: 1, name: "loss", value: 3 }, { step: 2, name: "loss", value: 2 }, { step: 2, name: "lr", value: 1e-3 }]);
-  await store.recordMetrics("a", [{ step: 2, name: "loss", value: 1.5 }, { step: 3, name: "loss", value: 1 }]);
-  expect(await store.metrics("a", { name: "loss" })).toEqual([{ step: 1, name: "loss", value: 3 }, { step: 2, name: "loss", value: 1.5 }, { step: 3, name: "loss", value: 1 }]);
+  await store.recordMetrics("a", [
+    { step: 1, name: "loss", value: 3 },
+    { step: 2, name: "loss", value: 2 },
+    { step: 2, name: "lr", value: 1e-3 },
+  ]);
+  await store.recordMetrics("a", [
+    { step: 2, name: "loss", value: 1.5 },
+    { step: 3, name: "loss", value: 1 },
+  ]);
+  expect(await store.metrics("a", { name: "loss" })).toEqual([
+    { step: 1, name: "loss", value: 3 },
+    { step: 2, name: "loss", value: 1.5 },
+    { step: 3, name: "loss", value: 1 },
+  ]);
   expect((await store.metrics("a", { afterStep: 1 })).length).toBe(3);
   const many = Array.from({ length: 1200 }, (_, i) => ({ step: 100 + i, name: "loss", value: i }));
   await store.recordMetrics("b", many); // more rows than one statement may bind
   expect((await store.metrics("b")).length).toBe(1200);
   // a real run directory, ingested twice: idempotent
-  const s = await train(tinyConfig(out, { run_id: "real", method: { kind: "lora", rank: 4 }, train: { steps: 4, checkpoint_every: 2 } }));
+  const s = await train(
+    tinyConfig(out, { run_id: "real", method: { kind: "lora", rank: 4 }, train: { steps: 4, checkpoint_every: 2 } }),
+  );
   expect(await store.ingestRunDir(s.run_dir)).toBe("real");
   await store.ingestRunDir(s.run_dir);
   const loss = await store.metrics("real", { name: "loss" });
   expect(loss.map((m) => m.step)).toEqual([1, 2, 3, 4]);
   expect((await store.getRun("real"))!.status).toBe("completed");
   const arts = await store.artifacts("real");
-  expect(arts.some((a) => a.path === "adapter/adapter_model.safetensors" && a.kind === "adapter" && a.bytes > 0)).toBe(true);
+  expect(arts.some((a) => a.path === "adapter/adapter_model.safetensors" && a.kind === "adapter" && a.bytes > 0)).toBe(
+    true,
+  );
   expect(arts.some((a) => a.kind === "checkpoint")).toBe(true);
   // eval and spectra summaries
-  await store.recordEval("real", [{ checkpoint: "final", task: "arc_challenge", metric: "acc", value: 0.25, stderr: 0.1, n: 4 }]);
-  await store.recordEval("real", [{ checkpoint: "final", task: "arc_challenge", metric: "acc", value: 0.5, stderr: null, n: 4 }]);
-  expect(await store.evalResults("real")).toEqual([{ checkpoint: "final", task: "arc_challenge", metric: "acc", value: 0.5, stderr: null, n: 4 }]);
-  await store.recordSpectra("real", [{ checkpoint: "final", layer: 0, module: "q_proj", threshold: 0.9, rank: 3, maxRank: 64, effectiveRank: 3.5, stableRank: 1.2 }]);
-  expect((await store.spectra("real"))[0]).toEqual({ checkpoint: "final", layer: 0, module: "q_proj", threshold: 0.9, rank: 3, maxRank: 64, effectiveRank: 3.5, stableRank: 1.2 });
+  await store.recordEval("real", [
+    { checkpoint: "final", task: "arc_challenge", metric: "acc", value: 0.25, stderr: 0.1, n: 4 },
+  ]);
+  await store.recordEval("real", [
+    { checkpoint: "final", task: "arc_challenge", metric: "acc", value: 0.5, stderr: null, n: 4 },
+  ]);
+  expect(await store.evalResults("real")).toEqual([
+    { checkpoint: "final", task: "arc_challenge", metric: "acc", value: 0.5, stderr: null, n: 4 },
+  ]);
+  await store.recordSpectra("real", [
+    {
+      checkpoint: "final",
+      layer: 0,
+      module: "q_proj",
+      threshold: 0.9,
+      rank: 3,
+      maxRank: 64,
+      effectiveRank: 3.5,
+      stableRank: 1.2,
+    },
+  ]);
+  expect((await store.spectra("real"))[0]).toEqual({
+    checkpoint: "final",
+    layer: 0,
+    module: "q_proj",
+    threshold: 0.9,
+    rank: 3,
+    maxRank: 64,
+    effectiveRank: 3.5,
+    stableRank: 1.2,
+  });
   await store.createSweep({ id: "s1", name: "lr sweep", config: { lrs: [1e-4, 2e-4] } });
   expect((await store.getSweep("s1"))!.config).toEqual({ lrs: [1e-4, 2e-4] });
 }
@@ -100,6 +167,8 @@ describe("store", () => {
   }, 120_000);
 
   test("an unreachable Postgres is a clear error", async () => {
-    await expect(openStore({ url: "postgres://nobody@127.0.0.1:1/none" })).rejects.toThrow(/run store postgres:[\s\S]*hint: is the Postgres server up/);
+    await expect(openStore({ url: "postgres://nobody@127.0.0.1:1/none" })).rejects.toThrow(
+      /run store postgres:[\s\S]*hint: is the Postgres server up/,
+    );
   }, 30_000);
 });

@@ -28,12 +28,22 @@ test("every config opens with its launch line and resolves; the study's four reg
     const cfg = await loadConfigFile(join(root, "configs", f));
     // placeholders pointed at real files, so resolution checks everything else
     if (cfg.model?.path) cfg.model = { ...cfg.model, path: join(root, "tests/fixtures/hf/llama3") };
-    if (cfg.data?.train?.startsWith("/path/")) cfg.data = { ...cfg.data, train: join(root, "datasets/tiny/code.jsonl"), recipe: "" };
-    if (cfg.model?.path && !cfg.model.tokenizer) cfg.model = { ...cfg.model, tokenizer: join(root, "datasets/tiny/tokenizer.json") };
+    if (cfg.data?.train?.startsWith("/path/"))
+      cfg.data = { ...cfg.data, train: join(root, "datasets/tiny/code.jsonl"), recipe: "" };
+    if (cfg.model?.path && !cfg.model.tokenizer)
+      cfg.model = { ...cfg.model, tokenizer: join(root, "datasets/tiny/tokenizer.json") };
     const r = resolveConfig({ ...cfg, out_dir: out, data: { ...cfg.data, cache_dir: join(out, "cache") } });
     const want = STUDY[f.replace(".toml", "")];
     if (want) {
-      expect([f, r.optim.lr, r.method.kind, r.data.seq_len, r.schedule.kind, r.optim.name, r.train.micro_batch * r.train.grad_accum >= 192]).toEqual([f, want.lr, want.kind, want.seq, want.schedule, "lionw", true]);
+      expect([
+        f,
+        r.optim.lr,
+        r.method.kind,
+        r.data.seq_len,
+        r.schedule.kind,
+        r.optim.name,
+        r.train.micro_batch * r.train.grad_accum >= 192,
+      ]).toEqual([f, want.lr, want.kind, want.seq, want.schedule, "lionw", true]);
       if (want.kind === "lora") expect([r.method.rank, r.method.alpha]).toEqual([16, 32]);
     }
   }

@@ -9,7 +9,11 @@ import { runSweep, type SweepSpec } from "@loralab/study";
 import { launchChromium, root, tempDir, tinyConfig } from "./helpers.ts";
 
 test("bun run train --quick: the laboratory end to end, a summary table, a report that renders", async () => {
-  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "train", "--quick"], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "train", "--quick"], {
+    cwd: root,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const out = p.stdout.toString();
   expect(p.stderr.toString()).toBe("");
   expect(p.exitCode).toBe(0); // quality gates passed
@@ -47,7 +51,17 @@ function tinySpec(name: string, out: string, over: Partial<SweepSpec> = {}): Swe
   delete base.out_dir;
   delete base.run_id;
   base.train = { micro_batch: 4, checkpoint_every: 0 };
-  return { name, regime: "ift", base, methods: ["full", "lora"], lr: { full: [1e-3], lora: [3e-3] }, ranks: [4], durations: [1, 2], records_per_epoch: 16, ...over };
+  return {
+    name,
+    regime: "ift",
+    base,
+    methods: ["full", "lora"],
+    lr: { full: [1e-3], lora: [3e-3] },
+    ranks: [4],
+    durations: [1, 2],
+    records_per_epoch: 16,
+    ...over,
+  };
 }
 
 test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed sweep skips finished cells", async () => {
@@ -57,7 +71,12 @@ test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed s
   const logs: string[] = [];
   const cks = await runSweep(spec, store, join(out, "runs"), (m) => logs.push(m));
   expect(cks.map((c) => `${c.cell.key}@${c.duration}`)).toEqual([
-    "full-lr1e-3-s0@1", "full-lr1e-3-s0@2", "lora-r4-a8-all-lr3e-3-s0@1", "lora-r4-a8-all-lr3e-3-s0@2", "lora-r4-a8-attention-lr3e-3-s0@1", "lora-r4-a8-attention-lr3e-3-s0@2",
+    "full-lr1e-3-s0@1",
+    "full-lr1e-3-s0@2",
+    "lora-r4-a8-all-lr3e-3-s0@1",
+    "lora-r4-a8-all-lr3e-3-s0@2",
+    "lora-r4-a8-attention-lr3e-3-s0@1",
+    "lora-r4-a8-attention-lr3e-3-s0@2",
   ]);
   expect(cks[2]!.adapter).toContain("checkpoints/step-000004"); // 16 records / 4 per step = 4 steps an epoch
   expect((await store.listRuns()).map((r) => r.status)).toEqual(["completed", "completed", "completed"]);
@@ -78,11 +97,19 @@ test("CPT durations are branches from 0.8·D of one long run; hybrid trains LoRA
   const branch = JSON.parse(readFileSync(join(out, "runs", "c-full-lr1e-3-s0-D10", "config.json"), "utf8"));
   expect(branch.train.resume_from).toContain("step-000008");
   expect(branch.schedule).toMatchObject({ kind: "inverse_sqrt", cooldown_frac: 0.2 });
-  const lrs = readFileSync(join(out, "runs", "c-full-lr1e-3-s0-D10", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).lr as number);
+  const lrs = readFileSync(join(out, "runs", "c-full-lr1e-3-s0-D10", "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l).lr as number);
   expect(lrs.length).toBe(2); // steps 9 and 10: the cooldown
   expect(lrs[1]!).toBeLessThan(lrs[0]!);
 
-  const hy = tinySpec("h", out, { methods: ["hybrid"], lr: { hybrid: [1e-3] }, durations: [1, 2, 3], hybrid: { lora_fraction: 1 / 3, full_targets: ["gate_proj", "up_proj", "down_proj"], rank: 4 } });
+  const hy = tinySpec("h", out, {
+    methods: ["hybrid"],
+    lr: { hybrid: [1e-3] },
+    durations: [1, 2, 3],
+    hybrid: { lora_fraction: 1 / 3, full_targets: ["gate_proj", "up_proj", "down_proj"], rank: 4 },
+  });
   const hcks = await runSweep(hy, store, join(out, "runs"), () => {});
   expect(hcks.map((c) => c.duration)).toEqual([2, 3]);
   const phase2 = JSON.parse(readFileSync(join(out, "runs", hcks[0]!.runId, "config.json"), "utf8"));
@@ -91,6 +118,10 @@ test("CPT durations are branches from 0.8·D of one long run; hybrid trains LoRA
   const { analyze } = await import("@loralab/spectrum");
   const merged = join(out, "runs", `${hcks[0]!.runId}-merged`);
   const a = await analyze({ base: merged, tuned: hcks[1]!.model }, { spectra: false, layers: [0] });
-  for (const m of a.matrices) expect([m.module, m.delta.frobenius > 0]).toEqual([m.module, ["gate_proj", "up_proj", "down_proj"].includes(m.module)]);
+  for (const m of a.matrices)
+    expect([m.module, m.delta.frobenius > 0]).toEqual([
+      m.module,
+      ["gate_proj", "up_proj", "down_proj"].includes(m.module),
+    ]);
   await store.close();
 }, 300_000);

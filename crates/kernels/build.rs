@@ -8,7 +8,13 @@ fn main() {
         println!("cargo:rerun-if-changed={f}");
     }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        cc::Build::new().cpp(true).std("c++17").opt_level(2).flag("-Wno-unknown-pragmas").file("cuda/emulate.cpp").compile("loralab_kernels_emu");
+        cc::Build::new()
+            .cpp(true)
+            .std("c++17")
+            .opt_level(2)
+            .flag("-Wno-unknown-pragmas")
+            .file("cuda/emulate.cpp")
+            .compile("loralab_kernels_emu");
     } else {
         println!("cargo:rerun-if-env-changed=NVCC");
         println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

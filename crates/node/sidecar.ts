@@ -58,7 +58,13 @@ const root = new URL("../..", import.meta.url).pathname;
 export function sidecarPath(device = "cuda"): string {
   if (process.env.LORALAB_SIDECAR) return process.env.LORALAB_SIDECAR;
   const cuda = join(root, "dist/cuda/loralab-sidecar");
-  const cpu = join(root, "target", `${process.arch === "arm64" ? "aarch64" : "x86_64"}-unknown-linux-gnu`, "release", "loralab-sidecar");
+  const cpu = join(
+    root,
+    "target",
+    `${process.arch === "arm64" ? "aarch64" : "x86_64"}-unknown-linux-gnu`,
+    "release",
+    "loralab-sidecar",
+  );
   if (device.startsWith("cuda") && existsSync(cuda)) return cuda;
   return existsSync(cpu) ? cpu : cuda;
 }
@@ -94,14 +100,25 @@ export class Sidecar {
   static async start(o: SidecarOptions = {}): Promise<Sidecar> {
     const path = o.path ?? sidecarPath();
     if (!existsSync(path)) {
-      throw new SidecarCrashed(`sidecar binary ${path} not found (hint: \`bun run setup\` builds the CPU sidecar; scripts/build-cuda-sidecar.sh the CUDA one; or set LORALAB_SIDECAR)`, null, null, "");
+      throw new SidecarCrashed(
+        `sidecar binary ${path} not found (hint: \`bun run setup\` builds the CPU sidecar; scripts/build-cuda-sidecar.sh the CUDA one; or set LORALAB_SIDECAR)`,
+        null,
+        null,
+        "",
+      );
     }
-    const proc = Bun.spawn([path], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...o.env } });
+    const proc = Bun.spawn([path], {
+      stdin: "pipe",
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, ...o.env },
+    });
     const lines = readLines(proc.stdout);
     const stderr = { text: "" };
     const errPump = (async () => {
       const dec = new TextDecoder();
-      for await (const chunk of proc.stderr) stderr.text = (stderr.text + dec.decode(chunk, { stream: true })).slice(-STDERR_KEEP);
+      for await (const chunk of proc.stderr)
+        stderr.text = (stderr.text + dec.decode(chunk, { stream: true })).slice(-STDERR_KEEP);
     })();
     const timeoutMs = o.startTimeoutMs ?? 60_000;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -116,20 +133,41 @@ export class Sidecar {
       await Promise.race([errPump, Bun.sleep(200)]);
       throw new SidecarCrashed(`sidecar ${path} ${why}${tail(stderr.text)}`, code, signalOf(proc), stderr.text);
     };
-    if (first === "timeout") return fail(`said nothing within ${timeoutMs / 1000} s of starting (hint: a hung CUDA initialisation? check nvidia-smi)`);
+    if (first === "timeout")
+      return fail(
+        `said nothing within ${timeoutMs / 1000} s of starting (hint: a hung CUDA initialisation? check nvidia-smi)`,
+      );
     if (first === "eof") {
       const code = await proc.exited;
-      return fail(`exited at start (code ${code}${proc.signalCode ? `, ${proc.signalCode}` : ""}) before saying ready (hint: missing CUDA libraries? run it by hand to see)`);
+      return fail(
+        `exited at start (code ${code}${proc.signalCode ? `, ${proc.signalCode}` : ""}) before saying ready (hint: missing CUDA libraries? run it by hand to see)`,
+      );
     }
     let hello: { event?: string; protocol?: number } & Partial<Ready>;
     try {
       hello = JSON.parse(first);
     } catch {
-      return fail(`printed something that is not the protocol: ${JSON.stringify(first.slice(0, 200))} (hint: is LORALAB_SIDECAR the loralab-sidecar binary?)`);
+      return fail(
+        `printed something that is not the protocol: ${JSON.stringify(first.slice(0, 200))} (hint: is LORALAB_SIDECAR the loralab-sidecar binary?)`,
+      );
     }
-    if (hello.event !== "ready") return fail(`began with ${JSON.stringify(first.slice(0, 200))} instead of a ready event`);
-    if (hello.protocol !== PROTOCOL) return fail(`speaks protocol ${hello.protocol}, this package speaks ${PROTOCOL} (hint: rebuild the sidecar from this checkout)`);
-    const s = new Sidecar(proc, { protocol: hello.protocol, version: hello.version ?? "", pid: hello.pid ?? proc.pid, devices: hello.devices ?? [] }, path, stderr);
+    if (hello.event !== "ready")
+      return fail(`began with ${JSON.stringify(first.slice(0, 200))} instead of a ready event`);
+    if (hello.protocol !== PROTOCOL)
+      return fail(
+        `speaks protocol ${hello.protocol}, this package speaks ${PROTOCOL} (hint: rebuild the sidecar from this checkout)`,
+      );
+    const s = new Sidecar(
+      proc,
+      {
+        protocol: hello.protocol,
+        version: hello.version ?? "",
+        pid: hello.pid ?? proc.pid,
+        devices: hello.devices ?? [],
+      },
+      path,
+      stderr,
+    );
     void s.pump(lines);
     void proc.exited.then((code) => s.onExit(code));
     o.onStart?.(s);
@@ -137,7 +175,11 @@ export class Sidecar {
   }
 
   /** Send a request; resolves with its result, rejects with SidecarError or SidecarCrashed. */
-  request<T = unknown>(op: string, params: Record<string, unknown> = {}, onProgress?: (data: unknown) => void): { id: number; result: Promise<T> } {
+  request<T = unknown>(
+    op: string,
+    params: Record<string, unknown> = {},
+    onProgress?: (data: unknown) => void,
+  ): { id: number; result: Promise<T> } {
     const id = this.nextId++;
     const result = new Promise<T>((resolve, reject) => {
       if (this.dead) return reject(this.dead);
@@ -182,11 +224,18 @@ export class Sidecar {
 
   private async pump(lines: AsyncGenerator<string>) {
     for await (const line of lines) {
-      let ev: { id?: number | string | null; event?: string; data?: unknown; error?: { code: string; message: string; field?: string; config?: unknown } };
+      let ev: {
+        id?: number | string | null;
+        event?: string;
+        data?: unknown;
+        error?: { code: string; message: string; field?: string; config?: unknown };
+      };
       try {
         ev = JSON.parse(line);
       } catch {
-        this.die(`printed something that is not the protocol: ${JSON.stringify(line.slice(0, 200))}; its output cannot be trusted, so it was stopped`);
+        this.die(
+          `printed something that is not the protocol: ${JSON.stringify(line.slice(0, 200))}; its output cannot be trusted, so it was stopped`,
+        );
         return;
       }
       const p = typeof ev.id === "number" ? this.pending.get(ev.id) : undefined;
@@ -214,11 +263,18 @@ export class Sidecar {
     const signal = signalOf(this.proc);
     if (!this.dead) {
       const how = signal ? `was killed (${signal})` : `exited with code ${code}`;
-      this.dead = new SidecarCrashed(`sidecar ${this.path} ${how}${this.closing ? " while shutting down" : ""}${tail(this.stderr.text)}`, code, signal, this.stderr.text);
+      this.dead = new SidecarCrashed(
+        `sidecar ${this.path} ${how}${this.closing ? " while shutting down" : ""}${tail(this.stderr.text)}`,
+        code,
+        signal,
+        this.stderr.text,
+      );
     }
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
-      p.reject(new SidecarCrashed(`${this.dead.message} (during ${p.op}, request ${id})`, code, signal, this.stderr.text));
+      p.reject(
+        new SidecarCrashed(`${this.dead.message} (during ${p.op}, request ${id})`, code, signal, this.stderr.text),
+      );
     }
   }
 }

@@ -89,7 +89,8 @@ fn is_out_of_memory(message: &str) -> bool {
 }
 
 fn oom_summary(c: &Value) -> String {
-    let get = |a: &str, b: &str| c.get(a).and_then(|s| s.get(b)).map(|v| v.to_string()).unwrap_or_else(|| "default".into());
+    let get =
+        |a: &str, b: &str| c.get(a).and_then(|s| s.get(b)).map(|v| v.to_string()).unwrap_or_else(|| "default".into());
     format!(
         " (method.kind = {}, train.micro_batch = {}, data.seq_len = {}, model.dtype = {}, train.device = {})",
         get("method", "kind"),
@@ -109,7 +110,8 @@ fn guard(config: Option<&Value>, f: impl FnOnce() -> Result<Value, CoreError>) -
             if is_out_of_memory(&msg) {
                 return Err(classify(CoreError::Candle(loralab_core::candle::Error::Msg(msg)), config));
             }
-            let message = format!("internal error: {msg} (hint: this is a loralab bug; please report it with the request)");
+            let message =
+                format!("internal error: {msg} (hint: this is a loralab bug; please report it with the request)");
             Err(Failure { code: "internal", message, field: None, config: None })
         }
     }
@@ -159,7 +161,8 @@ impl Worker {
             "generate" => {
                 let e = self.engine(&req)?;
                 let prompts: Vec<String> = field(&req, "prompts")?;
-                let options: infer::GenerateOptions = field(&json!({"options": req.get("options").cloned().unwrap_or(json!({}))}), "options")?;
+                let options: infer::GenerateOptions =
+                    field(&json!({"options": req.get("options").cloned().unwrap_or(json!({}))}), "options")?;
                 Ok(serde_json::to_value(e.generate(&prompts, &options)?)?)
             }
             "loglik" => {
@@ -186,7 +189,9 @@ impl Worker {
             "analyze" => {
                 let a: analyze::AnalyzeRequest = field(&req, "request")?;
                 let progress = |done: usize, total: usize, name: &str| {
-                    out.emit(json!({"id": id, "event": "progress", "data": {"done": done, "total": total, "matrix": name}}));
+                    out.emit(
+                        json!({"id": id, "event": "progress", "data": {"done": done, "total": total, "matrix": name}}),
+                    );
                 };
                 Ok(serde_json::to_value(analyze::analyze(&a, &progress)?)?)
             }
@@ -201,7 +206,13 @@ impl Worker {
     fn engine(&self, req: &Value) -> Result<Arc<infer::Engine>, CoreError> {
         let handle: String = field(req, "engine")?;
         self.engines.get(&handle).cloned().ok_or_else(|| {
-            CoreError::config("engine", format!("no engine `{handle}` (hint: load one first; loaded: {:?})", self.engines.keys().collect::<Vec<_>>()))
+            CoreError::config(
+                "engine",
+                format!(
+                    "no engine `{handle}` (hint: load one first; loaded: {:?})",
+                    self.engines.keys().collect::<Vec<_>>()
+                ),
+            )
         })
     }
 }
@@ -250,7 +261,10 @@ fn main() {
         let req: Value = match serde_json::from_str(&line) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
-                out.error(&Value::Null, Failure::protocol(format!("not a JSON object: {:.200} (hint: one request per line)", line)));
+                out.error(
+                    &Value::Null,
+                    Failure::protocol(format!("not a JSON object: {:.200} (hint: one request per line)", line)),
+                );
                 continue;
             }
         };
@@ -278,7 +292,13 @@ fn main() {
                 break;
             }
             op if !QUEUED_OPS.contains(&op) => {
-                out.error(&id, Failure::protocol(format!("unknown op `{op}` (hint: one of {}, cancel, shutdown)", QUEUED_OPS.join(", "))));
+                out.error(
+                    &id,
+                    Failure::protocol(format!(
+                        "unknown op `{op}` (hint: one of {}, cancel, shutdown)",
+                        QUEUED_OPS.join(", ")
+                    )),
+                );
             }
             _ => {
                 let cancel = Arc::new(AtomicBool::new(false));
@@ -306,10 +326,18 @@ mod tests {
     #[test]
     fn cuda_out_of_memory_is_its_own_code_and_names_the_config() {
         let cfg = json!({"method": {"kind": "full"}, "train": {"micro_batch": 4, "device": "cuda"}, "data": {"seq_len": 2048}});
-        let e = CoreError::Candle(loralab_core::candle::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into()));
+        let e = CoreError::Candle(loralab_core::candle::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
         let f = classify(e, Some(&cfg));
         assert_eq!(f.code, "oom");
-        assert!(f.message.contains("train.micro_batch = 4") && f.message.contains("data.seq_len = 2048") && f.message.contains("hint"), "{}", f.message);
+        assert!(
+            f.message.contains("train.micro_batch = 4")
+                && f.message.contains("data.seq_len = 2048")
+                && f.message.contains("hint"),
+            "{}",
+            f.message
+        );
         assert_eq!(f.config.as_ref(), Some(&cfg));
         let other = classify(CoreError::config("train.steps", "must be ≥ 1"), Some(&cfg));
         assert_eq!((other.code, other.field.as_deref()), ("config", Some("train.steps")));

@@ -36,7 +36,10 @@ fn main() -> loralab_core::Result<()> {
     let dir = std::env::temp_dir().join(format!("loralab-bench-data-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!("prepare (CPT, seq_len 256, the bundled 512-token BPE), one run each, this machine:");
-    println!("{:>8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>14}", "file MB", "records", "records/s", "tokens (M)", "tokens/s", "MB/s", "peak heap MiB");
+    println!(
+        "{:>8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>14}",
+        "file MB", "records", "records/s", "tokens (M)", "tokens/s", "MB/s", "peak heap MiB"
+    );
     let mut peaks = vec![];
     for mb in [50usize, 200] {
         let file = dir.join(format!("corpus-{mb}.jsonl"));

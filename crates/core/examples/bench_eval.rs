@@ -12,7 +12,9 @@ use loralab_core::infer::{Engine, GenerateOptions, KvCache, LoadRequest, LoglikR
 use std::time::Instant;
 
 fn smollm2() -> std::path::PathBuf {
-    let cache = std::env::var("LORALAB_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/loralab"));
+    let cache = std::env::var("LORALAB_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/loralab"));
     cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
@@ -27,19 +29,31 @@ fn main() {
     let reforward_b8 = args.get(1).copied().unwrap_or(64);
     let path = smollm2();
     assert!(path.is_file(), "{} missing (hint: bun run fetch smollm2)", path.display());
-    let mut e = Engine::load(&LoadRequest { model: path.display().to_string(), ..Default::default() }).expect("load SmolLM2");
+    let mut e =
+        Engine::load(&LoadRequest { model: path.display().to_string(), ..Default::default() }).expect("load SmolLM2");
     e.stop_ids.clear(); // every row generates exactly the asked-for tokens
     println!("SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32), {} threads", candle_core::utils::get_num_threads());
 
     // --- log-likelihood
     let ctx = "The quick brown fox jumps over the lazy dog near the riverbank, while children play in the park and the sun sets slowly behind the hills of the quiet village.";
-    let reqs: Vec<LoglikRequest> = (0..64).map(|i| LoglikRequest { context: format!("{ctx} Story {i}:"), continuation: format!(" The fox number {i} ran home quickly.") }).collect();
+    let reqs: Vec<LoglikRequest> = (0..64)
+        .map(|i| LoglikRequest {
+            context: format!("{ctx} Story {i}:"),
+            continuation: format!(" The fox number {i} ran home quickly."),
+        })
+        .collect();
     let _ = e.loglikelihood(&reqs[..8], 8).unwrap(); // warm up
     let t = Instant::now();
     let ll = e.loglikelihood(&reqs, 8).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let toks: usize = reqs.iter().map(|r| e.tok.encode(format!("{}{}", r.context, r.continuation), false).unwrap().len()).sum();
-    println!("\nlog-likelihood: {} pairs, {toks} tokens in {secs:.2} s = {:.0} tokens/s (continuation tokens scored: {})", reqs.len(), toks as f64 / secs, ll.iter().map(|l| l.tokens).sum::<usize>());
+    let toks: usize =
+        reqs.iter().map(|r| e.tok.encode(format!("{}{}", r.context, r.continuation), false).unwrap().len()).sum();
+    println!(
+        "\nlog-likelihood: {} pairs, {toks} tokens in {secs:.2} s = {:.0} tokens/s (continuation tokens scored: {})",
+        reqs.len(),
+        toks as f64 / secs,
+        ll.iter().map(|l| l.tokens).sum::<usize>()
+    );
 
     // --- generation, cached vs re-forward
     let prompt = "Once upon a time, in a small village by the sea,".to_string();
@@ -70,9 +84,12 @@ fn main() {
         let mut v = vec![];
         for _ in 0..15 {
             let mut cache = KvCache::new(&e.model, 1, 512).unwrap();
-            e.forward_cached(&Tensor::from_vec(ids.clone(), (1, pos), &Device::Cpu).unwrap(), &[0], &mut cache).unwrap();
+            e.forward_cached(&Tensor::from_vec(ids.clone(), (1, pos), &Device::Cpu).unwrap(), &[0], &mut cache)
+                .unwrap();
             let t = Instant::now();
-            let h = e.forward_cached(&Tensor::from_vec(vec![42u32], (1, 1), &Device::Cpu).unwrap(), &[0], &mut cache).unwrap();
+            let h = e
+                .forward_cached(&Tensor::from_vec(vec![42u32], (1, 1), &Device::Cpu).unwrap(), &[0], &mut cache)
+                .unwrap();
             let _ = h.matmul(&e.model.embed_tokens.tensor().t().unwrap()).unwrap(); // the head, as a real step
             v.push(t.elapsed().as_secs_f64() * 1e3);
         }

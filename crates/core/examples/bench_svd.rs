@@ -19,7 +19,12 @@ fn random_f32(m: usize, n: usize, seed: u64) -> faer::Mat<f32> {
 fn vm_hwm_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -42,17 +47,33 @@ fn write_pair(dir: &std::path::Path, layers: usize, d: usize, f: usize) -> f64 {
         extra.insert("model.norm.weight".into(), Tensor::ones(d, DType::F32, &Device::Cpu).unwrap());
         for l in 0..layers {
             let mut w: HashMap<String, Tensor> = HashMap::new();
-            for (m, shape) in [("self_attn.q_proj", (d, d)), ("self_attn.k_proj", (d, d)), ("self_attn.v_proj", (d, d)), ("self_attn.o_proj", (d, d)), ("mlp.gate_proj", (f, d)), ("mlp.up_proj", (f, d)), ("mlp.down_proj", (d, f))] {
+            for (m, shape) in [
+                ("self_attn.q_proj", (d, d)),
+                ("self_attn.k_proj", (d, d)),
+                ("self_attn.v_proj", (d, d)),
+                ("self_attn.o_proj", (d, d)),
+                ("mlp.gate_proj", (f, d)),
+                ("mlp.up_proj", (f, d)),
+                ("mlp.down_proj", (d, f)),
+            ] {
                 // the same base in both; the tuned one moved by a small dense change
                 let mut rb = Rng::fork(7, (l * 7 + m.len()) as u64);
                 let mut rd = Rng::fork(seed, (l * 7 + m.len()) as u64);
                 let n = shape.0 * shape.1;
-                let v: Vec<f32> = (0..n).map(|_| (rb.normal() * 0.02 + if which == "tuned" { rd.normal() * 1e-4 } else { 0.0 }) as f32).collect();
+                let v: Vec<f32> = (0..n)
+                    .map(|_| (rb.normal() * 0.02 + if which == "tuned" { rd.normal() * 1e-4 } else { 0.0 }) as f32)
+                    .collect();
                 bytes += n * 4;
                 w.insert(format!("model.layers.{l}.{m}.weight"), Tensor::from_vec(v, shape, &Device::Cpu).unwrap());
             }
-            w.insert(format!("model.layers.{l}.input_layernorm.weight"), Tensor::ones(d, DType::F32, &Device::Cpu).unwrap());
-            w.insert(format!("model.layers.{l}.post_attention_layernorm.weight"), Tensor::ones(d, DType::F32, &Device::Cpu).unwrap());
+            w.insert(
+                format!("model.layers.{l}.input_layernorm.weight"),
+                Tensor::ones(d, DType::F32, &Device::Cpu).unwrap(),
+            );
+            w.insert(
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                Tensor::ones(d, DType::F32, &Device::Cpu).unwrap(),
+            );
             for k in w.keys() {
                 index.insert(k.clone(), serde_json::json!(shard(&l.to_string())));
             }
@@ -62,7 +83,8 @@ fn write_pair(dir: &std::path::Path, layers: usize, d: usize, f: usize) -> f64 {
             index.insert(k.clone(), serde_json::json!(shard("extra")));
         }
         candle_core::safetensors::save(&extra, out.join(shard("extra"))).unwrap();
-        std::fs::write(out.join("model.safetensors.index.json"), serde_json::json!({"weight_map": index}).to_string()).unwrap();
+        std::fs::write(out.join("model.safetensors.index.json"), serde_json::json!({"weight_map": index}).to_string())
+            .unwrap();
     }
     bytes as f64 / 2.0
 }
@@ -86,14 +108,22 @@ fn main() {
                 s1 = s[0];
             }
             let heap = (alloc::peak() - before) as f64;
-            println!("{}", serde_json::json!({"m": m, "n": n, "threads": threads, "seconds": best, "reps": reps, "sigma_1": s1, "peak_heap_mib": heap / 1048576.0}));
+            println!(
+                "{}",
+                serde_json::json!({"m": m, "n": n, "threads": threads, "seconds": best, "reps": reps, "sigma_1": s1, "peak_heap_mib": heap / 1048576.0})
+            );
         }
         Some("pair") => {
-            let [layers, d, f]: [usize; 3] = [1, 2, 3].map(|i| args[i].parse().expect("LAYERS HIDDEN INTERMEDIATE DIR"));
+            let [layers, d, f]: [usize; 3] =
+                [1, 2, 3].map(|i| args[i].parse().expect("LAYERS HIDDEN INTERMEDIATE DIR"));
             let dir = std::path::PathBuf::from(&args[4]);
             let t = Instant::now();
             let model_bytes = write_pair(&dir, layers, d, f);
-            println!("wrote a {layers}-layer {d}-wide (intermediate {f}) pair: {} MiB per model, {:.0} s", alloc::mib(model_bytes), t.elapsed().as_secs_f64());
+            println!(
+                "wrote a {layers}-layer {d}-wide (intermediate {f}) pair: {} MiB per model, {:.0} s",
+                alloc::mib(model_bytes),
+                t.elapsed().as_secs_f64()
+            );
             let before = alloc::reset_peak();
             let req = loralab_core::analyze::AnalyzeRequest {
                 base: dir.join("base").display().to_string(),
@@ -122,7 +152,9 @@ fn main() {
                 alloc::mib(model_bytes),
                 vm_hwm_mib()
             );
-            let r90: f64 = a.matrices.iter().map(|m| m.delta.rank_at["0.9"] as f64 / m.delta.max_rank as f64).sum::<f64>() / a.matrices.len() as f64;
+            let r90: f64 =
+                a.matrices.iter().map(|m| m.delta.rank_at["0.9"] as f64 / m.delta.max_rank as f64).sum::<f64>()
+                    / a.matrices.len() as f64;
             println!("(a random dense ΔW: mean rank@90 % / max rank = {r90:.2})");
         }
         _ => {

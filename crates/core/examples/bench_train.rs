@@ -32,7 +32,14 @@ fn llama(v: usize, d: usize, f: usize, l: usize, nh: usize, kv: usize) -> LlamaC
 }
 
 fn lora16() -> MethodConfig {
-    MethodConfig { kind: MethodKind::Lora, rank: 16, alpha: Some(32.0), dropout: 0.05, targets: Targets::Preset("all".into()), rslora: false }
+    MethodConfig {
+        kind: MethodKind::Lora,
+        rank: 16,
+        alpha: Some(32.0),
+        dropout: 0.05,
+        targets: Targets::Preset("all".into()),
+        rslora: false,
+    }
 }
 
 // ------------------------------------------------------------------ the memory model
@@ -49,19 +56,46 @@ struct Predicted {
 
 /// Bytes the engine should hold, from the shapes alone (f32). Activations: the tensors
 /// the forward pass keeps for backward, counted from model.rs and linear.rs.
-fn predict(cfg: &LlamaConfig, m: &MethodConfig, b: usize, t: usize, trainable: usize, adapter: usize, largest: usize) -> Predicted {
-    let (d, f, v, l) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64, cfg.num_hidden_layers as f64);
+fn predict(
+    cfg: &LlamaConfig,
+    m: &MethodConfig,
+    b: usize,
+    t: usize,
+    trainable: usize,
+    adapter: usize,
+    largest: usize,
+) -> Predicted {
+    let (d, f, v, l) =
+        (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64, cfg.num_hidden_layers as f64);
     let (nh, kv, hd) = (cfg.num_attention_heads as f64, cfg.kv_heads() as f64, cfg.head_dim() as f64);
     let n = (b * t) as f64;
     let (q, kvd) = (nh * hd, kv * hd);
     let scores = b as f64 * nh * (t * t) as f64;
     // per layer: residual in, norm, q/k/v, v copy, rope copies+outputs of q and k, scores, P,
     // attention output + its copy, o_proj, residual, norm, gate, silu, up, gate·up, down, residual
-    let layer = n * d + n * d + n * (q + 2.0 * kvd) + n * kvd + 2.0 * n * (q + kvd) + 2.0 * scores + 2.0 * n * q + n * d + n * d + n * d + 4.0 * n * f + n * d + n * d;
+    let layer = n * d
+        + n * d
+        + n * (q + 2.0 * kvd)
+        + n * kvd
+        + 2.0 * n * (q + kvd)
+        + 2.0 * scores
+        + 2.0 * n * q
+        + n * d
+        + n * d
+        + n * d
+        + 4.0 * n * f
+        + n * d
+        + n * d;
     // LoRA adds nothing here: the fused op (ops::LoraOp) keeps only its inputs
     let _ = m;
     let acts = l * layer + n * d + n * v;
-    Predicted { weights: 4.0 * (cfg.n_params() + adapter) as f64, grads: 4.0 * trainable as f64, state: 4.0 * trainable as f64, activations: 4.0 * acts, step_work: 4.0 * largest as f64 }
+    Predicted {
+        weights: 4.0 * (cfg.n_params() + adapter) as f64,
+        grads: 4.0 * trainable as f64,
+        state: 4.0 * trainable as f64,
+        activations: 4.0 * acts,
+        step_work: 4.0 * largest as f64,
+    }
 }
 
 // ------------------------------------------------------------------ one method on one shape
@@ -148,7 +182,15 @@ fn memory(s: &Shape, method: &MethodConfig) -> candle_core::Result<Measured> {
         grads,
         peak: peak_b,
         flops: flops(s, method, r.adapter),
-        pred: predict(&s.cfg, method, s.batch, s.seq, r.trainable, r.adapter, r.params.iter().map(|(_, v)| v.elem_count()).max().unwrap_or(0)),
+        pred: predict(
+            &s.cfg,
+            method,
+            s.batch,
+            s.seq,
+            r.trainable,
+            r.adapter,
+            r.params.iter().map(|(_, v)| v.elem_count()).max().unwrap_or(0),
+        ),
         trainable: r.trainable,
     })
 }
@@ -156,9 +198,12 @@ fn memory(s: &Shape, method: &MethodConfig) -> candle_core::Result<Measured> {
 fn flops(s: &Shape, method: &MethodConfig, adapter: usize) -> f64 {
     let n = (s.batch * s.seq) as f64;
     let (d, hd, nh) = (s.cfg.hidden_size as f64, s.cfg.head_dim() as f64, s.cfg.num_attention_heads as f64);
-    let matmul_params = (s.cfg.n_params() - s.cfg.vocab_size * s.cfg.hidden_size - (2 * s.cfg.num_hidden_layers + 1) * s.cfg.hidden_size) as f64 + (s.cfg.vocab_size as f64 * d);
+    let matmul_params = (s.cfg.n_params()
+        - s.cfg.vocab_size * s.cfg.hidden_size
+        - (2 * s.cfg.num_hidden_layers + 1) * s.cfg.hidden_size) as f64
+        + (s.cfg.vocab_size as f64 * d);
     let attn = 2.0 * 2.0 * s.batch as f64 * nh * (s.seq * s.seq) as f64 * hd * s.cfg.num_hidden_layers as f64; // QKᵀ and PV forward
-    // forward 2·N·n; backward: dX always (2·N·n), dW only for trainable weights (2·N·n for full)
+                                                                                                               // forward 2·N·n; backward: dX always (2·N·n), dW only for trainable weights (2·N·n for full)
     match method.kind {
         MethodKind::Full => 6.0 * matmul_params * n + 3.0 * attn,
         MethodKind::Lora => 4.0 * matmul_params * n + 3.0 * attn + 6.0 * adapter as f64 * n,
@@ -213,7 +258,15 @@ fn checkpointing(s: &Shape, method: &MethodConfig) -> candle_core::Result<[(f64,
             let (ids, targets, mask) = batch(&s.cfg, s.batch, s.seq, i as u64);
             let base = reset_peak();
             let t0 = Instant::now();
-            let (_, g) = r.model.loss_and_grads(&ids, &targets, &mask, (s.batch * s.seq) as f64, &mut Ctx { train: true, rng: &mut r.rng }, &r.params, ckpt)?;
+            let (_, g) = r.model.loss_and_grads(
+                &ids,
+                &targets,
+                &mask,
+                (s.batch * s.seq) as f64,
+                &mut Ctx { train: true, rng: &mut r.rng },
+                &r.params,
+                ckpt,
+            )?;
             let mut gs: Vec<Tensor> = g.into_iter().map(|x| x.expect("grad")).collect();
             clip_grad_norm(&mut gs, 1.0)?;
             r.opt.step(&r.params, &gs, 1e-4, i + 1)?;
@@ -233,8 +286,18 @@ fn main() -> candle_core::Result<()> {
     // instead of returning them to the OS and faulting fresh zeroed ones in every step
     alloc::keep_freed_pages();
     let shapes = [
-        Shape { label: "activation-dominated (d=512, 8 layers, seq 256, micro-batch 8)", cfg: llama(4096, 512, 1024, 8, 8, 2), batch: 8, seq: 256 },
-        Shape { label: "parameter-dominated (d=768, 12 layers, seq 128, micro-batch 1)", cfg: llama(32000, 768, 1792, 12, 12, 12), batch: 1, seq: 128 },
+        Shape {
+            label: "activation-dominated (d=512, 8 layers, seq 256, micro-batch 8)",
+            cfg: llama(4096, 512, 1024, 8, 8, 2),
+            batch: 8,
+            seq: 256,
+        },
+        Shape {
+            label: "parameter-dominated (d=768, 12 layers, seq 128, micro-batch 1)",
+            cfg: llama(32000, 768, 1792, 12, 12, 12),
+            batch: 1,
+            seq: 128,
+        },
     ];
     let only = std::env::args().nth(1);
     if let Some(m) = std::env::args().nth(2) {
@@ -255,7 +318,11 @@ fn main() -> candle_core::Result<()> {
         if only.as_deref().is_some_and(|o| o != (i + 1).to_string()) {
             continue;
         }
-        let methods = [MethodConfig { kind: MethodKind::Full, ..Default::default() }, lora16(), MethodConfig { dropout: 0.0, ..lora16() }];
+        let methods = [
+            MethodConfig { kind: MethodKind::Full, ..Default::default() },
+            lora16(),
+            MethodConfig { dropout: 0.0, ..lora16() },
+        ];
         let mut m: Vec<Measured> = methods.iter().map(|x| memory(s, x)).collect::<candle_core::Result<_>>()?;
         let t = timing(s, &methods, STEPS)?;
         let n = (s.batch * s.seq) as f64;
@@ -264,7 +331,9 @@ fn main() -> candle_core::Result<()> {
         }
         println!("## {} — {:.1}M parameters", s.label, s.cfg.n_params() as f64 / 1e6);
         println!("{:<26}{:>18}{:>18}{:>18}", "", "full FT", "LoRA r=16", "LoRA, no dropout");
-        let row = |k: &str, f: &dyn Fn(&Measured) -> String| println!("{k:<26}{:>18}{:>18}{:>18}", f(&m[0]), f(&m[1]), f(&m[2]));
+        let row = |k: &str, f: &dyn Fn(&Measured) -> String| {
+            println!("{k:<26}{:>18}{:>18}{:>18}", f(&m[0]), f(&m[1]), f(&m[2]))
+        };
         row("trainable parameters", &|x| format!("{}", x.trainable));
         row(&format!("step time (s, median of {STEPS})"), &|x| format!("{:.3}", x.step_s));
         row("tokens/s", &|x| format!("{:.0}", x.tokens_per_s));
@@ -283,9 +352,11 @@ fn main() -> candle_core::Result<()> {
         row("peak vs full FT", &|x| format!("{:.2}×", x.peak / m[0].peak));
         println!();
         // train.gradient_checkpointing, measured side by side in this run
-        let c: Vec<[(f64, f64); 2]> = methods[..2].iter().map(|x| checkpointing(s, x)).collect::<candle_core::Result<_>>()?;
+        let c: Vec<[(f64, f64); 2]> =
+            methods[..2].iter().map(|x| checkpointing(s, x)).collect::<candle_core::Result<_>>()?;
         println!("gradient checkpointing    {:>18}{:>18}", "full FT", "LoRA r=16");
-        let row2 = |k: &str, f: &dyn Fn(&[(f64, f64); 2]) -> String| println!("{k:<26}{:>18}{:>18}", f(&c[0]), f(&c[1]));
+        let row2 =
+            |k: &str, f: &dyn Fn(&[(f64, f64); 2]) -> String| println!("{k:<26}{:>18}{:>18}", f(&c[0]), f(&c[1]));
         row2("step peak (MiB) off / on", &|x| format!("{} / {}", mib(x[0].0), mib(x[1].0)));
         row2("  on vs off", &|x| format!("{:.2}×", x[1].0 / x[0].0));
         row2("step time (s) off / on", &|x| format!("{:.3} / {:.3}", x[0].1, x[1].1));

@@ -105,17 +105,32 @@ pub struct Analysis {
 
 /// One checkpoint's weights, read a matrix at a time.
 enum Source {
-    Safetensors { st: MmapedSafetensors, path: PathBuf },
-    Gguf { path: PathBuf, content: Content, file: Mutex<std::fs::File>, names: HashMap<String, String>, cfg: LlamaConfig },
+    Safetensors {
+        st: MmapedSafetensors,
+        path: PathBuf,
+    },
+    Gguf {
+        path: PathBuf,
+        content: Content,
+        file: Mutex<std::fs::File>,
+        names: HashMap<String, String>,
+        cfg: LlamaConfig,
+    },
 }
 
 impl Source {
     fn open(path: &Path) -> Result<Self> {
         if checkpoint::is_gguf(path) {
             let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-            let content = Content::read(&mut file).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
-            let cfg = crate::gguf::config_from_metadata(&content.metadata, path, !content.tensor_infos.contains_key("output.weight"))?;
-            let names = content.tensor_infos.keys().filter_map(|g| crate::gguf::hf_name(g).map(|h| (h, g.clone()))).collect();
+            let content =
+                Content::read(&mut file).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
+            let cfg = crate::gguf::config_from_metadata(
+                &content.metadata,
+                path,
+                !content.tensor_infos.contains_key("output.weight"),
+            )?;
+            let names =
+                content.tensor_infos.keys().filter_map(|g| crate::gguf::hf_name(g).map(|h| (h, g.clone()))).collect();
             return Ok(Source::Gguf { path: path.into(), content, file: Mutex::new(file), names, cfg });
         }
         let files = checkpoint::weight_files(path)?;
@@ -132,9 +147,13 @@ impl Source {
 
     fn dtype(&self, name: &str) -> Result<String> {
         match self {
-            Source::Safetensors { st, path } => Ok(format!("{:?}", st.get(name).map_err(|_| Error::MissingTensor { path: path.clone(), name: name.into() })?.dtype())),
+            Source::Safetensors { st, path } => Ok(format!(
+                "{:?}",
+                st.get(name).map_err(|_| Error::MissingTensor { path: path.clone(), name: name.into() })?.dtype()
+            )),
             Source::Gguf { path, content, names, .. } => {
-                let g = names.get(name).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: name.into() })?;
+                let g =
+                    names.get(name).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: name.into() })?;
                 Ok(format!("{:?}", content.tensor_infos[g].ggml_dtype))
             }
         }
@@ -150,16 +169,23 @@ impl Source {
                 st.load(name, &Device::Cpu).map_err(|e| Error::file(path, e))?
             }
             Source::Gguf { path, content, file, names, cfg } => {
-                let g = names.get(name).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: name.into() })?;
+                let g =
+                    names.get(name).ok_or_else(|| Error::MissingTensor { path: path.clone(), name: name.into() })?;
                 let mut f = file.lock().map_err(|_| Error::file(path, "file lock poisoned"))?;
-                let q = content.tensor(&mut *f, g, &Device::Cpu).map_err(|e| Error::file(path, format!("tensor {g}: {e}")))?;
+                let q = content
+                    .tensor(&mut *f, g, &Device::Cpu)
+                    .map_err(|e| Error::file(path, format!("tensor {g}: {e}")))?;
                 drop(f);
                 let t = q.dequantize(&Device::Cpu).map_err(|e| Error::file(path, format!("tensor {g}: {e}")))?;
                 crate::gguf::to_hf_layout(g, t, cfg)?
             }
         };
         let (m, n) = t.dims2()?;
-        let v = if t.dtype() == DType::F64 { t.flatten_all()?.to_vec1::<f64>()? } else { t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect() };
+        let v = if t.dtype() == DType::F64 {
+            t.flatten_all()?.to_vec1::<f64>()?
+        } else {
+            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect()
+        };
         Ok(Dense { v, m, n })
     }
 }
@@ -231,7 +257,10 @@ struct Job {
 pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sync)) -> Result<Analysis> {
     let t0 = std::time::Instant::now();
     if req.tuned.is_empty() == req.adapter.is_empty() {
-        return Err(Error::config("analyze", "give exactly one of `tuned` (a full model) and `adapter` (a PEFT adapter)"));
+        return Err(Error::config(
+            "analyze",
+            "give exactly one of `tuned` (a full model) and `adapter` (a PEFT adapter)",
+        ));
     }
     for t in &req.thresholds {
         if !(*t > 0.0 && *t <= 1.0) {
@@ -249,7 +278,16 @@ pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sy
             let tc = Path::new(&req.tuned).join("config.json");
             if tc.is_file() {
                 let c = LlamaConfig::from_file(&tc)?;
-                let arch = |c: &LlamaConfig| (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.kv_heads(), c.head_dim());
+                let arch = |c: &LlamaConfig| {
+                    (
+                        c.hidden_size,
+                        c.intermediate_size,
+                        c.num_hidden_layers,
+                        c.num_attention_heads,
+                        c.kv_heads(),
+                        c.head_dim(),
+                    )
+                };
                 if arch(&c) != arch(&cfg) {
                     return Err(Error::file(&tc, format!("its architecture (hidden, intermediate, layers, heads, kv heads, head dim) {:?} is not the base's {:?} (hint: analyze a model against the base it was tuned from)", arch(&c), arch(&cfg))));
                 }
@@ -257,21 +295,33 @@ pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sy
         }
     }
     let adapter = if req.adapter.is_empty() { None } else { Some(Adapter::open(Path::new(&req.adapter))?) };
-    let modules: Vec<String> = if req.modules.is_empty() { MODULES.iter().map(|s| s.to_string()).collect() } else { req.modules.clone() };
+    let modules: Vec<String> =
+        if req.modules.is_empty() { MODULES.iter().map(|s| s.to_string()).collect() } else { req.modules.clone() };
     for m in &modules {
         if !MODULES.contains(&m.as_str()) {
-            return Err(Error::config("analyze.modules", format!("`{m}` is not a module type (hint: {})", MODULES.join(", "))));
+            return Err(Error::config(
+                "analyze.modules",
+                format!("`{m}` is not a module type (hint: {})", MODULES.join(", ")),
+            ));
         }
     }
-    let layers: Vec<usize> = if req.layers.is_empty() { (0..cfg.num_hidden_layers).collect() } else { req.layers.clone() };
+    let layers: Vec<usize> =
+        if req.layers.is_empty() { (0..cfg.num_hidden_layers).collect() } else { req.layers.clone() };
     if let Some(l) = layers.iter().find(|&&l| l >= cfg.num_hidden_layers) {
-        return Err(Error::config("analyze.layers", format!("layer {l} does not exist: the model has {}", cfg.num_hidden_layers)));
+        return Err(Error::config(
+            "analyze.layers",
+            format!("layer {l} does not exist: the model has {}", cfg.num_hidden_layers),
+        ));
     }
     let shapes: HashMap<String, Vec<usize>> = crate::model::hf_shapes(&cfg).into_iter().collect();
     let mut jobs = vec![];
     for &layer in &layers {
         for m in &modules {
-            let part = if m.ends_with("_proj") && ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&m.as_str()) { "self_attn" } else { "mlp" };
+            let part = if m.ends_with("_proj") && ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&m.as_str()) {
+                "self_attn"
+            } else {
+                "mlp"
+            };
             let module_path = format!("model.layers.{layer}.{part}.{m}");
             let name = format!("{module_path}.weight");
             let s = &shapes[&name];
@@ -294,7 +344,10 @@ pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sy
     let results: Vec<Result<MatrixAnalysis>> = if workers <= 1 {
         jobs.iter().map(one).collect()
     } else {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build().map_err(|e| Error::config("analyze", e.to_string()))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .build()
+            .map_err(|e| Error::config("analyze", e.to_string()))?;
         pool.install(|| {
             use rayon::prelude::*;
             jobs.par_iter().map(one).collect()
@@ -325,12 +378,22 @@ pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sy
     })
 }
 
-fn analyze_matrix(j: &Job, base: &Source, tuned: Option<&Source>, adapter: Option<&Adapter>, req: &AnalyzeRequest, par: faer::Par) -> Result<MatrixAnalysis> {
+fn analyze_matrix(
+    j: &Job,
+    base: &Source,
+    tuned: Option<&Source>,
+    adapter: Option<&Adapter>,
+    req: &AnalyzeRequest,
+    par: faer::Par,
+) -> Result<MatrixAnalysis> {
     let th = &req.thresholds;
     let w_base = base.matrix(&j.name)?;
     let (m, n) = (w_base.m, w_base.n);
     if (m, n) != j.shape {
-        return Err(Error::file(base.path(), format!("{} is {m}×{n}, the config says {}×{}", j.name, j.shape.0, j.shape.1)));
+        return Err(Error::file(
+            base.path(),
+            format!("{} is {m}×{n}, the config says {}×{}", j.name, j.shape.0, j.shape.1),
+        ));
     }
     let f64_stats = |s: &[f64]| spectrum::stats(s, (m, n), th, req.keep, f64::EPSILON);
     let svals = |d: &Dense| spectrum::singular_values(d.view(), par);
@@ -380,7 +443,12 @@ fn analyze_matrix(j: &Job, base: &Source, tuned: Option<&Source>, adapter: Optio
             let (r, _) = fa.dims2()?;
             let a_v = fa.flatten_all()?.to_vec1::<f64>()?;
             let b_v = fb.flatten_all()?.to_vec1::<f64>()?;
-            let sigma = spectrum::lora_singular_values(faer::MatRef::from_row_major_slice(&b_v, m, r), faer::MatRef::from_row_major_slice(&a_v, r, n), scale, par)?;
+            let sigma = spectrum::lora_singular_values(
+                faer::MatRef::from_row_major_slice(&b_v, m, r),
+                faer::MatRef::from_row_major_slice(&a_v, r, n),
+                scale,
+                par,
+            )?;
             out.delta = f64_stats(&sigma);
             if req.spectra || req.intruders {
                 let ba = (fb.matmul(&fa)? * scale)?.flatten_all()?.to_vec1::<f64>()?;
@@ -397,7 +465,8 @@ fn analyze_matrix(j: &Job, base: &Source, tuned: Option<&Source>, adapter: Optio
     };
     out.relative_change = if base_fro > 0.0 { out.delta.frobenius / base_fro } else { 0.0 };
     if let (Some(wt), true) = (&w_tuned, req.intruders) {
-        out.intruders = Some(spectrum::intruders(w_base.view(), wt.view(), req.intruder_top_k, req.intruder_threshold)?);
+        out.intruders =
+            Some(spectrum::intruders(w_base.view(), wt.view(), req.intruder_top_k, req.intruder_threshold)?);
     }
     Ok(out)
 }

@@ -13,7 +13,10 @@ pub struct ChatTemplate {
 }
 
 fn bad(e: minijinja::Error) -> Error {
-    Error::config("data.chat_template", format!("the model's chat template failed: {e} (hint: set data.chat_template = false and give data.template)"))
+    Error::config(
+        "data.chat_template",
+        format!("the model's chat template failed: {e} (hint: set data.chat_template = false and give data.template)"),
+    )
 }
 
 fn compile(source: String, bos: String, eos: String) -> Result<ChatTemplate> {
@@ -43,16 +46,24 @@ impl ChatTemplate {
         let path = Path::new(model_path);
         if path.extension().is_some_and(|e| e == "gguf") {
             let md = crate::gguf::metadata(path)?;
-            let Some(source) = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned() else { return Ok(None) };
+            let Some(source) = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned() else {
+                return Ok(None);
+            };
             let tokens = md.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok());
             let text = |key: &str| -> String {
                 let id = md.get(key).and_then(|v| v.to_u32().ok());
                 match (id, tokens) {
-                    (Some(i), Some(t)) => t.get(i as usize).and_then(|v| v.to_string().ok()).cloned().unwrap_or_default(),
+                    (Some(i), Some(t)) => {
+                        t.get(i as usize).and_then(|v| v.to_string().ok()).cloned().unwrap_or_default()
+                    }
                     _ => String::new(),
                 }
             };
-            return Ok(Some(compile(source, text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id"))?));
+            return Ok(Some(compile(
+                source,
+                text("tokenizer.ggml.bos_token_id"),
+                text("tokenizer.ggml.eos_token_id"),
+            )?));
         }
         let tc = path.join("tokenizer_config.json");
         if !tc.is_file() {
@@ -62,10 +73,12 @@ impl ChatTemplate {
         let source = match &v["chat_template"] {
             serde_json::Value::String(s) => s.clone(),
             // a list of named templates: the default one
-            serde_json::Value::Array(list) => match list.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str()) {
-                Some(s) => s.to_string(),
-                None => return Err(Error::file(&tc, "chat_template lists no template named `default`")),
-            },
+            serde_json::Value::Array(list) => {
+                match list.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str()) {
+                    Some(s) => s.to_string(),
+                    None => return Err(Error::file(&tc, "chat_template lists no template named `default`")),
+                }
+            }
             _ => return Ok(None),
         };
         Ok(Some(compile(source, token_text(&v["bos_token"]), token_text(&v["eos_token"]))?))
@@ -78,7 +91,8 @@ impl ChatTemplate {
 
     /// A conversation (role, content) and the generation prompt: the text the next turn follows.
     pub fn render(&self, turns: &[(String, String)]) -> Result<String> {
-        let messages: Vec<minijinja::Value> = turns.iter().map(|(role, content)| minijinja::context! { role => role, content => content }).collect();
+        let messages: Vec<minijinja::Value> =
+            turns.iter().map(|(role, content)| minijinja::context! { role => role, content => content }).collect();
         self.env
             .get_template("chat")
             .map_err(bad)?

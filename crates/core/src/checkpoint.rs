@@ -33,7 +33,11 @@ pub struct TrainerState {
 /// Trained tensors are saved in f32 (f64 stays f64): never rounded to bf16, because
 /// the spectrum of the weight change depends on it.
 fn save_dtype(t: &Tensor) -> DType {
-    if t.dtype() == DType::F64 { DType::F64 } else { DType::F32 }
+    if t.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 fn save_map(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
@@ -76,7 +80,8 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
 
 /// A JSON object file (config.json, tokenizer_config.json, ...).
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).map_err(|e| Error::file(path, e))?).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).map_err(|e| Error::file(path, e))?)
+        .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
     if !v.is_object() {
         return Err(Error::file(path, "not a JSON object (hint: a Hugging Face config file holds one {...})"));
     }
@@ -103,7 +108,13 @@ fn first_id(v: &Option<serde_json::Value>) -> Option<u32> {
 /// (the base's, or the one GGUF metadata gave, with `torch_dtype` set to what was written),
 /// generation_config.json, tokenizer.json and the tokenizer files beside it (see
 /// [`write_tokenizer_files`]). Returns notes on what the base lacked.
-fn write_model(dir: &Path, model: &Llama, hf_config: &Path, tokenizer: &Path, dtype: Option<DType>) -> Result<Vec<String>> {
+fn write_model(
+    dir: &Path,
+    model: &Llama,
+    hf_config: &Path,
+    tokenizer: &Path,
+    dtype: Option<DType>,
+) -> Result<Vec<String>> {
     let mut map = HashMap::new();
     let mut written = DType::F32;
     for (name, w) in model.named_weights() {
@@ -125,7 +136,11 @@ fn write_model(dir: &Path, model: &Llama, hf_config: &Path, tokenizer: &Path, dt
         copy_file(&gen, &dir.join("generation_config.json"))?;
     } else {
         let cfg = &model.cfg;
-        let eos = if cfg.generation_eos.is_empty() { cfg.eos_token_id.clone() } else { Some(serde_json::json!(cfg.generation_eos)) };
+        let eos = if cfg.generation_eos.is_empty() {
+            cfg.eos_token_id.clone()
+        } else {
+            Some(serde_json::json!(cfg.generation_eos))
+        };
         let mut g = serde_json::json!({"_from_model_config": true});
         for (k, v) in [("bos_token_id", cfg.bos_token_id.clone()), ("eos_token_id", eos)] {
             if let Some(v) = v.filter(|v| !v.is_null()) {
@@ -166,16 +181,18 @@ fn write_tokenizer_files(dir: &Path, tokenizer: &Path, tok_json: &[u8], cfg: &Ll
     } else {
         serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false, "model_max_length": cfg.max_position_embeddings})
     };
-    let unnamed: Vec<(&str, u32)> = [("bos_token", first_id(&cfg.bos_token_id)), ("eos_token", first_id(&cfg.eos_token_id))]
-        .into_iter()
-        .filter(|(field, _)| {
-            let named = |v: &serde_json::Value| v.get(*field).is_some_and(|t| !t.is_null());
-            !named(&tc) && !copied_map.as_ref().is_some_and(named)
-        })
-        .filter_map(|(field, id)| Some((field, id?)))
-        .collect();
+    let unnamed: Vec<(&str, u32)> =
+        [("bos_token", first_id(&cfg.bos_token_id)), ("eos_token", first_id(&cfg.eos_token_id))]
+            .into_iter()
+            .filter(|(field, _)| {
+                let named = |v: &serde_json::Value| v.get(*field).is_some_and(|t| !t.is_null());
+                !named(&tc) && !copied_map.as_ref().is_some_and(named)
+            })
+            .filter_map(|(field, id)| Some((field, id?)))
+            .collect();
     if !unnamed.is_empty() {
-        let tok = tokenizers::Tokenizer::from_bytes(tok_json).map_err(|e| Error::file(tokenizer, format!("cannot load tokenizer: {e}")))?;
+        let tok = tokenizers::Tokenizer::from_bytes(tok_json)
+            .map_err(|e| Error::file(tokenizer, format!("cannot load tokenizer: {e}")))?;
         for (field, id) in unnamed {
             if let Some(t) = tok.id_to_token(id) {
                 tc[field] = serde_json::json!(t);
@@ -191,8 +208,10 @@ fn write_tokenizer_files(dir: &Path, tokenizer: &Path, tok_json: &[u8], cfg: &Ll
     }
     write_json(&dir.join("tokenizer_config.json"), &tc)?;
     if copied_map.is_none() {
-        let map: serde_json::Map<String, serde_json::Value> =
-            ["bos_token", "eos_token", "unk_token", "pad_token"].iter().filter_map(|k| tc.get(*k).filter(|v| !v.is_null()).map(|v| (k.to_string(), v.clone()))).collect();
+        let map: serde_json::Map<String, serde_json::Value> = ["bos_token", "eos_token", "unk_token", "pad_token"]
+            .iter()
+            .filter_map(|k| tc.get(*k).filter(|v| !v.is_null()).map(|v| (k.to_string(), v.clone())))
+            .collect();
         write_json(&dir.join("special_tokens_map.json"), &serde_json::Value::Object(map))?;
     }
     Ok(notes)
@@ -229,7 +248,11 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 
 fn write_manifest(dir: &Path) -> Result<()> {
     let mut files = serde_json::Map::new();
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::file(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
     names.sort();
     for p in names {
         let (bytes, sha256) = sha256_file(&p)?;
@@ -250,22 +273,33 @@ pub fn verify(dir: &Path, tensors_only: bool) -> Result<()> {
         return Ok(());
     }
     let m = read_json(&path)?;
-    let files = m["files"].as_object().ok_or_else(|| Error::file(&path, "no `files` table (hint: the manifest is damaged; so may the checkpoint be)"))?;
+    let files = m["files"].as_object().ok_or_else(|| {
+        Error::file(&path, "no `files` table (hint: the manifest is damaged; so may the checkpoint be)")
+    })?;
     let hint = "hint: the file changed after loralab wrote it (a truncated copy, a full disk, bit rot): use another checkpoint, or copy this one again from where it came";
     for (name, want) in files.iter().filter(|(n, _)| !tensors_only || n.ends_with(".safetensors")) {
         let f = dir.join(name);
         if name.contains('/') || name.contains("..") {
-            return Err(Error::file(&path, format!("lists `{name}`, not a file of this directory (hint: the manifest is damaged)")));
+            return Err(Error::file(
+                &path,
+                format!("lists `{name}`, not a file of this directory (hint: the manifest is damaged)"),
+            ));
         }
         if !f.is_file() {
             return Err(Error::file(&f, format!("missing: the checkpoint's manifest lists it ({hint})")));
         }
         let (bytes, sha) = sha256_file(&f)?;
         if Some(bytes) != want["bytes"].as_u64() {
-            return Err(Error::file(&f, format!("damaged: {bytes} bytes, the manifest says {} ({hint})", want["bytes"])));
+            return Err(Error::file(
+                &f,
+                format!("damaged: {bytes} bytes, the manifest says {} ({hint})", want["bytes"]),
+            ));
         }
         if Some(sha.as_str()) != want["sha256"].as_str() {
-            return Err(Error::file(&f, format!("damaged: sha256 {sha}, the manifest says {} ({hint})", want["sha256"])));
+            return Err(Error::file(
+                &f,
+                format!("damaged: sha256 {sha}, the manifest says {} ({hint})", want["sha256"]),
+            ));
         }
     }
     Ok(())
@@ -390,25 +424,44 @@ fn check_shapes(cfg: &LlamaConfig, tensors: &HashMap<String, Tensor>, dir: &Path
 /// Restore trainable tensors, optimizer state and trainer state from a checkpoint directory.
 pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Result<TrainerState> {
     verify(dir, false)?;
-    let state: TrainerState = serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).map_err(|e| Error::file(dir, e))?)
-        .map_err(|e| Error::file(dir.join("trainer_state.json"), e))?;
+    let state: TrainerState =
+        serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).map_err(|e| Error::file(dir, e))?)
+            .map_err(|e| Error::file(dir.join("trainer_state.json"), e))?;
     if state.format_version != FORMAT_VERSION {
-        return Err(Error::file(dir, format!("checkpoint format {} (this engine reads {FORMAT_VERSION})", state.format_version)));
+        return Err(Error::file(
+            dir,
+            format!("checkpoint format {} (this engine reads {FORMAT_VERSION})", state.format_version),
+        ));
     }
-    let weights = if state.method == MethodKind::Full { dir.join("model.safetensors") } else { dir.join("adapter_model.safetensors") };
+    let weights = if state.method == MethodKind::Full {
+        dir.join("model.safetensors")
+    } else {
+        dir.join("adapter_model.safetensors")
+    };
     let w = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|e| Error::file(&weights, e))?;
     let opt_path = dir.join("optimizer.safetensors");
-    let o = candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| Error::file(&opt_path, format!("{e} (hint: the file is damaged or not a safetensors file: use another checkpoint)")))?;
+    let o = candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| {
+        Error::file(
+            &opt_path,
+            format!("{e} (hint: the file is damaged or not a safetensors file: use another checkpoint)"),
+        )
+    })?;
     for ((name, var), st) in params.iter().zip(opt.state.iter_mut()) {
         let t = w.get(name).ok_or_else(|| Error::MissingTensor { path: weights.clone(), name: name.clone() })?;
         if t.dims() != var.dims() {
             return Err(Error::file(&weights, format!("{name} has shape {:?}, the model expects {:?} (hint: same model and method as the run that wrote it?)", t.dims(), var.dims())));
         }
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-        let m = o.get(&format!("{name}::m")).ok_or_else(|| Error::MissingTensor { path: dir.join("optimizer.safetensors"), name: format!("{name}::m") })?;
+        let m = o.get(&format!("{name}::m")).ok_or_else(|| Error::MissingTensor {
+            path: dir.join("optimizer.safetensors"),
+            name: format!("{name}::m"),
+        })?;
         st.m = m.to_dtype(st.m.dtype())?.to_device(st.m.device())?;
         if let Some(v) = &mut st.v {
-            let t = o.get(&format!("{name}::v")).ok_or_else(|| Error::MissingTensor { path: dir.join("optimizer.safetensors"), name: format!("{name}::v") })?;
+            let t = o.get(&format!("{name}::v")).ok_or_else(|| Error::MissingTensor {
+                path: dir.join("optimizer.safetensors"),
+                name: format!("{name}::v"),
+            })?;
             *v = t.to_dtype(v.dtype())?.to_device(v.device())?;
         }
     }
@@ -419,7 +472,11 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Res
 /// name is the key or ends with `.key` (PEFT: `re.match(rf"(.*\.)?({key})$", name)`, keys
 /// taken literally here).
 fn pattern_value(patterns: &serde_json::Value, module: &str) -> Option<f64> {
-    patterns.as_object()?.iter().find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}"))).and_then(|(_, v)| v.as_f64())
+    patterns
+        .as_object()?
+        .iter()
+        .find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}")))
+        .and_then(|(_, v)| v.as_f64())
 }
 
 /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), read and
@@ -437,9 +494,14 @@ impl Adapter {
     pub fn open(dir: &Path) -> Result<Self> {
         verify(dir, true)?;
         let cfg_path = dir.join("adapter_config.json");
-        let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?).map_err(|e| Error::file(&cfg_path, e))?;
+        let ac: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?)
+                .map_err(|e| Error::file(&cfg_path, e))?;
         if ac.get("peft_type").and_then(|v| v.as_str()).is_some_and(|t| t != "LORA") {
-            return Err(Error::file(&cfg_path, format!("peft_type {} is not supported (hint: loralab loads LoRA adapters)", ac["peft_type"])));
+            return Err(Error::file(
+                &cfg_path,
+                format!("peft_type {} is not supported (hint: loralab loads LoRA adapters)", ac["peft_type"]),
+            ));
         }
         let unsupported = [
             ("use_dora", ac["use_dora"].as_bool() == Some(true)),
@@ -476,7 +538,10 @@ impl Adapter {
         }
         if let Some(pr) = pattern_value(&self.config["rank_pattern"], module) {
             if pr as usize != r {
-                return Err(Error::file(&cfg_path, format!("rank_pattern gives r={pr} for {module} but its tensors have rank {r}")));
+                return Err(Error::file(
+                    &cfg_path,
+                    format!("rank_pattern gives r={pr} for {module} but its tensors have rank {r}"),
+                ));
             }
         }
         let a_ = pattern_value(&self.config["alpha_pattern"], module).unwrap_or(self.alpha);
@@ -492,11 +557,19 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
     let mut n = 0;
     for lin in model.linears_mut() {
         let Some((a, b, scale)) = adapter.factors(&lin.name, lin.in_out())? else { continue };
-        lin.lora = Some(crate::linear::LoraAdapter { a: Var::from_tensor(&a.to_dtype(dtype)?)?, b: Var::from_tensor(&b.to_dtype(dtype)?)?, scale, dropout: 0.0 });
+        lin.lora = Some(crate::linear::LoraAdapter {
+            a: Var::from_tensor(&a.to_dtype(dtype)?)?,
+            b: Var::from_tensor(&b.to_dtype(dtype)?)?,
+            scale,
+            dropout: 0.0,
+        });
         n += 1;
     }
     if n == 0 {
-        return Err(Error::file(dir.join("adapter_model.safetensors"), "no lora_A/lora_B tensor matches a module of this model (hint: is it an adapter for this base model?)"));
+        return Err(Error::file(
+            dir.join("adapter_model.safetensors"),
+            "no lora_A/lora_B tensor matches a module of this model (hint: is it an adapter for this base model?)",
+        ));
     }
     Ok(())
 }
@@ -548,7 +621,11 @@ pub fn is_gguf(path: &Path) -> bool {
 
 /// Where a base model's tokenizer is: the GGUF file's own metadata, or `<dir>/tokenizer.json`.
 pub fn default_tokenizer(base: &Path) -> std::path::PathBuf {
-    if is_gguf(base) { base.to_path_buf() } else { base.join("tokenizer.json") }
+    if is_gguf(base) {
+        base.to_path_buf()
+    } else {
+        base.join("tokenizer.json")
+    }
 }
 
 /// A base model from a Hugging Face directory or a llama.cpp .gguf file.
@@ -563,10 +640,19 @@ pub fn load_base(path: &Path, dtype: DType) -> Result<Llama> {
 /// A model to evaluate: a base (HF directory or .gguf) with an optional PEFT adapter, merged
 /// into the weights or run beside them, and the path of its tokenizer (`tokenizer` empty: the
 /// model's own).
-pub fn load_for_eval(model: &str, adapter: &str, merged: bool, tokenizer: &str, dtype: DType) -> Result<(Llama, PathBuf)> {
+pub fn load_for_eval(
+    model: &str,
+    adapter: &str,
+    merged: bool,
+    tokenizer: &str,
+    dtype: DType,
+) -> Result<(Llama, PathBuf)> {
     let path = Path::new(model);
     if !is_gguf(path) && !path.join("config.json").is_file() {
-        return Err(Error::config("model", format!("{}: no config.json (hint: a Hugging Face model directory or a .gguf file)", path.display())));
+        return Err(Error::config(
+            "model",
+            format!("{}: no config.json (hint: a Hugging Face model directory or a .gguf file)", path.display()),
+        ));
     }
     let mut m = load_base(path, dtype)?;
     if !adapter.is_empty() {

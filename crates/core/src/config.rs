@@ -266,7 +266,14 @@ impl Default for DataConfig {
 
 impl Default for MethodConfig {
     fn default() -> Self {
-        Self { kind: MethodKind::Full, rank: 16, alpha: None, dropout: 0.05, targets: Targets::Preset("all".into()), rslora: false }
+        Self {
+            kind: MethodKind::Full,
+            rank: 16,
+            alpha: None,
+            dropout: 0.05,
+            targets: Targets::Preset("all".into()),
+            rslora: false,
+        }
     }
 }
 
@@ -344,7 +351,9 @@ impl MethodConfig {
                 other => {
                     return Err(Error::config(
                         "method.targets",
-                        format!("unknown target `{other}` (hint: use attention, mlp, all, or module names from {all:?})"),
+                        format!(
+                            "unknown target `{other}` (hint: use attention, mlp, all, or module names from {all:?})"
+                        ),
                     ))
                 }
             },
@@ -358,7 +367,10 @@ impl MethodConfig {
                     }
                 }
                 if list.is_empty() {
-                    return Err(Error::config("method.targets", "empty list (hint: name at least one module, or use \"all\")"));
+                    return Err(Error::config(
+                        "method.targets",
+                        "empty list (hint: name at least one module, or use \"all\")",
+                    ));
                 }
                 list.clone()
             }
@@ -369,7 +381,11 @@ impl MethodConfig {
     /// The adapter's output scale: alpha/r, or alpha/√r with rsLoRA.
     pub fn scale(&self) -> f64 {
         let alpha = self.alpha.unwrap_or(2.0 * self.rank as f64);
-        if self.rslora { alpha / (self.rank as f64).sqrt() } else { alpha / self.rank as f64 }
+        if self.rslora {
+            alpha / (self.rank as f64).sqrt()
+        } else {
+            alpha / self.rank as f64
+        }
     }
 }
 
@@ -388,7 +404,11 @@ impl RunConfig {
     }
 
     pub fn config_json_path(&self) -> PathBuf {
-        if self.model.path.is_empty() { PathBuf::from(&self.model.config) } else { Path::new(&self.model.path).join("config.json") }
+        if self.model.path.is_empty() {
+            PathBuf::from(&self.model.config)
+        } else {
+            Path::new(&self.model.path).join("config.json")
+        }
     }
 
     pub fn run_dir(&self) -> PathBuf {
@@ -399,7 +419,15 @@ impl RunConfig {
     /// run directory as-is, and nothing downstream looks for a default again.
     pub fn resolve(mut self) -> Result<RunConfig> {
         // paths: a leading ~/ is the home directory, as in a shell
-        for p in [&mut self.out_dir, &mut self.model.path, &mut self.model.config, &mut self.model.tokenizer, &mut self.data.train, &mut self.data.cache_dir, &mut self.train.resume_from] {
+        for p in [
+            &mut self.out_dir,
+            &mut self.model.path,
+            &mut self.model.config,
+            &mut self.model.tokenizer,
+            &mut self.data.train,
+            &mut self.data.cache_dir,
+            &mut self.train.resume_from,
+        ] {
             *p = expand_home(p);
         }
         // identity
@@ -409,7 +437,10 @@ impl RunConfig {
         if self.run_id.is_empty() {
             self.run_id = format!("{}-{}", self.name, utc_stamp());
         } else if self.run_id.contains('/') {
-            return Err(Error::config("run_id", "must not contain '/' (hint: it becomes a directory name under out_dir)"));
+            return Err(Error::config(
+                "run_id",
+                "must not contain '/' (hint: it becomes a directory name under out_dir)",
+            ));
         }
 
         // model
@@ -427,9 +458,13 @@ impl RunConfig {
         }
         if self.model.tokenizer.is_empty() {
             if self.model.path.is_empty() {
-                return Err(Error::config("model.tokenizer", "required when model.path is empty (hint: point it at a tokenizer.json)"));
+                return Err(Error::config(
+                    "model.tokenizer",
+                    "required when model.path is empty (hint: point it at a tokenizer.json)",
+                ));
             }
-            self.model.tokenizer = crate::checkpoint::default_tokenizer(Path::new(&self.model.path)).to_string_lossy().into_owned();
+            self.model.tokenizer =
+                crate::checkpoint::default_tokenizer(Path::new(&self.model.path)).to_string_lossy().into_owned();
         }
         require_file(Path::new(&self.model.tokenizer), "model.tokenizer")?;
 
@@ -449,7 +484,10 @@ impl RunConfig {
             return Err(Error::config("data.seq_len", format!("must be at least 2 (got {})", self.data.seq_len)));
         }
         if self.data.format == DataFormat::Ift && !self.data.template.contains("{prompt}") {
-            return Err(Error::config("data.template", "must contain {prompt} (hint: \"Question: {prompt}\\nAnswer:\")"));
+            return Err(Error::config(
+                "data.template",
+                "must contain {prompt} (hint: \"Question: {prompt}\\nAnswer:\")",
+            ));
         }
 
         // method
@@ -471,7 +509,9 @@ impl RunConfig {
         if !(lr.is_finite() && lr > 0.0) {
             let hint = match self.method.kind {
                 MethodKind::Full => "full fine-tuning: the study's best LRs are 1e-5 to 5e-5; sweep in [1e-6, 1e-4]",
-                MethodKind::Lora => "LoRA: the study's best LRs are 1e-4 to 5e-4, about 10× full FT's; sweep in [1e-5, 1e-3]",
+                MethodKind::Lora => {
+                    "LoRA: the study's best LRs are 1e-4 to 5e-4, about 10× full FT's; sweep in [1e-5, 1e-3]"
+                }
             };
             return Err(Error::config("optim.lr", format!("must be > 0 (got {lr}) (hint: {hint})")));
         }
@@ -500,9 +540,15 @@ impl RunConfig {
             return Err(Error::config("train.grad_accum", "must be ≥ 1"));
         }
         if self.train.steps > 0 && self.train.tokens > 0 {
-            return Err(Error::config("train.tokens", "both train.steps and train.tokens are set (hint: give one budget)"));
+            return Err(Error::config(
+                "train.tokens",
+                "both train.steps and train.tokens are set (hint: give one budget)",
+            ));
         }
-        if self.train.steps == 0 && self.train.tokens == 0 && !(self.train.epochs > 0.0 && self.train.epochs.is_finite()) {
+        if self.train.steps == 0
+            && self.train.tokens == 0
+            && !(self.train.epochs > 0.0 && self.train.epochs.is_finite())
+        {
             return Err(Error::config("train.steps", "set train.steps > 0 or train.epochs > 0"));
         }
         if self.train.log_every == 0 {
@@ -533,7 +579,13 @@ fn check_unit(field: &str, v: f64) -> Result<()> {
 
 fn require_file(p: &Path, field: &str) -> Result<()> {
     if !p.is_file() {
-        return Err(Error::config(field, format!("file not found: {} (hint: check the path; relative paths are from the working directory)", p.display())));
+        return Err(Error::config(
+            field,
+            format!(
+                "file not found: {} (hint: check the path; relative paths are from the working directory)",
+                p.display()
+            ),
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! what `LORALAB_CUDA_KERNELS=0` or `ops::with_portable` selects, e.g. to compare the two.
 //! The kernels themselves are tested on the CPU through loralab-kernels' emulator.
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::op::BackpropOp;
@@ -49,7 +51,11 @@ impl Kernel {
 /// Whether the kernels serve `x`: on a CUDA device, f32 or bf16, not empty (a launch with an
 /// empty grid is an error on the GPU), and not turned off.
 pub fn serves(x: &Tensor) -> bool {
-    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16) && x.elem_count() > 0 && !crate::ops::portable_forced() && !turned_off()
+    x.device().is_cuda()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && x.elem_count() > 0
+        && !crate::ops::portable_forced()
+        && !turned_off()
 }
 
 /// Whether bf16 attention runs on tensor cores: yes, unless `LORALAB_CUDA_ATTENTION=simt`
@@ -83,7 +89,8 @@ fn dtype_of(dt: DType, what: &str) -> Result<Dtype> {
 
 /// A contiguous storage's elements as a device view.
 fn view<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
+    let (a, b) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
@@ -131,7 +138,14 @@ struct RmsNorm {
     weight_grad: bool,
 }
 
-fn rms_fwd<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, eps: f32, dt: Dtype) -> Result<CudaStorage> {
+fn rms_fwd<T: CudaDType + DeviceRepr>(
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    eps: f32,
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dev = x.device();
     let d = *lx.dims().last().unwrap_or(&1);
     if lw.shape().elem_count() != d {
@@ -176,14 +190,26 @@ struct RmsNormDx {
     eps: f32,
 }
 
-fn rms_dx<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), g: (&CudaStorage, &Layout), eps: f32, dt: Dtype) -> Result<CudaStorage> {
+fn rms_dx<T: CudaDType + DeviceRepr>(
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+    eps: f32,
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dev = x.0.device();
     let d = *x.1.dims().last().unwrap_or(&1);
     if w.1.shape().elem_count() != d || g.1.shape() != x.1.shape() {
-        candle_core::bail!("rms-norm backward: weight {:?} and gradient {:?} for x {:?}", w.1.dims(), g.1.dims(), x.1.dims())
+        candle_core::bail!(
+            "rms-norm backward: weight {:?} and gradient {:?} for x {:?}",
+            w.1.dims(),
+            g.1.dims(),
+            x.1.dims()
+        )
     }
     let rows = x.1.shape().elem_count() / d;
-    let (xv, wv, gv) = (view::<T>(x.0, x.1, "rms-norm")?, view::<T>(w.0, w.1, "rms-norm")?, view::<T>(g.0, g.1, "rms-norm")?);
+    let (xv, wv, gv) =
+        (view::<T>(x.0, x.1, "rms-norm")?, view::<T>(w.0, w.1, "rms-norm")?, view::<T>(g.0, g.1, "rms-norm")?);
     // SAFETY: written whole by the kernel.
     let mut dx = unsafe { dev.alloc::<T>(rows * d) }?;
     let di = d as i32;
@@ -195,10 +221,26 @@ impl CustomOp3 for RmsNormDx {
     fn name(&self) -> &'static str {
         "rms-norm-dx-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         no_cpu(self.name())
     }
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+        g: &CudaStorage,
+        lg: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         let dt = dtype_of(x.dtype(), self.name())?;
         Ok((by_dtype!(dt, rms_dx((x, lx), (w, lw), (g, lg), self.eps, dt))?, lx.shape().clone()))
     }
@@ -217,11 +259,18 @@ struct Rope {
     t: usize,
 }
 
-fn rope_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), cos: (&CudaStorage, &Layout), sin: (&CudaStorage, &Layout), r: &Rope, dt: Dtype) -> Result<CudaStorage> {
+fn rope_run<T: CudaDType + DeviceRepr>(
+    x: (&CudaStorage, &Layout),
+    cos: (&CudaStorage, &Layout),
+    sin: (&CudaStorage, &Layout),
+    r: &Rope,
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dev = x.0.device();
     let hd = *x.1.dims().last().unwrap_or(&1);
     let rows = x.1.shape().elem_count() / hd;
-    let (xv, cv, sv) = (view::<T>(x.0, x.1, "rope")?, view::<f32>(cos.0, cos.1, "rope")?, view::<f32>(sin.0, sin.1, "rope")?);
+    let (xv, cv, sv) =
+        (view::<T>(x.0, x.1, "rope")?, view::<f32>(cos.0, cos.1, "rope")?, view::<f32>(sin.0, sin.1, "rope")?);
     // SAFETY: one thread per rotated pair writes both of its elements.
     let mut y = unsafe { dev.alloc::<T>(rows * hd) }?;
     let (ri, ti, hi) = (rows as i32, r.t as i32, hd as i32);
@@ -233,18 +282,51 @@ impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {
         "rope-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         no_cpu(self.name())
     }
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, c: &CudaStorage, lc: &Layout, s: &CudaStorage, ls: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        c: &CudaStorage,
+        lc: &Layout,
+        s: &CudaStorage,
+        ls: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         let d = lx.dims();
-        if d.len() != 4 || d[2] != self.t || lc.dims() != [self.t, d[3]] || c.dtype() != DType::F32 || s.dtype() != DType::F32 {
-            candle_core::bail!("rope: expects x (b, h, {}, hd) and f32 tables ({}, hd), got {d:?} and {:?}", self.t, self.t, lc.dims())
+        if d.len() != 4
+            || d[2] != self.t
+            || lc.dims() != [self.t, d[3]]
+            || c.dtype() != DType::F32
+            || s.dtype() != DType::F32
+        {
+            candle_core::bail!(
+                "rope: expects x (b, h, {}, hd) and f32 tables ({}, hd), got {d:?} and {:?}",
+                self.t,
+                self.t,
+                lc.dims()
+            )
         }
         let dt = dtype_of(x.dtype(), self.name())?;
         Ok((by_dtype!(dt, rope_run((x, lx), (c, lc), (s, ls), self, dt))?, lx.shape().clone()))
     }
-    fn bwd(&self, _x: &Tensor, cos: &Tensor, sin: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let inverse = Rope { sign: -self.sign, t: self.t };
         Ok((Some(g.contiguous()?.apply_op3_no_bwd(cos, sin, &inverse)?), None, None))
     }
@@ -266,7 +348,12 @@ struct Dropout {
     keep: f32,
 }
 
-fn dropout_run<T: CudaDType + DeviceRepr>(x: &CudaStorage, lx: &Layout, op: &Dropout, dt: Dtype) -> Result<CudaStorage> {
+fn dropout_run<T: CudaDType + DeviceRepr>(
+    x: &CudaStorage,
+    lx: &Layout,
+    op: &Dropout,
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dev = x.device();
     let n = lx.shape().elem_count();
     let xv = view::<T>(x, lx, "dropout")?;
@@ -304,7 +391,11 @@ pub fn dropout(x: &Tensor, state: u64, threshold: u32, keep: f32) -> Result<Tens
 /// (g, u) -> silu(g)·u, keeping only g and u for the backward (the composition keeps silu(g) too).
 struct SwiGlu;
 
-fn swiglu_fwd<T: CudaDType + DeviceRepr>(g: (&CudaStorage, &Layout), u: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+fn swiglu_fwd<T: CudaDType + DeviceRepr>(
+    g: (&CudaStorage, &Layout),
+    u: (&CudaStorage, &Layout),
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dev = g.0.device();
     let n = g.1.shape().elem_count();
     let (gv, uv) = (view::<T>(g.0, g.1, "swiglu")?, view::<T>(u.0, u.1, "swiglu")?);
@@ -361,13 +452,25 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 // ------------------------------------------------------------------ optimizers
 
 /// A contiguous f32 storage's elements as a mutable device view.
-fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f32>> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: contiguous tensors only")))?;
+fn view_mut<'a>(
+    s: &'a mut CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f32>> {
+    let (a, b) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: contiguous tensors only")))?;
     Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(a..b))
 }
 
 /// m = β·m + (1−β)·(g or g²), in place (optim.rs's moment pass).
-pub(crate) fn opt_moment(m: &mut CudaStorage, lm: &Layout, g: &CudaStorage, lg: &Layout, beta: f64, square: bool) -> Result<()> {
+pub(crate) fn opt_moment(
+    m: &mut CudaStorage,
+    lm: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+    beta: f64,
+    square: bool,
+) -> Result<()> {
     let dev = m.device().clone();
     let n = lm.shape().elem_count();
     let gv = view::<f32>(g, lg, "optimizer")?;
@@ -378,7 +481,17 @@ pub(crate) fn opt_moment(m: &mut CudaStorage, lm: &Layout, g: &CudaStorage, lg: 
 
 /// AdamW's update pass in place: p = p·decay − lr·(m/bc1)/(√(v/bc2) + eps).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn opt_adam(p: &mut CudaStorage, lp: &Layout, m: (&CudaStorage, &Layout), v: (&CudaStorage, &Layout), decay: f64, lr: f64, bc1: f64, bc2: f64, eps: f64) -> Result<()> {
+pub(crate) fn opt_adam(
+    p: &mut CudaStorage,
+    lp: &Layout,
+    m: (&CudaStorage, &Layout),
+    v: (&CudaStorage, &Layout),
+    decay: f64,
+    lr: f64,
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+) -> Result<()> {
     let dev = p.device().clone();
     let n = lp.shape().elem_count();
     let (mv, vv, nl) = (view::<f32>(m.0, m.1, "optimizer")?, view::<f32>(v.0, v.1, "optimizer")?, n as u64);
@@ -387,7 +500,15 @@ pub(crate) fn opt_adam(p: &mut CudaStorage, lp: &Layout, m: (&CudaStorage, &Layo
 }
 
 /// LionW's update pass in place: p = p·decay − lr·sign(β1·m + (1−β1)·g).
-pub(crate) fn opt_lion(p: &mut CudaStorage, lp: &Layout, m: (&CudaStorage, &Layout), g: (&CudaStorage, &Layout), decay: f64, lr: f64, b1: f64) -> Result<()> {
+pub(crate) fn opt_lion(
+    p: &mut CudaStorage,
+    lp: &Layout,
+    m: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+    decay: f64,
+    lr: f64,
+    b1: f64,
+) -> Result<()> {
     let dev = p.device().clone();
     let n = lp.shape().elem_count();
     let (mv, gv, nl) = (view::<f32>(m.0, m.1, "optimizer")?, view::<f32>(g.0, g.1, "optimizer")?, n as u64);
@@ -400,10 +521,19 @@ pub(crate) fn opt_lion(p: &mut CudaStorage, lp: &Layout, m: (&CudaStorage, &Layo
 /// (logits (n, V), targets (n) u32, weights (n) f32) -> Σ_i w_i·nll_i as an f32 scalar.
 struct Nll;
 
-fn nll_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+fn nll_run<T: CudaDType + DeviceRepr>(
+    x: (&CudaStorage, &Layout),
+    tg: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dev = x.0.device();
     let (n, v) = x.1.shape().dims2()?;
-    let (xv, tv, wv) = (view::<T>(x.0, x.1, "masked-nll")?, view::<u32>(tg.0, tg.1, "masked-nll")?, view::<f32>(w.0, w.1, "masked-nll")?);
+    let (xv, tv, wv) = (
+        view::<T>(x.0, x.1, "masked-nll")?,
+        view::<u32>(tg.0, tg.1, "masked-nll")?,
+        view::<f32>(w.0, w.1, "masked-nll")?,
+    );
     // SAFETY: one block per row writes its loss; the sum writes its one element.
     let mut rows = unsafe { dev.alloc::<f32>(n) }?;
     let mut total = unsafe { dev.alloc::<f32>(1) }?;
@@ -413,10 +543,19 @@ fn nll_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&CudaStor
     Ok(CudaStorage::wrap_cuda_slice(total, dev.clone()))
 }
 
-fn nll_grad_run<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), tg: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+fn nll_grad_run<T: CudaDType + DeviceRepr>(
+    x: (&CudaStorage, &Layout),
+    tg: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dev = x.0.device();
     let (n, v) = x.1.shape().dims2()?;
-    let (xv, tv, wv) = (view::<T>(x.0, x.1, "masked-nll")?, view::<u32>(tg.0, tg.1, "masked-nll")?, view::<f32>(w.0, w.1, "masked-nll")?);
+    let (xv, tv, wv) = (
+        view::<T>(x.0, x.1, "masked-nll")?,
+        view::<u32>(tg.0, tg.1, "masked-nll")?,
+        view::<f32>(w.0, w.1, "masked-nll")?,
+    );
     // SAFETY: one block per row writes the whole row.
     let mut dx = unsafe { dev.alloc::<T>(n * v) }?;
     let vi = v as i32;
@@ -428,14 +567,37 @@ impl CustomOp3 for Nll {
     fn name(&self) -> &'static str {
         "masked-nll-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         no_cpu(self.name())
     }
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        t: &CudaStorage,
+        lt: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         let dt = dtype_of(x.dtype(), self.name())?;
         Ok((by_dtype!(dt, nll_run((x, lx), (t, lt), (w, lw), dt))?, Shape::from(())))
     }
-    fn bwd(&self, x: &Tensor, t: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // the upstream gradient folded into the row weights, on the device (no host sync)
         let wg = w.broadcast_mul(&g.to_dtype(DType::F32)?)?;
         Ok((Some(x.apply_op3_no_bwd(t, &wg, &NllGrad)?), None, None))
@@ -448,10 +610,26 @@ impl CustomOp3 for NllGrad {
     fn name(&self) -> &'static str {
         "masked-nll-grad-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         no_cpu(self.name())
     }
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        t: &CudaStorage,
+        lt: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         let dt = dtype_of(x.dtype(), self.name())?;
         Ok((by_dtype!(dt, nll_grad_run((x, lx), (t, lt), (w, lw), dt))?, lx.shape().clone()))
     }
@@ -464,7 +642,9 @@ pub fn masked_nll(logits: &Tensor, targets: &[u32], weights: &[f64]) -> Result<T
         candle_core::bail!("masked-nll: {n} rows of logits for {} targets and {} weights", targets.len(), weights.len())
     }
     if let Some(bad) = targets.iter().find(|&&t| t as usize >= v) {
-        candle_core::bail!("masked-nll: target id {bad} is outside the vocabulary of {v} (hint: tokenizer and model config disagree)")
+        candle_core::bail!(
+            "masked-nll: target id {bad} is outside the vocabulary of {v} (hint: tokenizer and model config disagree)"
+        )
     }
     let dev = logits.device();
     let t = Tensor::from_slice(targets, n, dev)?;
@@ -503,10 +683,17 @@ fn attn_dims(q: &[usize], k: &[usize], v: &[usize]) -> Result<Dims> {
     Ok(Dims { b, nh, kvh, t, hd })
 }
 
-fn attn_fwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: (&CudaStorage, &Layout), k: (&CudaStorage, &Layout), v: (&CudaStorage, &Layout), dt: Dtype) -> Result<CudaStorage> {
+fn attn_fwd<T: CudaDType + DeviceRepr>(
+    op: &FlashAttention,
+    q: (&CudaStorage, &Layout),
+    k: (&CudaStorage, &Layout),
+    v: (&CudaStorage, &Layout),
+    dt: Dtype,
+) -> Result<CudaStorage> {
     let dm = attn_dims(q.1.dims(), k.1.dims(), v.1.dims())?;
     let dev = q.0.device();
-    let (qv, kv, vv) = (view::<T>(q.0, q.1, "attention")?, view::<T>(k.0, k.1, "attention")?, view::<T>(v.0, v.1, "attention")?);
+    let (qv, kv, vv) =
+        (view::<T>(q.0, q.1, "attention")?, view::<T>(k.0, k.1, "attention")?, view::<T>(v.0, v.1, "attention")?);
     // SAFETY: every live query row writes its output row and its log-sum-exp.
     let mut o = unsafe { dev.alloc::<T>(q.1.shape().elem_count()) }?;
     let mut lse = unsafe { dev.alloc::<f32>(dm.b * dm.nh * dm.t) }?;
@@ -521,10 +708,20 @@ fn attn_fwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: (&CudaStorage, &L
 }
 
 /// dQ, dK, dV from the tensors the forward kept, its log-sum-exp and dO.
-fn attn_bwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor, dt: Dtype) -> Result<(Tensor, Tensor, Tensor)> {
+fn attn_bwd<T: CudaDType + DeviceRepr>(
+    op: &FlashAttention,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    g: &Tensor,
+    dt: Dtype,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let dm = attn_dims(q.dims(), k.dims(), v.dims())?;
     let lse = op.lse.lock().map_err(|_| candle_core::Error::Msg("attention: lse lock poisoned".into()))?.take();
-    let lse = lse.ok_or_else(|| candle_core::Error::Msg("attention: backward ran twice (the forward's log-sum-exp is gone)".into()))?;
+    let lse = lse.ok_or_else(|| {
+        candle_core::Error::Msg("attention: backward ran twice (the forward's log-sum-exp is gone)".into())
+    })?;
     let dev = q.device().as_cuda_device()?;
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
@@ -540,14 +737,22 @@ fn attn_bwd<T: CudaDType + DeviceRepr>(op: &FlashAttention, q: &Tensor, k: &Tens
     let rows = dm.b * dm.nh * dm.t;
     let (nq, nk) = (rows * dm.hd, dm.b * dm.kvh * dm.t * dm.hd);
     // SAFETY: each kernel writes every element of its outputs (one thread or group per row).
-    let (mut delta, mut dq, mut dk, mut dv) = unsafe { (dev.alloc::<f32>(rows)?, dev.alloc::<T>(nq)?, dev.alloc::<T>(nk)?, dev.alloc::<T>(nk)?) };
+    let (mut delta, mut dq, mut dk, mut dv) =
+        unsafe { (dev.alloc::<f32>(rows)?, dev.alloc::<T>(nq)?, dev.alloc::<T>(nk)?, dev.alloc::<T>(nk)?) };
     let (nh, kvh, t, ri) = (dm.nh as i32, dm.kvh as i32, dm.t as i32, rows as i32);
 
     launch!(dev, &kern::attn_name("attn_bwd_delta", dt, dm.hd), kern::attn_bwd_delta(rows); &ov, &gv, &mut delta, &ri)?;
-    let ((kv_name, kv_shape), (q_name, q_shape)) = match tensor_cores(dt, &[ql.start_offset(), kl.start_offset(), vl.start_offset(), gl.start_offset()]) {
-        true => (("attn_bwd_kv_tc", kern::attn_tc(dm.b, dm.kvh, dm.t)), ("attn_bwd_q_tc", kern::attn_tc(dm.b, dm.nh, dm.t))),
-        false => (("attn_bwd_kv", kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd)), ("attn_bwd_q", kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd))),
-    };
+    let ((kv_name, kv_shape), (q_name, q_shape)) =
+        match tensor_cores(dt, &[ql.start_offset(), kl.start_offset(), vl.start_offset(), gl.start_offset()]) {
+            true => (
+                ("attn_bwd_kv_tc", kern::attn_tc(dm.b, dm.kvh, dm.t)),
+                ("attn_bwd_q_tc", kern::attn_tc(dm.b, dm.nh, dm.t)),
+            ),
+            false => (
+                ("attn_bwd_kv", kern::attn_bwd_kv(dm.b, dm.kvh, dm.t, dm.hd)),
+                ("attn_bwd_q", kern::attn_fwd(dm.b, dm.nh, dm.t, dm.hd)),
+            ),
+        };
     launch!(dev, &kern::attn_name(kv_name, dt, dm.hd), kv_shape; &qv, &kv, &vv, &gv, &lse, &delta, &mut dk, &mut dv, &nh, &kvh, &t, &op.scale)?;
     launch!(dev, &kern::attn_name(q_name, dt, dm.hd), q_shape; &qv, &kv, &vv, &gv, &lse, &delta, &mut dq, &nh, &kvh, &t, &op.scale)?;
 
@@ -558,14 +763,37 @@ impl CustomOp3 for FlashAttention {
     fn name(&self) -> &'static str {
         "flash-attention-cuda"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         no_cpu(self.name())
     }
-    fn cuda_fwd(&self, q: &CudaStorage, lq: &Layout, k: &CudaStorage, lk: &Layout, v: &CudaStorage, lv: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        lq: &Layout,
+        k: &CudaStorage,
+        lk: &Layout,
+        v: &CudaStorage,
+        lv: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         let dt = dtype_of(q.dtype(), self.name())?;
         Ok((by_dtype!(dt, attn_fwd(self, (q, lq), (k, lk), (v, lv), dt))?, lq.shape().clone()))
     }
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dt = dtype_of(q.dtype(), self.name())?;
         let g = g.contiguous()?;
         let (dq, dk, dv) = by_dtype!(dt, attn_bwd(self, q, k, v, o, &g, dt))?;

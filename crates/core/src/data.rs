@@ -19,7 +19,8 @@ pub fn tokenizer_json(path: &Path) -> Result<Vec<u8>> {
 }
 
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_bytes(tokenizer_json(path)?).map_err(|e| Error::file(path, format!("cannot load tokenizer: {e} (hint: a Hugging Face tokenizer.json)")))
+    Tokenizer::from_bytes(tokenizer_json(path)?)
+        .map_err(|e| Error::file(path, format!("cannot load tokenizer: {e} (hint: a Hugging Face tokenizer.json)")))
 }
 
 /// The end-of-sequence id: from the model config, else the tokenizer's usual names.
@@ -36,7 +37,9 @@ pub fn eos_id(tok: &Tokenizer, from_config: Option<u32>) -> Result<u32> {
 }
 
 fn encode(tok: &Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
-    tok.encode(text, special).map(|e| e.get_ids().to_vec()).map_err(|e| Error::config("model.tokenizer", format!("tokenization failed: {e}")))
+    tok.encode(text, special)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| Error::config("model.tokenizer", format!("tokenization failed: {e}")))
 }
 
 /// 64-bit FNV-1a: a stable content hash for the shard cache key.
@@ -47,11 +50,18 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Call `f` with each record's text fields, read from .jsonl (streamed line by line) or .txt;
 /// returns the number of records. Chat records arrive as (rendered prompt, last turn).
-fn for_each_record(cfg: &DataConfig, chat: Option<&crate::chat::ChatTemplate>, mut f: impl FnMut(String, String) -> Result<()>) -> Result<usize> {
+fn for_each_record(
+    cfg: &DataConfig,
+    chat: Option<&crate::chat::ChatTemplate>,
+    mut f: impl FnMut(String, String) -> Result<()>,
+) -> Result<usize> {
     let path = Path::new(&cfg.train);
     if path.extension().is_some_and(|e| e == "txt") {
         if cfg.format != DataFormat::Cpt {
-            return Err(Error::config("data.train", "a .txt file holds raw text for cpt (hint: use .jsonl with prompt/response fields for ift)"));
+            return Err(Error::config(
+                "data.train",
+                "a .txt file holds raw text for cpt (hint: use .jsonl with prompt/response fields for ift)",
+            ));
         }
         f(std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?, String::new())?;
         return Ok(1);
@@ -64,16 +74,27 @@ fn for_each_record(cfg: &DataConfig, chat: Option<&crate::chat::ChatTemplate>, m
             continue;
         }
         let row = i + 1;
-        let v: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| Error::DataRow { path: path.into(), row, msg: format!("not valid JSON: {e} (hint: one JSON object per line)") })?;
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| Error::DataRow {
+            path: path.into(),
+            row,
+            msg: format!("not valid JSON: {e} (hint: one JSON object per line)"),
+        })?;
         let field = |name: &str| -> Result<String> {
             match v.get(name) {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(Error::DataRow { path: path.into(), row, msg: format!("field `{name}` is {} not a string", kind(other)) }),
+                Some(other) => Err(Error::DataRow {
+                    path: path.into(),
+                    row,
+                    msg: format!("field `{name}` is {} not a string", kind(other)),
+                }),
                 None => Err(Error::DataRow {
                     path: path.into(),
                     row,
-                    msg: format!("no field `{name}` (hint: set data.{} to one of {:?})", field_key(cfg, name), v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()),
+                    msg: format!(
+                        "no field `{name}` (hint: set data.{} to one of {:?})",
+                        field_key(cfg, name),
+                        v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()
+                    ),
                 }),
             }
         };
@@ -87,12 +108,16 @@ fn for_each_record(cfg: &DataConfig, chat: Option<&crate::chat::ChatTemplate>, m
                     .and_then(|m| m.as_array())
                     .ok_or_else(|| bad(format!("no list `{}` (hint: set data.messages_field)", cfg.messages_field)))?
                     .iter()
-                    .map(|t| match (t.get("role").and_then(|r| r.as_str()), t.get("content").and_then(|c| c.as_str())) {
-                        (Some(r), Some(c)) => Ok((r.to_string(), c.to_string())),
-                        _ => Err(bad("every turn needs string `role` and `content`".into())),
+                    .map(|t| {
+                        match (t.get("role").and_then(|r| r.as_str()), t.get("content").and_then(|c| c.as_str())) {
+                            (Some(r), Some(c)) => Ok((r.to_string(), c.to_string())),
+                            _ => Err(bad("every turn needs string `role` and `content`".into())),
+                        }
                     })
                     .collect::<Result<_>>()?;
-                let Some(((role, last), context)) = turns.split_last() else { return Err(bad("an empty conversation".into())) };
+                let Some(((role, last), context)) = turns.split_last() else {
+                    return Err(bad("an empty conversation".into()));
+                };
                 if role != "assistant" || context.is_empty() {
                     return Err(bad("a conversation must end with an assistant turn after at least one other (hint: the last turn is what the model learns)".into()));
                 }
@@ -166,7 +191,13 @@ pub struct PrepareReport {
 }
 
 /// Tokenize and write shards once; later calls with the same inputs reuse them.
-pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u32, chat: Option<&crate::chat::ChatTemplate>) -> Result<Shards> {
+pub fn prepare(
+    cfg: &DataConfig,
+    tok: &Tokenizer,
+    tokenizer_path: &Path,
+    eos: u32,
+    chat: Option<&crate::chat::ChatTemplate>,
+) -> Result<Shards> {
     let chat = match cfg.format {
         DataFormat::Ift if cfg.chat_template => chat,
         DataFormat::Chat => chat,
@@ -188,7 +219,19 @@ pub fn prepare(cfg: &DataConfig, tok: &Tokenizer, tokenizer_path: &Path, eos: u3
         }
     }
     h = fnv1a(h, &tok_bytes);
-    let key = serde_json::to_string(&(cfg.format, &cfg.text_field, &cfg.prompt_field, &cfg.response_field, &cfg.messages_field, &cfg.template, cfg.seq_len, cfg.max_records, eos, chat.map(|c| &c.source), 4u32))?;
+    let key = serde_json::to_string(&(
+        cfg.format,
+        &cfg.text_field,
+        &cfg.prompt_field,
+        &cfg.response_field,
+        &cfg.messages_field,
+        &cfg.template,
+        cfg.seq_len,
+        cfg.max_records,
+        eos,
+        chat.map(|c| &c.source),
+        4u32,
+    ))?;
     h = fnv1a(h, key.as_bytes());
     let dir = Path::new(&cfg.cache_dir).join(format!("{h:016x}"));
     if !dir.join("meta.json").is_file() {
@@ -218,13 +261,22 @@ impl RowWriter {
     }
 }
 
-fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, chat: Option<&crate::chat::ChatTemplate>, dir: &Path) -> Result<()> {
+fn write_shards(
+    cfg: &DataConfig,
+    tok: &Tokenizer,
+    eos: u32,
+    chat: Option<&crate::chat::ChatTemplate>,
+    dir: &Path,
+) -> Result<()> {
     let t = cfg.seq_len;
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
     let create = |name: &str| -> Result<std::io::BufWriter<std::fs::File>> {
-        Ok(std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp.join(name)).map_err(|e| Error::file(&tmp, e))?))
+        Ok(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(tmp.join(name)).map_err(|e| Error::file(&tmp, e))?,
+        ))
     };
     let mut w = RowWriter { tokens: create("tokens.u32")?, mask: create("mask.u8")?, rows: 0, loss_tokens: 0 };
     let (mut truncated, mut dropped, mut total, mut dropped_tokens) = (0usize, 0usize, 0u64, 0u64);
@@ -290,12 +342,26 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, chat: Option<&crate
             if dropped > 0 {
                 format!("{}: no training sequence: all {dropped} examples' prompts fill data.seq_len = {t} (hint: raise data.seq_len; a chat template's system prompt counts too)", cfg.train)
             } else {
-                format!("{}: no complete training sequence of {t} tokens (hint: lower data.seq_len or add data)", cfg.train)
+                format!(
+                    "{}: no complete training sequence of {t} tokens (hint: lower data.seq_len or add data)",
+                    cfg.train
+                )
             },
         ));
     }
     let source = if cfg.source.is_empty() { cfg.train.clone() } else { cfg.source.clone() };
-    let meta = PrepareReport { format_version: 1, source, documents, rows: w.rows, seq_len: t, tokens: total, loss_tokens: w.loss_tokens, truncated, dropped, dropped_tokens };
+    let meta = PrepareReport {
+        format_version: 1,
+        source,
+        documents,
+        rows: w.rows,
+        seq_len: t,
+        tokens: total,
+        loss_tokens: w.loss_tokens,
+        truncated,
+        dropped,
+        dropped_tokens,
+    };
     std::fs::write(tmp.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
@@ -303,8 +369,12 @@ fn write_shards(cfg: &DataConfig, tok: &Tokenizer, eos: u32, chat: Option<&crate
 }
 
 fn open_shards(dir: &Path) -> Result<Shards> {
-    let meta: PrepareReport = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)
-        .map_err(|e| Error::file(dir.join("meta.json"), format!("{e} (hint: delete this cache directory; it is rebuilt on the next run)")))?;
+    let meta: PrepareReport = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?).map_err(|e| {
+        Error::file(
+            dir.join("meta.json"),
+            format!("{e} (hint: delete this cache directory; it is rebuilt on the next run)"),
+        )
+    })?;
     let map = |name: &str| -> Result<Mmap> {
         let f = std::fs::File::open(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))?;
         // SAFETY: shard files are written once (atomically renamed into place) and never modified.
@@ -312,7 +382,10 @@ fn open_shards(dir: &Path) -> Result<Shards> {
     };
     let (tokens, mask) = (map("tokens.u32")?, map("mask.u8")?);
     if tokens.len() != meta.rows * meta.seq_len * 4 || mask.len() != meta.rows * meta.seq_len {
-        return Err(Error::file(dir, "token shards are truncated (hint: delete this cache directory; it is rebuilt on the next run)"));
+        return Err(Error::file(
+            dir,
+            "token shards are truncated (hint: delete this cache directory; it is rebuilt on the next run)",
+        ));
     }
     Ok(Shards { dir: dir.to_path_buf(), rows: meta.rows, seq_len: meta.seq_len, tokens, mask, report: meta })
 }
@@ -320,7 +393,10 @@ fn open_shards(dir: &Path) -> Result<Shards> {
 impl Shards {
     pub fn row(&self, i: usize) -> (Vec<u32>, &[u8]) {
         let t = self.seq_len;
-        let ids = self.tokens[i * t * 4..(i + 1) * t * 4].chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let ids = self.tokens[i * t * 4..(i + 1) * t * 4]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         (ids, &self.mask[i * t..(i + 1) * t])
     }
 }

@@ -11,7 +11,9 @@ pub enum Error {
     // --- files and checkpoints
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
-    #[error("checkpoint {path}: missing tensor {name} (hint: was it written by a run with the same model and method?)")]
+    #[error(
+        "checkpoint {path}: missing tensor {name} (hint: was it written by a run with the same model and method?)"
+    )]
     MissingTensor { path: PathBuf, name: String },
 
     // --- data
@@ -40,7 +42,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The text a caught panic carried (for the binding and the sidecar, which answer a panic
 /// with an error instead of dying).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 impl Error {

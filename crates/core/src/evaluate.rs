@@ -29,7 +29,15 @@ pub struct EvalLossRequest {
 
 impl Default for EvalLossRequest {
     fn default() -> Self {
-        Self { model: String::new(), adapter: String::new(), merged: false, tokenizer: String::new(), data: DataConfig::default(), micro_batch: 8, dtype: DTypeName::F32 }
+        Self {
+            model: String::new(),
+            adapter: String::new(),
+            merged: false,
+            tokenizer: String::new(),
+            data: DataConfig::default(),
+            micro_batch: 8,
+            dtype: DTypeName::F32,
+        }
     }
 }
 

@@ -33,7 +33,12 @@ fn num(v: &Value) -> Option<f64> {
 pub fn config_from_metadata(md: &HashMap<String, Value>, path: &Path, tied: bool) -> Result<LlamaConfig> {
     let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if !SUPPORTED.contains(&arch.as_str()) {
-        return Err(Error::file(path, format!("general.architecture `{arch}` is not supported (hint: loralab trains the Llama family: {SUPPORTED:?})")));
+        return Err(Error::file(
+            path,
+            format!(
+                "general.architecture `{arch}` is not supported (hint: loralab trains the Llama family: {SUPPORTED:?})"
+            ),
+        ));
     }
     let get = |k: &str| md.get(&format!("{arch}.{k}")).and_then(num);
     let need = |k: &str| get(k).ok_or_else(|| Error::file(path, format!("GGUF metadata lacks {arch}.{k}")));
@@ -62,7 +67,8 @@ pub fn config_from_metadata(md: &HashMap<String, Value>, path: &Path, tied: bool
     }
     if let Some(Value::String(kind)) = md.get(&format!("{arch}.rope.scaling.type")) {
         if kind == "linear" {
-            cfg["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": get("rope.scaling.factor").unwrap_or(1.0)});
+            cfg["rope_scaling"] =
+                serde_json::json!({"rope_type": "linear", "factor": get("rope.scaling.factor").unwrap_or(1.0)});
         } else if kind != "none" {
             return Err(Error::file(path, format!("rope scaling `{kind}` in GGUF is not supported yet")));
         }
@@ -124,7 +130,8 @@ pub fn to_hf_layout(gguf_name: &str, t: Tensor, cfg: &LlamaConfig) -> Result<Ten
 
 fn open(path: &Path) -> Result<(std::fs::File, Content)> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let content = Content::read(&mut f).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e} (hint: truncated or corrupt?)")))?;
+    let content = Content::read(&mut f)
+        .map_err(|e| Error::file(path, format!("not a readable GGUF file: {e} (hint: truncated or corrupt?)")))?;
     Ok((f, content))
 }
 
@@ -151,7 +158,8 @@ pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Va
     let mut cfg = config_from_metadata(&content.metadata, path, tied)?;
     if content.tensor_infos.contains_key("rope_freqs.weight") {
         let factors = dequantized(&mut f, &content, "rope_freqs.weight", path)?.flatten_all()?.to_vec1::<f32>()?;
-        cfg.rope_scaling = Some(llama3_scaling(&cfg, &factors).map_err(|e| Error::file(path, format!("rope_freqs.weight: {e}")))?);
+        cfg.rope_scaling =
+            Some(llama3_scaling(&cfg, &factors).map_err(|e| Error::file(path, format!("rope_freqs.weight: {e}")))?);
     }
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
@@ -188,7 +196,8 @@ fn llama3_scaling(cfg: &LlamaConfig, factors: &[f32]) -> std::result::Result<cra
     // least squares s = a·ω + b
     let n = ramp.len() as f64;
     let (mw, ms) = (ramp.iter().map(|r| r.0).sum::<f64>() / n, ramp.iter().map(|r| r.1).sum::<f64>() / n);
-    let a = ramp.iter().map(|r| (r.0 - mw) * (r.1 - ms)).sum::<f64>() / ramp.iter().map(|r| (r.0 - mw).powi(2)).sum::<f64>();
+    let a = ramp.iter().map(|r| (r.0 - mw) * (r.1 - ms)).sum::<f64>()
+        / ramp.iter().map(|r| (r.0 - mw).powi(2)).sum::<f64>();
     let b = ms - a * mw;
     let span = -1.0 / b; // high − low, with low = 1
     let scaling = crate::model::RopeScaling {
@@ -198,10 +207,14 @@ fn llama3_scaling(cfg: &LlamaConfig, factors: &[f32]) -> std::result::Result<cra
         high_freq_factor: 1.0 + span,
         original_max_position_embeddings: (a * 2.0 * std::f64::consts::PI * span).round() as usize,
     };
-    let fitted = LlamaConfig { rope_scaling: Some(scaling.clone()), ..cfg.clone() }.inv_freq().map_err(|e| e.to_string())?;
+    let fitted =
+        LlamaConfig { rope_scaling: Some(scaling.clone()), ..cfg.clone() }.inv_freq().map_err(|e| e.to_string())?;
     for ((w, s), f) in base.iter().zip(&fitted).zip(factors) {
         if ((w / s) / *f as f64 - 1.0).abs() > 1e-3 {
-            return Err(format!("the divisors are not Llama-3 rope scaling (best fit {scaling:?} gives {} where the file has {f})", w / s));
+            return Err(format!(
+                "the divisors are not Llama-3 rope scaling (best fit {scaling:?} gives {} where the file has {f})",
+                w / s
+            ));
         }
     }
     Ok(scaling)
@@ -214,13 +227,16 @@ fn llama3_scaling(cfg: &LlamaConfig, factors: &[f32]) -> std::result::Result<cra
 /// model's published tokenizer.json, which llama.cpp's src/llama-vocab.cpp reimplements per
 /// name). The table is the whole list: any other name is refused. Returns (pre-tokenizer,
 /// normalizer).
-const PRE_NAMES: &str = "gpt-2, default, smollm, starcoder, refact, llama-bpe, llama3, dbrx, smaug-bpe, qwen2, stablelm2";
+const PRE_NAMES: &str =
+    "gpt-2, default, smollm, starcoder, refact, llama-bpe, llama3, dbrx, smaug-bpe, qwen2, stablelm2";
 
 pub fn pre_tokenizer(name: &str) -> Option<(serde_json::Value, serde_json::Value)> {
     use serde_json::{json, Value};
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     let split = |digits: &str, trim_offsets: bool| {
-        let regex = format!(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{digits}| ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+");
+        let regex = format!(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{digits}| ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        );
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim_offsets, "use_regex": false}]})
@@ -229,7 +245,10 @@ pub fn pre_tokenizer(name: &str) -> Option<(serde_json::Value, serde_json::Value
         // GPT-2's byte-level regex
         "gpt-2" | "default" => (byte_level, Value::Null),
         // every digit on its own, then GPT-2's byte-level regex
-        "smollm" | "starcoder" | "refact" => (json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}), Value::Null),
+        "smollm" | "starcoder" | "refact" => (
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+            Value::Null,
+        ),
         // Llama 3's tokenizer.json: numbers in runs of up to three digits
         "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => (split("{1,3}", true), Value::Null),
         // Qwen2's tokenizer.json: NFC, then digits one by one
@@ -240,7 +259,11 @@ pub fn pre_tokenizer(name: &str) -> Option<(serde_json::Value, serde_json::Value
 
 fn strings(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<Vec<String>> {
     let v = md.get(key).ok_or_else(|| Error::file(path, format!("GGUF metadata lacks {key}")))?;
-    v.to_vec().map_err(|e| Error::file(path, format!("{key}: {e}")))?.iter().map(|s| s.to_string().cloned().map_err(|e| Error::file(path, format!("{key}: {e}")))).collect()
+    v.to_vec()
+        .map_err(|e| Error::file(path, format!("{key}: {e}")))?
+        .iter()
+        .map(|s| s.to_string().cloned().map_err(|e| Error::file(path, format!("{key}: {e}"))))
+        .collect()
 }
 
 fn flag(md: &HashMap<String, Value>, key: &str, default: bool) -> bool {
@@ -258,7 +281,8 @@ pub fn tokenizer_json(path: &Path) -> Result<String> {
         Some(v) => v.iter().map(|t| num(t).unwrap_or(1.0) as i64).collect(),
         None => vec![1; tokens.len()],
     };
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
     // token_type 3 = control (<|im_start|>, <s>, ...), 4 = user-defined: matched whole, never split
     let added: Vec<serde_json::Value> = tokens
         .iter()
@@ -283,7 +307,9 @@ pub fn tokenizer_json(path: &Path) -> Result<String> {
     };
     let bos = md.get("tokenizer.ggml.bos_token_id").and_then(num).map(|v| v as usize);
     let post = match (flag(md, "tokenizer.ggml.add_bos_token", false), bos.and_then(|b| tokens.get(b))) {
-        (true, Some(b)) => serde_json::json!({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], "special_tokens": {b.clone(): {"id": b, "ids": [bos], "tokens": [b]}}}),
+        (true, Some(b)) => {
+            serde_json::json!({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], "special_tokens": {b.clone(): {"id": b, "ids": [bos], "tokens": [b]}}})
+        }
         _ => serde_json::Value::Null,
     };
     let json = serde_json::json!({
@@ -301,12 +327,16 @@ pub fn tokenizer_config(path: &Path) -> Result<serde_json::Value> {
     let md = metadata(path)?;
     let tokens = strings(&md, "tokenizer.ggml.tokens", path)?;
     let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-    let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
+    let mut tc =
+        serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
     if let Some(n) = md.get(&format!("{arch}.context_length")).and_then(num) {
         tc["model_max_length"] = serde_json::json!(n as u64);
     }
-    for (field, key) in [("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")] {
-        if let Some(t) = md.get(&format!("tokenizer.ggml.{key}_token_id")).and_then(num).and_then(|i| tokens.get(i as usize)) {
+    for (field, key) in [("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")]
+    {
+        if let Some(t) =
+            md.get(&format!("tokenizer.ggml.{key}_token_id")).and_then(num).and_then(|i| tokens.get(i as usize))
+        {
             tc[field] = serde_json::json!(t);
         }
     }
@@ -324,7 +354,13 @@ type Parts = (serde_json::Value, serde_json::Value, serde_json::Value, serde_jso
 /// by the joined piece's score (as Hugging Face's SentencePiece converter derives them);
 /// unknown characters fall back to the `<0xXX>` byte pieces; spaces are `▁`, with one
 /// prepended unless `tokenizer.ggml.add_space_prefix` is false.
-fn sentencepiece(md: &HashMap<String, Value>, path: &Path, tokens: &[String], types: &[i64], vocab: serde_json::Map<String, serde_json::Value>) -> Result<Parts> {
+fn sentencepiece(
+    md: &HashMap<String, Value>,
+    path: &Path,
+    tokens: &[String],
+    types: &[i64],
+    vocab: serde_json::Map<String, serde_json::Value>,
+) -> Result<Parts> {
     use serde_json::json;
     let scores: Vec<f64> = md
         .get("tokenizer.ggml.scores")
@@ -332,7 +368,10 @@ fn sentencepiece(md: &HashMap<String, Value>, path: &Path, tokens: &[String], ty
         .map(|v| v.iter().map(|s| num(s).unwrap_or(0.0)).collect())
         .ok_or_else(|| Error::file(path, "a SentencePiece (llama) tokenizer needs tokenizer.ggml.scores"))?;
     if scores.len() != tokens.len() {
-        return Err(Error::file(path, format!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), tokens.len())));
+        return Err(Error::file(
+            path,
+            format!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), tokens.len()),
+        ));
     }
     let id: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
     let mut merges: Vec<(f64, usize, usize)> = Vec::new();
@@ -347,11 +386,23 @@ fn sentencepiece(md: &HashMap<String, Value>, path: &Path, tokens: &[String], ty
     }
     merges.sort_by(|a, b| b.0.total_cmp(&a.0)); // stable: ties keep (left, right) id order
     let merges: Vec<[&str; 2]> = merges.iter().map(|&(_, l, r)| [tokens[l].as_str(), tokens[r].as_str()]).collect();
-    let unk = md.get("tokenizer.ggml.unknown_token_id").and_then(num).map(|v| v as usize).or_else(|| types.iter().position(|&t| t == 2));
+    let unk = md
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(num)
+        .map(|v| v as usize)
+        .or_else(|| types.iter().position(|&t| t == 2));
     let prefix = flag(md, "tokenizer.ggml.add_space_prefix", true);
     let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
-    let normalizer = if prefix { json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]}) } else { replace };
-    let mut decoders = vec![json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
+    let normalizer = if prefix {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+    } else {
+        replace
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
     if prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }

@@ -35,7 +35,14 @@ pub struct LoadRequest {
 
 impl Default for LoadRequest {
     fn default() -> Self {
-        Self { model: String::new(), adapter: String::new(), merged: false, tokenizer: String::new(), dtype: DTypeName::F32, device: "cpu".into() }
+        Self {
+            model: String::new(),
+            adapter: String::new(),
+            merged: false,
+            tokenizer: String::new(),
+            dtype: DTypeName::F32,
+            device: "cpu".into(),
+        }
     }
 }
 
@@ -61,7 +68,17 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 128, max_length: 0, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![], batch_size: 8, add_special_tokens: false, cache: true }
+        Self {
+            max_new_tokens: 128,
+            max_length: 0,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: vec![],
+            batch_size: 8,
+            add_special_tokens: false,
+            cache: true,
+        }
     }
 }
 
@@ -114,7 +131,12 @@ impl KvCache {
         let (kv, hd) = (model.cfg.kv_heads(), model.cfg.head_dim());
         let z = || Tensor::zeros((b, kv, cap, hd), model.dtype, &model.device);
         let n = model.layers.len();
-        Ok(Self { k: (0..n).map(|_| z()).collect::<candle_core::Result<_>>()?, v: (0..n).map(|_| z()).collect::<candle_core::Result<_>>()?, len: 0, cap })
+        Ok(Self {
+            k: (0..n).map(|_| z()).collect::<candle_core::Result<_>>()?,
+            v: (0..n).map(|_| z()).collect::<candle_core::Result<_>>()?,
+            len: 0,
+            cap,
+        })
     }
 }
 
@@ -244,14 +266,22 @@ impl Engine {
     /// Generate a continuation of every prompt.
     pub fn generate(&self, prompts: &[String], o: &GenerateOptions) -> Result<Vec<Generation>> {
         if o.top_p <= 0.0 || o.top_p > 1.0 || o.temperature < 0.0 {
-            return Err(Error::config("generate", format!("temperature {} must be ≥ 0 and top_p {} in (0, 1]", o.temperature, o.top_p)));
+            return Err(Error::config(
+                "generate",
+                format!("temperature {} must be ≥ 0 and top_p {} in (0, 1]", o.temperature, o.top_p),
+            ));
         }
         let mut out = Vec::with_capacity(prompts.len());
         let bs = o.batch_size.max(1);
         for (chunk_i, chunk) in prompts.chunks(bs).enumerate() {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|p| self.encode(p, o.add_special_tokens)).collect::<Result<_>>()?;
+            let ids: Vec<Vec<u32>> =
+                chunk.iter().map(|p| self.encode(p, o.add_special_tokens)).collect::<Result<_>>()?;
             let first = chunk_i * bs;
-            out.extend(if o.cache { self.generate_batch(&ids, first, o)? } else { self.generate_reforward(&ids, first, o)? });
+            out.extend(if o.cache {
+                self.generate_batch(&ids, first, o)?
+            } else {
+                self.generate_reforward(&ids, first, o)?
+            });
         }
         Ok(out)
     }
@@ -265,7 +295,11 @@ impl Engine {
         let b = prompts.len();
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
         let steps = prompts.iter().map(|p| self.budget(p.len(), o)).max().unwrap_or(0);
-        let mut rows: Vec<Row> = prompts.iter().enumerate().map(|(i, p)| Row::new(self, p, self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64))).collect::<Result<_>>()?;
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Row::new(self, p, self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64)))
+            .collect::<Result<_>>()?;
         if steps == 0 {
             return rows.into_iter().map(|r| r.finish(self)).collect();
         }
@@ -302,8 +336,13 @@ impl Engine {
     /// The same generation without a cache: the whole sequence through the training
     /// forward pass at every step (rows of equal length batched together).
     fn generate_reforward(&self, prompts: &[Vec<u32>], first: usize, o: &GenerateOptions) -> Result<Vec<Generation>> {
-        let mut rows: Vec<Row> = prompts.iter().enumerate().map(|(i, p)| Row::new(self, p, self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64))).collect::<Result<_>>()?;
-        let mut seqs: Vec<Vec<u32>> = prompts.iter().map(|p| if p.is_empty() { vec![self.pad_id] } else { p.clone() }).collect();
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Row::new(self, p, self.budget(p.len(), o), Rng::fork(o.seed, (first + i) as u64)))
+            .collect::<Result<_>>()?;
+        let mut seqs: Vec<Vec<u32>> =
+            prompts.iter().map(|p| if p.is_empty() { vec![self.pad_id] } else { p.clone() }).collect();
         let mut rng = Rng::new(0);
         loop {
             let live: Vec<usize> = (0..rows.len()).filter(|&r| !rows[r].done).collect();
@@ -320,7 +359,10 @@ impl Engine {
                 let ids = Tensor::from_vec(flat, (group.len(), t), &self.model.device)?;
                 let logits = self.model.forward(&ids, &mut Ctx { train: false, rng: &mut rng })?;
                 let last: Vec<u32> = (0..group.len()).map(|i| (i * t + t - 1) as u32).collect();
-                let logits = logits.index_select(&Tensor::new(last.as_slice(), &self.model.device)?, 0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                let logits = logits
+                    .index_select(&Tensor::new(last.as_slice(), &self.model.device)?, 0)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
                 for (&r, l) in group.iter().zip(&logits) {
                     let tok = rows[r].sample(l, o);
                     rows[r].push(tok, self, o)?;
@@ -341,7 +383,10 @@ impl Engine {
         let mut enc: Vec<(Vec<u32>, usize)> = Vec::with_capacity(reqs.len()); // (tokens, continuation length)
         for r in reqs {
             let n_spaces = r.context.len() - r.context.trim_end().len();
-            let (ctx, cont) = (&r.context[..r.context.len() - n_spaces], format!("{}{}", &r.context[r.context.len() - n_spaces..], r.continuation));
+            let (ctx, cont) = (
+                &r.context[..r.context.len() - n_spaces],
+                format!("{}{}", &r.context[r.context.len() - n_spaces..], r.continuation),
+            );
             let (ctx_ids, cont_ids) = if ctx.is_empty() {
                 (vec![self.pad_id], self.encode(&cont, false)?)
             } else {
@@ -350,7 +395,10 @@ impl Engine {
                 (whole[..c].to_vec(), whole[c..].to_vec())
             };
             if cont_ids.is_empty() {
-                return Err(Error::config("loglikelihood", format!("continuation {:?} of context {:?} has no tokens of its own", r.continuation, r.context)));
+                return Err(Error::config(
+                    "loglikelihood",
+                    format!("continuation {:?} of context {:?} has no tokens of its own", r.continuation, r.context),
+                ));
             }
             let mut all = ctx_ids;
             all.extend_from_slice(&cont_ids);
@@ -378,10 +426,14 @@ impl Engine {
             }
             // right padding: real tokens never see the pad columns after them
             let mut cache = KvCache::new(&self.model, b, t)?;
-            let h = self.forward_cached(&Tensor::from_vec(flat, (b, t), &self.model.device)?, &vec![0; b], &mut cache)?;
-            let logits = self.head(&h.index_select(&Tensor::from_vec(rows, targets.len(), &self.model.device)?, 0)?)?.to_dtype(DType::F64)?;
+            let h =
+                self.forward_cached(&Tensor::from_vec(flat, (b, t), &self.model.device)?, &vec![0; b], &mut cache)?;
+            let logits = self
+                .head(&h.index_select(&Tensor::from_vec(rows, targets.len(), &self.model.device)?, 0)?)?
+                .to_dtype(DType::F64)?;
             let m = logits.max_keepdim(D::Minus1)?;
-            let lse = (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &m)?.squeeze(1)?.to_vec1::<f64>()?;
+            let lse =
+                (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &m)?.squeeze(1)?.to_vec1::<f64>()?;
             let arg = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             let logits = logits.to_vec2::<f64>()?;
             let mut k = 0;
@@ -416,7 +468,17 @@ struct Row {
 
 impl Row {
     fn new(e: &Engine, prompt: &[u32], budget: usize, rng: Rng) -> Result<Self> {
-        Ok(Self { prompt: prompt.to_vec(), prompt_text: e.decode(prompt)?, prompt_tokens: prompt.len(), budget, rng, ids: vec![], done: budget == 0, finish: "length", cut: None })
+        Ok(Self {
+            prompt: prompt.to_vec(),
+            prompt_text: e.decode(prompt)?,
+            prompt_tokens: prompt.len(),
+            budget,
+            rng,
+            ids: vec![],
+            done: budget == 0,
+            finish: "length",
+            cut: None,
+        })
     }
 
     fn text(&self, e: &Engine) -> Result<String> {
@@ -435,7 +497,8 @@ impl Row {
             return best as u32;
         }
         let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let mut p: Vec<(f64, u32)> = logits.iter().enumerate().map(|(i, &l)| (((l as f64 - m) / o.temperature).exp(), i as u32)).collect();
+        let mut p: Vec<(f64, u32)> =
+            logits.iter().enumerate().map(|(i, &l)| (((l as f64 - m) / o.temperature).exp(), i as u32)).collect();
         let z: f64 = p.iter().map(|x| x.0).sum();
         p.iter_mut().for_each(|x| x.0 /= z);
         p.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));

@@ -33,7 +33,11 @@ impl Weight {
 /// Trained weights keep an f32 master copy when the model computes in bf16/f16; the
 /// optimizer updates it and checkpoints save it.
 pub fn master_dtype(compute: DType) -> DType {
-    if compute == DType::F64 { DType::F64 } else { DType::F32 }
+    if compute == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 /// The low-rank update scale·B·A on a frozen linear (PEFT's layout: A is (r, in), B is (out, r)).
@@ -87,7 +91,9 @@ impl Linear {
             }
         } else {
             match &self.bias {
-                Some(Weight::Trainable(b)) => ops::frozen_linear(x, w, None)?.broadcast_add(&b.as_tensor().to_dtype(x.dtype())?)?,
+                Some(Weight::Trainable(b)) => {
+                    ops::frozen_linear(x, w, None)?.broadcast_add(&b.as_tensor().to_dtype(x.dtype())?)?
+                }
                 Some(Weight::Frozen(b)) => ops::frozen_linear(x, w, Some(b))?,
                 None => ops::frozen_linear(x, w, None)?,
             }

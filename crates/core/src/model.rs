@@ -112,10 +112,12 @@ const SUPPORTED: [&str; 4] = ["llama", "mistral", "qwen2", ""];
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        let mut cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a Llama-family config.json: {e}")))?;
+        let mut cfg: LlamaConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("not a Llama-family config.json: {e}")))?;
         let gen = path.with_file_name("generation_config.json");
         if gen.is_file() {
-            let g: serde_json::Value = serde_json::from_slice(&std::fs::read(&gen)?).map_err(|e| Error::file(&gen, format!("not valid JSON: {e}")))?;
+            let g: serde_json::Value = serde_json::from_slice(&std::fs::read(&gen)?)
+                .map_err(|e| Error::file(&gen, format!("not valid JSON: {e}")))?;
             cfg.generation_eos = ids(g.get("eos_token_id"));
         }
         if let Some(rp) = cfg.rope_parameters.clone() {
@@ -124,7 +126,8 @@ impl LlamaConfig {
             }
             let kind = rp.get("rope_type").and_then(|v| v.as_str()).unwrap_or("default");
             if kind != "default" && cfg.rope_scaling.is_none() {
-                cfg.rope_scaling = Some(serde_json::from_value(rp).map_err(|e| Error::file(path, format!("rope_parameters: {e}")))?);
+                cfg.rope_scaling =
+                    Some(serde_json::from_value(rp).map_err(|e| Error::file(path, format!("rope_parameters: {e}")))?);
             }
         }
         if !SUPPORTED.contains(&cfg.model_type.as_str()) {
@@ -137,11 +140,20 @@ impl LlamaConfig {
             ));
         }
         if cfg.hidden_act != "silu" {
-            return Err(Error::file(path, format!("hidden_act `{}` is not supported (hint: Llama-family models use silu)", cfg.hidden_act)));
+            return Err(Error::file(
+                path,
+                format!("hidden_act `{}` is not supported (hint: Llama-family models use silu)", cfg.hidden_act),
+            ));
         }
         let kv = cfg.kv_heads();
         if !cfg.num_attention_heads.is_multiple_of(kv) {
-            return Err(Error::file(path, format!("num_attention_heads {} is not a multiple of num_key_value_heads {kv}", cfg.num_attention_heads)));
+            return Err(Error::file(
+                path,
+                format!(
+                    "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
+                    cfg.num_attention_heads
+                ),
+            ));
         }
         if cfg.head_dim.is_none() && !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::file(path, "hidden_size is not a multiple of num_attention_heads (hint: set head_dim)"));
@@ -206,7 +218,12 @@ impl LlamaConfig {
                 }
                 "linear" => f.iter_mut().for_each(|v| *v /= s.factor),
                 "default" => {}
-                other => return Err(Error::config("model rope_scaling.rope_type", format!("`{other}` is not supported (hint: llama3, linear or default)"))),
+                other => {
+                    return Err(Error::config(
+                        "model rope_scaling.rope_type",
+                        format!("`{other}` is not supported (hint: llama3, linear or default)"),
+                    ))
+                }
             }
         }
         Ok(f)
@@ -271,7 +288,16 @@ pub fn norm(x: &Tensor, w: &Weight, eps: f64) -> candle_core::Result<Tensor> {
 impl Attention {
     // x: (b·t, d) -> (b·t, d)
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&self, x: &Tensor, b: usize, t: usize, cfg: &LlamaConfig, rope: &ops::RopeTables, p_drop: f64, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cfg: &LlamaConfig,
+        rope: &ops::RopeTables,
+        p_drop: f64,
+        ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
         let (nh, kv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let rep = nh / kv;
         let q = self.q_proj.forward(x, ctx)?.reshape((b, t, nh, hd))?.transpose(1, 2)?; // (b, nh, t, hd)
@@ -329,7 +355,11 @@ impl Llama {
                 v_proj: lin("self_attn.v_proj", qb)?,
                 o_proj: lin("self_attn.o_proj", ob)?,
             };
-            let mlp = Mlp { gate_proj: lin("mlp.gate_proj", false)?, up_proj: lin("mlp.up_proj", false)?, down_proj: lin("mlp.down_proj", false)? };
+            let mlp = Mlp {
+                gate_proj: lin("mlp.gate_proj", false)?,
+                up_proj: lin("mlp.up_proj", false)?,
+                down_proj: lin("mlp.down_proj", false)?,
+            };
             layers.push(Block {
                 input_layernorm: Weight::Frozen(take(&format!("{p}.input_layernorm.weight"))?),
                 self_attn,
@@ -339,7 +369,17 @@ impl Llama {
         }
         let norm = Weight::Frozen(take("model.norm.weight")?);
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(Weight::Frozen(take("lm_head.weight")?)) };
-        Ok(Self { cfg, embed_tokens: Weight::Frozen(embed), layers, norm, lm_head, attention_dropout: 0.0, dtype, device, rope_cache: Default::default() })
+        Ok(Self {
+            cfg,
+            embed_tokens: Weight::Frozen(embed),
+            layers,
+            norm,
+            lm_head,
+            attention_dropout: 0.0,
+            dtype,
+            device,
+            rope_cache: Default::default(),
+        })
     }
 
     /// Random initialisation as Hugging Face does: N(0, initializer_range) for
@@ -370,7 +410,10 @@ impl Llama {
             if let Weight::Frozen(t) = w {
                 *t = t.to_device(device)?;
             } else {
-                return Err(Error::config("train.device", "weights must move to the device before the method is applied (a loralab bug)"));
+                return Err(Error::config(
+                    "train.device",
+                    "weights must move to the device before the method is applied (a loralab bug)",
+                ));
             }
         }
         // an evaluated adapter (unmerged) moves with its base
@@ -387,7 +430,17 @@ impl Llama {
     pub fn linears(&self) -> Vec<&Linear> {
         self.layers
             .iter()
-            .flat_map(|l| [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj])
+            .flat_map(|l| {
+                [
+                    &l.self_attn.q_proj,
+                    &l.self_attn.k_proj,
+                    &l.self_attn.v_proj,
+                    &l.self_attn.o_proj,
+                    &l.mlp.gate_proj,
+                    &l.mlp.up_proj,
+                    &l.mlp.down_proj,
+                ]
+            })
             .collect()
     }
 
@@ -397,7 +450,15 @@ impl Llama {
             .flat_map(|l| {
                 let a = &mut l.self_attn;
                 let m = &mut l.mlp;
-                [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+                [
+                    &mut a.q_proj,
+                    &mut a.k_proj,
+                    &mut a.v_proj,
+                    &mut a.o_proj,
+                    &mut m.gate_proj,
+                    &mut m.up_proj,
+                    &mut m.down_proj,
+                ]
             })
             .collect()
     }
@@ -432,7 +493,15 @@ impl Llama {
             out.push(&mut l.post_attention_layernorm);
             let a = &mut l.self_attn;
             let m = &mut l.mlp;
-            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+            for lin in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
                 out.push(&mut lin.weight);
                 if let Some(b) = &mut lin.bias {
                     out.push(b);
@@ -526,7 +595,15 @@ impl Llama {
 
     /// One transformer block on the residual stream x (b·t, d).
     #[allow(clippy::too_many_arguments)]
-    fn block(&self, l: &Block, x: &Tensor, b: usize, t: usize, rope: &ops::RopeTables, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    fn block(
+        &self,
+        l: &Block,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        rope: &ops::RopeTables,
+        ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
         let (cfg, p_drop) = (&self.cfg, if ctx.train { self.attention_dropout } else { 0.0 });
         let h = norm(x, &l.input_layernorm, cfg.rms_norm_eps)?;
         let x = (x + l.self_attn.forward(&h, b, t, cfg, rope, p_drop, ctx)?)?;
@@ -546,20 +623,30 @@ impl Llama {
     /// forward pass; the backward pass recomputes one block at a time from it (with the same
     /// dropout masks: the RNG is replayed from the block's start), so activation memory is
     /// one block's plus the block inputs instead of every block's (STUDY: long sequences).
-    pub fn loss_and_grads(&self, ids: &Tensor, targets: &[u32], mask: &[f64], denom: f64, ctx: &mut Ctx, params: &[(String, Var)], checkpointing: bool) -> candle_core::Result<(f64, Vec<Option<Tensor>>)> {
+    pub fn loss_and_grads(
+        &self,
+        ids: &Tensor,
+        targets: &[u32],
+        mask: &[f64],
+        denom: f64,
+        ctx: &mut Ctx,
+        params: &[(String, Var)],
+        checkpointing: bool,
+    ) -> candle_core::Result<(f64, Vec<Option<Tensor>>)> {
         let scalar = |loss: &Tensor| -> candle_core::Result<f64> { loss.to_dtype(DType::F64)?.to_scalar::<f64>() };
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
-        let take = |g: &mut candle_core::backprop::GradStore, grads: &mut Vec<Option<Tensor>>| -> candle_core::Result<()> {
-            for (acc, (_, v)) in grads.iter_mut().zip(params) {
-                if let Some(gi) = g.remove(v.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        None => gi,
-                        Some(a) => (a + gi)?,
-                    });
+        let take =
+            |g: &mut candle_core::backprop::GradStore, grads: &mut Vec<Option<Tensor>>| -> candle_core::Result<()> {
+                for (acc, (_, v)) in grads.iter_mut().zip(params) {
+                    if let Some(gi) = g.remove(v.as_tensor()) {
+                        *acc = Some(match acc.take() {
+                            None => gi,
+                            Some(a) => (a + gi)?,
+                        });
+                    }
                 }
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         if !checkpointing {
             let loss = masked_loss(&self.forward(ids, ctx)?, targets, mask, denom)?;
             let value = scalar(&loss)?;
@@ -583,7 +670,10 @@ impl Llama {
         take(&mut g, &mut grads)?;
         // gradients carry their own graph in candle (a norm's dx is built from its weight):
         // detached, or the next surrogate's backward would run through it into that weight
-        let mut dx = g.remove(x.as_tensor()).ok_or_else(|| candle_core::Error::Msg("checkpointing: no gradient reached the head's input".into()))?.detach();
+        let mut dx = g
+            .remove(x.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("checkpointing: no gradient reached the head's input".into()))?
+            .detach();
         // backward, one block at a time: recompute it, then backpropagate Σ(y ⊙ dy)
         for (l, (x_in, rng)) in self.layers.iter().zip(inputs).rev() {
             let x_in = Var::from_tensor(&x_in)?;
@@ -591,7 +681,10 @@ impl Llama {
             let y = self.block(l, x_in.as_tensor(), b, t, &rope, &mut Ctx { train: ctx.train, rng: &mut rng })?;
             let mut g = (y * &dx)?.sum_all()?.backward()?;
             take(&mut g, &mut grads)?;
-            dx = g.remove(x_in.as_tensor()).ok_or_else(|| candle_core::Error::Msg("checkpointing: no gradient reached a block's input".into()))?.detach();
+            dx = g
+                .remove(x_in.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("checkpointing: no gradient reached a block's input".into()))?
+                .detach();
         }
         if self.embed_tokens.is_trainable() {
             let mut g = (self.embed(ids)? * &dx)?.sum_all()?.backward()?;
@@ -615,13 +708,16 @@ pub fn peft_key(module: &str, ab: &str) -> String {
 
 /// Hugging Face key and shape of every weight of the config's model.
 pub fn hf_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, f, hd, nh, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+    let (d, f, hd, nh, kv) =
+        (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d])];
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         out.push((format!("{p}.input_layernorm.weight"), vec![d]));
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        for (m, o, inp) in [("q_proj", nh * hd, d), ("k_proj", kv * hd, d), ("v_proj", kv * hd, d), ("o_proj", d, nh * hd)] {
+        for (m, o, inp) in
+            [("q_proj", nh * hd, d), ("k_proj", kv * hd, d), ("v_proj", kv * hd, d), ("o_proj", d, nh * hd)]
+        {
             out.push((format!("{p}.self_attn.{m}.weight"), vec![o, inp]));
             let bias = if m == "o_proj" { cfg.o_bias() } else { cfg.qkv_bias() };
             if bias {
@@ -647,7 +743,12 @@ pub fn masked_loss(logits: &Tensor, targets: &[u32], mask: &[f64], denom: f64) -
 }
 
 /// The same loss from plain tensor ops: the reference the fused op is tested against.
-pub fn masked_loss_reference(logits: &Tensor, targets: &Tensor, mask: &Tensor, denom: f64) -> candle_core::Result<Tensor> {
+pub fn masked_loss_reference(
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    denom: f64,
+) -> candle_core::Result<Tensor> {
     let m = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&m)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // (n, 1)

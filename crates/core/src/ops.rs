@@ -55,7 +55,8 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
+    let (a, b) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
     Ok(&v[a..b])
 }
 
@@ -124,7 +125,13 @@ impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
         "linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         matmul_t(s1, l1, s2, l2)
     }
     #[cfg(feature = "cuda")]
@@ -137,7 +144,13 @@ impl CustomOp2 for LinearOp {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         matmul_t(s1, l1, s2, l2) // cuBLAS
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // detached inputs: the backward builds no graph of its own
         let (x, w, g) = (x.detach(), w.detach(), g.detach());
         let dw = if self.weight_grad { Some(g.t()?.matmul(&x)?) } else { None };
@@ -162,7 +175,8 @@ impl CustomOp3 for FrozenLinearBias {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (out, shape) = matmul_t(s1, l1, s2, l2)?;
         let n = shape.dims()[1];
-        let (b0, b1) = l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen bias must be contiguous".into()))?;
+        let (b0, b1) =
+            l3.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("frozen bias must be contiguous".into()))?;
         let out = match (out, s3) {
             (CpuStorage::F32(mut y), CpuStorage::F32(b)) => {
                 add_rows(&mut y, &b[b0..b1], n);
@@ -238,10 +252,15 @@ impl candle_core::InplaceOp2 for AddDropped<'_> {
         "add-dropped"
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (a, b) = l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("add-dropped: contiguous only".into()))?;
+        let (a, b) =
+            l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("add-dropped: contiguous only".into()))?;
         match (s1, s2) {
-            (CpuStorage::F32(o), CpuStorage::F32(u)) => add_dropped(&mut o[a..b], contiguous(u, l2, "add-dropped")?, self.dropout),
-            (CpuStorage::F64(o), CpuStorage::F64(u)) => add_dropped(&mut o[a..b], contiguous(u, l2, "add-dropped")?, self.dropout),
+            (CpuStorage::F32(o), CpuStorage::F32(u)) => {
+                add_dropped(&mut o[a..b], contiguous(u, l2, "add-dropped")?, self.dropout)
+            }
+            (CpuStorage::F64(o), CpuStorage::F64(u)) => {
+                add_dropped(&mut o[a..b], contiguous(u, l2, "add-dropped")?, self.dropout)
+            }
             _ => candle_core::bail!("add-dropped: dtype not supported on CPU"),
         }
         Ok(())
@@ -259,7 +278,11 @@ fn cpu_of(t: &Tensor) -> candle_core::Result<(CpuStorage, Layout)> {
 /// y += scale·d (+ bias on every row of `out` elements)
 fn axpy_rows<T: Float + Send + Sync>(y: &mut [T], d: &[T], out: usize, scale: f64, bias: Option<&[T]>) {
     y.par_chunks_mut(out).zip(d.par_chunks(out)).for_each(|(yr, dr)| match bias {
-        Some(b) => yr.iter_mut().zip(dr).zip(b).for_each(|((yv, dv), bv)| *yv = T::from_f64(yv.to_f64() + scale * dv.to_f64() + bv.to_f64())),
+        Some(b) => yr
+            .iter_mut()
+            .zip(dr)
+            .zip(b)
+            .for_each(|((yv, dv), bv)| *yv = T::from_f64(yv.to_f64() + scale * dv.to_f64() + bv.to_f64())),
         None => yr.iter_mut().zip(dr).for_each(|(yv, dv)| *yv = T::from_f64(yv.to_f64() + scale * dv.to_f64())),
     });
 }
@@ -268,7 +291,15 @@ impl CustomOp3 for LoraOp {
     fn name(&self) -> &'static str {
         "lora-linear"
     }
-    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sa: &CpuStorage, la: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         // W is captured, not an argument: it is frozen and gets no gradient.
         let (sw, lw) = cpu_of(&self.w)?;
         let (y, shape) = matmul_t(sx, lx, &sw, &lw)?;
@@ -289,7 +320,12 @@ impl CustomOp3 for LoraOp {
         let out = lb.shape().dims2()?.0;
         let (d, _) = matmul_t(&h, &Layout::contiguous((n, r)), sb, lb)?;
         if let Ok(mut cache) = self.h.lock() {
-            *cache = Some(Tensor::from_storage(candle_core::Storage::Cpu(h), (n, r), candle_core::op::BackpropOp::none(), false));
+            *cache = Some(Tensor::from_storage(
+                candle_core::Storage::Cpu(h),
+                (n, r),
+                candle_core::op::BackpropOp::none(),
+                false,
+            ));
         }
         let bias = match &self.bias {
             Some(b) => Some(cpu_of(b)?),
@@ -318,7 +354,14 @@ impl CustomOp3 for LoraOp {
         };
         Ok((y, shape))
     }
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, a, b, g, w) = (x.detach(), a.detach(), b.detach(), g.detach(), self.w.detach());
         let drop = |t: &Tensor| -> candle_core::Result<Tensor> {
             match &self.dropout {
@@ -398,10 +441,19 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "rms-norm"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = *l1.dims().last().unwrap_or(&1);
-        let (x0, x1) = l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("rms-norm: x must be contiguous".into()))?;
-        let (w0, w1) = l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("rms-norm: weight must be contiguous".into()))?;
+        let (x0, x1) =
+            l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("rms-norm: x must be contiguous".into()))?;
+        let (w0, w1) = l2
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("rms-norm: weight must be contiguous".into()))?;
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(rms_fwd(&x[x0..x1], &w[w0..w1], d, self.eps)),
             (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(rms_fwd(&x[x0..x1], &w[w0..w1], d, self.eps)),
@@ -409,7 +461,13 @@ impl CustomOp2 for RmsNorm {
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // r = (mean(x²)+eps)^-½ ; dx = r·(g·w) − x·r³·mean((g·w)·x) ; dw = Σ_rows g·x·r
         let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
         let gw = g.broadcast_mul(w)?;
@@ -511,7 +569,10 @@ impl candle_core::CustomOp1 for CausalSoftmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let t = *l.dims().last().unwrap_or(&1);
         if l.dims().len() < 2 || !l.dims()[l.dims().len() - 2].is_multiple_of(t) {
-            candle_core::bail!("causal-softmax: expects (.., k·t, t) scores (row r is query position r mod t), got {:?}", l.dims())
+            candle_core::bail!(
+                "causal-softmax: expects (.., k·t, t) scores (row r is query position r mod t), got {:?}",
+                l.dims()
+            )
         }
         let out = cpu_dispatch!(s, l, "causal-softmax", |x| causal_softmax_rows(x, t, self.scale));
         Ok((out, l.shape().clone()))
@@ -541,7 +602,8 @@ pub fn causal_softmax_reference(scores: &Tensor, scale: f64) -> candle_core::Res
     let j = Tensor::arange(0u32, t as u32, dev)?.reshape((1, t))?;
     let future = j.broadcast_gt(&i)?.broadcast_as(scores.shape())?;
     let s = (scores * scale)?;
-    let s = future.where_cond(&Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(s.dtype())?.broadcast_as(s.shape())?, &s)?;
+    let s = future
+        .where_cond(&Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(s.dtype())?.broadcast_as(s.shape())?, &s)?;
     let m = s.max_keepdim(D::Minus1)?.detach();
     let e = s.broadcast_sub(&m)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -606,7 +668,12 @@ impl candle_core::CustomOp1 for Rope {
         Ok((out, l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let inv = Rope { cos: self.cos.clone(), sin: Arc::new(self.sin.iter().map(|v| -v).collect()), t: self.t, hd: self.hd };
+        let inv = Rope {
+            cos: self.cos.clone(),
+            sin: Arc::new(self.sin.iter().map(|v| -v).collect()),
+            t: self.t,
+            hd: self.hd,
+        };
         Ok(Some(g.contiguous()?.apply_op1(inv)?))
     }
 }
@@ -640,11 +707,17 @@ impl RopeTables {
         Self { cos: Arc::new(cos), sin: Arc::new(sin), t, hd, device_tables: Default::default() }
     }
     /// (cos, sin) on `dev` in `dt`, from the cache when the first caller asked for the same.
-    fn device_tables(&self, dev: &candle_core::Device, dt: candle_core::DType) -> candle_core::Result<(Tensor, Tensor)> {
+    fn device_tables(
+        &self,
+        dev: &candle_core::Device,
+        dt: candle_core::DType,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         if let Some(c) = self.device_tables.get().filter(|c| c.0.dtype() == dt && c.0.device().same_device(dev)) {
             return Ok(c.clone());
         }
-        let table = |v: &Arc<Vec<f64>>| Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(dt)?.to_device(dev);
+        let table = |v: &Arc<Vec<f64>>| {
+            Tensor::from_slice(v.as_slice(), (self.t, self.hd), &candle_core::Device::Cpu)?.to_dtype(dt)?.to_device(dev)
+        };
         let c = (table(&self.cos)?, table(&self.sin)?);
         let _ = self.device_tables.set(c.clone()); // the first caller's device and dtype stay cached
         Ok(c)
@@ -755,7 +828,13 @@ fn lse_row<T: Float>(row: &[T]) -> f64 {
 fn nll_sum<T: Float + Send + Sync>(x: &[T], v: usize, op: &MaskedNll) -> f64 {
     x.par_chunks(v)
         .enumerate()
-        .map(|(i, row)| if op.weights[i] == 0.0 { 0.0 } else { op.weights[i] * (lse_row(row) - row[op.targets[i] as usize].to_f64()) })
+        .map(|(i, row)| {
+            if op.weights[i] == 0.0 {
+                0.0
+            } else {
+                op.weights[i] * (lse_row(row) - row[op.targets[i] as usize].to_f64())
+            }
+        })
         .sum()
 }
 
@@ -791,7 +870,9 @@ impl candle_core::CustomOp1 for MaskedNll {
         Ok((out, Shape::from(())))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let d = x.contiguous()?.apply_op1_no_bwd(&MaskedNllGrad { op: MaskedNll { targets: self.targets.clone(), weights: self.weights.clone() } })?;
+        let d = x.contiguous()?.apply_op1_no_bwd(&MaskedNllGrad {
+            op: MaskedNll { targets: self.targets.clone(), weights: self.weights.clone() },
+        })?;
         Ok(Some(d.broadcast_mul(g)?))
     }
 }
@@ -823,7 +904,12 @@ pub fn masked_nll(logits: &Tensor, targets: Vec<u32>, weights: Vec<f64>) -> cand
         let n = targets.len();
         let targets = Tensor::from_vec(targets, n, dev)?;
         let weights = Tensor::from_vec(weights.iter().map(|&w| w as f32).collect::<Vec<f32>>(), n, dev)?;
-        return crate::model::masked_loss_reference(&logits.to_dtype(candle_core::DType::F32)?, &targets, &weights, 1.0);
+        return crate::model::masked_loss_reference(
+            &logits.to_dtype(candle_core::DType::F32)?,
+            &targets,
+            &weights,
+            1.0,
+        );
     }
     logits.contiguous()?.apply_op1(MaskedNll { targets: Arc::new(targets), weights: Arc::new(weights) })
 }

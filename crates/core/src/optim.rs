@@ -2,8 +2,8 @@
 //! clipping. Called once per step by train.rs. State lives only for trainable
 //! tensors, in f32 (f64 when the model runs in f64 for gradient checks).
 use crate::config::{OptimConfig, OptimizerName, ScheduleConfig, ScheduleKind};
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, Var};
 use crate::ops::num_like::Float;
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 pub struct ParamState {
@@ -23,7 +23,11 @@ pub struct Optimizer {
 }
 
 pub fn state_dtype(param: DType) -> DType {
-    if param == DType::F64 { DType::F64 } else { DType::F32 }
+    if param == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 impl Optimizer {
@@ -49,7 +53,12 @@ impl Optimizer {
         #[cfg(not(feature = "cuda"))]
         let fused_here = |p: &Tensor| p.device().is_cpu();
         let fusable = params.iter().zip(grads).zip(&self.state).all(|(((_, p), g), st)| {
-            fused_here(p) && p.dtype() == g.dtype() && p.dtype() == st.m.dtype() && (p.dtype() == DType::F32 || p.dtype() == DType::F64) && p.is_contiguous() && g.is_contiguous()
+            fused_here(p)
+                && p.dtype() == g.dtype()
+                && p.dtype() == st.m.dtype()
+                && (p.dtype() == DType::F32 || p.dtype() == DType::F64)
+                && p.is_contiguous()
+                && g.is_contiguous()
         });
         if !fusable {
             return self.step_reference(params, grads, lr, t);
@@ -78,7 +87,7 @@ impl Optimizer {
     /// The same update from plain tensor ops (any device and dtype mix; the fused path is tested against it).
     pub fn step_reference(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64, t: usize) -> Result<()> {
         let [b1, b2] = self.betas;
-        for ((( _, p), g), st) in params.iter().zip(grads).zip(self.state.iter_mut()) {
+        for (((_, p), g), st) in params.iter().zip(grads).zip(self.state.iter_mut()) {
             let dt = state_dtype(p.dtype());
             let g = g.to_dtype(dt)?;
             let w = p.as_tensor().to_dtype(dt)?;
@@ -151,12 +160,14 @@ enum Kernel {
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("optimizer: contiguous tensors only".into()))?;
+    let (a, b) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("optimizer: contiguous tensors only".into()))?;
     Ok(&v[a..b])
 }
 
 fn slice_mut<'a, T>(v: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("optimizer: contiguous tensors only".into()))?;
+    let (a, b) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("optimizer: contiguous tensors only".into()))?;
     Ok(&mut v[a..b])
 }
 
@@ -179,10 +190,19 @@ fn update<T: Float + Send + Sync>(p: &mut [T], a: &[T], b: &[T], k: &Kernel) {
                 // a = m, b = g: p·decay − lr·sign(β1·m + (1−β1)·g)
                 Kernel::Lion { decay, lr, b1 } => {
                     let c = b1 * a.to_f64() + (1.0 - b1) * b.to_f64();
-                    w * decay - lr * if c > 0.0 { 1.0 } else if c < 0.0 { -1.0 } else { 0.0 }
+                    w * decay
+                        - lr * if c > 0.0 {
+                            1.0
+                        } else if c < 0.0 {
+                            -1.0
+                        } else {
+                            0.0
+                        }
                 }
                 // a = m, b = v: p·decay − lr·m̂/(√v̂ + eps)
-                Kernel::Adam { decay, lr, bc1, bc2, eps } => w * decay - lr * (a.to_f64() / bc1) / ((b.to_f64() / bc2).sqrt() + eps),
+                Kernel::Adam { decay, lr, bc1, bc2, eps } => {
+                    w * decay - lr * (a.to_f64() / bc1) / ((b.to_f64() / bc2).sqrt() + eps)
+                }
                 Kernel::Moment { .. } => w,
             });
         }
@@ -203,7 +223,13 @@ impl candle_core::InplaceOp2 for Kernel {
         Ok(())
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &mut candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<()> {
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
         let Kernel::Moment { beta, square } = *self else { candle_core::bail!("optimizer: not a moment kernel") };
         crate::cuda::opt_moment(s1, l1, s2, l2, beta, square)
     }
@@ -213,10 +239,22 @@ impl candle_core::InplaceOp3 for Kernel {
     fn name(&self) -> &'static str {
         "optimizer-update"
     }
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
         match (s1, s2, s3) {
-            (CpuStorage::F32(p), CpuStorage::F32(a), CpuStorage::F32(b)) => update(slice_mut(p, l1)?, slice(a, l2)?, slice(b, l3)?, self),
-            (CpuStorage::F64(p), CpuStorage::F64(a), CpuStorage::F64(b)) => update(slice_mut(p, l1)?, slice(a, l2)?, slice(b, l3)?, self),
+            (CpuStorage::F32(p), CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                update(slice_mut(p, l1)?, slice(a, l2)?, slice(b, l3)?, self)
+            }
+            (CpuStorage::F64(p), CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                update(slice_mut(p, l1)?, slice(a, l2)?, slice(b, l3)?, self)
+            }
             _ => candle_core::bail!("optimizer: dtype mismatch"),
         }
         Ok(())
@@ -232,7 +270,9 @@ impl candle_core::InplaceOp3 for Kernel {
         l3: &Layout,
     ) -> Result<()> {
         match *self {
-            Kernel::Adam { decay, lr, bc1, bc2, eps } => crate::cuda::opt_adam(s1, l1, (s2, l2), (s3, l3), decay, lr, bc1, bc2, eps),
+            Kernel::Adam { decay, lr, bc1, bc2, eps } => {
+                crate::cuda::opt_adam(s1, l1, (s2, l2), (s3, l3), decay, lr, bc1, bc2, eps)
+            }
             Kernel::Lion { decay, lr, b1 } => crate::cuda::opt_lion(s1, l1, (s2, l2), (s3, l3), decay, lr, b1),
             Kernel::Moment { .. } => candle_core::bail!("optimizer: a moment is not an update"),
         }

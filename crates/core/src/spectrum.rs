@@ -33,7 +33,14 @@ pub fn singular_values<T: faer::traits::RealField>(a: MatRef<'_, T>, par: Par) -
         return Ok(vec![]);
     }
     let params = Default::default();
-    let mut buf = MemBuffer::new(svd_scratch::<T>(a.nrows(), a.ncols(), ComputeSvdVectors::No, ComputeSvdVectors::No, par, params));
+    let mut buf = MemBuffer::new(svd_scratch::<T>(
+        a.nrows(),
+        a.ncols(),
+        ComputeSvdVectors::No,
+        ComputeSvdVectors::No,
+        par,
+        params,
+    ));
     svd(a, s.as_mut(), None, None, par, MemStack::new(&mut buf), params).map_err(svd_err)?;
     Ok(s.column_vector().iter().cloned().collect())
 }
@@ -43,7 +50,16 @@ pub fn singular_values<T: faer::traits::RealField>(a: MatRef<'_, T>, par: Par) -
 /// Padded with zeros to min(m, n).
 pub fn lora_singular_values(b: MatRef<'_, f64>, a: MatRef<'_, f64>, scale: f64, par: Par) -> Result<Vec<f64>> {
     if b.ncols() != a.nrows() {
-        return Err(Error::config("analyze", format!("lora_B is {}×{} but lora_A is {}×{}: the ranks differ", b.nrows(), b.ncols(), a.nrows(), a.ncols())));
+        return Err(Error::config(
+            "analyze",
+            format!(
+                "lora_B is {}×{} but lora_A is {}×{}: the ranks differ",
+                b.nrows(),
+                b.ncols(),
+                a.nrows(),
+                a.ncols()
+            ),
+        ));
     }
     let rb = b.qr().thin_R().to_owned();
     let ra = a.transpose().qr().thin_R().to_owned();
@@ -109,7 +125,8 @@ pub fn intruders(base: MatRef<'_, f64>, tuned: MatRef<'_, f64>, top_k: usize, th
     let ut = tuned.thin_svd().map_err(svd_err)?;
     let k = top_k.min(ut.U().ncols());
     let sim = ut.U().get(.., ..k).transpose() * ub.U(); // k × min(m, n)
-    let max_cosine: Vec<f64> = (0..k).map(|i| (0..sim.ncols()).map(|j| sim[(i, j)].abs()).fold(0.0, f64::max)).collect();
+    let max_cosine: Vec<f64> =
+        (0..k).map(|i| (0..sim.ncols()).map(|j| sim[(i, j)].abs()).fold(0.0, f64::max)).collect();
     Ok(Intruders { top_k: k, threshold, count: max_cosine.iter().filter(|&&c| c < threshold).count(), max_cosine })
 }
 
@@ -148,7 +165,13 @@ pub fn random_baseline(n: usize, cs: &[f64], seed: u64, threads: usize) -> Resul
         let sum = &a + &b * faer::Scale(c);
         let sigma_sum = singular_values(sum.as_ref(), p)?;
         let shift = sigma_sum.iter().zip(&sigma_a).map(|(x, y)| (x - y).abs()).sum::<f64>() / n as f64;
-        points.push(BaselinePoint { c, sigma_cb: sigma_b.iter().map(|s| s * c.abs()).collect(), sigma_sum, mean_abs_shift: shift, relative_shift: shift / mean_a });
+        points.push(BaselinePoint {
+            c,
+            sigma_cb: sigma_b.iter().map(|s| s * c.abs()).collect(),
+            sigma_sum,
+            mean_abs_shift: shift,
+            relative_shift: shift / mean_a,
+        });
     }
     Ok(RandomBaseline { n, seed, sigma_a, points })
 }

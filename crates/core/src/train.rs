@@ -22,9 +22,21 @@ use std::time::Instant;
 pub enum Event {
     /// The prepare step's account of the data (documents, tokens, truncated and dropped examples).
     Prepared(data::PrepareReport),
-    Start { run_id: String, run_dir: String, total_steps: usize, start_step: usize, params: usize, trainable_params: usize, rows: usize },
+    Start {
+        run_id: String,
+        run_dir: String,
+        total_steps: usize,
+        start_step: usize,
+        params: usize,
+        trainable_params: usize,
+        rows: usize,
+    },
     Progress(Progress),
-    Checkpoint { step: usize, tokens: u64, path: String },
+    Checkpoint {
+        step: usize,
+        tokens: u64,
+        path: String,
+    },
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -80,7 +92,12 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
     std::fs::create_dir_all(run_dir.join("checkpoints")).map_err(|e| Error::file(&run_dir, e))?;
     // one process trains a run directory at a time: the lock goes with the process, however it ends
     let lock_path = run_dir.join(".lock");
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| Error::file(&lock_path, e))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::file(&lock_path, e))?;
     // a resume may find the run's previous process still finishing (a worker whose server died
     // stops after its step and checkpoints): it waits for it, up to a minute
     let mut held = lock.try_lock().is_ok();
@@ -92,20 +109,34 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
         held = lock.try_lock().is_ok();
     }
     if !held {
-        return Err(Error::config("run_id", format!("run directory {} is being trained by another process (hint: wait for it, or pick a new run_id)", run_dir.display())));
+        return Err(Error::config(
+            "run_id",
+            format!(
+                "run directory {} is being trained by another process (hint: wait for it, or pick a new run_id)",
+                run_dir.display()
+            ),
+        ));
     }
     if run_dir.join("run.json").is_file() && !resuming {
         // a run that died before its first checkpoint left nothing to resume: it starts over in
         // place; anything else is kept
         let last = last_checkpoint(&run_dir);
-        let status = std::fs::read(run_dir.join("run.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["status"].as_str().map(str::to_string));
+        let status = std::fs::read(run_dir.join("run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["status"].as_str().map(str::to_string));
         let completed = status.as_deref() == Some("completed");
         if completed || last.is_some() {
             let hint = match last {
-                Some(ck) if !completed => format!("resume it with --train.resume_from={}, or pick a new run_id", ck.display()),
+                Some(ck) if !completed => {
+                    format!("resume it with --train.resume_from={}, or pick a new run_id", ck.display())
+                }
                 _ => "pick a new run_id".to_string(),
             };
-            return Err(Error::config("run_id", format!("run directory {} already exists (hint: {hint})", run_dir.display())));
+            return Err(Error::config(
+                "run_id",
+                format!("run directory {} already exists (hint: {hint})", run_dir.display()),
+            ));
         }
     }
     std::fs::write(run_dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
@@ -129,7 +160,8 @@ pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.strip_prefix("step-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) && p.join("trainer_state.json").is_file()
+            name.strip_prefix("step-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                && p.join("trainer_state.json").is_file()
         })
         .collect();
     steps.sort();
@@ -137,7 +169,8 @@ pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
 }
 
 fn write_run_json(dir: &Path, cfg: &RunConfig, status: &str, started: &str, error: Option<&str>) -> Result<()> {
-    let git = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok().filter(|o| o.status.success());
+    let git =
+        std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok().filter(|o| o.status.success());
     let v = serde_json::json!({
         "format_version": FORMAT_VERSION,
         "run_id": cfg.run_id,
@@ -217,7 +250,10 @@ pub fn check_sizes(cfg: &RunConfig, m: &LlamaConfig, available: Option<u64>) -> 
     if m.max_position_embeddings > 0 && cfg.data.seq_len > m.max_position_embeddings {
         return Err(Error::config(
             "data.seq_len",
-            format!("{} is longer than the model's max_position_embeddings ({}) (hint: data.seq_len ≤ {})", cfg.data.seq_len, m.max_position_embeddings, m.max_position_embeddings),
+            format!(
+                "{} is longer than the model's max_position_embeddings ({}) (hint: data.seq_len ≤ {})",
+                cfg.data.seq_len, m.max_position_embeddings, m.max_position_embeddings
+            ),
         ));
     }
     let tokens = cfg.train.micro_batch.checked_mul(cfg.data.seq_len).filter(|&t| t <= 1 << 40).ok_or_else(|| {
@@ -234,7 +270,8 @@ pub fn check_sizes(cfg: &RunConfig, m: &LlamaConfig, available: Option<u64>) -> 
         crate::config::OptimizerName::Adamw => 2.0,
         crate::config::OptimizerName::Lionw => 1.0,
     };
-    let (d, f, nh, t) = (m.hidden_size as f64, m.intermediate_size as f64, m.num_attention_heads as f64, cfg.data.seq_len as f64);
+    let (d, f, nh, t) =
+        (m.hidden_size as f64, m.intermediate_size as f64, m.num_attention_heads as f64, cfg.data.seq_len as f64);
     let per_layer_token = 6.0 * d + 3.0 * f + 2.0 * nh * t;
     let layers = m.num_hidden_layers as f64;
     let saved = if cfg.train.gradient_checkpointing { layers * d + per_layer_token } else { layers * per_layer_token };
@@ -266,10 +303,13 @@ pub struct MicroBatch {
 }
 
 pub fn micro_batch(shards: &Shards, rows: &[usize], device: &Device) -> Result<MicroBatch> {
-    let rows: Vec<(Vec<u32>, Vec<u8>)> = rows.iter().map(|&r| {
-        let (ids, m) = shards.row(r);
-        (ids, m.to_vec())
-    }).collect();
+    let rows: Vec<(Vec<u32>, Vec<u8>)> = rows
+        .iter()
+        .map(|&r| {
+            let (ids, m) = shards.row(r);
+            (ids, m.to_vec())
+        })
+        .collect();
     let mut mb = batch_from_rows(&rows)?;
     mb.ids = mb.ids.to_device(device)?;
     Ok(mb)
@@ -288,12 +328,7 @@ pub fn batch_from_rows(rows: &[(Vec<u32>, Vec<u8>)]) -> Result<MicroBatch> {
     }
     let loss_tokens = mask.iter().sum();
     let b = rows.len();
-    Ok(MicroBatch {
-        ids: Tensor::from_vec(ids, (b, t), &Device::Cpu)?,
-        targets,
-        mask,
-        loss_tokens,
-    })
+    Ok(MicroBatch { ids: Tensor::from_vec(ids, (b, t), &Device::Cpu)?, targets, mask, loss_tokens })
 }
 
 fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<RunSummary> {
@@ -348,18 +383,34 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     // ------------------------------------------------------------------ optimizer, resume
     let lr0 = cfg.lr();
     let mut opt = Optimizer::new(&cfg.optim, lr0, &params)?;
-    let mut state = TrainerState { format_version: FORMAT_VERSION, run_id: cfg.run_id.clone(), method: cfg.method.kind, step: 0, samples: 0, tokens: 0, rng: Rng::fork(cfg.seed, 2), loss: f64::NAN };
+    let mut state = TrainerState {
+        format_version: FORMAT_VERSION,
+        run_id: cfg.run_id.clone(),
+        method: cfg.method.kind,
+        step: 0,
+        samples: 0,
+        tokens: 0,
+        rng: Rng::fork(cfg.seed, 2),
+        loss: f64::NAN,
+    };
     if !cfg.train.resume_from.is_empty() {
         let restored = checkpoint::restore(Path::new(&cfg.train.resume_from), &params, &mut opt)?;
         if restored.method != cfg.method.kind {
-            return Err(Error::config("train.resume_from", format!("checkpoint was written by a {:?} run, this config is {:?}", restored.method, cfg.method.kind)));
+            return Err(Error::config(
+                "train.resume_from",
+                format!("checkpoint was written by a {:?} run, this config is {:?}", restored.method, cfg.method.kind),
+            ));
         }
         state = TrainerState { run_id: cfg.run_id.clone(), ..restored };
     }
     let start_step = state.step;
     let metrics_path = run_dir.join("metrics.jsonl");
     truncate_metrics(&metrics_path, start_step)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::file(&metrics_path, e))?;
     sink.event(&Event::Start {
         run_id: cfg.run_id.clone(),
         run_dir: run_dir.to_string_lossy().into_owned(),
@@ -371,10 +422,20 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     });
 
     let ckpt_dir = |step: usize| run_dir.join("checkpoints").join(format!("step-{step:06}"));
-    let mut last_checkpoint = if cfg.train.resume_from.is_empty() { String::new() } else { cfg.train.resume_from.clone() };
+    let mut last_checkpoint =
+        if cfg.train.resume_from.is_empty() { String::new() } else { cfg.train.resume_from.clone() };
     let save_ckpt = |state: &TrainerState, opt: &Optimizer, model: &Llama| -> Result<String> {
         let dir = ckpt_dir(state.step);
-        checkpoint::save(&dir, model, &cfg.method, &hf_config_path, &tok_path, &base_ref, Some((opt, &params)), Some(state))?;
+        checkpoint::save(
+            &dir,
+            model,
+            &cfg.method,
+            &hf_config_path,
+            &tok_path,
+            &base_ref,
+            Some((opt, &params)),
+            Some(state),
+        )?;
         Ok(dir.to_string_lossy().into_owned())
     };
 
@@ -394,13 +455,24 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         // one global batch = grad_accum micro-batches; the loss is normalised by the
         // global batch's loss-token count so accumulation equals one big batch
         let rows: Vec<usize> = (0..per_step as u64).map(|i| sampler.row_of(state.samples + i)).collect();
-        let batches = rows.chunks(cfg.train.micro_batch).map(|r| micro_batch(&shards, r, &model.device)).collect::<Result<Vec<_>>>()?;
+        let batches = rows
+            .chunks(cfg.train.micro_batch)
+            .map(|r| micro_batch(&shards, r, &model.device))
+            .collect::<Result<Vec<_>>>()?;
         let denom: f64 = batches.iter().map(|b| b.loss_tokens).sum::<f64>().max(1.0);
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let mut loss_sum = 0.0;
         for mb in &batches {
             let mut ctx = Ctx { train: true, rng: &mut state.rng };
-            let (loss, g) = model.loss_and_grads(&mb.ids, &mb.targets, &mb.mask, denom, &mut ctx, &params, cfg.train.gradient_checkpointing)?;
+            let (loss, g) = model.loss_and_grads(
+                &mb.ids,
+                &mb.targets,
+                &mb.mask,
+                denom,
+                &mut ctx,
+                &params,
+                cfg.train.gradient_checkpointing,
+            )?;
             loss_sum += loss;
             for (acc, gi) in grads.iter_mut().zip(g) {
                 let gi = gi.ok_or_else(|| candle_core::Error::Msg("a trainable tensor received no gradient: the graph is cut (a loralab bug; please report it with config.json)".into()))?;
@@ -411,12 +483,20 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
             }
         }
         if !loss_sum.is_finite() {
-            return Err(Error::NonFinite { step: state.step + 1, value: loss_sum, last_checkpoint: if last_checkpoint.is_empty() { "(none yet)".into() } else { last_checkpoint } });
+            return Err(Error::NonFinite {
+                step: state.step + 1,
+                value: loss_sum,
+                last_checkpoint: if last_checkpoint.is_empty() { "(none yet)".into() } else { last_checkpoint },
+            });
         }
         let mut grads: Vec<Tensor> = grads.into_iter().flatten().collect();
         let grad_norm = clip_grad_norm(&mut grads, cfg.optim.grad_clip)?;
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { step: state.step + 1, value: grad_norm, last_checkpoint: if last_checkpoint.is_empty() { "(none yet)".into() } else { last_checkpoint } });
+            return Err(Error::NonFinite {
+                step: state.step + 1,
+                value: grad_norm,
+                last_checkpoint: if last_checkpoint.is_empty() { "(none yet)".into() } else { last_checkpoint },
+            });
         }
         opt.step(&params, &grads, lr, state.step + 1)?;
 
@@ -498,7 +578,12 @@ fn truncate_metrics(path: &Path, keep_through: usize) -> Result<()> {
     let text = std::fs::read_to_string(path)?;
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= keep_through))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= keep_through)
+        })
         .collect();
     let mut out = kept.join("\n");
     if !out.is_empty() {

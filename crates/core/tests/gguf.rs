@@ -52,7 +52,9 @@ fn a_truncated_gguf_is_a_clear_error() {
 #[test]
 fn tokenizer_from_gguf_metadata_matches_the_reference_on_300_strings() {
     let tok = loralab_core::data::load_tokenizer(&smollm2()).unwrap();
-    let fx: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_tokenizer_ref.json")).unwrap()).unwrap();
+    let fx: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_tokenizer_ref.json")).unwrap())
+            .unwrap();
     assert_eq!(fx.len(), 300);
     for case in &fx {
         let text = case["text"].as_str().unwrap();
@@ -92,8 +94,14 @@ fn a_few_lora_steps_on_smollm2_lower_the_loss_on_their_examples() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let data = out.join("facts.jsonl");
-    let rows = [("What is loralab?", "A lab that compares LoRA with full fine-tuning."), ("Who wrote loralab?", "Its founding engineers."), ("What does LoRA train?", "Low-rank adapters on frozen weights."), ("What is forgetting?", "Losing skill on the source domain.")];
-    let text: String = rows.iter().map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n").collect();
+    let rows = [
+        ("What is loralab?", "A lab that compares LoRA with full fine-tuning."),
+        ("Who wrote loralab?", "Its founding engineers."),
+        ("What does LoRA train?", "Low-rank adapters on frozen weights."),
+        ("What is forgetting?", "Losing skill on the source domain."),
+    ];
+    let text: String =
+        rows.iter().map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n").collect();
     std::fs::write(&data, text).unwrap();
     let cfg = serde_json::json!({
         "name": "smollm2-lora", "run_id": "r", "out_dir": out, "model": {"path": smollm2()},
@@ -103,11 +111,15 @@ fn a_few_lora_steps_on_smollm2_lower_the_loss_on_their_examples() {
         "train": {"steps": 6, "micro_batch": 4}
     });
     let mut losses = vec![];
-    let s = loralab_core::train::run(loralab_core::parse_config(&cfg.to_string()).unwrap(), &mut |e: &loralab_core::Event| {
-        if let loralab_core::Event::Progress(p) = e {
-            losses.push(p.loss)
-        }
-    }, &std::sync::atomic::AtomicBool::new(false))
+    let s = loralab_core::train::run(
+        loralab_core::parse_config(&cfg.to_string()).unwrap(),
+        &mut |e: &loralab_core::Event| {
+            if let loralab_core::Event::Progress(p) = e {
+                losses.push(p.loss)
+            }
+        },
+        &std::sync::atomic::AtomicBool::new(false),
+    )
     .unwrap();
     assert_eq!(s.status, "completed");
     // every step sees the same four examples: the loss on them must fall
@@ -152,7 +164,9 @@ fn every_storage_type_dequantizes_as_gguf_py_does() {
 
 #[test]
 fn smollm2_chat_template_renders_as_jinja2_does_and_shapes_ift_prompts() {
-    let chat = loralab_core::chat::ChatTemplate::find(&smollm2().to_string_lossy()).unwrap().expect("SmolLM2 ships a chat template");
+    let chat = loralab_core::chat::ChatTemplate::find(&smollm2().to_string_lossy())
+        .unwrap()
+        .expect("SmolLM2 ships a chat template");
     // expected: Python's jinja2 3.1.6 rendering the same template from the same GGUF
     // (messages = [user "What is 2+2?"], add_generation_prompt = True)
     let want = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
@@ -206,8 +220,10 @@ fn chat_records_render_every_turn_but_the_last_with_the_template() {
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]});
     std::fs::write(&data, format!("{conv}\n")).unwrap();
-    let cfg: loralab_core::config::DataConfig =
-        serde_json::from_value(serde_json::json!({"format": "chat", "train": data, "seq_len": 64, "cache_dir": out.join("cache")})).unwrap();
+    let cfg: loralab_core::config::DataConfig = serde_json::from_value(
+        serde_json::json!({"format": "chat", "train": data, "seq_len": 64, "cache_dir": out.join("cache")}),
+    )
+    .unwrap();
     let tok = loralab_core::data::load_tokenizer(&smollm2()).unwrap();
     let shards = loralab_core::data::prepare(&cfg, &tok, &smollm2(), 2, Some(&chat)).unwrap();
     let (ids, mask) = shards.row(0);
@@ -231,7 +247,8 @@ fn sentencepiece_gguf_tokenizer_matches_sentencepiece_on_300_strings() {
     // tests/reference/gguf_spm_fixture.py: a SentencePiece BPE model (Llama-2's settings, byte
     // fallback) written as llama.cpp writes Llama-2's vocabulary: scores and types, no merges
     let tok = loralab_core::data::load_tokenizer(&repo().join("tests/reference/tiny_spm.gguf")).unwrap();
-    let fx: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_spm_ref.json")).unwrap()).unwrap();
+    let fx: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_spm_ref.json")).unwrap()).unwrap();
     assert_eq!(fx.len(), 300);
     let mut byte_fallbacks = 0;
     for case in &fx {
@@ -251,7 +268,8 @@ fn sentencepiece_gguf_tokenizer_matches_sentencepiece_on_300_strings() {
 fn pre_tokenizer_names_split_as_their_published_regexes_do() {
     use tokenizers::{NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
     // tests/reference/gguf_pre_ref.py: each name's regex run by Python's `regex` package
-    let fx: serde_json::Value = serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_pre_ref.json")).unwrap()).unwrap();
+    let fx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("tests/reference/gguf_pre_ref.json")).unwrap()).unwrap();
     let strings: Vec<&str> = fx["strings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     let names = fx["pieces"].as_object().unwrap();
     assert_eq!(names.len(), 4);
@@ -266,7 +284,11 @@ fn pre_tokenizer_names_split_as_their_published_regexes_do() {
             }
             let mut p = PreTokenizedString::from(n);
             pre.pre_tokenize(&mut p).unwrap();
-            let got: Vec<String> = p.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(s, _, _)| s.to_string()).collect();
+            let got: Vec<String> = p
+                .get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .into_iter()
+                .map(|(s, _, _)| s.to_string())
+                .collect();
             let want: Vec<String> = want.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
             assert_eq!(got, want, "{name}: {s:?}");
         }
@@ -280,10 +302,17 @@ fn an_unknown_pre_tokenizer_or_tokenizer_model_is_refused_by_name() {
     let dir = std::env::temp_dir().join(format!("loralab-gguf-tok-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let tokens = Value::Array(vec![Value::String("a".into()), Value::String("b".into())]);
-    for (model, pre, want) in [("gpt2", "jais-2099", "tokenizer.ggml.pre `jais-2099`"), ("bert", "default", "tokenizer.ggml.model `bert`")] {
+    for (model, pre, want) in
+        [("gpt2", "jais-2099", "tokenizer.ggml.pre `jais-2099`"), ("bert", "default", "tokenizer.ggml.model `bert`")]
+    {
         let p = dir.join(format!("{model}.gguf"));
         let (m, pr) = (Value::String(model.into()), Value::String(pre.into()));
-        let md = [("tokenizer.ggml.model", &m), ("tokenizer.ggml.pre", &pr), ("tokenizer.ggml.tokens", &tokens), ("tokenizer.ggml.merges", &Value::Array(vec![]))];
+        let md = [
+            ("tokenizer.ggml.model", &m),
+            ("tokenizer.ggml.pre", &pr),
+            ("tokenizer.ggml.tokens", &tokens),
+            ("tokenizer.ggml.merges", &Value::Array(vec![])),
+        ];
         write(&mut std::fs::File::create(&p).unwrap(), &md, &[]).unwrap();
         let err = loralab_core::data::load_tokenizer(&p).err().expect("must be refused").to_string();
         assert!(err.contains(want) && err.contains(&p.display().to_string()) && err.contains("hint"), "{err}");
@@ -297,8 +326,16 @@ fn llama31_rope_freqs_tensor_becomes_the_llama3_rope_scaling_that_made_it() {
     let (model, _) = load_gguf(&repo().join("tests/reference/tiny_llama31.gguf"), DType::F32).unwrap();
     let s = model.cfg.rope_scaling.clone().expect("rope_freqs must become rope_scaling");
     assert_eq!((s.rope_type.as_str(), s.original_max_position_embeddings), ("llama3", 64));
-    assert!((s.factor - 8.0).abs() < 1e-5 && (s.low_freq_factor - 1.0).abs() < 1e-9 && (s.high_freq_factor - 4.0).abs() < 1e-3, "{s:?}");
-    let factors = loralab_core::gguf::read_f32(&repo().join("tests/reference/tiny_llama31.gguf"), "rope_freqs.weight").unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        (s.factor - 8.0).abs() < 1e-5
+            && (s.low_freq_factor - 1.0).abs() < 1e-9
+            && (s.high_freq_factor - 4.0).abs() < 1e-3,
+        "{s:?}"
+    );
+    let factors = loralab_core::gguf::read_f32(&repo().join("tests/reference/tiny_llama31.gguf"), "rope_freqs.weight")
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let plain = loralab_core::model::LlamaConfig { rope_scaling: None, ..model.cfg.clone() }.inv_freq().unwrap();
     for ((w, s), f) in plain.iter().zip(model.cfg.inv_freq().unwrap()).zip(factors) {
         assert!(((w / s) / f as f64 - 1.0).abs() < 1e-5, "{w} / {s} vs {f}");

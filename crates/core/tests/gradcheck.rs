@@ -45,7 +45,10 @@ fn frozen_linear_passes_gradient_to_input_only() {
         gradcheck("frozen_linear.x", &x, &f, 30);
         // the op's forward equals the plain matmul
         let plain = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
-        let plain = match bias { Some(b) => plain.broadcast_add(b).unwrap(), None => plain };
+        let plain = match bias {
+            Some(b) => plain.broadcast_add(b).unwrap(),
+            None => plain,
+        };
         assert!(max_abs_diff(&plain, &ops::frozen_linear(x.as_tensor(), &w, bias).unwrap()) < 1e-12);
         let g = f().backward().unwrap();
         assert!(g.get(&w).is_none() && g.get(&b).is_none(), "a frozen weight received a gradient");
@@ -76,7 +79,8 @@ fn fused_lora_op_matches_the_plain_composition_with_dropout_and_bias() {
     l.b.set(&randn(&[4, 3], 0.5, 6)).unwrap();
     let p = proj(&[6, 4], 4);
     let fused = || scalar(&lin.forward(x.as_tensor(), &mut Ctx { train: true, rng: &mut Rng::new(7) }).unwrap(), &p);
-    let plain = || scalar(&lin.lora_reference(x.as_tensor(), &mut Ctx { train: true, rng: &mut Rng::new(7) }).unwrap(), &p);
+    let plain =
+        || scalar(&lin.lora_reference(x.as_tensor(), &mut Ctx { train: true, rng: &mut Rng::new(7) }).unwrap(), &p);
     assert!((fused().to_scalar::<f64>().unwrap() - plain().to_scalar::<f64>().unwrap()).abs() < 1e-12);
     let (gf, gp) = (fused().backward().unwrap(), plain().backward().unwrap());
     for (name, t) in [("x", x.as_tensor()), ("A", l.a.as_tensor()), ("B", l.b.as_tensor())] {
@@ -127,7 +131,9 @@ fn rope_op_with_llama3_scaling_matches_reference() {
     let f = || scalar(&rope.apply(x.as_tensor()).unwrap(), &p);
     gradcheck("rope.x", &x, &f, 40);
     let g_ref = scalar(&apply_rope_reference(x.as_tensor(), &cos, &sin).unwrap(), &p).backward().unwrap();
-    assert!(max_abs_diff(f().backward().unwrap().get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap()) < 1e-12);
+    assert!(
+        max_abs_diff(f().backward().unwrap().get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap()) < 1e-12
+    );
     // rotation preserves the norm of each (x_i, x_{i+hd/2}) pair
     let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
     assert!((n(&y) - n(x.as_tensor())).abs() < 1e-10);
@@ -139,7 +145,10 @@ fn causal_softmax_op_matches_reference() {
     let x = Var::from_tensor(&randn(&[2, 1, 10, 5], 1.0, 1)).unwrap();
     let p = proj(&[2, 1, 10, 5], 2);
     let y = ops::causal_softmax(x.as_tensor(), 0.7).unwrap();
-    let r = ops::causal_softmax_reference(&x.as_tensor().reshape((2, 1, 2, 5, 5)).unwrap(), 0.7).unwrap().reshape((2, 1, 10, 5)).unwrap();
+    let r = ops::causal_softmax_reference(&x.as_tensor().reshape((2, 1, 2, 5, 5)).unwrap(), 0.7)
+        .unwrap()
+        .reshape((2, 1, 10, 5))
+        .unwrap();
     assert!(max_abs_diff(&y, &r) < 1e-12);
     let f = || scalar(&ops::causal_softmax(x.as_tensor(), 0.7).unwrap(), &p);
     gradcheck("causal_softmax.x", &x, &f, 60);
@@ -157,7 +166,9 @@ fn masked_nll_op_matches_reference() {
     assert!(max_abs_diff(&f(), &r) < 1e-12);
     gradcheck("masked_nll.x", &x, &f, 42);
     let g_ref = r.backward().unwrap();
-    assert!(max_abs_diff(f().backward().unwrap().get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap()) < 1e-12);
+    assert!(
+        max_abs_diff(f().backward().unwrap().get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap()) < 1e-12
+    );
 }
 
 #[test]
@@ -168,7 +179,10 @@ fn dropout_op_regenerates_its_mask() {
     gradcheck("dropout.x", &x, &f, 40);
     // about p of the entries are dropped, the rest scaled by 1/(1-p); the RNG advances past them
     let mut r = Rng::new(5);
-    let y = ops::dropout(&Tensor::ones(10_000, DType::F64, &candle_core::Device::Cpu).unwrap(), 0.3, &mut r).unwrap().to_vec1::<f64>().unwrap();
+    let y = ops::dropout(&Tensor::ones(10_000, DType::F64, &candle_core::Device::Cpu).unwrap(), 0.3, &mut r)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let dropped = y.iter().filter(|&&v| v == 0.0).count() as f64 / 1e4;
     assert!((dropped - 0.3).abs() < 0.02, "{dropped}");
     assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-12));
@@ -205,7 +219,14 @@ fn whole_model_full_finetuning_every_tensor() {
 #[test]
 fn whole_model_lora_adapters_and_no_frozen_gradients() {
     let mut m = Llama::random(tiny_config(true, true), DType::F64, &mut Rng::new(3)).unwrap();
-    let method = MethodConfig { kind: MethodKind::Lora, rank: 2, alpha: Some(4.0), dropout: 0.0, targets: Targets::Preset("all".into()), rslora: false };
+    let method = MethodConfig {
+        kind: MethodKind::Lora,
+        rank: 2,
+        alpha: Some(4.0),
+        dropout: 0.0,
+        targets: Targets::Preset("all".into()),
+        rslora: false,
+    };
     m.apply_method(&method, &mut Rng::new(4)).unwrap();
     for lin in m.linears() {
         let l = lin.lora.as_ref().unwrap();

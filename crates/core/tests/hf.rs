@@ -26,7 +26,8 @@ fn write_model(dir: &Path) -> Llama {
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
     let model = Llama::random(cfg, DType::F32, &mut Rng::new(9)).unwrap();
     let full = MethodConfig { kind: MethodKind::Full, ..Default::default() };
-    save(&dir.join("model"), &model, &full, &cfg_path, &repo().join("datasets/tiny/tokenizer.json"), "", None, None).unwrap();
+    save(&dir.join("model"), &model, &full, &cfg_path, &repo().join("datasets/tiny/tokenizer.json"), "", None, None)
+        .unwrap();
     model
 }
 
@@ -54,13 +55,18 @@ fn sharded_bf16_and_f16_checkpoints_load_as_the_f32_original_rounded() {
         let (a, b) = names.split_at(names.len() / 2);
         let mut weight_map = serde_json::Map::new();
         for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
-            let m: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), all[*n].to_dtype(dt).unwrap())).collect();
+            let m: HashMap<String, Tensor> =
+                part.iter().map(|n| ((*n).clone(), all[*n].to_dtype(dt).unwrap())).collect();
             candle_core::safetensors::save(&m, out.join(file)).unwrap();
             for n in part {
                 weight_map.insert((*n).clone(), serde_json::json!(file));
             }
         }
-        std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": weight_map})).unwrap()).unwrap();
+        std::fs::write(
+            out.join("model.safetensors.index.json"),
+            serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": weight_map})).unwrap(),
+        )
+        .unwrap();
         let loaded = load_model_dir(&out, DType::F32).unwrap();
         for (name, w) in loaded.named_weights() {
             assert_eq!(w.tensor().dtype(), DType::F32);

@@ -56,13 +56,25 @@ fn merge_writes_every_hf_file_in_the_asked_dtype_with_plain_modes() {
     let tok_dir = dir.join("tok");
     std::fs::create_dir_all(&tok_dir).unwrap();
     std::fs::copy(repo().join("datasets/tiny/tokenizer.json"), tok_dir.join("tokenizer.json")).unwrap();
-    std::fs::write(tok_dir.join("tokenizer_config.json"), r#"{"chat_template": "{{ messages[0]['content'] }}", "bos_token": "<s>"}"#).unwrap();
+    std::fs::write(
+        tok_dir.join("tokenizer_config.json"),
+        r#"{"chat_template": "{{ messages[0]['content'] }}", "bos_token": "<s>"}"#,
+    )
+    .unwrap();
     base_and_adapter(&dir, &tok_dir.join("tokenizer.json"));
     for (name, torch, bytes) in [("bf16", "bfloat16", 2), ("f16", "float16", 2), ("f32", "float32", 4)] {
         let out = dir.join(format!("merged-{name}"));
-        let r = merge_with(&dir.join("base"), &dir.join("adapter"), &out, &MergeOptions { dtype: name.into() }).unwrap();
+        let r =
+            merge_with(&dir.join("base"), &dir.join("adapter"), &out, &MergeOptions { dtype: name.into() }).unwrap();
         assert!(r.notes.is_empty(), "{:?}", r.notes);
-        for f in ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        for f in [
+            "model.safetensors",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
             let meta = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert_eq!(meta.permissions().mode() & 0o777, plain_mode(), "{f}");
         }
@@ -72,7 +84,11 @@ fn merge_writes_every_hf_file_in_the_asked_dtype_with_plain_modes() {
         assert_eq!(w.dtype().size_in_bytes(), bytes);
         let tc = json(&out.join("tokenizer_config.json"));
         assert_eq!(tc["chat_template"], "{{ messages[0]['content'] }}");
-        assert_eq!((tc["bos_token"].as_str(), tc["eos_token"].as_str()), (Some("<s>"), Some("</s>")), "eos from config.json's id 1");
+        assert_eq!(
+            (tc["bos_token"].as_str(), tc["eos_token"].as_str()),
+            (Some("<s>"), Some("</s>")),
+            "eos from config.json's id 1"
+        );
         assert_eq!(json(&out.join("generation_config.json"))["eos_token_id"], 1);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -88,14 +104,23 @@ fn a_base_without_chat_template_gets_a_note_not_a_made_up_template() {
     assert!(r.notes[0].contains("no chat template") && r.notes[0].contains("hint:"), "{}", r.notes[0]);
     let tc = json(&dir.join("merged/tokenizer_config.json"));
     assert!(tc.get("chat_template").is_none());
-    assert_eq!(json(&dir.join("merged/special_tokens_map.json")), serde_json::json!({"bos_token": "<s>", "eos_token": "</s>"}));
+    assert_eq!(
+        json(&dir.join("merged/special_tokens_map.json")),
+        serde_json::json!({"bos_token": "<s>", "eos_token": "</s>"})
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_unknown_dtype_is_a_config_error_with_a_hint_before_any_work() {
     let dir = tmp("dtype");
-    let e = merge_with(&dir.join("no-base"), &dir.join("no-adapter"), &dir.join("m"), &MergeOptions { dtype: "fp8".into() }).unwrap_err();
+    let e = merge_with(
+        &dir.join("no-base"),
+        &dir.join("no-adapter"),
+        &dir.join("m"),
+        &MergeOptions { dtype: "fp8".into() },
+    )
+    .unwrap_err();
     assert!(matches!(e, loralab_core::Error::Config { ref field, .. } if field == "dtype"), "{e}");
     assert!(e.to_string().contains("hint: bf16, f16 or f32"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);

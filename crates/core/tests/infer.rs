@@ -45,9 +45,14 @@ fn plain_loglik(e: &Engine, r: &LoglikRequest) -> (f64, usize, bool) {
         (enc(ctx).len(), enc(&format!("{ctx}{cont}")))
     };
     let ids = Tensor::new(&all[..all.len() - 1], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let logits = e.model.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap().to_dtype(DType::F64).unwrap();
+    let logits =
+        e.model.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap().to_dtype(DType::F64).unwrap();
     let lsm = logits.broadcast_sub(&logits.max_keepdim(D::Minus1).unwrap()).unwrap();
-    let lsm = lsm.broadcast_sub(&lsm.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap()).unwrap().to_vec2::<f64>().unwrap();
+    let lsm = lsm
+        .broadcast_sub(&lsm.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap())
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     let (mut lp, mut greedy) = (0.0, true);
     for p in c - 1..all.len() - 1 {
         let row = &lsm[p];
@@ -62,23 +67,44 @@ fn plain_loglik(e: &Engine, r: &LoglikRequest) -> (f64, usize, bool) {
 fn loglikelihood_equals_the_sum_from_a_plain_forward_pass_and_batching_changes_nothing() {
     let e = tiny(DType::F64);
     let reqs = pairs();
-    let one_by_one: Vec<_> = reqs.iter().map(|r| e.loglikelihood(std::slice::from_ref(r), 1).unwrap().remove(0)).collect();
+    let one_by_one: Vec<_> =
+        reqs.iter().map(|r| e.loglikelihood(std::slice::from_ref(r), 1).unwrap().remove(0)).collect();
     let batched = e.loglikelihood(&reqs, 4).unwrap();
     for ((r, a), b) in reqs.iter().zip(&one_by_one).zip(&batched) {
         let (lp, n, greedy) = plain_loglik(&e, r);
         assert!((a.logprob - lp).abs() < 1e-9, "{r:?}: {} vs plain {lp}", a.logprob);
         assert_eq!((a.tokens, a.greedy), (n, greedy), "{r:?}");
-        assert!((a.logprob - b.logprob).abs() < 1e-9 && a.tokens == b.tokens && a.greedy == b.greedy, "batched {b:?} vs alone {a:?}");
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-9 && a.tokens == b.tokens && a.greedy == b.greedy,
+            "batched {b:?} vs alone {a:?}"
+        );
         assert!(a.logprob < 0.0 && a.tokens > 0);
     }
     // the context's trailing space moves to the continuation: same tokens, same score
-    assert!((one_by_one[1].logprob - e.loglikelihood(&[LoglikRequest { context: "The red owl plays in the".into(), continuation: " river at dawn.".into() }], 1).unwrap()[0].logprob).abs() < 1e-12);
+    assert!(
+        (one_by_one[1].logprob
+            - e.loglikelihood(
+                &[LoglikRequest { context: "The red owl plays in the".into(), continuation: " river at dawn.".into() }],
+                1
+            )
+            .unwrap()[0]
+                .logprob)
+            .abs()
+            < 1e-12
+    );
 }
 
 #[test]
 fn smollm2_loglikelihood_matches_its_plain_forward_pass_and_prefers_the_true_fact() {
-    let e = Engine::load(&loralab_core::infer::LoadRequest { model: smollm2().display().to_string(), ..Default::default() }).unwrap();
-    let reqs: Vec<LoglikRequest> = [" Paris.", " Berlin.", " a banana."].iter().map(|c| LoglikRequest { context: "The capital of France is".into(), continuation: c.to_string() }).collect();
+    let e = Engine::load(&loralab_core::infer::LoadRequest {
+        model: smollm2().display().to_string(),
+        ..Default::default()
+    })
+    .unwrap();
+    let reqs: Vec<LoglikRequest> = [" Paris.", " Berlin.", " a banana."]
+        .iter()
+        .map(|c| LoglikRequest { context: "The capital of France is".into(), continuation: c.to_string() })
+        .collect();
     let got = e.loglikelihood(&reqs, 3).unwrap();
     for (r, g) in reqs.iter().zip(&got) {
         let (lp, n, greedy) = plain_loglik(&e, r);
@@ -91,11 +117,20 @@ fn smollm2_loglikelihood_matches_its_plain_forward_pass_and_prefers_the_true_fac
 
 #[test]
 fn kv_cache_generation_equals_full_reforward_token_for_token_on_smollm2() {
-    let e = Engine::load(&loralab_core::infer::LoadRequest { model: smollm2().display().to_string(), ..Default::default() }).unwrap();
-    let prompts: Vec<String> = ["The capital of France is", "def fibonacci(n):\n", "Once upon a time, in a small village by the sea, there lived", "1, 2, 3, 4,"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let e = Engine::load(&loralab_core::infer::LoadRequest {
+        model: smollm2().display().to_string(),
+        ..Default::default()
+    })
+    .unwrap();
+    let prompts: Vec<String> = [
+        "The capital of France is",
+        "def fibonacci(n):\n",
+        "Once upon a time, in a small village by the sea, there lived",
+        "1, 2, 3, 4,",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let o = GenerateOptions { max_new_tokens: 24, batch_size: 4, ..Default::default() };
     let cached = e.generate(&prompts, &o).unwrap(); // one left-padded batch
     let reforward = e.generate(&prompts, &GenerateOptions { cache: false, ..o.clone() }).unwrap();
@@ -115,22 +150,49 @@ fn stop_strings_cut_the_text_and_length_limits_count_the_prompt() {
     assert_eq!(free.tokens, 40);
     // stop at a piece of what it generates anyway: the text is cut just before it
     let piece: String = free.text.chars().skip(free.text.chars().count() / 2).take(3).collect();
-    let stopped = e.generate(&prompt, &GenerateOptions { max_new_tokens: 40, stop: vec![piece.clone(), "\u{1F600}never".into()], ..Default::default() }).unwrap().remove(0);
+    let stopped = e
+        .generate(
+            &prompt,
+            &GenerateOptions {
+                max_new_tokens: 40,
+                stop: vec![piece.clone(), "\u{1F600}never".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .remove(0);
     assert_eq!(stopped.finish, "stop");
     assert_eq!(stopped.text, free.text[..free.text.find(&piece).unwrap()]);
     assert!(stopped.tokens < 40);
     // max_length counts prompt and generation (bigcode's max_length_generation)
-    let limited = e.generate(&prompt, &GenerateOptions { max_new_tokens: 40, max_length: free.prompt_tokens + 5, ..Default::default() }).unwrap().remove(0);
+    let limited = e
+        .generate(
+            &prompt,
+            &GenerateOptions { max_new_tokens: 40, max_length: free.prompt_tokens + 5, ..Default::default() },
+        )
+        .unwrap()
+        .remove(0);
     assert_eq!((limited.tokens, limited.finish.as_str()), (5, "length"));
-    let none = e.generate(&prompt, &GenerateOptions { max_length: free.prompt_tokens, ..Default::default() }).unwrap().remove(0);
+    let none = e
+        .generate(&prompt, &GenerateOptions { max_length: free.prompt_tokens, ..Default::default() })
+        .unwrap()
+        .remove(0);
     assert_eq!((none.tokens, none.text.as_str()), (0, ""));
 }
 
 #[test]
 fn sampling_is_seeded_per_prompt_whatever_the_batching() {
     let e = tiny(DType::F32);
-    let prompts: Vec<String> = ["The red owl", "A wolf", "def f(x):", "The golden fox plays"].iter().map(|s| s.to_string()).collect();
-    let o = GenerateOptions { max_new_tokens: 12, temperature: 1.0, top_p: 0.95, seed: 7, batch_size: 4, ..Default::default() };
+    let prompts: Vec<String> =
+        ["The red owl", "A wolf", "def f(x):", "The golden fox plays"].iter().map(|s| s.to_string()).collect();
+    let o = GenerateOptions {
+        max_new_tokens: 12,
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: 7,
+        batch_size: 4,
+        ..Default::default()
+    };
     let a = e.generate(&prompts, &o).unwrap();
     let b = e.generate(&prompts, &GenerateOptions { batch_size: 1, ..o.clone() }).unwrap();
     let c = e.generate(&prompts, &GenerateOptions { seed: 8, ..o.clone() }).unwrap();
@@ -149,10 +211,25 @@ fn a_lora_adapter_scores_the_same_merged_or_not() {
     let tiny_dir = repo().join("datasets/tiny");
     let cfg = LlamaConfig::from_file(&tiny_dir.join("config.json")).unwrap();
     let mut model = Llama::random(cfg, DType::F32, &mut Rng::new(3)).unwrap();
-    let full = loralab_core::config::MethodConfig { kind: loralab_core::config::MethodKind::Full, ..Default::default() };
-    loralab_core::checkpoint::save(&base, &model, &full, &tiny_dir.join("config.json"), &tiny_dir.join("tokenizer.json"), "", None, None).unwrap();
+    let full =
+        loralab_core::config::MethodConfig { kind: loralab_core::config::MethodKind::Full, ..Default::default() };
+    loralab_core::checkpoint::save(
+        &base,
+        &model,
+        &full,
+        &tiny_dir.join("config.json"),
+        &tiny_dir.join("tokenizer.json"),
+        "",
+        None,
+        None,
+    )
+    .unwrap();
     // an adapter with non-zero B, so it changes the model
-    let lora = loralab_core::config::MethodConfig { kind: loralab_core::config::MethodKind::Lora, rank: 4, ..Default::default() };
+    let lora = loralab_core::config::MethodConfig {
+        kind: loralab_core::config::MethodKind::Lora,
+        rank: 4,
+        ..Default::default()
+    };
     model.apply_method(&lora, &mut Rng::new(5)).unwrap();
     for lin in model.linears_mut() {
         if let Some(l) = &lin.lora {
@@ -160,8 +237,26 @@ fn a_lora_adapter_scores_the_same_merged_or_not() {
         }
     }
     let adapter = dir.join("adapter");
-    loralab_core::checkpoint::save(&adapter, &model, &lora, &tiny_dir.join("config.json"), &tiny_dir.join("tokenizer.json"), "base", None, None).unwrap();
-    let load = |a: &str, merged: bool| Engine::load(&loralab_core::infer::LoadRequest { model: base.display().to_string(), adapter: a.into(), merged, ..Default::default() }).unwrap();
+    loralab_core::checkpoint::save(
+        &adapter,
+        &model,
+        &lora,
+        &tiny_dir.join("config.json"),
+        &tiny_dir.join("tokenizer.json"),
+        "base",
+        None,
+        None,
+    )
+    .unwrap();
+    let load = |a: &str, merged: bool| {
+        Engine::load(&loralab_core::infer::LoadRequest {
+            model: base.display().to_string(),
+            adapter: a.into(),
+            merged,
+            ..Default::default()
+        })
+        .unwrap()
+    };
     let reqs = pairs();
     let plain = load("", false).loglikelihood(&reqs, 4).unwrap();
     let unmerged = load(&adapter.display().to_string(), false).loglikelihood(&reqs, 4).unwrap();

@@ -10,7 +10,14 @@ use loralab_core::optim::Optimizer;
 use loralab_core::rng::Rng;
 
 fn lora(targets: &str, rank: usize, rslora: bool) -> MethodConfig {
-    MethodConfig { kind: MethodKind::Lora, rank, alpha: Some(2.0 * rank as f64), dropout: 0.05, targets: Targets::Preset(targets.into()), rslora }
+    MethodConfig {
+        kind: MethodKind::Lora,
+        rank,
+        alpha: Some(2.0 * rank as f64),
+        dropout: 0.05,
+        targets: Targets::Preset(targets.into()),
+        rslora,
+    }
 }
 
 fn logits(m: &Llama, ids: &Tensor) -> Tensor {
@@ -64,12 +71,19 @@ fn frozen_weights_no_gradient_no_state_never_change() {
     assert_eq!(params.len(), 2 * 4 * 2);
     let mut opt = Optimizer::new(&OptimConfig::default(), 1e-2, &params).unwrap();
     assert_eq!(opt.state.len(), params.len(), "optimizer state exists for adapters only");
-    let frozen: Vec<(String, Tensor)> = m.named_weights().into_iter().map(|(n, w)| (n, w.tensor().copy().unwrap())).collect();
+    let frozen: Vec<(String, Tensor)> =
+        m.named_weights().into_iter().map(|(n, w)| (n, w.tensor().copy().unwrap())).collect();
     let adapters: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
     let targets = [5u32, 7, 3, 11, 2, 0, 4, 12, 0, 9, 8, 0];
     let mask = [1.0; 12];
     for step in 1..=2 {
-        let loss = masked_loss(&m.forward(&ids(), &mut Ctx { train: true, rng: &mut Rng::new(step) }).unwrap(), &targets, &mask, 12.0).unwrap();
+        let loss = masked_loss(
+            &m.forward(&ids(), &mut Ctx { train: true, rng: &mut Rng::new(step) }).unwrap(),
+            &targets,
+            &mask,
+            12.0,
+        )
+        .unwrap();
         let g = loss.backward().unwrap();
         for (name, w) in m.named_weights() {
             assert!(g.get(w.tensor()).is_none(), "frozen {name} has a gradient");

@@ -15,7 +15,14 @@ fn lionw_matches_the_decoupled_rule_step_by_step() {
     let (b1, b2, wd, lr0) = (0.9, 0.95, 0.1, 1e-2);
     let var = Var::from_tensor(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap()).unwrap();
     let params = vec![("p".to_string(), var.clone())];
-    let cfg = OptimConfig { name: OptimizerName::Lionw, lr: Some(lr0), betas: [b1, b2], eps: 1e-8, weight_decay: wd, grad_clip: 0.0 };
+    let cfg = OptimConfig {
+        name: OptimizerName::Lionw,
+        lr: Some(lr0),
+        betas: [b1, b2],
+        eps: 1e-8,
+        weight_decay: wd,
+        grad_clip: 0.0,
+    };
     let mut opt = Optimizer::new(&cfg, lr0, &params).unwrap();
     for step in 1..=6 {
         let lr = lr0 * (1.0 - step as f64 / 10.0); // a decaying lr exercises lr_t/lr_0 in the decay
@@ -24,7 +31,13 @@ fn lionw_matches_the_decoupled_rule_step_by_step() {
         for i in 0..n {
             p[i] *= 1.0 - (lr / lr0) * wd;
             let c = b1 * m[i] + (1.0 - b1) * g[i];
-            let sign = if c > 0.0 { 1.0 } else if c < 0.0 { -1.0 } else { 0.0 };
+            let sign = if c > 0.0 {
+                1.0
+            } else if c < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
             p[i] -= lr * sign;
             m[i] = b2 * m[i] + (1.0 - b2) * g[i];
         }
@@ -38,7 +51,9 @@ fn lionw_matches_the_decoupled_rule_step_by_step() {
 #[test]
 fn optimizer_state_is_f32_for_f32_params() {
     let v = Var::zeros(4, DType::F32, &Device::Cpu).unwrap();
-    let opt = Optimizer::new(&OptimConfig { name: OptimizerName::Adamw, ..Default::default() }, 1e-3, &[("w".into(), v)]).unwrap();
+    let opt =
+        Optimizer::new(&OptimConfig { name: OptimizerName::Adamw, ..Default::default() }, 1e-3, &[("w".into(), v)])
+            .unwrap();
     assert_eq!(opt.state[0].m.dtype(), DType::F32);
     assert_eq!(opt.state[0].v.as_ref().unwrap().dtype(), DType::F32);
 }
@@ -48,13 +63,17 @@ fn clipping_scales_to_max_norm() {
     let mut g = vec![Tensor::new(&[3f64, 0.], &Device::Cpu).unwrap(), Tensor::new(&[4f64], &Device::Cpu).unwrap()];
     let norm = clip_grad_norm(&mut g, 1.0).unwrap();
     assert!((norm - 5.0).abs() < 1e-12);
-    let after: f64 = g.iter().map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sum::<f64>().sqrt();
+    let after: f64 =
+        g.iter().map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sum::<f64>().sqrt();
     assert!((after - 5.0 / (5.0 + 1e-6)).abs() < 1e-9);
     let mut small = vec![Tensor::new(&[0.3f64], &Device::Cpu).unwrap()];
     clip_grad_norm(&mut small, 1.0).unwrap();
     assert_eq!(small[0].to_vec1::<f64>().unwrap(), vec![0.3]);
     // the GPU's form (each Σg² kept on the device in f32, read once) gives the same norm
-    let mut g = vec![Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(), Tensor::new(&[[4f32], [12.]], &Device::Cpu).unwrap().t().unwrap()];
+    let mut g = vec![
+        Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(),
+        Tensor::new(&[[4f32], [12.]], &Device::Cpu).unwrap().t().unwrap(),
+    ];
     let norm = loralab_core::ops::with_portable(|| clip_grad_norm(&mut g, 1.0)).unwrap();
     assert!((norm - 13.0).abs() < 1e-6, "portable norm {norm}");
     assert!((g[1].to_vec2::<f32>().unwrap()[0][1] - 12.0 / 13.0).abs() < 1e-6);
@@ -94,9 +113,12 @@ fn fused_in_place_updates_equal_the_tensor_op_reference() {
         for dtype in [DType::F32, DType::F64] {
             let mut r = Rng::new(3);
             let init: Vec<f64> = (0..300).map(|_| r.normal()).collect();
-            let mk = || Var::from_tensor(&Tensor::new(init.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let mk = || {
+                Var::from_tensor(&Tensor::new(init.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap()
+            };
             let (a, b) = (vec![("p".to_string(), mk())], vec![("p".to_string(), mk())]);
-            let cfg = OptimConfig { name, lr: Some(1e-2), betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
+            let cfg =
+                OptimConfig { name, lr: Some(1e-2), betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
             let (mut fa, mut fb) = (Optimizer::new(&cfg, 1e-2, &a).unwrap(), Optimizer::new(&cfg, 1e-2, &b).unwrap());
             for t in 1..=5 {
                 let g: Vec<f64> = (0..300).map(|_| r.normal()).collect();
@@ -104,7 +126,15 @@ fn fused_in_place_updates_equal_the_tensor_op_reference() {
                 fa.step(&a, &[g.clone()], 1e-2 / t as f64, t).unwrap();
                 fb.step_reference(&b, &[g], 1e-2 / t as f64, t).unwrap();
             }
-            let d = (a[0].1.as_tensor().to_dtype(DType::F64).unwrap() - b[0].1.as_tensor().to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            let d = (a[0].1.as_tensor().to_dtype(DType::F64).unwrap()
+                - b[0].1.as_tensor().to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
             let tol = if dtype == DType::F32 { 1e-6 } else { 1e-12 };
             assert!(d < tol, "{name:?} {dtype:?}: fused vs reference differ by {d:e}");
         }
@@ -118,7 +148,8 @@ fn warmup_steps_overrides_the_fraction_so_cpt_branches_share_one_warmup() {
     for step in 0..40 {
         let long = lr_at(&ScheduleConfig { cooldown_frac: 0.0, ..s.clone() }, 1.0, step, 100);
         let branch = lr_at(&s, 1.0, step, 50);
-        assert!((long - branch).abs() < 1e-15, "step {step}: {long} vs {branch}"); // before the branch's cooldown (from 40)
+        assert!((long - branch).abs() < 1e-15, "step {step}: {long} vs {branch}");
+        // before the branch's cooldown (from 40)
     }
     assert!(lr_at(&s, 1.0, 45, 50) < lr_at(&s, 1.0, 40, 50));
     assert_eq!(lr_at(&s, 1.0, 4, 50), 0.5); // (4+1)/10

@@ -30,9 +30,26 @@ fn setup(dir: &Path, rslora: bool) -> Llama {
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
     let tok = repo().join("datasets/tiny/tokenizer.json");
     let base = Llama::random(cfg.clone(), DType::F32, &mut Rng::new(9)).unwrap();
-    save(&dir.join("base"), &base, &MethodConfig { kind: MethodKind::Full, ..Default::default() }, &cfg_path, &tok, "", None, None).unwrap();
+    save(
+        &dir.join("base"),
+        &base,
+        &MethodConfig { kind: MethodKind::Full, ..Default::default() },
+        &cfg_path,
+        &tok,
+        "",
+        None,
+        None,
+    )
+    .unwrap();
     let mut m = Llama::random(cfg, DType::F32, &mut Rng::new(9)).unwrap();
-    let method = MethodConfig { kind: MethodKind::Lora, rank: 4, alpha: Some(8.0), dropout: 0.05, targets: Targets::Preset("all".into()), rslora };
+    let method = MethodConfig {
+        kind: MethodKind::Lora,
+        rank: 4,
+        alpha: Some(8.0),
+        dropout: 0.05,
+        targets: Targets::Preset("all".into()),
+        rslora,
+    };
     m.apply_method(&method, &mut Rng::new(2)).unwrap();
     for lin in m.linears() {
         let l = lin.lora.as_ref().unwrap();
@@ -75,7 +92,8 @@ fn peft_default_infix_and_patterns_are_honoured() {
     // rename every key to PEFT's `.default` form
     let file = dir.join("adapter/adapter_model.safetensors");
     let w = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
-    let renamed: std::collections::HashMap<String, Tensor> = w.into_iter().map(|(k, v)| (k.replace(".weight", ".default.weight"), v)).collect();
+    let renamed: std::collections::HashMap<String, Tensor> =
+        w.into_iter().map(|(k, v)| (k.replace(".weight", ".default.weight"), v)).collect();
     candle_core::safetensors::save(&renamed, &file).unwrap();
     // as PEFT would write it: no loralab manifest
     std::fs::remove_file(dir.join("adapter/loralab_manifest.json")).unwrap();

@@ -82,11 +82,22 @@ fn gradient_checkpointing_gives_plain_backprops_gradients_and_losses() {
         let c = cfg("ckpt", kind, kind, "f32", 0.1);
         let model = build_model(&c).unwrap();
         let params = model.trainable();
-        let rows: Vec<(Vec<u32>, Vec<u8>)> = (0..2).map(|r| ((0..32).map(|i| ((i * 7 + r * 13) % 500) as u32).collect(), vec![1u8; 32])).collect();
+        let rows: Vec<(Vec<u32>, Vec<u8>)> =
+            (0..2).map(|r| ((0..32).map(|i| ((i * 7 + r * 13) % 500) as u32).collect(), vec![1u8; 32])).collect();
         let mb = batch_from_rows(&rows).unwrap();
         let run = |ckpt: bool| {
             let mut rng = Rng::new(9);
-            let r = model.loss_and_grads(&mb.ids, &mb.targets, &mb.mask, mb.loss_tokens, &mut Ctx { train: true, rng: &mut rng }, &params, ckpt).unwrap();
+            let r = model
+                .loss_and_grads(
+                    &mb.ids,
+                    &mb.targets,
+                    &mb.mask,
+                    mb.loss_tokens,
+                    &mut Ctx { train: true, rng: &mut rng },
+                    &params,
+                    ckpt,
+                )
+                .unwrap();
             (r, rng.uniform())
         };
         let (((l0, g0), next0), ((l1, g1), next1)) = (run(false), run(true));

@@ -26,7 +26,14 @@ fn logits_match_reference() {
 /// clip, AdamW at a constant lr.
 fn four_steps(fx: &Fixture, m: &Llama) -> (Vec<f64>, Vec<f64>) {
     let params = m.trainable();
-    let cfg = OptimConfig { name: OptimizerName::Adamw, lr: Some(fx.json["lr"].as_f64().unwrap()), betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
+    let cfg = OptimConfig {
+        name: OptimizerName::Adamw,
+        lr: Some(fx.json["lr"].as_f64().unwrap()),
+        betas: [0.9, 0.95],
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+    };
     let mut opt = Optimizer::new(&cfg, cfg.lr.unwrap(), &params).unwrap();
     let (mut losses, mut norms) = (vec![], vec![]);
     for s in 0..4 {
@@ -76,7 +83,8 @@ fn lora_four_adamw_steps_match_reference() {
         rslora: false,
     };
     m.apply_method(&method, &mut Rng::new(0)).unwrap();
-    let base: Vec<(String, Tensor)> = m.named_weights().into_iter().map(|(n, w)| (n, w.tensor().copy().unwrap())).collect();
+    let base: Vec<(String, Tensor)> =
+        m.named_weights().into_iter().map(|(n, w)| (n, w.tensor().copy().unwrap())).collect();
     for lin in m.linears() {
         if let Some(l) = &lin.lora {
             l.a.set(&fx.t[&format!("lora_init.{}.A", lin.name)]).unwrap();
@@ -87,8 +95,16 @@ fn lora_four_adamw_steps_match_reference() {
     assert_close("lora grad norm", &norms, &fx.json["lora_grad_norms"]);
     for lin in m.linears() {
         if let Some(l) = &lin.lora {
-            assert!(max_abs_diff(l.a.as_tensor(), &fx.t[&format!("lora.{}.A", lin.name)]) < 1e-9, "{}", peft_key(&lin.name, "A"));
-            assert!(max_abs_diff(l.b.as_tensor(), &fx.t[&format!("lora.{}.B", lin.name)]) < 1e-9, "{}", peft_key(&lin.name, "B"));
+            assert!(
+                max_abs_diff(l.a.as_tensor(), &fx.t[&format!("lora.{}.A", lin.name)]) < 1e-9,
+                "{}",
+                peft_key(&lin.name, "A")
+            );
+            assert!(
+                max_abs_diff(l.b.as_tensor(), &fx.t[&format!("lora.{}.B", lin.name)]) < 1e-9,
+                "{}",
+                peft_key(&lin.name, "B")
+            );
         }
     }
     // only adapter tensors changed

@@ -104,7 +104,9 @@ fn rank_at_thresholds_on_hand_made_spectra() {
     assert_eq!((s.rank_at["0.5"], s.rank_at["0.9"], s.max_rank, s.singular_values.len()), (2, 4, 4, 2));
     assert!((s.effective_rank - 4.0).abs() < 1e-12 && (s.stable_rank - 4.0).abs() < 1e-12);
     let one = stats(&[2.0, 0.0, 0.0], (3, 3), &[0.9], 3, f64::EPSILON);
-    assert!((one.effective_rank - 1.0).abs() < 1e-12 && (one.stable_rank - 1.0).abs() < 1e-12 && one.numerical_rank == 1);
+    assert!(
+        (one.effective_rank - 1.0).abs() < 1e-12 && (one.stable_rank - 1.0).abs() < 1e-12 && one.numerical_rank == 1
+    );
 }
 
 #[test]
@@ -147,7 +149,8 @@ fn tiny_cfg_path() -> std::path::PathBuf {
 fn pair(dir: &std::path::Path, r: usize, scale: f64, dtype: DType) -> (std::path::PathBuf, std::path::PathBuf) {
     let cfg = LlamaConfig::from_file(&tiny_cfg_path()).unwrap();
     let model = Llama::random(cfg, DType::F32, &mut Rng::new(4)).unwrap();
-    let weights: HashMap<String, Tensor> = model.named_weights().into_iter().map(|(k, w)| (k, w.tensor().clone())).collect();
+    let weights: HashMap<String, Tensor> =
+        model.named_weights().into_iter().map(|(k, w)| (k, w.tensor().clone())).collect();
     let save = |d: &std::path::Path, w: &HashMap<String, Tensor>, dt: DType| {
         std::fs::create_dir_all(d).unwrap();
         let w: HashMap<String, Tensor> = w.iter().map(|(k, v)| (k.clone(), v.to_dtype(dt).unwrap())).collect();
@@ -171,7 +174,13 @@ fn a_full_model_pair_gives_the_rank_of_its_change_and_a_zero_noise_floor_in_f32(
     let dir = std::env::temp_dir().join(format!("loralab-spectrum-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (base, tuned) = pair(&dir, 3, 0.05, DType::F32);
-    let req = AnalyzeRequest { base: base.display().to_string(), tuned: tuned.display().to_string(), thresholds: vec![0.5, 0.9, 0.99], memory_mb: 1, ..Default::default() };
+    let req = AnalyzeRequest {
+        base: base.display().to_string(),
+        tuned: tuned.display().to_string(),
+        thresholds: vec![0.5, 0.9, 0.99],
+        memory_mb: 1,
+        ..Default::default()
+    };
     let seen = std::sync::Mutex::new(vec![]);
     let a = analyze(&req, &|d, t, _| seen.lock().unwrap().push((d, t))).unwrap();
     assert_eq!(a.matrices.len(), 4 * 7);
@@ -194,7 +203,17 @@ fn a_full_model_pair_gives_the_rank_of_its_change_and_a_zero_noise_floor_in_f32(
     // an update the size of a full-FT step at a small lr (entries ~4e-5), stored in bf16:
     // flagged, and the rounding noise (~1e-4 near |w| ≈ 0.02) dominates ΔW's rank
     let (base16, tuned16) = pair(&dir.join("bf16"), 3, 0.005, DType::BF16);
-    let b = analyze(&AnalyzeRequest { base: base16.display().to_string(), tuned: tuned16.display().to_string(), modules: vec!["q_proj".into()], layers: vec![1], ..Default::default() }, &|_, _, _| {}).unwrap();
+    let b = analyze(
+        &AnalyzeRequest {
+            base: base16.display().to_string(),
+            tuned: tuned16.display().to_string(),
+            modules: vec!["q_proj".into()],
+            layers: vec![1],
+            ..Default::default()
+        },
+        &|_, _, _| {},
+    )
+    .unwrap();
     assert!(b.low_precision && b.precision_note.contains("noise_floor"));
     let m = &b.matrices[0];
     assert_eq!(m.tuned_dtype, "BF16");
@@ -209,11 +228,16 @@ fn an_adapter_is_analysed_from_its_factors_and_matches_its_merged_model() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = LlamaConfig::from_file(&tiny_cfg_path()).unwrap();
     let mut model = Llama::random(cfg, DType::F32, &mut Rng::new(3)).unwrap();
-    let full = loralab_core::config::MethodConfig { kind: loralab_core::config::MethodKind::Full, ..Default::default() };
+    let full =
+        loralab_core::config::MethodConfig { kind: loralab_core::config::MethodKind::Full, ..Default::default() };
     let tok = repo().join("datasets/tiny/tokenizer.json");
     let base = dir.join("base");
     loralab_core::checkpoint::save(&base, &model, &full, &tiny_cfg_path(), &tok, "", None, None).unwrap();
-    let lora = loralab_core::config::MethodConfig { kind: loralab_core::config::MethodKind::Lora, rank: 4, ..Default::default() };
+    let lora = loralab_core::config::MethodConfig {
+        kind: loralab_core::config::MethodKind::Lora,
+        rank: 4,
+        ..Default::default()
+    };
     model.apply_method(&lora, &mut Rng::new(5)).unwrap();
     for lin in model.linears_mut() {
         if let Some(l) = &lin.lora {
@@ -224,8 +248,21 @@ fn an_adapter_is_analysed_from_its_factors_and_matches_its_merged_model() {
     loralab_core::checkpoint::save(&adapter, &model, &lora, &tiny_cfg_path(), &tok, "base", None, None).unwrap();
     let merged = dir.join("merged");
     loralab_core::checkpoint::merge(&base, &adapter, &merged).unwrap();
-    let by_factors = analyze(&AnalyzeRequest { base: base.display().to_string(), adapter: adapter.display().to_string(), intruders: true, ..Default::default() }, &|_, _, _| {}).unwrap();
-    let dense = analyze(&AnalyzeRequest { base: base.display().to_string(), tuned: merged.display().to_string(), ..Default::default() }, &|_, _, _| {}).unwrap();
+    let by_factors = analyze(
+        &AnalyzeRequest {
+            base: base.display().to_string(),
+            adapter: adapter.display().to_string(),
+            intruders: true,
+            ..Default::default()
+        },
+        &|_, _, _| {},
+    )
+    .unwrap();
+    let dense = analyze(
+        &AnalyzeRequest { base: base.display().to_string(), tuned: merged.display().to_string(), ..Default::default() },
+        &|_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(by_factors.kind, "lora");
     assert_eq!(by_factors.matrices.len(), dense.matrices.len());
     for (f, d) in by_factors.matrices.iter().zip(&dense.matrices) {
@@ -253,7 +290,12 @@ fn mismatched_pairs_and_foreign_adapters_are_clear_errors() {
     c["intermediate_size"] = serde_json::json!(c["intermediate_size"].as_u64().unwrap() * 2);
     std::fs::write(other.join("config.json"), c.to_string()).unwrap();
     std::fs::copy(tuned.join("model.safetensors"), other.join("model.safetensors")).unwrap();
-    let err = analyze(&AnalyzeRequest { base: base.display().to_string(), tuned: other.display().to_string(), ..Default::default() }, &|_, _, _| {}).unwrap_err().to_string();
+    let err = analyze(
+        &AnalyzeRequest { base: base.display().to_string(), tuned: other.display().to_string(), ..Default::default() },
+        &|_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("architecture") && err.contains("config.json"), "{err}");
     // a missing tensor
     let holes = dir.join("holes");
@@ -262,22 +304,48 @@ fn mismatched_pairs_and_foreign_adapters_are_clear_errors() {
     let mut w = candle_core::safetensors::load(tuned.join("model.safetensors"), &Device::Cpu).unwrap();
     w.remove("model.layers.2.mlp.up_proj.weight");
     candle_core::safetensors::save(&w, holes.join("model.safetensors")).unwrap();
-    let err = analyze(&AnalyzeRequest { base: base.display().to_string(), tuned: holes.display().to_string(), ..Default::default() }, &|_, _, _| {}).unwrap_err().to_string();
+    let err = analyze(
+        &AnalyzeRequest { base: base.display().to_string(), tuned: holes.display().to_string(), ..Default::default() },
+        &|_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("model.layers.2.mlp.up_proj.weight"), "{err}");
     // an adapter for another base: its factors do not fit
     let foreign = dir.join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
-    std::fs::write(foreign.join("adapter_config.json"), r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}"#).unwrap();
+    std::fs::write(
+        foreign.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}"#,
+    )
+    .unwrap();
     let f: HashMap<String, Tensor> = [
-        ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), Tensor::zeros((2, 7), DType::F32, &Device::Cpu).unwrap()),
-        ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight".to_string(), Tensor::zeros((9, 2), DType::F32, &Device::Cpu).unwrap()),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string(),
+            Tensor::zeros((2, 7), DType::F32, &Device::Cpu).unwrap(),
+        ),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight".to_string(),
+            Tensor::zeros((9, 2), DType::F32, &Device::Cpu).unwrap(),
+        ),
     ]
     .into_iter()
     .collect();
     candle_core::safetensors::save(&f, foreign.join("adapter_model.safetensors")).unwrap();
-    let err = analyze(&AnalyzeRequest { base: base.display().to_string(), adapter: foreign.display().to_string(), ..Default::default() }, &|_, _, _| {}).unwrap_err().to_string();
+    let err = analyze(
+        &AnalyzeRequest {
+            base: base.display().to_string(),
+            adapter: foreign.display().to_string(),
+            ..Default::default()
+        },
+        &|_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("another base model"), "{err}");
-    let err = analyze(&AnalyzeRequest { base: base.display().to_string(), ..Default::default() }, &|_, _, _| {}).unwrap_err().to_string();
+    let err = analyze(&AnalyzeRequest { base: base.display().to_string(), ..Default::default() }, &|_, _, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("exactly one of"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -289,13 +357,23 @@ fn a_gguf_base_is_read_in_hugging_face_layout_so_its_own_hf_weights_differ_by_no
     let dir = std::env::temp_dir().join(format!("loralab-spectrum-gguf-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let fx = candle_core::safetensors::load(repo().join("tests/reference/gguf_fixture.safetensors"), &Device::Cpu).unwrap();
-    let hf: HashMap<String, Tensor> = fx.iter().filter_map(|(k, v)| k.strip_prefix("llama.").map(|n| (n.to_string(), v.clone()))).collect();
+    let fx =
+        candle_core::safetensors::load(repo().join("tests/reference/gguf_fixture.safetensors"), &Device::Cpu).unwrap();
+    let hf: HashMap<String, Tensor> =
+        fx.iter().filter_map(|(k, v)| k.strip_prefix("llama.").map(|n| (n.to_string(), v.clone()))).collect();
     candle_core::safetensors::save(&hf, dir.join("model.safetensors")).unwrap();
     let cfg = serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 40, "hidden_size": 32, "intermediate_size": 48,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128, "tie_word_embeddings": false});
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let a = analyze(&AnalyzeRequest { base: repo().join("tests/reference/tiny_llama.gguf").display().to_string(), tuned: dir.display().to_string(), ..Default::default() }, &|_, _, _| {}).unwrap();
+    let a = analyze(
+        &AnalyzeRequest {
+            base: repo().join("tests/reference/tiny_llama.gguf").display().to_string(),
+            tuned: dir.display().to_string(),
+            ..Default::default()
+        },
+        &|_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(a.matrices.len(), 14);
     for m in &a.matrices {
         assert_eq!(m.delta.frobenius, 0.0, "{}: the GGUF's q/k must be un-permuted", m.name);

@@ -59,7 +59,16 @@ fn run_directory_contract_full_and_lora() {
     let out = tmp("contract");
     let full = go(cfg(&out, serde_json::json!({"run_id": "full", "train": {"checkpoint_every": 4}})));
     let d = Path::new(&full.run_dir);
-    for f in ["config.json", "run.json", "metrics.jsonl", "model/model.safetensors", "model/config.json", "model/tokenizer.json", "checkpoints/step-000004/optimizer.safetensors", "checkpoints/step-000006/trainer_state.json"] {
+    for f in [
+        "config.json",
+        "run.json",
+        "metrics.jsonl",
+        "model/model.safetensors",
+        "model/config.json",
+        "model/tokenizer.json",
+        "checkpoints/step-000004/optimizer.safetensors",
+        "checkpoints/step-000006/trainer_state.json",
+    ] {
         assert!(d.join(f).is_file(), "missing {f}");
     }
     let st = candle_core::safetensors::load(d.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
@@ -69,13 +78,18 @@ fn run_directory_contract_full_and_lora() {
     assert_eq!(run_json["status"], "completed");
     assert_eq!(losses(&full.run_dir).len(), 6);
 
-    let lora = go(cfg(&out, serde_json::json!({"run_id": "lora", "method": {"kind": "lora", "rank": 4, "targets": ["q_proj", "v_proj"]}})));
+    let lora = go(cfg(
+        &out,
+        serde_json::json!({"run_id": "lora", "method": {"kind": "lora", "rank": 4, "targets": ["q_proj", "v_proj"]}}),
+    ));
     let d = Path::new(&lora.run_dir);
-    let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    let ac: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(ac["peft_type"], "LORA");
     assert_eq!(ac["r"], 4);
     assert_eq!(ac["lora_alpha"], 8.0);
-    let st = candle_core::safetensors::load(d.join("adapter/adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let st =
+        candle_core::safetensors::load(d.join("adapter/adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert!(st.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
     assert!(st.contains_key("base_model.model.model.layers.3.self_attn.v_proj.lora_B.weight"));
     assert_eq!(st.len(), 4 * 2 * 2);
@@ -96,13 +110,17 @@ fn cancel_then_resume_equals_uninterrupted() {
         let mut part = cfg(&out, m.clone());
         part.run_id = "part".into();
         let stop = AtomicBool::new(false);
-        let s = run(part.clone(), &mut |e: &Event| {
-            if let Event::Progress(p) = e {
-                if p.step == 3 {
-                    stop.store(true, Ordering::Relaxed)
+        let s = run(
+            part.clone(),
+            &mut |e: &Event| {
+                if let Event::Progress(p) = e {
+                    if p.step == 3 {
+                        stop.store(true, Ordering::Relaxed)
+                    }
                 }
-            }
-        }, &stop)
+            },
+            &stop,
+        )
         .unwrap();
         assert_eq!(s.status, "cancelled");
         assert_eq!(s.steps, 3);
@@ -122,17 +140,27 @@ fn cancel_then_resume_equals_uninterrupted() {
 #[test]
 fn resume_from_a_checkpoint_with_a_new_schedule_branches() {
     let out = tmp("branch");
-    let long = go(cfg(&out, serde_json::json!({"run_id": "long", "schedule": {"kind": "inverse_sqrt"}, "train": {"steps": 10, "checkpoint_at_tokens": [512]}})));
+    let long = go(cfg(
+        &out,
+        serde_json::json!({"run_id": "long", "schedule": {"kind": "inverse_sqrt"}, "train": {"steps": 10, "checkpoint_at_tokens": [512]}}),
+    ));
     // 512 tokens = 4 steps of 4 sequences × 32 tokens: the CPT budget branch point
     let ckpt = format!("{}/checkpoints/step-000004", long.run_dir);
     assert!(Path::new(&ckpt).is_dir());
     let mut lrs = vec![];
-    let branch = cfg(&out, serde_json::json!({"run_id": "branch", "schedule": {"kind": "inverse_sqrt", "cooldown_frac": 0.2}, "train": {"steps": 5, "resume_from": ckpt}}));
-    let s = run(branch, &mut |e: &Event| {
-        if let Event::Progress(p) = e {
-            lrs.push((p.step, p.lr))
-        }
-    }, &AtomicBool::new(false))
+    let branch = cfg(
+        &out,
+        serde_json::json!({"run_id": "branch", "schedule": {"kind": "inverse_sqrt", "cooldown_frac": 0.2}, "train": {"steps": 5, "resume_from": ckpt}}),
+    );
+    let s = run(
+        branch,
+        &mut |e: &Event| {
+            if let Event::Progress(p) = e {
+                lrs.push((p.step, p.lr))
+            }
+        },
+        &AtomicBool::new(false),
+    )
     .unwrap();
     assert_eq!(s.steps, 5);
     assert_eq!(lrs.first().unwrap().0, 5, "continues after the checkpoint's step");
@@ -142,12 +170,16 @@ fn resume_from_a_checkpoint_with_a_new_schedule_branches() {
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let out = tmp("nan");
-    let c = cfg(&out, serde_json::json!({"run_id": "nan", "optim": {"name": "adamw", "lr": 1e30, "grad_clip": 0.0}, "schedule": {"kind": "constant", "warmup_frac": 0.0}, "train": {"steps": 50, "checkpoint_every": 1}}));
+    let c = cfg(
+        &out,
+        serde_json::json!({"run_id": "nan", "optim": {"name": "adamw", "lr": 1e30, "grad_clip": 0.0}, "schedule": {"kind": "constant", "warmup_frac": 0.0}, "train": {"steps": 50, "checkpoint_every": 1}}),
+    );
     let err = run(c, &mut |_: &Event| {}, &AtomicBool::new(false)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::NonFinite { .. }), "{msg}");
     assert!(msg.contains("not finite") && msg.contains("checkpoints/step-"), "{msg}");
-    let run_json: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{out}/nan/run.json")).unwrap()).unwrap();
+    let run_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{out}/nan/run.json")).unwrap()).unwrap();
     assert_eq!(run_json["status"], "failed");
     let last = msg.split("checkpoint is ").nth(1).unwrap().split('.').next().unwrap().to_string();
     assert!(Path::new(&last).join("trainer_state.json").is_file(), "{last}");
@@ -161,7 +193,11 @@ fn bad_configs_fail_before_any_work_naming_the_field() {
         (serde_json::json!({"train": {"steps": "ten"}}), "train.steps", "invalid type"),
         (serde_json::json!({"method": {"kind": "lora", "rank": 0}}), "method.rank", "must be ≥ 1"),
         (serde_json::json!({"method": {"kind": "lora", "rank": -1}}), "method.rank", "invalid value"),
-        (serde_json::json!({"method": {"kind": "lora", "targets": ["q_proj", "lm_head"]}}), "method.targets", "unknown target module `lm_head`"),
+        (
+            serde_json::json!({"method": {"kind": "lora", "targets": ["q_proj", "lm_head"]}}),
+            "method.targets",
+            "unknown target module `lm_head`",
+        ),
         (serde_json::json!({"method": {"kind": "lora", "targets": "everything"}}), "method.targets", "unknown target"),
         (serde_json::json!({"method": {"kind": "dora"}}), "method.kind", "unknown variant"),
         (serde_json::json!({"data": {"train": "/nonexistent/data.jsonl"}}), "data.train", "file not found"),
@@ -185,10 +221,13 @@ fn ift_masks_prompt_tokens_and_cpt_packs_documents() {
     let out = tmp("data");
     let tiny = repo().join("datasets/tiny");
     let tok = loralab_core::data::load_tokenizer(&tiny.join("tokenizer.json")).unwrap();
-    let ift = cfg(&out, serde_json::json!({"data": {"format": "ift", "train": tiny.join("code_ift.jsonl"), "seq_len": 96}}));
+    let ift =
+        cfg(&out, serde_json::json!({"data": {"format": "ift", "train": tiny.join("code_ift.jsonl"), "seq_len": 96}}));
     let s = loralab_core::data::prepare(&ift.data, &tok, &tiny.join("tokenizer.json"), 1, None).unwrap();
     let (ids, mask) = s.row(0);
-    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(tiny.join("code_ift.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(tiny.join("code_ift.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
     let prompt = ift.data.template.replace("{prompt}", first["prompt"].as_str().unwrap());
     let n_prompt = tok.encode(prompt.as_str(), true).unwrap().get_ids().len();
     assert!(mask[..n_prompt].iter().all(|&m| m == 0), "no loss on prompt tokens");
@@ -210,8 +249,14 @@ fn ift_masks_prompt_tokens_and_cpt_packs_documents() {
 #[test]
 fn gradient_accumulation_equals_one_big_batch() {
     let out = tmp("accum");
-    let big = go(cfg(&out, serde_json::json!({"run_id": "big", "model": {"dtype": "f64"}, "train": {"steps": 3, "micro_batch": 4, "grad_accum": 1, "attention_dropout": 0.0}})));
-    let acc = go(cfg(&out, serde_json::json!({"run_id": "acc", "model": {"dtype": "f64"}, "train": {"steps": 3, "micro_batch": 1, "grad_accum": 4, "attention_dropout": 0.0}})));
+    let big = go(cfg(
+        &out,
+        serde_json::json!({"run_id": "big", "model": {"dtype": "f64"}, "train": {"steps": 3, "micro_batch": 4, "grad_accum": 1, "attention_dropout": 0.0}}),
+    ));
+    let acc = go(cfg(
+        &out,
+        serde_json::json!({"run_id": "acc", "model": {"dtype": "f64"}, "train": {"steps": 3, "micro_batch": 1, "grad_accum": 4, "attention_dropout": 0.0}}),
+    ));
     for ((s, a), (_, b)) in losses(&big.run_dir).iter().zip(losses(&acc.run_dir).iter()) {
         assert!((a - b).abs() < 1e-9, "step {s}: one batch of 4 {a} vs 4 micro-batches of 1 {b}");
     }
@@ -221,10 +266,14 @@ fn gradient_accumulation_equals_one_big_batch() {
 fn token_budgets_are_exact_and_the_prepare_report_is_recorded() {
     let out = tmp("budget");
     // 4 sequences × 32 tokens = 128 tokens a step: 1000 tokens round up to 8 steps
-    let s = go(cfg(&out, serde_json::json!({"run_id": "tok", "train": {"steps": 0, "tokens": 1000, "micro_batch": 2, "grad_accum": 2}})));
+    let s = go(cfg(
+        &out,
+        serde_json::json!({"run_id": "tok", "train": {"steps": 0, "tokens": 1000, "micro_batch": 2, "grad_accum": 2}}),
+    ));
     assert_eq!(s.total_steps, 8);
     assert_eq!(s.tokens, 1024);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}/data.json", s.run_dir)).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}/data.json", s.run_dir)).unwrap()).unwrap();
     let rows = report["rows"].as_u64().unwrap() as f64;
     assert!((s.epochs - 32.0 / rows).abs() < 1e-12, "epochs = samples / rows");
     assert_eq!(report["documents"], 1300);
@@ -234,9 +283,13 @@ fn token_budgets_are_exact_and_the_prepare_report_is_recorded() {
 
     // IFT: a window too small for some examples truncates them; too small for a prompt drops it
     let tiny = repo().join("datasets/tiny");
-    let ift = cfg(&out, serde_json::json!({"run_id": "ift", "data": {"format": "ift", "train": tiny.join("code_ift.jsonl"), "seq_len": 30}, "train": {"steps": 1}}));
+    let ift = cfg(
+        &out,
+        serde_json::json!({"run_id": "ift", "data": {"format": "ift", "train": tiny.join("code_ift.jsonl"), "seq_len": 30}, "train": {"steps": 1}}),
+    );
     let s = go(ift);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}/data.json", s.run_dir)).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}/data.json", s.run_dir)).unwrap()).unwrap();
     assert_eq!(report["documents"], 600);
     assert!(report["truncated"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["rows"].as_u64().unwrap() + report["dropped"].as_u64().unwrap(), 600);

@@ -37,8 +37,20 @@ fn from_bf16(v: &[u16]) -> Vec<f32> {
 fn close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    let (i, err) = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).enumerate().fold((0, 0.0), |a, (i, e)| if e > a.1 || e.is_nan() { (i, e) } else { a });
-    assert!(err <= tol * scale, "{what}: |got − want| = {err:.3e} at {i} (got {}, want {}), tolerance {:.1e}", got[i], want[i], tol * scale);
+    let (i, err) = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).enumerate().fold((0, 0.0), |a, (i, e)| {
+        if e > a.1 || e.is_nan() {
+            (i, e)
+        } else {
+            a
+        }
+    });
+    assert!(
+        err <= tol * scale,
+        "{what}: |got − want| = {err:.3e} at {i} (got {}, want {}), tolerance {:.1e}",
+        got[i],
+        want[i],
+        tol * scale
+    );
 }
 
 /// Run a kernel on f32 data or on the same data rounded to bf16; outputs come back as f32.
@@ -56,7 +68,15 @@ enum P {
     Float(f32),
 }
 
-fn run(name: &str, dt: Dtype, l: k::Launch, params: Vec<P>, data: &[&[f32]], out_lens: &[usize], aux_out_lens: &[usize]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+fn run(
+    name: &str,
+    dt: Dtype,
+    l: k::Launch,
+    params: Vec<P>,
+    data: &[&[f32]],
+    out_lens: &[usize],
+    aux_out_lens: &[usize],
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let ins16: Vec<Vec<u16>> = data.iter().map(|d| to_bf16(d)).collect();
     let mut outs32: Vec<Vec<f32>> = out_lens.iter().map(|&n| vec![f32::NAN; n]).collect();
     let mut outs16: Vec<Vec<u16>> = out_lens.iter().map(|&n| vec![0x7fc0; n]).collect();
@@ -130,9 +150,25 @@ fn rms_norm_forward_and_backward_match_the_reference() {
                 }
             }
             let l = k::rms_norm(rows);
-            let (o, _) = run(&k::name("rms_norm_fwd", dt), dt, l, vec![P::In(0), P::In(1), P::Out, P::Int(d as i32), P::Float(eps as f32)], &[&x, &w], &[rows * d], &[]);
+            let (o, _) = run(
+                &k::name("rms_norm_fwd", dt),
+                dt,
+                l,
+                vec![P::In(0), P::In(1), P::Out, P::Int(d as i32), P::Float(eps as f32)],
+                &[&x, &w],
+                &[rows * d],
+                &[],
+            );
             close(&format!("rms fwd {dt:?} {rows}x{d}"), &o[0], &y, tol(dt));
-            let (o, _) = run(&k::name("rms_norm_bwd", dt), dt, l, vec![P::In(0), P::In(1), P::In(2), P::Out, P::Int(d as i32), P::Float(eps as f32)], &[&x, &w, &g], &[rows * d], &[]);
+            let (o, _) = run(
+                &k::name("rms_norm_bwd", dt),
+                dt,
+                l,
+                vec![P::In(0), P::In(1), P::In(2), P::Out, P::Int(d as i32), P::Float(eps as f32)],
+                &[&x, &w, &g],
+                &[rows * d],
+                &[],
+            );
             close(&format!("rms bwd {dt:?} {rows}x{d}"), &o[0], &dx, tol(dt));
         }
     }
@@ -164,7 +200,18 @@ fn rope_rotates_and_its_inverse_rotates_back() {
             }
         }
         let l = k::rope(rows, hd);
-        let params = |sign: f32| vec![P::In(0), P::Aux(1), P::Aux(2), P::Out, P::Int(rows as i32), P::Int(t as i32), P::Int(hd as i32), P::Float(sign)];
+        let params = |sign: f32| {
+            vec![
+                P::In(0),
+                P::Aux(1),
+                P::Aux(2),
+                P::Out,
+                P::Int(rows as i32),
+                P::Int(t as i32),
+                P::Int(hd as i32),
+                P::Float(sign),
+            ]
+        };
         let (o, _) = run(&k::name("rope", dt), dt, l, params(1.0), &[&x, &cos, &sin], &[rows * hd], &[]);
         close(&format!("rope {dt:?}"), &o[0], &y, tol(dt));
         let (back, _) = run(&k::name("rope", dt), dt, l, params(-1.0), &[&o[0], &cos, &sin], &[rows * hd], &[]);
@@ -193,12 +240,28 @@ fn masked_cross_entropy_and_its_gradient_match_the_reference() {
                 grad[i * v + j] = w * ((row[j] - lse).exp() - if j == targets[i] as usize { 1.0 } else { 0.0 });
             }
         }
-        let (_, rows) = run(&k::name("nll_fwd", dt), dt, k::nll(n), vec![P::In(0), P::U32s(targets.clone()), P::Aux(1), P::AuxOut, P::Int(v as i32)], &[&x, &weights], &[], &[n]);
+        let (_, rows) = run(
+            &k::name("nll_fwd", dt),
+            dt,
+            k::nll(n),
+            vec![P::In(0), P::U32s(targets.clone()), P::Aux(1), P::AuxOut, P::Int(v as i32)],
+            &[&x, &weights],
+            &[],
+            &[n],
+        );
         assert_eq!(rows[0][1], 0.0, "a masked row costs nothing");
         let mut total = vec![f32::NAN];
         launch("sum_f32", k::sum(), &mut [Arg::F32(&rows[0]), Arg::F32Mut(&mut total), Arg::Int(n as i32)]);
         close(&format!("nll {dt:?}"), &total, &[loss], 1e-5);
-        let (d, _) = run(&k::name("nll_grad", dt), dt, k::nll(n), vec![P::In(0), P::U32s(targets.clone()), P::Aux(1), P::Out, P::Int(v as i32)], &[&x, &weights], &[n * v], &[]);
+        let (d, _) = run(
+            &k::name("nll_grad", dt),
+            dt,
+            k::nll(n),
+            vec![P::In(0), P::U32s(targets.clone()), P::Aux(1), P::Out, P::Int(v as i32)],
+            &[&x, &weights],
+            &[n * v],
+            &[],
+        );
         close(&format!("nll grad {dt:?}"), &d[0], &grad, if dt == Dtype::F32 { 1e-6 } else { 4e-3 });
     }
 }
@@ -206,7 +269,17 @@ fn masked_cross_entropy_and_its_gradient_match_the_reference() {
 /// Naive causal attention with grouped heads, in f64: O, lse (base 2, as the kernel keeps
 /// it) and, for an upstream gradient dO, dQ, dK, dV.
 #[allow(clippy::type_complexity)]
-fn attention_reference(q: &[f64], kk: &[f64], v: &[f64], d_o: &[f64], b: usize, nh: usize, kvh: usize, t: usize, hd: usize) -> [Vec<f64>; 5] {
+fn attention_reference(
+    q: &[f64],
+    kk: &[f64],
+    v: &[f64],
+    d_o: &[f64],
+    b: usize,
+    nh: usize,
+    kvh: usize,
+    t: usize,
+    hd: usize,
+) -> [Vec<f64>; 5] {
     let scale = 1.0 / (hd as f64).sqrt();
     let (mut o, mut lse, mut dq) = (vec![0.0; q.len()], vec![0.0; b * nh * t], vec![0.0; q.len()]);
     let (mut dk, mut dv) = (vec![0.0; kk.len()], vec![0.0; v.len()]);
@@ -215,7 +288,9 @@ fn attention_reference(q: &[f64], kk: &[f64], v: &[f64], d_o: &[f64], b: usize, 
             let qo = (bi * nh + h) * t * hd;
             let ko = (bi * kvh + h / (nh / kvh)) * t * hd;
             for i in 0..t {
-                let s: Vec<f64> = (0..=i).map(|j| (0..hd).map(|d| q[qo + i * hd + d] * kk[ko + j * hd + d]).sum::<f64>() * scale).collect();
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| (0..hd).map(|d| q[qo + i * hd + d] * kk[ko + j * hd + d]).sum::<f64>() * scale)
+                    .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                 lse[(bi * nh + h) * t + i] = (m + z.ln()) / std::f64::consts::LN_2;
@@ -223,7 +298,8 @@ fn attention_reference(q: &[f64], kk: &[f64], v: &[f64], d_o: &[f64], b: usize, 
                 for d in 0..hd {
                     o[qo + i * hd + d] = (0..=i).map(|j| p[j] * v[ko + j * hd + d]).sum();
                 }
-                let dp: Vec<f64> = (0..=i).map(|j| (0..hd).map(|d| d_o[qo + i * hd + d] * v[ko + j * hd + d]).sum()).collect();
+                let dp: Vec<f64> =
+                    (0..=i).map(|j| (0..hd).map(|d| d_o[qo + i * hd + d] * v[ko + j * hd + d]).sum()).collect();
                 let delta: f64 = (0..=i).map(|j| p[j] * dp[j]).sum();
                 for j in 0..=i {
                     let ds = p[j] * (dp[j] - delta) * scale;
@@ -243,39 +319,157 @@ fn attention_case(dt: Dtype, b: usize, nh: usize, kvh: usize, t: usize, hd: usiz
     let mut r = Rng(seed);
     let (nq, nk) = (b * nh * t * hd, b * kvh * t * hd);
     let (q, kk, v, d_o) = (r.vec(nq, 1.5), r.vec(nk, 1.5), r.vec(nk, 1.0), r.vec(nq, 1.0));
-    let [o, lse, dq, dk, dv] = attention_reference(&seen(dt, &q), &seen(dt, &kk), &seen(dt, &v), &seen(dt, &d_o), b, nh, kvh, t, hd);
+    let [o, lse, dq, dk, dv] =
+        attention_reference(&seen(dt, &q), &seen(dt, &kk), &seen(dt, &v), &seen(dt, &d_o), b, nh, kvh, t, hd);
     let scale = 1.0 / (hd as f32).sqrt();
     let what = format!("attention {dt:?} b={b} nh={nh} kvh={kvh} t={t} hd={hd}");
     let (nh_, kvh_, t_) = (nh as i32, kvh as i32, t as i32);
 
-    let (fo, fl) = run(&k::attn_name("attn_fwd", dt, hd), dt, k::attn_fwd(b, nh, t, hd), vec![P::In(0), P::In(1), P::In(2), P::Out, P::AuxOut, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &[&q, &kk, &v], &[nq], &[b * nh * t]);
+    let (fo, fl) = run(
+        &k::attn_name("attn_fwd", dt, hd),
+        dt,
+        k::attn_fwd(b, nh, t, hd),
+        vec![P::In(0), P::In(1), P::In(2), P::Out, P::AuxOut, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)],
+        &[&q, &kk, &v],
+        &[nq],
+        &[b * nh * t],
+    );
     close(&format!("{what}: O"), &fo[0], &o, tol(dt));
     close(&format!("{what}: lse"), &fl[0], &lse, 1e-5);
 
     // the backward reads O as the forward wrote it (in T)
     let rows = b * nh * t;
-    let (_, delta) = run(&k::attn_name("attn_bwd_delta", dt, hd), dt, k::attn_bwd_delta(rows), vec![P::In(0), P::In(1), P::AuxOut, P::Int(rows as i32)], &[&fo[0], &d_o], &[], &[rows]);
+    let (_, delta) = run(
+        &k::attn_name("attn_bwd_delta", dt, hd),
+        dt,
+        k::attn_bwd_delta(rows),
+        vec![P::In(0), P::In(1), P::AuxOut, P::Int(rows as i32)],
+        &[&fo[0], &d_o],
+        &[],
+        &[rows],
+    );
     let (o_seen, do_seen) = (seen(dt, &fo[0]), seen(dt, &d_o));
-    let want_delta: Vec<f64> = (0..rows).map(|i| (0..hd).map(|d| o_seen[i * hd + d] * do_seen[i * hd + d]).sum()).collect();
+    let want_delta: Vec<f64> =
+        (0..rows).map(|i| (0..hd).map(|d| o_seen[i * hd + d] * do_seen[i * hd + d]).sum()).collect();
     close(&format!("{what}: delta"), &delta[0], &want_delta, 1e-5);
 
     let data: [&[f32]; 6] = [&q, &kk, &v, &d_o, &fl[0], &delta[0]];
-    let (g, _) = run(&k::attn_name("attn_bwd_kv", dt, hd), dt, k::attn_bwd_kv(b, kvh, t, hd), vec![P::In(0), P::In(1), P::In(2), P::In(3), P::Aux(4), P::Aux(5), P::Out, P::Out, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &data, &[nk, nk], &[]);
+    let (g, _) = run(
+        &k::attn_name("attn_bwd_kv", dt, hd),
+        dt,
+        k::attn_bwd_kv(b, kvh, t, hd),
+        vec![
+            P::In(0),
+            P::In(1),
+            P::In(2),
+            P::In(3),
+            P::Aux(4),
+            P::Aux(5),
+            P::Out,
+            P::Out,
+            P::Int(nh_),
+            P::Int(kvh_),
+            P::Int(t_),
+            P::Float(scale),
+        ],
+        &data,
+        &[nk, nk],
+        &[],
+    );
     close(&format!("{what}: dK"), &g[0], &dk, 2.0 * tol(dt));
     close(&format!("{what}: dV"), &g[1], &dv, tol(dt));
-    let (g, _) = run(&k::attn_name("attn_bwd_q", dt, hd), dt, k::attn_fwd(b, nh, t, hd), vec![P::In(0), P::In(1), P::In(2), P::In(3), P::Aux(4), P::Aux(5), P::Out, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &data, &[nq], &[]);
+    let (g, _) = run(
+        &k::attn_name("attn_bwd_q", dt, hd),
+        dt,
+        k::attn_fwd(b, nh, t, hd),
+        vec![
+            P::In(0),
+            P::In(1),
+            P::In(2),
+            P::In(3),
+            P::Aux(4),
+            P::Aux(5),
+            P::Out,
+            P::Int(nh_),
+            P::Int(kvh_),
+            P::Int(t_),
+            P::Float(scale),
+        ],
+        &data,
+        &[nq],
+        &[],
+    );
     close(&format!("{what}: dQ"), &g[0], &dq, 2.0 * tol(dt));
 
     if dt == Dtype::Bf16 {
         // the tensor-core kernels: same contract (O, lse in base 2, dQ, dK, dV), same references
         let name = |op: &str| format!("{op}_tc_bf16_{hd}");
-        let (to, tl) = run(&name("attn_fwd"), dt, k::attn_tc(b, nh, t), vec![P::In(0), P::In(1), P::In(2), P::Out, P::AuxOut, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &[&q, &kk, &v], &[nq], &[b * nh * t]);
+        let (to, tl) = run(
+            &name("attn_fwd"),
+            dt,
+            k::attn_tc(b, nh, t),
+            vec![
+                P::In(0),
+                P::In(1),
+                P::In(2),
+                P::Out,
+                P::AuxOut,
+                P::Int(nh_),
+                P::Int(kvh_),
+                P::Int(t_),
+                P::Float(scale),
+            ],
+            &[&q, &kk, &v],
+            &[nq],
+            &[b * nh * t],
+        );
         close(&format!("{what} tc: O"), &to[0], &o, tol(dt));
         close(&format!("{what} tc: lse"), &tl[0], &lse, 1e-5);
-        let (g, _) = run(&name("attn_bwd_kv"), dt, k::attn_tc(b, kvh, t), vec![P::In(0), P::In(1), P::In(2), P::In(3), P::Aux(4), P::Aux(5), P::Out, P::Out, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &data, &[nk, nk], &[]);
+        let (g, _) = run(
+            &name("attn_bwd_kv"),
+            dt,
+            k::attn_tc(b, kvh, t),
+            vec![
+                P::In(0),
+                P::In(1),
+                P::In(2),
+                P::In(3),
+                P::Aux(4),
+                P::Aux(5),
+                P::Out,
+                P::Out,
+                P::Int(nh_),
+                P::Int(kvh_),
+                P::Int(t_),
+                P::Float(scale),
+            ],
+            &data,
+            &[nk, nk],
+            &[],
+        );
         close(&format!("{what} tc: dK"), &g[0], &dk, 2.0 * tol(dt));
         close(&format!("{what} tc: dV"), &g[1], &dv, tol(dt));
-        let (g, _) = run(&name("attn_bwd_q"), dt, k::attn_tc(b, nh, t), vec![P::In(0), P::In(1), P::In(2), P::In(3), P::Aux(4), P::Aux(5), P::Out, P::Int(nh_), P::Int(kvh_), P::Int(t_), P::Float(scale)], &data, &[nq], &[]);
+        let (g, _) = run(
+            &name("attn_bwd_q"),
+            dt,
+            k::attn_tc(b, nh, t),
+            vec![
+                P::In(0),
+                P::In(1),
+                P::In(2),
+                P::In(3),
+                P::Aux(4),
+                P::Aux(5),
+                P::Out,
+                P::Int(nh_),
+                P::Int(kvh_),
+                P::Int(t_),
+                P::Float(scale),
+            ],
+            &data,
+            &[nq],
+            &[],
+        );
         close(&format!("{what} tc: dQ"), &g[0], &dq, 2.0 * tol(dt));
     }
 }
@@ -325,10 +519,22 @@ fn dropout_draws_the_engines_counter_based_mask_and_the_backward_is_the_same_cal
         let want: Vec<f64> = (0..n)
             .map(|e| {
                 let bits = mix(state.wrapping_add((e as u64 / 4 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-                if (bits >> (16 * (e % 4))) & 0xFFFF < thr as u64 { 0.0 } else { (xs[e] as f32 * keep) as f64 }
+                if (bits >> (16 * (e % 4))) & 0xFFFF < thr as u64 {
+                    0.0
+                } else {
+                    (xs[e] as f32 * keep) as f64
+                }
             })
             .collect();
-        let (o, _) = run(&k::name("dropout", dt), dt, k::dropout(n), vec![P::In(0), P::Out, P::Long(n as u64), P::Long(state), P::Uint(thr), P::Float(keep)], &[&x], &[n], &[]);
+        let (o, _) = run(
+            &k::name("dropout", dt),
+            dt,
+            k::dropout(n),
+            vec![P::In(0), P::Out, P::Long(n as u64), P::Long(state), P::Uint(thr), P::Float(keep)],
+            &[&x],
+            &[n],
+            &[],
+        );
         let dropped = o[0].iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
         assert!((dropped - p).abs() < 0.06, "{dt:?}: dropped {dropped:.3} of the elements, p = {p}");
         close(&format!("dropout {dt:?}"), &o[0], &want, if dt == Dtype::F32 { 0.0 } else { 8e-3 });
@@ -347,9 +553,25 @@ fn swiglu_and_its_two_gradients_match_the_reference() {
         let dg: Vec<f64> = (0..n).map(|e| ds[e] * us[e] * sig(gs[e]) * (1.0 + gs[e] * (1.0 - sig(gs[e])))).collect();
         let du: Vec<f64> = (0..n).map(|e| ds[e] * gs[e] * sig(gs[e])).collect();
         let l = k::elementwise(n);
-        let (o, _) = run(&k::name("swiglu_fwd", dt), dt, l, vec![P::In(0), P::In(1), P::Out, P::Long(n as u64)], &[&g, &u], &[n], &[]);
+        let (o, _) = run(
+            &k::name("swiglu_fwd", dt),
+            dt,
+            l,
+            vec![P::In(0), P::In(1), P::Out, P::Long(n as u64)],
+            &[&g, &u],
+            &[n],
+            &[],
+        );
         close(&format!("swiglu {dt:?}"), &o[0], &y, tol(dt));
-        let (o, _) = run(&k::name("swiglu_bwd", dt), dt, l, vec![P::In(0), P::In(1), P::In(2), P::Out, P::Out, P::Long(n as u64)], &[&g, &u, &dy], &[n, n], &[]);
+        let (o, _) = run(
+            &k::name("swiglu_bwd", dt),
+            dt,
+            l,
+            vec![P::In(0), P::In(1), P::In(2), P::Out, P::Out, P::Long(n as u64)],
+            &[&g, &u, &dy],
+            &[n, n],
+            &[],
+        );
         close(&format!("swiglu dg {dt:?}"), &o[0], &dg, tol(dt));
         close(&format!("swiglu du {dt:?}"), &o[1], &du, tol(dt));
     }

@@ -10,7 +10,11 @@ pub fn explained_variance(sigma: &[f64], total_sq: f64) -> Vec<f64> {
         .iter()
         .map(|s| {
             acc += s * s;
-            if total_sq > 0.0 { acc / total_sq } else { 0.0 }
+            if total_sq > 0.0 {
+                acc / total_sq
+            } else {
+                0.0
+            }
         })
         .collect()
 }
@@ -102,12 +106,16 @@ pub fn singular_values(a: &[f64], m: usize, n: usize) -> Result<Vec<f64>, String
     }
     // work on the columns of the wider orientation's transpose: p columns of length q, p ≤ q
     let (p, q) = if n <= m { (n, m) } else { (m, n) };
-    let mut cols: Vec<Vec<f64>> = (0..p).map(|j| (0..q).map(|i| if n <= m { a[i * n + j] } else { a[j * n + i] }).collect()).collect();
+    let mut cols: Vec<Vec<f64>> =
+        (0..p).map(|j| (0..q).map(|i| if n <= m { a[i * n + j] } else { a[j * n + i] }).collect()).collect();
     for _sweep in 0..60 {
         let mut rotated = false;
         for j in 0..p {
             for k in j + 1..p {
-                let (alpha, beta, gamma) = cols[j].iter().zip(&cols[k]).fold((0.0, 0.0, 0.0), |(a, b, g), (x, y)| (a + x * x, b + y * y, g + x * y));
+                let (alpha, beta, gamma) = cols[j]
+                    .iter()
+                    .zip(&cols[k])
+                    .fold((0.0, 0.0, 0.0), |(a, b, g), (x, y)| (a + x * x, b + y * y, g + x * y));
                 if gamma == 0.0 || gamma.abs() <= 1e-15 * (alpha * beta).sqrt() {
                     continue;
                 }
@@ -179,7 +187,11 @@ mod tests {
             let mut t = vec![0.0; 6];
             for i in 0..3 {
                 for j in 0..2 {
-                    if (m, n) == (3, 2) { t[i * 2 + j] = a[i * 2 + j] } else { t[j * 3 + i] = a[i * 2 + j] }
+                    if (m, n) == (3, 2) {
+                        t[i * 2 + j] = a[i * 2 + j]
+                    } else {
+                        t[j * 3 + i] = a[i * 2 + j]
+                    }
                 }
             }
             let s = singular_values(&t, m, n).unwrap();

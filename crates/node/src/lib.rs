@@ -124,7 +124,11 @@ impl Task for TrainTask {
 /// go to `onEvent`; `cancel.cancel()` stops a running loop after its current step,
 /// writes a checkpoint and resolves with status "cancelled".
 #[napi(ts_return_type = "Promise<string>")]
-pub fn train(config_json: String, cancel: &CancelToken, #[napi(ts_arg_type = "((event: string) => void) | undefined | null")] on_event: Option<EventCallback>) -> AsyncTask<TrainTask> {
+pub fn train(
+    config_json: String,
+    cancel: &CancelToken,
+    #[napi(ts_arg_type = "((event: string) => void) | undefined | null")] on_event: Option<EventCallback>,
+) -> AsyncTask<TrainTask> {
     keep_freed_pages();
     AsyncTask::new(TrainTask { config_json, flag: cancel.flag.clone(), on_event: on_event.map(Arc::new) })
 }
@@ -147,8 +151,8 @@ impl Task for EvalTask {
         let json = std::mem::take(&mut self.request_json);
         guard("evalLoss", move || {
             let de = &mut serde_json::Deserializer::from_str(&json);
-            let req: loralab_core::evaluate::EvalLossRequest =
-                serde_path_to_error::deserialize(de).map_err(|e| CoreError::config(e.path().to_string(), e.into_inner().to_string()))?;
+            let req: loralab_core::evaluate::EvalLossRequest = serde_path_to_error::deserialize(de)
+                .map_err(|e| CoreError::config(e.path().to_string(), e.into_inner().to_string()))?;
             Ok(serde_json::to_string(&loralab_core::evaluate::eval_loss(&req)?)?)
         })
     }
@@ -177,13 +181,19 @@ impl Task for MergeTask {
     type Output = String;
     type JsValue = String;
     fn compute(&mut self) -> Result<Self::Output> {
-        let (base, adapter, out, options) = (self.base.clone(), self.adapter.clone(), self.out.clone(), self.options_json.take());
+        let (base, adapter, out, options) =
+            (self.base.clone(), self.adapter.clone(), self.out.clone(), self.options_json.take());
         guard("merge", move || {
             let opts: loralab_core::checkpoint::MergeOptions = match options {
                 Some(json) => parse("merge", &json)?,
                 None => Default::default(),
             };
-            Ok(serde_json::to_string(&loralab_core::checkpoint::merge_with(base.as_ref(), adapter.as_ref(), out.as_ref(), &opts)?)?)
+            Ok(serde_json::to_string(&loralab_core::checkpoint::merge_with(
+                base.as_ref(),
+                adapter.as_ref(),
+                out.as_ref(),
+                &opts,
+            )?)?)
         })
     }
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
@@ -195,7 +205,8 @@ impl Task for MergeTask {
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> std::result::Result<T, CoreError> {
     let de = &mut serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(de).map_err(|e| CoreError::config(format!("{what}.{}", e.path()), e.into_inner().to_string()))
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| CoreError::config(format!("{what}.{}", e.path()), e.into_inner().to_string()))
 }
 
 /// A model loaded once for evaluation (base + optional adapter, merged or not):
@@ -233,13 +244,23 @@ impl Engine {
     /// Generate from prompts (JSON array of strings) with options (JSON); resolves to JSON text.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn generate(&self, prompts_json: String, options_json: String) -> AsyncTask<InferTask> {
-        AsyncTask::new(InferTask { engine: self.inner.clone(), kind: InferKind::Generate, a: prompts_json, b: options_json })
+        AsyncTask::new(InferTask {
+            engine: self.inner.clone(),
+            kind: InferKind::Generate,
+            a: prompts_json,
+            b: options_json,
+        })
     }
 
     /// Log-likelihoods of `[{context, continuation}]` (JSON) in batches of `batch_size`; resolves to JSON text.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn loglikelihood(&self, requests_json: String, batch_size: u32) -> AsyncTask<InferTask> {
-        AsyncTask::new(InferTask { engine: self.inner.clone(), kind: InferKind::Loglik(batch_size as usize), a: requests_json, b: String::new() })
+        AsyncTask::new(InferTask {
+            engine: self.inner.clone(),
+            kind: InferKind::Loglik(batch_size as usize),
+            a: requests_json,
+            b: String::new(),
+        })
     }
 
     /// Token ids of a text (no special tokens): for prompt-length accounting.
@@ -320,7 +341,10 @@ impl Task for AnalyzeTask {
 /// Spectra of the weight change between a base and a tuned model or adapter (JSON request);
 /// `onProgress` gets `{done, total, matrix}` JSON after each matrix; resolves to JSON text.
 #[napi(ts_return_type = "Promise<string>")]
-pub fn analyze(request_json: String, #[napi(ts_arg_type = "((event: string) => void) | undefined | null")] on_progress: Option<EventCallback>) -> AsyncTask<AnalyzeTask> {
+pub fn analyze(
+    request_json: String,
+    #[napi(ts_arg_type = "((event: string) => void) | undefined | null")] on_progress: Option<EventCallback>,
+) -> AsyncTask<AnalyzeTask> {
     keep_freed_pages();
     AsyncTask::new(AnalyzeTask { request_json, on_progress: on_progress.map(Arc::new) })
 }
@@ -338,7 +362,10 @@ impl Task for BaselineTask {
         let (n, cs, seed) = (self.n as usize, std::mem::take(&mut self.cs), self.seed as u64);
         guard("randomBaseline", move || {
             if n < 2 || cs.is_empty() || cs.iter().any(|c| !c.is_finite()) {
-                return Err(CoreError::config("baseline", format!("need n ≥ 2 and finite scales c (n = {n}, c = {cs:?})")));
+                return Err(CoreError::config(
+                    "baseline",
+                    format!("need n ≥ 2 and finite scales c (n = {n}, c = {cs:?})"),
+                ));
             }
             Ok(serde_json::to_string(&loralab_core::spectrum::random_baseline(n, &cs, seed, 0)?)?)
         })
@@ -367,7 +394,10 @@ pub fn pass_at_k(n: u32, c: u32, k: u32) -> Result<f64> {
 #[napi]
 pub fn pareto_frontier(x: Vec<f64>, y: Vec<f64>) -> Result<Vec<u32>> {
     if x.len() != y.len() {
-        return Err(Error::new(Status::InvalidArg, format!("pareto frontier: {} x values for {} y values", x.len(), y.len())));
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!("pareto frontier: {} x values for {} y values", x.len(), y.len()),
+        ));
     }
     Ok(loralab_maths::pareto_frontier(&x, &y).into_iter().map(|i| i as u32).collect())
 }

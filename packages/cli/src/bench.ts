@@ -23,7 +23,12 @@ export async function runBench(args: string[]): Promise<number> {
     const { benchServer } = await import("./bench-server.ts");
     return benchServer(rest);
   }
-  const examples: Record<string, string> = { train: "bench_train", data: "bench_data", eval: "bench_eval", svd: "bench_svd" };
+  const examples: Record<string, string> = {
+    train: "bench_train",
+    data: "bench_data",
+    eval: "bench_eval",
+    svd: "bench_svd",
+  };
   const example = examples[what ?? ""];
   if (!example) {
     console.error(BENCH_USAGE);
@@ -34,7 +39,11 @@ export async function runBench(args: string[]): Promise<number> {
     await fetchModel("smollm2");
   }
   // the same package set as the addon and test builds, so cargo reuses their compiled candle
-  const build = Bun.spawnSync(cargoArgs("build", ["--example", example]), { cwd: root, stdout: "inherit", stderr: "inherit" });
+  const build = Bun.spawnSync(cargoArgs("build", ["--example", example]), {
+    cwd: root,
+    stdout: "inherit",
+    stderr: "inherit",
+  });
   if (build.exitCode !== 0) return build.exitCode ?? 1;
   const bin = join(root, "target", hostTriple(), "release/examples", example);
   if (what === "svd") return benchSvd(bin, rest);
@@ -46,32 +55,58 @@ export async function runBench(args: string[]): Promise<number> {
 function benchSvd(bin: string, args: string[]): number {
   const quick = args.includes("quick");
   const threads = Number(process.env.LORALAB_THREADS ?? navigator.hardwareConcurrency);
-  const shapes: [number, number][] = quick ? [[1024, 1024]] : [[1024, 1024], [4096, 4096], [4096, 11008]];
+  const shapes: [number, number][] = quick
+    ? [[1024, 1024]]
+    : [
+        [1024, 1024],
+        [4096, 4096],
+        [4096, 11008],
+      ];
   // numpy at its best: some machines set these, which slow a current OpenBLAS; unset for numpy only
   const npEnv: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== "OPENBLAS_CORETYPE" && k !== "OPENBLAS_L2_SIZE") npEnv[k] = v;
+  for (const [k, v] of Object.entries(process.env))
+    if (v !== undefined && k !== "OPENBLAS_CORETYPE" && k !== "OPENBLAS_L2_SIZE") npEnv[k] = v;
   const unset = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"].filter((k) => process.env[k] !== undefined);
-  console.log(`singular values only, random f32, ${threads} threads each side${unset.length ? ` (unset for numpy: ${unset.join(", ")})` : ""}`);
+  console.log(
+    `singular values only, random f32, ${threads} threads each side${unset.length ? ` (unset for numpy: ${unset.join(", ")})` : ""}`,
+  );
   console.log(`${"shape".padEnd(12)}${"loralab s".padStart(11)}${"numpy s".padStart(11)}${"ratio".padStart(8)}`);
   let blas = "";
   for (const [m, n] of shapes) {
-    const ours = Bun.spawnSync([bin, "matrix", String(m), String(n), String(threads)], { cwd: root, stderr: "inherit" });
-    const np = Bun.spawnSync(["python3", join(root, "scripts/bench_svd.py"), String(m), String(n), String(threads)], { cwd: root, stderr: "inherit", env: npEnv });
+    const ours = Bun.spawnSync([bin, "matrix", String(m), String(n), String(threads)], {
+      cwd: root,
+      stderr: "inherit",
+    });
+    const np = Bun.spawnSync(["python3", join(root, "scripts/bench_svd.py"), String(m), String(n), String(threads)], {
+      cwd: root,
+      stderr: "inherit",
+      env: npEnv,
+    });
     if (ours.exitCode !== 0 || np.exitCode !== 0) {
-      console.error("bench svd: a side failed (hint: numpy and threadpoolctl from pip: `pip install numpy threadpoolctl`)");
+      console.error(
+        "bench svd: a side failed (hint: numpy and threadpoolctl from pip: `pip install numpy threadpoolctl`)",
+      );
       return 1;
     }
     const a = JSON.parse(ours.stdout.toString()) as { seconds: number; sigma_1: number };
     const b = JSON.parse(np.stdout.toString()) as { seconds: number; sigma_1: number; numpy: string; blas: unknown };
     blas = `numpy ${b.numpy}, threadpoolctl: ${JSON.stringify(b.blas)}`;
-    console.log(`${`${m}×${n}`.padEnd(12)}${a.seconds.toFixed(3).padStart(11)}${b.seconds.toFixed(3).padStart(11)}${(a.seconds / b.seconds).toFixed(2).padStart(7)}×`);
+    console.log(
+      `${`${m}×${n}`.padEnd(12)}${a.seconds.toFixed(3).padStart(11)}${b.seconds.toFixed(3).padStart(11)}${(a.seconds / b.seconds).toFixed(2).padStart(7)}×`,
+    );
   }
   console.log(blas);
   const [layers, d, f] = quick ? [4, 256, 688] : [32, 1024, 2752];
   const dir = require("node:fs").mkdtempSync(join(require("node:os").tmpdir(), "loralab-bench-svd-"));
   try {
-    console.log(`\nend to end: a synthetic ${layers}-layer pair, hidden ${d}, intermediate ${f} (the 7B shape 4096/11008 scaled by 1/4: a 7B pair is 52 GB of f32 and hours of SVD on 2 cores)`);
-    const p = Bun.spawnSync([bin, "pair", String(layers), String(d), String(f), dir], { cwd: root, stdout: "inherit", stderr: "inherit" });
+    console.log(
+      `\nend to end: a synthetic ${layers}-layer pair, hidden ${d}, intermediate ${f} (the 7B shape 4096/11008 scaled by 1/4: a 7B pair is 52 GB of f32 and hours of SVD on 2 cores)`,
+    );
+    const p = Bun.spawnSync([bin, "pair", String(layers), String(d), String(f), dir], {
+      cwd: root,
+      stdout: "inherit",
+      stderr: "inherit",
+    });
     return p.exitCode ?? 1;
   } finally {
     require("node:fs").rmSync(dir, { recursive: true, force: true });

@@ -10,5 +10,18 @@ export function hostTriple(): string {
 
 /** `cargo <cmd> --release --target <host> -p loralab-core -p loralab-node -p loralab-sidecar ...rest` */
 export function cargoArgs(cmd: "test" | "build", rest: string[] = []): string[] {
-  return ["cargo", cmd, "--release", "--target", hostTriple(), "-p", "loralab-core", "-p", "loralab-node", "-p", "loralab-sidecar", ...rest];
+  return [
+    "cargo",
+    cmd,
+    "--release",
+    "--target",
+    hostTriple(),
+    "-p",
+    "loralab-core",
+    "-p",
+    "loralab-node",
+    "-p",
+    "loralab-sidecar",
+    ...rest,
+  ];
 }

@@ -5,7 +5,21 @@ import { join } from "node:path";
 import { ConfigError } from "loralab";
 import { cliArgs } from "./args.ts";
 import { countBars } from "./progress.ts";
-import { evaluate, evaluateBase, FORGETTING_DEFAULT, FORGETTING_GAUNTLET, MC_TASKS, runModels, TASKS, writeJsonAtomic, writeRunEvaluation, type EvalOptions, type EvalResult, type McTask, type TaskName } from "@loralab/eval";
+import {
+  evaluate,
+  evaluateBase,
+  FORGETTING_DEFAULT,
+  FORGETTING_GAUNTLET,
+  MC_TASKS,
+  runModels,
+  TASKS,
+  writeJsonAtomic,
+  writeRunEvaluation,
+  type EvalOptions,
+  type EvalResult,
+  type McTask,
+  type TaskName,
+} from "@loralab/eval";
 
 export const EVAL_USAGE = `usage: loralab eval (--model DIR|GGUF [--adapter DIR] | --run ID|DIR) --tasks T1,T2 [options]
   --tasks            ${TASKS.join(",")} (default: all)
@@ -30,18 +44,28 @@ function fmt(v: number | undefined | null): string {
 }
 
 function table(r: EvalResult, base: EvalResult | null): string {
-  const lines = [`${"task".padEnd(15)}${"metric".padEnd(18)}${"this".padStart(9)}${"± se".padStart(9)}${base ? "base".padStart(9) + "Δ".padStart(9) : ""}`];
+  const lines = [
+    `${"task".padEnd(15)}${"metric".padEnd(18)}${"this".padStart(9)}${"± se".padStart(9)}${base ? "base".padStart(9) + "Δ".padStart(9) : ""}`,
+  ];
   for (const [task, t] of Object.entries(r.tasks)) {
     for (const [name, m] of Object.entries(t!.metrics)) {
       const v = typeof m === "number" ? m : m.value;
       const se = typeof m === "number" ? undefined : m.stderr;
       const bm = base?.tasks[task as TaskName]?.metrics[name];
       const bv = bm === undefined ? undefined : typeof bm === "number" ? bm : bm.value;
-      lines.push(`${task.padEnd(15)}${name.padEnd(18)}${fmt(v).padStart(9)}${fmt(se).padStart(9)}${base ? fmt(bv).padStart(9) + (bv === undefined ? "" : (v - bv >= 0 ? "+" : "") + (v - bv).toFixed(4)).padStart(9) : ""}`);
+      lines.push(
+        `${task.padEnd(15)}${name.padEnd(18)}${fmt(v).padStart(9)}${fmt(se).padStart(9)}${base ? fmt(bv).padStart(9) + (bv === undefined ? "" : (v - bv >= 0 ? "+" : "") + (v - bv).toFixed(4)).padStart(9) : ""}`,
+      );
     }
   }
-  if (r.learning) lines.push(`\nlearning:   ${r.learning.metric} = ${fmt(r.learning.value)}${base?.learning ? ` (base ${fmt(base.learning.value)})` : ""}`);
-  if (r.forgetting) lines.push(`forgetting: ${fmt(r.forgetting.value)}${base?.forgetting ? ` (base ${fmt(base.forgetting.value)})` : ""}\n  ${r.forgetting.definition}`);
+  if (r.learning)
+    lines.push(
+      `\nlearning:   ${r.learning.metric} = ${fmt(r.learning.value)}${base?.learning ? ` (base ${fmt(base.learning.value)})` : ""}`,
+    );
+  if (r.forgetting)
+    lines.push(
+      `forgetting: ${fmt(r.forgetting.value)}${base?.forgetting ? ` (base ${fmt(base.forgetting.value)})` : ""}\n  ${r.forgetting.definition}`,
+    );
   return lines.join("\n");
 }
 
@@ -70,18 +94,48 @@ function num(v: string | undefined, flag: string): number | undefined {
 }
 
 export async function cmdEval(args: string[]): Promise<number> {
-  const a = cliArgs("eval", args, {
-        model: { type: "string" }, adapter: { type: "string" }, run: { type: "string" }, tasks: { type: "string" }, limit: { type: "string" },
-        data: { type: "string", multiple: true }, merged: { type: "boolean" }, device: { type: "string" }, n: { type: "string" }, temperature: { type: "string" }, "top-p": { type: "string" },
-        "max-length": { type: "string" }, k: { type: "string" }, "gsm8k-shots": { type: "string" }, shots: { type: "string", multiple: true },
-        gauntlet: { type: "boolean" }, "batch-size": { type: "string" }, "no-base": { type: "boolean" }, out: { type: "string" }
-  }, EVAL_USAGE, 0).values;
+  const a = cliArgs(
+    "eval",
+    args,
+    {
+      model: { type: "string" },
+      adapter: { type: "string" },
+      run: { type: "string" },
+      tasks: { type: "string" },
+      limit: { type: "string" },
+      data: { type: "string", multiple: true },
+      merged: { type: "boolean" },
+      device: { type: "string" },
+      n: { type: "string" },
+      temperature: { type: "string" },
+      "top-p": { type: "string" },
+      "max-length": { type: "string" },
+      k: { type: "string" },
+      "gsm8k-shots": { type: "string" },
+      shots: { type: "string", multiple: true },
+      gauntlet: { type: "boolean" },
+      "batch-size": { type: "string" },
+      "no-base": { type: "boolean" },
+      out: { type: "string" },
+    },
+    EVAL_USAGE,
+    0,
+  ).values;
   if (a.help) {
     console.log(EVAL_USAGE);
     return 0;
   }
-  const tasks = (a.tasks ? a.tasks.split(",").map((t) => t.trim()).filter(Boolean) : TASKS) as TaskName[];
-  for (const t of tasks) if (!TASKS.includes(t)) throw new ConfigError(`--tasks: unknown task \`${t}\` (hint: ${TASKS.join(", ")})`, "tasks");
+  const tasks = (
+    a.tasks
+      ? a.tasks
+          .split(",")
+          .map((t) => t.trim())
+          .filter(Boolean)
+      : TASKS
+  ) as TaskName[];
+  for (const t of tasks)
+    if (!TASKS.includes(t))
+      throw new ConfigError(`--tasks: unknown task \`${t}\` (hint: ${TASKS.join(", ")})`, "tasks");
   let runDir: string | undefined;
   let model = a.model;
   let adapter = a.adapter;
@@ -95,11 +149,18 @@ export async function cmdEval(args: string[]): Promise<number> {
   } else if (!model) throw new ConfigError(`give --model (and --adapter) or --run\n${EVAL_USAGE}`, "model");
   else if (adapter) base = model;
   const data = pairs(a.data, "data") as Partial<Record<TaskName, string>>;
-  for (const k of Object.keys(data)) if (!TASKS.includes(k as TaskName)) throw new ConfigError(`--data ${k}: unknown task`, "data");
-  const shots = Object.fromEntries(Object.entries(pairs(a.shots, "shots")).map(([k, v]) => {
-    if (!MC_TASKS.includes(k as McTask)) throw new ConfigError(`--shots ${k}: few-shot is set per multiple-choice task (${MC_TASKS.join(", ")}); GSM8K has --gsm8k-shots`, "shots");
-    return [k, int(v, "shots", 0)!];
-  })) as Partial<Record<McTask, number>>;
+  for (const k of Object.keys(data))
+    if (!TASKS.includes(k as TaskName)) throw new ConfigError(`--data ${k}: unknown task`, "data");
+  const shots = Object.fromEntries(
+    Object.entries(pairs(a.shots, "shots")).map(([k, v]) => {
+      if (!MC_TASKS.includes(k as McTask))
+        throw new ConfigError(
+          `--shots ${k}: few-shot is set per multiple-choice task (${MC_TASKS.join(", ")}); GSM8K has --gsm8k-shots`,
+          "shots",
+        );
+      return [k, int(v, "shots", 0)!];
+    }),
+  ) as Partial<Record<McTask, number>>;
   const n = int(a.n, "n");
   const ks = a.k ? a.k.split(",").map((k) => int(k, "k")!) : undefined;
   const opts: EvalOptions = {
@@ -111,13 +172,21 @@ export async function cmdEval(args: string[]): Promise<number> {
     limit: int(a.limit, "limit"),
     data,
     batchSize: int(a["batch-size"], "batch-size"),
-    humaneval: { n, temperature: num(a.temperature, "temperature"), topP: num(a["top-p"], "top-p"), maxLength: int(a["max-length"], "max-length"), ks },
+    humaneval: {
+      n,
+      temperature: num(a.temperature, "temperature"),
+      topP: num(a["top-p"], "top-p"),
+      maxLength: int(a["max-length"], "max-length"),
+      ks,
+    },
     gsm8k: { shots: int(a["gsm8k-shots"], "gsm8k-shots", 0) },
     shots,
     forgetting: a.gauntlet ? FORGETTING_GAUNTLET : FORGETTING_DEFAULT,
     onProgress: countBars(),
   };
-  console.log(`eval: ${model}${adapter ? ` + adapter ${adapter}${a.merged ? " (merged)" : ""}` : ""}: ${tasks.join(", ")}${opts.limit ? ` (first ${opts.limit} each)` : ""}`);
+  console.log(
+    `eval: ${model}${adapter ? ` + adapter ${adapter}${a.merged ? " (merged)" : ""}` : ""}: ${tasks.join(", ")}${opts.limit ? ` (first ${opts.limit} each)` : ""}`,
+  );
   const r = await evaluate(opts);
   let b: EvalResult | null = null;
   if (base && !a["no-base"]) {

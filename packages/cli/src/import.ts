@@ -25,7 +25,9 @@ export async function cmdImport(args: string[]): Promise<number> {
   const missing = dirs.filter((d) => !existsSync(d));
   for (const d of missing) console.error(`failed: ${d}: no such directory (hint: check the path)`);
   if (missing.length === dirs.length) return 1;
-  const store = await openStore(process.env.DATABASE_URL ? { url: process.env.DATABASE_URL } : { path: a.db ?? "loralab.db" });
+  const store = await openStore(
+    process.env.DATABASE_URL ? { url: process.env.DATABASE_URL } : { path: a.db ?? "loralab.db" },
+  );
   let failed = missing.length;
   try {
     for (const dir of dirs.filter((d) => existsSync(d)))
@@ -35,8 +37,15 @@ export async function cmdImport(args: string[]): Promise<number> {
           console.error(`failed: ${r.reason}`);
         } else if (r.action === "skipped") console.log(`skipped ${r.id} (${r.dir}): ${r.reason}`);
         else {
-          const [run, loss, evals, spectra] = await Promise.all([store.getRun(r.id), store.metrics(r.id, { name: "loss" }), store.evalResults(r.id), store.spectra(r.id)]);
-          console.log(`${r.action} ${r.id} ← ${r.dir} (${run?.status}; ${loss.length} logged steps, ${evals.length} eval results, ${spectra.length} spectrum rows)`);
+          const [run, loss, evals, spectra] = await Promise.all([
+            store.getRun(r.id),
+            store.metrics(r.id, { name: "loss" }),
+            store.evalResults(r.id),
+            store.spectra(r.id),
+          ]);
+          console.log(
+            `${r.action} ${r.id} ← ${r.dir} (${run?.status}; ${loss.length} logged steps, ${evals.length} eval results, ${spectra.length} spectrum rows)`,
+          );
         }
       }
   } finally {

@@ -42,7 +42,9 @@ const MERGE_USAGE = `usage: loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32
 
 /** The version of the CLI, from the library's package.json. */
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../../loralab/package.json", import.meta.url), "utf8")) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL("../../loralab/package.json", import.meta.url), "utf8")) as {
+    version: string;
+  };
   return `loralab ${pkg.version}`;
 }
 
@@ -57,7 +59,8 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
     const { runLaboratory } = await import("./study.ts");
     return runLaboratory(values.quick === true);
   }
-  if (values.quick) throw new ConfigError("--quick is for the laboratory (no config file) (hint: bun run train --quick)", "quick");
+  if (values.quick)
+    throw new ConfigError("--quick is for the laboratory (no config file) (hint: bun run train --quick)", "quick");
   if (files.length > 1) throw new ConfigError(`expected one config file, got ${files.join(", ")}`, "");
   const base: RunConfig = files[0] ? await loadConfigFile(files[0]) : {};
   const cfg = applyOverrides(base, overrides);
@@ -71,7 +74,10 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
           `data: ${e.documents.toLocaleString("en-US")} records → ${e.rows.toLocaleString("en-US")} rows of ${e.seq_len} tokens ` +
             `(${e.tokens.toLocaleString("en-US")} tokens, ${e.loss_tokens.toLocaleString("en-US")} with loss; ${e.truncated} truncated, ${e.dropped} dropped, ${e.dropped_tokens.toLocaleString("en-US")} tokens unused)`,
         );
-      if (e.type === "start") console.log(`run ${e.run_id} → ${e.run_dir} (${e.trainable_params.toLocaleString("en-US")} of ${e.params.toLocaleString("en-US")} parameters train)`);
+      if (e.type === "start")
+        console.log(
+          `run ${e.run_id} → ${e.run_dir} (${e.trainable_params.toLocaleString("en-US")} of ${e.params.toLocaleString("en-US")} parameters train)`,
+        );
     },
   });
   bar.end();
@@ -136,9 +142,18 @@ async function main(argv: string[]): Promise<number> {
         console.log(MERGE_USAGE);
         return 0;
       }
-      if (positionals.length !== 3) throw new ConfigError(`loralab merge: expected BASE ADAPTER OUT, got ${positionals.length} paths\n${MERGE_USAGE}`, "");
+      if (positionals.length !== 3)
+        throw new ConfigError(
+          `loralab merge: expected BASE ADAPTER OUT, got ${positionals.length} paths\n${MERGE_USAGE}`,
+          "",
+        );
       const [base, adapter, out] = positionals as [string, string, string];
-      const r = await merge(base, adapter, out, values.dtype === undefined ? {} : { dtype: values.dtype as MergeOptions["dtype"] });
+      const r = await merge(
+        base,
+        adapter,
+        out,
+        values.dtype === undefined ? {} : { dtype: values.dtype as MergeOptions["dtype"] },
+      );
       for (const n of r.notes) console.log(`note: ${n}`);
       console.log(`merged model: ${out} (${r.dtype})`);
       return 0;

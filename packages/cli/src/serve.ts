@@ -11,16 +11,29 @@ export const SERVE_USAGE = `usage: loralab serve [--port 8080] [--host 127.0.0.1
   browsers may call the API only from the server's own pages, and from each --allow-origin exactly (http://localhost:5173)`;
 
 export async function cmdServe(args: string[]): Promise<number> {
-  const a = cliArgs("serve", args, {
-        port: { type: "string" }, host: { type: "string" }, db: { type: "string" }, "runs-dir": { type: "string" }, root: { type: "string", multiple: true },
-        "allow-host": { type: "string", multiple: true }, "allow-origin": { type: "string", multiple: true }, concurrency: { type: "string" }
-  }, SERVE_USAGE, 0).values;
+  const a = cliArgs(
+    "serve",
+    args,
+    {
+      port: { type: "string" },
+      host: { type: "string" },
+      db: { type: "string" },
+      "runs-dir": { type: "string" },
+      root: { type: "string", multiple: true },
+      "allow-host": { type: "string", multiple: true },
+      "allow-origin": { type: "string", multiple: true },
+      concurrency: { type: "string" },
+    },
+    SERVE_USAGE,
+    0,
+  ).values;
   if (a.help) {
     console.log(SERVE_USAGE);
     return 0;
   }
   const port = Number(a.port ?? 8080);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError(`--port ${a.port}: expected 0-65535`, "port");
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new ConfigError(`--port ${a.port}: expected 0-65535`, "port");
   const repo = resolve(new URL("../../..", import.meta.url).pathname);
   const tiny = join(repo, "datasets/tiny");
   const s = await createServer({
@@ -31,8 +44,11 @@ export async function cmdServe(args: string[]): Promise<number> {
     allowOrigins: a["allow-origin"],
     concurrency: { cpu: Number(a.concurrency ?? 1) },
     template: {
-      name: "tiny-lora", model: { config: join(tiny, "config.json"), tokenizer: join(tiny, "tokenizer.json") },
-      data: { train: join(tiny, "code.jsonl"), text_field: "content", seq_len: 64 }, method: { kind: "lora", rank: 8 }, train: { steps: 40, micro_batch: 8, checkpoint_every: 10 },
+      name: "tiny-lora",
+      model: { config: join(tiny, "config.json"), tokenizer: join(tiny, "tokenizer.json") },
+      data: { train: join(tiny, "code.jsonl"), text_field: "content", seq_len: 64 },
+      method: { kind: "lora", rank: 8 },
+      train: { steps: 40, micro_batch: 8, checkpoint_every: 10 },
     },
   });
   const url = s.listen(port, a.host ?? "127.0.0.1");

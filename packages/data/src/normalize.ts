@@ -40,21 +40,37 @@ export interface NormalizeReport {
 function field(rec: Record<string, unknown>, name: string, file: string, n: number): string {
   const v = rec[name];
   if (typeof v === "string") return v;
-  if (v === undefined) throw new DataError(file, n, `no field \`${name}\` (fields: ${Object.keys(rec).join(", ")}) (hint: set the data.*_field option or a data.recipe)`);
+  if (v === undefined)
+    throw new DataError(
+      file,
+      n,
+      `no field \`${name}\` (fields: ${Object.keys(rec).join(", ")}) (hint: set the data.*_field option or a data.recipe)`,
+    );
   throw new DataError(file, n, `field \`${name}\` is ${v === null ? "null" : typeof v}, not a string`);
 }
 
-function turns(rec: Record<string, unknown>, name: string, file: string, n: number): { role: string; content: string }[] {
+function turns(
+  rec: Record<string, unknown>,
+  name: string,
+  file: string,
+  n: number,
+): { role: string; content: string }[] {
   let v = rec[name];
   if (typeof v === "string") {
     try {
       v = JSON.parse(v); // CSV and some Parquet exports store the list as JSON text
     } catch {}
   }
-  if (!Array.isArray(v)) throw new DataError(file, n, `no list \`${name}\` of {role, content} turns (fields: ${Object.keys(rec).join(", ")})`);
+  if (!Array.isArray(v))
+    throw new DataError(
+      file,
+      n,
+      `no list \`${name}\` of {role, content} turns (fields: ${Object.keys(rec).join(", ")})`,
+    );
   return v.map((t, i) => {
     const turn = t as { role?: unknown; content?: unknown };
-    if (typeof turn?.role !== "string" || typeof turn?.content !== "string") throw new DataError(file, n, `turn ${i + 1} needs string role and content`);
+    if (typeof turn?.role !== "string" || typeof turn?.content !== "string")
+      throw new DataError(file, n, `turn ${i + 1} needs string role and content`);
     return { role: turn.role, content: turn.content };
   });
 }
@@ -72,7 +88,12 @@ function key(source: string, m: Mapping): string {
   return h.digest("hex").slice(0, 16);
 }
 
-export async function normalize(source: string, m: Mapping, cacheDir: string, signal?: AbortSignal): Promise<NormalizeReport> {
+export async function normalize(
+  source: string,
+  m: Mapping,
+  cacheDir: string,
+  signal?: AbortSignal,
+): Promise<NormalizeReport> {
   const dir = join(cacheDir, "normalized");
   mkdirSync(dir, { recursive: true });
   const output = join(dir, `${key(source, m)}.jsonl`);

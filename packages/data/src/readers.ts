@@ -13,7 +13,11 @@ export type DataRecord = Record<string, unknown>;
 /** A bad input, named by file and record (1-based line or record number). */
 export class DataError extends Error {
   override name = "DataError";
-  constructor(readonly file: string, readonly at: number, message: string) {
+  constructor(
+    readonly file: string,
+    readonly at: number,
+    message: string,
+  ) {
     super(`dataset ${file}${at ? `, record ${at}` : ""}: ${message}`);
   }
 }
@@ -63,7 +67,8 @@ async function* readJsonl(path: string, gzip: boolean): AsyncGenerator<DataRecor
     } catch (e) {
       throw new DataError(path, n, `not valid JSON: ${(e as Error).message} (hint: one JSON object per line)`);
     }
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new DataError(path, n, "a line must hold a JSON object");
+    if (typeof v !== "object" || v === null || Array.isArray(v))
+      throw new DataError(path, n, "a line must hold a JSON object");
     yield v as DataRecord;
   }
 }
@@ -80,7 +85,8 @@ async function* readJsonArray(path: string, gzip: boolean): AsyncGenerator<DataR
     for (const ch of c) {
       if (!started) {
         if (ch === "[") started = true;
-        else if (!/\s/.test(ch)) throw new DataError(path, 0, "a .json dataset must be an array of objects (hint: or use .jsonl)");
+        else if (!/\s/.test(ch))
+          throw new DataError(path, 0, "a .json dataset must be an array of objects (hint: or use .jsonl)");
         continue;
       }
       if (depth === 0 && !inString) {
@@ -129,7 +135,8 @@ async function* readCsv(path: string, gzip: boolean): AsyncGenerator<DataRecord>
     if (!header) header = row;
     else if (!(row.length === 1 && row[0] === "")) {
       n++;
-      if (row.length !== header.length) throw new DataError(path, n, `${row.length} fields, the header has ${header.length}`);
+      if (row.length !== header.length)
+        throw new DataError(path, n, `${row.length} fields, the header has ${header.length}`);
       yield Object.fromEntries(header.map((h, i) => [h, row[i]]));
     }
     row = [];
@@ -217,7 +224,12 @@ export async function* readRecords(path: string): AsyncGenerator<DataRecord> {
     return;
   }
   const fmt = formatOf(path);
-  if (!fmt) throw new DataError(path, 0, "unknown format (hint: .jsonl, .json, .csv, .parquet, optionally .gz, or a dataset directory)");
+  if (!fmt)
+    throw new DataError(
+      path,
+      0,
+      "unknown format (hint: .jsonl, .json, .csv, .parquet, optionally .gz, or a dataset directory)",
+    );
   if (fmt.kind === "parquet") yield* readParquet(path);
   else if (fmt.kind === "jsonl") yield* readJsonl(path, fmt.gzip);
   else if (fmt.kind === "json") yield* readJsonArray(path, fmt.gzip);

@@ -24,7 +24,9 @@ const MIGRATIONS = join(import.meta.dir, "..", "drizzle");
 
 export type RunStatus = "queued" | "running" | "completed" | "cancelled" | "failed" | "interrupted";
 export type RunRow = typeof sqliteSchema.runs.$inferSelect & { status: RunStatus; config: Record<string, unknown> };
-export type NewRun = Omit<typeof sqliteSchema.runs.$inferInsert, "attempts" | "createdAt" | "status"> & { status?: RunStatus };
+export type NewRun = Omit<typeof sqliteSchema.runs.$inferInsert, "attempts" | "createdAt" | "status"> & {
+  status?: RunStatus;
+};
 export interface MetricRow {
   step: number;
   name: string;
@@ -65,10 +67,19 @@ export class Store {
       } catch (e) {
         await client.end({ timeout: 1 });
         const cause = (e as { cause?: Error }).cause?.message;
-        throw new Error(`run store ${url.replace(/\/\/[^@]*@/, "//…@")}: ${cause ?? (e as Error).message} (hint: is the Postgres server up and the database created?)`);
+        throw new Error(
+          `run store ${url.replace(/\/\/[^@]*@/, "//…@")}: ${cause ?? (e as Error).message} (hint: is the Postgres server up and the database created?)`,
+        );
       }
       const where = url.replace(/\/\/[^@]*@/, "//…@");
-      return new Store("postgres", db as unknown as BunSQLiteDatabase<typeof sqliteSchema>, pgSchema as unknown as typeof sqliteSchema, () => client.end({ timeout: 5 }), "postgres", (what, onLost) => leasePostgres(url, where, what, onLost));
+      return new Store(
+        "postgres",
+        db as unknown as BunSQLiteDatabase<typeof sqliteSchema>,
+        pgSchema as unknown as typeof sqliteSchema,
+        () => client.end({ timeout: 5 }),
+        "postgres",
+        (what, onLost) => leasePostgres(url, where, what, onLost),
+      );
     }
     const path = o.path ?? "loralab.db";
     if (dirname(path) !== ".") mkdirSync(dirname(path), { recursive: true });
@@ -77,7 +88,10 @@ export class Store {
     const db = drizzleSqlite(sqlite, { schema: sqliteSchema });
     migrateSqlite(db, { migrationsFolder: join(MIGRATIONS, "sqlite") });
     // an in-memory database has no other process to share it with
-    const lease = path === ":memory:" ? async () => ({ holder: "", release: async () => {} }) : (what: string) => leaseFile(path, what);
+    const lease =
+      path === ":memory:"
+        ? async () => ({ holder: "", release: async () => {} })
+        : (what: string) => leaseFile(path, what);
     return new Store("sqlite", db, sqliteSchema, async () => sqlite.close(), path, lease);
   }
 
@@ -118,7 +132,10 @@ export class Store {
 
   /** The devices that queued runs wait for (as their configs name them: cpu, cuda, cuda:1, ...). */
   async queuedDevices(): Promise<string[]> {
-    const rows = await this.db.selectDistinct({ device: this.t.runs.device }).from(this.t.runs).where(eq(this.t.runs.status, "queued"));
+    const rows = await this.db
+      .selectDistinct({ device: this.t.runs.device })
+      .from(this.t.runs)
+      .where(eq(this.t.runs.status, "queued"));
     return rows.map((r) => r.device).sort();
   }
 
@@ -156,7 +173,10 @@ export class Store {
       await this.db
         .insert(this.t.metrics)
         .values(chunk)
-        .onConflictDoUpdate({ target: [this.t.metrics.runId, this.t.metrics.step, this.t.metrics.name], set: { value: sql`excluded.value` } });
+        .onConflictDoUpdate({
+          target: [this.t.metrics.runId, this.t.metrics.step, this.t.metrics.name],
+          set: { value: sql`excluded.value` },
+        });
     }
   }
 
@@ -165,7 +185,11 @@ export class Store {
     const conds = [eq(m.runId, runId)];
     if (o.name) conds.push(eq(m.name, o.name));
     if (o.afterStep !== undefined) conds.push(gt(m.step, o.afterStep));
-    return this.db.select({ step: m.step, name: m.name, value: m.value }).from(m).where(and(...conds)).orderBy(asc(m.step), asc(m.name));
+    return this.db
+      .select({ step: m.step, name: m.name, value: m.value })
+      .from(m)
+      .where(and(...conds))
+      .orderBy(asc(m.step), asc(m.name));
   }
 
   // ---------------------------------------------------------------- results
@@ -176,12 +200,19 @@ export class Store {
       await this.db
         .insert(e)
         .values(rows.slice(i, i + CHUNK).map((r) => ({ runId, ...r })))
-        .onConflictDoUpdate({ target: [e.runId, e.checkpoint, e.task, e.metric], set: { value: sql`excluded.value`, stderr: sql`excluded.stderr`, n: sql`excluded.n` } });
+        .onConflictDoUpdate({
+          target: [e.runId, e.checkpoint, e.task, e.metric],
+          set: { value: sql`excluded.value`, stderr: sql`excluded.stderr`, n: sql`excluded.n` },
+        });
   }
 
   async evalResults(runId: string): Promise<EvalRow[]> {
     const e = this.t.evalResults;
-    return this.db.select({ checkpoint: e.checkpoint, task: e.task, metric: e.metric, value: e.value, stderr: e.stderr, n: e.n }).from(e).where(eq(e.runId, runId)).orderBy(asc(e.checkpoint), asc(e.task), asc(e.metric));
+    return this.db
+      .select({ checkpoint: e.checkpoint, task: e.task, metric: e.metric, value: e.value, stderr: e.stderr, n: e.n })
+      .from(e)
+      .where(eq(e.runId, runId))
+      .orderBy(asc(e.checkpoint), asc(e.task), asc(e.metric));
   }
 
   async recordSpectra(runId: string, rows: SpectrumRow[]): Promise<void> {
@@ -192,24 +223,47 @@ export class Store {
         .values(rows.slice(i, i + CHUNK).map((r) => ({ runId, ...r })))
         .onConflictDoUpdate({
           target: [s.runId, s.checkpoint, s.layer, s.module, s.threshold],
-          set: { rank: sql`excluded.rank`, maxRank: sql`excluded.max_rank`, effectiveRank: sql`excluded.effective_rank`, stableRank: sql`excluded.stable_rank` },
+          set: {
+            rank: sql`excluded.rank`,
+            maxRank: sql`excluded.max_rank`,
+            effectiveRank: sql`excluded.effective_rank`,
+            stableRank: sql`excluded.stable_rank`,
+          },
         });
   }
 
   async spectra(runId: string): Promise<SpectrumRow[]> {
     const s = this.t.spectra;
-    const cols = { checkpoint: s.checkpoint, layer: s.layer, module: s.module, threshold: s.threshold, rank: s.rank, maxRank: s.maxRank, effectiveRank: s.effectiveRank, stableRank: s.stableRank };
-    return this.db.select(cols).from(s).where(eq(s.runId, runId)).orderBy(asc(s.checkpoint), asc(s.layer), asc(s.module), asc(s.threshold));
+    const cols = {
+      checkpoint: s.checkpoint,
+      layer: s.layer,
+      module: s.module,
+      threshold: s.threshold,
+      rank: s.rank,
+      maxRank: s.maxRank,
+      effectiveRank: s.effectiveRank,
+      stableRank: s.stableRank,
+    };
+    return this.db
+      .select(cols)
+      .from(s)
+      .where(eq(s.runId, runId))
+      .orderBy(asc(s.checkpoint), asc(s.layer), asc(s.module), asc(s.threshold));
   }
 
   async recordArtifacts(runId: string, rows: ArtifactRow[]): Promise<void> {
     await this.db.delete(this.t.artifacts).where(eq(this.t.artifacts.runId, runId));
-    for (let i = 0; i < rows.length; i += CHUNK) await this.db.insert(this.t.artifacts).values(rows.slice(i, i + CHUNK).map((r) => ({ runId, ...r })));
+    for (let i = 0; i < rows.length; i += CHUNK)
+      await this.db.insert(this.t.artifacts).values(rows.slice(i, i + CHUNK).map((r) => ({ runId, ...r })));
   }
 
   async artifacts(runId: string): Promise<ArtifactRow[]> {
     const a = this.t.artifacts;
-    return this.db.select({ path: a.path, kind: a.kind, bytes: a.bytes }).from(a).where(eq(a.runId, runId)).orderBy(asc(a.path));
+    return this.db
+      .select({ path: a.path, kind: a.kind, bytes: a.bytes })
+      .from(a)
+      .where(eq(a.runId, runId))
+      .orderBy(asc(a.path));
   }
 
   async createSweep(s: { id: string; name: string; config: Record<string, unknown> }): Promise<void> {
@@ -227,19 +281,38 @@ export class Store {
    * absent), metrics.jsonl, eval.json, spectrum/*.json and its artifacts. Idempotent. */
   async ingestRunDir(runDir: string, device = "cpu", id?: string): Promise<string> {
     const read = (f: string) => JSON.parse(readFileSync(join(runDir, f), "utf8"));
-    if (!existsSync(join(runDir, "run.json"))) throw new Error(`${runDir}: no run.json (hint: a run directory written by loralab train)`);
-    const run = read("run.json") as { run_id: string; name: string; method: string; status: RunStatus; error: string | null; started_at?: string; updated_at?: string };
+    if (!existsSync(join(runDir, "run.json")))
+      throw new Error(`${runDir}: no run.json (hint: a run directory written by loralab train)`);
+    const run = read("run.json") as {
+      run_id: string;
+      name: string;
+      method: string;
+      status: RunStatus;
+      error: string | null;
+      started_at?: string;
+      updated_at?: string;
+    };
     if (id) run.run_id = id;
     const config = existsSync(join(runDir, "config.json")) ? read("config.json") : {};
     if (!(await this.getRun(run.run_id)))
-      await this.createRun({ id: run.run_id, name: run.name, method: run.method, status: run.status, config, device, runDir, error: run.error });
+      await this.createRun({
+        id: run.run_id,
+        name: run.name,
+        method: run.method,
+        status: run.status,
+        config,
+        device,
+        runDir,
+        error: run.error,
+      });
     else await this.updateRun(run.run_id, { status: run.status, error: run.error });
     if (existsSync(join(runDir, "metrics.jsonl"))) {
       const rows: MetricRow[] = [];
       for (const line of readFileSync(join(runDir, "metrics.jsonl"), "utf8").split("\n")) {
         if (!line.trim()) continue;
         const m = JSON.parse(line) as Record<string, number>;
-        for (const name of ["loss", "lr", "grad_norm", "tokens_per_s", "tokens"]) if (typeof m[name] === "number") rows.push({ step: m.step!, name, value: m[name]! });
+        for (const name of ["loss", "lr", "grad_norm", "tokens_per_s", "tokens"])
+          if (typeof m[name] === "number") rows.push({ step: m.step!, name, value: m[name]! });
       }
       await this.recordMetrics(run.run_id, rows);
     }
@@ -254,12 +327,18 @@ export class Store {
 }
 
 /** eval.json (packages/eval's RunEvaluation) as rows: the run's own results under "final", the base's under "base". */
-export function evalRows(e: { tasks: Record<string, { docs: number; metrics: Record<string, number | { value: number; stderr: number }> }>; base?: { tasks: Record<string, { docs: number; metrics: Record<string, number | { value: number; stderr: number }> }> } }): EvalRow[] {
+export function evalRows(e: {
+  tasks: Record<string, { docs: number; metrics: Record<string, number | { value: number; stderr: number }> }>;
+  base?: {
+    tasks: Record<string, { docs: number; metrics: Record<string, number | { value: number; stderr: number }> }>;
+  };
+}): EvalRow[] {
   const rows: EvalRow[] = [];
   const add = (checkpoint: string, tasks: typeof e.tasks) => {
     for (const [task, t] of Object.entries(tasks))
       for (const [metric, m] of Object.entries(t.metrics)) {
-        const [value, stderr] = typeof m === "number" ? [m, null] : [m.value, Number.isFinite(m.stderr) ? m.stderr : null];
+        const [value, stderr] =
+          typeof m === "number" ? [m, null] : [m.value, Number.isFinite(m.stderr) ? m.stderr : null];
         if (Number.isFinite(value)) rows.push({ checkpoint, task, metric, value, stderr, n: t.docs });
       }
   };
@@ -269,9 +348,27 @@ export function evalRows(e: { tasks: Record<string, { docs: number; metrics: Rec
 }
 
 /** A spectrum/<checkpoint>.json (packages/spectrum's CheckpointAnalysis) as summary rows. */
-export function spectrumRows(c: { checkpoint: string; analysis: { matrices: { layer: number; module: string; delta: { rank_at: Record<string, number>; max_rank: number; effective_rank: number; stable_rank: number } }[] } }): SpectrumRow[] {
+export function spectrumRows(c: {
+  checkpoint: string;
+  analysis: {
+    matrices: {
+      layer: number;
+      module: string;
+      delta: { rank_at: Record<string, number>; max_rank: number; effective_rank: number; stable_rank: number };
+    }[];
+  };
+}): SpectrumRow[] {
   return c.analysis.matrices.flatMap((m) =>
-    Object.entries(m.delta.rank_at).map(([t, rank]) => ({ checkpoint: c.checkpoint, layer: m.layer, module: m.module, threshold: Number(t), rank, maxRank: m.delta.max_rank, effectiveRank: m.delta.effective_rank, stableRank: m.delta.stable_rank })),
+    Object.entries(m.delta.rank_at).map(([t, rank]) => ({
+      checkpoint: c.checkpoint,
+      layer: m.layer,
+      module: m.module,
+      threshold: Number(t),
+      rank,
+      maxRank: m.delta.max_rank,
+      effectiveRank: m.delta.effective_rank,
+      stableRank: m.delta.stable_rank,
+    })),
   );
 }
 
@@ -284,7 +381,17 @@ export function listArtifacts(runDir: string): ArtifactRow[] {
       if (e.isDirectory()) walk(p);
       else if (e.isFile() && !e.name.endsWith(".tmp")) {
         const rel = relative(runDir, p);
-        const kind = rel.startsWith("adapter/") ? "adapter" : rel.startsWith("model/") ? "model" : rel.startsWith("checkpoints/") ? "checkpoint" : rel.startsWith("spectrum/") || rel.startsWith("eval") ? "report" : rel.startsWith("base/") ? "base" : "run";
+        const kind = rel.startsWith("adapter/")
+          ? "adapter"
+          : rel.startsWith("model/")
+            ? "model"
+            : rel.startsWith("checkpoints/")
+              ? "checkpoint"
+              : rel.startsWith("spectrum/") || rel.startsWith("eval")
+                ? "report"
+                : rel.startsWith("base/")
+                  ? "base"
+                  : "run";
         out.push({ path: rel, kind, bytes: statSync(p).size });
       }
     }

@@ -20,7 +20,9 @@ export class StoreBusy extends Error {
     readonly where: string,
     readonly holder: string,
   ) {
-    super(`run store ${where} is in use by another loralab server (${holder}) (hint: stop that server first, or give this one its own store: --db FILE, or another DATABASE_URL)`);
+    super(
+      `run store ${where} is in use by another loralab server (${holder}) (hint: stop that server first, or give this one its own store: --db FILE, or another DATABASE_URL)`,
+    );
   }
 }
 
@@ -49,7 +51,9 @@ async function flock(): Promise<(fd: number, op: number) => number> {
       last = e;
     }
   }
-  throw new Error(`the store's lock file needs flock(2) from the C library: ${(last as Error).message} (hint: a glibc or macOS system)`);
+  throw new Error(
+    `the store's lock file needs flock(2) from the C library: ${(last as Error).message} (hint: a glibc or macOS system)`,
+  );
 }
 
 /** Lock `<db>.lock` for this process's life. The file stays when released: removing it would let
@@ -89,12 +93,23 @@ const KEY1 = 0x6c6f7261;
 const KEY2 = 0x6c6162;
 const HEARTBEAT_MS = 15_000;
 
-export async function leasePostgres(url: string, where: string, what: string, onLost: (why: string) => void): Promise<StoreLease> {
+export async function leasePostgres(
+  url: string,
+  where: string,
+  what: string,
+  onLost: (why: string) => void,
+): Promise<StoreLease> {
   const holder = holderText(what);
   // its own connection (one session): the lock lives exactly as long as it; the holder's name
   // rides along as application_name, so a refused server can say who holds the store
-  const sql = postgres(url, { max: 1, idle_timeout: 0, onnotice: () => {}, connection: { application_name: holder.slice(0, 63) } });
-  const take = async () => ((await sql`select pg_try_advisory_lock(${KEY1}::int, ${KEY2}::int) as ok`)[0] as { ok: boolean }).ok;
+  const sql = postgres(url, {
+    max: 1,
+    idle_timeout: 0,
+    onnotice: () => {},
+    connection: { application_name: holder.slice(0, 63) },
+  });
+  const take = async () =>
+    ((await sql`select pg_try_advisory_lock(${KEY1}::int, ${KEY2}::int) as ok`)[0] as { ok: boolean }).ok;
   let ok: boolean;
   try {
     ok = await take();

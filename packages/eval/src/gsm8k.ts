@@ -20,7 +20,12 @@ export function gsm8kQuery(d: Gsm8kDoc): string {
 }
 
 /** Prompts for the test docs, in order, with the train indices of each one's shots. */
-export function gsm8kPrompts(test: Gsm8kDoc[], train: Gsm8kDoc[], shots = 5, seed = GSM8K_FEWSHOT_SEED): { prompt: string; shots: number[] }[] {
+export function gsm8kPrompts(
+  test: Gsm8kDoc[],
+  train: Gsm8kDoc[],
+  shots = 5,
+  seed = GSM8K_FEWSHOT_SEED,
+): { prompt: string; shots: number[] }[] {
   const rnd = new PyRandom(seed);
   const idx = train.map((_, i) => i);
   return test.map((d) => {
@@ -53,7 +58,12 @@ export function flexibleExtract(resp: string): string {
 /** exact_match with gsm8k's regexes_to_ignore and ignore_case (Python's `\.$` also matches before a final newline). */
 export function gsm8kExactMatch(prediction: string, reference: string): boolean {
   const norm = (s: string) =>
-    s.replace(/,/g, "").replace(/\$/g, "").replace(/[\s\S]*#### /g, "").replace(/\.(?=\n?$)/g, "").toLowerCase();
+    s
+      .replace(/,/g, "")
+      .replace(/\$/g, "")
+      .replace(/[\s\S]*#### /g, "")
+      .replace(/\.(?=\n?$)/g, "")
+      .toLowerCase();
   return norm(prediction) === norm(reference);
 }
 
@@ -67,12 +77,24 @@ export interface Gsm8kSample {
   flexible_correct: boolean;
 }
 
-export function scoreGsm8k(test: Gsm8kDoc[], generations: string[], shots: number[][]): { strict_match: number; flexible_extract: number; samples: Gsm8kSample[] } {
+export function scoreGsm8k(
+  test: Gsm8kDoc[],
+  generations: string[],
+  shots: number[][],
+): { strict_match: number; flexible_extract: number; samples: Gsm8kSample[] } {
   const samples = test.map((d, i) => {
     const g = generations[i]!;
     const strict = strictMatch(g);
     const flexible = flexibleExtract(g);
-    return { prompt_shots: shots[i]!, generation: g, target: d.answer, strict, flexible, strict_correct: gsm8kExactMatch(strict, d.answer), flexible_correct: gsm8kExactMatch(flexible, d.answer) };
+    return {
+      prompt_shots: shots[i]!,
+      generation: g,
+      target: d.answer,
+      strict,
+      flexible,
+      strict_correct: gsm8kExactMatch(strict, d.answer),
+      flexible_correct: gsm8kExactMatch(flexible, d.answer),
+    };
   });
   const mean = (f: (s: Gsm8kSample) => boolean) => samples.filter(f).length / Math.max(1, samples.length);
   return { strict_match: mean((s) => s.strict_correct), flexible_extract: mean((s) => s.flexible_correct), samples };

@@ -42,13 +42,19 @@ export function humanevalProgram(p: HumanEvalProblem, generation: string): strin
 /** The same program as the sandbox judges it: the module is the program up to the test, the
  *  test and check(entry_point) run in the checker over the dataset's own prompt. */
 export function humanevalCheck(p: HumanEvalProblem, generation: string): CheckJob {
-  return { module: humanevalPrompt(p) + stopAtStopToken(generation) + "\n", prelude: humanevalPrompt(p), test: p.test, entryPoint: p.entry_point };
+  return {
+    module: humanevalPrompt(p) + stopAtStopToken(generation) + "\n",
+    prelude: humanevalPrompt(p),
+    test: p.test,
+    entryPoint: p.entry_point,
+  };
 }
 
 /** Unbiased pass@k = 1 − C(n−c, k)/C(n, k), as a stable product (Chen et al. 2021): the
  *  shared maths (loralab-maths, through the addon; the browser report runs the same code). */
 export function passAtK(n: number, c: number, k: number): number {
-  if (![n, c, k].every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32)) throw new Error(`pass@k: need integers with 0 ≤ c ≤ n and k ≥ 1 (n=${n}, c=${c}, k=${k})`);
+  if (![n, c, k].every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32))
+    throw new Error(`pass@k: need integers with 0 ≤ c ≤ n and k ≥ 1 (n=${n}, c=${c}, k=${k})`);
   return native.passAtK(n, c, k);
 }
 
@@ -109,17 +115,26 @@ export async function scoreHumanEval(
         n,
         correct,
         pass_at: Object.fromEntries(ks.map((k) => [String(k), passAtK(n, correct, k)])),
-        distinct: { all: distinct(samples), passing: distinct(samples.filter((s) => s.passed)), failing: distinct(samples.filter((s) => !s.passed)) },
+        distinct: {
+          all: distinct(samples),
+          passing: distinct(samples.filter((s) => s.passed)),
+          failing: distinct(samples.filter((s) => !s.passed)),
+        },
         samples,
       };
     }),
   );
-  const mean = (f: (r: HumanEvalProblemResult) => number) => per_problem.reduce((a, r) => a + f(r), 0) / Math.max(1, per_problem.length);
+  const mean = (f: (r: HumanEvalProblemResult) => number) =>
+    per_problem.reduce((a, r) => a + f(r), 0) / Math.max(1, per_problem.length);
   return {
     problems: problems.length,
     n,
     pass_at: Object.fromEntries(ks.map((k) => [String(k), mean((r) => r.pass_at[String(k)]!)])),
-    diversity: { all: mean((r) => r.distinct.all), passing: mean((r) => r.distinct.passing), failing: mean((r) => r.distinct.failing) },
+    diversity: {
+      all: mean((r) => r.distinct.all),
+      passing: mean((r) => r.distinct.passing),
+      failing: mean((r) => r.distinct.failing),
+    },
     per_problem,
   };
 }

@@ -11,7 +11,18 @@ import * as native from "@loralab/native";
 import { Sidecar, sidecarPath } from "@loralab/native/sidecar";
 import { GSM8K_STOP, GSM8K_VERSION, gsm8kPrompts, scoreGsm8k, type Gsm8kDoc } from "./gsm8k.ts";
 import { HUMANEVAL_STOP, humanevalPrompt, scoreHumanEval, type HumanEvalProblem } from "./humaneval.ts";
-import { aggregateMc, fewshotPrefixes, MC_TASKS, mcDoc, mcRequests, meanWithBootstrap, scoreMcDoc, type McDoc, type McTask, type Metric } from "./mc.ts";
+import {
+  aggregateMc,
+  fewshotPrefixes,
+  MC_TASKS,
+  mcDoc,
+  mcRequests,
+  meanWithBootstrap,
+  scoreMcDoc,
+  type McDoc,
+  type McTask,
+  type Metric,
+} from "./mc.ts";
 import { Sandbox, type SandboxOptions } from "./sandbox.ts";
 
 export * from "./gsm8k.ts";
@@ -54,19 +65,37 @@ export interface Loglik {
 }
 
 /** Where a model runs: the addon in this process (cpu), or a sidecar process (cuda). */
-type Backend =
-  | { kind: "addon"; engine: native.Engine }
-  | { kind: "sidecar"; sidecar: Sidecar; engine: string };
+type Backend = { kind: "addon"; engine: native.Engine } | { kind: "sidecar"; sidecar: Sidecar; engine: string };
 
 /** A model loaded once: generation and log-likelihoods (the engine's, off the JS thread; on
  *  `device: "cuda"` in the sidecar process, which `close()` stops). */
 export class Model {
-  private constructor(private readonly backend: Backend, readonly path: string, readonly adapter: string) {}
+  private constructor(
+    private readonly backend: Backend,
+    readonly path: string,
+    readonly adapter: string,
+  ) {}
 
-  static async load(o: { model: string; adapter?: string; merged?: boolean; tokenizer?: string; device?: string }): Promise<Model> {
-    const request = { model: o.model, adapter: o.adapter ?? "", merged: o.merged ?? false, tokenizer: o.tokenizer ?? "" };
+  static async load(o: {
+    model: string;
+    adapter?: string;
+    merged?: boolean;
+    tokenizer?: string;
+    device?: string;
+  }): Promise<Model> {
+    const request = {
+      model: o.model,
+      adapter: o.adapter ?? "",
+      merged: o.merged ?? false,
+      tokenizer: o.tokenizer ?? "",
+    };
     const device = o.device ?? "cpu";
-    if (device === "cpu") return new Model({ kind: "addon", engine: await native.loadEngine(JSON.stringify(request)) }, o.model, o.adapter ?? "");
+    if (device === "cpu")
+      return new Model(
+        { kind: "addon", engine: await native.loadEngine(JSON.stringify(request)) },
+        o.model,
+        o.adapter ?? "",
+      );
     const sidecar = await Sidecar.start({ path: sidecarPath(device) });
     try {
       const { engine } = await sidecar.request<{ engine: string }>("load", { request: { ...request, device } }).result;
@@ -79,13 +108,15 @@ export class Model {
 
   async generate(prompts: string[], o: GenerateOptions = {}): Promise<Generation[]> {
     const b = this.backend;
-    if (b.kind === "sidecar") return b.sidecar.request<Generation[]>("generate", { engine: b.engine, prompts, options: o }).result;
+    if (b.kind === "sidecar")
+      return b.sidecar.request<Generation[]>("generate", { engine: b.engine, prompts, options: o }).result;
     return JSON.parse(await b.engine.generate(JSON.stringify(prompts), JSON.stringify(o)));
   }
 
   async loglikelihood(reqs: { context: string; continuation: string }[], batchSize = 8): Promise<Loglik[]> {
     const b = this.backend;
-    if (b.kind === "sidecar") return b.sidecar.request<Loglik[]>("loglik", { engine: b.engine, requests: reqs, batch_size: batchSize }).result;
+    if (b.kind === "sidecar")
+      return b.sidecar.request<Loglik[]>("loglik", { engine: b.engine, requests: reqs, batch_size: batchSize }).result;
     return JSON.parse(await b.engine.loglikelihood(JSON.stringify(reqs), batchSize));
   }
 
@@ -127,10 +158,16 @@ export const SPLITS: Record<TaskName, { eval: string; shots: string | null }> = 
 /** The files of one split: the path itself when it is a file, else the data files under the
  * directory whose path names the split (test-00000-of-00001.parquet, validation.jsonl, ...). */
 export function splitFiles(path: string, split: string): string[] {
-  if (!existsSync(path)) throw new EvalError(`${path}: not found (hint: point --data at the benchmark's file or Hugging Face dataset directory)`);
+  if (!existsSync(path))
+    throw new EvalError(
+      `${path}: not found (hint: point --data at the benchmark's file or Hugging Face dataset directory)`,
+    );
   if (statSync(path).isFile()) return [path];
   const out = datasetFiles(path, split);
-  if (!out.length) throw new EvalError(`${path}: no data files for the ${split} split (hint: a file named like ${split}.jsonl or ${split}-00000-of-00001.parquet)`);
+  if (!out.length)
+    throw new EvalError(
+      `${path}: no data files for the ${split} split (hint: a file named like ${split}.jsonl or ${split}-00000-of-00001.parquet)`,
+    );
   return out;
 }
 
@@ -166,7 +203,15 @@ export interface EvalOptions {
   /** task → file or dataset directory; default defaultDataPath(task). */
   data?: Partial<Record<TaskName, string>>;
   batchSize?: number;
-  humaneval?: { n?: number; temperature?: number; topP?: number; maxLength?: number; ks?: number[]; seed?: number; sandbox?: SandboxOptions };
+  humaneval?: {
+    n?: number;
+    temperature?: number;
+    topP?: number;
+    maxLength?: number;
+    ks?: number[];
+    seed?: number;
+    sandbox?: SandboxOptions;
+  };
   gsm8k?: { shots?: number; maxNewTokens?: number };
   /** Shots per multiple-choice task (default 0). */
   shots?: Partial<Record<McTask, number>>;
@@ -180,9 +225,13 @@ export interface ForgettingDefinition {
 }
 
 /** The default forgetting score: HellaSwag acc_norm, WinoGrande acc, ARC-Challenge acc_norm. */
-export const FORGETTING_DEFAULT: ForgettingDefinition = { metrics: { hellaswag: "acc_norm", winogrande: "acc", arc_challenge: "acc_norm" } };
+export const FORGETTING_DEFAULT: ForgettingDefinition = {
+  metrics: { hellaswag: "acc_norm", winogrande: "acc", arc_challenge: "acc_norm" },
+};
 /** The study's MosaicML Gauntlet variant: mean log-prob per token for every task. */
-export const FORGETTING_GAUNTLET: ForgettingDefinition = { metrics: { hellaswag: "acc_per_token", winogrande: "acc_per_token", arc_challenge: "acc_per_token" } };
+export const FORGETTING_GAUNTLET: ForgettingDefinition = {
+  metrics: { hellaswag: "acc_per_token", winogrande: "acc_per_token", arc_challenge: "acc_per_token" },
+};
 
 export function describeForgetting(def: ForgettingDefinition, shots: Partial<Record<McTask, number>> = {}): string {
   return (
@@ -217,10 +266,19 @@ export interface EvalResult {
 
 async function runHumanEval(m: Model, o: EvalOptions, sandbox: Sandbox): Promise<TaskResult> {
   const h = o.humaneval ?? {};
-  const [n, temperature, topP, maxLength, seed] = [h.n ?? 1, h.temperature ?? (h.n && h.n > 1 ? 0.2 : 0), h.topP ?? 0.95, h.maxLength ?? 512, h.seed ?? 0];
+  const [n, temperature, topP, maxLength, seed] = [
+    h.n ?? 1,
+    h.temperature ?? (h.n && h.n > 1 ? 0.2 : 0),
+    h.topP ?? 0.95,
+    h.maxLength ?? 512,
+    h.seed ?? 0,
+  ];
   const ks = h.ks ?? [1];
   const file = o.data?.humaneval ?? defaultDataPath("humaneval");
-  if (!existsSync(file)) throw new EvalError(`${file}: HumanEval's problems are not there (hint: \`bun run fetch humaneval\`, or --data humaneval=PATH)`);
+  if (!existsSync(file))
+    throw new EvalError(
+      `${file}: HumanEval's problems are not there (hint: \`bun run fetch humaneval\`, or --data humaneval=PATH)`,
+    );
   const rows = await records(splitFiles(file, "test"), o.limit);
   const problems: HumanEvalProblem[] = rows.map((r, i) => ({
     task_id: field(r, "task_id", file, i),
@@ -234,7 +292,16 @@ async function runHumanEval(m: Model, o: EvalOptions, sandbox: Sandbox): Promise
   const bs = o.batchSize ?? 8;
   for (let i = 0; i < prompts.length; i += bs) {
     // bigcode: the tokenizer adds its special tokens; max_length_generation counts prompt + generation
-    const chunk = await m.generate(prompts.slice(i, i + bs), { max_new_tokens: maxLength, max_length: maxLength, temperature, top_p: topP, seed: seed + i, stop: HUMANEVAL_STOP, batch_size: bs, add_special_tokens: true });
+    const chunk = await m.generate(prompts.slice(i, i + bs), {
+      max_new_tokens: maxLength,
+      max_length: maxLength,
+      temperature,
+      top_p: topP,
+      seed: seed + i,
+      stop: HUMANEVAL_STOP,
+      batch_size: bs,
+      add_special_tokens: true,
+    });
     gens.push(...chunk.map((g) => g.text));
     o.onProgress?.("humaneval", gens.length, prompts.length * 2);
   }
@@ -243,8 +310,22 @@ async function runHumanEval(m: Model, o: EvalOptions, sandbox: Sandbox): Promise
   return {
     task: "humaneval",
     docs: problems.length,
-    metrics: { ...Object.fromEntries(Object.entries(r.pass_at).map(([k, v]) => [`pass@${k}`, v])), diversity_all: r.diversity.all, diversity_passing: r.diversity.passing, diversity_failing: r.diversity.failing },
-    settings: { harness: "bigcode-evaluation-harness humaneval (prompt stripped)", n, temperature, top_p: topP, max_length_generation: maxLength, stop: HUMANEVAL_STOP, timeout_s: sandbox.opts.timeoutS, ks },
+    metrics: {
+      ...Object.fromEntries(Object.entries(r.pass_at).map(([k, v]) => [`pass@${k}`, v])),
+      diversity_all: r.diversity.all,
+      diversity_passing: r.diversity.passing,
+      diversity_failing: r.diversity.failing,
+    },
+    settings: {
+      harness: "bigcode-evaluation-harness humaneval (prompt stripped)",
+      n,
+      temperature,
+      top_p: topP,
+      max_length_generation: maxLength,
+      stop: HUMANEVAL_STOP,
+      timeout_s: sandbox.opts.timeoutS,
+      ks,
+    },
     seconds: 0,
     samples: r.per_problem,
   };
@@ -253,24 +334,46 @@ async function runHumanEval(m: Model, o: EvalOptions, sandbox: Sandbox): Promise
 async function runGsm8k(m: Model, o: EvalOptions): Promise<TaskResult> {
   const path = o.data?.gsm8k ?? defaultDataPath("gsm8k");
   const shots = o.gsm8k?.shots ?? 5;
-  const toDoc = (file: string) => (r: Record<string, unknown>, i: number): Gsm8kDoc => ({ question: field(r, "question", file, i), answer: field(r, "answer", file, i) });
+  const toDoc =
+    (file: string) =>
+    (r: Record<string, unknown>, i: number): Gsm8kDoc => ({
+      question: field(r, "question", file, i),
+      answer: field(r, "answer", file, i),
+    });
   const test = (await records(splitFiles(path, "test"), o.limit)).map(toDoc(path));
   const train = shots > 0 ? (await records(splitFiles(path, "train"))).map(toDoc(path)) : [];
-  if (shots > train.length) throw new EvalError(`${path}: ${shots}-shot needs ${shots} train examples, found ${train.length}`);
+  if (shots > train.length)
+    throw new EvalError(`${path}: ${shots}-shot needs ${shots} train examples, found ${train.length}`);
   const prompts = gsm8kPrompts(test, train, shots);
   const gens: string[] = [];
   const bs = o.batchSize ?? 8;
   for (let i = 0; i < prompts.length; i += bs) {
-    const chunk = await m.generate(prompts.slice(i, i + bs).map((p) => p.prompt), { max_new_tokens: o.gsm8k?.maxNewTokens ?? 256, temperature: 0, stop: GSM8K_STOP, batch_size: bs });
+    const chunk = await m.generate(
+      prompts.slice(i, i + bs).map((p) => p.prompt),
+      { max_new_tokens: o.gsm8k?.maxNewTokens ?? 256, temperature: 0, stop: GSM8K_STOP, batch_size: bs },
+    );
     gens.push(...chunk.map((g) => g.text));
     o.onProgress?.("gsm8k", gens.length, prompts.length);
   }
-  const r = scoreGsm8k(test, gens, prompts.map((p) => p.shots));
+  const r = scoreGsm8k(
+    test,
+    gens,
+    prompts.map((p) => p.shots),
+  );
   return {
     task: "gsm8k",
     docs: test.length,
-    metrics: { strict_match: meanWithBootstrap(r.samples.map((s) => Number(s.strict_correct))), flexible_extract: meanWithBootstrap(r.samples.map((s) => Number(s.flexible_correct))) },
-    settings: { harness: GSM8K_VERSION, shots, fewshot_seed: 1234, stop: GSM8K_STOP, max_new_tokens: o.gsm8k?.maxNewTokens ?? 256 },
+    metrics: {
+      strict_match: meanWithBootstrap(r.samples.map((s) => Number(s.strict_correct))),
+      flexible_extract: meanWithBootstrap(r.samples.map((s) => Number(s.flexible_correct))),
+    },
+    settings: {
+      harness: GSM8K_VERSION,
+      shots,
+      fewshot_seed: 1234,
+      stop: GSM8K_STOP,
+      max_new_tokens: o.gsm8k?.maxNewTokens ?? 256,
+    },
     seconds: 0,
     samples: r.samples,
   };
@@ -319,7 +422,11 @@ function metricValue(m: Metric | number | undefined): number {
 }
 
 /** Learning metric and forgetting score of a set of task results. */
-export function summarize(tasks: Partial<Record<TaskName, TaskResult>>, def: ForgettingDefinition = FORGETTING_DEFAULT, shots: Partial<Record<McTask, number>> = {}): Pick<EvalResult, "learning" | "forgetting"> {
+export function summarize(
+  tasks: Partial<Record<TaskName, TaskResult>>,
+  def: ForgettingDefinition = FORGETTING_DEFAULT,
+  shots: Partial<Record<McTask, number>> = {},
+): Pick<EvalResult, "learning" | "forgetting"> {
   const learning = tasks.humaneval
     ? { metric: "humaneval pass@1", value: metricValue(tasks.humaneval.metrics["pass@1"]) }
     : tasks.gsm8k
@@ -328,9 +435,13 @@ export function summarize(tasks: Partial<Record<TaskName, TaskResult>>, def: For
   let forgetting: EvalResult["forgetting"] = null;
   const ran = MC_TASKS.filter((t) => tasks[t]);
   if (ran.length) {
-    const parts = Object.fromEntries(ran.map((t) => [t, metricValue(tasks[t]!.metrics[def.metrics[t]])])) as Partial<Record<McTask, number>>;
+    const parts = Object.fromEntries(ran.map((t) => [t, metricValue(tasks[t]!.metrics[def.metrics[t]])])) as Partial<
+      Record<McTask, number>
+    >;
     const complete = ran.length === MC_TASKS.length;
-    const definition = complete ? describeForgetting(def, shots) : `${describeForgetting(def, shots).replace("mean of ", `PARTIAL (${ran.length} of ${MC_TASKS.length} tasks: ${ran.join(", ")}) mean of `)}; not comparable with the full three-task score`;
+    const definition = complete
+      ? describeForgetting(def, shots)
+      : `${describeForgetting(def, shots).replace("mean of ", `PARTIAL (${ran.length} of ${MC_TASKS.length} tasks: ${ran.join(", ")}) mean of `)}; not comparable with the full three-task score`;
     forgetting = { value: ran.reduce((a, t) => a + parts[t]!, 0) / ran.length, definition, parts, complete };
   }
   return { learning, forgetting };
@@ -338,23 +449,42 @@ export function summarize(tasks: Partial<Record<TaskName, TaskResult>>, def: For
 
 /** Run the asked-for tasks on one model (+ adapter). */
 export async function evaluate(o: EvalOptions): Promise<EvalResult> {
-  for (const t of o.tasks) if (!TASKS.includes(t)) throw new EvalError(`unknown task \`${t}\` (hint: ${TASKS.join(", ")})`);
-  if (o.limit !== undefined && !(Number.isInteger(o.limit) && o.limit > 0)) throw new EvalError(`limit must be a positive integer, not ${o.limit}`);
+  for (const t of o.tasks)
+    if (!TASKS.includes(t)) throw new EvalError(`unknown task \`${t}\` (hint: ${TASKS.join(", ")})`);
+  if (o.limit !== undefined && !(Number.isInteger(o.limit) && o.limit > 0))
+    throw new EvalError(`limit must be a positive integer, not ${o.limit}`);
   // refuse before loading anything if code cannot be executed safely
   const sandbox = o.tasks.includes("humaneval") ? await Sandbox.open(o.humaneval?.sandbox) : null;
-  const m = await Model.load({ model: o.model, adapter: o.adapter, merged: o.merged, tokenizer: o.tokenizer, device: o.device });
+  const m = await Model.load({
+    model: o.model,
+    adapter: o.adapter,
+    merged: o.merged,
+    tokenizer: o.tokenizer,
+    device: o.device,
+  });
   const tasks: Partial<Record<TaskName, TaskResult>> = {};
   try {
     for (const t of o.tasks) {
       const t0 = performance.now();
-      const r = t === "humaneval" ? await runHumanEval(m, o, sandbox!) : t === "gsm8k" ? await runGsm8k(m, o) : await runMc(m, t, o);
+      const r =
+        t === "humaneval"
+          ? await runHumanEval(m, o, sandbox!)
+          : t === "gsm8k"
+            ? await runGsm8k(m, o)
+            : await runMc(m, t, o);
       r.seconds = (performance.now() - t0) / 1000;
       tasks[t] = r;
     }
   } finally {
     await m.close();
   }
-  return { model: o.model, adapter: o.adapter ?? "", limit: o.limit ?? null, tasks, ...summarize(tasks, o.forgetting, o.shots) };
+  return {
+    model: o.model,
+    adapter: o.adapter ?? "",
+    limit: o.limit ?? null,
+    tasks,
+    ...summarize(tasks, o.forgetting, o.shots),
+  };
 }
 
 /** Base-model results are reused across runs: cached by model file identity and settings. */
@@ -383,12 +513,18 @@ export function writeJsonAtomic(file: string, value: unknown) {
 /** What a run directory evaluates: its base model and its output (adapter or full model). */
 export function runModels(runDir: string): { base: string; model: string; adapter: string; method: string } {
   const cfgFile = join(runDir, "config.json");
-  if (!existsSync(cfgFile)) throw new EvalError(`${runDir}: not a run directory (no config.json) (hint: --run takes a run id under runs/ or a run directory)`);
+  if (!existsSync(cfgFile))
+    throw new EvalError(
+      `${runDir}: not a run directory (no config.json) (hint: --run takes a run id under runs/ or a run directory)`,
+    );
   const cfg = JSON.parse(readFileSync(cfgFile, "utf8")) as { model?: { path?: string }; method?: { kind?: string } };
   const base = cfg.model?.path ? cfg.model.path : join(runDir, "base");
   const method = cfg.method?.kind ?? "full";
   if (method === "lora") {
-    if (!existsSync(join(runDir, "adapter"))) throw new EvalError(`${runDir}: no adapter/ yet (hint: is the run finished? evaluate a checkpoint with --model and --adapter)`);
+    if (!existsSync(join(runDir, "adapter")))
+      throw new EvalError(
+        `${runDir}: no adapter/ yet (hint: is the run finished? evaluate a checkpoint with --model and --adapter)`,
+      );
     return { base, model: base, adapter: join(runDir, "adapter"), method };
   }
   if (!existsSync(join(runDir, "model"))) throw new EvalError(`${runDir}: no model/ yet (hint: is the run finished?)`);
@@ -396,7 +532,9 @@ export function runModels(runDir: string): { base: string; model: string; adapte
 }
 
 export interface RunEvaluation extends EvalResult {
-  base: Pick<EvalResult, "learning" | "forgetting" | "model"> & { tasks: Partial<Record<TaskName, Pick<TaskResult, "metrics" | "docs">>> };
+  base: Pick<EvalResult, "learning" | "forgetting" | "model"> & {
+    tasks: Partial<Record<TaskName, Pick<TaskResult, "metrics" | "docs">>>;
+  };
   evaluated_at: string;
 }
 
@@ -408,7 +546,14 @@ export function writeRunEvaluation(runDir: string, r: EvalResult, base: EvalResu
     ...r,
     tasks: Object.fromEntries(Object.entries(r.tasks).map(([k, t]) => [k, strip(t!)])),
     base: base
-      ? { model: base.model, learning: base.learning, forgetting: base.forgetting, tasks: Object.fromEntries(Object.entries(base.tasks).map(([k, t]) => [k, { metrics: t!.metrics, docs: t!.docs }])) }
+      ? {
+          model: base.model,
+          learning: base.learning,
+          forgetting: base.forgetting,
+          tasks: Object.fromEntries(
+            Object.entries(base.tasks).map(([k, t]) => [k, { metrics: t!.metrics, docs: t!.docs }]),
+          ),
+        }
       : { model: "", learning: null, forgetting: null, tasks: {} },
     evaluated_at: new Date().toISOString(),
   } as RunEvaluation;
@@ -419,7 +564,11 @@ export function writeRunEvaluation(runDir: string, r: EvalResult, base: EvalResu
 
 /** Evaluate a run's output (adapter or model) and, unless told not to, its base (cached);
  * write both into the run directory. The library's one call for "how did this run do". */
-export async function evaluateRun(runDir: string, o: Omit<EvalOptions, "model" | "adapter">, withBase = true): Promise<RunEvaluation> {
+export async function evaluateRun(
+  runDir: string,
+  o: Omit<EvalOptions, "model" | "adapter">,
+  withBase = true,
+): Promise<RunEvaluation> {
   const m = runModels(runDir);
   const r = await evaluate({ ...o, model: m.model, adapter: m.adapter || undefined });
   const b = withBase ? await evaluateBase({ ...o, model: m.base }) : null;

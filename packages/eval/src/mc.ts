@@ -24,14 +24,18 @@ export interface McDoc {
 }
 
 function hellaswagPre(text: string): string {
-  return pyStrip(text).replace(/ \[title\]/g, ". ").replace(/\[.*?\]/g, "").replace(/ {2}/g, " ");
+  return pyStrip(text)
+    .replace(/ \[title\]/g, ". ")
+    .replace(/\[.*?\]/g, "")
+    .replace(/ {2}/g, " ");
 }
 
 /** Field names as the Hugging Face datasets ship them. */
 export function mcDoc(task: McTask, r: Record<string, unknown>): McDoc {
   const s = (k: string) => {
     const v = r[k];
-    if (typeof v !== "string" && typeof v !== "number") throw new Error(`${task}: record lacks the string field \`${k}\``);
+    if (typeof v !== "string" && typeof v !== "number")
+      throw new Error(`${task}: record lacks the string field \`${k}\``);
     return String(v);
   };
   if (task === "hellaswag") {
@@ -40,7 +44,13 @@ export function mcDoc(task: McTask, r: Record<string, unknown>): McDoc {
     if (!Array.isArray(endings)) throw new Error("hellaswag: record lacks `endings`");
     const choices = endings.map((e) => hellaswagPre(String(e)));
     const gold = Number(s("label"));
-    return { contexts: [query], continuations: choices.map((c) => " " + c), choices, gold, shot: `${query} ${choices[gold]}` };
+    return {
+      contexts: [query],
+      continuations: choices.map((c) => " " + c),
+      choices,
+      gold,
+      shot: `${query} ${choices[gold]}`,
+    };
   }
   if (task === "winogrande") {
     const sentence = s("sentence");
@@ -53,10 +63,14 @@ export function mcDoc(task: McTask, r: Record<string, unknown>): McDoc {
     return { contexts, continuations: [" " + rest], choices: contexts, gold, shot: `${contexts[gold]} ${rest}` };
   }
   const choices = r.choices as { text?: unknown; label?: unknown } | undefined;
-  if (!choices || !Array.isArray(choices.text) || !Array.isArray(choices.label)) throw new Error("arc_challenge: record lacks `choices` {text, label}");
+  if (!choices || !Array.isArray(choices.text) || !Array.isArray(choices.label))
+    throw new Error("arc_challenge: record lacks `choices` {text, label}");
   const text = choices.text.map(String);
   const gold = choices.label.map(String).indexOf(s("answerKey"));
-  if (gold < 0) throw new Error(`arc_challenge: answerKey ${s("answerKey")} is not among the labels ${JSON.stringify(choices.label)}`);
+  if (gold < 0)
+    throw new Error(
+      `arc_challenge: answerKey ${s("answerKey")} is not among the labels ${JSON.stringify(choices.label)}`,
+    );
   const q = `Question: ${s("question")}\nAnswer:`;
   return { contexts: [q], continuations: text.map((t) => " " + t), choices: text, gold, shot: `${q} ${text[gold]}` };
 }
@@ -71,7 +85,12 @@ export function mcRequests(doc: McDoc, prefix = ""): { context: string; continua
 }
 
 /** Few-shot prefixes: lm-eval's ContextSampler (random.Random(seed), sample per doc in order). */
-export function fewshotPrefixes(n: number, train: McDoc[], shots: number, seed = 1234): { prefix: string; shots: number[] }[] {
+export function fewshotPrefixes(
+  n: number,
+  train: McDoc[],
+  shots: number,
+  seed = 1234,
+): { prefix: string; shots: number[] }[] {
   const rnd = new PyRandom(seed);
   const idx = train.map((_, i) => i);
   return Array.from({ length: n }, () => {

@@ -7,7 +7,8 @@ export class PyRandom {
   private i = 625;
 
   constructor(seed: number) {
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`PyRandom: seed must be a non-negative integer, not ${seed}`);
+    if (!Number.isSafeInteger(seed) || seed < 0)
+      throw new Error(`PyRandom: seed must be a non-negative integer, not ${seed}`);
     // random.seed(int): the absolute value as 32-bit words, least significant first
     const key: number[] = [];
     let s = seed;

@@ -129,13 +129,15 @@ export class Sandbox {
    * unprivileged child of a PID namespace's init with no network and no unix sockets, checked
    * by the checker. Throws SandboxUnavailable (with the reason) otherwise. */
   static async open(opts: SandboxOptions = {}): Promise<Sandbox> {
-    if (process.platform !== "linux") throw new SandboxUnavailable(`code execution needs Linux namespaces; this is ${process.platform}`);
+    if (process.platform !== "linux")
+      throw new SandboxUnavailable(`code execution needs Linux namespaces; this is ${process.platform}`);
     if (process.getuid?.() !== 0)
       throw new SandboxUnavailable(
         "code execution needs root to set up namespaces and unprivileged uids for each program (hint: run the evaluation as root, e.g. in a container)",
       );
     for (const bin of ["/usr/bin/unshare", "/usr/bin/python3"])
-      if (!existsSync(bin)) throw new SandboxUnavailable(`${bin} is missing (hint: apt-get install util-linux python3)`);
+      if (!existsSync(bin))
+        throw new SandboxUnavailable(`${bin} is missing (hint: apt-get install util-linux python3)`);
     const sb = new Sandbox(opts, memoryCgroup());
     const probe = await sb.check(
       {
@@ -155,8 +157,11 @@ export class Sandbox {
       { timeoutS: 10 },
     );
     if (!probe.passed) {
-      const why = probe.stderr.match(/loralab-sandbox: .*/)?.[0] ?? (probe.stderr.trim().split("\n").pop() || probe.status);
-      throw new SandboxUnavailable(`the sandbox could not confine a probe program, so nothing will be executed: ${why}`);
+      const why =
+        probe.stderr.match(/loralab-sandbox: .*/)?.[0] ?? (probe.stderr.trim().split("\n").pop() || probe.status);
+      throw new SandboxUnavailable(
+        `the sandbox could not confine a probe program, so nothing will be executed: ${why}`,
+      );
     }
     return sb;
   }
@@ -223,7 +228,24 @@ export class Sandbox {
     let proc;
     try {
       proc = Bun.spawn(
-        ["/usr/bin/unshare", "--fork", "--pid", "--kill-child", "--net", "--ipc", "--mount", "--uts", "--propagation", "private", "--mount-proc", "/usr/bin/python3", "-I", "-S", "-B", INIT],
+        [
+          "/usr/bin/unshare",
+          "--fork",
+          "--pid",
+          "--kill-child",
+          "--net",
+          "--ipc",
+          "--mount",
+          "--uts",
+          "--propagation",
+          "private",
+          "--mount-proc",
+          "/usr/bin/python3",
+          "-I",
+          "-S",
+          "-B",
+          INIT,
+        ],
         { stdio: ["pipe", "pipe", "pipe", "pipe"], env: { PATH: "/usr/bin:/bin", LORALAB_SANDBOX: cfg } },
       );
     } catch (e) {
@@ -270,7 +292,13 @@ export class Sandbox {
       passed,
       status: status ?? (passed ? "passed" : "failed"),
       exitCode: ran ? verdict.exit : proc.signalCode ? null : exitCode,
-      signal: ran ? (verdict.signal === null ? null : signalName(verdict.signal)) : proc.signalCode === null ? null : String(proc.signalCode),
+      signal: ran
+        ? verdict.signal === null
+          ? null
+          : signalName(verdict.signal)
+        : proc.signalCode === null
+          ? null
+          : String(proc.signalCode),
       stdout: dec(out),
       stderr: dec(err),
       ms: performance.now() - t0,
@@ -296,7 +324,12 @@ function readVerdict(fd: number | null | undefined): Verdict | null {
     for (let r; n < buf.length && (r = readSync(fd, buf, n, buf.length - n, null)) > 0; ) n += r;
     const v = JSON.parse(buf.subarray(0, n).toString().split("\n")[0] ?? "") as Partial<Verdict>;
     const intOrNull = (x: unknown) => (x === null || Number.isInteger(x) ? (x as number | null) : null);
-    return { passed: v.passed === true, exit: intOrNull(v.exit), signal: intOrNull(v.signal), error: typeof v.error === "string" ? v.error : null };
+    return {
+      passed: v.passed === true,
+      exit: intOrNull(v.exit),
+      signal: intOrNull(v.signal),
+      error: typeof v.error === "string" ? v.error : null,
+    };
   } catch {
     return null;
   } finally {
@@ -327,7 +360,10 @@ async function leaseUids(base: number): Promise<{ uid: number; fd: number }> {
         // not this libc
       }
     }
-    if (!flock) throw new SandboxUnavailable("the sandbox locks its uids with flock(2) and found no libc to call it from (hint: glibc or musl)");
+    if (!flock)
+      throw new SandboxUnavailable(
+        "the sandbox locks its uids with flock(2) and found no libc to call it from (hint: glibc or musl)",
+      );
   }
   mkdirSync(LEASES, { recursive: true, mode: 0o700 });
   const LOCK_EX_NB = 2 | 4;
@@ -338,7 +374,10 @@ async function leaseUids(base: number): Promise<{ uid: number; fd: number }> {
       if (flock(fd, LOCK_EX_NB) === 0) return { uid, fd };
       closeSync(fd);
     }
-    if (waited > 600) throw new Error(`sandbox: all ${MAX_LEASES} uid pairs from ${base} are in use (hint: fewer evaluations at once, or another uidBase)`);
+    if (waited > 600)
+      throw new Error(
+        `sandbox: all ${MAX_LEASES} uid pairs from ${base} are in use (hint: fewer evaluations at once, or another uidBase)`,
+      );
     await Bun.sleep(50);
   }
 }
@@ -360,7 +399,8 @@ function memoryCgroup(): MemoryCgroup | null {
     const v2 = lines.find((l) => l.startsWith("0::"))?.slice(3);
     if (v2 !== undefined && existsSync("/sys/fs/cgroup/cgroup.controllers")) {
       const dir = join("/sys/fs/cgroup", v2);
-      if (readFileSync(join(dir, "cgroup.subtree_control"), "utf8").split(/\s+/).includes("memory") && usable(dir)) return { dir, version: "v2" };
+      if (readFileSync(join(dir, "cgroup.subtree_control"), "utf8").split(/\s+/).includes("memory") && usable(dir))
+        return { dir, version: "v2" };
     }
     const v1 = lines.map((l) => l.split(":")).find((f) => f[1]?.split(",").includes("memory"));
     if (v1?.[2] !== undefined) {
@@ -394,7 +434,8 @@ function makeCgroup(parent: string, bytes: number): string {
       if (existsSync(join(dir, "memory.swap.max"))) writeFileSync(join(dir, "memory.swap.max"), "0");
     } else {
       writeFileSync(join(dir, "memory.limit_in_bytes"), String(bytes));
-      if (existsSync(join(dir, "memory.memsw.limit_in_bytes"))) writeFileSync(join(dir, "memory.memsw.limit_in_bytes"), String(bytes));
+      if (existsSync(join(dir, "memory.memsw.limit_in_bytes")))
+        writeFileSync(join(dir, "memory.memsw.limit_in_bytes"), String(bytes));
     }
   } catch (e) {
     removeCgroup(dir);
@@ -418,9 +459,17 @@ function removeCgroup(dir: string) {
 /** SIGKILL the namespace's PID 1 (the child of `unshare`): the kernel then kills every
  * process in the namespace, however it forked or daemonized, and unshare reaps it and exits.
  * unshare itself is killed only if it has not (killing it first would orphan a zombie). */
-function killNamespace(proc: { pid: number; exitCode: number | null; signalCode: unknown; kill?: (s: number) => void }) {
+function killNamespace(proc: {
+  pid: number;
+  exitCode: number | null;
+  signalCode: unknown;
+  kill?: (s: number) => void;
+}) {
   try {
-    const children = readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean);
+    const children = readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, "utf8")
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean);
     for (const c of children) process.kill(Number(c), "SIGKILL");
   } catch {
     // already gone

@@ -15,7 +15,21 @@ export function pyCapitalize(s: string): string {
   const [first, ...rest] = [...s];
   if (first === undefined) return "";
   // title case of the first character: as upper case except for digraphs and ß
-  const title: Record<string, string> = { "ß": "Ss", "ǆ": "ǅ", "Ǆ": "ǅ", "ǅ": "ǅ", "ǉ": "ǈ", "Ǉ": "ǈ", "ǈ": "ǈ", "ǌ": "ǋ", "Ǌ": "ǋ", "ǋ": "ǋ", "ǳ": "ǲ", "Ǳ": "ǲ", "ǲ": "ǲ" };
+  const title: Record<string, string> = {
+    ß: "Ss",
+    ǆ: "ǅ",
+    Ǆ: "ǅ",
+    ǅ: "ǅ",
+    ǉ: "ǈ",
+    Ǉ: "ǈ",
+    ǈ: "ǈ",
+    ǌ: "ǋ",
+    Ǌ: "ǋ",
+    ǋ: "ǋ",
+    ǳ: "ǲ",
+    Ǳ: "ǲ",
+    ǲ: "ǲ",
+  };
   return (title[first] ?? first.toUpperCase()) + rest.join("").toLowerCase();
 }
 

@@ -33,16 +33,28 @@ function yamlPosition(text: string): [number, number] {
 /** Parse config text by the file's extension into a plain value. */
 export function parseConfigText(file: string, text: string): unknown {
   const ext = CONFIG_EXTENSIONS.find((e) => file.toLowerCase().endsWith(e));
-  if (!ext) throw new ConfigSyntaxError(`${file}: unknown config format (hint: a ${CONFIG_EXTENSIONS.join(", ")} file)`, file, 0, 0);
+  if (!ext)
+    throw new ConfigSyntaxError(
+      `${file}: unknown config format (hint: a ${CONFIG_EXTENSIONS.join(", ")} file)`,
+      file,
+      0,
+      0,
+    );
   const fail = (line: number, column: number, what: string): never => {
     const at = line ? `:${line}:${column}` : "";
-    throw new ConfigSyntaxError(`${file}${at}: ${what} (hint: fix the ${ext.slice(1).toUpperCase()} syntax there)`, file, line, column);
+    throw new ConfigSyntaxError(
+      `${file}${at}: ${what} (hint: fix the ${ext.slice(1).toUpperCase()} syntax there)`,
+      file,
+      line,
+      column,
+    );
   };
   if (ext === ".toml") {
     try {
       return parseToml(text);
     } catch (e) {
-      if (e instanceof TomlError) return fail(e.line, e.column, e.message.split("\n")[0]!.replace(/^Invalid TOML document: /, ""));
+      if (e instanceof TomlError)
+        return fail(e.line, e.column, e.message.split("\n")[0]!.replace(/^Invalid TOML document: /, ""));
       throw e;
     }
   }
@@ -57,7 +69,12 @@ export function parseConfigText(file: string, text: string): unknown {
   }
   const doc = YAML.parseDocument(text, { uniqueKeys: true });
   const err = doc.errors[0];
-  if (err) return fail(err.linePos?.[0].line ?? 0, err.linePos?.[0].col ?? 0, err.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, ""));
+  if (err)
+    return fail(
+      err.linePos?.[0].line ?? 0,
+      err.linePos?.[0].col ?? 0,
+      err.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, ""),
+    );
   return doc.toJS();
 }
 

@@ -9,12 +9,23 @@ import type { RunConfig } from "./config.gen.ts";
 import { ConfigSyntaxError, readConfigFile } from "./configfile.ts";
 import { Sidecar, SidecarCrashed, SidecarError, sidecarPath, type SidecarOptions } from "@loralab/native/sidecar";
 
-export { Sidecar, SidecarCrashed, SidecarError, sidecarPath, type Ready, type SidecarOptions } from "@loralab/native/sidecar";
+export {
+  Sidecar,
+  SidecarCrashed,
+  SidecarError,
+  sidecarPath,
+  type Ready,
+  type SidecarOptions,
+} from "@loralab/native/sidecar";
 
 export type { RunConfig } from "./config.gen.ts";
 export { CONFIG_EXTENSIONS, ConfigSyntaxError, nearestName, parseConfigText, readConfigFile } from "./configfile.ts";
 
-type DeepRequired<T> = T extends (infer U)[] ? DeepRequired<U>[] : T extends object ? { [K in keyof T]-?: DeepRequired<T[K]> } : T;
+type DeepRequired<T> = T extends (infer U)[]
+  ? DeepRequired<U>[]
+  : T extends object
+    ? { [K in keyof T]-?: DeepRequired<T[K]> }
+    : T;
 /** A config after `resolveConfig`: every field present, every default applied. */
 export type ResolvedRunConfig = DeepRequired<RunConfig>;
 
@@ -86,7 +97,10 @@ export interface RunSummary {
 /** A config the engine refused before doing any work; `field` names the offending key. */
 export class ConfigError extends Error {
   override name = "ConfigError";
-  constructor(message: string, readonly field: string) {
+  constructor(
+    message: string,
+    readonly field: string,
+  ) {
     super(message);
   }
 }
@@ -148,7 +162,13 @@ export function configSchema(): Record<string, unknown> {
 export async function loadConfigFile(path: string): Promise<RunConfig> {
   try {
     const v = readConfigFile(path);
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new ConfigSyntaxError(`config file ${path}: expected a table of sections (hint: [model], [data], ... as in configs/tiny-lora.toml)`, path, 0, 0);
+    if (typeof v !== "object" || v === null || Array.isArray(v))
+      throw new ConfigSyntaxError(
+        `config file ${path}: expected a table of sections (hint: [model], [data], ... as in configs/tiny-lora.toml)`,
+        path,
+        0,
+        0,
+      );
     return v as RunConfig;
   } catch (e) {
     if (e instanceof ConfigSyntaxError) throw new ConfigError(e.message, "");
@@ -203,7 +223,11 @@ export async function prepareData(data: DataConfig, signal?: AbortSignal): Promi
   const recipe = data.recipe ?? "";
   // a missing path or a plain .jsonl/.txt goes to the engine as it is (it names the error)
   if (!train || !existsSync(train) || (!recipe && engineReadable(train))) return data;
-  if (recipe && !RECIPES[recipe]) throw new ConfigError(`config data.recipe: unknown recipe \`${recipe}\` (hint: one of ${Object.keys(RECIPES).join(", ")})`, "data.recipe");
+  if (recipe && !RECIPES[recipe])
+    throw new ConfigError(
+      `config data.recipe: unknown recipe \`${recipe}\` (hint: one of ${Object.keys(RECIPES).join(", ")})`,
+      "data.recipe",
+    );
   const m: Mapping = {
     format: data.format ?? "cpt",
     text_field: data.text_field ?? "text",
@@ -214,7 +238,17 @@ export async function prepareData(data: DataConfig, signal?: AbortSignal): Promi
   };
   try {
     const r = await normalize(train, m, data.cache_dir ?? ".cache/loralab/shards", signal);
-    return { ...data, train: r.output, source: train, recipe: "", format: m.format, text_field: "text", prompt_field: "prompt", response_field: "response", messages_field: "messages" };
+    return {
+      ...data,
+      train: r.output,
+      source: train,
+      recipe: "",
+      format: m.format,
+      text_field: "text",
+      prompt_field: "prompt",
+      response_field: "response",
+      messages_field: "messages",
+    };
   } catch (e) {
     throw new EngineError((e as Error).message);
   }
@@ -236,7 +270,12 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
   }
   if (opts.signal?.aborted) return cancelled();
   const device = config.train?.device ?? "cpu";
-  if (opts.sidecar || device !== "cpu") return trainInSidecar(resolveConfig(config), opts, typeof opts.sidecar === "object" ? opts.sidecar : { path: undefined });
+  if (opts.sidecar || device !== "cpu")
+    return trainInSidecar(
+      resolveConfig(config),
+      opts,
+      typeof opts.sidecar === "object" ? opts.sidecar : { path: undefined },
+    );
   const token = new native.CancelToken();
   const onAbort = () => token.cancel();
   if (opts.signal?.aborted) token.cancel();
@@ -312,13 +351,37 @@ function markInterrupted(runDir: string, why: string, status: "interrupted" | "c
   if (!existsSync(path)) return;
   const run = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
   if (run.status !== "running") return;
-  writeFileSync(path, JSON.stringify({ ...run, status, error: status === "cancelled" ? null : why, updated_at: new Date().toISOString() }, null, 2));
+  writeFileSync(
+    path,
+    JSON.stringify(
+      { ...run, status, error: status === "cancelled" ? null : why, updated_at: new Date().toISOString() },
+      null,
+      2,
+    ),
+  );
 }
 
 /** The summary of a run cancelled before it trained a step. */
 function cancelledBeforeSteps(config: RunConfig, runDir: string): RunSummary {
   const method = (config.method?.kind ?? "lora") as RunSummary["method"];
-  return { run_id: config.run_id ?? "", run_dir: runDir, status: "cancelled", method, steps: 0, total_steps: 0, tokens: 0, epochs: 0, first_loss: null, final_loss: null, tokens_per_s: 0, elapsed_s: 0, params: 0, trainable_params: 0, output: "", last_checkpoint: lastCheckpoint(runDir) };
+  return {
+    run_id: config.run_id ?? "",
+    run_dir: runDir,
+    status: "cancelled",
+    method,
+    steps: 0,
+    total_steps: 0,
+    tokens: 0,
+    epochs: 0,
+    first_loss: null,
+    final_loss: null,
+    tokens_per_s: 0,
+    elapsed_s: 0,
+    params: 0,
+    trainable_params: 0,
+    output: "",
+    last_checkpoint: lastCheckpoint(runDir),
+  };
 }
 
 export interface EvalLossRequest {
@@ -361,7 +424,12 @@ export interface MergeResult {
  *  complete Hugging Face model directory: weights in `dtype`, config.json (its torch_dtype),
  *  generation_config.json, tokenizer.json, tokenizer_config.json (chat template, bos/eos) and
  *  special_tokens_map.json. */
-export async function merge(base: string, adapter: string, out: string, { dtype = "f32" }: MergeOptions = {}): Promise<MergeResult> {
+export async function merge(
+  base: string,
+  adapter: string,
+  out: string,
+  { dtype = "f32" }: MergeOptions = {},
+): Promise<MergeResult> {
   try {
     return JSON.parse(await native.merge(base, adapter, out, JSON.stringify({ dtype }))) as MergeResult;
   } catch (e) {
@@ -373,6 +441,8 @@ export async function merge(base: string, adapter: string, out: string, { dtype 
 export function lastCheckpoint(runDir: string): string {
   const dir = join(runDir, "checkpoints");
   if (!existsSync(dir)) return "";
-  const steps = readdirSync(dir).filter((n) => /^step-\d+$/.test(n) && existsSync(join(dir, n, "trainer_state.json"))).sort();
+  const steps = readdirSync(dir)
+    .filter((n) => /^step-\d+$/.test(n) && existsSync(join(dir, n, "trainer_state.json")))
+    .sort();
   return steps.length ? join(dir, steps[steps.length - 1]!) : "";
 }

@@ -24,7 +24,17 @@ export {
   type TaskResult,
 } from "@loralab/eval";
 // spectral analysis of the weight change (packages/spectrum)
-export { analyze, analyzeRun, randomBaseline, runCheckpoints, writeFigures, type Analysis, type AnalyzeOptions, type CheckpointAnalysis, type MatrixAnalysis } from "@loralab/spectrum";
+export {
+  analyze,
+  analyzeRun,
+  randomBaseline,
+  runCheckpoints,
+  writeFigures,
+  type Analysis,
+  type AnalyzeOptions,
+  type CheckpointAnalysis,
+  type MatrixAnalysis,
+} from "@loralab/spectrum";
 // the run store (packages/db) and the HTTP server (packages/server)
 export { openStore, Store, type RunRow, type RunStatus, type StoreOptions } from "@loralab/db";
 export { createServer, type ServerOptions, type LoralabServer } from "@loralab/server";

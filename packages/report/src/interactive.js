@@ -29,9 +29,22 @@ function updateRanks() {
   }
 }
 
-const W = 720, H = 420, M = { l: 60, r: 20, t: 20, b: 50 };
+const W = 720,
+  H = 420,
+  M = { l: 60, r: 20, t: 20, b: 50 };
 const NS = "http://www.w3.org/2000/svg";
-const palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
+const palette = [
+  "#1f77b4",
+  "#d62728",
+  "#2ca02c",
+  "#9467bd",
+  "#ff7f0e",
+  "#8c564b",
+  "#e377c2",
+  "#17becf",
+  "#bcbd22",
+  "#7f7f7f",
+];
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(NS, name);
@@ -42,7 +55,8 @@ function el(name, attrs, parent) {
 
 function drawPareto() {
   const svg = $("pareto");
-  const xs = DATA.points.map((p) => p.learning), ys = DATA.points.map((p) => p.forgetting);
+  const xs = DATA.points.map((p) => p.learning),
+    ys = DATA.points.map((p) => p.forgetting);
   const pad = (lo, hi) => [lo - 0.05 * (hi - lo || 1), hi + 0.05 * (hi - lo || 1)];
   const [x0, x1] = pad(Math.min(...xs), Math.max(...xs));
   const [y0, y1] = pad(Math.min(...ys), Math.max(...ys));
@@ -51,19 +65,57 @@ function drawPareto() {
   el("line", { x1: M.l, y1: H - M.b, x2: W - M.r, y2: H - M.b, stroke: "#888" }, svg);
   el("line", { x1: M.l, y1: M.t, x2: M.l, y2: H - M.b, stroke: "#888" }, svg);
   for (let i = 0; i <= 4; i++) {
-    const vx = x0 + ((x1 - x0) * i) / 4, vy = y0 + ((y1 - y0) * i) / 4;
-    el("text", { x: sx(vx), y: H - M.b + 16, "text-anchor": "middle", "font-size": 11 }, svg).textContent = (100 * vx).toFixed(1);
-    el("text", { x: M.l - 6, y: sy(vy) + 4, "text-anchor": "end", "font-size": 11 }, svg).textContent = (100 * vy).toFixed(1);
+    const vx = x0 + ((x1 - x0) * i) / 4,
+      vy = y0 + ((y1 - y0) * i) / 4;
+    el("text", { x: sx(vx), y: H - M.b + 16, "text-anchor": "middle", "font-size": 11 }, svg).textContent = (
+      100 * vx
+    ).toFixed(1);
+    el("text", { x: M.l - 6, y: sy(vy) + 4, "text-anchor": "end", "font-size": 11 }, svg).textContent = (
+      100 * vy
+    ).toFixed(1);
   }
-  el("text", { x: (M.l + W - M.r) / 2, y: H - 12, "text-anchor": "middle", "font-size": 12 }, svg).textContent = `learning: ${DATA.learningLabel} (%)`;
-  el("text", { x: 14, y: (M.t + H - M.b) / 2, "text-anchor": "middle", "font-size": 12, transform: `rotate(-90 14 ${(M.t + H - M.b) / 2})` }, svg).textContent = "forgetting score (%, higher = forgot less)";
+  el("text", { x: (M.l + W - M.r) / 2, y: H - 12, "text-anchor": "middle", "font-size": 12 }, svg).textContent =
+    `learning: ${DATA.learningLabel} (%)`;
+  el(
+    "text",
+    {
+      x: 14,
+      y: (M.t + H - M.b) / 2,
+      "text-anchor": "middle",
+      "font-size": 12,
+      transform: `rotate(-90 14 ${(M.t + H - M.b) / 2})`,
+    },
+    svg,
+  ).textContent = "forgetting score (%, higher = forgot less)";
   el("polyline", { id: "frontier-line", fill: "none", stroke: "#555", "stroke-dasharray": "4 3" }, svg);
   const groups = [...new Set(DATA.points.map((p) => p.group))].filter((g) => g !== "base");
   DATA.points.forEach((p, i) => {
     const color = p.group === "base" ? "#000" : palette[groups.indexOf(p.group) % palette.length];
-    const mark = p.group === "base"
-      ? el("rect", { x: sx(p.learning) - 6, y: sy(p.forgetting) - 6, width: 12, height: 12, fill: color, transform: `rotate(45 ${sx(p.learning)} ${sy(p.forgetting)})` }, svg)
-      : el("circle", { cx: sx(p.learning), cy: sy(p.forgetting), r: 4 + 2 * Math.sqrt(p.duration / DATA.maxDuration), fill: color, "fill-opacity": 0.75 }, svg);
+    const mark =
+      p.group === "base"
+        ? el(
+            "rect",
+            {
+              x: sx(p.learning) - 6,
+              y: sy(p.forgetting) - 6,
+              width: 12,
+              height: 12,
+              fill: color,
+              transform: `rotate(45 ${sx(p.learning)} ${sy(p.forgetting)})`,
+            },
+            svg,
+          )
+        : el(
+            "circle",
+            {
+              cx: sx(p.learning),
+              cy: sy(p.forgetting),
+              r: 4 + 2 * Math.sqrt(p.duration / DATA.maxDuration),
+              fill: color,
+              "fill-opacity": 0.75,
+            },
+            svg,
+          );
     mark.classList.add("point");
     mark.dataset.index = String(i);
     mark.dataset.group = p.group;
@@ -97,7 +149,17 @@ function updateFrontier(sx, sy) {
 
 function showConfig(p, ev) {
   const pct = (m, s) => `${(100 * m).toFixed(1)} % ± ${(196 * s).toFixed(1)}`;
-  const rows = [["run", p.key], ["method", p.method], ["LoRA rank", p.rank ?? "—"], ["targets", p.targets || "—"], ["learning rate", p.lr ? p.lr.toExponential(1) : "—"], ["seed", p.seed], [DATA.durationLabel, p.duration], ["learning", pct(p.learning, p.learningSe)], ["forgetting score", pct(p.forgetting, p.forgettingSe)]];
+  const rows = [
+    ["run", p.key],
+    ["method", p.method],
+    ["LoRA rank", p.rank ?? "—"],
+    ["targets", p.targets || "—"],
+    ["learning rate", p.lr ? p.lr.toExponential(1) : "—"],
+    ["seed", p.seed],
+    [DATA.durationLabel, p.duration],
+    ["learning", pct(p.learning, p.learningSe)],
+    ["forgetting score", pct(p.forgetting, p.forgettingSe)],
+  ];
   const tip = $("tooltip");
   tip.innerHTML = `<table>${rows.map(([k, v]) => `<tr><th>${k}</th><td>${String(v).replace(/</g, "&lt;")}</td></tr>`).join("")}</table>`;
   tip.hidden = false;

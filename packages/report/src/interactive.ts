@@ -78,4 +78,5 @@ ${script}
 }
 
 /** Styles the section uses (for the page's <style>). */
-export const INTERACTIVE_CSS = "#toggles label{margin-right:1rem}#tooltip{position:absolute;background:#fff;border:1px solid #999;padding:4px 8px;font-size:12px;box-shadow:0 2px 6px #0003;pointer-events:none}#tooltip th{text-align:right;font-weight:normal;color:#666}.note{color:#666;font-size:12px}";
+export const INTERACTIVE_CSS =
+  "#toggles label{margin-right:1rem}#tooltip{position:absolute;background:#fff;border:1px solid #999;padding:4px 8px;font-size:12px;box-shadow:0 2px 6px #0003;pointer-events:none}#tooltip th{text-align:right;font-weight:normal;color:#666}.note{color:#666;font-size:12px}";

@@ -13,7 +13,8 @@ export function wasmDir(): string {
 }
 
 /** The one line a report prints when the module is missing. */
-export const WASM_HINT = "report: the interactive section is off: the WebAssembly maths is not built (hint: `bun run build:wasm`; it needs Rust's wasm32 target, see the README)";
+export const WASM_HINT =
+  "report: the interactive section is off: the WebAssembly maths is not built (hint: `bun run build:wasm`; it needs Rust's wasm32 target, see the README)";
 
 /** The maths the module exports (names as in crates/wasm/src/lib.rs). */
 export interface WasmMaths {

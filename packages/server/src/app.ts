@@ -35,10 +35,27 @@ export interface AppOptions {
 
 const TERMINAL = new Set(["completed", "cancelled", "failed"]);
 const RUN_TTL_MS = 100;
-const TYPES: Record<string, string> = { ".json": "application/json", ".jsonl": "application/x-ndjson", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8", ".html": "text/html; charset=utf-8", ".md": "text/markdown; charset=utf-8" };
+const TYPES: Record<string, string> = {
+  ".json": "application/json",
+  ".jsonl": "application/x-ndjson",
+  ".svg": "image/svg+xml",
+  ".txt": "text/plain; charset=utf-8",
+  ".html": "text/html; charset=utf-8",
+  ".md": "text/markdown; charset=utf-8",
+};
 
-export function problem(c: Context, status: number, title: string, detail: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
-  return c.body(JSON.stringify({ type: "about:blank", title, status, detail, ...extra }), status as 400, { "Content-Type": "application/problem+json", ...headers });
+export function problem(
+  c: Context,
+  status: number,
+  title: string,
+  detail: string,
+  extra: Record<string, unknown> = {},
+  headers: Record<string, string> = {},
+) {
+  return c.body(JSON.stringify({ type: "about:blank", title, status, detail, ...extra }), status as 400, {
+    "Content-Type": "application/problem+json",
+    ...headers,
+  });
 }
 
 /** The request's URL: past the Host check it parses (that check answers 400 when it does not). */
@@ -53,7 +70,8 @@ export function jsonDepth(text: string, limit = MAX_JSON_DEPTH): number {
   for (let i = 0; i < text.length; i++) {
     const ch = text.charCodeAt(i);
     if (inString) {
-      if (ch === 92) i++; // a backslash escapes the next character
+      if (ch === 92)
+        i++; // a backslash escapes the next character
       else if (ch === 34) inString = false;
     } else if (ch === 34) inString = true;
     else if (ch === 123 || ch === 91) {
@@ -65,13 +83,26 @@ export function jsonDepth(text: string, limit = MAX_JSON_DEPTH): number {
   return max;
 }
 
-type Schema = { $ref?: string; type?: string | string[]; properties?: Record<string, Schema>; items?: Schema; anyOf?: Schema[]; oneOf?: Schema[]; allOf?: Schema[] };
+type Schema = {
+  $ref?: string;
+  type?: string | string[];
+  properties?: Record<string, Schema>;
+  items?: Schema;
+  anyOf?: Schema[];
+  oneOf?: Schema[];
+  allOf?: Schema[];
+};
 
 /** The first number in a submitted config the engine cannot be handed as JSON carries it: a
  *  non-finite one (1e309 parses as Infinity), or an integer field's value beyond 2^53 − 1 (it would
  *  come back rounded, or as a BigInt nothing downstream can encode). Walks the engine's own schema,
  *  so a new integer field is covered without a list. Returns [field, problem] or null. */
-export function unsafeNumber(v: unknown, schema: Schema | undefined, defs: Record<string, Schema>, field = ""): [string, string] | null {
+export function unsafeNumber(
+  v: unknown,
+  schema: Schema | undefined,
+  defs: Record<string, Schema>,
+  field = "",
+): [string, string] | null {
   const resolved: Schema[] = [];
   const add = (s: Schema | undefined, depth = 0) => {
     if (!s || depth > 8) return;
@@ -83,7 +114,8 @@ export function unsafeNumber(v: unknown, schema: Schema | undefined, defs: Recor
   if (typeof v === "number") {
     if (!Number.isFinite(v)) return [field, "is not a finite number"];
     const integer = resolved.some((s) => s.type === "integer" || (Array.isArray(s.type) && s.type.includes("integer")));
-    if (integer && Number.isInteger(v) && !Number.isSafeInteger(v)) return [field, `${v} is beyond 9007199254740991 (2^53 − 1), the largest integer a JSON number carries exactly`];
+    if (integer && Number.isInteger(v) && !Number.isSafeInteger(v))
+      return [field, `${v} is beyond 9007199254740991 (2^53 − 1), the largest integer a JSON number carries exactly`];
     return null;
   }
   if (Array.isArray(v)) {
@@ -94,7 +126,12 @@ export function unsafeNumber(v: unknown, schema: Schema | undefined, defs: Recor
     }
   } else if (typeof v === "object" && v !== null) {
     for (const [k, x] of Object.entries(v)) {
-      const bad = unsafeNumber(x, resolved.find((s) => s.properties?.[k])?.properties?.[k], defs, field ? `${field}.${k}` : k);
+      const bad = unsafeNumber(
+        x,
+        resolved.find((s) => s.properties?.[k])?.properties?.[k],
+        defs,
+        field ? `${field}.${k}` : k,
+      );
       if (bad) return bad;
     }
   }
@@ -112,11 +149,24 @@ function runConfigSchema() {
 
 /** A query parameter that must be an integer in [min, max] (digits only: no sign, point or
  *  exponent), its default when absent, or a problem naming it. */
-function queryInt(c: Context, name: string, min: number, max: number, fallback: number | undefined): { value: number | undefined } | Response {
+function queryInt(
+  c: Context,
+  name: string,
+  min: number,
+  max: number,
+  fallback: number | undefined,
+): { value: number | undefined } | Response {
   const raw = c.req.query(name);
   if (raw === undefined) return { value: fallback };
   const n = /^\d{1,16}$/.test(raw) ? Number(raw) : NaN;
-  if (!(n >= min && n <= max)) return problem(c, 400, "Bad Request", `query parameter ${name}=${JSON.stringify(raw)}: expected an integer from ${min} to ${max}`, { field: name });
+  if (!(n >= min && n <= max))
+    return problem(
+      c,
+      400,
+      "Bad Request",
+      `query parameter ${name}=${JSON.stringify(raw)}: expected an integer from ${min} to ${max}`,
+      { field: name },
+    );
   return { value: n };
 }
 
@@ -128,7 +178,14 @@ function isJsonType(type: string | undefined): boolean {
  *  deeper than any run config does. */
 async function jsonBody(c: Context): Promise<{ value: unknown } | Response> {
   const text = await c.req.text();
-  if (jsonDepth(text) > MAX_JSON_DEPTH) return problem(c, 422, "Unprocessable Content", `the body nests deeper than ${MAX_JSON_DEPTH} levels; a run config is a few levels deep`, { field: "" });
+  if (jsonDepth(text) > MAX_JSON_DEPTH)
+    return problem(
+      c,
+      422,
+      "Unprocessable Content",
+      `the body nests deeper than ${MAX_JSON_DEPTH} levels; a run config is a few levels deep`,
+      { field: "" },
+    );
   try {
     return { value: JSON.parse(text) };
   } catch {
@@ -147,7 +204,15 @@ export function createApp(o: AppOptions): Hono {
   });
   app.notFound((c) => {
     const allow = routeMethods(c.req.path);
-    if (allow.length) return problem(c, 405, "Method Not Allowed", `${c.req.method} ${c.req.path}: this path takes ${allow.join(", ")}`, {}, { Allow: allow.join(", ") });
+    if (allow.length)
+      return problem(
+        c,
+        405,
+        "Method Not Allowed",
+        `${c.req.method} ${c.req.path}: this path takes ${allow.join(", ")}`,
+        {},
+        { Allow: allow.join(", ") },
+      );
     return problem(c, 404, "Not Found", `no route ${c.req.method} ${c.req.path}`);
   });
 
@@ -159,17 +224,40 @@ export function createApp(o: AppOptions): Hono {
     } catch {}
     // Bun builds the request URL from the Host header; in-process requests carry it only in the URL
     const host = c.req.header("host") ?? url?.host;
-    if (!url || !host) return problem(c, 400, "Bad Request", "the request has no Host header (hint: HTTP/1.1 requires one; curl and browsers send it)");
-    if (!hostAllowed(host, o.allowedHosts)) return problem(c, 403, "Forbidden", `Host ${JSON.stringify(host)} is not served here (hint: allowed: ${o.allowedHosts.join(", ")}; --allow-host adds one)`);
+    if (!url || !host)
+      return problem(
+        c,
+        400,
+        "Bad Request",
+        "the request has no Host header (hint: HTTP/1.1 requires one; curl and browsers send it)",
+      );
+    if (!hostAllowed(host, o.allowedHosts))
+      return problem(
+        c,
+        403,
+        "Forbidden",
+        `Host ${JSON.stringify(host)} is not served here (hint: allowed: ${o.allowedHosts.join(", ")}; --allow-host adds one)`,
+      );
     const origin = c.req.header("origin");
     if (!originAllowed(origin, { scheme: url.protocol, host }, o.allowOrigins))
-      return problem(c, 403, "Forbidden", `Origin ${JSON.stringify(origin)} may not call this server: only pages it serves itself (${url.protocol}//${host}) may (hint: --allow-origin ORIGIN adds one, exactly: scheme, host and port)`);
+      return problem(
+        c,
+        403,
+        "Forbidden",
+        `Origin ${JSON.stringify(origin)} may not call this server: only pages it serves itself (${url.protocol}//${host}) may (hint: --allow-origin ORIGIN adds one, exactly: scheme, host and port)`,
+      );
     await next();
     c.header("X-Content-Type-Options", "nosniff");
     c.header("Referrer-Policy", "no-referrer");
     c.header("Cache-Control", "no-store");
   });
-  app.use("/api/*", bodyLimit({ maxSize: o.maxBodyBytes, onError: (c) => problem(c, 413, "Content Too Large", `request bodies are limited to ${o.maxBodyBytes} bytes`) }));
+  app.use(
+    "/api/*",
+    bodyLimit({
+      maxSize: o.maxBodyBytes,
+      onError: (c) => problem(c, 413, "Content Too Large", `request bodies are limited to ${o.maxBodyBytes} bytes`),
+    }),
+  );
   // a browser sends text/plain, a form's types or no type at all without asking first (no CORS
   // preflight): a body this API reads is application/json, and a request with another type is refused
   app.use("/api/*", async function jsonBodiesOnly(c, next) {
@@ -177,12 +265,24 @@ export function createApp(o: AppOptions): Hono {
     const type = c.req.header("content-type");
     const readsBody = c.req.method === "POST" && (c.req.path === "/api/runs" || c.req.path === "/api/session");
     if (isJsonType(type) || (type === undefined && !readsBody)) return next();
-    return problem(c, 415, "Unsupported Media Type", `${type === undefined ? "no Content-Type" : `Content-Type ${JSON.stringify(type)}`}: request bodies are JSON (hint: Content-Type: application/json)`, {}, { "Accept-Post": "application/json" });
+    return problem(
+      c,
+      415,
+      "Unsupported Media Type",
+      `${type === undefined ? "no Content-Type" : `Content-Type ${JSON.stringify(type)}`}: request bodies are JSON (hint: Content-Type: application/json)`,
+      {},
+      { "Accept-Post": "application/json" },
+    );
   });
 
   // the dashboard (its data comes from the API, which checks the session)
   app.get("/", (c) => c.html(dashboardHtml(), 200, { "Content-Security-Policy": DASHBOARD_CSP }));
-  app.get("/dashboard.js", (c) => c.body(dashboardJs(), 200, { "Content-Type": "text/javascript; charset=utf-8", "Content-Security-Policy": DASHBOARD_CSP }));
+  app.get("/dashboard.js", (c) =>
+    c.body(dashboardJs(), 200, {
+      "Content-Type": "text/javascript; charset=utf-8",
+      "Content-Security-Policy": DASHBOARD_CSP,
+    }),
+  );
   app.get("/favicon.ico", (c) => c.body(null, 204));
   app.get("/api/openapi.json", (c) => c.json(openapi()));
 
@@ -190,8 +290,14 @@ export function createApp(o: AppOptions): Hono {
     const parsed = await jsonBody(c);
     if (parsed instanceof Response) return parsed;
     const body = parsed.value as { token?: unknown } | null;
-    if (typeof body !== "object" || body === null || typeof body.token !== "string" || !sameSecret(body.token, o.token)) return problem(c, 401, "Unauthorized", "wrong token");
-    setCookie(c, "loralab_session", session, { httpOnly: true, sameSite: "Strict", path: "/", secure: urlOf(c).protocol === "https:" });
+    if (typeof body !== "object" || body === null || typeof body.token !== "string" || !sameSecret(body.token, o.token))
+      return problem(c, 401, "Unauthorized", "wrong token");
+    setCookie(c, "loralab_session", session, {
+      httpOnly: true,
+      sameSite: "Strict",
+      path: "/",
+      secure: urlOf(c).protocol === "https:",
+    });
     return c.body(null, 204);
   });
 
@@ -199,8 +305,15 @@ export function createApp(o: AppOptions): Hono {
     const auth = c.req.header("authorization");
     const bearer = auth?.startsWith("Bearer ") ? auth.slice(7) : undefined;
     const cookie = getCookie(c, "loralab_session");
-    const ok = (bearer !== undefined && sameSecret(bearer, o.token)) || (cookie !== undefined && sameSecret(cookie, session));
-    if (!ok) return problem(c, 401, "Unauthorized", "a token is needed: `Authorization: Bearer <token>` (printed by `loralab serve`, kept in ~/.config/loralab/token) or the dashboard's login");
+    const ok =
+      (bearer !== undefined && sameSecret(bearer, o.token)) || (cookie !== undefined && sameSecret(cookie, session));
+    if (!ok)
+      return problem(
+        c,
+        401,
+        "Unauthorized",
+        "a token is needed: `Authorization: Bearer <token>` (printed by `loralab serve`, kept in ~/.config/loralab/token) or the dashboard's login",
+      );
     await next();
   });
 
@@ -214,7 +327,8 @@ export function createApp(o: AppOptions): Hono {
     const parsed = await jsonBody(c);
     if (parsed instanceof Response) return parsed;
     const body = parsed.value;
-    if (typeof body !== "object" || body === null || Array.isArray(body)) return problem(c, 422, "Unprocessable Content", "a run config is a JSON object", { field: "" });
+    if (typeof body !== "object" || body === null || Array.isArray(body))
+      return problem(c, 422, "Unprocessable Content", "a run config is a JSON object", { field: "" });
     const { schema, defs } = runConfigSchema();
     const bad = unsafeNumber(body, schema, defs);
     if (bad) return problem(c, 422, "Unprocessable Content", `config ${bad[0]}: ${bad[1]}`, { field: bad[0] });
@@ -222,7 +336,13 @@ export function createApp(o: AppOptions): Hono {
     // the engine in that form: what was checked is what is opened
     const confined = confineConfig(body as Record<string, unknown>, o.roots);
     if ("field" in confined)
-      return problem(c, 422, "Unprocessable Content", `config ${confined.field}: ${confined.path} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`, { field: confined.field });
+      return problem(
+        c,
+        422,
+        "Unprocessable Content",
+        `config ${confined.field}: ${confined.path} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`,
+        { field: confined.field },
+      );
     try {
       const r = await o.runner.submit(confined.config as RunConfig);
       return c.json(publicRun(r), 201);
@@ -245,7 +365,8 @@ export function createApp(o: AppOptions): Hono {
   app.get("/api/runs/:id", async (c) => {
     const id = c.req.param("id");
     const hit = runBodies.get(id);
-    if (hit && performance.now() - hit.at < RUN_TTL_MS) return c.body(hit.body, 200, { "Content-Type": "application/json" });
+    if (hit && performance.now() - hit.at < RUN_TTL_MS)
+      return c.body(hit.body, 200, { "Content-Type": "application/json" });
     const r = await runOr404(c);
     if (!r) return problem(c, 404, "Not Found", `no run ${id}`);
     const body = JSON.stringify(publicRun(r));
@@ -270,15 +391,23 @@ export function createApp(o: AppOptions): Hono {
   app.post("/api/runs/:id/cancel", async (c) => {
     const r = await runOr404(c);
     if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
-    if (TERMINAL.has(r.status) || !(await o.runner.cancel(r.id))) return problem(c, 409, "Conflict", `run ${r.id} is already ${r.status}`);
+    if (TERMINAL.has(r.status) || !(await o.runner.cancel(r.id)))
+      return problem(c, 409, "Conflict", `run ${r.id} is already ${r.status}`);
     return c.json({ id: r.id, status: "cancelling" }, 202);
   });
 
   app.post("/api/runs/:id/ingest", async (c) => {
     const r = await runOr404(c);
     if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
-    if (o.runner.isActive(r.id) || !TERMINAL.has(r.status)) return problem(c, 409, "Conflict", `run ${r.id} is ${r.status}: its directory is read when it ends`);
-    if (!existsSync(join(r.runDir, "run.json"))) return problem(c, 409, "Conflict", `run ${r.id} has no run directory to read (no run.json) (hint: it failed before the engine wrote one, or its directory was moved)`);
+    if (o.runner.isActive(r.id) || !TERMINAL.has(r.status))
+      return problem(c, 409, "Conflict", `run ${r.id} is ${r.status}: its directory is read when it ends`);
+    if (!existsSync(join(r.runDir, "run.json")))
+      return problem(
+        c,
+        409,
+        "Conflict",
+        `run ${r.id} has no run directory to read (no run.json) (hint: it failed before the engine wrote one, or its directory was moved)`,
+      );
     await o.runner.ingest(r);
     return c.json({ eval: await o.store.evalResults(r.id), spectra: await o.store.spectra(r.id) });
   });
@@ -301,7 +430,13 @@ export function createApp(o: AppOptions): Hono {
       try {
         // what a late subscriber missed: the current status and every logged loss
         const loss = await o.store.metrics(r.id, { name: "loss" });
-        await stream.writeSSE({ event: "snapshot", data: JSON.stringify({ status: (await o.store.getRun(r.id))?.status, loss: loss.map((m) => [m.step, m.value]) }) });
+        await stream.writeSSE({
+          event: "snapshot",
+          data: JSON.stringify({
+            status: (await o.store.getRun(r.id))?.status,
+            loss: loss.map((m) => [m.step, m.value]),
+          }),
+        });
         let status: string = (await o.store.getRun(r.id))?.status ?? r.status;
         while (open && !TERMINAL.has(status)) {
           if (!queue.length) await Promise.race([new Promise<void>((res) => (wake = res)), Bun.sleep(10_000)]);
@@ -346,7 +481,9 @@ export function createApp(o: AppOptions): Hono {
       "Content-Type": type,
       // reports may be opened in the browser; nothing in them may run
       "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox",
-      ...(type === "application/octet-stream" ? { "Content-Disposition": `attachment; filename="${file.split("/").pop()}"` } : {}),
+      ...(type === "application/octet-stream"
+        ? { "Content-Disposition": `attachment; filename="${file.split("/").pop()}"` }
+        : {}),
     });
   });
 

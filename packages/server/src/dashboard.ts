@@ -3,7 +3,8 @@
 // SameSite=Strict cookie), lists runs, starts one, and draws a run's loss live from its
 // Server-Sent Events, with its eval results and spectrum figures when they exist.
 
-export const DASHBOARD_CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+export const DASHBOARD_CSP =
+  "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 export function dashboardHtml(): string {
   return `<!doctype html>

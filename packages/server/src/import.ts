@@ -36,7 +36,8 @@ export function readRunJson(dir: string): RunJson | null {
   const file = join(dir, "run.json");
   if (!existsSync(file)) return null;
   const run = JSON.parse(readFileSync(file, "utf8")) as Partial<RunJson>;
-  if (typeof run.run_id !== "string" || !run.run_id || typeof run.status !== "string") throw new Error(`${file}: no run_id or status (hint: a run directory written by loralab train)`);
+  if (typeof run.run_id !== "string" || !run.run_id || typeof run.status !== "string")
+    throw new Error(`${file}: no run_id or status (hint: a run directory written by loralab train)`);
   return run as RunJson;
 }
 
@@ -51,20 +52,43 @@ function isoTime(t: string | undefined): string | null {
  *  never duplicated). Skipped while it is unfinished or a runner's. */
 export async function importRunDir(store: Store, dir: string, o: ImportOptions = {}): Promise<ImportOutcome> {
   const runDir = resolve(dir);
-  if (!existsSync(runDir)) return { dir: runDir, action: "failed", reason: `${runDir}: no such directory (hint: check the path)` };
+  if (!existsSync(runDir))
+    return { dir: runDir, action: "failed", reason: `${runDir}: no such directory (hint: check the path)` };
   let run: RunJson | null;
   try {
     run = readRunJson(runDir);
   } catch (e) {
     return { dir: runDir, action: "failed", reason: (e as Error).message };
   }
-  if (!run) return { dir: runDir, action: "failed", reason: `${runDir}: not a run directory (no run.json) (hint: give a directory written by loralab train, or a directory of them)` };
+  if (!run)
+    return {
+      dir: runDir,
+      action: "failed",
+      reason: `${runDir}: not a run directory (no run.json) (hint: give a directory written by loralab train, or a directory of them)`,
+    };
   const id = run.run_id;
   if (UNFINISHED.has(run.status))
-    return { dir: runDir, id, action: "skipped", reason: `run.json says ${run.status}: still training, or its process died (hint: import it once it has ended; resume a dead run with --train.resume_from=<its last checkpoint>)` };
+    return {
+      dir: runDir,
+      id,
+      action: "skipped",
+      reason: `run.json says ${run.status}: still training, or its process died (hint: import it once it has ended; resume a dead run with --train.resume_from=<its last checkpoint>)`,
+    };
   const known = await store.getRun(id);
-  if (known && resolve(known.runDir) !== runDir) return { dir: runDir, id, action: "skipped", reason: `the store's run ${id} is another directory, ${known.runDir} (hint: a copy? train it with another run_id)` };
-  if (known && (RUNNER_OWNED.has(known.status) || o.isActive?.(id))) return { dir: runDir, id, action: "skipped", reason: `a server's runner has it (${known.status}): it reads the directory itself when the run ends` };
+  if (known && resolve(known.runDir) !== runDir)
+    return {
+      dir: runDir,
+      id,
+      action: "skipped",
+      reason: `the store's run ${id} is another directory, ${known.runDir} (hint: a copy? train it with another run_id)`,
+    };
+  if (known && (RUNNER_OWNED.has(known.status) || o.isActive?.(id)))
+    return {
+      dir: runDir,
+      id,
+      action: "skipped",
+      reason: `a server's runner has it (${known.status}): it reads the directory itself when the run ends`,
+    };
   try {
     await store.ingestRunDir(runDir, run.device ?? "cpu", id);
   } catch (e) {
@@ -73,7 +97,12 @@ export async function importRunDir(store: Store, dir: string, o: ImportOptions =
   if (!known) {
     // listed by when it ran, not when it was imported
     const startedAt = isoTime(run.started_at);
-    await store.updateRun(id, { attempts: 1, createdAt: startedAt ?? new Date().toISOString(), startedAt, finishedAt: isoTime(run.updated_at) });
+    await store.updateRun(id, {
+      attempts: 1,
+      createdAt: startedAt ?? new Date().toISOString(),
+      startedAt,
+      finishedAt: isoTime(run.updated_at),
+    });
   }
   return { dir: runDir, id, action: known ? "updated" : "imported" };
 }

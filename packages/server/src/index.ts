@@ -9,7 +9,14 @@ import { Runner } from "./runner.ts";
 import { enginePath, loadToken, normalOrigin, realPath, type Token } from "./security.ts";
 
 export { createApp, problem } from "./app.ts";
-export { importRunDir, importRuns, readRunJson, scanRunsDir, type ImportOptions, type ImportOutcome } from "./import.ts";
+export {
+  importRunDir,
+  importRuns,
+  readRunJson,
+  scanRunsDir,
+  type ImportOptions,
+  type ImportOutcome,
+} from "./import.ts";
 export { openapi } from "./openapi.ts";
 export { devicePool, newRunId, Runner, type RunEvent } from "./runner.ts";
 export * from "./security.ts";
@@ -60,7 +67,11 @@ export interface LoralabServer {
 export async function createServer(o: ServerOptions = {}): Promise<LoralabServer> {
   const allowOrigins = (o.allowOrigins ?? []).map((a) => {
     const origin = normalOrigin(a);
-    if (!origin) throw new ConfigError(`--allow-origin ${a}: not an origin (hint: scheme, host and port only, as a browser sends it: http://localhost:5173)`, "allow-origin");
+    if (!origin)
+      throw new ConfigError(
+        `--allow-origin ${a}: not an origin (hint: scheme, host and port only, as a browser sends it: http://localhost:5173)`,
+        "allow-origin",
+      );
     return origin;
   });
   const opened = !(o.store && "listRuns" in o.store);
@@ -72,7 +83,9 @@ export async function createServer(o: ServerOptions = {}): Promise<LoralabServer
   if (o.run !== false) {
     try {
       lease = await store.lease("loralab serve", (why) => {
-        log(`loralab serve: lost the run store's lease: ${why}; this server takes no more runs (hint: restart it once the other one stops)`);
+        log(
+          `loralab serve: lost the run store's lease: ${why}; this server takes no more runs (hint: restart it once the other one stops)`,
+        );
         void runner.stop();
       });
     } catch (e) {
@@ -94,10 +107,15 @@ export async function createServer(o: ServerOptions = {}): Promise<LoralabServer
     log: o.log,
   });
   // before the runner starts: the scan only adds finished runs, which the runner never touches
-  const imported = o.importRuns === false ? [] : await scanRunsDir(store, runner.runsDir, { isActive: (id) => runner.isActive(id) });
+  const imported =
+    o.importRuns === false ? [] : await scanRunsDir(store, runner.runsDir, { isActive: (id) => runner.isActive(id) });
   const added = imported.flatMap((r) => (r.action === "imported" ? [r.id] : []));
-  if (added.length) log(`loralab serve: imported ${added.length} run${added.length === 1 ? "" : "s"} from ${runner.runsDir}: ${added.join(", ")}`);
-  for (const r of imported) if (r.action === "skipped" || r.action === "failed") log(`loralab serve: not imported: ${r.dir}: ${r.reason}`);
+  if (added.length)
+    log(
+      `loralab serve: imported ${added.length} run${added.length === 1 ? "" : "s"} from ${runner.runsDir}: ${added.join(", ")}`,
+    );
+  for (const r of imported)
+    if (r.action === "skipped" || r.action === "failed") log(`loralab serve: not imported: ${r.dir}: ${r.reason}`);
   const resumed = o.run === false ? [] : (await runner.start()).resumed;
   let server: ReturnType<typeof Bun.serve> | undefined;
   return {

@@ -14,7 +14,13 @@ const Problem = {
   type: "object",
   description: "RFC 9457 problem details; `field` names the offending config field on 422",
   required: ["type", "title", "status", "detail"],
-  properties: { type: { type: "string" }, title: { type: "string" }, status: { type: "integer" }, detail: { type: "string" }, field: { type: "string" } },
+  properties: {
+    type: { type: "string" },
+    title: { type: "string" },
+    status: { type: "integer" },
+    detail: { type: "string" },
+    field: { type: "string" },
+  },
 };
 
 export const RunSchema = {
@@ -35,9 +41,24 @@ export const RunSchema = {
   },
 };
 
-const Metric = { type: "object", required: ["step", "name", "value"], properties: { step: { type: "integer" }, name: { type: "string" }, value: { type: "number" } } };
-const Artifact = { type: "object", required: ["path", "kind", "bytes"], properties: { path: { type: "string" }, kind: { type: "string" }, bytes: { type: "integer", minimum: 0 } } };
-const Results = { type: "object", required: ["eval", "spectra"], properties: { eval: { type: "array", items: { type: "object" } }, spectra: { type: "array", items: { type: "object" } } } };
+const Metric = {
+  type: "object",
+  required: ["step", "name", "value"],
+  properties: { step: { type: "integer" }, name: { type: "string" }, value: { type: "number" } },
+};
+const Artifact = {
+  type: "object",
+  required: ["path", "kind", "bytes"],
+  properties: { path: { type: "string" }, kind: { type: "string" }, bytes: { type: "integer", minimum: 0 } },
+};
+const Results = {
+  type: "object",
+  required: ["eval", "spectra"],
+  properties: {
+    eval: { type: "array", items: { type: "object" } },
+    spectra: { type: "array", items: { type: "object" } },
+  },
+};
 
 interface Route {
   method: "get" | "post";
@@ -53,44 +74,149 @@ const problem = (description: string) => ({ description, schema: { $ref: "#/comp
 const noRun = { 404: problem("no such run") };
 const badQuery = { 400: problem("a query parameter is not an integer in its range") };
 /** What every route with a JSON body can answer besides its own. */
-const bodyErrors = { 400: problem("the body is not JSON"), 413: problem("body too large"), 415: problem("the body is not application/json") };
+const bodyErrors = {
+  400: problem("the body is not JSON"),
+  413: problem("body too large"),
+  415: problem("the body is not application/json"),
+};
 const MAX_INT = Number.MAX_SAFE_INTEGER;
 
 export const ROUTES: Route[] = [
-  { method: "post", path: "/api/session", summary: "Exchange the token for an HttpOnly SameSite=Strict session cookie (the dashboard's login)", public: true, request: { type: "object", required: ["token"], properties: { token: { type: "string" } } }, responses: { 204: { description: "cookie set" }, ...bodyErrors, 401: problem("wrong token") } },
+  {
+    method: "post",
+    path: "/api/session",
+    summary: "Exchange the token for an HttpOnly SameSite=Strict session cookie (the dashboard's login)",
+    public: true,
+    request: { type: "object", required: ["token"], properties: { token: { type: "string" } } },
+    responses: { 204: { description: "cookie set" }, ...bodyErrors, 401: problem("wrong token") },
+  },
   {
     method: "post",
     path: "/api/runs",
-    summary: "Queue a training run. out_dir and run_id are the server's to set. Beyond this schema the engine checks what a schema cannot say (files exist, under the allowed roots; model.path or model.config given; one training budget) and answers 422 naming the field",
+    summary:
+      "Queue a training run. out_dir and run_id are the server's to set. Beyond this schema the engine checks what a schema cannot say (files exist, under the allowed roots; model.path or model.config given; one training budget) and answers 422 naming the field",
     request: "RunConfig",
-    responses: { 201: { description: "queued", schema: RunSchema }, ...bodyErrors, 422: problem("invalid config, or a path outside the allowed roots") },
+    responses: {
+      201: { description: "queued", schema: RunSchema },
+      ...bodyErrors,
+      422: problem("invalid config, or a path outside the allowed roots"),
+    },
   },
-  { method: "get", path: "/api/runs", summary: "List runs, newest first", query: [{ name: "limit", description: "at most this many", schema: { type: "integer", minimum: 1, maximum: LIST_LIMIT, default: 200 } }], responses: { 200: { description: "runs", schema: { type: "array", items: RunSchema } }, ...badQuery } },
-  { method: "get", path: "/api/templates/tiny", summary: "The config the dashboard offers to start (empty when the server has none)", responses: { 200: { description: "a run config", schema: { type: "object" } } } },
-  { method: "get", path: "/api/runs/{id}", summary: "One run", responses: { 200: { description: "the run", schema: RunSchema }, ...noRun } },
+  {
+    method: "get",
+    path: "/api/runs",
+    summary: "List runs, newest first",
+    query: [
+      {
+        name: "limit",
+        description: "at most this many",
+        schema: { type: "integer", minimum: 1, maximum: LIST_LIMIT, default: 200 },
+      },
+    ],
+    responses: { 200: { description: "runs", schema: { type: "array", items: RunSchema } }, ...badQuery },
+  },
+  {
+    method: "get",
+    path: "/api/templates/tiny",
+    summary: "The config the dashboard offers to start (empty when the server has none)",
+    responses: { 200: { description: "a run config", schema: { type: "object" } } },
+  },
+  {
+    method: "get",
+    path: "/api/runs/{id}",
+    summary: "One run",
+    responses: { 200: { description: "the run", schema: RunSchema }, ...noRun },
+  },
   {
     method: "get",
     path: "/api/runs/{id}/metrics",
     summary: "Logged metrics",
     query: [
-      { name: "name", description: "only this metric (loss, lr, grad_norm, tokens_per_s, tokens)", schema: { type: "string" } },
-      { name: "after", description: "only steps after this one", schema: { type: "integer", minimum: 0, maximum: MAX_INT } },
+      {
+        name: "name",
+        description: "only this metric (loss, lr, grad_norm, tokens_per_s, tokens)",
+        schema: { type: "string" },
+      },
+      {
+        name: "after",
+        description: "only steps after this one",
+        schema: { type: "integer", minimum: 0, maximum: MAX_INT },
+      },
     ],
     responses: { 200: { description: "metric rows", schema: { type: "array", items: Metric } }, ...badQuery, ...noRun },
   },
-  { method: "get", path: "/api/runs/{id}/results", summary: "Evaluation results and spectrum summaries", responses: { 200: { description: "results", schema: Results }, ...noRun } },
-  { method: "post", path: "/api/runs/{id}/ingest", summary: "Read results written after the run (loralab eval/analyze --run) into the store; subscribers get an eval event", responses: { 200: { description: "results", schema: Results }, ...noRun, 409: problem("still running, or no run directory to read"), 415: problem("a body that is not application/json") } },
-  { method: "get", path: "/api/runs/{id}/events", summary: "Server-Sent Events: status, progress, checkpoint, eval; ends when the run does", responses: { 200: { description: "an event stream", contentType: "text/event-stream" }, ...noRun } },
-  { method: "post", path: "/api/runs/{id}/cancel", summary: "Cancel a queued or running run", responses: { 202: { description: "cancelling", schema: { type: "object", required: ["id", "status"], properties: { id: { type: "string" }, status: { const: "cancelling" } } } }, ...noRun, 409: problem("already finished"), 415: problem("a body that is not application/json") } },
-  { method: "get", path: "/api/runs/{id}/artifacts", summary: "Files of the run directory", responses: { 200: { description: "artifact list", schema: { type: "array", items: Artifact } }, ...noRun } },
-  { method: "get", path: "/api/runs/{id}/artifacts/{path}", summary: "One file of the run directory (adapter, model, report)", responses: { 200: { description: "the file", contentType: "*/*" }, 404: problem("no such run, or no such file in it") } },
-  { method: "get", path: "/api/openapi.json", summary: "This document", public: true, responses: { 200: { description: "OpenAPI 3.1", schema: { type: "object" } } } },
+  {
+    method: "get",
+    path: "/api/runs/{id}/results",
+    summary: "Evaluation results and spectrum summaries",
+    responses: { 200: { description: "results", schema: Results }, ...noRun },
+  },
+  {
+    method: "post",
+    path: "/api/runs/{id}/ingest",
+    summary:
+      "Read results written after the run (loralab eval/analyze --run) into the store; subscribers get an eval event",
+    responses: {
+      200: { description: "results", schema: Results },
+      ...noRun,
+      409: problem("still running, or no run directory to read"),
+      415: problem("a body that is not application/json"),
+    },
+  },
+  {
+    method: "get",
+    path: "/api/runs/{id}/events",
+    summary: "Server-Sent Events: status, progress, checkpoint, eval; ends when the run does",
+    responses: { 200: { description: "an event stream", contentType: "text/event-stream" }, ...noRun },
+  },
+  {
+    method: "post",
+    path: "/api/runs/{id}/cancel",
+    summary: "Cancel a queued or running run",
+    responses: {
+      202: {
+        description: "cancelling",
+        schema: {
+          type: "object",
+          required: ["id", "status"],
+          properties: { id: { type: "string" }, status: { const: "cancelling" } },
+        },
+      },
+      ...noRun,
+      409: problem("already finished"),
+      415: problem("a body that is not application/json"),
+    },
+  },
+  {
+    method: "get",
+    path: "/api/runs/{id}/artifacts",
+    summary: "Files of the run directory",
+    responses: { 200: { description: "artifact list", schema: { type: "array", items: Artifact } }, ...noRun },
+  },
+  {
+    method: "get",
+    path: "/api/runs/{id}/artifacts/{path}",
+    summary: "One file of the run directory (adapter, model, report)",
+    responses: {
+      200: { description: "the file", contentType: "*/*" },
+      404: problem("no such run, or no such file in it"),
+    },
+  },
+  {
+    method: "get",
+    path: "/api/openapi.json",
+    summary: "This document",
+    public: true,
+    responses: { 200: { description: "OpenAPI 3.1", schema: { type: "object" } } },
+  },
 ];
 
 /** The methods a path is served with (for 405's Allow), from ROUTES and the dashboard's pages. */
 export function routeMethods(path: string): string[] {
   const page = ["/", "/dashboard.js", "/favicon.ico"].includes(path) ? ["GET"] : [];
-  const api = ROUTES.filter((r) => new RegExp(`^${r.path.replace(/\{path\}/, ".+").replace(/\{\w+\}/g, "[^/]+")}$`).test(path)).map((r) => r.method.toUpperCase());
+  const api = ROUTES.filter((r) =>
+    new RegExp(`^${r.path.replace(/\{path\}/, ".+").replace(/\{\w+\}/g, "[^/]+")}$`).test(path),
+  ).map((r) => r.method.toUpperCase());
   const methods = [...new Set([...page, ...api])];
   return methods.includes("GET") ? [...methods, "HEAD"] : methods;
 }
@@ -107,7 +233,8 @@ export function requestSchema(engine: Record<string, unknown>): Record<string, u
     if (Array.isArray(x)) x.forEach(walk);
     else if (x && typeof x === "object") {
       const o = x as Record<string, unknown>;
-      if (o.type === "integer" || (Array.isArray(o.type) && o.type.includes("integer"))) o.maximum = Math.min(Number(o.maximum ?? MAX_INT), MAX_INT);
+      if (o.type === "integer" || (Array.isArray(o.type) && o.type.includes("integer")))
+        o.maximum = Math.min(Number(o.maximum ?? MAX_INT), MAX_INT);
       Object.values(o).forEach(walk);
     }
   };
@@ -153,21 +280,55 @@ function buildOpenapi(): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
   const always = { 403: problem("the Host or Origin is not this server's") };
   for (const r of ROUTES) {
-    const responses = { ...r.responses, ...always, ...(r.public ? {} : { 401: problem("no or wrong token") }) } as Route["responses"];
+    const responses = {
+      ...r.responses,
+      ...always,
+      ...(r.public ? {} : { 401: problem("no or wrong token") }),
+    } as Route["responses"];
     const op: Record<string, unknown> = {
       summary: r.summary,
       security: r.public ? [] : [{ bearer: [] }, { cookie: [] }],
       responses: Object.fromEntries(
         Object.entries(responses).map(([code, x]) => [
           code,
-          { description: x.description, ...(x.schema ? { content: { [code.startsWith("2") ? "application/json" : "application/problem+json"]: { schema: x.schema } } } : x.contentType ? { content: { [x.contentType]: {} } } : {}) },
+          {
+            description: x.description,
+            ...(x.schema
+              ? {
+                  content: {
+                    [code.startsWith("2") ? "application/json" : "application/problem+json"]: { schema: x.schema },
+                  },
+                }
+              : x.contentType
+                ? { content: { [x.contentType]: {} } }
+                : {}),
+          },
         ]),
       ),
     };
-    if (r.request) op.requestBody = { required: true, content: { "application/json": { schema: r.request === "RunConfig" ? { $ref: "#/components/schemas/RunConfig" } : r.request } } };
+    if (r.request)
+      op.requestBody = {
+        required: true,
+        content: {
+          "application/json": {
+            schema: r.request === "RunConfig" ? { $ref: "#/components/schemas/RunConfig" } : r.request,
+          },
+        },
+      };
     const params = [
-      ...[...r.path.matchAll(/\{(\w+)\}/g)].map((m) => ({ name: m[1], in: "path", required: true, schema: { type: "string" } })),
-      ...(r.query ?? []).map((q) => ({ name: q.name, in: "query", required: false, description: q.description, schema: q.schema })),
+      ...[...r.path.matchAll(/\{(\w+)\}/g)].map((m) => ({
+        name: m[1],
+        in: "path",
+        required: true,
+        schema: { type: "string" },
+      })),
+      ...(r.query ?? []).map((q) => ({
+        name: q.name,
+        in: "query",
+        required: false,
+        description: q.description,
+        schema: q.schema,
+      })),
     ];
     if (params.length) op.parameters = params;
     (paths[r.path] ??= {})[r.method] = op;
@@ -177,7 +338,10 @@ function buildOpenapi(): Record<string, unknown> {
     openapi: "3.1.0",
     info: { title: "loralab", version: "0.1.0", description: "Start, watch and keep LoRA vs full fine-tuning runs." },
     components: {
-      securitySchemes: { bearer: { type: "http", scheme: "bearer" }, cookie: { type: "apiKey", in: "cookie", name: "loralab_session" } },
+      securitySchemes: {
+        bearer: { type: "http", scheme: "bearer" },
+        cookie: { type: "apiKey", in: "cookie", name: "loralab_session" },
+      },
       schemas: { RunConfig: config, Run: RunSchema, Problem, Metric, Artifact, ...($defs ?? {}) },
     },
     paths,

@@ -8,7 +8,16 @@ import { randomBytes } from "node:crypto";
 import { existsSync, renameSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { RunRow, Store } from "@loralab/db";
-import { lastCheckpoint, resolveConfig, RunInterrupted, train, type ResolvedRunConfig, type RunConfig, type SidecarOptions, type TrainEvent } from "loralab/core";
+import {
+  lastCheckpoint,
+  resolveConfig,
+  RunInterrupted,
+  train,
+  type ResolvedRunConfig,
+  type RunConfig,
+  type SidecarOptions,
+  type TrainEvent,
+} from "loralab/core";
 
 export interface RunnerOptions {
   /** Where run directories go (each run's out_dir). */
@@ -28,7 +37,17 @@ export interface RunnerOptions {
 
 export type RunEvent =
   | { type: "status"; run_id: string; status: string; error?: string | null }
-  | { type: "progress"; run_id: string; step: number; total_steps: number; loss: number; lr: number; grad_norm: number; tokens: number; tokens_per_s: number }
+  | {
+      type: "progress";
+      run_id: string;
+      step: number;
+      total_steps: number;
+      loss: number;
+      lr: number;
+      grad_norm: number;
+      tokens: number;
+      tokens_per_s: number;
+    }
   | { type: "checkpoint"; run_id: string; step: number; path: string }
   | { type: "eval"; run_id: string; results: unknown[] };
 
@@ -117,7 +136,14 @@ export class Runner {
     const id = newRunId();
     const resolved = resolveConfig({ ...config, run_id: id, out_dir: this.runsDir });
     device ??= resolved.train.device;
-    const row = await this.store.createRun({ id, name: resolved.name, method: resolved.method.kind, config: resolved as unknown as Record<string, unknown>, device, runDir: join(this.runsDir, id) });
+    const row = await this.store.createRun({
+      id,
+      name: resolved.name,
+      method: resolved.method.kind,
+      config: resolved as unknown as Record<string, unknown>,
+      device,
+      runDir: join(this.runsDir, id),
+    });
     this.emit({ type: "status", run_id: id, status: "queued" });
     void this.tick();
     return row;
@@ -191,10 +217,24 @@ export class Runner {
     let pending = Promise.resolve();
     const onEvent = (e: TrainEvent) => {
       if (e.type === "progress") {
-        const rows = (["loss", "lr", "grad_norm", "tokens_per_s", "tokens"] as const).map((name) => ({ step: e.step, name, value: e[name] }));
+        const rows = (["loss", "lr", "grad_norm", "tokens_per_s", "tokens"] as const).map((name) => ({
+          step: e.step,
+          name,
+          value: e[name],
+        }));
         // metric writes are serialised behind one another, never blocking the training thread
         pending = pending.then(() => this.store.recordMetrics(r.id, rows)).catch(() => {});
-        this.emit({ type: "progress", run_id: r.id, step: e.step, total_steps: e.total_steps, loss: e.loss, lr: e.lr, grad_norm: e.grad_norm, tokens: e.tokens, tokens_per_s: e.tokens_per_s });
+        this.emit({
+          type: "progress",
+          run_id: r.id,
+          step: e.step,
+          total_steps: e.total_steps,
+          loss: e.loss,
+          lr: e.lr,
+          grad_norm: e.grad_norm,
+          tokens: e.tokens,
+          tokens_per_s: e.tokens_per_s,
+        });
       } else if (e.type === "checkpoint") this.emit({ type: "checkpoint", run_id: r.id, step: e.step, path: e.path });
     };
     let status: "completed" | "cancelled" | "failed" | "interrupted" = "failed";
@@ -209,7 +249,8 @@ export class Runner {
       if (e instanceof RunInterrupted) {
         if (abort.signal.aborted) status = "cancelled";
         else if (r.attempts < this.maxAttempts) status = "interrupted";
-        else error = `the worker process died in ${r.attempts} of ${this.maxAttempts} attempts, the retry budget: ${error} (hint: a run that dies with its process usually needs more memory than the machine has; lower train.micro_batch or data.seq_len, or set train.gradient_checkpointing = true)`;
+        else
+          error = `the worker process died in ${r.attempts} of ${this.maxAttempts} attempts, the retry budget: ${error} (hint: a run that dies with its process usually needs more memory than the machine has; lower train.micro_batch or data.seq_len, or set train.gradient_checkpointing = true)`;
       }
     }
     await pending;

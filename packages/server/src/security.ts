@@ -76,7 +76,15 @@ export function normalOrigin(s: string): string | null {
   } catch {
     return null;
   }
-  if ((u.protocol !== "http:" && u.protocol !== "https:") || u.username || u.password || u.search || u.hash || (u.pathname !== "/" && u.pathname !== "")) return null;
+  if (
+    (u.protocol !== "http:" && u.protocol !== "https:") ||
+    u.username ||
+    u.password ||
+    u.search ||
+    u.hash ||
+    (u.pathname !== "/" && u.pathname !== "")
+  )
+    return null;
   if (!/^https?:\/\/[^/?#]+\/?$/i.test(s)) return null; // "http://x/" is an origin, "http://x/." is not
   return u.origin;
 }
@@ -85,7 +93,11 @@ export function normalOrigin(s: string): string | null {
  * came in on, or one of `extra` (--allow-origin). A page on another port of localhost is another
  * origin, and one that browsers let send the session cookie (same site): its requests are refused.
  * No Origin: a same-origin navigation or a client that is no browser. */
-export function originAllowed(origin: string | undefined, self: { scheme: string; host: string }, extra: string[] = []): boolean {
+export function originAllowed(
+  origin: string | undefined,
+  self: { scheme: string; host: string },
+  extra: string[] = [],
+): boolean {
   if (origin === undefined) return true;
   const o = normalOrigin(origin);
   if (o === null) return false;
@@ -141,7 +153,11 @@ export const CONFIG_PATH_FIELDS = [
 /** A submitted config with every path made absolute by `enginePath` and confined to `roots` (as
  * realPath gives them): the config to run, or the first field whose path, symlinks followed, is
  * outside every root. Fields that are absent, empty or not strings are left to the engine. */
-export function confineConfig(cfg: Record<string, unknown>, roots: string[], cwd = process.cwd()): { config: Record<string, unknown> } | { field: string; path: string } {
+export function confineConfig(
+  cfg: Record<string, unknown>,
+  roots: string[],
+  cwd = process.cwd(),
+): { config: Record<string, unknown> } | { field: string; path: string } {
   const out: Record<string, unknown> = { ...cfg };
   for (const [section, key] of CONFIG_PATH_FIELDS) {
     const s = out[section];
@@ -165,7 +181,14 @@ export function artifactFile(runDir: string, raw: string): string | null {
   } catch {
     return null;
   }
-  if (!rel || rel.includes("\0") || isAbsolute(rel) || rel.includes("\\") || rel.split("/").some((s) => s === ".." || s === ".")) return null;
+  if (
+    !rel ||
+    rel.includes("\0") ||
+    isAbsolute(rel) ||
+    rel.includes("\\") ||
+    rel.split("/").some((s) => s === ".." || s === ".")
+  )
+    return null;
   if (!existsSync(runDir)) return null;
   const root = realpathSync(runDir);
   const p = join(root, rel);

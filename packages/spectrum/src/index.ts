@@ -67,7 +67,10 @@ export class AnalyzeError extends Error {
 }
 
 /** Spectra of ΔW between `base` and `tuned` (a full model) or `adapter` (PEFT). */
-export async function analyze(pair: { base: string; tuned?: string; adapter?: string }, o: AnalyzeOptions = {}): Promise<Analysis> {
+export async function analyze(
+  pair: { base: string; tuned?: string; adapter?: string },
+  o: AnalyzeOptions = {},
+): Promise<Analysis> {
   const req = {
     base: pair.base,
     tuned: pair.tuned ?? "",
@@ -83,10 +86,12 @@ export async function analyze(pair: { base: string; tuned?: string; adapter?: st
     memory_mb: o.memoryMb ?? 4096,
     threads: o.threads ?? 0,
   };
-  const cb = o.onProgress ? (e: string) => {
-    const { done, total, matrix } = JSON.parse(e) as { done: number; total: number; matrix: string };
-    o.onProgress!(done, total, matrix);
-  } : undefined;
+  const cb = o.onProgress
+    ? (e: string) => {
+        const { done, total, matrix } = JSON.parse(e) as { done: number; total: number; matrix: string };
+        o.onProgress!(done, total, matrix);
+      }
+    : undefined;
   return JSON.parse(await native.analyze(JSON.stringify(req), cb));
 }
 
@@ -112,26 +117,52 @@ export interface CheckpointAnalysis {
 }
 
 /** A run's checkpoints in training order, then its final output; each with what ΔW is against the base. */
-export function runCheckpoints(runDir: string): { name: string; dir: string; step: number | null; tokens: number | null; kind: "tuned" | "adapter"; base: string }[] {
+export function runCheckpoints(
+  runDir: string,
+): {
+  name: string;
+  dir: string;
+  step: number | null;
+  tokens: number | null;
+  kind: "tuned" | "adapter";
+  base: string;
+}[] {
   const cfgFile = join(runDir, "config.json");
-  if (!existsSync(cfgFile)) throw new AnalyzeError(`${runDir}: not a run directory (no config.json) (hint: --run takes a run id under runs/ or a run directory)`);
+  if (!existsSync(cfgFile))
+    throw new AnalyzeError(
+      `${runDir}: not a run directory (no config.json) (hint: --run takes a run id under runs/ or a run directory)`,
+    );
   const cfg = JSON.parse(readFileSync(cfgFile, "utf8")) as { model?: { path?: string }; method?: { kind?: string } };
   const base = cfg.model?.path ? cfg.model.path : join(runDir, "base");
   const kind = cfg.method?.kind === "lora" ? "adapter" : "tuned";
   const out = [];
   const ck = join(runDir, "checkpoints");
-  for (const name of existsSync(ck) ? readdirSync(ck).filter((n) => n.startsWith("step-")).sort() : []) {
+  for (const name of existsSync(ck)
+    ? readdirSync(ck)
+        .filter((n) => n.startsWith("step-"))
+        .sort()
+    : []) {
     const dir = join(ck, name);
-    const state = existsSync(join(dir, "trainer_state.json")) ? (JSON.parse(readFileSync(join(dir, "trainer_state.json"), "utf8")) as { step: number; tokens: number }) : null;
+    const state = existsSync(join(dir, "trainer_state.json"))
+      ? (JSON.parse(readFileSync(join(dir, "trainer_state.json"), "utf8")) as { step: number; tokens: number })
+      : null;
     out.push({ name, dir, step: state?.step ?? null, tokens: state?.tokens ?? null, kind, base } as const);
   }
   // the final output, unless the last checkpoint already is it (a checkpoint is written at the end)
   const final = join(runDir, kind === "adapter" ? "adapter" : "model");
-  const metrics = existsSync(join(runDir, "metrics.jsonl")) ? readFileSync(join(runDir, "metrics.jsonl"), "utf8").trim().split("\n") : [];
-  const totalSteps = metrics.length ? (JSON.parse(metrics[metrics.length - 1]!) as { total_steps?: number }).total_steps : undefined;
+  const metrics = existsSync(join(runDir, "metrics.jsonl"))
+    ? readFileSync(join(runDir, "metrics.jsonl"), "utf8").trim().split("\n")
+    : [];
+  const totalSteps = metrics.length
+    ? (JSON.parse(metrics[metrics.length - 1]!) as { total_steps?: number }).total_steps
+    : undefined;
   const lastStep = out[out.length - 1]?.step;
-  if (existsSync(final) && !(lastStep !== undefined && lastStep === totalSteps)) out.push({ name: "final", dir: final, step: null, tokens: null, kind, base } as const);
-  if (!out.length) throw new AnalyzeError(`${runDir}: no checkpoints and no final ${kind === "adapter" ? "adapter" : "model"} to analyse`);
+  if (existsSync(final) && !(lastStep !== undefined && lastStep === totalSteps))
+    out.push({ name: "final", dir: final, step: null, tokens: null, kind, base } as const);
+  if (!out.length)
+    throw new AnalyzeError(
+      `${runDir}: no checkpoints and no final ${kind === "adapter" ? "adapter" : "model"} to analyse`,
+    );
   return out;
 }
 
@@ -142,7 +173,10 @@ function writeJson(file: string, v: unknown) {
 }
 
 /** Every checkpoint of a run: `<run>/spectrum/<checkpoint>.json`, and the figures beside them. */
-export async function analyzeRun(runDir: string, o: AnalyzeOptions & { onCheckpoint?: (name: string, i: number, n: number) => void } = {}): Promise<CheckpointAnalysis[]> {
+export async function analyzeRun(
+  runDir: string,
+  o: AnalyzeOptions & { onCheckpoint?: (name: string, i: number, n: number) => void } = {},
+): Promise<CheckpointAnalysis[]> {
   const cks = runCheckpoints(runDir);
   const out: CheckpointAnalysis[] = [];
   // a fresh analysis replaces the last one whole: no stale checkpoint files or figures
@@ -150,7 +184,10 @@ export async function analyzeRun(runDir: string, o: AnalyzeOptions & { onCheckpo
   if (existsSync(dir)) for (const f of readdirSync(dir)) if (/\.(json|svg)$/.test(f)) rmSync(join(dir, f));
   for (const [i, c] of cks.entries()) {
     o.onCheckpoint?.(c.name, i + 1, cks.length);
-    const analysis = await analyze({ base: c.base, ...(c.kind === "adapter" ? { adapter: c.dir } : { tuned: c.dir }) }, o);
+    const analysis = await analyze(
+      { base: c.base, ...(c.kind === "adapter" ? { adapter: c.dir } : { tuned: c.dir }) },
+      o,
+    );
     const r = { checkpoint: c.name, step: c.step, tokens: c.tokens, analysis };
     writeJson(join(runDir, "spectrum", `${c.name}.json`), r);
     out.push(r);
@@ -161,7 +198,14 @@ export async function analyzeRun(runDir: string, o: AnalyzeOptions & { onCheckpo
 
 // ------------------------------------------------------------------ figures
 
-const compact = (n: number) => (n >= 1e9 ? `${(n / 1e9).toPrecision(3)}B` : n >= 1e6 ? `${(n / 1e6).toPrecision(3)}M` : n >= 1e3 ? `${(n / 1e3).toPrecision(3)}k` : String(n));
+const compact = (n: number) =>
+  n >= 1e9
+    ? `${(n / 1e9).toPrecision(3)}B`
+    : n >= 1e6
+      ? `${(n / 1e6).toPrecision(3)}M`
+      : n >= 1e3
+        ? `${(n / 1e3).toPrecision(3)}k`
+        : String(n);
 
 /** The study's Fig. 6: rank@threshold of ΔW by layer, a panel per module type, a line per checkpoint. */
 export function rankByLayerFigure(cks: CheckpointAnalysis[], threshold = "0.9"): string {
@@ -176,15 +220,22 @@ export function rankByLayerFigure(cks: CheckpointAnalysis[], threshold = "0.9"):
     series: cks.map((c, i) => ({
       name: c.step !== null ? `step ${c.step}${c.tokens !== null ? ` (${compact(c.tokens)} tok)` : ""}` : c.checkpoint,
       color: colors[i]!,
-      points: c.analysis.matrices.filter((x) => x.module === mod).map((x) => [x.layer, x.delta.rank_at[threshold] ?? NaN] as [number, number]),
+      points: c.analysis.matrices
+        .filter((x) => x.module === mod)
+        .map((x) => [x.layer, x.delta.rank_at[threshold] ?? NaN] as [number, number]),
     })),
   }));
-  return panels(`rank needed to explain ${Number(threshold) * 100}% of ΔW's variance (${cks[0]?.analysis.kind === "lora" ? "LoRA" : "full FT"})`, charts, 4);
+  return panels(
+    `rank needed to explain ${Number(threshold) * 100}% of ΔW's variance (${cks[0]?.analysis.kind === "lora" ? "LoRA" : "full FT"})`,
+    charts,
+    4,
+  );
 }
 
 /** The study's Fig. S7: singular values of W_base, W_tuned, ΔW (and the noise floor) for one matrix. */
 export function spectraFigure(m: MatrixAnalysis, label = ""): string {
-  const s = (name: string, color: string, st: SpectrumStats | null, dashed = false) => (st ? [{ name, color, dashed, points: st.singular_values.map((v, i) => [i + 1, v] as [number, number]) }] : []);
+  const s = (name: string, color: string, st: SpectrumStats | null, dashed = false) =>
+    st ? [{ name, color, dashed, points: st.singular_values.map((v, i) => [i + 1, v] as [number, number]) }] : [];
   return lineChart({
     title: `${m.name}${label ? ` (${label})` : ""}`,
     xLabel: "index i",
@@ -192,7 +243,12 @@ export function spectraFigure(m: MatrixAnalysis, label = ""): string {
     logY: true,
     width: 560,
     height: 360,
-    series: [...s("W_base", "#555", m.base), ...s("W_tuned", "#1f77b4", m.tuned, true), ...s("ΔW", "#d62728", m.delta), ...s(m.noise_floor?.frobenius === 0 ? "noise floor (zero)" : "noise floor", "#999", m.noise_floor, true)],
+    series: [
+      ...s("W_base", "#555", m.base),
+      ...s("W_tuned", "#1f77b4", m.tuned, true),
+      ...s("ΔW", "#d62728", m.delta),
+      ...s(m.noise_floor?.frobenius === 0 ? "noise floor (zero)" : "noise floor", "#999", m.noise_floor, true),
+    ],
   });
 }
 
@@ -205,7 +261,15 @@ export function baselineFigure(b: RandomBaseline): string {
     yLabel: "σ_i",
     width: 460,
     height: 320,
-    series: [{ name: "A", color: "#000", points: b.sigma_a.map((v, i) => [i + 1, v]) }, ...b.points.map((p, i) => ({ name: `A + ${p.c}·B`, color: colors[i]!, dashed: true, points: p.sigma_sum.map((v, j) => [j + 1, v] as [number, number]) }))],
+    series: [
+      { name: "A", color: "#000", points: b.sigma_a.map((v, i) => [i + 1, v]) },
+      ...b.points.map((p, i) => ({
+        name: `A + ${p.c}·B`,
+        color: colors[i]!,
+        dashed: true,
+        points: p.sigma_sum.map((v, j) => [j + 1, v] as [number, number]),
+      })),
+    ],
   };
   const shift: Chart = {
     title: "mean |σ(A + cB) − σ(A)| / mean σ(A)",
@@ -229,8 +293,13 @@ export function writeFigures(dir: string, cks: CheckpointAnalysis[], matrix?: st
     writeFileSync(f, rankByLayerFigure(cks, t));
     files.push(f);
   }
-  const pick = matrix ? last.analysis.matrices.find((m) => m.name === matrix) : [...last.analysis.matrices].sort((a, b) => b.relative_change - a.relative_change)[0];
-  if (matrix && !pick) throw new AnalyzeError(`matrix ${matrix} was not analysed (hint: names like model.layers.0.self_attn.q_proj.weight)`);
+  const pick = matrix
+    ? last.analysis.matrices.find((m) => m.name === matrix)
+    : [...last.analysis.matrices].sort((a, b) => b.relative_change - a.relative_change)[0];
+  if (matrix && !pick)
+    throw new AnalyzeError(
+      `matrix ${matrix} was not analysed (hint: names like model.layers.0.self_attn.q_proj.weight)`,
+    );
   if (pick) {
     const f = join(dir, `spectra_${pick.name.replace(/[^\w.]+/g, "_")}.svg`);
     writeFileSync(f, spectraFigure(pick, last.checkpoint));

@@ -5,7 +5,10 @@
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-type Header = Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
+type Header = Record<
+  string,
+  { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>
+>;
 
 /** Rewrite a safetensors buffer with every F32 tensor as F16 (or F16 as F32). */
 function convert(file: Uint8Array, from: "F32" | "F16", to: "F32" | "F16"): Uint8Array<ArrayBuffer> {

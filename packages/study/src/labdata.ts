@@ -7,7 +7,24 @@ import { join } from "node:path";
 import { PyRandom } from "@loralab/eval";
 import { sentences, sourceDocs } from "../../../datasets/lab/corpus.ts";
 
-const NAMES = ["Ann", "Ben", "Cara", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivan", "Jo", "Kim", "Liam", "Maya", "Ned", "Olga", "Pat"];
+const NAMES = [
+  "Ann",
+  "Ben",
+  "Cara",
+  "Dan",
+  "Eve",
+  "Finn",
+  "Gus",
+  "Hana",
+  "Ivan",
+  "Jo",
+  "Kim",
+  "Liam",
+  "Maya",
+  "Ned",
+  "Olga",
+  "Pat",
+];
 const THINGS = ["apples", "books", "coins", "stamps", "shells", "marbles", "pens", "cards", "eggs", "ropes"];
 
 export interface Problem {
@@ -24,12 +41,25 @@ function problem(r: PyRandom): Problem {
   const a = 1 + r.randbelow(9);
   const b = 1 + r.randbelow(9);
   const kind = r.randbelow(3);
-  if (kind === 0) return { question: `${name} has ${a} ${thing} and finds ${b} more. How many ${thing} does ${name} have now?`, answer: `${a} + ${b} = ${a + b}.\n#### ${a + b}`, value: a + b };
+  if (kind === 0)
+    return {
+      question: `${name} has ${a} ${thing} and finds ${b} more. How many ${thing} does ${name} have now?`,
+      answer: `${a} + ${b} = ${a + b}.\n#### ${a + b}`,
+      value: a + b,
+    };
   if (kind === 1) {
     const [hi, lo] = a >= b ? [a + 9, b] : [b + 9, a];
-    return { question: `${name} has ${hi} ${thing} and gives away ${lo}. How many ${thing} are left?`, answer: `${hi} - ${lo} = ${hi - lo}.\n#### ${hi - lo}`, value: hi - lo };
+    return {
+      question: `${name} has ${hi} ${thing} and gives away ${lo}. How many ${thing} are left?`,
+      answer: `${hi} - ${lo} = ${hi - lo}.\n#### ${hi - lo}`,
+      value: hi - lo,
+    };
   }
-  return { question: `${name} buys ${a} bags with ${b} ${thing} in each. How many ${thing} is that?`, answer: `${a} * ${b} = ${a * b}.\n#### ${a * b}`, value: a * b };
+  return {
+    question: `${name} buys ${a} bags with ${b} ${thing} in each. How many ${thing} is that?`,
+    answer: `${a} * ${b} = ${a * b}.\n#### ${a * b}`,
+    value: a * b,
+  };
 }
 
 export interface LabData {
@@ -65,16 +95,23 @@ export function makeLabData(dir: string, o: { train: number; test: number; cloze
   const test = draw(o.test); // disjoint from train: every question once
   const train = draw(o.train);
   const jsonl = (rows: unknown[]) => rows.map((x) => JSON.stringify(x)).join("\n") + "\n";
-  writeFileSync(join(dir, "train.jsonl"), jsonl(train.map((p) => ({ prompt: `Question: ${p.question}\nAnswer:`, response: ` ${p.answer}` }))));
+  writeFileSync(
+    join(dir, "train.jsonl"),
+    jsonl(train.map((p) => ({ prompt: `Question: ${p.question}\nAnswer:`, response: ` ${p.answer}` }))),
+  );
   writeFileSync(join(dir, "gsm8k", "test.jsonl"), jsonl(test.map((p) => ({ question: p.question, answer: p.answer }))));
-  writeFileSync(join(dir, "gsm8k", "train.jsonl"), jsonl(train.slice(0, 50).map((p) => ({ question: p.question, answer: p.answer }))));
+  writeFileSync(
+    join(dir, "gsm8k", "train.jsonl"),
+    jsonl(train.slice(0, 50).map((p) => ({ question: p.question, answer: p.answer }))),
+  );
   // the cloze: a held-out sentence's beginning, its true ending and three endings of other sentences
   const held = sourceDocs().filter((d) => d.heldOut);
   const pool: { label: string; words: string[] }[] = [];
   for (const d of held)
     for (const s of sentences(d.text)) {
       const words = s.split(" ");
-      if (words.length >= 12 && words.length <= 40 && !/[[\]]/.test(s)) pool.push({ label: d.source === "sotu" ? "State of the Union" : "Moby-Dick", words });
+      if (words.length >= 12 && words.length <= 40 && !/[[\]]/.test(s))
+        pool.push({ label: d.source === "sotu" ? "State of the Union" : "Moby-Dick", words });
     }
   const cr = new PyRandom((o.seed ?? 7) + 1);
   const chosen = cr.sample(pool, Math.min(o.cloze, pool.length));
@@ -93,7 +130,13 @@ export function makeLabData(dir: string, o: { train: number; test: number; cloze
     const label = cr.randbelow(4);
     const endings = [...others];
     endings.splice(label, 0, ending);
-    return { activity_label: q.label, ctx_a: q.words.slice(0, cut).join(" "), ctx_b: "", endings, label: String(label) };
+    return {
+      activity_label: q.label,
+      ctx_a: q.words.slice(0, cut).join(" "),
+      ctx_b: "",
+      endings,
+      label: String(label),
+    };
   });
   writeFileSync(join(dir, "cloze", "validation.jsonl"), jsonl(cloze));
   // perplexity on a fixed 64k-character slice of the held-out prose (the start of each document)

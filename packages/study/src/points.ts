@@ -29,7 +29,11 @@ export interface MatrixRank {
 /** Singular values of ΔW kept per matrix for the interactive report. */
 export const SIGMA_KEEP = 128;
 
-type Analysed = { module: string; layer: number; delta: { rank_at: Record<string, number>; max_rank: number; singular_values?: number[]; frobenius?: number } };
+type Analysed = {
+  module: string;
+  layer: number;
+  delta: { rank_at: Record<string, number>; max_rank: number; singular_values?: number[]; frobenius?: number };
+};
 
 /** A point's per-matrix ranks from an analysis (ΔW's rank@90 % and its stored spectrum). */
 export function matrixRanks(matrices: Analysed[]): MatrixRank[] {
@@ -38,7 +42,9 @@ export function matrixRanks(matrices: Analysed[]): MatrixRank[] {
     layer: x.layer,
     rank: x.delta.rank_at["0.9"] ?? 0,
     maxRank: x.delta.max_rank,
-    ...(x.delta.singular_values?.length ? { sigma: x.delta.singular_values, totalSq: (x.delta.frobenius ?? 0) ** 2 } : {}),
+    ...(x.delta.singular_values?.length
+      ? { sigma: x.delta.singular_values, totalSq: (x.delta.frobenius ?? 0) ** 2 }
+      : {}),
   }));
 }
 
@@ -92,12 +98,29 @@ async function measure(model: string, adapter: string, plan: EvalPlan) {
     batchSize: 16,
     limit: plan.limit,
   });
-  return { learning: metric(r, "gsm8k", "strict_match"), forgetting: metric(r, "hellaswag", "acc_norm"), perplexity: await perplexity(model, adapter, plan.heldOut, plan.cacheDir) };
+  return {
+    learning: metric(r, "gsm8k", "strict_match"),
+    forgetting: metric(r, "hellaswag", "acc_norm"),
+    perplexity: await perplexity(model, adapter, plan.heldOut, plan.cacheDir),
+  };
 }
 
 export async function basePoint(base: string, plan: EvalPlan): Promise<Point> {
   const m = await measure(base, "", plan);
-  return { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, ...m, rank90: null, rank90By: [] };
+  return {
+    key: "base",
+    group: "base",
+    method: "base",
+    rank: null,
+    targets: "",
+    lr: 0,
+    seed: 0,
+    duration: 0,
+    tokens: 0,
+    ...m,
+    rank90: null,
+    rank90By: [],
+  };
 }
 
 export function groupOf(c: Checkpoint["cell"]): string {
@@ -116,7 +139,10 @@ export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPl
     if (p.rank90By.every((r) => r.sigma)) return p; // else cached before spectra were kept
   }
   const m = await measure(ck.model, ck.adapter, plan);
-  const a = await analyze(ck.adapter ? { base, adapter: ck.adapter } : { base, tuned: ck.model }, { spectra: false, keep: SIGMA_KEEP });
+  const a = await analyze(ck.adapter ? { base, adapter: ck.adapter } : { base, tuned: ck.model }, {
+    spectra: false,
+    keep: SIGMA_KEEP,
+  });
   const rank90By = matrixRanks(a.matrices);
   const p: Point = {
     key: ck.cell.key,

@@ -23,7 +23,12 @@ const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replac
  *  by learning ascending. The shared maths (loralab-maths through the addon; the report's
  *  page recomputes it in the browser from the same code compiled to WebAssembly). */
 export function paretoFrontier(ps: Point[]): Point[] {
-  return native.paretoFrontier(ps.map((p) => p.learning.value), ps.map((p) => p.forgetting.value)).map((i) => ps[i]!);
+  return native
+    .paretoFrontier(
+      ps.map((p) => p.learning.value),
+      ps.map((p) => p.forgetting.value),
+    )
+    .map((i) => ps[i]!);
 }
 
 function rows(points: Point[]) {
@@ -51,10 +56,23 @@ export interface Figures {
 
 export async function figures(base: Point, points: Point[], durationLabel: string): Promise<Figures[]> {
   const data = rows(points);
-  const frontier = paretoFrontier([base, ...points]).map((p) => ({ learning: p.learning.value, forgetting: p.forgetting.value }));
+  const frontier = paretoFrontier([base, ...points]).map((p) => ({
+    learning: p.learning.value,
+    forgetting: p.forgetting.value,
+  }));
   const out: Figures[] = [];
-  const axisL = { field: "learning", type: "quantitative" as const, title: "learning: target-task accuracy", scale: { zero: false } };
-  const axisF = { field: "forgetting", type: "quantitative" as const, title: "forgetting score: source cloze acc_norm (higher = forgot less)", scale: { zero: false } };
+  const axisL = {
+    field: "learning",
+    type: "quantitative" as const,
+    title: "learning: target-task accuracy",
+    scale: { zero: false },
+  };
+  const axisF = {
+    field: "forgetting",
+    type: "quantitative" as const,
+    title: "forgetting score: source cloze acc_norm (higher = forgot less)",
+    scale: { zero: false },
+  };
   out.push({
     name: "pareto",
     title: "Learning vs forgetting, with the Pareto frontier (base marked; size = duration; 95 % intervals)",
@@ -62,20 +80,91 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
       width: 560,
       height: 400,
       layer: [
-        { data: { values: frontier }, mark: { type: "line", color: "#999", strokeDash: [4, 3] }, encoding: { x: axisL, y: axisF } },
-        { data: { values: data }, mark: { type: "rule", opacity: 0.4 }, encoding: { x: { field: "lLo", type: "quantitative" }, x2: { field: "lHi" }, y: axisF, color: { field: "group", type: "nominal", title: "method" } } },
-        { data: { values: data }, mark: { type: "rule", opacity: 0.4 }, encoding: { y: { field: "fLo", type: "quantitative" }, y2: { field: "fHi" }, x: axisL, color: { field: "group", type: "nominal" } } },
-        { data: { values: data }, mark: { type: "line", opacity: 0.6 }, encoding: { x: axisL, y: axisF, color: { field: "group", type: "nominal" }, detail: [{ field: "lr", type: "nominal" }, { field: "seed", type: "nominal" }], order: { field: "duration", type: "quantitative" } } },
-        { data: { values: data }, mark: { type: "point", filled: true }, encoding: { x: axisL, y: axisF, color: { field: "group", type: "nominal" }, size: { field: "duration", type: "quantitative", title: durationLabel }, tooltip: [{ field: "key" }] } },
-        { data: { values: [{ learning: base.learning.value, forgetting: base.forgetting.value, label: "base" }] }, layer: [{ mark: { type: "point", shape: "diamond", size: 220, color: "black", filled: true }, encoding: { x: axisL, y: axisF } }, { mark: { type: "text", dx: 14, align: "left" }, encoding: { x: axisL, y: axisF, text: { field: "label" } } }] },
+        {
+          data: { values: frontier },
+          mark: { type: "line", color: "#999", strokeDash: [4, 3] },
+          encoding: { x: axisL, y: axisF },
+        },
+        {
+          data: { values: data },
+          mark: { type: "rule", opacity: 0.4 },
+          encoding: {
+            x: { field: "lLo", type: "quantitative" },
+            x2: { field: "lHi" },
+            y: axisF,
+            color: { field: "group", type: "nominal", title: "method" },
+          },
+        },
+        {
+          data: { values: data },
+          mark: { type: "rule", opacity: 0.4 },
+          encoding: {
+            y: { field: "fLo", type: "quantitative" },
+            y2: { field: "fHi" },
+            x: axisL,
+            color: { field: "group", type: "nominal" },
+          },
+        },
+        {
+          data: { values: data },
+          mark: { type: "line", opacity: 0.6 },
+          encoding: {
+            x: axisL,
+            y: axisF,
+            color: { field: "group", type: "nominal" },
+            detail: [
+              { field: "lr", type: "nominal" },
+              { field: "seed", type: "nominal" },
+            ],
+            order: { field: "duration", type: "quantitative" },
+          },
+        },
+        {
+          data: { values: data },
+          mark: { type: "point", filled: true },
+          encoding: {
+            x: axisL,
+            y: axisF,
+            color: { field: "group", type: "nominal" },
+            size: { field: "duration", type: "quantitative", title: durationLabel },
+            tooltip: [{ field: "key" }],
+          },
+        },
+        {
+          data: { values: [{ learning: base.learning.value, forgetting: base.forgetting.value, label: "base" }] },
+          layer: [
+            {
+              mark: { type: "point", shape: "diamond", size: 220, color: "black", filled: true },
+              encoding: { x: axisL, y: axisF },
+            },
+            {
+              mark: { type: "text", dx: 14, align: "left" },
+              encoding: { x: axisL, y: axisF, text: { field: "label" } },
+            },
+          ],
+        },
       ],
     } as vl.TopLevelSpec),
   });
   // learning and forgetting over training, best learning rate of each group
   const best = bestLrPoints(points);
   const long = best.flatMap((p) => [
-    { group: p.group, duration: p.duration, measure: "learning (target accuracy)", value: p.learning.value, lo: p.learning.value - Z * p.learning.stderr, hi: p.learning.value + Z * p.learning.stderr },
-    { group: p.group, duration: p.duration, measure: "forgetting score (source cloze)", value: p.forgetting.value, lo: p.forgetting.value - Z * p.forgetting.stderr, hi: p.forgetting.value + Z * p.forgetting.stderr },
+    {
+      group: p.group,
+      duration: p.duration,
+      measure: "learning (target accuracy)",
+      value: p.learning.value,
+      lo: p.learning.value - Z * p.learning.stderr,
+      hi: p.learning.value + Z * p.learning.stderr,
+    },
+    {
+      group: p.group,
+      duration: p.duration,
+      measure: "forgetting score (source cloze)",
+      value: p.forgetting.value,
+      lo: p.forgetting.value - Z * p.forgetting.stderr,
+      hi: p.forgetting.value + Z * p.forgetting.stderr,
+    },
   ]);
   out.push({
     name: "duration",
@@ -87,8 +176,23 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
         width: 300,
         height: 240,
         layer: [
-          { mark: { type: "line", point: true }, encoding: { x: { field: "duration", type: "quantitative", title: durationLabel }, y: { field: "value", type: "quantitative", scale: { zero: false }, title: null }, color: { field: "group", type: "nominal", title: "method" } } },
-          { mark: { type: "errorbar" }, encoding: { x: { field: "duration", type: "quantitative" }, y: { field: "lo", type: "quantitative" }, y2: { field: "hi" }, color: { field: "group", type: "nominal" } } },
+          {
+            mark: { type: "line", point: true },
+            encoding: {
+              x: { field: "duration", type: "quantitative", title: durationLabel },
+              y: { field: "value", type: "quantitative", scale: { zero: false }, title: null },
+              color: { field: "group", type: "nominal", title: "method" },
+            },
+          },
+          {
+            mark: { type: "errorbar" },
+            encoding: {
+              x: { field: "duration", type: "quantitative" },
+              y: { field: "lo", type: "quantitative" },
+              y2: { field: "hi" },
+              color: { field: "group", type: "nominal" },
+            },
+          },
         ],
       },
       resolve: { scale: { y: "independent" } },
@@ -105,8 +209,24 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
       height: 300,
       data: { values: atEnd },
       layer: [
-        { mark: { type: "line", point: true }, encoding: { x: { field: "lr", type: "quantitative", scale: { type: "log" }, title: "learning rate" }, y: { field: "learning", type: "quantitative", title: "learning: target-task accuracy" }, color: { field: "group", type: "nominal", title: "method" }, detail: { field: "seed", type: "nominal" } } },
-        { mark: { type: "errorbar" }, encoding: { x: { field: "lr", type: "quantitative" }, y: { field: "lLo", type: "quantitative" }, y2: { field: "lHi" }, color: { field: "group", type: "nominal" } } },
+        {
+          mark: { type: "line", point: true },
+          encoding: {
+            x: { field: "lr", type: "quantitative", scale: { type: "log" }, title: "learning rate" },
+            y: { field: "learning", type: "quantitative", title: "learning: target-task accuracy" },
+            color: { field: "group", type: "nominal", title: "method" },
+            detail: { field: "seed", type: "nominal" },
+          },
+        },
+        {
+          mark: { type: "errorbar" },
+          encoding: {
+            x: { field: "lr", type: "quantitative" },
+            y: { field: "lLo", type: "quantitative" },
+            y2: { field: "lHi" },
+            color: { field: "group", type: "nominal" },
+          },
+        },
       ],
     } as vl.TopLevelSpec),
   });
@@ -114,8 +234,20 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
   const lora = best.filter((p) => p.method === "lora" && p.duration === maxD);
   if (new Set(lora.map((p) => p.targets)).size > 1) {
     const vals = lora.flatMap((p) => [
-      { targets: `r=${p.rank} ${p.targets}`, measure: "learning", value: p.learning.value, lo: p.learning.value - Z * p.learning.stderr, hi: p.learning.value + Z * p.learning.stderr },
-      { targets: `r=${p.rank} ${p.targets}`, measure: "forgetting score", value: p.forgetting.value, lo: p.forgetting.value - Z * p.forgetting.stderr, hi: p.forgetting.value + Z * p.forgetting.stderr },
+      {
+        targets: `r=${p.rank} ${p.targets}`,
+        measure: "learning",
+        value: p.learning.value,
+        lo: p.learning.value - Z * p.learning.stderr,
+        hi: p.learning.value + Z * p.learning.stderr,
+      },
+      {
+        targets: `r=${p.rank} ${p.targets}`,
+        measure: "forgetting score",
+        value: p.forgetting.value,
+        lo: p.forgetting.value - Z * p.forgetting.stderr,
+        hi: p.forgetting.value + Z * p.forgetting.stderr,
+      },
     ]);
     out.push({
       name: "targets",
@@ -123,20 +255,58 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
       svg: await render({
         data: { values: vals },
         facet: { column: { field: "measure", type: "nominal", title: null } },
-        spec: { width: 220, height: 220, layer: [{ mark: "bar", encoding: { x: { field: "targets", type: "nominal", title: null }, y: { field: "value", type: "quantitative", title: null } } }, { mark: "errorbar", encoding: { x: { field: "targets", type: "nominal" }, y: { field: "lo", type: "quantitative" }, y2: { field: "hi" } } }] },
+        spec: {
+          width: 220,
+          height: 220,
+          layer: [
+            {
+              mark: "bar",
+              encoding: {
+                x: { field: "targets", type: "nominal", title: null },
+                y: { field: "value", type: "quantitative", title: null },
+              },
+            },
+            {
+              mark: "errorbar",
+              encoding: {
+                x: { field: "targets", type: "nominal" },
+                y: { field: "lo", type: "quantitative" },
+                y2: { field: "hi" },
+              },
+            },
+          ],
+        },
         resolve: { scale: { y: "independent" } },
       } as vl.TopLevelSpec),
     });
   }
   // rank@90 % of ΔW by layer and module (final checkpoints, best LR)
-  const spec90 = best.filter((p) => p.duration === maxD).flatMap((p) => p.rank90By.map((r) => ({ group: p.group, module: r.module, layer: r.layer, rank: r.rank })));
+  const spec90 = best
+    .filter((p) => p.duration === maxD)
+    .flatMap((p) => p.rank90By.map((r) => ({ group: p.group, module: r.module, layer: r.layer, rank: r.rank })));
   out.push({
     name: "rank90",
     title: "Rank needed to explain 90 % of ΔW's variance, by layer and module (longest duration)",
     svg: await render({
       data: { values: spec90 },
-      facet: { column: { field: "module", type: "nominal", sort: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], title: null } },
-      spec: { width: 110, height: 200, mark: { type: "line", point: true }, encoding: { x: { field: "layer", type: "ordinal" }, y: { field: "rank", type: "quantitative", title: "rank@90 %" }, color: { field: "group", type: "nominal", title: "method" } } },
+      facet: {
+        column: {
+          field: "module",
+          type: "nominal",
+          sort: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+          title: null,
+        },
+      },
+      spec: {
+        width: 110,
+        height: 200,
+        mark: { type: "line", point: true },
+        encoding: {
+          x: { field: "layer", type: "ordinal" },
+          y: { field: "rank", type: "quantitative", title: "rank@90 %" },
+          color: { field: "group", type: "nominal", title: "method" },
+        },
+      },
     } as vl.TopLevelSpec),
   });
   // generation diversity (HumanEval sweeps): distinct completions per problem against learning
@@ -153,7 +323,16 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
       svg: await render({
         data: { values: vals },
         facet: { column: { field: "kind", type: "nominal", title: null } },
-        spec: { width: 220, height: 220, mark: { type: "point", filled: true }, encoding: { x: { field: "learning", type: "quantitative", title: "pass@1" }, y: { field: "distinct", type: "quantitative", title: "distinct completions" }, color: { field: "group", type: "nominal", title: "method" } } },
+        spec: {
+          width: 220,
+          height: 220,
+          mark: { type: "point", filled: true },
+          encoding: {
+            x: { field: "learning", type: "quantitative", title: "pass@1" },
+            y: { field: "distinct", type: "quantitative", title: "distinct completions" },
+            color: { field: "group", type: "nominal", title: "method" },
+          },
+        },
       } as vl.TopLevelSpec),
     });
   }
@@ -187,7 +366,8 @@ export function findings(base: Point, points: Point[]): Finding[] {
   const out: Finding[] = [];
   const maxD = Math.max(...points.map((p) => p.duration));
   const final = points.filter((p) => p.duration === maxD);
-  const bestOf = (f: (p: Point) => boolean) => [...final.filter(f)].sort((a, b) => b.learning.value - a.learning.value)[0];
+  const bestOf = (f: (p: Point) => boolean) =>
+    [...final.filter(f)].sort((a, b) => b.learning.value - a.learning.value)[0];
   const full = bestOf((p) => p.method === "full");
   const lora = bestOf((p) => p.method === "lora");
   if (full && lora) {
@@ -204,10 +384,19 @@ export function findings(base: Point, points: Point[]): Finding[] {
   const fullPts = points.filter((p) => p.method === "full");
   const pairs: { d: number; se: number }[] = [];
   for (const l of loraPts) {
-    const matched = fullPts.filter((f) => f.learning.value >= l.learning.value - Z * Math.hypot(f.learning.stderr, l.learning.stderr) && f.learning.value <= l.learning.value + 0.1);
+    const matched = fullPts.filter(
+      (f) =>
+        f.learning.value >= l.learning.value - Z * Math.hypot(f.learning.stderr, l.learning.stderr) &&
+        f.learning.value <= l.learning.value + 0.1,
+    );
     if (!matched.length) continue;
-    const f = matched.sort((a, b) => Math.abs(a.learning.value - l.learning.value) - Math.abs(b.learning.value - l.learning.value))[0]!;
-    pairs.push({ d: l.forgetting.value - f.forgetting.value, se: Math.hypot(l.forgetting.stderr, f.forgetting.stderr) });
+    const f = matched.sort(
+      (a, b) => Math.abs(a.learning.value - l.learning.value) - Math.abs(b.learning.value - l.learning.value),
+    )[0]!;
+    pairs.push({
+      d: l.forgetting.value - f.forgetting.value,
+      se: Math.hypot(l.forgetting.stderr, f.forgetting.stderr),
+    });
   }
   if (pairs.length) {
     const mean = pairs.reduce((a, p) => a + p.d, 0) / pairs.length;
@@ -217,7 +406,12 @@ export function findings(base: Point, points: Point[]): Finding[] {
       held: mean > Z * se ? true : mean < -Z * se ? false : null,
       evidence: `over ${pairs.length} LoRA points each matched to the full-FT point of closest (not lower) learning, LoRA's source cloze score is higher by ${pct(mean)} ± ${pct(Z * se)} (95 %) on average${Math.abs(mean) <= Z * se ? " — within noise" : ""}; base ${ci(base.forgetting)}`,
     });
-  } else out.push({ claim: "LoRA forgets less than full fine-tuning at matched learning", held: null, evidence: "no full-FT point learned as much as any LoRA point: learning was never matched" });
+  } else
+    out.push({
+      claim: "LoRA forgets less than full fine-tuning at matched learning",
+      held: null,
+      evidence: "no full-FT point learned as much as any LoRA point: learning was never matched",
+    });
   const fullRank = final.filter((p) => p.method === "full" && p.rank90 !== null);
   const loraRank = final.filter((p) => p.method === "lora" && p.rank90 !== null);
   if (fullRank.length && loraRank.length) {
@@ -240,12 +434,17 @@ export function findings(base: Point, points: Point[]): Finding[] {
     });
   }
   // forgetting by held-out perplexity at matched learning (no interval: one fixed text)
-  const withPpl = (ps: Point[]) => ps.filter((p): p is Point & { perplexity: number } => typeof p.perplexity === "number" && Number.isFinite(p.perplexity));
+  const withPpl = (ps: Point[]) =>
+    ps.filter(
+      (p): p is Point & { perplexity: number } => typeof p.perplexity === "number" && Number.isFinite(p.perplexity),
+    );
   const lp = withPpl(points.filter((p) => p.method === "lora"));
   const fp = withPpl(points.filter((p) => p.method === "full"));
   const ratios: number[] = [];
   for (const l of lp) {
-    const f = fp.filter((x) => x.learning.value >= l.learning.value).sort((a, b) => a.learning.value - b.learning.value)[0];
+    const f = fp
+      .filter((x) => x.learning.value >= l.learning.value)
+      .sort((a, b) => a.learning.value - b.learning.value)[0];
     if (f) ratios.push(Math.log(f.perplexity / l.perplexity));
   }
   if (ratios.length && typeof base.perplexity === "number" && Number.isFinite(base.perplexity)) {
@@ -267,10 +466,34 @@ export function interactiveData(base: Point, points: Point[], durationLabel: str
   return {
     durationLabel,
     learningLabel: "target-task accuracy",
-    points: [base, ...points].map((p) => ({ key: p.key, group: p.group, method: p.method, rank: p.rank, targets: p.targets, lr: p.lr, seed: p.seed, duration: p.duration, learning: p.learning.value, learningSe: p.learning.stderr, forgetting: p.forgetting.value, forgettingSe: p.forgetting.stderr })),
+    points: [base, ...points].map((p) => ({
+      key: p.key,
+      group: p.group,
+      method: p.method,
+      rank: p.rank,
+      targets: p.targets,
+      lr: p.lr,
+      seed: p.seed,
+      duration: p.duration,
+      learning: p.learning.value,
+      learningSe: p.learning.stderr,
+      forgetting: p.forgetting.value,
+      forgettingSe: p.forgetting.stderr,
+    })),
     spectra: points
       .filter((p) => p.duration === maxD)
-      .flatMap((p) => p.rank90By.filter((r) => r.sigma?.length).map((r) => ({ key: p.key, group: p.group, module: r.module, layer: r.layer, sigma: r.sigma!, totalSq: r.totalSq ?? 0 }))),
+      .flatMap((p) =>
+        p.rank90By
+          .filter((r) => r.sigma?.length)
+          .map((r) => ({
+            key: p.key,
+            group: p.group,
+            module: r.module,
+            layer: r.layer,
+            sigma: r.sigma!,
+            totalSq: r.totalSq ?? 0,
+          })),
+      ),
   };
 }
 
@@ -284,7 +507,10 @@ export interface ReportInput {
 }
 
 /** Write report.html (self-contained) and <figure>.svg/.png into `dir`; returns the HTML path. */
-export async function writeReport(dir: string, r: ReportInput): Promise<{ html: string; pngs: string[]; findings: Finding[] }> {
+export async function writeReport(
+  dir: string,
+  r: ReportInput,
+): Promise<{ html: string; pngs: string[]; findings: Finding[] }> {
   mkdirSync(dir, { recursive: true });
   const figs = await figures(r.base, r.points, r.durationLabel);
   const pngs: string[] = [];
@@ -295,9 +521,13 @@ export async function writeReport(dir: string, r: ReportInput): Promise<{ html: 
     pngs.push(join(dir, `${f.name}.png`));
   }
   const fs = findings(r.base, r.points);
-  const verdict = (h: boolean | null) => (h === true ? "held" : h === false ? "did not hold" : "undecided (within noise)");
+  const verdict = (h: boolean | null) =>
+    h === true ? "held" : h === false ? "did not hold" : "undecided (within noise)";
   const table = [r.base, ...r.points]
-    .map((p) => `<tr><td>${esc(p.group)}</td><td>${esc(p.key)}</td><td>${p.lr ? p.lr.toExponential(0) : ""}</td><td>${p.seed}</td><td>${p.duration}</td><td>${ci(p.learning)}</td><td>${ci(p.forgetting)}</td><td>${fmtNum(p.perplexity, 2)}</td><td>${fmtNum(p.rank90, 1)}</td></tr>`)
+    .map(
+      (p) =>
+        `<tr><td>${esc(p.group)}</td><td>${esc(p.key)}</td><td>${p.lr ? p.lr.toExponential(0) : ""}</td><td>${p.seed}</td><td>${p.duration}</td><td>${ci(p.learning)}</td><td>${ci(p.forgetting)}</td><td>${fmtNum(p.perplexity, 2)}</td><td>${fmtNum(p.rank90, 1)}</td></tr>`,
+    )
     .join("\n");
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(r.title)}</title>

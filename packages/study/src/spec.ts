@@ -15,7 +15,11 @@ type Field =
   | { t: "any" };
 
 const num = (o: Omit<Extract<Field, { t: "number" }>, "t"> = {}): Field => ({ t: "number", ...o });
-const nums = (o: Omit<Extract<Field, { t: "number" }>, "t"> = {}): Field => ({ t: "array", of: num(o), nonEmpty: true });
+const nums = (o: Omit<Extract<Field, { t: "number" }>, "t"> = {}): Field => ({
+  t: "array",
+  of: num(o),
+  nonEmpty: true,
+});
 const METHODS = ["full", "lora", "hybrid"] as const;
 const TASKS = ["humaneval", "gsm8k", "hellaswag", "winogrande", "arc_challenge"] as const;
 
@@ -34,8 +38,19 @@ export const SPEC_SCHEMA: Field = {
     targets: { t: "array", of: { t: "targets" }, nonEmpty: true },
     seeds: nums({ int: true, min: 0, max: 2 ** 53 - 1 }),
     durations: nums({ gt: 0 }),
-    regularizers: { t: "object", fields: { weight_decay: num({ min: 0 }), attention_dropout: num({ min: 0, max: 0.99 }) } },
-    hybrid: { t: "object", required: ["lora_fraction", "full_targets", "rank"], fields: { lora_fraction: num({ gt: 0, max: 1 }), full_targets: { t: "array", of: { t: "string" }, nonEmpty: true }, rank: num({ int: true, min: 1 }) } },
+    regularizers: {
+      t: "object",
+      fields: { weight_decay: num({ min: 0 }), attention_dropout: num({ min: 0, max: 0.99 }) },
+    },
+    hybrid: {
+      t: "object",
+      required: ["lora_fraction", "full_targets", "rank"],
+      fields: {
+        lora_fraction: num({ gt: 0, max: 1 }),
+        full_targets: { t: "array", of: { t: "string" }, nonEmpty: true },
+        rank: num({ int: true, min: 1 }),
+      },
+    },
     records_per_epoch: num({ int: true, min: 1 }),
     eval: {
       t: "object",
@@ -45,15 +60,41 @@ export const SPEC_SCHEMA: Field = {
         data: { t: "record", keys: TASKS, of: { t: "string" } },
         limit: num({ int: true, min: 1 }),
         batch_size: num({ int: true, min: 1, max: 4096 }),
-        shots: { t: "record", keys: ["hellaswag", "winogrande", "arc_challenge"], of: num({ int: true, min: 0, max: 25 }) },
-        humaneval: { t: "object", fields: { n: num({ int: true, min: 1, max: 1000 }), temperature: num({ min: 0 }), top_p: num({ gt: 0, max: 1 }), max_length: num({ int: true, min: 8 }), ks: nums({ int: true, min: 1 }), seed: num({ int: true, min: 0 }) } },
-        gsm8k: { t: "object", fields: { shots: num({ int: true, min: 0, max: 8 }), max_new_tokens: num({ int: true, min: 1 }) } },
+        shots: {
+          t: "record",
+          keys: ["hellaswag", "winogrande", "arc_challenge"],
+          of: num({ int: true, min: 0, max: 25 }),
+        },
+        humaneval: {
+          t: "object",
+          fields: {
+            n: num({ int: true, min: 1, max: 1000 }),
+            temperature: num({ min: 0 }),
+            top_p: num({ gt: 0, max: 1 }),
+            max_length: num({ int: true, min: 8 }),
+            ks: nums({ int: true, min: 1 }),
+            seed: num({ int: true, min: 0 }),
+          },
+        },
+        gsm8k: {
+          t: "object",
+          fields: { shots: num({ int: true, min: 0, max: 8 }), max_new_tokens: num({ int: true, min: 1 }) },
+        },
       },
     },
   },
 };
 
-const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : Array.isArray(v) ? "a list" : v === null ? "null" : typeof v === "object" ? "a table" : String(v));
+const show = (v: unknown) =>
+  typeof v === "string"
+    ? JSON.stringify(v)
+    : Array.isArray(v)
+      ? "a list"
+      : v === null
+        ? "null"
+        : typeof v === "object"
+          ? "a table"
+          : String(v);
 
 type Json = Record<string, unknown>;
 
@@ -76,16 +117,26 @@ function schemaProps(root: Json, node: unknown): Record<string, unknown> | undef
   return undefined;
 }
 
-function checkRunConfig(v: unknown, path: string, fail: (p: string, m: string) => never, root: Json, node: unknown = root): void {
+function checkRunConfig(
+  v: unknown,
+  path: string,
+  fail: (p: string, m: string) => never,
+  root: Json,
+  node: unknown = root,
+): void {
   const props = schemaProps(root, node);
   if (!props) return;
   if (typeof v !== "object" || v === null || Array.isArray(v)) fail(path, `expected a table, got ${show(v)}`);
   for (const [k, x] of Object.entries(v as Json)) {
     if (!(k in props)) {
       const near = nearestName(k, Object.keys(props));
-      fail(`${path}.${k}`, `unknown key \`${k}\` (hint: ${near ? `did you mean \`${near}\`? ` : ""}\`loralab train --help\` lists every run config field)`);
+      fail(
+        `${path}.${k}`,
+        `unknown key \`${k}\` (hint: ${near ? `did you mean \`${near}\`? ` : ""}\`loralab train --help\` lists every run config field)`,
+      );
     }
-    if (typeof x === "object" && x !== null && !Array.isArray(x)) checkRunConfig(x, `${path}.${k}`, fail, root, props[k]);
+    if (typeof x === "object" && x !== null && !Array.isArray(x))
+      checkRunConfig(x, `${path}.${k}`, fail, root, props[k]);
   }
 }
 
@@ -128,11 +179,16 @@ function check(v: unknown, f: Field, path: string, fail: (p: string, m: string) 
         const p = path ? `${path}.${k}` : k;
         if (keys && !keys.includes(k)) {
           const near = nearestName(k, keys);
-          fail(p, `unknown key \`${k}\` (hint: ${near ? `did you mean \`${near}\`? ` : ""}valid keys here: ${keys.join(", ")})`);
+          fail(
+            p,
+            `unknown key \`${k}\` (hint: ${near ? `did you mean \`${near}\`? ` : ""}valid keys here: ${keys.join(", ")})`,
+          );
         }
         check(x, f.t === "object" ? f.fields[k]! : f.of, p, fail);
       }
-      if (f.t === "object") for (const r of f.required ?? []) if (o[r] === undefined) fail(path ? `${path}.${r}` : r, "is required (hint: see configs/sweep-example.toml)");
+      if (f.t === "object")
+        for (const r of f.required ?? [])
+          if (o[r] === undefined) fail(path ? `${path}.${r}` : r, "is required (hint: see configs/sweep-example.toml)");
       return;
     }
   }
@@ -146,12 +202,23 @@ export function validateStudySpec(raw: unknown, file: string): StudySpec {
   check(raw, SPEC_SCHEMA, "", fail);
   const spec = raw as StudySpec;
   checkRunConfig(spec.base, "base", fail, configSchema() as Json);
-  for (const m of Object.keys(spec.lr)) if (!["full_wd", "full_dropout"].includes(m) && !spec.methods.includes(m as never)) fail(`lr.${m}`, `an LR grid for ${m}, which is not in methods (hint: add it to methods or drop lr.${m})`);
-  for (const m of spec.methods) if (m !== "hybrid" && !spec.lr[m]?.length) fail(`lr.${m}`, `method ${m} needs an LR grid (hint: lr.${m} = [1e-4, 2e-4])`);
-  if (spec.methods.includes("hybrid") && !spec.hybrid) fail("hybrid", "method hybrid needs a hybrid section (lora_fraction, full_targets, rank)");
+  for (const m of Object.keys(spec.lr))
+    if (!["full_wd", "full_dropout"].includes(m) && !spec.methods.includes(m as never))
+      fail(`lr.${m}`, `an LR grid for ${m}, which is not in methods (hint: add it to methods or drop lr.${m})`);
+  for (const m of spec.methods)
+    if (m !== "hybrid" && !spec.lr[m]?.length)
+      fail(`lr.${m}`, `method ${m} needs an LR grid (hint: lr.${m} = [1e-4, 2e-4])`);
+  if (spec.methods.includes("hybrid") && !spec.hybrid)
+    fail("hybrid", "method hybrid needs a hybrid section (lora_fraction, full_targets, rank)");
   if (spec.methods.includes("hybrid") && !spec.lr.hybrid?.length) fail("lr.hybrid", "method hybrid needs an LR grid");
-  if (spec.regime === "ift" && spec.records_per_epoch === undefined) fail("records_per_epoch", "IFT durations are epochs: give the training examples per epoch (hint: records_per_epoch = 110000)");
-  if (spec.regime === "ift") for (const [i, d] of spec.durations.entries()) if (!Number.isInteger(d)) fail(`durations[${i}]`, `IFT durations are whole epochs (got ${d})`);
+  if (spec.regime === "ift" && spec.records_per_epoch === undefined)
+    fail(
+      "records_per_epoch",
+      "IFT durations are epochs: give the training examples per epoch (hint: records_per_epoch = 110000)",
+    );
+  if (spec.regime === "ift")
+    for (const [i, d] of spec.durations.entries())
+      if (!Number.isInteger(d)) fail(`durations[${i}]`, `IFT durations are whole epochs (got ${d})`);
   return spec;
 }
 

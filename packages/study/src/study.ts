@@ -28,14 +28,23 @@ export interface StudySpec extends SweepSpec {
 }
 
 /** The eval section as the evaluator's options. */
-function evalOptions(e: StudyEval): Pick<EvalOptions, "data" | "limit" | "batchSize" | "shots" | "humaneval" | "gsm8k"> {
+function evalOptions(
+  e: StudyEval,
+): Pick<EvalOptions, "data" | "limit" | "batchSize" | "shots" | "humaneval" | "gsm8k"> {
   const h = e.humaneval;
   return {
     data: e.data,
     limit: e.limit,
     batchSize: e.batch_size,
     shots: e.shots,
-    humaneval: h && { n: h.n, temperature: h.temperature, topP: h.top_p, maxLength: h.max_length, ks: h.ks, seed: h.seed },
+    humaneval: h && {
+      n: h.n,
+      temperature: h.temperature,
+      topP: h.top_p,
+      maxLength: h.max_length,
+      ks: h.ks,
+      seed: h.seed,
+    },
     gsm8k: e.gsm8k && { shots: e.gsm8k.shots, maxNewTokens: e.gsm8k.max_new_tokens },
   };
 }
@@ -46,21 +55,55 @@ async function score(model: string, adapter: string, spec: StudySpec) {
   const s = summarize(r.tasks, FORGETTING_DEFAULT, spec.eval.shots);
   const lt = r.tasks[spec.eval.learning]!;
   const lm = lt.metrics[spec.eval.learning === "humaneval" ? "pass@1" : "strict_match"];
-  const lse = typeof lm === "number" ? Math.sqrt((s.learning!.value * (1 - s.learning!.value)) / Math.max(1, lt.docs)) : lm!.stderr;
+  const lse =
+    typeof lm === "number"
+      ? Math.sqrt((s.learning!.value * (1 - s.learning!.value)) / Math.max(1, lt.docs))
+      : lm!.stderr;
   const parts = MC_TASKS.map((t) => r.tasks[t]!.metrics[FORGETTING_DEFAULT.metrics[t]] as { stderr: number });
   const fse = Math.sqrt(parts.reduce((a, p) => a + p.stderr ** 2, 0)) / parts.length;
-  const div = spec.eval.learning === "humaneval" ? { all: lt.metrics.diversity_all as number, passing: lt.metrics.diversity_passing as number, failing: lt.metrics.diversity_failing as number } : undefined;
-  return { learning: { value: s.learning!.value, stderr: lse }, forgetting: { value: s.forgetting!.value, stderr: fse }, perplexity: null, ...(div ? { diversity: div } : {}) };
+  const div =
+    spec.eval.learning === "humaneval"
+      ? {
+          all: lt.metrics.diversity_all as number,
+          passing: lt.metrics.diversity_passing as number,
+          failing: lt.metrics.diversity_failing as number,
+        }
+      : undefined;
+  return {
+    learning: { value: s.learning!.value, stderr: lse },
+    forgetting: { value: s.forgetting!.value, stderr: fse },
+    perplexity: null,
+    ...(div ? { diversity: div } : {}),
+  };
 }
 
-export async function runStudy(spec: StudySpec, out: string, log: (m: string) => void = console.log, progress?: RunProgress): Promise<{ report: string; points: Point[] }> {
+export async function runStudy(
+  spec: StudySpec,
+  out: string,
+  log: (m: string) => void = console.log,
+  progress?: RunProgress,
+): Promise<{ report: string; points: Point[] }> {
   mkdirSync(out, { recursive: true });
   const store = await openStore({ path: join(out, "study.db") });
   try {
     const baseModel = spec.base.model?.path;
-    if (!baseModel) throw new Error(`sweep ${spec.name}: base.model.path must name the base model (HF directory or .gguf)`);
+    if (!baseModel)
+      throw new Error(`sweep ${spec.name}: base.model.path must name the base model (HF directory or .gguf)`);
     const bm = await score(baseModel, "", spec);
-    const base: Point = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, ...bm, rank90: null, rank90By: [] };
+    const base: Point = {
+      key: "base",
+      group: "base",
+      method: "base",
+      rank: null,
+      targets: "",
+      lr: 0,
+      seed: 0,
+      duration: 0,
+      tokens: 0,
+      ...bm,
+      rank90: null,
+      rank90By: [],
+    };
     const cks: Checkpoint[] = await runSweep(spec, store, join(out, "runs"), log, progress);
     const points: Point[] = [];
     for (const ck of cks) {
@@ -72,15 +115,46 @@ export async function runStudy(spec: StudySpec, out: string, log: (m: string) =>
       }
       log(`eval ${ck.runId} @ ${ck.duration}`);
       const m = await score(ck.model, ck.adapter, spec);
-      const a = await analyze(ck.adapter ? { base: baseModel, adapter: ck.adapter } : { base: baseModel, tuned: ck.model }, { spectra: false, keep: SIGMA_KEEP });
+      const a = await analyze(
+        ck.adapter ? { base: baseModel, adapter: ck.adapter } : { base: baseModel, tuned: ck.model },
+        { spectra: false, keep: SIGMA_KEEP },
+      );
       const rank90By = matrixRanks(a.matrices);
-      const p: Point = { key: ck.cell.key, group: groupOf(ck.cell), method: ck.cell.method, rank: ck.cell.rank, targets: ck.cell.targets, lr: ck.cell.lr, seed: ck.cell.seed, duration: ck.duration, tokens: ck.tokens, ...m, rank90: meanRank(rank90By) ?? 0, rank90By };
+      const p: Point = {
+        key: ck.cell.key,
+        group: groupOf(ck.cell),
+        method: ck.cell.method,
+        rank: ck.cell.rank,
+        targets: ck.cell.targets,
+        lr: ck.cell.lr,
+        seed: ck.cell.seed,
+        duration: ck.duration,
+        tokens: ck.tokens,
+        ...m,
+        rank90: meanRank(rank90By) ?? 0,
+        rank90By,
+      };
       writeFileSync(cache, JSON.stringify(p));
       points.push(p);
     }
     const label = spec.regime === "ift" ? "epochs" : "training tokens";
-    writeFileSync(join(out, "points.json"), JSON.stringify({ title: `loralab study: ${spec.name}`, base, points, durationLabel: label }, null, 1));
-    const rep = await writeReport(join(out, "report"), { title: `loralab study: ${spec.name}`, base, points, durationLabel: label, notes: [`Sweep spec: ${spec.name} (${spec.regime}).`, spec.regime === "ift" ? "Durations: the checkpoint at the end of each epoch of one run per cell." : "Durations: branches resumed from the checkpoint at 0.8·D of one long run, with a linear cooldown over their last 20 %."], gates: [] });
+    writeFileSync(
+      join(out, "points.json"),
+      JSON.stringify({ title: `loralab study: ${spec.name}`, base, points, durationLabel: label }, null, 1),
+    );
+    const rep = await writeReport(join(out, "report"), {
+      title: `loralab study: ${spec.name}`,
+      base,
+      points,
+      durationLabel: label,
+      notes: [
+        `Sweep spec: ${spec.name} (${spec.regime}).`,
+        spec.regime === "ift"
+          ? "Durations: the checkpoint at the end of each epoch of one run per cell."
+          : "Durations: branches resumed from the checkpoint at 0.8·D of one long run, with a linear cooldown over their last 20 %.",
+      ],
+      gates: [],
+    });
     return { report: rep.html, points };
   } finally {
     await store.close();
@@ -95,28 +169,87 @@ export async function reportRuns(runDirs: string[], out: string): Promise<string
   for (const dir of runDirs) {
     const f = join(dir, "eval.json");
     if (!existsSync(f)) throw new Error(`${dir}: no eval.json (hint: \`loralab eval --run ${dir}\` first)`);
-    const e = JSON.parse(readFileSync(f, "utf8")) as { learning: { value: number } | null; forgetting: { value: number; complete?: boolean } | null; base: { learning: { value: number } | null; forgetting: { value: number } | null }; tasks: Record<string, { docs: number }> };
-    if (!e.learning || !e.forgetting || e.forgetting.complete === false) throw new Error(`${f}: needs a learning task and the three forgetting tasks (hint: loralab eval --run ${dir} --tasks gsm8k,hellaswag,winogrande,arc_challenge)`);
-    const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as { run_id: string; seed: number; method: { kind: string; rank: number; targets: unknown }; optim: { lr: number } };
+    const e = JSON.parse(readFileSync(f, "utf8")) as {
+      learning: { value: number } | null;
+      forgetting: { value: number; complete?: boolean } | null;
+      base: { learning: { value: number } | null; forgetting: { value: number } | null };
+      tasks: Record<string, { docs: number }>;
+    };
+    if (!e.learning || !e.forgetting || e.forgetting.complete === false)
+      throw new Error(
+        `${f}: needs a learning task and the three forgetting tasks (hint: loralab eval --run ${dir} --tasks gsm8k,hellaswag,winogrande,arc_challenge)`,
+      );
+    const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as {
+      run_id: string;
+      seed: number;
+      method: { kind: string; rank: number; targets: unknown };
+      optim: { lr: number };
+    };
     const n = Math.max(1, ...Object.values(e.tasks).map((t) => t.docs));
     const se = (v: number) => Math.sqrt((v * (1 - v)) / n);
-    const spec = existsSync(join(dir, "spectrum", "final.json")) ? JSON.parse(readFileSync(join(dir, "spectrum", "final.json"), "utf8")) : null;
+    const spec = existsSync(join(dir, "spectrum", "final.json"))
+      ? JSON.parse(readFileSync(join(dir, "spectrum", "final.json"), "utf8"))
+      : null;
     const rank90By = spec ? matrixRanks(spec.analysis.matrices) : [];
     const lora = cfg.method.kind === "lora";
-    points.push({ key: cfg.run_id, group: lora ? `LoRA r=${cfg.method.rank}` : "full FT", method: cfg.method.kind, rank: lora ? cfg.method.rank : null, targets: String(cfg.method.targets), lr: cfg.optim.lr, seed: cfg.seed, duration: 1, tokens: 0, learning: { value: e.learning.value, stderr: se(e.learning.value) }, forgetting: { value: e.forgetting.value, stderr: se(e.forgetting.value) }, perplexity: null, rank90: meanRank(rank90By), rank90By });
-    if (!base && e.base.learning && e.base.forgetting) base = { key: "base", group: "base", method: "base", rank: null, targets: "", lr: 0, seed: 0, duration: 0, tokens: 0, learning: { value: e.base.learning.value, stderr: se(e.base.learning.value) }, forgetting: { value: e.base.forgetting.value, stderr: se(e.base.forgetting.value) }, perplexity: null, rank90: null, rank90By: [] };
+    points.push({
+      key: cfg.run_id,
+      group: lora ? `LoRA r=${cfg.method.rank}` : "full FT",
+      method: cfg.method.kind,
+      rank: lora ? cfg.method.rank : null,
+      targets: String(cfg.method.targets),
+      lr: cfg.optim.lr,
+      seed: cfg.seed,
+      duration: 1,
+      tokens: 0,
+      learning: { value: e.learning.value, stderr: se(e.learning.value) },
+      forgetting: { value: e.forgetting.value, stderr: se(e.forgetting.value) },
+      perplexity: null,
+      rank90: meanRank(rank90By),
+      rank90By,
+    });
+    if (!base && e.base.learning && e.base.forgetting)
+      base = {
+        key: "base",
+        group: "base",
+        method: "base",
+        rank: null,
+        targets: "",
+        lr: 0,
+        seed: 0,
+        duration: 0,
+        tokens: 0,
+        learning: { value: e.base.learning.value, stderr: se(e.base.learning.value) },
+        forgetting: { value: e.base.forgetting.value, stderr: se(e.base.forgetting.value) },
+        perplexity: null,
+        rank90: null,
+        rank90By: [],
+      };
   }
-  if (!base) throw new Error("no run's eval.json carries its base model's scores (hint: loralab eval --run without --no-base)");
+  if (!base)
+    throw new Error("no run's eval.json carries its base model's scores (hint: loralab eval --run without --no-base)");
   const title = `loralab report: ${runDirs.length} runs`;
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, "points.json"), JSON.stringify({ title, base, points, durationLabel: "runs" }, null, 1));
-  return (await writeReport(join(out, "report"), { title, base, points, durationLabel: "runs", notes: ["Points are whole runs (their final output), scored by loralab eval --run; standard errors are binomial over the largest task's items."], gates: [] })).html;
+  return (
+    await writeReport(join(out, "report"), {
+      title,
+      base,
+      points,
+      durationLabel: "runs",
+      notes: [
+        "Points are whole runs (their final output), scored by loralab eval --run; standard errors are binomial over the largest task's items.",
+      ],
+      gates: [],
+    })
+  ).html;
 }
 
 /** Redraw a report from a points.json (a study's or the laboratory's). */
 export async function redrawReport(dir: string): Promise<string> {
   const f = join(dir, "points.json");
-  if (!existsSync(f)) throw new Error(`${dir}: no points.json (hint: a directory written by loralab sweep or the laboratory)`);
+  if (!existsSync(f))
+    throw new Error(`${dir}: no points.json (hint: a directory written by loralab sweep or the laboratory)`);
   const p = JSON.parse(readFileSync(f, "utf8"));
   return (await writeReport(join(dir, "report"), { ...p, notes: p.notes ?? [], gates: p.gates ?? [] })).html;
 }

@@ -9,7 +9,15 @@
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Store } from "@loralab/db";
-import { evalLoss, lastCheckpoint, merge, resolveConfig, train, type ProgressEvent, type RunConfig } from "loralab/core";
+import {
+  evalLoss,
+  lastCheckpoint,
+  merge,
+  resolveConfig,
+  train,
+  type ProgressEvent,
+  type RunConfig,
+} from "loralab/core";
 
 export type Method = "full" | "lora" | "hybrid";
 
@@ -68,21 +76,68 @@ export function cells(spec: SweepSpec): Cell[] {
   for (const seed of seeds)
     for (const m of spec.methods) {
       for (const lr of spec.lr[m] ?? []) {
-        if (m === "full") out.push({ key: `full-lr${fmt(lr)}-s${seed}`, method: "full", rank: null, alpha: null, targets: "all", lr, seed });
+        if (m === "full")
+          out.push({
+            key: `full-lr${fmt(lr)}-s${seed}`,
+            method: "full",
+            rank: null,
+            alpha: null,
+            targets: "all",
+            lr,
+            seed,
+          });
         else if (m === "hybrid") {
           const h = spec.hybrid;
-          if (!h) throw new Error(`sweep ${spec.name}: method hybrid needs a hybrid section (lora_fraction, full_targets, rank)`);
-          out.push({ key: `hybrid-r${h.rank}-${h.full_targets.join("+")}-lr${fmt(lr)}-s${seed}`, method: "hybrid", rank: h.rank, alpha: 2 * h.rank, targets: h.full_targets.join("+"), lr, seed });
+          if (!h)
+            throw new Error(
+              `sweep ${spec.name}: method hybrid needs a hybrid section (lora_fraction, full_targets, rank)`,
+            );
+          out.push({
+            key: `hybrid-r${h.rank}-${h.full_targets.join("+")}-lr${fmt(lr)}-s${seed}`,
+            method: "hybrid",
+            rank: h.rank,
+            alpha: 2 * h.rank,
+            targets: h.full_targets.join("+"),
+            lr,
+            seed,
+          });
         } else
           for (const r of spec.ranks ?? [16])
             for (const k of spec.alpha_factors ?? [2])
-              for (const t of targetsList) out.push({ key: `lora-r${r}-a${k * r}-${tname(t)}-lr${fmt(lr)}-s${seed}`, method: "lora", rank: r, alpha: k * r, targets: tname(t), lr, seed });
+              for (const t of targetsList)
+                out.push({
+                  key: `lora-r${r}-a${k * r}-${tname(t)}-lr${fmt(lr)}-s${seed}`,
+                  method: "lora",
+                  rank: r,
+                  alpha: k * r,
+                  targets: tname(t),
+                  lr,
+                  seed,
+                });
       }
     }
   if (spec.regularizers?.weight_decay !== undefined)
-    for (const lr of spec.lr.full_wd ?? spec.lr.full ?? []) out.push({ key: `full_wd${spec.regularizers.weight_decay}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_wd", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
+    for (const lr of spec.lr.full_wd ?? spec.lr.full ?? [])
+      out.push({
+        key: `full_wd${spec.regularizers.weight_decay}-lr${fmt(lr)}-s${seeds[0]}`,
+        method: "full_wd",
+        rank: null,
+        alpha: null,
+        targets: "all",
+        lr,
+        seed: seeds[0]!,
+      });
   if (spec.regularizers?.attention_dropout !== undefined)
-    for (const lr of spec.lr.full_dropout ?? spec.lr.full ?? []) out.push({ key: `full_dropout${spec.regularizers.attention_dropout}-lr${fmt(lr)}-s${seeds[0]}`, method: "full_dropout", rank: null, alpha: null, targets: "all", lr, seed: seeds[0]! });
+    for (const lr of spec.lr.full_dropout ?? spec.lr.full ?? [])
+      out.push({
+        key: `full_dropout${spec.regularizers.attention_dropout}-lr${fmt(lr)}-s${seeds[0]}`,
+        method: "full_dropout",
+        rank: null,
+        alpha: null,
+        targets: "all",
+        lr,
+        seed: seeds[0]!,
+      });
   return out;
 }
 
@@ -94,10 +149,28 @@ function targetsValue(t: string): string | string[] {
 export function cellConfig(spec: SweepSpec, c: Cell, runsDir: string, runId: string): RunConfig {
   const b = spec.base;
   const method: RunConfig["method"] =
-    c.method === "lora" ? { ...b.method, kind: "lora", rank: c.rank!, alpha: c.alpha!, targets: targetsValue(c.targets) } : { ...b.method, kind: "full" };
-  const optim: RunConfig["optim"] = { ...b.optim, lr: c.lr, ...(c.method === "full_wd" ? { weight_decay: spec.regularizers!.weight_decay! } : {}) };
-  const trainCfg: RunConfig["train"] = { ...b.train, ...(c.method === "full_dropout" ? { attention_dropout: spec.regularizers!.attention_dropout! } : {}) };
-  return { ...b, name: `${spec.name}-${c.key}`, run_id: runId, out_dir: runsDir, seed: c.seed, method, optim, train: trainCfg };
+    c.method === "lora"
+      ? { ...b.method, kind: "lora", rank: c.rank!, alpha: c.alpha!, targets: targetsValue(c.targets) }
+      : { ...b.method, kind: "full" };
+  const optim: RunConfig["optim"] = {
+    ...b.optim,
+    lr: c.lr,
+    ...(c.method === "full_wd" ? { weight_decay: spec.regularizers!.weight_decay! } : {}),
+  };
+  const trainCfg: RunConfig["train"] = {
+    ...b.train,
+    ...(c.method === "full_dropout" ? { attention_dropout: spec.regularizers!.attention_dropout! } : {}),
+  };
+  return {
+    ...b,
+    name: `${spec.name}-${c.key}`,
+    run_id: runId,
+    out_dir: runsDir,
+    seed: c.seed,
+    method,
+    optim,
+    train: trainCfg,
+  };
 }
 
 export interface SweepProgress {
@@ -110,18 +183,33 @@ export type RunProgress = (label: string) => { onProgress(p: ProgressEvent): voi
 /** Steps per epoch for IFT: records / (micro_batch · grad_accum), rounded up. */
 function stepsPerEpoch(spec: SweepSpec): number {
   const n = spec.records_per_epoch;
-  if (!n) throw new Error(`sweep ${spec.name}: IFT durations are epochs; give records_per_epoch (the training examples)`);
+  if (!n)
+    throw new Error(`sweep ${spec.name}: IFT durations are epochs; give records_per_epoch (the training examples)`);
   const bs = (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
   return Math.ceil(n / bs);
 }
 
-async function trainOrResume(store: Store, cfg: RunConfig, progress?: RunProgress, device = "cpu"): Promise<{ runDir: string; skipped: boolean }> {
+async function trainOrResume(
+  store: Store,
+  cfg: RunConfig,
+  progress?: RunProgress,
+  device = "cpu",
+): Promise<{ runDir: string; skipped: boolean }> {
   const id = cfg.run_id!;
   const runDir = join(cfg.out_dir!, id);
   const row = await store.getRun(id);
   if (row?.status === "completed") return { runDir, skipped: true };
   const resolved = resolveConfig(cfg);
-  if (!row) await store.createRun({ id, name: resolved.name, method: resolved.method.kind, config: resolved as unknown as Record<string, unknown>, device, runDir, status: "running" });
+  if (!row)
+    await store.createRun({
+      id,
+      name: resolved.name,
+      method: resolved.method.kind,
+      config: resolved as unknown as Record<string, unknown>,
+      device,
+      runDir,
+      status: "running",
+    });
   else await store.updateRun(id, { status: "running", error: null });
   // resume an interrupted cell from its last checkpoint; a cell that never checkpointed restarts
   const last = lastCheckpoint(runDir);
@@ -142,7 +230,13 @@ async function trainOrResume(store: Store, cfg: RunConfig, progress?: RunProgres
 }
 
 /** Train every cell (skipping finished ones) and list the checkpoints to evaluate. */
-export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress = () => {}, progress?: RunProgress): Promise<Checkpoint[]> {
+export async function runSweep(
+  spec: SweepSpec,
+  store: Store,
+  runsDir: string,
+  log: SweepProgress = () => {},
+  progress?: RunProgress,
+): Promise<Checkpoint[]> {
   if (spec.regime === "cpt") return runCptSweep(spec, store, runsDir, log, progress);
   const spe = stepsPerEpoch(spec);
   const maxEpochs = Math.max(...spec.durations);
@@ -158,11 +252,18 @@ export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, l
       // phase 1: LoRA for a fraction of the epochs; merge; phase 2: full FT of the chosen modules
       const h = spec.hybrid!;
       const loraEpochs = Math.max(1, Math.round(h.lora_fraction * maxEpochs));
-      const p1: RunConfig = { ...cfg, run_id: `${runId}-lora`, name: `${cfg.name}-lora-phase`, method: { ...cfg.method, kind: "lora", rank: h.rank, alpha: 2 * h.rank }, train: { ...cfg.train, steps: loraEpochs * spe } };
+      const p1: RunConfig = {
+        ...cfg,
+        run_id: `${runId}-lora`,
+        name: `${cfg.name}-lora-phase`,
+        method: { ...cfg.method, kind: "lora", rank: h.rank, alpha: 2 * h.rank },
+        train: { ...cfg.train, steps: loraEpochs * spe },
+      };
       const r1 = await trainOrResume(store, p1, progress);
       const merged = join(runsDir, `${runId}-merged`);
       // a randomly initialised base lives in the phase-1 run's base/
-      if (!existsSync(join(merged, "model.safetensors"))) await merge(baseModel || join(r1.runDir, "base"), join(r1.runDir, "adapter"), merged);
+      if (!existsSync(join(merged, "model.safetensors")))
+        await merge(baseModel || join(r1.runDir, "base"), join(r1.runDir, "adapter"), merged);
       cfg.model = { ...cfg.model, path: merged };
       cfg.method = { ...cfg.method, kind: "full", targets: h.full_targets };
       cfg.train = { ...cfg.train, steps: (maxEpochs - loraEpochs) * spe };
@@ -178,7 +279,14 @@ export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, l
       if (!existsSync(dir)) continue;
       const st = JSON.parse(readFileSync(join(dir, "trainer_state.json"), "utf8")) as { tokens: number };
       const lora = c.method === "lora";
-      out.push({ cell: c, runId, model: lora ? baseModel || join(runDir, "base") : dir, adapter: lora ? dir : "", duration: e, tokens: st.tokens });
+      out.push({
+        cell: c,
+        runId,
+        model: lora ? baseModel || join(runDir, "base") : dir,
+        adapter: lora ? dir : "",
+        duration: e,
+        tokens: st.tokens,
+      });
     }
   }
   return out;
@@ -187,8 +295,15 @@ export async function runSweep(spec: SweepSpec, store: Store, runsDir: string, l
 /** CPT: per cell one long run to the largest budget (constant after warmup, checkpoints at
  * 0.8·D for every budget D), then one branch per budget resumed from its 0.8·D checkpoint
  * with a linear cooldown to zero over the remaining 20 %. */
-async function runCptSweep(spec: SweepSpec, store: Store, runsDir: string, log: SweepProgress, progress?: RunProgress): Promise<Checkpoint[]> {
-  const tokensPerStep = (spec.base.data?.seq_len ?? 512) * (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
+async function runCptSweep(
+  spec: SweepSpec,
+  store: Store,
+  runsDir: string,
+  log: SweepProgress,
+  progress?: RunProgress,
+): Promise<Checkpoint[]> {
+  const tokensPerStep =
+    (spec.base.data?.seq_len ?? 512) * (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
   const budgets = [...spec.durations].sort((a, b) => a - b).map((d) => Math.max(5, Math.round(d / tokensPerStep)));
   const maxSteps = budgets[budgets.length - 1]!;
   const warm = Math.max(1, Math.round((spec.base.schedule?.warmup_frac ?? 0.05) * maxSteps));
@@ -201,15 +316,35 @@ async function runCptSweep(spec: SweepSpec, store: Store, runsDir: string, log: 
     const cfg = cellConfig(spec, c, runsDir, runId);
     const cuts = budgets.map((b) => Math.round(0.8 * b));
     cfg.schedule = { ...cfg.schedule, kind: "inverse_sqrt", cooldown_frac: 0, warmup_steps: warm };
-    cfg.train = { ...cfg.train, steps: maxSteps, tokens: 0, epochs: 0, checkpoint_every: 0, checkpoint_at_tokens: cuts.map((s) => s * tokensPerStep) };
+    cfg.train = {
+      ...cfg.train,
+      steps: maxSteps,
+      tokens: 0,
+      epochs: 0,
+      checkpoint_every: 0,
+      checkpoint_at_tokens: cuts.map((s) => s * tokensPerStep),
+    };
     const long = await trainOrResume(store, cfg, progress);
     for (const [j, b] of budgets.entries()) {
       const from = join(long.runDir, "checkpoints", `step-${String(cuts[j]).padStart(6, "0")}`);
-      const branch: RunConfig = { ...cfg, run_id: `${runId}-D${b}`, name: `${cfg.name}-D${b}`, schedule: { ...cfg.schedule, cooldown_frac: 0.2 }, train: { ...cfg.train, steps: b, checkpoint_at_tokens: [], resume_from: from } };
+      const branch: RunConfig = {
+        ...cfg,
+        run_id: `${runId}-D${b}`,
+        name: `${cfg.name}-D${b}`,
+        schedule: { ...cfg.schedule, cooldown_frac: 0.2 },
+        train: { ...cfg.train, steps: b, checkpoint_at_tokens: [], resume_from: from },
+      };
       const r = await trainOrResume(store, branch, progress);
       const lora = c.method === "lora";
       const outDir = join(r.runDir, lora ? "adapter" : "model");
-      out.push({ cell: c, runId: branch.run_id!, model: lora ? spec.base.model?.path || join(long.runDir, "base") : outDir, adapter: lora ? outDir : "", duration: b * tokensPerStep, tokens: b * tokensPerStep });
+      out.push({
+        cell: c,
+        runId: branch.run_id!,
+        model: lora ? spec.base.model?.path || join(long.runDir, "base") : outDir,
+        adapter: lora ? outDir : "",
+        duration: b * tokensPerStep,
+        tokens: b * tokensPerStep,
+      });
     }
   }
   return out;
@@ -217,6 +352,11 @@ async function runCptSweep(spec: SweepSpec, store: Store, runsDir: string, log: 
 
 /** Perplexity of held-out text (exp of the mean next-token loss). */
 export async function perplexity(model: string, adapter: string, text: string, cacheDir: string): Promise<number> {
-  const r = await evalLoss({ model, adapter, merged: true, data: { train: text, text_field: "text", seq_len: 128, cache_dir: cacheDir } });
+  const r = await evalLoss({
+    model,
+    adapter,
+    merged: true,
+    data: { train: text, text_field: "text", seq_len: 128, cache_dir: cacheDir },
+  });
   return Math.exp(r.loss);
 }

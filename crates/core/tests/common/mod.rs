@@ -11,7 +11,9 @@ pub fn repo() -> PathBuf {
 
 /// SmolLM2-135M-Instruct (Q4_1 GGUF) from the cache: `bun run fetch smollm2` puts it there.
 pub fn smollm2() -> PathBuf {
-    let cache = std::env::var("LORALAB_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/loralab"));
+    let cache = std::env::var("LORALAB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/loralab"));
     let p = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(p.is_file(), "{} is missing (hint: `bun run fetch smollm2`; `bun run test` does it first)", p.display());
     p
@@ -35,7 +37,8 @@ impl Fixture {
         serde_json::from_value(self.json["config"].clone()).unwrap()
     }
     pub fn model(&self, dtype: DType) -> Llama {
-        let w: HashMap<String, Tensor> = self.t.iter().filter_map(|(k, v)| k.strip_prefix("w.").map(|n| (n.to_string(), v.clone()))).collect();
+        let w: HashMap<String, Tensor> =
+            self.t.iter().filter_map(|(k, v)| k.strip_prefix("w.").map(|n| (n.to_string(), v.clone()))).collect();
         Llama::from_tensors(self.config(), w, dtype, std::path::Path::new("fixture")).unwrap()
     }
     /// Batch s as engine rows: (ids, per-token loss mask).
@@ -65,7 +68,16 @@ pub fn randn(shape: &[usize], scale: f64, seed: u64) -> Tensor {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Finite-difference check of dLoss/dVar at `n` entries (central differences, f64).
@@ -73,13 +85,23 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn gradcheck(name: &str, var: &Var, loss: &dyn Fn() -> Tensor, n: usize) -> f64 {
     let l = loss();
     let grads = l.backward().unwrap();
-    let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient (the graph is cut)")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = grads
+        .get(var.as_tensor())
+        .unwrap_or_else(|| panic!("{name}: no gradient (the graph is cut)"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let shape = var.shape().clone();
     let eps = 1e-6;
     let mut worst = 0f64;
     let mut r = loralab_core::rng::Rng::new(name.len() as u64);
-    let picks: Vec<usize> = if base.len() <= n { (0..base.len()).collect() } else { (0..n).map(|_| (r.next_u64() % base.len() as u64) as usize).collect() };
+    let picks: Vec<usize> = if base.len() <= n {
+        (0..base.len()).collect()
+    } else {
+        (0..n).map(|_| (r.next_u64() % base.len() as u64) as usize).collect()
+    };
     for i in picks {
         let eval = |delta: f64| {
             let mut v = base.clone();
