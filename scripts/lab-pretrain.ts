@@ -15,7 +15,7 @@ const work = join(root, ".cache/loralab/lab-pretrain");
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 const docs = sourceDocs().filter((d) => !d.heldOut);
-writeFileSync(join(work, "corpus.jsonl"), docs.map((d) => JSON.stringify({ text: d.text })).join("\n") + "\n");
+writeFileSync(join(work, "corpus.jsonl"), `${docs.map((d) => JSON.stringify({ text: d.text })).join("\n")}\n`);
 console.log(
   `pretraining on ${docs.length} documents (${docs.reduce((a, d) => a + d.text.length, 0).toLocaleString("en-US")} characters), ${steps} steps`,
 );

@@ -151,10 +151,10 @@ export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Prom
             chmodSync(join(dst, bin), 0o755);
             engine.push(bin);
           }
-        await Bun.write(join(dst, "package.json"), JSON.stringify(bundledManifest(p, "crates/node"), null, 2) + "\n");
+        await Bun.write(join(dst, "package.json"), `${JSON.stringify(bundledManifest(p, "crates/node"), null, 2)}\n`);
       } else {
         copyPackage(src, dst);
-        await Bun.write(join(dst, "package.json"), JSON.stringify(bundledManifest(p), null, 2) + "\n");
+        await Bun.write(join(dst, "package.json"), `${JSON.stringify(bundledManifest(p), null, 2)}\n`);
       }
     }
     const manifest = {
@@ -167,7 +167,7 @@ export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Prom
       bundleDependencies: [...bundled.keys()].sort(),
       engines: { bun: ">=1.4" },
     };
-    await Bun.write(join(stage, "package.json"), JSON.stringify(manifest, null, 2) + "\n");
+    await Bun.write(join(stage, "package.json"), `${JSON.stringify(manifest, null, 2)}\n`);
 
     // --- the tarball
     mkdirSync(outDir, { recursive: true });

@@ -98,7 +98,7 @@ export async function ensurePyenv(): Promise<string> {
     const took = (performance.now() - t0) / 1000;
     writeFileSync(
       join(dir, MARKER),
-      JSON.stringify({ lock: lockHash(), made: new Date().toISOString(), seconds: Math.round(took) }) + "\n",
+      `${JSON.stringify({ lock: lockHash(), made: new Date().toISOString(), seconds: Math.round(took) })}\n`,
     );
     console.error(`pyenv: made in ${took.toFixed(0)} s`);
     return python;
@@ -158,7 +158,7 @@ export async function lock(): Promise<void> {
       `# Resolved for ${pyVersion}; the hashes are of the wheels pip picked for it.`,
       "",
     ];
-    writeFileSync(LOCK, head.concat(lines).join("\n") + "\n");
+    writeFileSync(LOCK, `${head.concat(lines).join("\n")}\n`);
     console.error(`pyenv: locked ${lines.length} packages in ${LOCK}`);
   } finally {
     rmSync(tmp, { recursive: true, force: true });

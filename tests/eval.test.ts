@@ -233,7 +233,7 @@ describe("HumanEval", () => {
     // the stripped prompt ends at the docstring: a model's generation starts with the newline
     const canonical = await scoreHumanEval(
       problems,
-      problems.map((p) => ["\n" + p.canonical_solution]),
+      problems.map((p) => [`\n${p.canonical_solution}`]),
       sb,
       [1],
     );
@@ -353,7 +353,7 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
     ];
     const a = await m.loglikelihood(reqs, 2);
     const b = [...(await m.loglikelihood([reqs[0]!], 1)), ...(await m.loglikelihood([reqs[1]!], 1))];
-    a.forEach((x, i) => expect(Math.abs(x.logprob - b[i]!.logprob)).toBeLessThan(1e-4));
+    for (const [i, x] of a.entries()) expect(Math.abs(x.logprob - b[i]!.logprob)).toBeLessThan(1e-4);
     const g = await m.generate(["The red owl"], { max_new_tokens: 5 });
     expect(g[0]!.tokens).toBe(5);
     expect(await m.countTokens("The red owl")).toBeGreaterThan(0);

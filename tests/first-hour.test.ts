@@ -237,7 +237,13 @@ train:
 test("progress bar: ETA from a moving average of step times, right from step 1; plain lines when piped", () => {
   const chunks: string[] = [];
   const fake = (tty: boolean) =>
-    ({ isTTY: tty, write: (s: string) => (chunks.push(s), true) }) as unknown as NodeJS.WriteStream;
+    ({
+      isTTY: tty,
+      write: (s: string) => {
+        chunks.push(s);
+        return true;
+      },
+    }) as unknown as NodeJS.WriteStream;
   const ev = (step: number, tps: number) => ({
     type: "progress" as const,
     step,

@@ -36,11 +36,11 @@ function finishedRun(runs: string, id: string) {
   writeFileSync(join(dir, "config.json"), JSON.stringify({ name: "fuzz", method: { kind: "lora", rank: 4 } }));
   writeFileSync(
     join(dir, "metrics.jsonl"),
-    [1, 2, 3]
+    `${[1, 2, 3]
       .map((step) =>
         JSON.stringify({ step, loss: 3 - step / 2, lr: 1e-3, grad_norm: 1, tokens_per_s: 100, tokens: 128 * step }),
       )
-      .join("\n") + "\n",
+      .join("\n")}\n`,
   );
   writeFileSync(join(dir, "adapter", "adapter_config.json"), JSON.stringify({ peft_type: "LORA", r: 4 }));
 }

@@ -28,7 +28,7 @@ for (const kind of ["full", "lora"] as const) {
       buf += dec.decode(chunk);
       let nl: number;
       let killed = false;
-      while ((nl = buf.indexOf("\n")) >= 0) {
+      for (nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
         const ev = JSON.parse(buf.slice(0, nl));
         buf = buf.slice(nl + 1);
         if (ev.type === "checkpoint") lastCheckpoint = ev.path;

@@ -116,8 +116,8 @@ describe("item 3: a config path is normalised once, as the engine opens it, then
       expect(viaLink.status).toBe(201);
       const linked = await srv.store.getRun((await viaLink.json()).id);
       expect((linked!.config as { data: { train: string } }).data.train).toBe(join(out, "data-link", "code.jsonl"));
-      const escape = await post("/api/runs", runConfig({ data: { train: "~/etc/passwd" } }));
-      expect([escape.status, (await escape.json()).field]).toEqual([422, "data.train"]);
+      const outside = await post("/api/runs", runConfig({ data: { train: "~/etc/passwd" } }));
+      expect([outside.status, (await outside.json()).field]).toEqual([422, "data.train"]);
     } finally {
       process.env.HOME = prev;
     }

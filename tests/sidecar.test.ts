@@ -13,7 +13,7 @@ import {
   RunInterrupted,
   Sidecar,
   SidecarCrashed,
-  SidecarError,
+  type SidecarError,
   sidecarPath,
   train,
   type TrainEvent,

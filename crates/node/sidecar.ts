@@ -215,7 +215,7 @@ export class Sidecar {
 
   private write(msg: object): void {
     try {
-      this.proc.stdin.write(JSON.stringify(msg) + "\n");
+      this.proc.stdin.write(`${JSON.stringify(msg)}\n`);
       this.proc.stdin.flush();
     } catch {
       // the process is gone; onExit rejects what is pending
@@ -291,8 +291,7 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
   let buf = "";
   for await (const chunk of stream) {
     buf += dec.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = buf.indexOf("\n")) >= 0) {
+    for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
       const line = buf.slice(0, nl);
       buf = buf.slice(nl + 1);
       if (line.trim()) yield line;

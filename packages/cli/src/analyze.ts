@@ -84,7 +84,7 @@ export async function cmdAnalyze(args: string[]): Promise<number> {
     const b = await randomBaseline(n, list(a.c, "c") ?? undefined);
     const dir = a.out ?? "spectrum";
     mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, "random_baseline.json"), JSON.stringify(b) + "\n");
+    writeFileSync(join(dir, "random_baseline.json"), `${JSON.stringify(b)}\n`);
     writeFileSync(join(dir, "random_baseline.svg"), baselineFigure(b));
     for (const p of b.points)
       console.log(`c = ${String(p.c).padEnd(6)} mean |σ(A+cB) − σ(A)| / mean σ(A) = ${p.relative_shift.toFixed(4)}`);
@@ -134,7 +134,7 @@ export async function cmdAnalyze(args: string[]): Promise<number> {
   const dir = a.out ?? "spectrum";
   const c = { checkpoint: "tuned", step: null, tokens: null, analysis: r };
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "analysis.json"), JSON.stringify(c) + "\n");
+  writeFileSync(join(dir, "analysis.json"), `${JSON.stringify(c)}\n`);
   const figs = writeFigures(dir, [c], a.matrix);
   console.log(`results: ${join(dir, "analysis.json")}, ${figs.join(", ")} (${r.seconds.toFixed(1)} s)`);
   return 0;

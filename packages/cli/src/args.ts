@@ -15,7 +15,9 @@ export function cliArgs<O extends Options>(
   maxPositionals = Infinity,
 ) {
   const all = { ...options, help: { type: "boolean", short: "h" } } as O & { help: { type: "boolean"; short: "h" } };
-  let parsed;
+  let parsed: ReturnType<
+    typeof parseArgs<{ args: string[]; options: typeof all; allowPositionals: true; strict: true }>
+  >;
   try {
     parsed = parseArgs({ args, options: all, allowPositionals: true, strict: true });
   } catch (e) {

@@ -193,7 +193,7 @@ export async function cmdEval(args: string[]): Promise<number> {
     console.log(`base: ${base} (cached across runs)`);
     b = await evaluateBase({ ...opts, model: base, adapter: undefined });
   }
-  console.log("\n" + table(r, b));
+  console.log(`\n${table(r, b)}`);
   if (runDir) {
     writeRunEvaluation(runDir, r, b);
     console.log(`\nresults: ${join(runDir, "eval.json")} (per-document detail in ${join(runDir, "eval")}/)`);

@@ -47,8 +47,7 @@ async function* lines(path: string, gzip: boolean): AsyncGenerator<string> {
   let buf = "";
   for await (const c of chunks(path, gzip)) {
     buf += c;
-    let nl: number;
-    while ((nl = buf.indexOf("\n")) >= 0) {
+    for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
       yield buf.slice(0, nl);
       buf = buf.slice(nl + 1);
     }
@@ -77,7 +76,7 @@ async function* readJsonl(path: string, gzip: boolean): AsyncGenerator<DataRecor
 async function* readJsonArray(path: string, gzip: boolean): AsyncGenerator<DataRecord> {
   let depth = 0;
   let inString = false;
-  let escape = false;
+  let escaped = false;
   let started = false;
   let cur = "";
   let n = 0;
@@ -99,8 +98,8 @@ async function* readJsonArray(path: string, gzip: boolean): AsyncGenerator<DataR
       }
       cur += ch;
       if (inString) {
-        if (escape) escape = false;
-        else if (ch === "\\") escape = true;
+        if (escaped) escaped = false;
+        else if (ch === "\\") escaped = true;
         else if (ch === '"') inString = false;
       } else if (ch === '"') inString = true;
       else if (ch === "{" || ch === "[") depth++;
@@ -173,7 +172,7 @@ async function* readCsv(path: string, gzip: boolean): AsyncGenerator<DataRecord>
 
 async function* readParquet(path: string): AsyncGenerator<DataRecord> {
   const file = await asyncBufferFromFile(path);
-  let metadata;
+  let metadata: Awaited<ReturnType<typeof parquetMetadataAsync>>;
   try {
     metadata = await parquetMetadataAsync(file);
   } catch (e) {
@@ -211,7 +210,7 @@ export function datasetFiles(dir: string, split?: string): string[] {
 
 /** Every record of a file or dataset directory, streamed. */
 export async function* readRecords(path: string): AsyncGenerator<DataRecord> {
-  let st;
+  let st: ReturnType<typeof statSync>;
   try {
     st = statSync(path);
   } catch {

@@ -73,7 +73,7 @@ export async function leaseFile(dbPath: string, what: string): Promise<StoreLeas
   }
   const holder = holderText(what);
   ftruncateSync(fd, 0);
-  writeSync(fd, holder + "\n", 0);
+  writeSync(fd, `${holder}\n`, 0);
   let held = true;
   return {
     holder,

@@ -36,14 +36,14 @@ export function stopAtStopToken(generation: string, stops: string[] = HUMANEVAL_
 
 /** bigcode's program for one completion (the generation, without the prompt). */
 export function humanevalProgram(p: HumanEvalProblem, generation: string): string {
-  return humanevalPrompt(p) + stopAtStopToken(generation) + "\n" + ("\n" + p.test + "\n" + `check(${p.entry_point})`);
+  return `${humanevalPrompt(p) + stopAtStopToken(generation)}\n\n${p.test}\ncheck(${p.entry_point})`;
 }
 
 /** The same program as the sandbox judges it: the module is the program up to the test, the
  *  test and check(entry_point) run in the checker over the dataset's own prompt. */
 export function humanevalCheck(p: HumanEvalProblem, generation: string): CheckJob {
   return {
-    module: humanevalPrompt(p) + stopAtStopToken(generation) + "\n",
+    module: `${humanevalPrompt(p) + stopAtStopToken(generation)}\n`,
     prelude: humanevalPrompt(p),
     test: p.test,
     entryPoint: p.entry_point,

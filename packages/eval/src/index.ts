@@ -35,6 +35,7 @@ export { pyCapitalize, pyStrip } from "./text.ts";
 export type TaskName = "humaneval" | "gsm8k" | McTask;
 export const TASKS: TaskName[] = ["humaneval", "gsm8k", ...MC_TASKS];
 
+// biome-ignore lint/suspicious/noShadowRestrictedNames: the evaluation's own error class, exported under this name
 export class EvalError extends Error {
   override name = "EvalError";
 }
@@ -504,7 +505,7 @@ export async function evaluateBase(o: EvalOptions): Promise<EvalResult> {
 
 export function writeJsonAtomic(file: string, value: unknown) {
   mkdirSync(join(file, ".."), { recursive: true });
-  writeFileSync(`${file}.tmp`, JSON.stringify(value, null, 2) + "\n");
+  writeFileSync(`${file}.tmp`, `${JSON.stringify(value, null, 2)}\n`);
   renameSync(`${file}.tmp`, file);
 }
 

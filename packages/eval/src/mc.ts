@@ -39,14 +39,14 @@ export function mcDoc(task: McTask, r: Record<string, unknown>): McDoc {
     return String(v);
   };
   if (task === "hellaswag") {
-    const query = hellaswagPre(s("activity_label") + ": " + s("ctx_a") + " " + pyCapitalize(s("ctx_b")));
+    const query = hellaswagPre(`${s("activity_label")}: ${s("ctx_a")} ${pyCapitalize(s("ctx_b"))}`);
     const endings = r.endings;
     if (!Array.isArray(endings)) throw new Error("hellaswag: record lacks `endings`");
     const choices = endings.map((e) => hellaswagPre(String(e)));
     const gold = Number(s("label"));
     return {
       contexts: [query],
-      continuations: choices.map((c) => " " + c),
+      continuations: choices.map((c) => ` ${c}`),
       choices,
       gold,
       shot: `${query} ${choices[gold]}`,
@@ -60,7 +60,7 @@ export function mcDoc(task: McTask, r: Record<string, unknown>): McDoc {
     const contexts = [s("option1"), s("option2")].map((o) => sentence.slice(0, idx) + o);
     const gold = { "1": 0, "2": 1 }[s("answer")];
     if (gold === undefined) throw new Error(`winogrande: answer must be "1" or "2", not ${JSON.stringify(r.answer)}`);
-    return { contexts, continuations: [" " + rest], choices: contexts, gold, shot: `${contexts[gold]} ${rest}` };
+    return { contexts, continuations: [` ${rest}`], choices: contexts, gold, shot: `${contexts[gold]} ${rest}` };
   }
   const choices = r.choices as { text?: unknown; label?: unknown } | undefined;
   if (!choices || !Array.isArray(choices.text) || !Array.isArray(choices.label))
@@ -72,7 +72,7 @@ export function mcDoc(task: McTask, r: Record<string, unknown>): McDoc {
       `arc_challenge: answerKey ${s("answerKey")} is not among the labels ${JSON.stringify(choices.label)}`,
     );
   const q = `Question: ${s("question")}\nAnswer:`;
-  return { contexts: [q], continuations: text.map((t) => " " + t), choices: text, gold, shot: `${q} ${text[gold]}` };
+  return { contexts: [q], continuations: text.map((t) => ` ${t}`), choices: text, gold, shot: `${q} ${text[gold]}` };
 }
 
 /** The (context, continuation) requests of a doc, with a few-shot prefix. */
@@ -96,7 +96,7 @@ export function fewshotPrefixes(
   return Array.from({ length: n }, () => {
     if (shots <= 0) return { prefix: "", shots: [] };
     const chosen = rnd.sample(idx, shots);
-    return { prefix: chosen.map((i) => train[i]!.shot + "\n\n").join(""), shots: chosen };
+    return { prefix: chosen.map((i) => `${train[i]!.shot}\n\n`).join(""), shots: chosen };
   });
 }
 

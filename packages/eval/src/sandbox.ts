@@ -107,7 +107,7 @@ const DEFAULTS: Required<SandboxOptions> = {
  *  (the program alone for run(); module, prelude, test and entry point for check()). */
 export function wrapProgram(...texts: string[]): Buffer {
   const parts = texts.map((t) => Buffer.from(t, "utf8"));
-  return Buffer.concat([Buffer.from(parts.map((p) => p.length).join(" ") + "\n"), ...parts]);
+  return Buffer.concat([Buffer.from(`${parts.map((p) => p.length).join(" ")}\n`), ...parts]);
 }
 
 export class Sandbox {
@@ -225,7 +225,7 @@ export class Sandbox {
       ...Object.entries(checker).map(([k, v]) => `checker.${k}=${v}`),
     ].join(" ");
     const t0 = performance.now();
-    let proc;
+    let proc: Bun.Subprocess<"pipe", "pipe", "pipe">;
     try {
       proc = Bun.spawn(
         [
@@ -321,7 +321,11 @@ function readVerdict(fd: number | null | undefined): Verdict | null {
   try {
     const buf = Buffer.alloc(4096);
     let n = 0;
-    for (let r; n < buf.length && (r = readSync(fd, buf, n, buf.length - n, null)) > 0; ) n += r;
+    while (n < buf.length) {
+      const r = readSync(fd, buf, n, buf.length - n, null);
+      if (r <= 0) break;
+      n += r;
+    }
     const v = JSON.parse(buf.subarray(0, n).toString().split("\n")[0] ?? "") as Partial<Verdict>;
     const intOrNull = (x: unknown) => (x === null || Number.isInteger(x) ? (x as number | null) : null);
     return {

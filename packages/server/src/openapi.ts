@@ -331,7 +331,8 @@ function buildOpenapi(): Record<string, unknown> {
       })),
     ];
     if (params.length) op.parameters = params;
-    (paths[r.path] ??= {})[r.method] = op;
+    paths[r.path] ??= {};
+    paths[r.path]![r.method] = op;
   }
   const { $defs, ...config } = requestSchema(configSchema()) as { $defs?: Record<string, unknown> };
   const doc = {

@@ -165,7 +165,10 @@ export class Runner {
 
   subscribe(id: string, fn: Listener): () => void {
     let set = this.listeners.get(id);
-    if (!set) this.listeners.set(id, (set = new Set()));
+    if (!set) {
+      set = new Set();
+      this.listeners.set(id, set);
+    }
     set.add(fn);
     return () => {
       set!.delete(fn);

@@ -29,7 +29,7 @@ export function loadToken(env = process.env): Token {
   if (existsSync(file)) return { token: readFileSync(file, "utf8").trim(), file, generated: false };
   mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   const token = randomBytes(32).toString("base64url");
-  writeFileSync(file, token + "\n", { mode: 0o600 });
+  writeFileSync(file, `${token}\n`, { mode: 0o600 });
   chmodSync(file, 0o600);
   return { token, file, generated: true };
 }

@@ -117,9 +117,7 @@ export interface CheckpointAnalysis {
 }
 
 /** A run's checkpoints in training order, then its final output; each with what ΔW is against the base. */
-export function runCheckpoints(
-  runDir: string,
-): {
+export function runCheckpoints(runDir: string): {
   name: string;
   dir: string;
   step: number | null;
@@ -168,7 +166,7 @@ export function runCheckpoints(
 
 function writeJson(file: string, v: unknown) {
   mkdirSync(join(file, ".."), { recursive: true });
-  writeFileSync(`${file}.tmp`, JSON.stringify(v) + "\n");
+  writeFileSync(`${file}.tmp`, `${JSON.stringify(v)}\n`);
   renameSync(`${file}.tmp`, file);
 }
 

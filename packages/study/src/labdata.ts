@@ -94,7 +94,7 @@ export function makeLabData(dir: string, o: { train: number; test: number; cloze
   };
   const test = draw(o.test); // disjoint from train: every question once
   const train = draw(o.train);
-  const jsonl = (rows: unknown[]) => rows.map((x) => JSON.stringify(x)).join("\n") + "\n";
+  const jsonl = (rows: unknown[]) => `${rows.map((x) => JSON.stringify(x)).join("\n")}\n`;
   writeFileSync(
     join(dir, "train.jsonl"),
     jsonl(train.map((p) => ({ prompt: `Question: ${p.question}\nAnswer:`, response: ` ${p.answer}` }))),

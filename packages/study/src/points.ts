@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { evaluate, type EvalResult } from "@loralab/eval";
-import { type RunFields } from "@loralab/report";
+import type { RunFields } from "@loralab/report";
 import { analyze } from "@loralab/spectrum";
 import type { Checkpoint } from "./sweep.ts";
 import { perplexity } from "./sweep.ts";

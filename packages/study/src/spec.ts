@@ -164,12 +164,13 @@ function check(v: unknown, f: Field, path: string, fail: (p: string, m: string) 
     case "array":
       if (!Array.isArray(v)) fail(path, `expected a list, got ${show(v)}`);
       if (f.nonEmpty && (v as unknown[]).length === 0) fail(path, "must not be empty");
-      (v as unknown[]).forEach((x, i) => check(x, f.of, `${path}[${i}]`, fail));
+      for (const [i, x] of (v as unknown[]).entries()) check(x, f.of, `${path}[${i}]`, fail);
       return;
     case "targets":
       if (typeof v === "string") return;
       if (Array.isArray(v) && v.length && v.every((x) => typeof x === "string")) return;
-      return fail(path, `expected "all", "attention", "mlp" or a list of module names, got ${show(v)}`);
+      fail(path, `expected "all", "attention", "mlp" or a list of module names, got ${show(v)}`);
+      return;
     case "record":
     case "object": {
       if (typeof v !== "object" || v === null || Array.isArray(v)) fail(path, `expected a table, got ${show(v)}`);

@@ -173,9 +173,7 @@ export function cellConfig(spec: SweepSpec, c: Cell, runsDir: string, runId: str
   };
 }
 
-export interface SweepProgress {
-  (msg: string): void;
-}
+export type SweepProgress = (msg: string) => void;
 
 /** A progress display for one run of a sweep (the CLI's bar under its `[k/n]` line). */
 export type RunProgress = (label: string) => { onProgress(p: ProgressEvent): void; end(): void };
