@@ -48,7 +48,7 @@ class Sidecar:
         if not line:
             raise SystemExit(f"sidecar {path} exited at start (code {self.p.wait()}); run it by hand to see why")
         self.ready = json.loads(line)
-        assert self.ready.get("event") == "ready" and self.ready.get("protocol") == 1, line
+        assert self.ready.get("event") == "ready" and self.ready.get("protocol") == 2, line
         self.n = 0
 
     @property
@@ -58,7 +58,7 @@ class Sidecar:
     def call(self, op, on_progress=None, **params):
         self.n += 1
         rid = self.n
-        self.p.stdin.write(json.dumps({"v": 1, "id": rid, "op": op, **params}) + "\n")
+        self.p.stdin.write(json.dumps({"v": 2, "id": rid, "op": op, **params}) + "\n")
         self.p.stdin.flush()
         for line in self.p.stdout:
             ev = json.loads(line)
@@ -284,7 +284,7 @@ def check_d(sc, out, device):
     s = sc.call("train", config=tiny_config(out, "d-lora", device, "bf16" if device != "cpu" else "f32", kind="lora", steps=5, lr=1e-2))
     base, adapter = Path(s["run_dir"]) / "base", s["output"]
     pairs = [("def add(a, b):", "\n    return a + b"), ("for i in range(10):", " print(i)"), ("import os", "\nimport sys")]
-    engine = sc.call("load", request={"model": str(base), "adapter": adapter})["engine"]
+    engine = sc.call("load", model=str(base), adapter=adapter)["engine"]
     ours = sc.call("loglik", engine=engine, requests=[{"context": c, "continuation": x} for c, x in pairs])
     tok = Tokenizer.from_file(str(TINY / "tokenizer.json"))
     m = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()

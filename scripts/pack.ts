@@ -92,7 +92,7 @@ export async function pack(outDir: string, o: { gzipLevel?: number } = {}): Prom
   const dependencies: Record<string, string> = {};
   const visit = async (p: PackageJson) => {
     for (const [name, spec] of Object.entries(p.dependencies ?? {})) {
-      if (name === lib.name) continue; // @loralab/server imports loralab/core: the package itself
+      if (name === lib.name) continue; // the package itself (layers.toml keeps anything below from depending on it)
       if (ws.has(name)) {
         if (!bundled.has(name)) {
           const dep = await readJson<PackageJson>(join(ws.get(name)!, "package.json"));

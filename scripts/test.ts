@@ -1,6 +1,7 @@
 // The test suite: the engine's Rust tests (cargo with the addon build's profile, --target and
-// package set, so candle compiles once), a strict typecheck, then the Bun tests. Ends with
-// one summary line.
+// package set, so candle compiles once), a strict typecheck, the format, lint and layer checks,
+// then the Bun tests. Ends with one summary line.
+import { join } from "node:path";
 import { cargoArgs } from "../packages/cli/src/cargo.ts";
 import { buildWasm } from "./build-wasm.ts";
 import { fetchModel } from "./fetch.ts";
@@ -58,6 +59,25 @@ const cargo = await run(cargoArgs("test", ["-p", "loralab-kernels"]), (out) => {
 const tsc = await run([process.execPath, "x", "tsc", "-p", "tsconfig.json"], (out) =>
   out.trim() === "" ? [1, 0] : [0, 1],
 );
+// habits, each a check that fails the suite: the formatters (rustfmt.toml, biome.json) have
+// nothing to change, the linters nothing to say (clippy with the tests' profile and target, so
+// it reuses their compiled dependencies), and no module or package uses one above its layer
+// (layers.toml)
+const ok = (code: number): [number, number] => (code === 0 ? [1, 0] : [0, 1]);
+const checks = [
+  await run(["cargo", "fmt", "--all", "--check"], () => [0, 0]),
+  await run(["cargo", "fmt", "--manifest-path", "crates/wasm/Cargo.toml", "--check"], () => [0, 0]),
+  await run(cargoArgs("clippy", ["-p", "loralab-kernels", "-p", "loralab-maths", "--", "-D", "warnings"]), () => [
+    0, 0,
+  ]),
+  await run([join(root, "node_modules/.bin/biome"), "check", "--error-on-warnings", "."], () => [0, 0]),
+  await run([process.execPath, "scripts/layers.ts"], () => [0, 0]),
+].map(([, , code]) => ok(code));
+const habits: [number, number, number] = [
+  checks.reduce((a, c) => a + c[0], 0),
+  checks.reduce((a, c) => a + c[1], 0),
+  0,
+];
 // bun test's per-test default is 5 s (bunfig.toml cannot change it): training tests run real tiny
 // models on 2 cores, and a loaded machine must not turn them into timeouts
 const bun = await run([process.execPath, "test", "--timeout", "300000"], (out) => [
@@ -65,11 +85,11 @@ const bun = await run([process.execPath, "test", "--timeout", "300000"], (out) =
   Number(/^\s*(\d+) fail/m.exec(out)?.[1] ?? 0),
 ]);
 
-const stages = [cargo, tsc, bun];
+const stages = [cargo, tsc, habits, bun];
 const passed = stages.reduce((a, s) => a + s[0], 0);
 const failed = stages.reduce((a, s) => a + s[1] + (s[2] !== 0 && s[1] === 0 ? 1 : 0), 0);
 console.log(
-  `\nrust ${cargo[0]} passed, ${cargo[1]} failed; typecheck ${tsc[1] ? "failed" : "ok"}; bun ${bun[0]} passed, ${bun[1]} failed`,
+  `\nrust ${cargo[0]} passed, ${cargo[1]} failed; typecheck ${tsc[1] ? "failed" : "ok"}; format, lint and layers: ${habits[0]} of 5 clean; bun ${bun[0]} passed, ${bun[1]} failed`,
 );
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed === 0 && passed > 0 ? 0 : 1);

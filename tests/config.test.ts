@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { applyOverrides, ConfigError, configSchema, loadConfigFile, resolveConfig, train } from "loralab";
-import { configTypes } from "../scripts/gen-config-types.ts";
+import { configTypes, protocolTypes } from "../scripts/gen-config-types.ts";
 import { root, tempDir, tinyConfig } from "./helpers.ts";
 
 describe("config", () => {
@@ -48,9 +48,14 @@ describe("config", () => {
     expect(r.run_id.startsWith("t-")).toBe(true);
   });
 
-  test("the generated TypeScript config types are current", async () => {
-    const committed = await Bun.file(join(root, "packages/loralab/src/config.gen.ts")).text();
+  test("the generated TypeScript config and protocol types are current", async () => {
+    const committed = await Bun.file(join(root, "packages/engine/src/config.gen.ts")).text();
     expect(committed).toBe(await configTypes());
+    const protocol = await Bun.file(join(root, "packages/engine/src/protocol.gen.ts")).text();
+    expect(protocol).toBe(await protocolTypes());
+    // every op of the engine's table is typed: a reply and request for each
+    for (const op of ["load", "train", "eval_loss", "analyze", "merge", "run_directory", "cancel", "shutdown"])
+      expect(protocol).toMatch(new RegExp(`^    ${op}: \\w+`, "m"));
   });
 
   test("the committed addon typings are what napi-rs generates from the binding", () => {

@@ -41,6 +41,50 @@ async function rows(path: string): Promise<Record<string, unknown>[]> {
   return out;
 }
 
+/** A multiple-choice document as Python builds it from the fixture (tests/fixtures/eval/make.py). */
+interface PythonDoc {
+  requests: [string, string][];
+  choices: string[];
+  gold: number;
+}
+const MC: McTask[] = ["hellaswag", "winogrande", "arc_challenge"];
+const pythonDocs = (): Record<McTask, PythonDoc[]> =>
+  JSON.parse(readFileSync(join(fx, "expected.json"), "utf8")) as Record<McTask, PythonDoc[]>;
+
+/** lm-eval's per-document scores, written out here: the choice with the highest log-likelihood
+ *  (the first of equals) is gold for acc; the same after dividing by the choice's length in
+ *  characters (Python's len: code points) for acc_norm, by its tokens for acc_per_token. */
+function scoreByDefinition(doc: PythonDoc, ll: { logprob: number; tokens: number }[]) {
+  const first = (xs: number[]) => xs.indexOf(Math.max(...xs));
+  const lp = ll.map((l) => l.logprob);
+  return {
+    acc: Number(first(lp) === doc.gold),
+    acc_norm: Number(first(lp.map((v, i) => v / [...doc.choices[i]!].length)) === doc.gold),
+    acc_per_token: Number(first(lp.map((v, i) => v / ll[i]!.tokens)) === doc.gold),
+  };
+}
+
+/** A metric over two documents: the mean, and meanWithBootstrap's stderr from CPython's random
+ *  (seed 1234, 1000 resamples): 0 when both score the same, and for one of each
+ *    python3 -c "import random,math; r=random.Random(1234); xs=[0,1]; ms=[sum(xs[r._randbelow(2)] for _ in
+ *      range(2))/2 for _ in range(1000)]; m=sum(ms)/1000; print(math.sqrt(sum((x-m)**2 for x in ms)/999))"
+ *    → 0.3553382406458192 */
+function twoDocMetric(xs: number[]): { value: number; stderr: number } {
+  expect(xs.length).toBe(2);
+  return { value: (xs[0]! + xs[1]!) / 2, stderr: xs[0] === xs[1] ? 0 : 0.3553382406458192 };
+}
+
+/** The engine's log-likelihoods of Python's requests for these documents, asked for as the
+ *  pipeline asks (one call, batches of 8), split per document. */
+async function pythonLogliks(m: Model, docs: PythonDoc[]) {
+  const flat = await m.loglikelihood(
+    docs.flatMap((d) => d.requests.map(([context, continuation]) => ({ context, continuation }))),
+    8,
+  );
+  const start = docs.map((_, i) => docs.slice(0, i).reduce((a, d) => a + d.requests.length, 0));
+  return docs.map((d, i) => flat.slice(start[i], start[i]! + d.requests.length));
+}
+
 describe("pass@k", () => {
   test("matches hand-computed values", () => {
     expect(passAtK(10, 3, 1)).toBeCloseTo(0.3, 12);
@@ -151,10 +195,7 @@ describe("GSM8K (lm-eval v0.4.4 filters and exact_match)", () => {
 
 describe("multiple choice (lm-eval v0.4.4 preprocessing)", () => {
   test("requests equal those Python builds from the same records", async () => {
-    const expected = JSON.parse(readFileSync(join(fx, "expected.json"), "utf8")) as Record<
-      McTask,
-      { requests: [string, string][]; choices: string[]; gold: number }[]
-    >;
+    const expected = pythonDocs();
     const files: Record<McTask, string> = {
       hellaswag: "hellaswag/validation.jsonl",
       winogrande: "winogrande/validation.jsonl",
@@ -192,12 +233,17 @@ describe("multiple choice (lm-eval v0.4.4 preprocessing)", () => {
     expect(tie.acc).toBe(1);
   });
 
-  test("bootstrap standard error is close to the analytic one", () => {
+  test("bootstrap standard error is CPython's, resample for resample, and close to the analytic one", () => {
     const xs = Array.from({ length: 400 }, (_, i) => (i % 4 === 0 ? 1 : 0)); // p = 0.25
     const m = meanWithBootstrap(xs);
     expect(m.value).toBe(0.25);
-    const analytic = Math.sqrt((0.25 * 0.75) / 400);
+    // python3 -c "import random,math; r=random.Random(1234); xs=[1,0,0,0]*100; ms=[sum(xs[r._randbelow(400)]
+    //   for _ in range(400))/400 for _ in range(1000)]; m=sum(ms)/1000; print(math.sqrt(sum((x-m)**2 for x in ms)/999))"
+    expect(m.stderr).toBeCloseTo(0.021117121793294513, 14);
+    const analytic = Math.sqrt((0.25 * 0.75) / 400); // 0.021650…
     expect(Math.abs(m.stderr - analytic) / analytic).toBeLessThan(0.15);
+    expect(meanWithBootstrap([0, 1])).toEqual(twoDocMetric([0, 1]));
+    expect(meanWithBootstrap([1, 1])).toEqual({ value: 1, stderr: 0 });
   });
 
   test("the forgetting score is defined once, with its definition", () => {
@@ -274,17 +320,57 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
         onProgress: (t) => seen.add(t),
       });
       expect([...seen].sort()).toEqual(["arc_challenge", "gsm8k", "hellaswag", "humaneval", "winogrande"]);
-      expect(r.tasks.humaneval!.docs).toBe(2);
-      expect(Object.keys(r.tasks.humaneval!.metrics)).toContain("pass@2");
+      // HumanEval, n = 2: per problem pass@1 = c/2 and pass@2 = 1 − C(2−c, 2)/C(2, 2) = (c ≥ 1),
+      // c its passing samples; the metric is their mean over the problems
+      const he = r.tasks.humaneval!;
+      expect(he.docs).toBe(2);
+      const passed = (he.samples as { samples: { passed: boolean }[] }[]).map(
+        (p) => p.samples.filter((x) => x.passed).length,
+      );
+      expect(passed.length).toBe(2);
+      expect([he.metrics["pass@1"], he.metrics["pass@2"]]).toEqual([
+        (passed[0]! / 2 + passed[1]! / 2) / 2,
+        (Number(passed[0]! >= 1) + Number(passed[1]! >= 1)) / 2,
+      ]);
+      // GSM8K: the shots recorded, and exact_match of each answer by the rules the tests above pin
       expect(r.tasks.gsm8k!.settings.shots).toBe(2);
-      expect((r.tasks.gsm8k!.samples[0] as { prompt_shots: number[] }).prompt_shots.length).toBe(2);
-      expect((r.tasks.arc_challenge!.samples[0] as { shots: number[] }).shots.length).toBe(1);
-      for (const t of ["hellaswag", "winogrande", "arc_challenge"] as const) {
-        const m = r.tasks[t]!.metrics.acc as { value: number; stderr: number };
-        expect(m.value).toBeGreaterThanOrEqual(0);
-        expect(m.value).toBeLessThanOrEqual(1);
+      const gsm = r.tasks.gsm8k!.samples as { prompt_shots: number[]; generation: string }[];
+      expect(gsm.map((x) => x.prompt_shots.length)).toEqual([2, 2]);
+      const answers = ((await rows(join(fx, "gsm8k/test.jsonl"))) as { answer: string }[]).slice(0, 2);
+      expect(r.tasks.gsm8k!.metrics.strict_match).toEqual(
+        twoDocMetric(gsm.map((x, i) => Number(gsm8kExactMatch(strictMatch(x.generation), answers[i]!.answer)))),
+      );
+      expect(r.tasks.gsm8k!.metrics.flexible_extract).toEqual(
+        twoDocMetric(gsm.map((x, i) => Number(gsm8kExactMatch(flexibleExtract(x.generation), answers[i]!.answer)))),
+      );
+      // multiple choice: each metric by lm-eval's definition (scoreByDefinition) from the
+      // per-document log-likelihoods, with gold and choices as Python reads them; and for the
+      // 0-shot tasks those log-likelihoods are the engine's for Python's own requests
+      expect((r.tasks.arc_challenge!.samples as { shots: number[] }[]).map((x) => x.shots.length)).toEqual([1, 1]);
+      const py = pythonDocs();
+      const m = await Model.load({ model: await tinyModel() });
+      for (const t of MC) {
+        const docs = py[t].slice(0, 2);
+        const lls = (r.tasks[t]!.samples as { logprobs: number[]; tokens: number[] }[]).map((x) =>
+          x.logprobs.map((logprob, j) => ({ logprob, tokens: x.tokens[j]! })),
+        );
+        expect(lls.map((ll) => ll.length)).toEqual(docs.map((d) => d.choices.length));
+        if (t !== "arc_challenge") {
+          const direct = await pythonLogliks(m, docs);
+          expect(lls).toEqual(
+            direct.map((ll) => ll.map((l) => ({ logprob: expect.closeTo(l.logprob, 4), tokens: l.tokens }))),
+          );
+        }
+        const scores = docs.map((d, i) => scoreByDefinition(d, lls[i]!));
+        const want: Record<string, { value: number; stderr: number }> = {
+          acc: twoDocMetric(scores.map((x) => x.acc)),
+          acc_norm: twoDocMetric(scores.map((x) => x.acc_norm)),
+          acc_per_token: twoDocMetric(scores.map((x) => x.acc_per_token)),
+        };
+        if (t === "winogrande") delete want.acc_norm; // lm-eval reports acc only
+        expect([t, r.tasks[t]!.metrics]).toEqual([t, want]);
       }
-      expect(r.tasks.winogrande!.metrics.acc_norm).toBeUndefined(); // lm-eval reports acc only
+      await m.close();
       expect(r.learning!.metric).toBe("humaneval pass@1");
       expect(r.forgetting!.definition).toContain("arc_challenge acc_norm (1-shot)");
       expect(r.forgetting!.value).toBeCloseTo(
@@ -323,8 +409,27 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
       else process.env.LORALAB_CACHE = prev;
       expect(r.adapter).toBe(join(s.run_dir, "adapter"));
       expect(r.base.model).toBe(join(s.run_dir, "base"));
-      expect(r.forgetting!.value).toBeGreaterThanOrEqual(0);
-      expect(r.base.forgetting!.value).toBeGreaterThanOrEqual(0);
+      // the forgetting score by its definition, mean of hellaswag acc_norm, winogrande acc and
+      // arc_challenge acc_norm (0-shot), each scored here from the engine's log-likelihoods of
+      // Python's requests: for the run (base + adapter) and for its base
+      const py = pythonDocs();
+      const forgetting = async (m: Model) => {
+        const part = async (t: McTask, metric: "acc" | "acc_norm") => {
+          const docs = py[t].slice(0, 3);
+          const lls = await pythonLogliks(m, docs);
+          return docs.reduce((a, d, i) => a + scoreByDefinition(d, lls[i]!)[metric], 0) / 3;
+        };
+        const parts = [
+          await part("hellaswag", "acc_norm"),
+          await part("winogrande", "acc"),
+          await part("arc_challenge", "acc_norm"),
+        ];
+        await m.close();
+        return (parts[0]! + parts[1]! + parts[2]!) / 3;
+      };
+      const tuned = await Model.load({ model: r.base.model, adapter: r.adapter });
+      expect(r.forgetting!.value).toBeCloseTo(await forgetting(tuned), 12);
+      expect(r.base.forgetting!.value).toBeCloseTo(await forgetting(await Model.load({ model: r.base.model })), 12);
       expect(again.base).toEqual(r.base); // from the cache, the same
       const onDisk = JSON.parse(readFileSync(join(s.run_dir, "eval.json"), "utf8"));
       expect(onDisk.forgetting.definition).toContain("hellaswag acc_norm");
@@ -356,6 +461,9 @@ describe("evaluate: the whole pipeline on fixtures with the bundled tiny model",
     for (const [i, x] of a.entries()) expect(Math.abs(x.logprob - b[i]!.logprob)).toBeLessThan(1e-4);
     const g = await m.generate(["The red owl"], { max_new_tokens: 5 });
     expect(g[0]!.tokens).toBe(5);
-    expect(await m.countTokens("The red owl")).toBeGreaterThan(0);
+    // datasets/tiny/tokenizer.json's byte-level BPE by hand: "The", "Ġred", "Ġowl", each one
+    // vocabulary entry (ids 494, 452, 478) after the merges h+e, T+he; r+e, Ġ+re, Ġre+d;
+    // o+w, Ġ+ow, Ġow+l; no special tokens are counted
+    expect(await m.countTokens("The red owl")).toBe(3);
   }, 60_000);
 });

@@ -39,3 +39,24 @@ test("import { train, evaluate, analyze, openStore, createServer } from 'loralab
   expect((await res.json()).status).toBe("completed");
   await server.close();
 }, 120_000);
+
+/** The files a fresh Bun process has loaded after importing `spec`. */
+function loadedBy(spec: string): string[] {
+  const code = `await import(${JSON.stringify(spec)}); console.log(JSON.stringify(Object.keys(require.cache)))`;
+  const p = Bun.spawnSync([process.execPath, "-e", code], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  if (p.exitCode !== 0) throw new Error(`import(${spec}) failed: ${p.stderr.toString()}`);
+  return JSON.parse(p.stdout.toString()) as string[];
+}
+
+test("importing 'loralab' loads no store, server or Parquet code; 'loralab/core' only the engine", () => {
+  const heavy =
+    /\/node_modules\/(hono|drizzle-orm|postgres|hyparquet|hyparquet-compressors)\/|\/packages\/(db|server)\//;
+  expect(loadedBy("loralab").filter((f) => heavy.test(f))).toEqual([]);
+  const core = loadedBy("loralab/core").filter(
+    (f) => /\/packages\/(eval|spectrum|report|study)\//.test(f) || heavy.test(f),
+  );
+  expect(core).toEqual([]);
+  // and the entry points that do load them still work
+  expect(loadedBy("loralab/store").some((f) => f.includes("/drizzle-orm/"))).toBe(true);
+  expect(loadedBy("loralab/server").some((f) => f.includes("/hono/"))).toBe(true);
+});

@@ -8,16 +8,16 @@ import { createServer, devicePool } from "@loralab/server";
 import { root, tempDir, tinyConfig } from "./helpers.ts";
 
 const FAKE = `#!/usr/bin/env bash
-echo '{"v":1,"event":"ready","protocol":1,"version":"fake","pid":'$$',"devices":["cpu","cuda"]}'
+echo '{"v":2,"event":"ready","protocol":2,"version":"fake","pid":'$$',"devices":["cpu","cuda"]}'
 while IFS= read -r line; do
-  id=$(sed -E 's/^\\{"v":1,"id":([0-9]+).*/\\1/' <<< "$line")
+  id=$(sed -E 's/^\\{"v":2,"id":([0-9]+).*/\\1/' <<< "$line")
   case "$line" in
-    *'"op":"shutdown"'*) echo '{"v":1,"id":'$id',"event":"result","data":{"shutdown":true}}'; exit 0 ;;
+    *'"op":"shutdown"'*) echo '{"v":2,"id":'$id',"event":"result","data":{"shutdown":true}}'; exit 0 ;;
     *'"op":"train"'*)
       dev=$(sed -E 's/.*"device":"([^"]*)".*/\\1/' <<< "$line")
       touch "$FAKE_DIR/started-$dev-$$"
       while [ ! -e "$FAKE_DIR/finish" ]; do sleep 0.05; done
-      echo '{"v":1,"id":'$id',"event":"result","data":{"status":"completed"}}' ;;
+      echo '{"v":2,"id":'$id',"event":"result","data":{"status":"completed"}}' ;;
   esac
 done
 `;

@@ -12,11 +12,11 @@ import { root, tempDir, tinyConfig } from "./helpers.ts";
 // a worker that says ready, then on a train request either dies (SIGKILL, as the OOM killer
 // does) or sits in its prepare phase without a step
 const FAKE = `#!/usr/bin/env bash
-echo '{"v":1,"event":"ready","protocol":1,"version":"fake","pid":'$$',"devices":["cpu","cuda"]}'
+echo '{"v":2,"event":"ready","protocol":2,"version":"fake","pid":'$$',"devices":["cpu","cuda"]}'
 while IFS= read -r line; do
-  id=$(sed -E 's/^\\{"v":1,"id":([0-9]+).*/\\1/' <<< "$line")
+  id=$(sed -E 's/^\\{"v":2,"id":([0-9]+).*/\\1/' <<< "$line")
   case "$line" in
-    *'"op":"shutdown"'*) echo '{"v":1,"id":'$id',"event":"result","data":{"shutdown":true}}'; exit 0 ;;
+    *'"op":"shutdown"'*) echo '{"v":2,"id":'$id',"event":"result","data":{"shutdown":true}}'; exit 0 ;;
     *'"op":"train"'*) echo "$$" >> "$FAKE_DIR/trains"; [ "$FAKE_MODE" = prepare ] && sleep 600; kill -9 $$ ;;
   esac
 done

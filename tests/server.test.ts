@@ -200,7 +200,7 @@ describe("server", () => {
     const fx = join(root, "tests/fixtures/eval");
     const prev = process.env.LORALAB_CACHE;
     process.env.LORALAB_CACHE = join(out, "cache");
-    await evaluateRun(runDir, {
+    const evaluation = await evaluateRun(runDir, {
       tasks: ["arc_challenge"],
       data: { arc_challenge: join(fx, "arc_challenge") },
       limit: 2,
@@ -210,13 +210,26 @@ describe("server", () => {
     const ing = await req(`/api/runs/${run.id}/ingest`, { method: "POST" });
     expect(ing.status).toBe(200);
     const res = await ing.json();
+    // exactly the rows eval.json holds: the run's ("final") and its base's, each metric of
+    // arc_challenge with its value and stderr as evaluateRun returned them, over 2 documents
+    type Row = { checkpoint: string; task: string; metric: string; value: number; stderr: number | null; n: number };
+    const rowsOf = (checkpoint: string, metrics: Record<string, unknown>): Row[] =>
+      ["acc", "acc_norm", "acc_per_token"].map((metric) => {
+        const m = metrics[metric] as { value: number; stderr: number };
+        return { checkpoint, task: "arc_challenge", metric, value: m.value, stderr: m.stderr, n: 2 };
+      });
+    const key = (r: Row) => `${r.checkpoint} ${r.metric}`;
+    const byKey = (a: Row, b: Row) => key(a).localeCompare(key(b));
     expect(
-      res.eval.some(
-        (e: { checkpoint: string; task: string; metric: string }) =>
-          e.checkpoint === "final" && e.task === "arc_challenge" && e.metric === "acc_norm",
-      ),
-    ).toBe(true);
-    expect(res.eval.some((e: { checkpoint: string }) => e.checkpoint === "base")).toBe(true);
+      (res.eval as Row[])
+        .map(({ checkpoint, task, metric, value, stderr, n }) => ({ checkpoint, task, metric, value, stderr, n }))
+        .sort(byKey),
+    ).toEqual(
+      [
+        ...rowsOf("final", evaluation.tasks.arc_challenge!.metrics),
+        ...rowsOf("base", evaluation.base.tasks.arc_challenge!.metrics),
+      ].sort(byKey),
+    );
     const replay = await (await req(`/api/runs/${run.id}/events`)).text();
     expect(replay).toContain("event: eval");
   }, 120_000);
@@ -229,32 +242,78 @@ describe("server", () => {
     const run = await r.json();
     await waitFor(run.id, ["running"]);
     while (!(await (await req(`/api/runs/${run.id}/metrics?name=loss`)).json()).length) await Bun.sleep(20);
+    const asked = Date.now();
     const c = await req(`/api/runs/${run.id}/cancel`, { method: "POST" });
     expect(c.status).toBe(202);
+    expect(await c.json()).toEqual({ id: run.id, status: "cancelling" });
     const done = await waitFor(run.id, ["cancelled"]);
-    expect(done.finishedAt).toBeTruthy();
+    // finishedAt: an ISO 8601 UTC time (it survives a round trip through Date) after the run
+    // started and the cancel was asked for, and not in the future
+    expect(new Date(done.finishedAt).toISOString()).toBe(done.finishedAt);
+    expect(Date.parse(done.startedAt)).toBeLessThanOrEqual(asked);
+    expect(Date.parse(done.finishedAt)).toBeGreaterThanOrEqual(asked);
+    expect(Date.parse(done.finishedAt)).toBeLessThanOrEqual(Date.now());
     expect((await req(`/api/runs/${run.id}/cancel`, { method: "POST" })).status).toBe(409);
   }, 120_000);
 
   test("the OpenAPI document covers every route, with the engine's config schema as the request body", async () => {
     const doc = await (await srv.app.request("/api/openapi.json")).json();
     expect(doc.openapi).toBe("3.1.0");
-    for (const p of [
-      "/api/runs",
-      "/api/runs/{id}",
-      "/api/runs/{id}/metrics",
-      "/api/runs/{id}/events",
-      "/api/runs/{id}/cancel",
-      "/api/runs/{id}/artifacts/{path}",
-      "/api/session",
-    ])
-      expect(doc.paths[p]).toBeDefined();
+    // the API's routes, by hand from packages/server/src/app.ts: each path and its methods
+    const routes: Record<string, string[]> = {
+      "/api/openapi.json": ["get"],
+      "/api/runs": ["get", "post"],
+      "/api/runs/{id}": ["get"],
+      "/api/runs/{id}/artifacts": ["get"],
+      "/api/runs/{id}/artifacts/{path}": ["get"],
+      "/api/runs/{id}/cancel": ["post"],
+      "/api/runs/{id}/events": ["get"],
+      "/api/runs/{id}/ingest": ["post"],
+      "/api/runs/{id}/metrics": ["get"],
+      "/api/runs/{id}/results": ["get"],
+      "/api/session": ["post"],
+      "/api/templates/tiny": ["get"],
+    };
+    const methodsByPath = (pairs: [string, string][]) => {
+      const out: Record<string, string[]> = {};
+      for (const [path, method] of pairs) out[path] = [...(out[path] ?? []), method.toLowerCase()].sort();
+      return out;
+    };
+    const documented = Object.entries(doc.paths as Record<string, object>).flatMap(([p, ops]) =>
+      Object.keys(ops).map((m) => [p, m] as [string, string]),
+    );
+    expect(methodsByPath(documented)).toEqual(routes);
+    // and Hono's own route table (middleware aside), its :id and * spelled as OpenAPI spells them
+    const served = srv.app.routes
+      .filter((r) => r.method !== "ALL" && r.path.startsWith("/api/"))
+      .map((r) => [r.path.replace(/:(\w+)/g, "{$1}").replace(/\/\*$/, "/{path}"), r.method] as [string, string]);
+    expect(methodsByPath(served)).toEqual(routes);
     expect(doc.paths["/api/runs"].post.requestBody.content["application/json"].schema.$ref).toBe(
       "#/components/schemas/RunConfig",
     );
-    expect(doc.components.schemas.RunConfig.properties.method).toBeDefined();
+    // the config's sections (struct RunConfig in crates/core/src/config.rs; deny_unknown_fields)
+    // and the method section's fields (struct MethodConfig), kind one of enum MethodKind
+    const schemas = doc.components.schemas;
+    expect([Object.keys(schemas.RunConfig.properties).sort(), schemas.RunConfig.additionalProperties]).toEqual([
+      ["data", "method", "model", "name", "optim", "out_dir", "run_id", "schedule", "seed", "train"],
+      false,
+    ]);
+    expect(schemas.RunConfig.properties.method.$ref).toBe("#/components/schemas/MethodConfig");
+    expect(Object.keys(schemas.MethodConfig.properties).sort()).toEqual([
+      "alpha",
+      "dropout",
+      "kind",
+      "rank",
+      "rslora",
+      "targets",
+    ]);
+    expect(schemas.MethodKind.oneOf.map((k: { const: string }) => k.const)).toEqual(["full", "lora"]);
     expect(JSON.stringify(doc)).not.toContain("#/$defs/");
-    expect(doc.paths["/api/runs"].post.responses["422"]).toBeDefined();
+    // 422 answers with problem details naming the field
+    expect(doc.paths["/api/runs"].post.responses["422"].content).toEqual({
+      "application/problem+json": { schema: { $ref: "#/components/schemas/Problem" } },
+    });
+    expect(schemas.Problem.properties.field).toEqual({ type: "string" });
   });
 
   test("the dashboard is served under a strict Content-Security-Policy", async () => {
@@ -270,15 +329,17 @@ describe("server", () => {
 describe("the token", () => {
   test("generated once into the config dir (0600), reused after, overridden by LORALAB_TOKEN; compared in constant time", async () => {
     const { loadToken, sameSecret } = await import("@loralab/server");
-    const { statSync } = await import("node:fs");
+    const { readFileSync, statSync } = await import("node:fs");
     const dir = tempDir("token");
     const prev = process.env.XDG_CONFIG_HOME;
     process.env.XDG_CONFIG_HOME = dir;
     try {
       const first = loadToken({});
       expect(first.generated).toBe(true);
-      expect(first.token.length).toBeGreaterThanOrEqual(40);
+      // 32 random bytes in base64url: ⌈32·8/6⌉ = 43 characters, no padding
+      expect(first.token).toMatch(/^[A-Za-z0-9_-]{43}$/);
       expect(first.file).toBe(join(dir, "loralab", "token"));
+      expect(readFileSync(first.file, "utf8")).toBe(`${first.token}\n`);
       expect(statSync(first.file).mode & 0o777).toBe(0o600);
       const again = loadToken({});
       expect([again.generated, again.token]).toEqual([false, first.token]);

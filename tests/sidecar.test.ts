@@ -4,10 +4,10 @@
 // the config that caused it. CUDA itself is checked by scripts/gpu-check.sh on a GPU.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import * as native from "@loralab/native";
 import {
   ConfigError,
   createServer,
+  InProcessEngine,
   OutOfMemoryError,
   resolveConfig,
   RunInterrupted,
@@ -23,10 +23,10 @@ import { metricLosses, root, tempDir, tinyConfig, tinyModel } from "./helpers.ts
 
 const fake = join(root, "tests/fixtures/fake-sidecar.sh");
 
-test("the CPU sidecar is built and says ready with protocol 1", async () => {
+test("the CPU sidecar is built and says ready with protocol 2", async () => {
   expect(sidecarPath("cpu")).toEndWith("release/loralab-sidecar");
   const s = await Sidecar.start({ path: sidecarPath("cpu") });
-  expect(s.ready.protocol).toBe(1);
+  expect(s.ready.protocol).toBe(2);
   expect(s.ready.devices).toEqual(["cpu"]);
   await s.shutdown();
   expect(await s.exited).toBe(0);
@@ -38,7 +38,7 @@ test("load / generate / loglik / count_tokens over the protocol equal the in-pro
   try {
     const { engine, model_config } = await s.request<{ engine: string; model_config: { hidden_size: number } }>(
       "load",
-      { request: { model } },
+      { model },
     ).result;
     const local = await Model.load({ model });
     expect(model_config.hidden_size).toBeGreaterThan(0);
@@ -93,9 +93,9 @@ test("train through the sidecar equals in-process; analyze reports progress; can
   const s = await Sidecar.start({ path: sidecarPath("cpu") });
   const progress: unknown[] = [];
   const request = { base: join(out, "local/base"), adapter: local.output };
-  const viaSidecar = await s.request("analyze", { request }, (p) => progress.push(p)).result;
+  const viaSidecar = await s.request("analyze", request, (p) => progress.push(p)).result;
   await s.shutdown();
-  const inProcess = JSON.parse(await native.analyze(JSON.stringify(request)));
+  const inProcess = await new InProcessEngine().request("analyze", request);
   expect({ ...(viaSidecar as object), seconds: 0 }).toEqual({ ...inProcess, seconds: 0 });
   expect(progress.length).toBe((viaSidecar as { matrices: unknown[] }).matrices.length);
 
@@ -145,14 +145,14 @@ test("a sidecar that exits at start, prints garbage, says nothing or speaks anot
   );
   await expect(start("garbage")).rejects.toThrow(/printed something that is not the protocol: "Segmentation fault/);
   await expect(start("silent")).rejects.toThrow(/said nothing within 1\.5 s/);
-  await expect(start("old")).rejects.toThrow(/speaks protocol 0, this package speaks 1/);
+  await expect(start("old")).rejects.toThrow(/speaks protocol 0, this package speaks 2/);
   await expect(Sidecar.start({ path: "/nonexistent/loralab-sidecar" })).rejects.toThrow(
     /not found \(hint: `bun run setup`/,
   );
 
   // garbage after ready: pending requests fail, the process is stopped
   const s = await Sidecar.start({ path: fake, env: { FAKE_MODE: "midgarbage" } });
-  await expect(s.request("load", { request: {} }).result).rejects.toThrow(
+  await expect(s.request("load", {}).result).rejects.toThrow(
     /not the protocol: "WARNING: something printed on stdout"/,
   );
   expect(s.alive).toBe(false);

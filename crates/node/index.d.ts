@@ -9,83 +9,14 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** A cancellation flag the training loop checks every step. */
-export declare class CancelToken {
-  constructor()
-  cancel(): void
-  get cancelled(): boolean
-}
+/**
+ * Run one request line off the JS thread; `onEvent` gets its progress lines, the promise
+ * resolves with its result or error line (it never rejects).
+ */
+export declare function call(line: string, onEvent?: ((line: string) => void) | undefined | null): Promise<string>
 
 /**
- * A model loaded once for evaluation (base + optional adapter, merged or not):
- * batched generation and log-likelihoods, each a Promise run off the JS thread.
+ * Run one quick request line (no model work: config, schema, maths, cancel, the run
+ * directory) on the JS thread and return its answer line; others are refused.
  */
-export declare class Engine {
-  /** Generate from prompts (JSON array of strings) with options (JSON); resolves to JSON text. */
-  generate(promptsJson: string, optionsJson: string): Promise<string>
-  /** Log-likelihoods of `[{context, continuation}]` (JSON) in batches of `batch_size`; resolves to JSON text. */
-  loglikelihood(requestsJson: string, batchSize: number): Promise<string>
-  /** Token ids of a text (no special tokens): for prompt-length accounting. */
-  countTokens(text: string): number
-  /** The model's config.json fields, as loaded. */
-  get modelConfig(): any
-}
-
-/**
- * Spectra of the weight change between a base and a tuned model or adapter (JSON request);
- * `onProgress` gets `{done, total, matrix}` JSON after each matrix; resolves to JSON text.
- */
-export declare function analyze(requestJson: string, onProgress?: ((event: string) => void) | undefined | null): Promise<string>
-
-/** The run config's JSON Schema (descriptions and defaults included). */
-export declare function configSchema(): any
-
-/** exp of the entropy of σ/Σσ. */
-export declare function effectiveRank(sigma: Array<number>): number
-
-/** Mean held-out loss of a model (+ optional adapter) on a data file; JSON in, JSON text out. */
-export declare function evalLoss(requestJson: string): Promise<string>
-
-/** Cumulative explained variance of `sigma` against `totalSq` (default Σ of `sigma`). */
-export declare function explainedVariance(sigma: Array<number>, totalSq?: number | undefined | null): Array<number>
-
-/** Load a model for inference; JSON `{model, adapter?, merged?, tokenizer?, dtype?}`. */
-export declare function loadEngine(requestJson: string): Promise<Engine>
-
-/**
- * Fold a PEFT adapter into its base (HF directory or .gguf) and write a complete HF model
- * directory to `out`. Options JSON `{dtype?: "bf16" | "f16" | "f32"}` (default f32);
- * resolves with JSON text `{dtype, notes}`.
- */
-export declare function merge(base: string, adapter: string, out: string, optionsJson?: string | undefined | null): Promise<string>
-
-/** Indices of the points not dominated with both coordinates better higher, by x ascending. */
-export declare function paretoFrontier(x: Array<number>, y: Array<number>): Array<number>
-
-/** Unbiased pass@k = 1 − C(n−c, k)/C(n, k) (Chen et al. 2021). */
-export declare function passAtK(n: number, c: number, k: number): number
-
-/** The study's random-matrix control: spectra of Gaussian A, cB and A + cB (n×n) for each c. */
-export declare function randomBaseline(n: number, cs: Array<number>, seed: number): Promise<string>
-
-/**
- * Smallest k whose first k of `sigma` explain `threshold` of `totalSq` (Σσ² of the whole
- * spectrum; default Σ of `sigma`); null when the stored values never reach it.
- */
-export declare function rankAt(sigma: Array<number>, threshold: number, totalSq?: number | undefined | null): number | null
-
-/** Parse, default and validate a config (JSON text); returns the resolved config. */
-export declare function resolveConfig(configJson: string): any
-
-/** Singular values (descending) of a small row-major m×n matrix (one-sided Jacobi). */
-export declare function smallSingularValues(a: Array<number>, m: number, n: number): Array<number>
-
-/** Σσ² / σ₁². */
-export declare function stableRank(sigma: Array<number>): number
-
-/**
- * Train one run on a worker thread; resolves with the run summary as JSON text. Events (JSON text: start, progress, checkpoint)
- * go to `onEvent`; `cancel.cancel()` stops a running loop after its current step,
- * writes a checkpoint and resolves with status "cancelled".
- */
-export declare function train(configJson: string, cancel: CancelToken, onEvent?: ((event: string) => void) | undefined | null): Promise<string>
+export declare function callSync(line: string): string

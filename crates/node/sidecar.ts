@@ -6,7 +6,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 
-export const PROTOCOL = 1;
+export const PROTOCOL = 2;
 
 /** What the sidecar says first: its protocol, version and the device kinds it was built for. */
 export interface Ready {
@@ -16,7 +16,8 @@ export interface Ready {
   devices: string[];
 }
 
-/** An error the sidecar reported for one request; `code` is config | oom | engine | protocol | internal. */
+/** A failure the sidecar reported for one request (loralab_core::api::Failure); `code` is
+ *  config | oom | engine | interrupted | internal | protocol. @loralab/engine turns it into its typed errors. */
 export class SidecarError extends Error {
   override name = "SidecarError";
   constructor(
@@ -24,6 +25,7 @@ export class SidecarError extends Error {
     readonly code: string,
     readonly field = "",
     readonly config?: unknown,
+    readonly hint = "",
   ) {
     super(message);
   }
@@ -228,7 +230,7 @@ export class Sidecar {
         id?: number | string | null;
         event?: string;
         data?: unknown;
-        error?: { code: string; message: string; field?: string; config?: unknown };
+        error?: { code: string; message: string; field?: string; hint?: string; config?: unknown };
       };
       try {
         ev = JSON.parse(line);
@@ -245,7 +247,7 @@ export class Sidecar {
         p.resolve(ev.data);
       } else if (ev.event === "error") {
         const e = ev.error ?? { code: "protocol", message: "error without a body" };
-        const err = new SidecarError(e.message, e.code, e.field ?? "", e.config);
+        const err = new SidecarError(e.message, e.code, e.field ?? "", e.config, e.hint ?? "");
         if (p) {
           this.pending.delete(ev.id as number);
           p.reject(err);

@@ -1,4 +1,4 @@
-"""Reference splits for the pre-tokenizer names loralab's GGUF reader knows (crates/core/src/gguf.rs
+"""Reference splits for the pre-tokenizer names loralab's GGUF reader knows (crates/core/src/io/gguf.rs
 `pre_tokenizer`): each name's published regex run by the PyPI `regex` package (not the
 tokenizers library), each piece then mapped to GPT-2's byte-level alphabet. Writes
 gguf_pre_ref.json for crates/core/tests/gguf.rs.

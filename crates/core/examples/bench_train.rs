@@ -4,7 +4,7 @@
 //! plain large matmul measured in the same run (this machine is noisy: ratios, not absolutes).
 use candle_core::{DType, Device, Tensor};
 use loralab_core::config::{MethodConfig, MethodKind, OptimConfig, Targets};
-use loralab_core::linear::Ctx;
+use loralab_core::linear::ForwardCtx;
 use loralab_core::model::{masked_loss, Llama, LlamaConfig};
 use loralab_core::optim::{clip_grad_norm, Optimizer};
 use loralab_core::rng::Rng;
@@ -152,7 +152,7 @@ fn step(r: &mut Runner, s: &Shape, i: usize) -> candle_core::Result<(f64, f64, f
     let (ids, targets, mask) = batch(&s.cfg, s.batch, s.seq, i as u64);
     let start_mem = cur();
     let t0 = Instant::now();
-    let logits = r.model.forward(&ids, &mut Ctx { train: true, rng: &mut r.rng })?;
+    let logits = r.model.forward(&ids, &mut ForwardCtx { train: true, rng: &mut r.rng })?;
     let loss = masked_loss(&logits, &targets, &mask, (s.batch * s.seq) as f64)?;
     let after_fwd = cur();
     let mut g = loss.backward()?;
@@ -263,7 +263,7 @@ fn checkpointing(s: &Shape, method: &MethodConfig) -> candle_core::Result<[(f64,
                 &targets,
                 &mask,
                 (s.batch * s.seq) as f64,
-                &mut Ctx { train: true, rng: &mut r.rng },
+                &mut ForwardCtx { train: true, rng: &mut r.rng },
                 &r.params,
                 ckpt,
             )?;

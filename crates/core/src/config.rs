@@ -2,7 +2,7 @@
 //! default, unknown keys are refused), `resolve()` settles every derived value and
 //! validates before any work starts, and schemars turns the doc comments below into
 //! the JSON Schema that `loralab train --help` and the TypeScript types are made from.
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -400,7 +400,7 @@ impl RunConfig {
 
     /// model.path names a llama.cpp GGUF file rather than a Hugging Face directory.
     pub fn model_is_gguf(&self) -> bool {
-        crate::checkpoint::is_gguf(Path::new(&self.model.path))
+        crate::base::formats::is_gguf(Path::new(&self.model.path))
     }
 
     pub fn config_json_path(&self) -> PathBuf {
@@ -464,7 +464,7 @@ impl RunConfig {
                 ));
             }
             self.model.tokenizer =
-                crate::checkpoint::default_tokenizer(Path::new(&self.model.path)).to_string_lossy().into_owned();
+                crate::base::formats::default_tokenizer(Path::new(&self.model.path)).to_string_lossy().into_owned();
         }
         require_file(Path::new(&self.model.tokenizer), "model.tokenizer")?;
 
@@ -519,7 +519,7 @@ impl RunConfig {
         for (i, b) in self.optim.betas.iter().enumerate() {
             check_unit(&format!("optim.betas[{i}]"), *b)?;
         }
-        if !(self.optim.eps > 0.0) {
+        if self.optim.eps.is_nan() || self.optim.eps <= 0.0 {
             return Err(Error::config("optim.eps", "must be > 0"));
         }
         if !(self.optim.weight_decay >= 0.0 && self.optim.weight_decay.is_finite()) {
@@ -558,7 +558,7 @@ impl RunConfig {
         if !self.train.resume_from.is_empty() {
             require_file(&Path::new(&self.train.resume_from).join("trainer_state.json"), "train.resume_from")?;
         }
-        crate::device::parse(&self.train.device)?;
+        crate::base::device::parse(&self.train.device)?;
         Ok(self)
     }
 }
@@ -571,7 +571,7 @@ fn expand_home(p: &str) -> String {
 }
 
 fn check_unit(field: &str, v: f64) -> Result<()> {
-    if !(0.0..1.0).contains(&v) && !(field.ends_with("frac") && v == 1.0) {
+    if !((0.0..1.0).contains(&v) || field.ends_with("frac") && v == 1.0) {
         return Err(Error::config(field, format!("must be in [0, 1) (got {v})")));
     }
     Ok(())

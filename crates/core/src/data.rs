@@ -2,26 +2,15 @@
 //! tokenized once and written as token shards (u32 ids + u8 loss mask, one fixed-
 //! length row per sequence), cached by (dataset, tokenizer, format, template,
 //! seq_len). Training memory-maps them; the data position is a sample count.
+use crate::base::error::{Error, Result};
+use crate::base::rng::Rng;
 use crate::config::{DataConfig, DataFormat};
-use crate::error::{Error, Result};
-use crate::rng::Rng;
 use memmap2::Mmap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
-/// The tokenizer.json text for a tokenizer.json file, or built from a .gguf file's metadata.
-pub fn tokenizer_json(path: &Path) -> Result<Vec<u8>> {
-    if path.extension().is_some_and(|e| e == "gguf") {
-        return Ok(crate::gguf::tokenizer_json(path)?.into_bytes());
-    }
-    std::fs::read(path).map_err(|e| Error::file(path, e))
-}
-
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_bytes(tokenizer_json(path)?)
-        .map_err(|e| Error::file(path, format!("cannot load tokenizer: {e} (hint: a Hugging Face tokenizer.json)")))
-}
+pub use crate::io::tokenizer::{load_tokenizer, tokenizer_json};
 
 /// The end-of-sequence id: from the model config, else the tokenizer's usual names.
 pub fn eos_id(tok: &Tokenizer, from_config: Option<u32>) -> Result<u32> {
@@ -52,7 +41,7 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 /// returns the number of records. Chat records arrive as (rendered prompt, last turn).
 fn for_each_record(
     cfg: &DataConfig,
-    chat: Option<&crate::chat::ChatTemplate>,
+    chat: Option<&crate::io::chat::ChatTemplate>,
     mut f: impl FnMut(String, String) -> Result<()>,
 ) -> Result<usize> {
     let path = Path::new(&cfg.train);
@@ -169,7 +158,7 @@ pub struct Shards {
 }
 
 /// The prepare step's account of the data, kept in meta.json and reported by every run.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, schemars::JsonSchema)]
 pub struct PrepareReport {
     pub format_version: u32,
     pub source: String,
@@ -196,7 +185,7 @@ pub fn prepare(
     tok: &Tokenizer,
     tokenizer_path: &Path,
     eos: u32,
-    chat: Option<&crate::chat::ChatTemplate>,
+    chat: Option<&crate::io::chat::ChatTemplate>,
 ) -> Result<Shards> {
     let chat = match cfg.format {
         DataFormat::Ift if cfg.chat_template => chat,
@@ -265,7 +254,7 @@ fn write_shards(
     cfg: &DataConfig,
     tok: &Tokenizer,
     eos: u32,
-    chat: Option<&crate::chat::ChatTemplate>,
+    chat: Option<&crate::io::chat::ChatTemplate>,
     dir: &Path,
 ) -> Result<()> {
     let t = cfg.seq_len;

@@ -2,7 +2,7 @@
 //! clipping. Called once per step by train.rs. State lives only for trainable
 //! tensors, in f32 (f64 when the model runs in f64 for gradient checks).
 use crate::config::{OptimConfig, OptimizerName, ScheduleConfig, ScheduleKind};
-use crate::ops::num_like::Float;
+use crate::nn::ops::num_like::Float;
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
@@ -49,7 +49,8 @@ impl Optimizer {
         // the CUDA build runs the same passes as kernels on f32 (masters and state are f32 there),
         // unless its kernels are turned off
         #[cfg(feature = "cuda")]
-        let fused_here = |p: &Tensor| p.device().is_cpu() || (crate::cuda::serves(p) && p.dtype() == DType::F32);
+        let fused_here =
+            |p: &Tensor| p.device().is_cpu() || (crate::nn::cuda::kernels_apply(p) && p.dtype() == DType::F32);
         #[cfg(not(feature = "cuda"))]
         let fused_here = |p: &Tensor| p.device().is_cpu();
         let fusable = params.iter().zip(grads).zip(&self.state).all(|(((_, p), g), st)| {
@@ -61,7 +62,7 @@ impl Optimizer {
                 && g.is_contiguous()
         });
         if !fusable {
-            return self.step_reference(params, grads, lr, t);
+            return self.step_portable(params, grads, lr, t);
         }
         for (((_, p), g), st) in params.iter().zip(grads).zip(self.state.iter_mut()) {
             let p = p.as_tensor();
@@ -85,7 +86,7 @@ impl Optimizer {
     }
 
     /// The same update from plain tensor ops (any device and dtype mix; the fused path is tested against it).
-    pub fn step_reference(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64, t: usize) -> Result<()> {
+    pub fn step_portable(&mut self, params: &[(String, Var)], grads: &[Tensor], lr: f64, t: usize) -> Result<()> {
         let [b1, b2] = self.betas;
         for (((_, p), g), st) in params.iter().zip(grads).zip(self.state.iter_mut()) {
             let dt = state_dtype(p.dtype());
@@ -128,7 +129,7 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     // the host reads their sum once: one synchronisation per step, not one per tensor
     let mut on_device = Vec::new();
     for g in grads.iter() {
-        if g.device().is_cpu() && g.is_contiguous() && !crate::ops::portable_forced() {
+        if g.device().is_cpu() && g.is_contiguous() && !crate::nn::portable::forced() {
             sq += g.apply_op1_no_bwd(&SumSquares)?.to_scalar::<f64>()?;
         } else {
             on_device.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
@@ -231,7 +232,7 @@ impl candle_core::InplaceOp2 for Kernel {
         l2: &Layout,
     ) -> Result<()> {
         let Kernel::Moment { beta, square } = *self else { candle_core::bail!("optimizer: not a moment kernel") };
-        crate::cuda::opt_moment(s1, l1, s2, l2, beta, square)
+        crate::nn::cuda::opt_moment(s1, l1, s2, l2, beta, square)
     }
 }
 
@@ -271,9 +272,9 @@ impl candle_core::InplaceOp3 for Kernel {
     ) -> Result<()> {
         match *self {
             Kernel::Adam { decay, lr, bc1, bc2, eps } => {
-                crate::cuda::opt_adam(s1, l1, (s2, l2), (s3, l3), decay, lr, bc1, bc2, eps)
+                crate::nn::cuda::opt_adam(s1, l1, (s2, l2), (s3, l3), decay, lr, bc1, bc2, eps)
             }
-            Kernel::Lion { decay, lr, b1 } => crate::cuda::opt_lion(s1, l1, (s2, l2), (s3, l3), decay, lr, b1),
+            Kernel::Lion { decay, lr, b1 } => crate::nn::cuda::opt_lion(s1, l1, (s2, l2), (s3, l3), decay, lr, b1),
             Kernel::Moment { .. } => candle_core::bail!("optimizer: a moment is not an update"),
         }
     }

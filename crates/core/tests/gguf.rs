@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use loralab_core::gguf::{hf_name, load_gguf};
-use loralab_core::linear::Ctx;
+use loralab_core::linear::ForwardCtx;
 use loralab_core::rng::Rng;
 
 #[test]
@@ -18,7 +18,7 @@ fn smollm2_logits_match_the_numpy_reference() {
     assert_eq!(md["tokenizer.ggml.model"].to_string().unwrap(), "gpt2");
     let fx = candle_core::safetensors::load(repo().join("tests/reference/gguf_ref.safetensors"), &Device::Cpu).unwrap();
     let ids = fx["ids"].to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap();
-    let logits = model.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
+    let logits = model.forward(&ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap();
     let t = ids.dim(1).unwrap();
     for (row, key) in [(3, "logits.pos3"), (t - 1, "logits.last")] {
         let got = logits.get(row).unwrap();
@@ -71,7 +71,7 @@ fn greedy(model: &loralab_core::model::Llama, tok: &tokenizers::Tokenizer, promp
     let start = ids.len();
     for _ in 0..n {
         let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let logits = model.forward(&x, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
+        let logits = model.forward(&x, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap();
         ids.push(logits.get(ids.len() - 1).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap());
     }
     tok.decode(&ids[start..], false).unwrap()
@@ -121,7 +121,7 @@ fn a_few_lora_steps_on_smollm2_lower_the_loss_on_their_examples() {
         &std::sync::atomic::AtomicBool::new(false),
     )
     .unwrap();
-    assert_eq!(s.status, "completed");
+    assert_eq!(s.status, loralab_core::train::Outcome::Completed);
     // every step sees the same four examples: the loss on them must fall
     assert!(losses[5] < 0.8 * losses[0], "{losses:?}");
     assert!(std::path::Path::new(&s.output).join("adapter_model.safetensors").is_file());

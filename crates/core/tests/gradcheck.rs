@@ -5,8 +5,9 @@ mod common;
 use candle_core::{DType, Tensor, Var};
 use common::*;
 use loralab_core::config::{MethodConfig, MethodKind, Targets};
-use loralab_core::linear::{Ctx, Linear, Weight};
-use loralab_core::model::{apply_rope_reference, masked_loss, masked_loss_reference, rope_tables, Llama};
+use loralab_core::linear::{ForwardCtx, Linear, Weight};
+use loralab_core::model::{masked_loss, rope_tables, Llama};
+use loralab_core::nn::portable::{masked_loss as masked_loss_portable, rope as rope_portable};
 use loralab_core::ops;
 use loralab_core::rng::Rng;
 
@@ -26,7 +27,8 @@ fn linear_trainable_with_bias() {
     lin.weight.unfreeze().unwrap();
     lin.bias.as_mut().unwrap().unfreeze().unwrap();
     let p = proj(&[5, 4], 4);
-    let f = || scalar(&lin.forward(x.as_tensor(), &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap(), &p);
+    let f =
+        || scalar(&lin.forward(x.as_tensor(), &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap(), &p);
     let Weight::Trainable(w) = &lin.weight else { panic!() };
     let Some(Weight::Trainable(b)) = &lin.bias else { panic!() };
     gradcheck("linear.x", &x, &f, 30);
@@ -63,7 +65,8 @@ fn lora_linear_a_b_and_input() {
     let l = lin.lora.as_ref().unwrap();
     l.b.set(&randn(&[4, 3], 0.5, 6)).unwrap(); // B = 0 would make dL/dA vanish
     let p = proj(&[5, 4], 4);
-    let f = || scalar(&lin.forward(x.as_tensor(), &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap(), &p);
+    let f =
+        || scalar(&lin.forward(x.as_tensor(), &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap(), &p);
     gradcheck("lora.A", &l.a, &f, 18);
     gradcheck("lora.B", &l.b, &f, 12);
     gradcheck("lora.x", &x, &f, 30);
@@ -78,9 +81,11 @@ fn fused_lora_op_matches_the_plain_composition_with_dropout_and_bias() {
     let l = lin.lora.as_ref().unwrap();
     l.b.set(&randn(&[4, 3], 0.5, 6)).unwrap();
     let p = proj(&[6, 4], 4);
-    let fused = || scalar(&lin.forward(x.as_tensor(), &mut Ctx { train: true, rng: &mut Rng::new(7) }).unwrap(), &p);
-    let plain =
-        || scalar(&lin.lora_reference(x.as_tensor(), &mut Ctx { train: true, rng: &mut Rng::new(7) }).unwrap(), &p);
+    let fused =
+        || scalar(&lin.forward(x.as_tensor(), &mut ForwardCtx { train: true, rng: &mut Rng::new(7) }).unwrap(), &p);
+    let plain = || {
+        scalar(&lin.lora_portable(x.as_tensor(), &mut ForwardCtx { train: true, rng: &mut Rng::new(7) }).unwrap(), &p)
+    };
     assert!((fused().to_scalar::<f64>().unwrap() - plain().to_scalar::<f64>().unwrap()).abs() < 1e-12);
     let (gf, gp) = (fused().backward().unwrap(), plain().backward().unwrap());
     for (name, t) in [("x", x.as_tensor()), ("A", l.a.as_tensor()), ("B", l.b.as_tensor())] {
@@ -92,8 +97,8 @@ fn fused_lora_op_matches_the_plain_composition_with_dropout_and_bias() {
     gradcheck("lora_fused.x", &x, &fused, 30);
     // the dropout RNG advanced the same way in both
     let (mut r1, mut r2) = (Rng::new(7), Rng::new(7));
-    lin.forward(x.as_tensor(), &mut Ctx { train: true, rng: &mut r1 }).unwrap();
-    lin.lora_reference(x.as_tensor(), &mut Ctx { train: true, rng: &mut r2 }).unwrap();
+    lin.forward(x.as_tensor(), &mut ForwardCtx { train: true, rng: &mut r1 }).unwrap();
+    lin.lora_portable(x.as_tensor(), &mut ForwardCtx { train: true, rng: &mut r2 }).unwrap();
     assert_eq!(r1, r2);
 }
 
@@ -103,7 +108,7 @@ fn rms_norm_op_and_reference_agree() {
     let w = Var::from_tensor(&(randn(&[8], 0.1, 2) + 1.0).unwrap()).unwrap();
     let p = proj(&[2, 3, 8], 3);
     let op = ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true).unwrap();
-    let reference = ops::rms_norm_reference(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+    let reference = loralab_core::nn::portable::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
     assert!(max_abs_diff(&op, &reference) < 1e-12);
     let f = || scalar(&ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true).unwrap(), &p);
     gradcheck("rms.x", &x, &f, 48);
@@ -127,10 +132,10 @@ fn rope_op_with_llama3_scaling_matches_reference() {
     let sin = Tensor::from_vec(rope.sin.to_vec(), (5, 2), &candle_core::Device::Cpu).unwrap();
     let p = proj(&[1, 4, 5, 2], 2);
     let y = rope.apply(x.as_tensor()).unwrap();
-    assert!(max_abs_diff(&y, &apply_rope_reference(x.as_tensor(), &cos, &sin).unwrap()) < 1e-12);
+    assert!(max_abs_diff(&y, &rope_portable(x.as_tensor(), &cos, &sin).unwrap()) < 1e-12);
     let f = || scalar(&rope.apply(x.as_tensor()).unwrap(), &p);
     gradcheck("rope.x", &x, &f, 40);
-    let g_ref = scalar(&apply_rope_reference(x.as_tensor(), &cos, &sin).unwrap(), &p).backward().unwrap();
+    let g_ref = scalar(&rope_portable(x.as_tensor(), &cos, &sin).unwrap(), &p).backward().unwrap();
     assert!(
         max_abs_diff(f().backward().unwrap().get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap()) < 1e-12
     );
@@ -145,7 +150,7 @@ fn causal_softmax_op_matches_reference() {
     let x = Var::from_tensor(&randn(&[2, 1, 10, 5], 1.0, 1)).unwrap();
     let p = proj(&[2, 1, 10, 5], 2);
     let y = ops::causal_softmax(x.as_tensor(), 0.7).unwrap();
-    let r = ops::causal_softmax_reference(&x.as_tensor().reshape((2, 1, 2, 5, 5)).unwrap(), 0.7)
+    let r = loralab_core::nn::portable::causal_softmax(&x.as_tensor().reshape((2, 1, 2, 5, 5)).unwrap(), 0.7)
         .unwrap()
         .reshape((2, 1, 10, 5))
         .unwrap();
@@ -162,7 +167,7 @@ fn masked_nll_op_matches_reference() {
     let f = || masked_loss(x.as_tensor(), &targets, &mask, 4.0).unwrap();
     let tt = Tensor::new(targets.as_slice(), &candle_core::Device::Cpu).unwrap();
     let mt = Tensor::new(mask.as_slice(), &candle_core::Device::Cpu).unwrap();
-    let r = masked_loss_reference(x.as_tensor(), &tt, &mt, 4.0).unwrap();
+    let r = masked_loss_portable(x.as_tensor(), &tt, &mt, 4.0).unwrap();
     assert!(max_abs_diff(&f(), &r) < 1e-12);
     gradcheck("masked_nll.x", &x, &f, 42);
     let g_ref = r.backward().unwrap();
@@ -194,7 +199,7 @@ fn dropout_op_regenerates_its_mask() {
 }
 
 fn model_loss(m: &Llama, ids: &Tensor, targets: &[u32], mask: &[f64]) -> Tensor {
-    let logits = m.forward(ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
+    let logits = m.forward(ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap();
     masked_loss(&logits, targets, mask, 7.0).unwrap()
 }
 

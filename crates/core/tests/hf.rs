@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use loralab_core::checkpoint::{load_model_dir, save};
 use loralab_core::config::{MethodConfig, MethodKind};
-use loralab_core::linear::Ctx;
+use loralab_core::linear::ForwardCtx;
 use loralab_core::model::Llama;
 use loralab_core::rng::Rng;
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ fn write_model(dir: &Path) -> Llama {
 
 fn logits(m: &Llama) -> Tensor {
     let ids = Tensor::new(&[[1u32, 5, 7, 3, 11, 2]], &Device::Cpu).unwrap();
-    m.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap()
+    m.forward(&ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap()
 }
 
 fn tensors(dir: &Path) -> HashMap<String, Tensor> {
@@ -133,7 +133,7 @@ fn every_architecture_matches_transformers_logits() {
         let m = load_model_dir(&dir, DType::F32).unwrap();
         let fx = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
         let ids = fx["ids"].to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap();
-        let got = m.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
+        let got = m.forward(&ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap();
         let d = max_abs_diff(&got, &fx["logits"]);
         assert!(d < 1e-4, "{name}: logits differ from transformers' by {d:e}");
     }

@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, D};
 use common::*;
 use loralab_core::infer::{Engine, GenerateOptions, LoglikRequest};
-use loralab_core::linear::Ctx;
+use loralab_core::linear::ForwardCtx;
 use loralab_core::model::{Llama, LlamaConfig};
 use loralab_core::rng::Rng;
 
@@ -45,8 +45,12 @@ fn plain_loglik(e: &Engine, r: &LoglikRequest) -> (f64, usize, bool) {
         (enc(ctx).len(), enc(&format!("{ctx}{cont}")))
     };
     let ids = Tensor::new(&all[..all.len() - 1], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let logits =
-        e.model.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap().to_dtype(DType::F64).unwrap();
+    let logits = e
+        .model
+        .forward(&ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) })
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let lsm = logits.broadcast_sub(&logits.max_keepdim(D::Minus1).unwrap()).unwrap();
     let lsm = lsm
         .broadcast_sub(&lsm.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap())

@@ -4,7 +4,7 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::*;
 use loralab_core::config::{MethodConfig, MethodKind, OptimConfig, Targets};
-use loralab_core::linear::Ctx;
+use loralab_core::linear::ForwardCtx;
 use loralab_core::model::{masked_loss, Llama};
 use loralab_core::optim::Optimizer;
 use loralab_core::rng::Rng;
@@ -21,7 +21,7 @@ fn lora(targets: &str, rank: usize, rslora: bool) -> MethodConfig {
 }
 
 fn logits(m: &Llama, ids: &Tensor) -> Tensor {
-    m.forward(ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap()
+    m.forward(ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap()
 }
 
 fn ids() -> Tensor {
@@ -78,7 +78,7 @@ fn frozen_weights_no_gradient_no_state_never_change() {
     let mask = [1.0; 12];
     for step in 1..=2 {
         let loss = masked_loss(
-            &m.forward(&ids(), &mut Ctx { train: true, rng: &mut Rng::new(step) }).unwrap(),
+            &m.forward(&ids(), &mut ForwardCtx { train: true, rng: &mut Rng::new(step) }).unwrap(),
             &targets,
             &mask,
             12.0,

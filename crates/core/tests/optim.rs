@@ -74,7 +74,7 @@ fn clipping_scales_to_max_norm() {
         Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(),
         Tensor::new(&[[4f32], [12.]], &Device::Cpu).unwrap().t().unwrap(),
     ];
-    let norm = loralab_core::ops::with_portable(|| clip_grad_norm(&mut g, 1.0)).unwrap();
+    let norm = loralab_core::nn::portable::with_portable(|| clip_grad_norm(&mut g, 1.0)).unwrap();
     assert!((norm - 13.0).abs() < 1e-6, "portable norm {norm}");
     assert!((g[1].to_vec2::<f32>().unwrap()[0][1] - 12.0 / 13.0).abs() < 1e-6);
 }
@@ -124,7 +124,7 @@ fn fused_in_place_updates_equal_the_tensor_op_reference() {
                 let g: Vec<f64> = (0..300).map(|_| r.normal()).collect();
                 let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
                 fa.step(&a, &[g.clone()], 1e-2 / t as f64, t).unwrap();
-                fb.step_reference(&b, &[g], 1e-2 / t as f64, t).unwrap();
+                fb.step_portable(&b, &[g], 1e-2 / t as f64, t).unwrap();
             }
             let d = (a[0].1.as_tensor().to_dtype(DType::F64).unwrap()
                 - b[0].1.as_tensor().to_dtype(DType::F64).unwrap())

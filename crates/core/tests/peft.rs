@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use loralab_core::checkpoint::{load_adapter, load_model_dir, merge, save};
 use loralab_core::config::{MethodConfig, MethodKind, Targets};
-use loralab_core::linear::Ctx;
+use loralab_core::linear::ForwardCtx;
 use loralab_core::model::Llama;
 use loralab_core::rng::Rng;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ fn tmp(name: &str) -> PathBuf {
 
 fn logits(m: &Llama) -> Tensor {
     let ids = Tensor::new(&[[1u32, 5, 7, 3, 11, 2]], &Device::Cpu).unwrap();
-    m.forward(&ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap()
+    m.forward(&ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap()
 }
 
 /// base/ (HF model) and adapter/ (PEFT layout, random non-zero B) under `dir`; returns the adapted model.

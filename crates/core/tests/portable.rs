@@ -7,7 +7,7 @@
 mod common;
 use common::repo;
 use loralab_core::config::{parse_config, RunConfig};
-use loralab_core::ops::with_portable;
+use loralab_core::nn::portable::with_portable;
 use loralab_core::train::{run, Event, RunSummary};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -74,7 +74,7 @@ fn bf16_mixed_precision_follows_f32_and_saves_f32_masters() {
 
 #[test]
 fn gradient_checkpointing_gives_plain_backprops_gradients_and_losses() {
-    use loralab_core::linear::Ctx;
+    use loralab_core::linear::ForwardCtx;
     use loralab_core::rng::Rng;
     use loralab_core::train::{batch_from_rows, build_model};
     for kind in ["full", "lora"] {
@@ -93,7 +93,7 @@ fn gradient_checkpointing_gives_plain_backprops_gradients_and_losses() {
                     &mb.targets,
                     &mb.mask,
                     mb.loss_tokens,
-                    &mut Ctx { train: true, rng: &mut rng },
+                    &mut ForwardCtx { train: true, rng: &mut rng },
                     &params,
                     ckpt,
                 )

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::*;
 use loralab_core::config::{MethodConfig, MethodKind, OptimConfig, OptimizerName, Targets};
-use loralab_core::linear::Ctx;
+use loralab_core::linear::ForwardCtx;
 use loralab_core::model::{masked_loss, peft_key, Llama};
 use loralab_core::optim::{clip_grad_norm, Optimizer};
 use loralab_core::rng::Rng;
@@ -17,7 +17,7 @@ fn logits_match_reference() {
     let fx = fixture();
     let m = fx.model(DType::F64);
     let b = batch_from_rows(&fx.rows(0)).unwrap();
-    let logits = m.forward(&b.ids, &mut Ctx { train: false, rng: &mut Rng::new(0) }).unwrap();
+    let logits = m.forward(&b.ids, &mut ForwardCtx { train: false, rng: &mut Rng::new(0) }).unwrap();
     let d = max_abs_diff(&logits, &fx.t["expected.logits"]);
     assert!(d < 1e-10, "logits differ from the reference by {d:e}");
 }
@@ -38,7 +38,7 @@ fn four_steps(fx: &Fixture, m: &Llama) -> (Vec<f64>, Vec<f64>) {
     let (mut losses, mut norms) = (vec![], vec![]);
     for s in 0..4 {
         let b = batch_from_rows(&fx.rows(s)).unwrap();
-        let logits = m.forward(&b.ids, &mut Ctx { train: true, rng: &mut Rng::new(0) }).unwrap();
+        let logits = m.forward(&b.ids, &mut ForwardCtx { train: true, rng: &mut Rng::new(0) }).unwrap();
         let loss = masked_loss(&logits, &b.targets, &b.mask, b.loss_tokens).unwrap();
         losses.push(loss.to_scalar::<f64>().unwrap());
         let g = loss.backward().unwrap();

@@ -263,7 +263,7 @@ fn an_adapter_is_analysed_from_its_factors_and_matches_its_merged_model() {
         &|_, _, _| {},
     )
     .unwrap();
-    assert_eq!(by_factors.kind, "lora");
+    assert_eq!(by_factors.kind, loralab_core::analyze::DeltaKind::Lora);
     assert_eq!(by_factors.matrices.len(), dense.matrices.len());
     for (f, d) in by_factors.matrices.iter().zip(&dense.matrices) {
         assert_eq!(f.name, d.name);

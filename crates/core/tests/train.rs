@@ -122,12 +122,12 @@ fn cancel_then_resume_equals_uninterrupted() {
             &stop,
         )
         .unwrap();
-        assert_eq!(s.status, "cancelled");
+        assert_eq!(s.status, loralab_core::train::Outcome::Cancelled);
         assert_eq!(s.steps, 3);
         // ... resumed from its last *periodic* checkpoint (step 2), as after a SIGKILL
         part.train.resume_from = format!("{out}/part/checkpoints/step-000002");
         let resumed = go(part);
-        assert_eq!(resumed.status, "completed");
+        assert_eq!(resumed.status, loralab_core::train::Outcome::Completed);
         let (a, b) = (losses(&whole.run_dir), losses(&resumed.run_dir));
         assert_eq!(a.len(), b.len(), "{method}: each step once in metrics.jsonl: {b:?}");
         for ((sa, la), (sb, lb)) in a.iter().zip(&b) {

@@ -502,7 +502,7 @@ fn launch_shapes_cover_every_row() {
 
 #[test]
 fn dropout_draws_the_engines_counter_based_mask_and_the_backward_is_the_same_call() {
-    // Rng::bits_at(i) = mix(state + (i + 1)·golden) (crates/core/src/rng.rs; core's tests hold
+    // Rng::bits_at(i) = mix(state + (i + 1)·golden) (crates/core/src/base/rng.rs; core's tests hold
     // the kernel to ops::dropout itself)
     fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -2,7 +2,7 @@
 // checkpoint and the study's figures (SVG). Also the random-matrix baseline.
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ConfigError } from "loralab";
+import { ConfigError } from "@loralab/engine";
 import { cliArgs } from "./args.ts";
 import { countBars } from "./progress.ts";
 import {

@@ -1,7 +1,7 @@
 // The one argument parser of every subcommand: node's parseArgs (so `--out DIR` and `--out=DIR`
 // both work), with unknown options refused by name and the nearest valid one suggested.
 import { parseArgs } from "node:util";
-import { ConfigError, nearestName } from "loralab";
+import { ConfigError, nearestName } from "@loralab/engine";
 
 type Options = NonNullable<Parameters<typeof parseArgs>[0]>["options"] & {};
 

@@ -11,7 +11,8 @@ export const BENCH_USAGE =
   "       loralab bench data        prepare throughput and memory on 50 and 200 MB of JSONL\n" +
   "       loralab bench eval [N] [M] SmolLM2 inference: log-likelihood tokens/s, KV cache vs re-forward (N new tokens, M at batch 8), decode latency by position\n" +
   "       loralab bench server [S]   the API under 200 req/s + 20 SSE clients for S seconds (60) while a run trains\n" +
-  "       loralab bench svd [quick]  singular values vs numpy (1024², 4096², 4096×11008 f32) and a synthetic 32-layer model pair end to end";
+  "       loralab bench svd [quick]  singular values vs numpy (1024², 4096², 4096×11008 f32) and a synthetic 32-layer model pair end to end\n" +
+  "       loralab bench import [--n N] the import time of `loralab` against `loralab/core`, fresh processes alternated";
 
 export async function runBench(args: string[]): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
@@ -19,6 +20,13 @@ export async function runBench(args: string[]): Promise<number> {
     return 0;
   }
   const [what, ...rest] = args;
+  if (what === "import") {
+    const p = Bun.spawnSync([process.execPath, join(root, "scripts/bench-import.ts"), ...rest], {
+      stdout: "inherit",
+      stderr: "inherit",
+    });
+    return p.exitCode ?? 1;
+  }
   if (what === "server") {
     const { benchServer } = await import("./bench-server.ts");
     return benchServer(rest);

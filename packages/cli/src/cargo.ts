@@ -9,7 +9,7 @@ export function hostTriple(): string {
 }
 
 /** `cargo <cmd> --release --target <host> -p loralab-core -p loralab-node -p loralab-sidecar ...rest` */
-export function cargoArgs(cmd: "test" | "build", rest: string[] = []): string[] {
+export function cargoArgs(cmd: "test" | "build" | "clippy", rest: string[] = []): string[] {
   return [
     "cargo",
     cmd,

@@ -2,7 +2,7 @@
 // its base model's, with a progress bar per task; results into the run directory as JSON.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ConfigError } from "loralab";
+import { ConfigError } from "@loralab/engine";
 import { cliArgs } from "./args.ts";
 import { countBars } from "./progress.ts";
 import {

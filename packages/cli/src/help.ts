@@ -1,6 +1,6 @@
 // `loralab train --help`: every config field with its default and the reason for it,
 // read from the engine's JSON Schema (the one definition of the config).
-import { configSchema } from "loralab";
+import { configSchema } from "@loralab/engine";
 
 type Schema = {
   type?: string | string[];

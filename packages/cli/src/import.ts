@@ -4,7 +4,7 @@
 import { existsSync } from "node:fs";
 import { openStore } from "@loralab/db";
 import { importRuns } from "@loralab/server";
-import { ConfigError } from "loralab";
+import { ConfigError } from "@loralab/engine";
 import { cliArgs } from "./args.ts";
 
 export const IMPORT_USAGE = `usage: loralab import RUN_DIR... [--db loralab.db]

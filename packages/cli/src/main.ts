@@ -3,7 +3,15 @@
 // or with no config the embedded tiny laboratory; and the other subcommands, each parsing its
 // arguments with the one parser (args.ts) and answering `--help` with exit 0.
 import { readFileSync } from "node:fs";
-import { applyOverrides, ConfigError, loadConfigFile, merge, train, type MergeOptions, type RunConfig } from "loralab";
+import {
+  applyOverrides,
+  ConfigError,
+  loadConfigFile,
+  merge,
+  train,
+  type MergeOptions,
+  type RunConfig,
+} from "@loralab/engine";
 import { cliArgs, splitOverrides } from "./args.ts";
 import { configHelp } from "./help.ts";
 import { progressReporter } from "./progress.ts";
@@ -25,7 +33,8 @@ const USAGE = `usage:
   loralab report DIR | RUN...           redraw a study's or the laboratory's report, or report over evaluated runs
   loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32]
                                         fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
-  loralab bench train|data|eval|svd     side-by-side speed and memory measurements
+  loralab bench train|data|eval|svd|import
+                                        side-by-side speed and memory measurements
   loralab --version                     the version of loralab and its engine
 every subcommand takes --help`;
 
@@ -82,7 +91,7 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   });
   bar.end();
   console.log(
-    `${summary.status}: ${summary.steps}/${summary.total_steps} steps, ${summary.first_loss === null ? "no step left to train (resumed at the end)" : `loss ${summary.first_loss.toFixed(4)} → ${(summary.final_loss ?? NaN).toFixed(4)}`}, ` +
+    `${summary.status}: ${summary.steps}/${summary.total_steps} steps, ${summary.first_loss == null ? "no step left to train (resumed at the end)" : `loss ${summary.first_loss.toFixed(4)} → ${(summary.final_loss ?? NaN).toFixed(4)}`}, ` +
       `${Math.round(summary.tokens_per_s)} tok/s, ${summary.elapsed_s.toFixed(1)} s\n${summary.output ? `output: ${summary.output}` : `last checkpoint: ${summary.last_checkpoint}`}`,
   );
   return summary.status === "cancelled" ? 130 : 0;

@@ -1,5 +1,5 @@
 // Progress display for a training run: a redrawn bar on a terminal, plain lines when piped.
-import type { ProgressEvent } from "loralab";
+import type { ProgressEvent } from "@loralab/engine";
 
 function clock(s: number): string {
   if (!Number.isFinite(s)) return "--:--";

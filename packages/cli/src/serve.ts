@@ -1,6 +1,6 @@
 // `loralab serve`: the run store, the runner and the HTTP API + dashboard on one port.
 import { join, resolve } from "node:path";
-import { ConfigError } from "loralab";
+import { ConfigError } from "@loralab/engine";
 import { cliArgs } from "./args.ts";
 import { createServer } from "@loralab/server";
 

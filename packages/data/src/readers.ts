@@ -5,8 +5,6 @@
 import { createReadStream, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { createGunzip } from "node:zlib";
-import { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects } from "hyparquet";
-import { compressors } from "hyparquet-compressors";
 
 export type DataRecord = Record<string, unknown>;
 
@@ -171,6 +169,12 @@ async function* readCsv(path: string, gzip: boolean): AsyncGenerator<DataRecord>
 }
 
 async function* readParquet(path: string): AsyncGenerator<DataRecord> {
+  // loaded here, not at import: training and the CLI read JSONL far more often, and the
+  // Parquet code (with its decompressors) is most of this package's import time
+  const [{ asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects }, { compressors }] = await Promise.all([
+    import("hyparquet"),
+    import("hyparquet-compressors"),
+  ]);
   const file = await asyncBufferFromFile(path);
   let metadata: Awaited<ReturnType<typeof parquetMetadataAsync>>;
   try {

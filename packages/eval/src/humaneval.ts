@@ -5,7 +5,7 @@
 // unbiased pass@k (Chen et al. 2021) for every k ≤ n asked for. The sandbox splits that program
 // where bigcode does not: prompt + generation runs as the untrusted module, the test and
 // check(entry_point) in a trusted checker that calls it (sandbox.ts says why).
-import * as native from "@loralab/native";
+import { maths } from "@loralab/engine";
 import { pyStrip } from "./text.ts";
 import type { CheckJob, ExecResult, Sandbox } from "./sandbox.ts";
 
@@ -51,11 +51,11 @@ export function humanevalCheck(p: HumanEvalProblem, generation: string): CheckJo
 }
 
 /** Unbiased pass@k = 1 − C(n−c, k)/C(n, k), as a stable product (Chen et al. 2021): the
- *  shared maths (loralab-maths, through the addon; the browser report runs the same code). */
+ *  shared maths (loralab-maths, through the engine; the browser report runs the same code). */
 export function passAtK(n: number, c: number, k: number): number {
   if (![n, c, k].every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32))
     throw new Error(`pass@k: need integers with 0 ≤ c ≤ n and k ≥ 1 (n=${n}, c=${c}, k=${k})`);
-  return native.passAtK(n, c, k);
+  return maths.passAtK(n, c, k);
 }
 
 export interface HumanEvalSample {

@@ -7,8 +7,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSyn
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { datasetFiles, readRecords } from "@loralab/data";
-import * as native from "@loralab/native";
-import { Sidecar, sidecarPath } from "@loralab/native/sidecar";
+import { type Engine, openEngine } from "@loralab/engine";
 import { GSM8K_STOP, GSM8K_VERSION, gsm8kPrompts, scoreGsm8k, type Gsm8kDoc } from "./gsm8k.ts";
 import { HUMANEVAL_STOP, humanevalPrompt, scoreHumanEval, type HumanEvalProblem } from "./humaneval.ts";
 import {
@@ -65,14 +64,17 @@ export interface Loglik {
   greedy: boolean;
 }
 
-/** Where a model runs: the addon in this process (cpu), or a sidecar process (cuda). */
-type Backend = { kind: "addon"; engine: native.Engine } | { kind: "sidecar"; sidecar: Sidecar; engine: string };
+/** A model nobody closed gives its engine handle back when it is collected. */
+const unloadUnclosed = new FinalizationRegistry<{ engine: Engine; handle: string }>(({ engine, handle }) => {
+  void engine.request("unload", { engine: handle }).catch(() => {});
+});
 
 /** A model loaded once: generation and log-likelihoods (the engine's, off the JS thread; on
- *  `device: "cuda"` in the sidecar process, which `close()` stops). */
+ *  `device: "cuda"` in a worker process, which `close()` stops). */
 export class Model {
   private constructor(
-    private readonly backend: Backend,
+    private readonly engine: Engine,
+    private readonly handle: string,
     readonly path: string,
     readonly adapter: string,
   ) {}
@@ -84,52 +86,42 @@ export class Model {
     tokenizer?: string;
     device?: string;
   }): Promise<Model> {
-    const request = {
-      model: o.model,
-      adapter: o.adapter ?? "",
-      merged: o.merged ?? false,
-      tokenizer: o.tokenizer ?? "",
-    };
     const device = o.device ?? "cpu";
-    if (device === "cpu")
-      return new Model(
-        { kind: "addon", engine: await native.loadEngine(JSON.stringify(request)) },
-        o.model,
-        o.adapter ?? "",
-      );
-    const sidecar = await Sidecar.start({ path: sidecarPath(device) });
+    const engine = await openEngine({ device });
     try {
-      const { engine } = await sidecar.request<{ engine: string }>("load", { request: { ...request, device } }).result;
-      return new Model({ kind: "sidecar", sidecar, engine }, o.model, o.adapter ?? "");
+      const request = {
+        model: o.model,
+        adapter: o.adapter ?? "",
+        merged: o.merged ?? false,
+        tokenizer: o.tokenizer ?? "",
+      };
+      const { engine: handle } = await engine.request("load", { ...request, device });
+      const m = new Model(engine, handle, o.model, o.adapter ?? "");
+      unloadUnclosed.register(m, { engine, handle }, m);
+      return m;
     } catch (e) {
-      await sidecar.shutdown();
-      throw new EvalError((e as Error).message);
+      await engine.close();
+      throw e;
     }
   }
 
-  async generate(prompts: string[], o: GenerateOptions = {}): Promise<Generation[]> {
-    const b = this.backend;
-    if (b.kind === "sidecar")
-      return b.sidecar.request<Generation[]>("generate", { engine: b.engine, prompts, options: o }).result;
-    return JSON.parse(await b.engine.generate(JSON.stringify(prompts), JSON.stringify(o)));
+  generate(prompts: string[], o: GenerateOptions = {}): Promise<Generation[]> {
+    return this.engine.request("generate", { engine: this.handle, prompts, options: o }) as Promise<Generation[]>;
   }
 
-  async loglikelihood(reqs: { context: string; continuation: string }[], batchSize = 8): Promise<Loglik[]> {
-    const b = this.backend;
-    if (b.kind === "sidecar")
-      return b.sidecar.request<Loglik[]>("loglik", { engine: b.engine, requests: reqs, batch_size: batchSize }).result;
-    return JSON.parse(await b.engine.loglikelihood(JSON.stringify(reqs), batchSize));
+  loglikelihood(reqs: { context: string; continuation: string }[], batchSize = 8): Promise<Loglik[]> {
+    return this.engine.request("loglik", { engine: this.handle, requests: reqs, batch_size: batchSize });
   }
 
-  async countTokens(text: string): Promise<number> {
-    const b = this.backend;
-    if (b.kind === "sidecar") return b.sidecar.request<number>("count_tokens", { engine: b.engine, text }).result;
-    return b.engine.countTokens(text);
+  countTokens(text: string): Promise<number> {
+    return this.engine.request("count_tokens", { engine: this.handle, text });
   }
 
-  /** Stop the sidecar process (nothing to do in process). */
+  /** Release the model (and stop its worker process, if it has one). */
   async close(): Promise<void> {
-    if (this.backend.kind === "sidecar") await this.backend.sidecar.shutdown();
+    unloadUnclosed.unregister(this);
+    await this.engine.request("unload", { engine: this.handle }).catch(() => {});
+    await this.engine.close();
   }
 }
 

@@ -3,7 +3,14 @@
 // a database and serve it over HTTP:
 //
 //   import { train, evaluate, analyze, openStore, createServer } from "loralab";
-export * from "./core.ts";
+//
+// Importing it loads the engine, evaluation and analysis, not the store (drizzle) or the
+// server (hono): `openStore` and `createServer` here load those on their first call. The
+// rest of those two packages: `loralab/store` and `loralab/server`; training alone: `loralab/core`.
+import type { Store, StoreOptions } from "@loralab/db";
+import type { LoralabServer, ServerOptions } from "@loralab/server";
+
+export * from "@loralab/engine";
 // evaluation: learning and forgetting scores of a model, an adapter or a run (packages/eval)
 export {
   describeForgetting,
@@ -35,6 +42,17 @@ export {
   type CheckpointAnalysis,
   type MatrixAnalysis,
 } from "@loralab/spectrum";
-// the run store (packages/db) and the HTTP server (packages/server)
-export { openStore, Store, type RunRow, type RunStatus, type StoreOptions } from "@loralab/db";
-export { createServer, type ServerOptions, type LoralabServer } from "@loralab/server";
+// the run store (packages/db) and the HTTP server (packages/server), as types only: a type
+// import loads nothing. `Store` the class (its value) is in `loralab/store`.
+export type { RunRow, RunStatus, Store, StoreOptions } from "@loralab/db";
+export type { LoralabServer, ServerOptions } from "@loralab/server";
+
+/** Open the run store ($DATABASE_URL, else ./loralab.db); see `loralab/store`. */
+export async function openStore(o: StoreOptions = {}): Promise<Store> {
+  return (await import("@loralab/db")).openStore(o);
+}
+
+/** The runner, the HTTP API and the dashboard on one store; see `loralab/server`. */
+export async function createServer(o: ServerOptions = {}): Promise<LoralabServer> {
+  return (await import("@loralab/server")).createServer(o);
+}

@@ -10,7 +10,7 @@ import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { getCookie, setCookie } from "hono/cookie";
 import { streamSSE } from "hono/streaming";
-import { ConfigError, configSchema, type RunConfig } from "loralab/core";
+import { ConfigError, configSchema, type RunConfig } from "@loralab/engine";
 import { DASHBOARD_CSP, dashboardHtml, dashboardJs } from "./dashboard.ts";
 import { LIST_LIMIT, MAX_JSON_DEPTH, openapi, routeMethods } from "./openapi.ts";
 import type { RunEvent, Runner } from "./runner.ts";

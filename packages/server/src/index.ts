@@ -2,7 +2,7 @@
 // app together, on Bun.serve.
 import { openStore, type Store, type StoreLease, type StoreOptions } from "@loralab/db";
 import type { Hono } from "hono";
-import { ConfigError, type RunConfig } from "loralab/core";
+import { ConfigError, type RunConfig } from "@loralab/engine";
 import { createApp } from "./app.ts";
 import { scanRunsDir, type ImportOutcome } from "./import.ts";
 import { Runner } from "./runner.ts";

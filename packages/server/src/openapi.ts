@@ -3,7 +3,7 @@
 // held to the server by the schemathesis fuzz, tests/fuzz-http.test.ts); the request body of
 // POST /api/runs is the engine's own config schema (the one resolveConfig validates against)
 // with the range and shape rules resolve() enforces written into it.
-import { configSchema } from "loralab/core";
+import { configSchema } from "@loralab/engine";
 
 /** Most runs GET /api/runs returns at once. */
 export const LIST_LIMIT = 1000;

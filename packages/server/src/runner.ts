@@ -17,7 +17,7 @@ import {
   type RunConfig,
   type SidecarOptions,
   type TrainEvent,
-} from "loralab/core";
+} from "@loralab/engine";
 
 export interface RunnerOptions {
   /** Where run directories go (each run's out_dir). */

@@ -138,7 +138,7 @@ export function inside(p: string, root: string): boolean {
 }
 
 /** The file paths of a run config, as [section, key]: every string field the engine or the library
- * opens, reads or writes (packages/loralab/src/config.gen.ts). `out_dir` is not among them: the
+ * opens, reads or writes (packages/engine/src/config.gen.ts). `out_dir` is not among them: the
  * server sets it. */
 export const CONFIG_PATH_FIELDS = [
   ["model", "path"],

@@ -1,9 +1,9 @@
 // @loralab/spectrum: why LoRA forgets less, measured — the spectrum of ΔW for a base/tuned
 // pair, an adapter, or every checkpoint of a run (the engine computes; this walks runs,
 // writes JSON and draws the study's figures as SVG).
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import * as native from "@loralab/native";
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { openEngine, type Reply, runDirectory } from "@loralab/engine";
 import { colorRamp, lineChart, panels, type Chart } from "@loralab/report";
 
 export const MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
@@ -25,42 +25,10 @@ export interface AnalyzeOptions {
   onProgress?: (done: number, total: number, matrix: string) => void;
 }
 
-export interface SpectrumStats {
-  max_rank: number;
-  rank_at: Record<string, number>;
-  effective_rank: number;
-  stable_rank: number;
-  numerical_rank: number;
-  sigma_max: number;
-  frobenius: number;
-  singular_values: number[];
-}
-
-export interface MatrixAnalysis {
-  name: string;
-  layer: number;
-  module: string;
-  shape: [number, number];
-  tuned_dtype: string;
-  base: SpectrumStats | null;
-  tuned: SpectrumStats | null;
-  delta: SpectrumStats;
-  relative_change: number;
-  noise_floor: SpectrumStats | null;
-  intruders: { top_k: number; threshold: number; count: number; max_cosine: number[] } | null;
-}
-
-export interface Analysis {
-  base: string;
-  tuned: string;
-  adapter: string;
-  kind: "dense" | "lora";
-  thresholds: number[];
-  low_precision: boolean;
-  precision_note: string;
-  matrices: MatrixAnalysis[];
-  seconds: number;
-}
+// the engine's reply types, generated from its protocol schema
+export type Analysis = Reply<"analyze">;
+export type MatrixAnalysis = Analysis["matrices"][number];
+export type SpectrumStats = MatrixAnalysis["delta"];
 
 export class AnalyzeError extends Error {
   override name = "AnalyzeError";
@@ -86,25 +54,28 @@ export async function analyze(
     memory_mb: o.memoryMb ?? 4096,
     threads: o.threads ?? 0,
   };
-  const cb = o.onProgress
-    ? (e: string) => {
-        const { done, total, matrix } = JSON.parse(e) as { done: number; total: number; matrix: string };
-        o.onProgress!(done, total, matrix);
-      }
-    : undefined;
-  return JSON.parse(await native.analyze(JSON.stringify(req), cb));
+  const engine = await openEngine();
+  try {
+    return await engine.request("analyze", req, {
+      onEvent: (e) => {
+        if (e.type === "matrix") o.onProgress?.(e.done, e.total, e.matrix);
+      },
+    });
+  } finally {
+    await engine.close();
+  }
 }
 
-export interface RandomBaseline {
-  n: number;
-  seed: number;
-  sigma_a: number[];
-  points: { c: number; sigma_cb: number[]; sigma_sum: number[]; mean_abs_shift: number; relative_shift: number }[];
-}
+export type RandomBaseline = Reply<"random_baseline">;
 
 /** The study's control: Gaussian A, B (n×n); spectra of A, cB, A + cB and the mean shift as c varies. */
 export async function randomBaseline(n = 1000, cs = [1, 0.5, 0.2, 0.1, 0.05, 0.01], seed = 0): Promise<RandomBaseline> {
-  return JSON.parse(await native.randomBaseline(n, cs, seed));
+  const engine = await openEngine();
+  try {
+    return await engine.request("random_baseline", { n, cs, seed });
+  } finally {
+    await engine.close();
+  }
 }
 
 // ------------------------------------------------------------------ runs
@@ -125,38 +96,34 @@ export function runCheckpoints(runDir: string): {
   kind: "tuned" | "adapter";
   base: string;
 }[] {
-  const cfgFile = join(runDir, "config.json");
-  if (!existsSync(cfgFile))
+  // the layout is the engine's (io/rundir.rs): this only reads what it reports
+  const rd = runDirectory(runDir);
+  if (!rd.config)
     throw new AnalyzeError(
       `${runDir}: not a run directory (no config.json) (hint: --run takes a run id under runs/ or a run directory)`,
     );
-  const cfg = JSON.parse(readFileSync(cfgFile, "utf8")) as { model?: { path?: string }; method?: { kind?: string } };
-  const base = cfg.model?.path ? cfg.model.path : join(runDir, "base");
+  const cfg = rd.config as { model?: { path?: string }; method?: { kind?: string } };
+  const base = cfg.model?.path ? cfg.model.path : rd.base;
   const kind = cfg.method?.kind === "lora" ? "adapter" : "tuned";
-  const out = [];
-  const ck = join(runDir, "checkpoints");
-  for (const name of existsSync(ck)
-    ? readdirSync(ck)
-        .filter((n) => n.startsWith("step-"))
-        .sort()
-    : []) {
-    const dir = join(ck, name);
-    const state = existsSync(join(dir, "trainer_state.json"))
-      ? (JSON.parse(readFileSync(join(dir, "trainer_state.json"), "utf8")) as { step: number; tokens: number })
-      : null;
-    out.push({ name, dir, step: state?.step ?? null, tokens: state?.tokens ?? null, kind, base } as const);
-  }
+  const out: {
+    name: string;
+    dir: string;
+    step: number | null;
+    tokens: number | null;
+    kind: typeof kind;
+    base: string;
+  }[] = rd.checkpoints.map((c) => ({
+    name: basename(c.path),
+    dir: c.path,
+    step: c.step,
+    tokens: c.tokens,
+    kind,
+    base,
+  }));
   // the final output, unless the last checkpoint already is it (a checkpoint is written at the end)
-  const final = join(runDir, kind === "adapter" ? "adapter" : "model");
-  const metrics = existsSync(join(runDir, "metrics.jsonl"))
-    ? readFileSync(join(runDir, "metrics.jsonl"), "utf8").trim().split("\n")
-    : [];
-  const totalSteps = metrics.length
-    ? (JSON.parse(metrics[metrics.length - 1]!) as { total_steps?: number }).total_steps
-    : undefined;
   const lastStep = out[out.length - 1]?.step;
-  if (existsSync(final) && !(lastStep !== undefined && lastStep === totalSteps))
-    out.push({ name: "final", dir: final, step: null, tokens: null, kind, base } as const);
+  if (rd.output && !(lastStep != null && lastStep === rd.total_steps))
+    out.push({ name: "final", dir: rd.output, step: null, tokens: null, kind, base });
   if (!out.length)
     throw new AnalyzeError(
       `${runDir}: no checkpoints and no final ${kind === "adapter" ? "adapter" : "model"} to analyse`,

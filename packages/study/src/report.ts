@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { Resvg } from "@resvg/resvg-js";
 import * as vega from "vega";
 import * as vl from "vega-lite";
-import * as native from "@loralab/native";
+import { maths } from "@loralab/engine";
 import { interactiveHtml, INTERACTIVE_CSS, type InteractiveData } from "@loralab/report";
 import { fmtNum, type Point } from "./points.ts";
 
@@ -20,10 +20,10 @@ async function render(spec: vl.TopLevelSpec): Promise<string> {
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 /** Points not dominated in (learning up, forgetting-score up): the learning–forgetting frontier,
- *  by learning ascending. The shared maths (loralab-maths through the addon; the report's
+ *  by learning ascending. The shared maths (loralab-maths through the engine; the report's
  *  page recomputes it in the browser from the same code compiled to WebAssembly). */
 export function paretoFrontier(ps: Point[]): Point[] {
-  return native
+  return maths
     .paretoFrontier(
       ps.map((p) => p.learning.value),
       ps.map((p) => p.forgetting.value),

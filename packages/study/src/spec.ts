@@ -1,7 +1,7 @@
 // The sweep spec as a schema: snake_case keys like the run config, every key checked (an unknown
 // one is refused with the nearest valid name), every value typed and bounded, before any work.
 // `base` is a run config: its keys are checked against the config's own JSON Schema.
-import { ConfigError, configSchema, nearestName, readConfigFile } from "loralab/core";
+import { ConfigError, configSchema, nearestName, readConfigFile } from "@loralab/engine";
 import type { StudySpec } from "./study.ts";
 
 type Field =

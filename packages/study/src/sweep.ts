@@ -6,7 +6,7 @@
 // run; for CPT, branches resumed from the checkpoint at 0.8·D of one long run, each with a
 // linear cooldown over its last 20 % (the trapezoidal schedule). Every checkpoint is then
 // evaluated (learning and forgetting) and its weight change analysed.
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Store } from "@loralab/db";
 import {
@@ -14,10 +14,11 @@ import {
   lastCheckpoint,
   merge,
   resolveConfig,
+  runDirectory,
   train,
   type ProgressEvent,
   type RunConfig,
-} from "loralab/core";
+} from "@loralab/engine";
 
 export type Method = "full" | "lora" | "hybrid";
 
@@ -260,8 +261,8 @@ export async function runSweep(
       const r1 = await trainOrResume(store, p1, progress);
       const merged = join(runsDir, `${runId}-merged`);
       // a randomly initialised base lives in the phase-1 run's base/
-      if (!existsSync(join(merged, "model.safetensors")))
-        await merge(baseModel || join(r1.runDir, "base"), join(r1.runDir, "adapter"), merged);
+      const phase1 = runDirectory(r1.runDir);
+      if (!existsSync(join(merged, "model.safetensors"))) await merge(baseModel || phase1.base, phase1.output, merged);
       cfg.model = { ...cfg.model, path: merged };
       cfg.method = { ...cfg.method, kind: "full", targets: h.full_targets };
       cfg.train = { ...cfg.train, steps: (maxEpochs - loraEpochs) * spe };
@@ -270,20 +271,20 @@ export async function runSweep(
     log(`[${i + 1}/${all.length}] ${c.key}`);
     const { runDir, skipped } = await trainOrResume(store, cfg, progress);
     if (skipped) log("  (finished earlier: skipped)");
+    const rd = runDirectory(runDir);
     for (const e of spec.durations) {
       if (e < firstEpoch) continue;
       const step = (e - firstEpoch + 1) * spe;
-      const dir = join(runDir, "checkpoints", `step-${String(step).padStart(6, "0")}`);
-      if (!existsSync(dir)) continue;
-      const st = JSON.parse(readFileSync(join(dir, "trainer_state.json"), "utf8")) as { tokens: number };
+      const ck = rd.checkpoints.find((k) => k.step === step);
+      if (!ck) continue;
       const lora = c.method === "lora";
       out.push({
         cell: c,
         runId,
-        model: lora ? baseModel || join(runDir, "base") : dir,
-        adapter: lora ? dir : "",
+        model: lora ? baseModel || rd.base : ck.path,
+        adapter: lora ? ck.path : "",
         duration: e,
-        tokens: st.tokens,
+        tokens: ck.tokens,
       });
     }
   }
@@ -324,7 +325,11 @@ async function runCptSweep(
     };
     const long = await trainOrResume(store, cfg, progress);
     for (const [j, b] of budgets.entries()) {
-      const from = join(long.runDir, "checkpoints", `step-${String(cuts[j]).padStart(6, "0")}`);
+      const from = runDirectory(long.runDir).checkpoints.find((k) => k.step === cuts[j])?.path;
+      if (!from)
+        throw new Error(
+          `${long.runDir}: no checkpoint at step ${cuts[j]} to branch the ${b}-step budget from (hint: rerun the sweep: the long run resumes)`,
+        );
       const branch: RunConfig = {
         ...cfg,
         run_id: `${runId}-D${b}`,
@@ -334,11 +339,11 @@ async function runCptSweep(
       };
       const r = await trainOrResume(store, branch, progress);
       const lora = c.method === "lora";
-      const outDir = join(r.runDir, lora ? "adapter" : "model");
+      const outDir = runDirectory(r.runDir).output;
       out.push({
         cell: c,
         runId: branch.run_id!,
-        model: lora ? spec.base.model?.path || join(long.runDir, "base") : outDir,
+        model: lora ? spec.base.model?.path || runDirectory(long.runDir).base : outDir,
         adapter: lora ? outDir : "",
         duration: b * tokensPerStep,
         tokens: b * tokensPerStep,

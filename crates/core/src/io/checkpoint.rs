@@ -2,11 +2,12 @@
 //! Hugging Face directory, a LoRA adapter as a PEFT directory, plus optimizer state
 //! and trainer state for exact resume. Writes go to `<dir>.tmp` and are renamed into
 //! place, so a crash never leaves a half-written checkpoint under the real name.
+use crate::base::error::{Error, Result};
+pub use crate::base::formats::{default_tokenizer, is_gguf};
+use crate::base::rng::Rng;
 use crate::config::{MethodConfig, MethodKind};
-use crate::error::{Error, Result};
 use crate::model::{hf_shapes, Llama, LlamaConfig};
 use crate::optim::Optimizer;
-use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -149,14 +150,14 @@ fn write_model(
         }
         write_json(&dir.join("generation_config.json"), &g)?;
     }
-    let tok_json = crate::data::tokenizer_json(tokenizer)?;
+    let tok_json = crate::io::tokenizer::tokenizer_json(tokenizer)?;
     std::fs::write(dir.join("tokenizer.json"), &tok_json)?;
     write_tokenizer_files(dir, tokenizer, &tok_json, &model.cfg)
 }
 
 /// tokenizer_config.json (chat template, bos/eos tokens) and special_tokens_map.json. A
 /// tokenizer.json's own folder's files are copied (tokenizer_config.json, special_tokens_map.json,
-/// chat_template.jinja); a .gguf's are built from its metadata ([`crate::gguf::tokenizer_config`]);
+/// chat_template.jinja); a .gguf's are built from its metadata ([`crate::io::gguf::tokenizer_config`]);
 /// with neither they are built. A bos or eos token none of them names comes from config.json's
 /// id. No chat template is made up: a base without one gives a note.
 fn write_tokenizer_files(dir: &Path, tokenizer: &Path, tok_json: &[u8], cfg: &LlamaConfig) -> Result<Vec<String>> {
@@ -164,7 +165,7 @@ fn write_tokenizer_files(dir: &Path, tokenizer: &Path, tok_json: &[u8], cfg: &Ll
     let mut copied_map = None;
     let mut template_file = false;
     let mut tc = if is_gguf(tokenizer) {
-        crate::gguf::tokenizer_config(tokenizer)?
+        crate::io::gguf::tokenizer_config(tokenizer)?
     } else if src.is_file() {
         for name in ["special_tokens_map.json", "chat_template.jinja"] {
             let f = tokenizer.with_file_name(name);
@@ -557,7 +558,7 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
     let mut n = 0;
     for lin in model.linears_mut() {
         let Some((a, b, scale)) = adapter.factors(&lin.name, lin.in_out())? else { continue };
-        lin.lora = Some(crate::linear::LoraAdapter {
+        lin.lora = Some(crate::nn::linear::LoraAdapter {
             a: Var::from_tensor(&a.to_dtype(dtype)?)?,
             b: Var::from_tensor(&b.to_dtype(dtype)?)?,
             scale,
@@ -575,7 +576,7 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
 }
 
 /// Options of [`merge_with`] (JSON from the addon; unknown fields refused).
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Deserialize, Clone, Debug, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MergeOptions {
     /// The written weights' dtype: bf16, f16 or f32. f32 by default: what merge always wrote.
@@ -589,7 +590,7 @@ impl Default for MergeOptions {
 }
 
 /// What [`merge_with`] wrote: the weights' dtype, and notes on what the base lacked.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 pub struct Merged {
     pub dtype: String,
     pub notes: Vec<String>,
@@ -615,23 +616,10 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
 }
 
 /// A llama.cpp GGUF file rather than a Hugging Face directory.
-pub fn is_gguf(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "gguf")
-}
-
-/// Where a base model's tokenizer is: the GGUF file's own metadata, or `<dir>/tokenizer.json`.
-pub fn default_tokenizer(base: &Path) -> std::path::PathBuf {
-    if is_gguf(base) {
-        base.to_path_buf()
-    } else {
-        base.join("tokenizer.json")
-    }
-}
-
 /// A base model from a Hugging Face directory or a llama.cpp .gguf file.
 pub fn load_base(path: &Path, dtype: DType) -> Result<Llama> {
     if is_gguf(path) {
-        Ok(crate::gguf::load_gguf(path, dtype)?.0)
+        Ok(crate::io::gguf::load_gguf(path, dtype)?.0)
     } else {
         load_model_dir(path, dtype)
     }

@@ -1,7 +1,7 @@
 //! Device names as a config writes them (`cpu`, `cuda`, `cuda:N`), and what this build
 //! of the engine can open. The CPU build (the addon) opens `cpu`; the sidecar built with
 //! the `cuda` feature (scripts/build-cuda-sidecar.sh) also opens `cuda:N`.
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use candle_core::Device;
 
 /// `cpu` → None, `cuda` → Some(0), `cuda:N` → Some(N); anything else is a config error.

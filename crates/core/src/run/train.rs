@@ -1,14 +1,15 @@
 //! One run, top to bottom: setup / data / model / loop / checkpoint. Full FT and LoRA
 //! go through this same loop; the method only decided which weights are trainable.
 //! Called by the napi binding (crates/node), the sidecar and the benches.
-use crate::checkpoint::{self, TrainerState, FORMAT_VERSION};
-use crate::config::{MethodKind, RunConfig};
+use crate::base::error::{Error, Result};
+use crate::base::rng::Rng;
+use crate::config::{MethodConfig, MethodKind, RunConfig, Targets};
 use crate::data::{self, Sampler, Shards};
-use crate::error::{Error, Result};
-use crate::linear::Ctx;
-use crate::model::{Llama, LlamaConfig};
+use crate::io::checkpoint::{self, TrainerState, FORMAT_VERSION};
+use crate::io::rundir::{self, RunStatus};
+use crate::model::{Llama, LlamaConfig, Trainable};
+use crate::nn::linear::ForwardCtx;
 use crate::optim::{clip_grad_norm, lr_at, Optimizer};
-use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::io::Write;
@@ -17,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// What a run reports while it goes (and what the napi binding forwards to JS).
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[schemars(rename = "TrainEvent")]
 pub enum Event {
     /// The prepare step's account of the data (documents, tokens, truncated and dropped examples).
     Prepared(data::PrepareReport),
@@ -39,7 +41,7 @@ pub enum Event {
     },
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 pub struct Progress {
     pub step: usize,
     pub total_steps: usize,
@@ -51,20 +53,22 @@ pub struct Progress {
     pub elapsed_s: f64,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 pub struct RunSummary {
     pub run_id: String,
     pub run_dir: String,
     /// completed or cancelled (failures are errors).
-    pub status: String,
+    pub status: Outcome,
     pub method: MethodKind,
     pub steps: usize,
     pub total_steps: usize,
     pub tokens: u64,
     /// Passes over the prepared data: samples seen / rows.
     pub epochs: f64,
-    pub first_loss: f64,
-    pub final_loss: f64,
+    /// Loss of this process's first and last step; null when it trained no step (resumed
+    /// from the final checkpoint).
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
     pub params: usize,
@@ -72,6 +76,37 @@ pub struct RunSummary {
     /// The final model (HF layout) or adapter (PEFT layout) directory; empty when cancelled.
     pub output: String,
     pub last_checkpoint: String,
+}
+
+/// How a run that did not fail ended.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Cancelled,
+}
+
+impl From<Outcome> for RunStatus {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Completed => RunStatus::Completed,
+            Outcome::Cancelled => RunStatus::Cancelled,
+        }
+    }
+}
+
+/// The run config's method in the model's terms.
+impl TryFrom<&MethodConfig> for Trainable {
+    type Error = Error;
+    fn try_from(m: &MethodConfig) -> Result<Self> {
+        Ok(match m.kind {
+            MethodKind::Full if m.targets == Targets::Preset("all".into()) => Trainable::All,
+            MethodKind::Full => Trainable::Modules(m.target_modules()?),
+            MethodKind::Lora => {
+                Trainable::Lora { modules: m.target_modules()?, rank: m.rank, scale: m.scale(), dropout: m.dropout }
+            }
+        })
+    }
 }
 
 pub trait Sink {
@@ -89,9 +124,9 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
     let cfg = cfg.resolve()?;
     let run_dir = cfg.run_dir();
     let resuming = !cfg.train.resume_from.is_empty();
-    std::fs::create_dir_all(run_dir.join("checkpoints")).map_err(|e| Error::file(&run_dir, e))?;
+    std::fs::create_dir_all(rundir::checkpoints_dir(&run_dir)).map_err(|e| Error::file(&run_dir, e))?;
     // one process trains a run directory at a time: the lock goes with the process, however it ends
-    let lock_path = run_dir.join(".lock");
+    let lock_path = rundir::lock_file(&run_dir);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -117,15 +152,11 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
             ),
         ));
     }
-    if run_dir.join("run.json").is_file() && !resuming {
+    if rundir::run_json(&run_dir).is_file() && !resuming {
         // a run that died before its first checkpoint left nothing to resume: it starts over in
         // place; anything else is kept
         let last = last_checkpoint(&run_dir);
-        let status = std::fs::read(run_dir.join("run.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["status"].as_str().map(str::to_string));
-        let completed = status.as_deref() == Some("completed");
+        let completed = rundir::status(&run_dir) == Some(RunStatus::Completed);
         if completed || last.is_some() {
             let hint = match last {
                 Some(ck) if !completed => {
@@ -139,57 +170,19 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
             ));
         }
     }
-    std::fs::write(run_dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    std::fs::write(rundir::config_json(&run_dir), serde_json::to_vec_pretty(&cfg)?)?;
     let started = crate::config::utc_stamp();
-    write_run_json(&run_dir, &cfg, "running", &started, None)?;
+    rundir::write_run(&run_dir, &cfg, RunStatus::Running, &started, None)?;
     let result = run_inner(&cfg, &run_dir, sink, cancel);
     let _held = lock; // released when the run ends
     match &result {
-        Ok(s) => write_run_json(&run_dir, &cfg, &s.status, &started, None)?,
-        Err(e) => write_run_json(&run_dir, &cfg, "failed", &started, Some(&e.to_string()))?,
+        Ok(s) => rundir::write_run(&run_dir, &cfg, s.status.into(), &started, None)?,
+        Err(e) => rundir::write_run(&run_dir, &cfg, RunStatus::Failed, &started, Some(&e.to_string()))?,
     }
     result
 }
 
-/// The newest complete checkpoint of a run directory (`checkpoints/step-N` with its
-/// trainer_state.json), if any.
-pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
-    let dir = run_dir.join("checkpoints");
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.strip_prefix("step-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                && p.join("trainer_state.json").is_file()
-        })
-        .collect();
-    steps.sort();
-    steps.pop()
-}
-
-fn write_run_json(dir: &Path, cfg: &RunConfig, status: &str, started: &str, error: Option<&str>) -> Result<()> {
-    let git =
-        std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok().filter(|o| o.status.success());
-    let v = serde_json::json!({
-        "format_version": FORMAT_VERSION,
-        "run_id": cfg.run_id,
-        "name": cfg.name,
-        "status": status,
-        "method": cfg.method.kind,
-        "device": cfg.train.device,
-        "seed": cfg.seed,
-        "git_revision": git.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
-        "loralab_version": env!("CARGO_PKG_VERSION"),
-        "started_at": started,
-        "updated_at": crate::config::utc_stamp(),
-        "error": error,
-    });
-    let tmp = dir.join("run.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
-    std::fs::rename(&tmp, dir.join("run.json"))?;
-    Ok(())
-}
+pub use crate::io::rundir::last_checkpoint;
 
 /// Build the model the config names: pretrained from model.path, or a seeded random init.
 pub fn build_model(cfg: &RunConfig) -> Result<Llama> {
@@ -203,7 +196,7 @@ pub fn build_model(cfg: &RunConfig) -> Result<Llama> {
         check_sizes(cfg, &m.cfg, available_memory())?;
         m
     };
-    let mut model = model.to_device(&crate::device::open(&cfg.train.device)?)?;
+    let mut model = model.to_device(&crate::base::device::open(&cfg.train.device)?)?;
     model.attention_dropout = cfg.train.attention_dropout;
     model.apply_method(&cfg.method, &mut Rng::fork(cfg.seed, 1))?;
     Ok(model)
@@ -260,7 +253,7 @@ pub fn check_sizes(cfg: &RunConfig, m: &LlamaConfig, available: Option<u64>) -> 
         Error::config("train.micro_batch", format!("micro_batch × seq_len = {} × {} is too large (hint: a micro-batch holds at most a few hundred thousand tokens; use train.grad_accum for bigger batches)", cfg.train.micro_batch, cfg.data.seq_len))
     })?;
     let Some(available) = available else { return Ok(()) };
-    if crate::device::parse(&cfg.train.device)?.is_some() {
+    if crate::base::device::parse(&cfg.train.device)?.is_some() {
         return Ok(()); // the GPU's memory is the sidecar's to judge (an OOM there is classified)
     }
     let e = cfg.model.dtype.dtype().size_in_bytes() as f64;
@@ -342,7 +335,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     let model = build_model(cfg)?;
     let base_ref = if cfg.model.path.is_empty() {
         // a random base exists nowhere else: keep it, so adapters and ΔW have their W_base
-        let base_dir = run_dir.join("base");
+        let base_dir = rundir::base_dir(run_dir);
         if !base_dir.join("model.safetensors").is_file() {
             // before any step: full FT's weights are still the init; LoRA never changes them
             let full = crate::config::MethodConfig { kind: MethodKind::Full, ..cfg.method.clone() };
@@ -365,10 +358,10 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         ));
     }
     let eos = data::eos_id(&tokenizer, model.cfg.eos_id())?;
-    let chat = crate::chat::ChatTemplate::find(&cfg.model.path)?;
+    let chat = crate::io::chat::ChatTemplate::find(&cfg.model.path)?;
     let shards = data::prepare(&cfg.data, &tokenizer, &tok_path, eos, chat.as_ref())?;
     let per_step = cfg.train.micro_batch * cfg.train.grad_accum;
-    std::fs::write(run_dir.join("data.json"), serde_json::to_vec_pretty(&shards.report)?)?;
+    std::fs::write(rundir::data_json(run_dir), serde_json::to_vec_pretty(&shards.report)?)?;
     sink.event(&Event::Prepared(shards.report.clone()));
     let step_tokens = (per_step * shards.seq_len) as u64;
     let total_steps = if cfg.train.steps > 0 {
@@ -404,7 +397,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         state = TrainerState { run_id: cfg.run_id.clone(), ..restored };
     }
     let start_step = state.step;
-    let metrics_path = run_dir.join("metrics.jsonl");
+    let metrics_path = rundir::metrics_jsonl(run_dir);
     truncate_metrics(&metrics_path, start_step)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -421,7 +414,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         rows: shards.rows,
     });
 
-    let ckpt_dir = |step: usize| run_dir.join("checkpoints").join(format!("step-{step:06}"));
+    let ckpt_dir = |step: usize| rundir::checkpoint_dir(run_dir, step);
     let mut last_checkpoint =
         if cfg.train.resume_from.is_empty() { String::new() } else { cfg.train.resume_from.clone() };
     let save_ckpt = |state: &TrainerState, opt: &Optimizer, model: &Llama| -> Result<String> {
@@ -443,10 +436,10 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     let loop_start = Instant::now();
     let mut first_loss = f64::NAN;
     let mut tokens_this_run = 0u64;
-    let mut status = "completed";
+    let mut status = Outcome::Completed;
     while state.step < total_steps {
         if cancel.load(Ordering::Relaxed) {
-            status = "cancelled";
+            status = Outcome::Cancelled;
             break;
         }
         let step_start = Instant::now();
@@ -463,7 +456,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let mut loss_sum = 0.0;
         for mb in &batches {
-            let mut ctx = Ctx { train: true, rng: &mut state.rng };
+            let mut ctx = ForwardCtx { train: true, rng: &mut state.rng };
             let (loss, g) = model.loss_and_grads(
                 &mb.ids,
                 &mb.targets,
@@ -538,13 +531,13 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
 
     // ------------------------------------------------------------------ outputs
     let mut output = String::new();
-    if status == "cancelled" {
+    if status == Outcome::Cancelled {
         if last_checkpoint.is_empty() || !last_checkpoint.ends_with(&format!("step-{:06}", state.step)) {
             last_checkpoint = save_ckpt(&state, &opt, &model)?;
             sink.event(&Event::Checkpoint { step: state.step, tokens: state.tokens, path: last_checkpoint.clone() });
         }
     } else {
-        let out = run_dir.join(if cfg.method.kind == MethodKind::Full { "model" } else { "adapter" });
+        let out = rundir::output_dir(run_dir, cfg.method.kind);
         checkpoint::save(&out, &model, &cfg.method, &hf_config_path, &tok_path, &base_ref, None, None)?;
         output = out.to_string_lossy().into_owned();
     }
@@ -552,14 +545,14 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     Ok(RunSummary {
         run_id: cfg.run_id.clone(),
         run_dir: run_dir.to_string_lossy().into_owned(),
-        status: status.into(),
+        status,
         method: cfg.method.kind,
         steps: state.step,
         total_steps,
         tokens: state.tokens,
         epochs: state.samples as f64 / shards.rows as f64,
-        first_loss,
-        final_loss: state.loss,
+        first_loss: Some(first_loss).filter(|l| l.is_finite()),
+        final_loss: Some(state.loss).filter(|l| l.is_finite()),
         tokens_per_s: tokens_this_run as f64 / elapsed.max(1e-9),
         elapsed_s: t0.elapsed().as_secs_f64(),
         params: n_params,

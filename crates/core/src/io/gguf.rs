@@ -4,7 +4,7 @@
 //! converter permutes the rows of q/k projections for the llama architecture (not qwen2);
 //! that is undone here, so the model is in HF layout and its adapters load against the HF
 //! original. Called by checkpoint::load_model.
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::model::{Llama, LlamaConfig};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};

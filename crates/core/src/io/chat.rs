@@ -1,7 +1,7 @@
 //! Chat templates for IFT prompts: the Jinja template a model ships (tokenizer_config.json's
 //! `chat_template`, or `tokenizer.chat_template` in GGUF metadata), rendered with minijinja and
 //! Python-compatible string methods, as transformers' apply_chat_template does. Called by data.rs.
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use std::path::Path;
 
 pub struct ChatTemplate {
@@ -45,7 +45,7 @@ impl ChatTemplate {
         }
         let path = Path::new(model_path);
         if path.extension().is_some_and(|e| e == "gguf") {
-            let md = crate::gguf::metadata(path)?;
+            let md = crate::io::gguf::metadata(path)?;
             let Some(source) = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned() else {
                 return Ok(None);
             };

@@ -5,10 +5,10 @@
 //! models in memory. Every ΔW comes with its noise floor: the same statistics for the
 //! rounding error of W_base to the tuned checkpoint's storage dtype, because between bf16
 //! or quantized checkpoints ΔW is largely rounding noise.
-use crate::checkpoint::{self, Adapter};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::io::checkpoint::{self, Adapter};
 use crate::model::LlamaConfig;
-use crate::spectrum::{self, Intruders, SpectrumStats};
+use crate::run::spectrum::{self, Intruders, SpectrumStats};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 pub const MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalyzeRequest {
     /// Base model: Hugging Face directory or .gguf.
@@ -69,7 +69,7 @@ impl Default for AnalyzeRequest {
     }
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 pub struct MatrixAnalysis {
     pub name: String,
     pub layer: usize,
@@ -88,13 +88,12 @@ pub struct MatrixAnalysis {
     pub intruders: Option<Intruders>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 pub struct Analysis {
     pub base: String,
     pub tuned: String,
     pub adapter: String,
-    /// "dense" (W_tuned − W_base) or "lora" (scale·B·A from the factors).
-    pub kind: String,
+    pub kind: DeltaKind,
     pub thresholds: Vec<f64>,
     /// Either checkpoint stores weights in bf16, f16 or a quantized type.
     pub low_precision: bool,
@@ -103,7 +102,18 @@ pub struct Analysis {
     pub seconds: f64,
 }
 
-/// One checkpoint's weights, read a matrix at a time.
+/// How ΔW was formed.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaKind {
+    /// W_tuned − W_base.
+    Dense,
+    /// scale·B·A, from the adapter's factors.
+    Lora,
+}
+
+/// One checkpoint's weights, read a matrix at a time (two per analysis: their size is no matter).
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Safetensors {
         st: MmapedSafetensors,
@@ -124,13 +134,16 @@ impl Source {
             let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
             let content =
                 Content::read(&mut file).map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
-            let cfg = crate::gguf::config_from_metadata(
+            let cfg = crate::io::gguf::config_from_metadata(
                 &content.metadata,
                 path,
                 !content.tensor_infos.contains_key("output.weight"),
             )?;
-            let names =
-                content.tensor_infos.keys().filter_map(|g| crate::gguf::hf_name(g).map(|h| (h, g.clone()))).collect();
+            let names = content
+                .tensor_infos
+                .keys()
+                .filter_map(|g| crate::io::gguf::hf_name(g).map(|h| (h, g.clone())))
+                .collect();
             return Ok(Source::Gguf { path: path.into(), content, file: Mutex::new(file), names, cfg });
         }
         let files = checkpoint::weight_files(path)?;
@@ -177,7 +190,7 @@ impl Source {
                     .map_err(|e| Error::file(path, format!("tensor {g}: {e}")))?;
                 drop(f);
                 let t = q.dequantize(&Device::Cpu).map_err(|e| Error::file(path, format!("tensor {g}: {e}")))?;
-                crate::gguf::to_hf_layout(g, t, cfg)?
+                crate::io::gguf::to_hf_layout(g, t, cfg)?
             }
         };
         let (m, n) = t.dims2()?;
@@ -273,24 +286,22 @@ pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sy
         Source::Safetensors { .. } => LlamaConfig::from_file(&Path::new(&req.base).join("config.json"))?,
     };
     let tuned = if req.tuned.is_empty() { None } else { Some(Source::open(Path::new(&req.tuned))?) };
-    if let Some(t) = &tuned {
-        if let Source::Safetensors { .. } = t {
-            let tc = Path::new(&req.tuned).join("config.json");
-            if tc.is_file() {
-                let c = LlamaConfig::from_file(&tc)?;
-                let arch = |c: &LlamaConfig| {
-                    (
-                        c.hidden_size,
-                        c.intermediate_size,
-                        c.num_hidden_layers,
-                        c.num_attention_heads,
-                        c.kv_heads(),
-                        c.head_dim(),
-                    )
-                };
-                if arch(&c) != arch(&cfg) {
-                    return Err(Error::file(&tc, format!("its architecture (hidden, intermediate, layers, heads, kv heads, head dim) {:?} is not the base's {:?} (hint: analyze a model against the base it was tuned from)", arch(&c), arch(&cfg))));
-                }
+    if let Some(Source::Safetensors { .. }) = &tuned {
+        let tc = Path::new(&req.tuned).join("config.json");
+        if tc.is_file() {
+            let c = LlamaConfig::from_file(&tc)?;
+            let arch = |c: &LlamaConfig| {
+                (
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.num_hidden_layers,
+                    c.num_attention_heads,
+                    c.kv_heads(),
+                    c.head_dim(),
+                )
+            };
+            if arch(&c) != arch(&cfg) {
+                return Err(Error::file(&tc, format!("its architecture (hidden, intermediate, layers, heads, kv heads, head dim) {:?} is not the base's {:?} (hint: analyze a model against the base it was tuned from)", arch(&c), arch(&cfg))));
             }
         }
     }
@@ -369,7 +380,7 @@ pub fn analyze(req: &AnalyzeRequest, progress: &(dyn Fn(usize, usize, &str) + Sy
         base: req.base.clone(),
         tuned: req.tuned.clone(),
         adapter: req.adapter.clone(),
-        kind: if adapter.is_some() { "lora" } else { "dense" }.into(),
+        kind: if adapter.is_some() { DeltaKind::Lora } else { DeltaKind::Dense },
         thresholds: req.thresholds.clone(),
         low_precision,
         precision_note,

@@ -2,8 +2,8 @@
 //! A weight is frozen (a plain tensor: no gradient, no optimizer state) or trainable
 //! (a candle Var). A frozen linear goes through ops::frozen_linear, whose backward
 //! computes dL/dx only.
-use crate::ops;
-use crate::rng::Rng;
+use crate::base::rng::Rng;
+use crate::nn::ops;
 use candle_core::{DType, Result, Tensor, Var};
 
 pub enum Weight {
@@ -57,13 +57,13 @@ pub struct Linear {
 }
 
 /// Forward-pass context: training switches dropout on; the RNG draws its masks.
-pub struct Ctx<'a> {
+pub struct ForwardCtx<'a> {
     pub train: bool,
     pub rng: &'a mut Rng,
 }
 
 /// x · keep/(1−p), keep ~ Bernoulli(1−p), drawn from the run's RNG so resume is exact.
-pub fn dropout(x: &Tensor, p: f64, ctx: &mut Ctx) -> Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f64, ctx: &mut ForwardCtx) -> Result<Tensor> {
     if !ctx.train || p == 0.0 {
         return Ok(x.clone());
     }
@@ -102,10 +102,10 @@ impl Linear {
     }
 
     // x: (n, in) -> (n, out)
-    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let Some(l) = &self.lora else { return self.base_forward(x) };
-        if !ops::fused(x) {
-            return self.lora_reference(x, ctx);
+        if !ops::cpu_kernels_apply(x) {
+            return self.lora_portable(x, ctx);
         }
         let p = if ctx.train { l.dropout } else { 0.0 };
         let dropout = if p > 0.0 {
@@ -117,7 +117,7 @@ impl Linear {
         };
         let bias = match &self.bias {
             Some(Weight::Frozen(b)) => Some(b.clone()),
-            Some(Weight::Trainable(_)) => return self.lora_reference(x, ctx),
+            Some(Weight::Trainable(_)) => return self.lora_portable(x, ctx),
             None => None,
         };
         let op = ops::LoraOp::new(self.weight.tensor().clone(), bias, l.scale, dropout);
@@ -125,7 +125,7 @@ impl Linear {
     }
 
     /// The LoRA forward from plain ops (the reference the fused op is tested against).
-    pub fn lora_reference(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    pub fn lora_portable(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let y = self.base_forward(x)?;
         match &self.lora {
             None => Ok(y),

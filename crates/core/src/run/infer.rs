@@ -6,18 +6,18 @@
 //! The cache is preallocated per layer as (b, kv heads, capacity, head dim); each step
 //! writes its new keys/values in place (`slice_set`) and attends over a narrowed view, so a
 //! decode step costs the same at position 256 as at 16 apart from the attention itself.
-use crate::checkpoint;
+use crate::base::error::{Error, Result};
+use crate::base::rng::Rng;
 use crate::config::DTypeName;
 use crate::data;
-use crate::error::{Error, Result};
-use crate::linear::Ctx;
+use crate::io::checkpoint;
 use crate::model::{norm, Llama};
-use crate::rng::Rng;
+use crate::nn::linear::ForwardCtx;
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadRequest {
     /// Hugging Face model directory or .gguf file.
@@ -46,7 +46,7 @@ impl Default for LoadRequest {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
@@ -82,7 +82,7 @@ impl Default for GenerateOptions {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Generation {
     pub text: String,
     pub prompt_tokens: usize,
@@ -92,13 +92,13 @@ pub struct Generation {
     pub finish: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, schemars::JsonSchema)]
 pub struct LoglikRequest {
     pub context: String,
     pub continuation: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Loglik {
     /// Σ log p(continuation token | everything before it).
     pub logprob: f64,
@@ -150,7 +150,7 @@ impl Engine {
     pub fn load(req: &LoadRequest) -> Result<Self> {
         let dtype = req.dtype.dtype();
         let (model, tok_path) = checkpoint::load_for_eval(&req.model, &req.adapter, req.merged, &req.tokenizer, dtype)?;
-        Self::new(model.to_device(&crate::device::open(&req.device)?)?, data::load_tokenizer(&tok_path)?)
+        Self::new(model.to_device(&crate::base::device::open(&req.device)?)?, data::load_tokenizer(&tok_path)?)
     }
 
     pub fn new(model: Llama, tok: Tokenizer) -> Result<Self> {
@@ -230,7 +230,7 @@ impl Engine {
         let mask = Tensor::from_vec(mask, (b, 1, 1, t, total), &self.model.device)?.to_dtype(m.dtype)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut rng = Rng::new(0);
-        let ctx = &mut Ctx { train: false, rng: &mut rng };
+        let ctx = &mut ForwardCtx { train: false, rng: &mut rng };
         let mut x = m.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?;
         for (l, layer) in m.layers.iter().enumerate() {
             let h = norm(&x, &layer.input_layernorm, cfg.rms_norm_eps)?;
@@ -238,8 +238,8 @@ impl Engine {
             let q = a.q_proj.forward(&h, ctx)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
             let k = a.k_proj.forward(&h, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
             let v = a.v_proj.forward(&h, ctx)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
-            let q = crate::model::apply_rope_reference(&q, &cos, &sin)?;
-            let k = crate::model::apply_rope_reference(&k, &cos, &sin)?;
+            let q = crate::nn::portable::rope(&q, &cos, &sin)?;
+            let k = crate::nn::portable::rope(&k, &cos, &sin)?;
             cache.k[l].slice_set(&k.contiguous()?, 2, start)?;
             cache.v[l].slice_set(&v.contiguous()?, 2, start)?;
             let keys = cache.k[l].narrow(2, 0, total)?;
@@ -357,7 +357,7 @@ impl Engine {
             for (t, group) in groups {
                 let flat: Vec<u32> = group.iter().flat_map(|&r| seqs[r].iter().copied()).collect();
                 let ids = Tensor::from_vec(flat, (group.len(), t), &self.model.device)?;
-                let logits = self.model.forward(&ids, &mut Ctx { train: false, rng: &mut rng })?;
+                let logits = self.model.forward(&ids, &mut ForwardCtx { train: false, rng: &mut rng })?;
                 let last: Vec<u32> = (0..group.len()).map(|i| (i * t + t - 1) as u32).collect();
                 let logits = logits
                     .index_select(&Tensor::new(last.as_slice(), &self.model.device)?, 0)?

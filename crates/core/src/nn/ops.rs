@@ -4,37 +4,22 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 
-// ------------------------------------------------------------------ fused or portable
+// ------------------------------------------------------------------ CPU kernels or portable path
 
-/// Whether the fused CPU kernels below serve this tensor (CPU, f32 or f64). Anywhere else
+/// Whether the CPU kernels below run for this tensor (CPU, f32 or f64). Anywhere else
 /// (CUDA, or bf16 mixed precision) each op takes its portable path: the same maths from
 /// candle's own tensor ops, which candle runs on every device, with softmax, norms and the
 /// loss computed in f32 whatever the activation dtype. The CPU tests run the portable path
 /// too (in bf16, and in f32 against the fused ops: tests/portable.rs).
-pub fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) && !portable_forced()
-}
-
-thread_local! {
-    static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Run `f` with the portable path forced on this thread, even where the fused kernels would
-/// serve: how the CPU tests check the GPU's code path against the fused one.
-pub fn with_portable<R>(f: impl FnOnce() -> R) -> R {
-    FORCE_PORTABLE.with(|c| c.set(true));
-    let r = f();
-    FORCE_PORTABLE.with(|c| c.set(false));
-    r
-}
-
-pub(crate) fn portable_forced() -> bool {
-    FORCE_PORTABLE.with(|c| c.get())
+pub fn cpu_kernels_apply(x: &Tensor) -> bool {
+    x.device().is_cpu()
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+        && !crate::nn::portable::forced()
 }
 
 /// `w` in `x`'s dtype (a trained weight is an f32 master under bf16 activations; the cast
 /// is differentiable, so its gradient reaches the master in f32).
-fn like(w: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+fn in_dtype_of(w: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
     w.to_dtype(x.dtype())
 }
 
@@ -214,13 +199,13 @@ pub struct LoraOp {
     pub w: Tensor,
     pub bias: Option<Tensor>,
     pub scale: f64,
-    pub dropout: Option<(crate::rng::Rng, f64)>,
+    pub dropout: Option<(crate::base::rng::Rng, f64)>,
     /// drop(x)·Aᵀ from the forward pass, (n, r): r/in of x's size, kept for the backward.
     h: std::sync::Mutex<Option<Tensor>>,
 }
 
 impl LoraOp {
-    pub fn new(w: Tensor, bias: Option<Tensor>, scale: f64, dropout: Option<(crate::rng::Rng, f64)>) -> Self {
+    pub fn new(w: Tensor, bias: Option<Tensor>, scale: f64, dropout: Option<(crate::base::rng::Rng, f64)>) -> Self {
         Self { w, bias, scale, dropout, h: Default::default() }
     }
 }
@@ -395,12 +380,12 @@ fn add_rows<T: Copy + std::ops::AddAssign>(y: &mut [T], b: &[T], n: usize) {
 
 /// x: (n, in), w: (out, in) -> (n, out); dL/dW only when `weight_grad`, and detached.
 pub fn linear(x: &Tensor, w: &Tensor, weight_grad: bool) -> candle_core::Result<Tensor> {
-    if !fused(x) {
-        let w = if weight_grad { like(w, x)? } else { like(&w.detach(), x)? };
+    if !cpu_kernels_apply(x) {
+        let w = if weight_grad { in_dtype_of(w, x)? } else { in_dtype_of(&w.detach(), x)? };
         // on the GPU the op too (its forward is cuBLAS): a frozen weight then costs no
         // weight-gradient matmul in the backward, and a trained one's gradient keeps no graph
         #[cfg(feature = "cuda")]
-        if crate::cuda::serves(x) && x.rank() == 2 {
+        if crate::nn::cuda::kernels_apply(x) && x.rank() == 2 {
             return x.contiguous()?.apply_op2(&w, LinearOp { weight_grad });
         }
         return x.matmul(&w.t()?);
@@ -412,7 +397,7 @@ pub fn linear(x: &Tensor, w: &Tensor, weight_grad: bool) -> candle_core::Result<
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match b {
         None => linear(x, w, false),
-        Some(b) if !fused(x) => linear(x, w, false)?.broadcast_add(&like(&b.detach(), x)?),
+        Some(b) if !cpu_kernels_apply(x) => linear(x, w, false)?.broadcast_add(&in_dtype_of(&b.detach(), x)?),
         Some(b) => x.contiguous()?.apply_op3(w, b, FrozenLinearBias),
     }
 }
@@ -486,21 +471,15 @@ impl CustomOp2 for RmsNorm {
 
 /// x: (.., d), w: (d) -> (.., d)
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, weight_grad: bool) -> candle_core::Result<Tensor> {
-    if !fused(x) {
+    if !cpu_kernels_apply(x) {
         let w = if weight_grad { w.clone() } else { w.detach() };
         #[cfg(feature = "cuda")]
-        if crate::cuda::serves(x) {
-            return crate::cuda::rms_norm(x, &like(&w, x)?, eps, weight_grad);
+        if crate::nn::cuda::kernels_apply(x) {
+            return crate::nn::cuda::rms_norm(x, &in_dtype_of(&w, x)?, eps, weight_grad);
         }
-        return in_f32(x, |x| rms_norm_reference(x, &w.to_dtype(x.dtype())?, eps));
+        return in_f32(x, |x| crate::nn::portable::rms_norm(x, &w.to_dtype(x.dtype())?, eps));
     }
     x.contiguous()?.apply_op2(w, RmsNorm { eps, weight_grad })
-}
-
-/// The same maths as `rms_norm` from plain tensor ops: the reference the op is tested against.
-pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&r)?.broadcast_mul(w)
 }
 
 /// Small numeric trait so the CPU kernels serve f32 and f64.
@@ -586,27 +565,10 @@ impl candle_core::CustomOp1 for CausalSoftmax {
 
 /// scores: (.., t, t) -> attention probabilities, causal, softmax(scale·scores).
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    if !fused(scores) {
-        return in_f32(scores, |s| causal_softmax_reference(s, scale));
+    if !cpu_kernels_apply(scores) {
+        return in_f32(scores, |s| crate::nn::portable::causal_softmax(s, scale));
     }
     scores.contiguous()?.apply_op1(CausalSoftmax { scale })
-}
-
-/// The reference composition of `causal_softmax` (tests compare the two), which is also its
-/// portable path: the mask is built on the tensor's device, with no host (t, t) table per call.
-pub fn causal_softmax_reference(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    let (rows, t) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
-    let dev = scores.device();
-    // rows may be rep·t (grouped-query heads stacked): row r is query position r mod t
-    let i = Tensor::arange(0u32, t as u32, dev)?.reshape((1, t))?.repeat((rows / t, 1))?.reshape((rows, 1))?;
-    let j = Tensor::arange(0u32, t as u32, dev)?.reshape((1, t))?;
-    let future = j.broadcast_gt(&i)?.broadcast_as(scores.shape())?;
-    let s = (scores * scale)?;
-    let s = future
-        .where_cond(&Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(s.dtype())?.broadcast_as(s.shape())?, &s)?;
-    let m = s.max_keepdim(D::Minus1)?.detach();
-    let e = s.broadcast_sub(&m)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// Causal attention softmax(q·kᵀ·scale)·v over q (b, nh, t, hd) and k, v (b, kvh, t, hd)
@@ -614,7 +576,7 @@ pub fn causal_softmax_reference(scores: &Tensor, scale: f64) -> candle_core::Res
 /// otherwise, and the caller composes it from matmuls and `causal_softmax`.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
-    return crate::cuda::attention(q, k, v, scale);
+    return crate::nn::cuda::attention(q, k, v, scale);
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (q, k, v, scale);
@@ -626,8 +588,8 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle
 /// backward; elsewhere candle's silu and mul.
 pub fn swiglu(g: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if crate::cuda::serves(g) {
-        return crate::cuda::swiglu(g, u);
+    if crate::nn::cuda::kernels_apply(g) {
+        return crate::nn::cuda::swiglu(g, u);
     }
     g.silu()? * u
 }
@@ -724,14 +686,14 @@ impl RopeTables {
     }
     /// x: (b, h, t, hd) -> (b, h, t, hd)
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !fused(x) {
+        if !cpu_kernels_apply(x) {
             #[cfg(feature = "cuda")]
-            if crate::cuda::serves(x) {
+            if crate::nn::cuda::kernels_apply(x) {
                 let (cos, sin) = self.device_tables(x.device(), candle_core::DType::F32)?; // the kernel reads f32 tables
-                return crate::cuda::rope(x, &cos, &sin);
+                return crate::nn::cuda::rope(x, &cos, &sin);
             }
             let (cos, sin) = self.device_tables(x.device(), x.dtype())?;
-            return crate::model::apply_rope_reference(x, &cos, &sin);
+            return crate::nn::portable::rope(x, &cos, &sin);
         }
         x.contiguous()?.apply_op1(Rope { cos: self.cos.clone(), sin: self.sin.clone(), t: self.t, hd: self.hd })
     }
@@ -744,7 +706,7 @@ impl RopeTables {
 /// from the run's RNG, so the mask is regenerated in the backward pass instead of stored
 /// (a stored f32 mask per adapted module would cost as much as its input).
 struct Dropout {
-    start: crate::rng::Rng,
+    start: crate::base::rng::Rng,
     p: f64,
 }
 
@@ -793,15 +755,15 @@ pub fn dropout_draws(n: usize) -> u64 {
 }
 
 /// Dropout with probability p; advances `rng` past the elements it used.
-pub fn dropout(x: &Tensor, p: f64, rng: &mut crate::rng::Rng) -> candle_core::Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f64, rng: &mut crate::base::rng::Rng) -> candle_core::Result<Tensor> {
     let op = Dropout { start: rng.clone(), p };
     rng.skip(Dropout::draws(x.elem_count()));
     #[cfg(feature = "cuda")]
-    if crate::cuda::serves(x) {
+    if crate::nn::cuda::kernels_apply(x) {
         // the same mask, drawn on the device
-        return crate::cuda::dropout(x, op.start.state, op.threshold() as u32, (1.0 / (1.0 - p)) as f32);
+        return crate::nn::cuda::dropout(x, op.start.state, op.threshold() as u32, (1.0 / (1.0 - p)) as f32);
     }
-    if !fused(x) {
+    if !cpu_kernels_apply(x) {
         // the same mask (same RNG bits), drawn on the host and applied as a constant
         let ones = Tensor::ones(x.shape(), candle_core::DType::F32, &candle_core::Device::Cpu)?;
         let mask = ones.apply_op1_no_bwd(&op)?.to_dtype(x.dtype())?.to_device(x.device())?;
@@ -895,21 +857,16 @@ impl candle_core::CustomOp1 for MaskedNllGrad {
 /// logits (n, V), targets (n) ids, weights (n) = mask/denom -> scalar loss.
 pub fn masked_nll(logits: &Tensor, targets: Vec<u32>, weights: Vec<f64>) -> candle_core::Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if crate::cuda::serves(logits) {
-        return crate::cuda::masked_nll(logits, &targets, &weights);
+    if crate::nn::cuda::kernels_apply(logits) {
+        return crate::nn::cuda::masked_nll(logits, &targets, &weights);
     }
-    if !fused(logits) {
+    if !cpu_kernels_apply(logits) {
         // in f32 (the loss of bf16 logits), on the logits' device
         let dev = logits.device();
         let n = targets.len();
         let targets = Tensor::from_vec(targets, n, dev)?;
         let weights = Tensor::from_vec(weights.iter().map(|&w| w as f32).collect::<Vec<f32>>(), n, dev)?;
-        return crate::model::masked_loss_reference(
-            &logits.to_dtype(candle_core::DType::F32)?,
-            &targets,
-            &weights,
-            1.0,
-        );
+        return crate::nn::portable::masked_loss(&logits.to_dtype(candle_core::DType::F32)?, &targets, &weights, 1.0);
     }
     logits.contiguous()?.apply_op1(MaskedNll { targets: Arc::new(targets), weights: Arc::new(weights) })
 }

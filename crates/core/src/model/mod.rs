@@ -3,15 +3,26 @@
 //! attention with a causal mask and optional attention dropout, SwiGLU MLP, tied or
 //! untied lm_head. Built from a Hugging Face config.json; weight names are HF keys.
 //! Every op here has a backward (tests/gradcheck proves it layer by layer).
-use crate::config::{MethodConfig, MethodKind};
-use crate::error::{Error, Result};
-use crate::linear::{dropout, Ctx, Linear, Weight};
-use crate::ops;
-use crate::rng::Rng;
-use candle_core::{DType, Device, Tensor, Var, D};
+use crate::base::error::{Error, Result};
+use crate::base::rng::Rng;
+use crate::nn::linear::{dropout, ForwardCtx, Linear, Weight};
+use crate::nn::ops;
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// What training makes trainable, in the model's own terms (as candle's models own a small
+/// LoRA config): `run::train` makes one from the run config's `method`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trainable {
+    /// Every weight (full fine-tuning).
+    All,
+    /// These modules' weights and biases (full FT of chosen modules: the hybrid's second phase).
+    Modules(Vec<String>),
+    /// LoRA factors beside these modules' frozen weights.
+    Lora { modules: Vec<String>, rank: usize, scale: f64, dropout: f64 },
+}
 
 // ------------------------------------------------------------------ config.json
 
@@ -19,22 +30,26 @@ use std::path::Path;
 pub struct RopeScaling {
     #[serde(alias = "type")]
     pub rope_type: String,
-    #[serde(default = "one")]
+    #[serde(default = "default_factor")]
     pub factor: f64,
-    #[serde(default = "one")]
+    #[serde(default = "default_low_freq_factor")]
     pub low_freq_factor: f64,
-    #[serde(default = "four")]
+    #[serde(default = "default_high_freq_factor")]
     pub high_freq_factor: f64,
-    #[serde(default = "ctx8192")]
+    #[serde(default = "default_original_context")]
     pub original_max_position_embeddings: usize,
 }
-fn one() -> f64 {
+// transformers' defaults for a rope_scaling block that omits them (Llama 3.1 values)
+fn default_factor() -> f64 {
     1.0
 }
-fn four() -> f64 {
+fn default_low_freq_factor() -> f64 {
+    1.0
+}
+fn default_high_freq_factor() -> f64 {
     4.0
 }
-fn ctx8192() -> usize {
+fn default_original_context() -> usize {
     8192
 }
 
@@ -271,16 +286,6 @@ pub fn rope_tables(cfg: &LlamaConfig, t: usize) -> Result<ops::RopeTables> {
     Ok(ops::RopeTables::new(&cfg.inv_freq()?, t))
 }
 
-/// x·cos + rotate_half(x)·sin from plain tensor ops: the reference the rope op is tested against.
-/// x: (b, h, t, hd); cos, sin: (t, hd)
-pub fn apply_rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?
-}
-
 pub fn norm(x: &Tensor, w: &Weight, eps: f64) -> candle_core::Result<Tensor> {
     ops::rms_norm(x, w.tensor(), eps, w.is_trainable())
 }
@@ -296,7 +301,7 @@ impl Attention {
         cfg: &LlamaConfig,
         rope: &ops::RopeTables,
         p_drop: f64,
-        ctx: &mut Ctx,
+        ctx: &mut ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         let (nh, kv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let rep = nh / kv;
@@ -323,7 +328,7 @@ impl Attention {
 
 impl Mlp {
     // x: (n, d) -> (n, d); SwiGLU: down(silu(gate(x)) · up(x))
-    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
         let g = self.gate_proj.forward(x, ctx)?;
         let u = self.up_proj.forward(x, ctx)?;
         self.down_proj.forward(&ops::swiglu(&g, &u)?, ctx)
@@ -512,17 +517,14 @@ impl Llama {
     }
 
     /// The method decides which weights train; nothing else differs between methods.
-    pub fn apply_method(&mut self, m: &MethodConfig, rng: &mut Rng) -> Result<()> {
-        match m.kind {
-            // full FT trains every weight; with targets other than "all" only those modules'
-            // weights (the hybrid method's second phase: full FT of chosen modules)
-            MethodKind::Full if m.targets == crate::config::Targets::Preset("all".into()) => {
+    pub fn apply_method<T: TryInto<Trainable, Error = Error>>(&mut self, m: T, rng: &mut Rng) -> Result<()> {
+        match m.try_into()? {
+            Trainable::All => {
                 for w in self.weights_mut() {
                     w.unfreeze()?;
                 }
             }
-            MethodKind::Full => {
-                let targets = m.target_modules()?;
+            Trainable::Modules(targets) => {
                 for lin in self.linears_mut() {
                     let module = lin.name.rsplit('.').next().unwrap_or_default().to_string();
                     if targets.contains(&module) {
@@ -533,13 +535,11 @@ impl Llama {
                     }
                 }
             }
-            MethodKind::Lora => {
-                let targets = m.target_modules()?;
-                let scale = m.scale();
+            Trainable::Lora { modules, rank, scale, dropout } => {
                 for lin in self.linears_mut() {
                     let module = lin.name.rsplit('.').next().unwrap_or_default().to_string();
-                    if targets.contains(&module) {
-                        lin.add_lora(m.rank, scale, m.dropout, rng)?;
+                    if modules.contains(&module) {
+                        lin.add_lora(rank, scale, dropout, rng)?;
                     }
                 }
             }
@@ -565,7 +565,7 @@ impl Llama {
     }
 
     /// ids: (b, t) u32 -> logits (b·t, vocab)
-    pub fn forward(&self, ids: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let rope = self.rope(t)?;
         let mut x = self.embed(ids)?;
@@ -602,7 +602,7 @@ impl Llama {
         b: usize,
         t: usize,
         rope: &ops::RopeTables,
-        ctx: &mut Ctx,
+        ctx: &mut ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         let (cfg, p_drop) = (&self.cfg, if ctx.train { self.attention_dropout } else { 0.0 });
         let h = norm(x, &l.input_layernorm, cfg.rms_norm_eps)?;
@@ -623,13 +623,14 @@ impl Llama {
     /// forward pass; the backward pass recomputes one block at a time from it (with the same
     /// dropout masks: the RNG is replayed from the block's start), so activation memory is
     /// one block's plus the block inputs instead of every block's (STUDY: long sequences).
+    #[allow(clippy::too_many_arguments)]
     pub fn loss_and_grads(
         &self,
         ids: &Tensor,
         targets: &[u32],
         mask: &[f64],
         denom: f64,
-        ctx: &mut Ctx,
+        ctx: &mut ForwardCtx,
         params: &[(String, Var)],
         checkpointing: bool,
     ) -> candle_core::Result<(f64, Vec<Option<Tensor>>)> {
@@ -678,7 +679,8 @@ impl Llama {
         for (l, (x_in, rng)) in self.layers.iter().zip(inputs).rev() {
             let x_in = Var::from_tensor(&x_in)?;
             let mut rng = rng;
-            let y = self.block(l, x_in.as_tensor(), b, t, &rope, &mut Ctx { train: ctx.train, rng: &mut rng })?;
+            let y =
+                self.block(l, x_in.as_tensor(), b, t, &rope, &mut ForwardCtx { train: ctx.train, rng: &mut rng })?;
             let mut g = (y * &dx)?.sum_all()?.backward()?;
             take(&mut g, &mut grads)?;
             dx = g
@@ -740,19 +742,4 @@ pub fn hf_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 /// micro-batches sum to exactly the big batch's mean loss.
 pub fn masked_loss(logits: &Tensor, targets: &[u32], mask: &[f64], denom: f64) -> candle_core::Result<Tensor> {
     ops::masked_nll(logits, targets.to_vec(), mask.iter().map(|m| m / denom).collect())
-}
-
-/// The same loss from plain tensor ops: the reference the fused op is tested against.
-pub fn masked_loss_reference(
-    logits: &Tensor,
-    targets: &Tensor,
-    mask: &Tensor,
-    denom: f64,
-) -> candle_core::Result<Tensor> {
-    let m = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&m)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // (n, 1)
-    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
-    let nll = (lse - picked)?.squeeze(1)?;
-    (nll * mask)?.sum_all()? / denom
 }

@@ -50,11 +50,11 @@ impl Kernel {
 
 /// Whether the kernels serve `x`: on a CUDA device, f32 or bf16, not empty (a launch with an
 /// empty grid is an error on the GPU), and not turned off.
-pub fn serves(x: &Tensor) -> bool {
+pub fn kernels_apply(x: &Tensor) -> bool {
     x.device().is_cuda()
         && matches!(x.dtype(), DType::F32 | DType::BF16)
         && x.elem_count() > 0
-        && !crate::ops::portable_forced()
+        && !crate::nn::portable::forced()
         && !turned_off()
 }
 
@@ -804,7 +804,7 @@ impl CustomOp3 for FlashAttention {
 /// Causal attention over q (b, nh, t, hd), k and v (b, kvh, t, hd) -> (b, nh, t, hd), or
 /// None where no kernel serves (CPU, another dtype, a head dim the kernels are not built for).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    if !serves(q) || !kern::ATTN_HEAD_DIMS.contains(&q.dim(D::Minus1)?) {
+    if !kernels_apply(q) || !kern::ATTN_HEAD_DIMS.contains(&q.dim(D::Minus1)?) {
         return Ok(None);
     }
     let op = FlashAttention { scale: scale as f32, lse: Default::default() };

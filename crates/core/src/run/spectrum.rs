@@ -4,8 +4,8 @@
 //! s·B·A exactly from their factors (QR of B and Aᵀ, then an r×r SVD); intruder
 //! dimensions (Shuttleworth et al. 2024); the study's random-matrix control. The statistics
 //! themselves live in loralab-maths, shared with the browser build (crates/wasm).
-use crate::error::{Error, Result};
-use crate::rng::Rng;
+use crate::base::error::{Error, Result};
+use crate::base::rng::Rng;
 use faer::{Mat, MatRef, Par};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -70,7 +70,7 @@ pub fn lora_singular_values(b: MatRef<'_, f64>, a: MatRef<'_, f64>, scale: f64, 
 }
 
 /// What is kept of one spectrum.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct SpectrumStats {
     /// min(m, n): the largest possible rank.
     pub max_rank: usize,
@@ -112,7 +112,7 @@ pub fn stats(sigma: &[f64], shape: (usize, usize), thresholds: &[f64], keep: usi
 
 /// Intruder dimensions: for each of the top-k left singular vectors of W_tuned, the largest
 /// |cosine| with any left singular vector of W_base; those below `threshold` are intruders.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Intruders {
     pub top_k: usize,
     pub threshold: f64,
@@ -132,7 +132,7 @@ pub fn intruders(base: MatRef<'_, f64>, tuned: MatRef<'_, f64>, top_k: usize, th
 
 /// The study's control: Gaussian A and B (n×n, entries N(0, 1/n)); how far the spectrum of
 /// A + c·B moves from A's as c varies.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 pub struct RandomBaseline {
     pub n: usize,
     pub seed: u64,
@@ -140,7 +140,7 @@ pub struct RandomBaseline {
     pub points: Vec<BaselinePoint>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
 pub struct BaselinePoint {
     pub c: f64,
     pub sigma_cb: Vec<f64>,

@@ -1,0 +1,191 @@
+//! The run directory (docs/run-directory.md), the one place its layout lives: the paths of
+//! its files, `run.json` (written atomically, times as [`utc_stamp`]), its checkpoints and
+//! which is the last, and the "interrupted" marker a supervisor writes for a dead worker.
+//! The TypeScript side reads it through the engine (`run_directory`, `mark_interrupted`).
+use crate::base::error::{Error, Result};
+use crate::config::{utc_stamp, MethodKind, RunConfig};
+use crate::io::checkpoint::FORMAT_VERSION;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+pub fn run_json(dir: &Path) -> PathBuf {
+    dir.join("run.json")
+}
+pub fn config_json(dir: &Path) -> PathBuf {
+    dir.join("config.json")
+}
+pub fn data_json(dir: &Path) -> PathBuf {
+    dir.join("data.json")
+}
+pub fn metrics_jsonl(dir: &Path) -> PathBuf {
+    dir.join("metrics.jsonl")
+}
+pub fn lock_file(dir: &Path) -> PathBuf {
+    dir.join(".lock")
+}
+pub fn checkpoints_dir(dir: &Path) -> PathBuf {
+    dir.join("checkpoints")
+}
+/// `checkpoints/step-NNNNNN`.
+pub fn checkpoint_dir(dir: &Path, step: usize) -> PathBuf {
+    checkpoints_dir(dir).join(format!("step-{step:06}"))
+}
+/// The final model (full FT, HF layout) or adapter (LoRA, PEFT layout).
+pub fn output_dir(dir: &Path, method: MethodKind) -> PathBuf {
+    dir.join(if method == MethodKind::Full { "model" } else { "adapter" })
+}
+/// The randomly initialised base's weights (runs from `model.config`).
+pub fn base_dir(dir: &Path) -> PathBuf {
+    dir.join("base")
+}
+
+/// What a run's status is in `run.json`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Cancelled,
+    Failed,
+    /// The worker process died mid-run (written by its supervisor).
+    Interrupted,
+}
+
+/// One complete checkpoint (it has its trainer_state.json).
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct CheckpointEntry {
+    pub step: usize,
+    pub path: String,
+    /// Tokens trained when it was written (its trainer_state.json).
+    pub tokens: u64,
+}
+
+/// A run directory as readers see it.
+#[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
+pub struct RunDirectory {
+    pub run_dir: String,
+    /// run.json, as written (null when absent or unreadable).
+    pub run: Option<Value>,
+    pub status: Option<RunStatus>,
+    /// config.json: the resolved config (null when absent).
+    pub config: Option<Value>,
+    /// Complete checkpoints by step.
+    pub checkpoints: Vec<CheckpointEntry>,
+    /// The last of them ("" when none).
+    pub last_checkpoint: String,
+    /// The final model or adapter directory ("" until the run has completed).
+    pub output: String,
+    /// The random base's directory ("" when the run started from a pretrained model).
+    pub base: String,
+    /// The step the run trains to (its last metrics line's `total_steps`; null before a step).
+    pub total_steps: Option<usize>,
+}
+
+/// Complete checkpoints, by step.
+pub fn checkpoints(dir: &Path) -> Vec<CheckpointEntry> {
+    let Ok(rd) = std::fs::read_dir(checkpoints_dir(dir)) else { return vec![] };
+    let mut out: Vec<CheckpointEntry> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let digits = name.strip_prefix("step-")?;
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let step = digits.parse().ok()?;
+            let state = read_json(&p.join("trainer_state.json"))?;
+            let tokens = state.get("tokens").and_then(Value::as_u64).unwrap_or(0);
+            Some(CheckpointEntry { step, path: p.to_string_lossy().into(), tokens })
+        })
+        .collect();
+    out.sort_by_key(|c| c.step);
+    out
+}
+
+/// The newest complete checkpoint, if any.
+pub fn last_checkpoint(dir: &Path) -> Option<PathBuf> {
+    checkpoints(dir).pop().map(|c| PathBuf::from(c.path))
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The status run.json records, if it can be read.
+pub fn status(dir: &Path) -> Option<RunStatus> {
+    serde_json::from_value(read_json(&run_json(dir))?.get("status")?.clone()).ok()
+}
+
+pub fn describe(dir: &Path) -> RunDirectory {
+    let run = read_json(&run_json(dir));
+    let config = read_json(&config_json(dir));
+    let status = run.as_ref().and_then(|r| serde_json::from_value(r.get("status")?.clone()).ok());
+    let method: Option<MethodKind> =
+        config.as_ref().and_then(|c| serde_json::from_value(c.get("method")?.get("kind")?.clone()).ok());
+    let output = method
+        .map(|m| output_dir(dir, m))
+        .filter(|p| ["loralab_manifest.json", "config.json", "adapter_config.json"].iter().any(|f| p.join(f).is_file()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = Some(base_dir(dir)).filter(|p| p.is_dir()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let checkpoints = checkpoints(dir);
+    let last_checkpoint = checkpoints.last().map(|c| c.path.clone()).unwrap_or_default();
+    let total_steps = std::fs::read_to_string(metrics_jsonl(dir)).ok().and_then(|t| {
+        let last: Value = serde_json::from_str(t.lines().rev().find(|l| !l.trim().is_empty())?).ok()?;
+        last.get("total_steps")?.as_u64().map(|n| n as usize)
+    });
+    RunDirectory {
+        run_dir: dir.to_string_lossy().into(),
+        run,
+        status,
+        config,
+        checkpoints,
+        last_checkpoint,
+        output,
+        base,
+        total_steps,
+    }
+}
+
+fn write_atomically(path: &Path, v: &Value) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+/// Write run.json for `cfg` with `status` (the training loop, at start and end).
+pub fn write_run(dir: &Path, cfg: &RunConfig, status: RunStatus, started: &str, error: Option<&str>) -> Result<()> {
+    let git =
+        std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok().filter(|o| o.status.success());
+    let v = serde_json::json!({
+        "format_version": FORMAT_VERSION,
+        "run_id": cfg.run_id,
+        "name": cfg.name,
+        "status": status,
+        "method": cfg.method.kind,
+        "device": cfg.train.device,
+        "seed": cfg.seed,
+        "git_revision": git.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "loralab_version": env!("CARGO_PKG_VERSION"),
+        "started_at": started,
+        "updated_at": utc_stamp(),
+        "error": error,
+    });
+    write_atomically(&run_json(dir), &v)
+}
+
+/// A supervisor's word for a run whose worker died: a run.json still saying "running" gets
+/// `status` (interrupted, or cancelled when it was stopped on purpose) and `error`. Returns
+/// whether it changed anything (a run that ended on its own keeps its own status).
+pub fn mark_interrupted(dir: &Path, status: RunStatus, error: &str) -> Result<bool> {
+    let Some(mut run) = read_json(&run_json(dir)) else { return Ok(false) };
+    if run.get("status").and_then(Value::as_str) != Some("running") {
+        return Ok(false);
+    }
+    run["status"] = serde_json::to_value(status)?;
+    run["error"] = if status == RunStatus::Cancelled { Value::Null } else { Value::String(error.into()) };
+    run["updated_at"] = Value::String(utc_stamp());
+    write_atomically(&run_json(dir), &run)?;
+    Ok(true)
+}

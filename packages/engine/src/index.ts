@@ -1,0 +1,325 @@
+// The training half of the library: typed config, train with progress and cancellation,
+// held-out loss, merge, the run directory. Thin: the engine (crates/core) validates and works,
+// reached through one `Engine` (engine.ts) in this process or in a worker process.
+// `loralab` re-exports it with evaluation and analysis; `loralab/server`, `loralab/store` add the rest.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { engineReadable, type Mapping, normalize, RECIPES } from "@loralab/data";
+import type { SidecarOptions } from "@loralab/native/sidecar";
+import type { RunConfig } from "./config.gen.ts";
+import { ConfigSyntaxError, readConfigFile } from "./configfile.ts";
+import {
+  ConfigError,
+  type EngineEvent,
+  EngineError,
+  type Fields,
+  openEngine,
+  quick,
+  type Reply,
+  WorkerDied,
+} from "./engine.ts";
+
+export {
+  Sidecar,
+  SidecarCrashed,
+  SidecarError,
+  sidecarPath,
+  type Ready,
+  type SidecarOptions,
+} from "@loralab/native/sidecar";
+export {
+  ConfigError,
+  type Engine,
+  type EngineEvent,
+  EngineError,
+  type EngineOptions,
+  errorFrom,
+  type Failure,
+  type Fields,
+  InProcessEngine,
+  InternalError,
+  maths,
+  type Op,
+  openEngine,
+  OutOfMemoryError,
+  PROTOCOL,
+  ProtocolError,
+  type Protocol,
+  quick,
+  type Reply,
+  type RequestOptions,
+  SidecarEngine,
+  WorkerDied,
+} from "./engine.ts";
+
+export type { RunConfig } from "./config.gen.ts";
+export { CONFIG_EXTENSIONS, ConfigSyntaxError, nearestName, parseConfigText, readConfigFile } from "./configfile.ts";
+
+type DeepRequired<T> = T extends (infer U)[]
+  ? DeepRequired<U>[]
+  : T extends object
+    ? { [K in keyof T]-?: DeepRequired<T[K]> }
+    : T;
+/** A config after `resolveConfig`: every field present, every default applied. */
+export type ResolvedRunConfig = DeepRequired<RunConfig>;
+
+// events and replies: generated from the engine's protocol schema (protocol.gen.ts)
+export type TrainEvent = Extract<EngineEvent, { type: "prepared" | "start" | "progress" | "checkpoint" }>;
+export type StartEvent = Extract<TrainEvent, { type: "start" }>;
+export type ProgressEvent = Extract<TrainEvent, { type: "progress" }>;
+export type CheckpointEvent = Extract<TrainEvent, { type: "checkpoint" }>;
+/** The prepare step's account of the data (also `data.json` in the run directory). */
+export type PreparedEvent = Extract<TrainEvent, { type: "prepared" }>;
+export type RunSummary = Reply<"train">;
+export type RunDirectory = Reply<"run_directory">;
+export type RunStatus = NonNullable<RunDirectory["status"]>;
+
+/** The worker process died mid-run. The run directory says "interrupted"; resume it from
+ *  `lastCheckpoint` (empty when it had none: then it starts over). */
+export class RunInterrupted extends EngineError {
+  override name = "RunInterrupted";
+  constructor(
+    message: string,
+    readonly runDir: string,
+    readonly lastCheckpoint: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Apply defaults and validate; throws ConfigError naming the field. */
+export function resolveConfig(config: RunConfig): ResolvedRunConfig {
+  return quick("resolve_config", { config: config as never }) as unknown as ResolvedRunConfig;
+}
+
+/** The config's JSON Schema: every field with its default and the reason for it. */
+export function configSchema(): Record<string, unknown> {
+  return quick("config_schema", {}) as Record<string, unknown>;
+}
+
+/** Read a .toml, .yaml/.yml or .json run config (one schema; syntax errors with line and column). */
+export async function loadConfigFile(path: string): Promise<RunConfig> {
+  try {
+    const v = readConfigFile(path);
+    if (typeof v !== "object" || v === null || Array.isArray(v))
+      throw new ConfigSyntaxError(
+        `config file ${path}: expected a table of sections (hint: [model], [data], ... as in configs/tiny-lora.toml)`,
+        path,
+        0,
+        0,
+      );
+    return v as RunConfig;
+  } catch (e) {
+    if (e instanceof ConfigSyntaxError) throw new ConfigError(e.message, "");
+    throw e;
+  }
+}
+
+/** Apply `--a.b=value` overrides; values are parsed as JSON when they parse, else kept as strings. */
+export function applyOverrides(config: RunConfig, overrides: string[]): RunConfig {
+  const out = structuredClone(config) as Record<string, unknown>;
+  for (const o of overrides) {
+    const body = o.replace(/^--/, "");
+    const eq = body.indexOf("=");
+    if (eq <= 0) throw new ConfigError(`override ${o}: expected --key=value (hint: --method.rank=64)`, body);
+    const path = body.slice(0, eq).split(".");
+    const raw = body.slice(eq + 1);
+    let value: unknown = raw;
+    try {
+      value = JSON.parse(raw);
+    } catch {}
+    let node = out;
+    for (const key of path.slice(0, -1)) {
+      const next = node[key];
+      if (next === undefined) node[key] = {};
+      else if (typeof next !== "object" || next === null || Array.isArray(next))
+        throw new ConfigError(`override ${o}: ${key} is not a section`, path.join("."));
+      node = node[key] as Record<string, unknown>;
+    }
+    node[path[path.length - 1]!] = value;
+  }
+  return out as RunConfig;
+}
+
+export interface TrainOptions {
+  /** Called after every optimizer step. */
+  onProgress?: (p: ProgressEvent) => void;
+  /** Every event: start, progress, checkpoint. */
+  onEvent?: (e: TrainEvent) => void;
+  /** Aborting stops the run after its current step, writes a checkpoint, and resolves with status "cancelled". */
+  signal?: AbortSignal;
+  /** Run in the sidecar process. Always so for `train.device = "cuda"`; `true` also sends a cpu
+   *  run there (isolation: a crash cannot take this process down). */
+  sidecar?: boolean | SidecarOptions;
+}
+
+type DataConfig = NonNullable<RunConfig["data"]>;
+
+/** Datasets the engine cannot read as they are (other formats, directories, recipes) become a
+ *  normalised JSONL in the shard cache; the engine then prepares from it. */
+export async function prepareData(data: DataConfig, signal?: AbortSignal): Promise<DataConfig> {
+  const train = data.train ?? "";
+  const recipe = data.recipe ?? "";
+  // a missing path or a plain .jsonl/.txt goes to the engine as it is (it names the error)
+  if (!train || !existsSync(train) || (!recipe && engineReadable(train))) return data;
+  if (recipe && !RECIPES[recipe])
+    throw new ConfigError(
+      `config data.recipe: unknown recipe \`${recipe}\` (hint: one of ${Object.keys(RECIPES).join(", ")})`,
+      "data.recipe",
+    );
+  const m: Mapping = {
+    format: data.format ?? "cpt",
+    text_field: data.text_field ?? "text",
+    prompt_field: data.prompt_field ?? "prompt",
+    response_field: data.response_field ?? "response",
+    messages_field: data.messages_field ?? "messages",
+    ...(recipe ? RECIPES[recipe] : {}),
+  };
+  try {
+    const r = await normalize(train, m, data.cache_dir ?? ".cache/loralab/shards", signal);
+    return {
+      ...data,
+      train: r.output,
+      source: train,
+      recipe: "",
+      format: m.format,
+      text_field: "text",
+      prompt_field: "prompt",
+      response_field: "response",
+      messages_field: "messages",
+    };
+  } catch (e) {
+    throw new EngineError((e as Error).message);
+  }
+}
+
+/** Train one run: in this process on the CPU, in a worker process for CUDA (or when
+ *  `opts.sidecar`). Resolves with the run summary. */
+export async function train(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
+  // a cancel while the data is being prepared (a large dataset normalised to JSONL) ends it there
+  const cancelled = () => cancelledBeforeSteps(config, join(config.out_dir ?? "runs", config.run_id ?? ""));
+  if (opts.signal?.aborted) return cancelled();
+  if (config.data) {
+    try {
+      config = { ...config, data: await prepareData(config.data, opts.signal) };
+    } catch (e) {
+      if (opts.signal?.aborted) return cancelled();
+      throw e;
+    }
+  }
+  if (opts.signal?.aborted) return cancelled();
+  // resolved here, so the run directory is known even if the worker dies before saying it
+  const resolved = resolveConfig(config);
+  const runDir = join(resolved.out_dir, resolved.run_id);
+  const engine = await openEngine({ device: resolved.train.device, sidecar: opts.sidecar });
+  // a cancel once steps run stops after the current one and checkpoints; before the first step
+  // (loading, preparing the data) there is nothing to keep, so the request is interrupted at once
+  let stepping = false;
+  let interruptedBeforeSteps = false;
+  const stop = new AbortController();
+  const onAbort = () => {
+    if (stepping) return stop.abort();
+    interruptedBeforeSteps = true;
+    engine.interrupt();
+  };
+  opts.signal?.addEventListener("abort", onAbort, { once: true });
+  const onEvent = (e: EngineEvent) => {
+    const ev = e as TrainEvent;
+    if (ev.type === "start") stepping = true;
+    opts.onEvent?.(ev);
+    if (ev.type === "progress") opts.onProgress?.(ev);
+  };
+  try {
+    const summary = engine.request("train", { config: resolved as never }, { onEvent, signal: stop.signal });
+    if (opts.signal?.aborted) onAbort();
+    return await summary;
+  } catch (e) {
+    if (e instanceof WorkerDied && interruptedBeforeSteps) {
+      quick("mark_interrupted", { run_dir: runDir, status: "cancelled", error: "" });
+      return cancelledBeforeSteps(config, runDir);
+    }
+    if (e instanceof WorkerDied) {
+      // run.json says "running" until its process says otherwise; a dead worker cannot, so this does
+      quick("mark_interrupted", { run_dir: runDir, status: "interrupted", error: e.message });
+      const ck = lastCheckpoint(runDir);
+      const hint = ck ? `resume with --train.resume_from=${ck}` : "it had no checkpoint yet: run it again";
+      throw new RunInterrupted(`run ${resolved.run_id} interrupted: ${e.message} (hint: ${hint})`, runDir, ck);
+    }
+    throw e;
+  } finally {
+    opts.signal?.removeEventListener("abort", onAbort);
+    await engine.close();
+  }
+}
+
+/** The summary of a run cancelled before it trained a step. */
+function cancelledBeforeSteps(config: RunConfig, runDir: string): RunSummary {
+  const method = (config.method?.kind ?? "lora") as RunSummary["method"];
+  return {
+    run_id: config.run_id ?? "",
+    run_dir: runDir,
+    status: "cancelled",
+    method,
+    steps: 0,
+    total_steps: 0,
+    tokens: 0,
+    epochs: 0,
+    first_loss: null,
+    final_loss: null,
+    tokens_per_s: 0,
+    elapsed_s: 0,
+    params: 0,
+    trainable_params: 0,
+    output: "",
+    last_checkpoint: lastCheckpoint(runDir),
+  };
+}
+
+export type EvalLossRequest = Omit<Fields<"eval_loss">, "data"> & { data: DataConfig };
+export type EvalLoss = Reply<"eval_loss">;
+
+/** Mean held-out next-token loss of a model (+ adapter) on a data file. */
+export async function evalLoss(req: EvalLossRequest): Promise<EvalLoss> {
+  const engine = await openEngine();
+  try {
+    return await engine.request("eval_loss", { ...req, data: (await prepareData(req.data)) as never });
+  } finally {
+    await engine.close();
+  }
+}
+
+export interface MergeOptions {
+  /** The written weights' dtype (the fold itself is f32). Default f32; anything else is a ConfigError on field `dtype`. */
+  dtype?: "bf16" | "f16" | "f32";
+}
+/** What the base lacked, for the user (`notes`: e.g. no chat template, so the merged model has none). */
+export type MergeResult = Reply<"merge">;
+
+/** Fold a PEFT LoRA adapter into its base model (HF directory or .gguf) and write `out` as a
+ *  complete Hugging Face model directory: weights in `dtype`, config.json (its torch_dtype),
+ *  generation_config.json, tokenizer.json, tokenizer_config.json (chat template, bos/eos) and
+ *  special_tokens_map.json. */
+export async function merge(
+  base: string,
+  adapter: string,
+  out: string,
+  { dtype = "f32" }: MergeOptions = {},
+): Promise<MergeResult> {
+  const engine = await openEngine();
+  try {
+    return await engine.request("merge", { base, adapter, out, options: { dtype } });
+  } finally {
+    await engine.close();
+  }
+}
+
+/** A run directory as the engine reads it: run.json, config.json, complete checkpoints by step,
+ *  the last of them, the final output (docs/run-directory.md; the layout lives in the engine). */
+export function runDirectory(runDir: string): RunDirectory {
+  return quick("run_directory", { run_dir: runDir });
+}
+
+/** The last checkpoint of a run directory (by step; one with its trainer state), or "" when it has none. */
+export function lastCheckpoint(runDir: string): string {
+  return runDirectory(runDir).last_checkpoint;
+}
