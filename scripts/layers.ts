@@ -3,7 +3,7 @@
 // tests/layers.test.ts runs it on fixture trees and on this repository. One line per violation
 // and exit 1, else a one-line summary and exit 0; a config it cannot read exits 2.
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { parse as parseToml } from "smol-toml";
 
 export interface Violation {
@@ -400,7 +400,20 @@ function checkTs(root: string, levels: string[][], report: LayerReport): void {
     for (const file of walk(dir, (f) => SOURCE.test(f))) {
       const fileRel = relative(root, file);
       for (const { spec, line } of tsImports(readFileSync(file, "utf8"))) {
-        const dep = packageName(spec);
+        let dep = packageName(spec);
+        if (dep === undefined && spec.startsWith(".")) {
+          // a relative path into another package is an import of it that no manifest declares
+          const target = resolve(dirname(file), spec);
+          const owner = [...packages].find(([, d]) => target === d || target.startsWith(`${d}/`))?.[0];
+          if (owner && owner !== name) {
+            report.violations.push({
+              file: fileRel,
+              line,
+              message: `import "${spec}": reaches into ${owner} by path (hint: import "${owner}" by name)`,
+            });
+            dep = owner;
+          }
+        }
         if (dep === undefined || !packages.has(dep) || dep === name) continue;
         imports++;
         edge(name, dep, fileRel, line, `import "${spec}"`);

@@ -2,12 +2,14 @@
 // package set, so candle compiles once), a strict typecheck, the format, lint and layer checks,
 // then the Bun tests. Ends with one summary line.
 import { join } from "node:path";
-import { cargoArgs } from "../packages/cli/src/cargo.ts";
+import { cargoArgs, cargoBin, preferRustup } from "../packages/cli/src/cargo.ts";
 import { buildWasm } from "./build-wasm.ts";
 import { fetchModel } from "./fetch.ts";
 import { ensurePyenv } from "./pyenv.ts";
 
 const root = new URL("..", import.meta.url).pathname;
+// one Rust for every stage (rustup's), whatever else is on PATH
+preferRustup();
 
 async function run(cmd: string[], count: (out: string) => [number, number]): Promise<[number, number, number]> {
   console.log(`\n$ ${cmd.join(" ")}`);
@@ -65,8 +67,8 @@ const tsc = await run([process.execPath, "x", "tsc", "-p", "tsconfig.json"], (ou
 // (layers.toml)
 const ok = (code: number): [number, number] => (code === 0 ? [1, 0] : [0, 1]);
 const checks = [
-  await run(["cargo", "fmt", "--all", "--check"], () => [0, 0]),
-  await run(["cargo", "fmt", "--manifest-path", "crates/wasm/Cargo.toml", "--check"], () => [0, 0]),
+  await run([cargoBin(), "fmt", "--all", "--check"], () => [0, 0]),
+  await run([cargoBin(), "fmt", "--manifest-path", "crates/wasm/Cargo.toml", "--check"], () => [0, 0]),
   await run(cargoArgs("clippy", ["-p", "loralab-kernels", "-p", "loralab-maths", "--", "-D", "warnings"]), () => [
     0, 0,
   ]),

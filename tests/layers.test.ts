@@ -193,6 +193,17 @@ describe("layers: fixture trees", () => {
     ]);
   });
 
+  test("a relative path into another package is an import of it, and refused as such", () => {
+    const tree = cleanTree();
+    tree["packages/native/src/index.ts"] += 'export { train } from "../../engine/src/index.ts";\n';
+    const r = check(writeTree(tree), "--only", "ts");
+    expect(r.code).toBe(1);
+    expect(r.lines[0]).toBe(
+      'packages/native/src/index.ts:2: import "../../engine/src/index.ts": reaches into @fx/engine by path (hint: import "@fx/engine" by name)',
+    );
+    expect(r.lines[1]).toMatch(/@fx\/native \(layer 1\) uses @fx\/engine \(layer 2\), which is above it/);
+  });
+
   test("--only rust and --only ts check one half", () => {
     const tree = cleanTree();
     tree["core/src/base/error.rs"] += "use crate::api::Handle;\n";

@@ -6,6 +6,7 @@ import { expect, test } from "bun:test";
 import { join } from "node:path";
 import * as native from "@loralab/native";
 import { sidecarPath } from "@loralab/native/sidecar";
+import { InProcessEngine, ProtocolError, quick, SidecarEngine } from "@loralab/engine";
 import { tempDir, tinyConfig, tinyModel } from "./helpers.ts";
 
 type Transport = { name: string; send: (line: string) => Promise<string[]>; close: () => Promise<void> };
@@ -14,10 +15,11 @@ function addon(): Transport {
   return {
     name: "addon",
     send: async (line) => {
-      const events: string[] = [];
-      const answer = await native.call(line, (l) => events.push(l));
-      await Bun.sleep(20); // let queued event callbacks run
-      return [...events, answer];
+      // every line, the last included, comes through the callback, in order
+      const lines: string[] = [];
+      const answer = await native.call(line, (l) => lines.push(l));
+      while (lines.at(-1) !== answer) await Bun.sleep(1);
+      return lines;
     },
     close: async () => {},
   };
@@ -176,4 +178,21 @@ test("the same request list through the addon and the sidecar gives identical re
   expect(last(19).error.message).toContain("unknown op `fly`");
   expect(last(20).error.message).toContain("protocol version 1 is not spoken here");
   expect(last(21).data).toEqual([0, "NaN"]); // 1/∞, then NaN
+});
+
+test("a cancel sent as a train is accepted, before it has started, stops it in both transports; shutdown is refused in process", async () => {
+  for (const make of [async () => new InProcessEngine(), () => SidecarEngine.start({ device: "cpu" })]) {
+    const engine = await make();
+    const out = tempDir(`transports-cancel-${engine.transport}`);
+    const config = tinyConfig(out, { run_id: "c", train: { steps: 40, checkpoint_every: 0 } });
+    const stop = new AbortController();
+    stop.abort(); // before the request is even sent
+    const s = await engine.request("train", { config: config as never }, { signal: stop.signal });
+    await engine.close();
+    // stopped at its first step boundary, with a checkpoint, not trained to the end
+    expect([engine.transport, s.status, s.steps < 40]).toEqual([engine.transport, "cancelled", true]);
+    expect(s.last_checkpoint).toMatch(/checkpoints\/step-\d{6}$/);
+  }
+  expect(() => quick("shutdown", {})).toThrow(ProtocolError);
+  expect(() => quick("shutdown", {})).toThrow(/in process, unload what you loaded/);
 });

@@ -10,10 +10,11 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 /**
- * Run one request line off the JS thread; `onEvent` gets its progress lines, the promise
- * resolves with its result or error line (it never rejects).
+ * Run one request line off the JS thread. `onLine` gets its progress lines and then its
+ * result or error line, in order; the promise resolves with that last line too (it never
+ * rejects). The request is cancellable (`callSync` cancel) from this call on.
  */
-export declare function call(line: string, onEvent?: ((line: string) => void) | undefined | null): Promise<string>
+export declare function call(line: string, onLine?: ((line: string) => void) | undefined | null): Promise<string>
 
 /**
  * Run one quick request line (no model work: config, schema, maths, cancel, the run

@@ -57,6 +57,7 @@ fn main() {
                 emit(&out, &api::reply_line(&id, &reply));
             }
             (id, Ok(req)) => {
+                session.register(&id); // a cancel for it counts from now, queued or running
                 if tx.send((id, req)).is_err() {
                     break;
                 }

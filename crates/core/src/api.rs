@@ -181,6 +181,25 @@ pub mod nonfinite {
     }
 }
 
+/// How a maths number travels (the schema of [`nonfinite`]): a number, or one of three strings.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum Num {
+    Finite(f64),
+    NonFinite(NonFinite),
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+pub enum NonFinite {
+    #[serde(rename = "NaN")]
+    NaN,
+    Infinity,
+    #[serde(rename = "-Infinity")]
+    NegInfinity,
+}
+
 /// The maths the report shares with the browser build (loralab-maths).
 #[derive(Deserialize, JsonSchema, Debug)]
 #[serde(deny_unknown_fields)]
@@ -194,8 +213,10 @@ pub struct PassAtK {
 #[serde(deny_unknown_fields)]
 pub struct ParetoFrontier {
     #[serde(deserialize_with = "nonfinite::vec")]
+    #[schemars(with = "Vec<Num>")]
     pub x: Vec<f64>,
     #[serde(deserialize_with = "nonfinite::vec")]
+    #[schemars(with = "Vec<Num>")]
     pub y: Vec<f64>,
 }
 
@@ -203,11 +224,14 @@ pub struct ParetoFrontier {
 #[serde(deny_unknown_fields)]
 pub struct RankAt {
     #[serde(deserialize_with = "nonfinite::vec")]
+    #[schemars(with = "Vec<Num>")]
     pub sigma: Vec<f64>,
     #[serde(deserialize_with = "nonfinite::one")]
+    #[schemars(with = "Num")]
     pub threshold: f64,
     /// Σσ² of the whole spectrum (default: Σ over `sigma`).
     #[serde(default, deserialize_with = "nonfinite::opt")]
+    #[schemars(with = "Option<Num>")]
     pub total_sq: Option<f64>,
 }
 
@@ -215,8 +239,10 @@ pub struct RankAt {
 #[serde(deny_unknown_fields)]
 pub struct ExplainedVariance {
     #[serde(deserialize_with = "nonfinite::vec")]
+    #[schemars(with = "Vec<Num>")]
     pub sigma: Vec<f64>,
     #[serde(default, deserialize_with = "nonfinite::opt")]
+    #[schemars(with = "Option<Num>")]
     pub total_sq: Option<f64>,
 }
 
@@ -224,6 +250,7 @@ pub struct ExplainedVariance {
 #[serde(deny_unknown_fields)]
 pub struct Sigma {
     #[serde(deserialize_with = "nonfinite::vec")]
+    #[schemars(with = "Vec<Num>")]
     pub sigma: Vec<f64>,
 }
 
@@ -232,6 +259,7 @@ pub struct Sigma {
 pub struct SingularValues {
     /// Row-major m×n.
     #[serde(deserialize_with = "nonfinite::vec")]
+    #[schemars(with = "Vec<Num>")]
     pub a: Vec<f64>,
     pub m: usize,
     pub n: usize,
@@ -340,8 +368,18 @@ impl Failure {
 /// The text of a message's last "(hint: …)" or "Hint: …".
 fn hint_of(message: &str) -> Option<String> {
     if let Some(i) = message.rfind("(hint: ") {
+        // up to the parenthesis that closes it (hints hold parentheses of their own)
         let rest = &message[i + 7..];
-        return Some(rest.strip_suffix(')').unwrap_or(rest).to_string());
+        let mut depth = 0usize;
+        for (j, c) in rest.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' if depth == 0 => return Some(rest[..j].to_string()),
+                ')' => depth -= 1,
+                _ => {}
+            }
+        }
+        return Some(rest.to_string());
     }
     message.rfind("Hint: ").map(|i| message[i + 6..].to_string())
 }
@@ -354,6 +392,9 @@ fn is_out_of_memory(message: &str) -> bool {
 /// because its fix (a smaller micro-batch, LoRA, checkpointing) is the user's.
 pub fn classify(e: &Error, config: Option<&Value>) -> Failure {
     let message = e.to_string();
+    if let Error::Config { field, .. } = e {
+        return Failure { field: Some(field.clone()), ..Failure::new(FailureCode::Config, message) };
+    }
     if is_out_of_memory(&message) {
         let get = |a: &str, b: &str| {
             config.and_then(|c| c.get(a)?.get(b)).map(|v| v.to_string()).unwrap_or_else(|| "default".into())
@@ -370,12 +411,7 @@ pub fn classify(e: &Error, config: Option<&Value>) -> Failure {
         f.config = config.cloned();
         return f;
     }
-    match e {
-        Error::Config { field, .. } => {
-            Failure { field: Some(field.clone()), ..Failure::new(FailureCode::Config, message) }
-        }
-        _ => Failure::new(FailureCode::Engine, message),
-    }
+    Failure::new(FailureCode::Engine, message)
 }
 
 // ------------------------------------------------------------------ the request table
@@ -524,15 +560,15 @@ protocol! {
     "protocol_schema" => ProtocolSchema(NoFields) -> Value, true;
     "run_directory" => RunDirectory(RunDir) -> rundir::RunDirectory, true;
     "mark_interrupted" => MarkInterrupted(MarkInterrupted) -> Marked, true;
-    "pass_at_k" => PassAtK(PassAtK) -> f64, true;
+    "pass_at_k" => PassAtK(PassAtK) -> Num, true;
     "pareto_frontier" => ParetoFrontier(ParetoFrontier) -> Vec<usize>, true;
     "rank_at" => RankAt(RankAt) -> Option<usize>, true;
-    "explained_variance" => ExplainedVariance(ExplainedVariance) -> Vec<f64>, true;
-    "effective_rank" => EffectiveRank(Sigma) -> f64, true;
-    "stable_rank" => StableRank(Sigma) -> f64, true;
-    "singular_values" => SingularValues(SingularValues) -> Vec<f64>, true;
+    "explained_variance" => ExplainedVariance(ExplainedVariance) -> Vec<Num>, true;
+    "effective_rank" => EffectiveRank(Sigma) -> Num, true;
+    "stable_rank" => StableRank(Sigma) -> Num, true;
+    "singular_values" => SingularValues(SingularValues) -> Vec<Num>, true;
     "cancel" => Cancel(Cancel) -> Cancelled, true;
-    "shutdown" => Shutdown(NoFields) -> ShutDown, true;
+    "shutdown" => Shutdown(NoFields) -> ShutDown, false;
 }
 
 // ------------------------------------------------------------------ the wire
@@ -565,6 +601,25 @@ pub fn parse_line(line: &str) -> (Value, Result<Request, Failure>) {
     };
     let req = Request::parse(&op, Value::Object(v));
     (id, req)
+}
+
+/// Why a request cannot run in a process other requests share (the addon): `shutdown` would
+/// cancel and unload everyone's work there. The sidecar is a process of its own.
+pub fn refused_in_process(req: &Request) -> Option<Failure> {
+    matches!(req, Request::Shutdown(_)).then(|| {
+        Failure::protocol("shutdown ends a worker process; in process, unload what you loaded (hint: Engine.close())")
+    })
+}
+
+/// The id of a request line, read without building the rest (for a transport that must
+/// register the request before it parses it off the calling thread).
+pub fn line_id(line: &str) -> Value {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Value,
+    }
+    serde_json::from_str::<IdOnly>(line).map(|r| r.id).unwrap_or(Value::Null)
 }
 
 /// A progress line.
@@ -618,7 +673,15 @@ impl Session {
         Self::default()
     }
 
-    /// Ask a running request to stop (a train: after its current step, with a checkpoint).
+    /// Make a request cancellable from the moment it is accepted, before it runs: a
+    /// transport calls this as it takes the request (the sidecar as it queues it, the addon on
+    /// the JS thread), so a cancel that arrives before the work starts is not lost. `dispatch`
+    /// uses the same flag.
+    pub fn register(&self, id: &Value) -> Arc<AtomicBool> {
+        lock(&self.running).entry(id.to_string()).or_default().clone()
+    }
+
+    /// Ask a running (or accepted) request to stop (a train: after its current step, with a checkpoint).
     pub fn cancel(&self, target: &Value) -> bool {
         let flag = lock(&self.running).get(&target.to_string()).cloned();
         flag.inspect(|f| f.store(true, Ordering::Relaxed)).is_some()
@@ -638,11 +701,9 @@ impl Session {
             Request::Train(t) => Some(t.config.clone()),
             _ => None,
         };
-        let key = id.to_string();
-        let flag = Arc::new(AtomicBool::new(false));
-        lock(&self.running).insert(key.clone(), flag.clone());
+        let flag = self.register(id);
         let r = catch_unwind(AssertUnwindSafe(|| self.run(req, &flag, emit)));
-        lock(&self.running).remove(&key);
+        lock(&self.running).remove(&id.to_string());
         match r {
             Ok(r) => r.map_err(|e| classify(&e, config.as_ref())),
             Err(p) => {
@@ -657,10 +718,18 @@ impl Session {
         }
     }
 
-    /// Parse and dispatch one request line; returns the reply line.
+    /// Parse and dispatch one request line for a transport inside a shared process (the
+    /// addon: `shutdown` refused); returns the reply line.
     pub fn handle_line(&self, line: &str, emit_line: &(dyn Fn(String) + Sync)) -> String {
         let (id, req) = parse_line(line);
-        let reply = req.and_then(|r| self.dispatch(&id, r, &|ev| emit_line(event_line(&id, ev))));
+        let req = req.and_then(|r| refused_in_process(&r).map_or(Ok(r), Err));
+        let reply = match req {
+            Ok(r) => self.dispatch(&id, r, &|ev| emit_line(event_line(&id, ev))),
+            Err(f) => {
+                lock(&self.running).remove(&id.to_string()); // registered as it was accepted
+                Err(f)
+            }
+        };
         reply_line(&id, &reply)
     }
 
@@ -704,7 +773,7 @@ impl Session {
             Request::RandomBaseline(b) => {
                 if b.n < 2 || b.cs.is_empty() || b.cs.iter().any(|c| !c.is_finite()) {
                     let msg = format!("need n ≥ 2 and finite scales c (n = {}, c = {:?})", b.n, b.cs);
-                    return Err(Error::config("n", msg));
+                    return Err(Error::config("baseline", msg));
                 }
                 reply(spectrum::random_baseline(b.n, &b.cs, b.seed, 0)?)
             }

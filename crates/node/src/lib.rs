@@ -31,7 +31,10 @@ impl Task for CallTask {
                 cb.call(line, ThreadsafeFunctionCallMode::NonBlocking);
             }
         };
-        Ok(SESSION.handle_line(&self.line, &emit))
+        let answer = SESSION.handle_line(&self.line, &emit);
+        // the final line goes the same way as the events, so it cannot overtake them
+        emit(answer.clone());
+        Ok(answer)
     }
 
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
@@ -39,26 +42,30 @@ impl Task for CallTask {
     }
 }
 
-/// Run one request line off the JS thread; `onEvent` gets its progress lines, the promise
-/// resolves with its result or error line (it never rejects).
+/// Run one request line off the JS thread. `onLine` gets its progress lines and then its
+/// result or error line, in order; the promise resolves with that last line too (it never
+/// rejects). The request is cancellable (`callSync` cancel) from this call on.
 #[napi(ts_return_type = "Promise<string>")]
 pub fn call(
     line: String,
-    #[napi(ts_arg_type = "((line: string) => void) | undefined | null")] on_event: Option<LineCallback>,
+    #[napi(ts_arg_type = "((line: string) => void) | undefined | null")] on_line: Option<LineCallback>,
 ) -> AsyncTask<CallTask> {
-    AsyncTask::new(CallTask { line, on_event: on_event.map(Arc::new) })
+    SESSION.register(&api::line_id(&line));
+    AsyncTask::new(CallTask { line, on_event: on_line.map(Arc::new) })
 }
 
 /// Run one quick request line (no model work: config, schema, maths, cancel, the run
 /// directory) on the JS thread and return its answer line; others are refused.
 #[napi]
 pub fn call_sync(line: String) -> String {
-    match api::parse_line(&line) {
-        (id, Ok(req)) if req.is_quick() => api::reply_line(&id, &SESSION.dispatch(&id, req, &|_| {})),
-        (id, Ok(req)) => {
+    let (id, req) = api::parse_line(&line);
+    let reply = req.and_then(|req| match api::refused_in_process(&req) {
+        Some(f) => Err(f),
+        None if req.is_quick() => SESSION.dispatch(&id, req, &|_| {}),
+        None => {
             let why = format!("`{}` is not quick: send it with call() (hint: it runs off the JS thread)", req.op());
-            api::reply_line(&id, &Err(api::Failure::protocol(why)))
+            Err(api::Failure::protocol(why))
         }
-        (id, Err(f)) => api::reply_line(&id, &Err(f)),
-    }
+    });
+    api::reply_line(&id, &reply)
 }

@@ -1,6 +1,32 @@
 // How Bun scripts call cargo so every build shares one set of compiled dependencies:
 // napi-rs builds the addon with an explicit --target, which puts artifacts under
 // target/<host triple>/; tests and benches pass the same --target and package set.
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+
+/** rustup's bin directory, when there is one. */
+function rustupBin(): string | undefined {
+  const bin = join(process.env.CARGO_HOME ?? join(homedir(), ".cargo"), "bin");
+  return existsSync(join(bin, "cargo")) ? bin : undefined;
+}
+
+/** Put rustup's toolchain first on PATH for this process and what it starts. Another Rust on
+ *  PATH (Debian's rustc-web, which the wasm build installs) shadows it wherever /usr/bin comes
+ *  first, as it does under `npx`; mixing the two compilers in one target directory fails
+ *  ("compiled by an incompatible version of rustc"). For the build and test scripts. */
+export function preferRustup(): void {
+  const bin = rustupBin();
+  const path = process.env.PATH ?? "";
+  if (bin && !path.startsWith(`${bin}:`)) process.env.PATH = `${bin}:${path}`;
+}
+
+/** The cargo to run: rustup's when installed, else whichever is on PATH. */
+export function cargoBin(): string {
+  const bin = rustupBin();
+  return bin ? join(bin, "cargo") : "cargo";
+}
+
 export function hostTriple(): string {
   const out = Bun.spawnSync(["rustc", "-vV"], { stdout: "pipe" }).stdout.toString();
   const host = /^host: (\S+)/m.exec(out)?.[1];
@@ -11,7 +37,7 @@ export function hostTriple(): string {
 /** `cargo <cmd> --release --target <host> -p loralab-core -p loralab-node -p loralab-sidecar ...rest` */
 export function cargoArgs(cmd: "test" | "build" | "clippy", rest: string[] = []): string[] {
   return [
-    "cargo",
+    cargoBin(),
     cmd,
     "--release",
     "--target",

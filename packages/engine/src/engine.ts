@@ -118,24 +118,41 @@ export interface Engine {
   close(): Promise<void>;
 }
 
+// the addon's session is the whole process's: ids unique across every copy of this module
+const idPrefix = `in-process-${crypto.randomUUID().slice(0, 8)}`;
 let nextId = 1;
 
 /** The engine in this process: every request off the JS thread (the addon's `call`). */
 export class InProcessEngine implements Engine {
   readonly transport = "in-process";
   private running = new Set<string>();
+  /** Models this engine loaded and has not unloaded: `close()` unloads them. */
+  private handles = new Set<string>();
 
   async request<O extends Op>(op: O, fields: Fields<O>, opts: RequestOptions = {}): Promise<Reply<O>> {
-    const id = `in-process-${nextId++}`;
-    const onAbort = () => cancel(id);
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const id = `${idPrefix}-${nextId++}`;
+    let last: (line: string) => void = () => {};
+    const final = new Promise<string>((resolve) => {
+      last = resolve;
+    });
+    // events and the final line come through one callback, in order
+    const onLine = (l: string) => {
+      const parsed = JSON.parse(l) as Line;
+      if (parsed.event === "progress") opts.onEvent?.(parsed.data as EngineEvent);
+      else last(l);
+    };
+    const line = JSON.stringify({ ...fields, v: PROTOCOL, id, op });
+    const task = native.call(line, onLine); // accepted (and cancellable) from here
     this.running.add(id);
+    const onAbort = () => cancel(id);
+    if (opts.signal?.aborted) onAbort();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      const line = JSON.stringify({ ...fields, v: PROTOCOL, id, op });
-      const onLine = (l: string) => opts.onEvent?.((JSON.parse(l) as Line).data as EngineEvent);
-      const answer = native.call(line, onLine);
-      if (opts.signal?.aborted) onAbort();
-      return unwrap(await answer) as Reply<O>;
+      const [answer] = await Promise.all([final, task]);
+      const reply = unwrap(answer) as Reply<O>;
+      if (op === "load") this.handles.add((reply as Reply<"load">).engine);
+      if (op === "unload") this.handles.delete((fields as Fields<"unload">).engine);
+      return reply;
     } finally {
       this.running.delete(id);
       opts.signal?.removeEventListener("abort", onAbort);
@@ -146,7 +163,10 @@ export class InProcessEngine implements Engine {
     for (const id of this.running) cancel(id);
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    for (const engine of this.handles) quick("unload", { engine });
+    this.handles.clear();
+  }
 }
 
 /** The engine in a worker process (loralab-sidecar): requests run there in arrival order. */
@@ -211,7 +231,9 @@ export async function openEngine(o: EngineOptions = {}): Promise<Engine> {
 /** A quick request (config, schema, maths, the run directory, cancel) answered on this
  *  thread by the in-process engine. */
 export function quick<O extends Op>(op: O, fields: Fields<O>): Reply<O> {
-  return unwrap(native.callSync(JSON.stringify({ ...fields, v: PROTOCOL, id: `quick-${nextId++}`, op }))) as Reply<O>;
+  return unwrap(
+    native.callSync(JSON.stringify({ ...fields, v: PROTOCOL, id: `${idPrefix}-${nextId++}`, op })),
+  ) as Reply<O>;
 }
 
 function cancel(target: string): void {
@@ -220,24 +242,20 @@ function cancel(target: string): void {
 
 // JSON has no NaN or ±∞: the maths' numbers travel as numbers or as "NaN", "Infinity",
 // "-Infinity" (api::nonfinite), both ways
-const out = (x: number): number => (Number.isFinite(x) ? x : (String(x) as unknown as number));
-const outs = (xs: number[]): number[] => xs.map(out);
-const back = (x: unknown): number => (typeof x === "string" ? Number(x) : (x as number));
+type Num = number | "NaN" | "Infinity" | "-Infinity";
+const out = (x: number): Num => (Number.isFinite(x) ? x : (String(x) as Num));
+const outs = (xs: ArrayLike<number>): Num[] => Array.from(xs, out);
+const opt = (x: number | null | undefined): Num | null => (x == null ? null : out(x));
+const back = (x: Num): number => (typeof x === "string" ? Number(x) : x);
 
 /** The analysis maths the report shares with its WebAssembly build (loralab-maths). */
 export const maths = {
   passAtK: (n: number, c: number, k: number): number => back(quick("pass_at_k", { n, c, k })),
   paretoFrontier: (x: number[], y: number[]): number[] => quick("pareto_frontier", { x: outs(x), y: outs(y) }),
-  rankAt: (sigma: number[], threshold: number, totalSq?: number): number | null =>
-    quick("rank_at", {
-      sigma: outs(sigma),
-      threshold: out(threshold),
-      total_sq: totalSq === undefined ? null : out(totalSq),
-    }) ?? null,
-  explainedVariance: (sigma: number[], totalSq?: number): number[] =>
-    quick("explained_variance", { sigma: outs(sigma), total_sq: totalSq === undefined ? null : out(totalSq) }).map(
-      back,
-    ),
+  rankAt: (sigma: number[], threshold: number, totalSq?: number | null): number | null =>
+    quick("rank_at", { sigma: outs(sigma), threshold: out(threshold), total_sq: opt(totalSq) }) ?? null,
+  explainedVariance: (sigma: number[], totalSq?: number | null): number[] =>
+    quick("explained_variance", { sigma: outs(sigma), total_sq: opt(totalSq) }).map(back),
   effectiveRank: (sigma: number[]): number => back(quick("effective_rank", { sigma: outs(sigma) })),
   stableRank: (sigma: number[]): number => back(quick("stable_rank", { sigma: outs(sigma) })),
   singularValues: (a: number[], m: number, n: number): number[] =>

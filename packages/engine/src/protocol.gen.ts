@@ -45,6 +45,11 @@ export type FailureCode = "config" | "oom" | "engine" | "interrupted" | "interna
  */
 export type DeltaKind = "dense" | "lora";
 /**
+ * How a maths number travels (the schema of [`nonfinite`]): a number, or one of three strings.
+ */
+export type Num = number | NonFinite;
+export type NonFinite = "NaN" | "Infinity" | "-Infinity";
+/**
  * What a run's status is in `run.json`.
  */
 export type RunStatus = ("running" | "completed" | "cancelled" | "failed") | "interrupted";
@@ -61,24 +66,24 @@ export interface Protocol {
     cancel: Cancelled;
     config_schema: unknown;
     count_tokens: number;
-    effective_rank: number;
+    effective_rank: Num;
     eval_loss: EvalLoss;
-    explained_variance: number[];
+    explained_variance: Num[];
     generate: Generation[];
     load: Loaded;
     loglik: Loglik[];
     mark_interrupted: Marked;
     merge: Merged;
     pareto_frontier: number[];
-    pass_at_k: number;
+    pass_at_k: Num;
     protocol_schema: unknown;
     random_baseline: RandomBaseline;
     rank_at: number | null;
     resolve_config: RunConfigOut;
     run_directory: RunDirectory;
     shutdown: ShutDown;
-    singular_values: number[];
-    stable_rank: number;
+    singular_values: Num[];
+    stable_rank: Num;
     train: RunSummary;
     unload: Unloaded;
   };
@@ -585,7 +590,7 @@ export interface RunDirectory {
    */
   config: {
     [k: string]: unknown;
-  };
+  } | null;
   /**
    * The last of them ("" when none).
    */
@@ -599,7 +604,7 @@ export interface RunDirectory {
    */
   run: {
     [k: string]: unknown;
-  };
+  } | null;
   run_dir: string;
   status: RunStatus | null;
   /**
@@ -715,7 +720,7 @@ export interface CountTokens {
   text: string;
 }
 export interface Sigma {
-  sigma: number[];
+  sigma: Num[];
 }
 export interface EvalLossRequest {
   /**
@@ -793,8 +798,8 @@ export interface DataConfig {
   train?: string;
 }
 export interface ExplainedVariance {
-  sigma: number[];
-  total_sq?: number | null;
+  sigma: Num[];
+  total_sq?: Num | null;
 }
 export interface Generate {
   engine: string;
@@ -898,8 +903,8 @@ export interface MergeOptions {
   dtype?: string;
 }
 export interface ParetoFrontier {
-  x: number[];
-  y: number[];
+  x: Num[];
+  y: Num[];
 }
 /**
  * The maths the report shares with the browser build (loralab-maths).
@@ -921,12 +926,12 @@ export interface RandomBaselineParams {
   seed: number;
 }
 export interface RankAt {
-  sigma: number[];
-  threshold: number;
+  sigma: Num[];
+  threshold: Num;
   /**
    * Σσ² of the whole spectrum (default: Σ over `sigma`).
    */
-  total_sq?: number | null;
+  total_sq?: Num | null;
 }
 export interface ResolveConfig {
   config: RunConfig;
@@ -1163,7 +1168,7 @@ export interface SingularValues {
   /**
    * Row-major m×n.
    */
-  a: number[];
+  a: Num[];
   m: number;
   n: number;
 }

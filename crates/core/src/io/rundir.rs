@@ -66,9 +66,11 @@ pub struct CheckpointEntry {
 pub struct RunDirectory {
     pub run_dir: String,
     /// run.json, as written (null when absent or unreadable).
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub run: Option<Value>,
     pub status: Option<RunStatus>,
     /// config.json: the resolved config (null when absent).
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub config: Option<Value>,
     /// Complete checkpoints by step.
     pub checkpoints: Vec<CheckpointEntry>,
@@ -149,7 +151,9 @@ pub fn describe(dir: &Path) -> RunDirectory {
 }
 
 fn write_atomically(path: &Path, v: &Value) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
+    // a temp name of this writer's own: the trainer and a supervisor may write at once
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let tmp = path.with_extension(format!("json.tmp-{}-{nanos}", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec_pretty(v)?).map_err(|e| Error::file(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
 }
