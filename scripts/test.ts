@@ -62,16 +62,18 @@ const tsc = await run([process.execPath, "x", "tsc", "-p", "tsconfig.json"], (ou
   out.trim() === "" ? [1, 0] : [0, 1],
 );
 // habits, each a check that fails the suite: the formatters (rustfmt.toml, biome.json) have
-// nothing to change, the linters nothing to say (clippy with the tests' profile and target, so
-// it reuses their compiled dependencies), and no module or package uses one above its layer
+// nothing to change, the linters nothing to say (clippy with the tests' profile and target, for
+// the same compiled build scripts and proc macros), and no module or package uses one above its layer
 // (layers.toml)
 const ok = (code: number): [number, number] => (code === 0 ? [1, 0] : [0, 1]);
 const checks = [
   await run([cargoBin(), "fmt", "--all", "--check"], () => [0, 0]),
   await run([cargoBin(), "fmt", "--manifest-path", "crates/wasm/Cargo.toml", "--check"], () => [0, 0]),
-  await run(cargoArgs("clippy", ["-p", "loralab-kernels", "-p", "loralab-maths", "--", "-D", "warnings"]), () => [
-    0, 0,
-  ]),
+  // every target: the libraries, the binaries, the tests and the benchmarks (clippy.toml lets tests unwrap)
+  await run(
+    cargoArgs("clippy", ["-p", "loralab-kernels", "-p", "loralab-maths", "--all-targets", "--", "-D", "warnings"]),
+    () => [0, 0],
+  ),
   await run([join(root, "node_modules/.bin/biome"), "check", "--error-on-warnings", "."], () => [0, 0]),
   await run([process.execPath, "scripts/layers.ts"], () => [0, 0]),
 ].map(([, , code]) => ok(code));

@@ -4,6 +4,7 @@
 //! - `bench_svd pair LAYERS HIDDEN INTERMEDIATE DIR`: writes a synthetic base/tuned pair of
 //!   that shape (sharded safetensors, one layer per file), then analyses it end to end (ΔW of
 //!   every matrix, 7 per layer) and reports time and peak heap against the model's size.
+#![allow(clippy::unwrap_used)] // a benchmark: a failed measurement may panic
 #[path = "common/alloc.rs"]
 mod alloc;
 use candle_core::{DType, Device, Tensor};

@@ -355,8 +355,9 @@ fn main() -> candle_core::Result<()> {
         let c: Vec<[(f64, f64); 2]> =
             methods[..2].iter().map(|x| checkpointing(s, x)).collect::<candle_core::Result<_>>()?;
         println!("gradient checkpointing    {:>18}{:>18}", "full FT", "LoRA r=16");
-        let row2 =
-            |k: &str, f: &dyn Fn(&[(f64, f64); 2]) -> String| println!("{k:<26}{:>18}{:>18}", f(&c[0]), f(&c[1]));
+        // (peak bytes, step seconds) with checkpointing off and on
+        type OffOn = [(f64, f64); 2];
+        let row2 = |k: &str, f: &dyn Fn(&OffOn) -> String| println!("{k:<26}{:>18}{:>18}", f(&c[0]), f(&c[1]));
         row2("step peak (MiB) off / on", &|x| format!("{} / {}", mib(x[0].0), mib(x[1].0)));
         row2("  on vs off", &|x| format!("{:.2}×", x[1].0 / x[0].0));
         row2("step time (s) off / on", &|x| format!("{:.3} / {:.3}", x[0].1, x[1].1));

@@ -503,10 +503,20 @@ macro_rules! protocol {
             let mut defs = de.take_definitions(true);
             let mut out_defs = Value::Object(ser.take_definitions(true));
             let (mut requests, mut replies) = (Value::Object(requests), Value::Object(replies));
-            // a type on both sides whose two shapes differ is published twice: `Name` read, `NameOut` written
-            let renamed: Vec<String> = out_defs.as_object().map(|m| {
-                m.iter().filter(|(k, v)| defs.get(*k).is_some_and(|d| d != *v)).map(|(k, _)| k.clone()).collect()
-            }).unwrap_or_default();
+            // a type on both sides whose two shapes differ is published twice: `Name` read,
+            // `NameOut` written; so is one that refers to such a type (to a fixed point)
+            let mut renamed: Vec<String> = vec![];
+            loop {
+                let mut written = out_defs.clone();
+                rename_refs(&mut written, &renamed);
+                let differ: Vec<String> = written.as_object().map(|m| {
+                    m.iter().filter(|(k, v)| defs.get(*k).is_some_and(|d| d != *v)).map(|(k, _)| k.clone()).collect()
+                }).unwrap_or_default();
+                if differ == renamed {
+                    break;
+                }
+                renamed = differ;
+            }
             for v in [&mut out_defs, &mut replies, &mut event, &mut failure] {
                 rename_refs(v, &renamed);
             }
@@ -867,6 +877,21 @@ mod tests {
         for op in OPS {
             assert!(s["properties"]["requests"]["properties"].get(*op).is_some(), "request {op}");
             assert!(s["properties"]["replies"]["properties"].get(*op).is_some(), "reply {op}");
+        }
+        // a config is read with its defaults (fields optional) and written whole
+        let defs = &s["$defs"];
+        assert_eq!(s["properties"]["replies"]["properties"]["resolve_config"]["$ref"], "#/$defs/RunConfigOut");
+        assert_eq!(defs["Train"]["properties"]["config"]["$ref"], "#/$defs/RunConfig");
+        let required = |d: &str| defs[d]["required"].as_array().map(|a| a.len()).unwrap_or(0);
+        assert!(
+            required("RunConfigOut") > required("RunConfig"),
+            "{} vs {}",
+            required("RunConfigOut"),
+            required("RunConfig")
+        );
+        // a written type that refers to a renamed one is renamed too, so no read type points at a written one
+        for (k, v) in defs.as_object().into_iter().flatten().filter(|(k, _)| !k.ends_with("Out")) {
+            assert!(!v.to_string().contains("Out\""), "{k} (read) refers to a written shape: {v}");
         }
     }
 }

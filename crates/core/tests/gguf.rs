@@ -2,6 +2,7 @@
 //! (`bun run fetch smollm2` puts it in the cache; `bun run test` fetches it first). Its
 //! logits must match an independent numpy forward pass over the same file read with the
 //! PyPI `gguf` package (tests/reference/gguf_ref.py), to ≤ 1e-3.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
@@ -314,7 +315,7 @@ fn an_unknown_pre_tokenizer_or_tokenizer_model_is_refused_by_name() {
             ("tokenizer.ggml.merges", &Value::Array(vec![])),
         ];
         write(&mut std::fs::File::create(&p).unwrap(), &md, &[]).unwrap();
-        let err = loralab_core::data::load_tokenizer(&p).err().expect("must be refused").to_string();
+        let err = loralab_core::data::load_tokenizer(&p).expect_err("must be refused").to_string();
         assert!(err.contains(want) && err.contains(&p.display().to_string()) && err.contains("hint"), "{err}");
     }
     let _ = std::fs::remove_dir_all(dir);

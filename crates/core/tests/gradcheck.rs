@@ -1,6 +1,7 @@
 //! Finite-difference gradient checks in f64 for every layer type and the whole tiny
 //! model, for full and for LoRA parameters. This is what catches candle's silent
 //! graph cuts (fused ops without backward) and any wrong hand-written backward.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use candle_core::{DType, Tensor, Var};
 use common::*;

@@ -1,6 +1,7 @@
 //! Hugging Face checkpoint directories: single and sharded safetensors, f32/bf16/f16 on
 //! disk, and the bad inputs a user brings (unsupported architecture, truncated file, shape
 //! mismatch, missing tensor): each fails naming the file and what is wrong.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;

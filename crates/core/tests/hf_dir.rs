@@ -3,6 +3,7 @@
 //! base's chat template and bos/eos tokens (copied, built from config.json's ids, or built from
 //! GGUF metadata), special_tokens_map.json; every file a plain 0644 one. That transformers loads
 //! them is tests/merge-hf.test.ts's part (it needs the Python venv).
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use candle_core::DType;
 use common::*;

@@ -1,6 +1,7 @@
 //! Inference: log-likelihoods against a plain full forward pass, batched against one by
 //! one, KV-cache generation against re-running the whole sequence, stop strings, length
 //! limits, seeded sampling, and a LoRA adapter merged or not.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use candle_core::{DType, Device, Tensor, D};
 use common::*;

@@ -3,6 +3,7 @@
 //! table layout, the dropout RNG's draws, the loss's row weights) are the engine's.
 //! crates/kernels/tests checks the kernels' maths against plain references; this file checks
 //! they compute what ops.rs and model.rs compute.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 use candle_core::{DType, Device, Tensor, Var};
 use loralab_core::ops;
 use loralab_core::rng::Rng;

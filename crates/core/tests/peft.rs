@@ -1,6 +1,7 @@
 //! PEFT interop: loralab's adapters carry the fields PEFT reads; PEFT's adapters load here
 //! (with or without the `.default` infix, rank_pattern, alpha_pattern, rsLoRA), what cannot
 //! be honoured is refused by name, and `merge` writes a model that reloads to the same logits.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;

@@ -1,6 +1,7 @@
 //! The spectral analysis: singular values against matrices built with known spectra (f64
 //! to 1e-10, f32 to max(m, n)·ε·σ₁), the LoRA factor path against the dense one, rank@ on
 //! hand-made spectra, intruder dimensions, the random baseline, and whole checkpoint pairs.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;

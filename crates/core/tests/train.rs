@@ -1,6 +1,7 @@
 //! The training loop end to end on the bundled tiny data: run-directory contents,
 //! exact resume, branching with a new schedule, cancel, non-finite loss, bad configs,
 //! and the data preparation (CPT packing, IFT loss masks).
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 mod common;
 use common::repo;
 use loralab_core::config::{parse_config, RunConfig};

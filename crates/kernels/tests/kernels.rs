@@ -3,6 +3,7 @@
 //! inputs/outputs to bf16's precision. Shapes are chosen so blocks are partly filled
 //! (t not a multiple of the block), heads are grouped (nh = 2·kvh) and every head
 //! dimension the kernels are built for is run.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 use loralab_kernels::emu::{launch, Arg};
 use loralab_kernels::{self as k, Dtype};
 
@@ -269,6 +270,7 @@ fn masked_cross_entropy_and_its_gradient_match_the_reference() {
 /// Naive causal attention with grouped heads, in f64: O, lse (base 2, as the kernel keeps
 /// it) and, for an upstream gradient dO, dQ, dK, dV.
 #[allow(clippy::type_complexity)]
+#[allow(clippy::too_many_arguments)]
 fn attention_reference(
     q: &[f64],
     kk: &[f64],

@@ -104,6 +104,10 @@ export function runCheckpoints(runDir: string): {
     );
   const cfg = rd.config as { model?: { path?: string }; method?: { kind?: string } };
   const base = cfg.model?.path ? cfg.model.path : rd.base;
+  if (!base)
+    throw new AnalyzeError(
+      `${runDir}: no base to measure ΔW against: its config has no model.path and the run has no base/ (hint: analyze a checkpoint against its base with --base B --tuned T or --adapter A)`,
+    );
   const kind = cfg.method?.kind === "lora" ? "adapter" : "tuned";
   const out: {
     name: string;

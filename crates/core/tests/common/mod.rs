@@ -1,4 +1,5 @@
 //! Shared helpers for the engine's integration tests.
+#![allow(clippy::unwrap_used)] // test code: a panic is how a check fails
 #![allow(dead_code)]
 use candle_core::{DType, Device, Tensor, Var};
 use loralab_core::model::{Llama, LlamaConfig};
