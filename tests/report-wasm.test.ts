@@ -436,6 +436,15 @@ test("the report in Chromium: the slider recomputes ranks, toggles recompute the
   });
   const data = interactiveData(base, points, "epochs");
   expect(data.points.map((p) => p.key)).toEqual(["base", "full-1e-5", "full-5e-5", "lora-1e-4", "lora-5e-4"]);
+  // one palette: the groups in order of appearance get Tableau 10's first two colours, in the
+  // interactive data and in the static Pareto figure alike
+  expect(data.colors).toEqual({ "full FT": "#1f77b4", "LoRA r=4": "#d62728" });
+  const pareto = readFileSync(join(dir, "pareto.svg"), "utf8");
+  expect([pareto.includes('fill="#1f77b4"'), pareto.includes('fill="#d62728"')]).toEqual([true, true]);
+  // percent on the static axes, as in the table, and no field name in the LR figure's axis title
+  expect(pareto).toContain("learning: target-task accuracy (%)");
+  expect(pareto).toContain("source retention: source cloze acc_norm (%, higher = forgot less)");
+  expect(readFileSync(join(dir, "lr.svg"), "utf8")).toContain("Y-axis titled 'learning: target-task accuracy (%)' for");
 
   browser = await launchChromium();
   const page = await browser.newPage();
@@ -467,7 +476,16 @@ test("the report in Chromium: the slider recomputes ranks, toggles recompute the
   // by learning ascending; with LoRA toggled off, full-1e-5 is back on it
   const frontier = async () => (await page.getAttribute("#frontier", "data-indices"))!.split(",").map(Number);
   expect(await frontier()).toEqual([0, 3, 4, 2]);
-  expect(await page.textContent("#frontier")).toBe("base → lora-1e-4 → lora-5e-4 → full-5e-5");
+  expect(await page.textContent("#frontier")).toBe(
+    "base → lora-1e-4 @ 2 epochs → lora-5e-4 @ 2 epochs → full-5e-5 @ 2 epochs",
+  );
+  // the page draws each group in its colour
+  const fills = await page.$$eval("#pareto .point[data-group]", (ms) =>
+    ms.map((m) => [(m as SVGElement).dataset.group, m.getAttribute("fill")]),
+  );
+  expect(new Set(fills.filter(([g]) => g !== "base").map(([g, f]) => `${g} ${f}`))).toEqual(
+    new Set(["full FT #1f77b4", "LoRA r=4 #d62728"]),
+  );
   await page.click('#toggles input[data-group="LoRA r=4"]');
   expect(await frontier()).toEqual([0, 1, 2]);
   expect(

@@ -33,18 +33,8 @@ const W = 720,
   H = 420,
   M = { l: 60, r: 20, t: 20, b: 50 };
 const NS = "http://www.w3.org/2000/svg";
-const palette = [
-  "#1f77b4",
-  "#d62728",
-  "#2ca02c",
-  "#9467bd",
-  "#ff7f0e",
-  "#8c564b",
-  "#e377c2",
-  "#17becf",
-  "#bcbd22",
-  "#7f7f7f",
-];
+// one colour per group, the same the static figures use (DATA.colors, from the report)
+const colorOf = (g) => DATA.colors?.[g] ?? "#000";
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(NS, name);
@@ -86,11 +76,11 @@ function drawPareto() {
       transform: `rotate(-90 14 ${(M.t + H - M.b) / 2})`,
     },
     svg,
-  ).textContent = "forgetting score (%, higher = forgot less)";
+  ).textContent = "source retention: source cloze (%, higher = forgot less)";
   el("polyline", { id: "frontier-line", fill: "none", stroke: "#555", "stroke-dasharray": "4 3" }, svg);
   const groups = [...new Set(DATA.points.map((p) => p.group))].filter((g) => g !== "base");
   DATA.points.forEach((p, i) => {
-    const color = p.group === "base" ? "#000" : palette[groups.indexOf(p.group) % palette.length];
+    const color = p.group === "base" ? "#000" : colorOf(p.group);
     const mark =
       p.group === "base"
         ? el(
@@ -126,7 +116,7 @@ function drawPareto() {
   const toggles = $("toggles");
   for (const g of groups) {
     const label = document.createElement("label");
-    label.innerHTML = `<input type="checkbox" checked data-group="${g.replace(/"/g, "&quot;")}"> <span style="color:${palette[groups.indexOf(g) % palette.length]}">●</span> ${g.replace(/</g, "&lt;")}`;
+    label.innerHTML = `<input type="checkbox" checked data-group="${g.replace(/"/g, "&quot;")}"> <span style="color:${colorOf(g)}">●</span> ${g.replace(/</g, "&lt;")}`;
     label.querySelector("input").addEventListener("change", () => updateFrontier(sx, sy));
     toggles.appendChild(label);
   }
@@ -143,7 +133,10 @@ function updateFrontier(sx, sy) {
   $("frontier-line").setAttribute("points", front.map(([p]) => `${sx(p.learning)},${sy(p.forgetting)}`).join(" "));
   for (const m of document.querySelectorAll("#pareto .point")) m.setAttribute("stroke", "none");
   for (const [, i] of front) document.querySelector(`#pareto .point[data-index="${i}"]`).setAttribute("stroke", "#000");
-  $("frontier").textContent = front.map(([p]) => p.key).join(" → ");
+  // each point with its duration: one run's checkpoints are several points
+  $("frontier").textContent = front
+    .map(([p]) => (p.group === "base" ? p.key : `${p.key} @ ${p.duration} ${DATA.durationLabel}`))
+    .join(" → ");
   $("frontier").dataset.indices = front.map(([, i]) => i).join(",");
 }
 
@@ -158,7 +151,7 @@ function showConfig(p, ev) {
     ["seed", p.seed],
     [DATA.durationLabel, p.duration],
     ["learning", pct(p.learning, p.learningSe)],
-    ["forgetting score", pct(p.forgetting, p.forgettingSe)],
+    ["source retention", pct(p.forgetting, p.forgettingSe)],
   ];
   const tip = $("tooltip");
   tip.innerHTML = `<table>${rows.map(([k, v]) => `<tr><th>${k}</th><td>${String(v).replace(/</g, "&lt;")}</td></tr>`).join("")}</table>`;

@@ -35,8 +35,30 @@ export interface InteractiveSpectrum {
   totalSq: number;
 }
 
+/** The colour of each method group, in order of first appearance: the static figures and the
+ *  interactive plot use this one palette (Tableau 10). */
+export const PALETTE = [
+  "#1f77b4",
+  "#d62728",
+  "#2ca02c",
+  "#9467bd",
+  "#ff7f0e",
+  "#8c564b",
+  "#e377c2",
+  "#17becf",
+  "#bcbd22",
+  "#7f7f7f",
+];
+
+export function groupColors(groups: string[]): Record<string, string> {
+  const named = groups.filter((g) => g !== "base");
+  return Object.fromEntries(named.map((g, i) => [g, PALETTE[i % PALETTE.length]!]));
+}
+
 export interface InteractiveData {
   points: InteractivePoint[];
+  /** Group → colour (groupColors). */
+  colors: Record<string, string>;
   spectra: InteractiveSpectrum[];
   durationLabel: string;
   learningLabel: string;
@@ -66,7 +88,7 @@ ${groups.map((g) => `<tr><td>${esc(g)}</td>${[...modules, "all"].map((m) => `<td
 ${ranks}
 <h3>Learning vs forgetting: toggle groups, hover a point for its run</h3>
 <div id="toggles"></div>
-<svg id="pareto" width="720" height="420" role="img" aria-label="learning against forgetting score"></svg>
+<svg id="pareto" width="720" height="420" role="img" aria-label="learning against source retention"></svg>
 <p>Pareto frontier of the shown points: <span id="frontier"></span></p>
 <div id="tooltip" hidden></div>
 </section>

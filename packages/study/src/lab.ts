@@ -196,7 +196,7 @@ export function summaryTable(r: LabResult): string {
   const pct = (m: { value: number; stderr: number }) =>
     `${(100 * m.value).toFixed(1).padStart(5)} ±${(196 * m.stderr).toFixed(1).padStart(4)}`;
   const lines = [
-    `${"method".padEnd(34)}${"lr".padStart(7)}${"seed".padStart(5)}  ${"learning %".padStart(12)}  ${"forgetting score %".padStart(18)}  ${"ppl".padStart(6)}  ${"ΔW rank@90".padStart(10)}`,
+    `${"method".padEnd(34)}${"lr".padStart(7)}${"seed".padStart(5)}  ${"learning %".padStart(12)}  ${"source retention %".padStart(18)}  ${"ppl".padStart(6)}  ${"ΔW rank@90".padStart(10)}`,
   ];
   for (const p of rows)
     lines.push(

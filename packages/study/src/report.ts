@@ -7,7 +7,7 @@ import { Resvg } from "@resvg/resvg-js";
 import * as vega from "vega";
 import * as vl from "vega-lite";
 import { maths } from "@loralab/engine";
-import { interactiveHtml, INTERACTIVE_CSS, type InteractiveData } from "@loralab/report";
+import { groupColors, interactiveHtml, INTERACTIVE_CSS, type InteractiveData } from "@loralab/report";
 import { fmtNum, type Point } from "./points.ts";
 
 const Z = 1.96; // 95 % intervals from bootstrap standard errors
@@ -38,12 +38,13 @@ function rows(points: Point[]) {
     lr: p.lr,
     seed: p.seed,
     duration: p.duration,
-    learning: p.learning.value,
-    lLo: p.learning.value - Z * p.learning.stderr,
-    lHi: p.learning.value + Z * p.learning.stderr,
-    forgetting: p.forgetting.value,
-    fLo: p.forgetting.value - Z * p.forgetting.stderr,
-    fHi: p.forgetting.value + Z * p.forgetting.stderr,
+    // percent, as in the table
+    learning: 100 * p.learning.value,
+    lLo: 100 * (p.learning.value - Z * p.learning.stderr),
+    lHi: 100 * (p.learning.value + Z * p.learning.stderr),
+    forgetting: 100 * p.forgetting.value,
+    fLo: 100 * (p.forgetting.value - Z * p.forgetting.stderr),
+    fHi: 100 * (p.forgetting.value + Z * p.forgetting.stderr),
     perplexity: p.perplexity,
   }));
 }
@@ -57,25 +58,33 @@ export interface Figures {
 export async function figures(base: Point, points: Point[], durationLabel: string): Promise<Figures[]> {
   const data = rows(points);
   const frontier = paretoFrontier([base, ...points]).map((p) => ({
-    learning: p.learning.value,
-    forgetting: p.forgetting.value,
+    learning: 100 * p.learning.value,
+    forgetting: 100 * p.forgetting.value,
   }));
+  // one colour per group, the interactive plot's too
+  const colors = groupColors([...new Set(points.map((p) => p.group))]);
+  const colour = (title?: string) => ({
+    field: "group",
+    type: "nominal" as const,
+    scale: { domain: Object.keys(colors), range: Object.values(colors) },
+    ...(title ? { title } : {}),
+  });
   const out: Figures[] = [];
   const axisL = {
     field: "learning",
     type: "quantitative" as const,
-    title: "learning: target-task accuracy",
+    title: "learning: target-task accuracy (%)",
     scale: { zero: false },
   };
   const axisF = {
     field: "forgetting",
     type: "quantitative" as const,
-    title: "forgetting score: source cloze acc_norm (higher = forgot less)",
+    title: "source retention: source cloze acc_norm (%, higher = forgot less)",
     scale: { zero: false },
   };
   out.push({
     name: "pareto",
-    title: "Learning vs forgetting, with the Pareto frontier (base marked; size = duration; 95 % intervals)",
+    title: "Learning vs source retention, with the Pareto frontier (base marked; size = duration; 95 % intervals)",
     svg: await render({
       width: 560,
       height: 400,
@@ -92,7 +101,7 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
             x: { field: "lLo", type: "quantitative" },
             x2: { field: "lHi" },
             y: axisF,
-            color: { field: "group", type: "nominal", title: "method" },
+            color: colour("method"),
           },
         },
         {
@@ -102,7 +111,7 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
             y: { field: "fLo", type: "quantitative" },
             y2: { field: "fHi" },
             x: axisL,
-            color: { field: "group", type: "nominal" },
+            color: colour(),
           },
         },
         {
@@ -111,7 +120,7 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
           encoding: {
             x: axisL,
             y: axisF,
-            color: { field: "group", type: "nominal" },
+            color: colour(),
             detail: [
               { field: "lr", type: "nominal" },
               { field: "seed", type: "nominal" },
@@ -125,13 +134,15 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
           encoding: {
             x: axisL,
             y: axisF,
-            color: { field: "group", type: "nominal" },
+            color: colour(),
             size: { field: "duration", type: "quantitative", title: durationLabel },
-            tooltip: [{ field: "key" }],
+            tooltip: [{ field: "key" }, { field: "duration", title: durationLabel }],
           },
         },
         {
-          data: { values: [{ learning: base.learning.value, forgetting: base.forgetting.value, label: "base" }] },
+          data: {
+            values: [{ learning: 100 * base.learning.value, forgetting: 100 * base.forgetting.value, label: "base" }],
+          },
           layer: [
             {
               mark: { type: "point", shape: "diamond", size: 220, color: "black", filled: true },
@@ -152,18 +163,18 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
     {
       group: p.group,
       duration: p.duration,
-      measure: "learning (target accuracy)",
-      value: p.learning.value,
-      lo: p.learning.value - Z * p.learning.stderr,
-      hi: p.learning.value + Z * p.learning.stderr,
+      measure: "learning (target accuracy, %)",
+      value: 100 * p.learning.value,
+      lo: 100 * (p.learning.value - Z * p.learning.stderr),
+      hi: 100 * (p.learning.value + Z * p.learning.stderr),
     },
     {
       group: p.group,
       duration: p.duration,
-      measure: "forgetting score (source cloze)",
-      value: p.forgetting.value,
-      lo: p.forgetting.value - Z * p.forgetting.stderr,
-      hi: p.forgetting.value + Z * p.forgetting.stderr,
+      measure: "source retention (source cloze, %)",
+      value: 100 * p.forgetting.value,
+      lo: 100 * (p.forgetting.value - Z * p.forgetting.stderr),
+      hi: 100 * (p.forgetting.value + Z * p.forgetting.stderr),
     },
   ]);
   out.push({
@@ -181,7 +192,7 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
             encoding: {
               x: { field: "duration", type: "quantitative", title: durationLabel },
               y: { field: "value", type: "quantitative", scale: { zero: false }, title: null },
-              color: { field: "group", type: "nominal", title: "method" },
+              color: colour("method"),
             },
           },
           {
@@ -190,7 +201,7 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
               x: { field: "duration", type: "quantitative" },
               y: { field: "lo", type: "quantitative" },
               y2: { field: "hi" },
-              color: { field: "group", type: "nominal" },
+              color: colour(),
             },
           },
         ],
@@ -213,8 +224,8 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
           mark: { type: "line", point: true },
           encoding: {
             x: { field: "lr", type: "quantitative", scale: { type: "log" }, title: "learning rate" },
-            y: { field: "learning", type: "quantitative", title: "learning: target-task accuracy" },
-            color: { field: "group", type: "nominal", title: "method" },
+            y: { field: "learning", type: "quantitative", title: "learning: target-task accuracy (%)" },
+            color: colour("method"),
             detail: { field: "seed", type: "nominal" },
           },
         },
@@ -222,9 +233,10 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
           mark: { type: "errorbar" },
           encoding: {
             x: { field: "lr", type: "quantitative" },
-            y: { field: "lLo", type: "quantitative" },
+            // the same title, or Vega-Lite joins the field name to it ("…, lLo")
+            y: { field: "lLo", type: "quantitative", title: "learning: target-task accuracy (%)" },
             y2: { field: "lHi" },
-            color: { field: "group", type: "nominal" },
+            color: colour(),
           },
         },
       ],
@@ -236,17 +248,17 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
     const vals = lora.flatMap((p) => [
       {
         targets: `r=${p.rank} ${p.targets}`,
-        measure: "learning",
-        value: p.learning.value,
-        lo: p.learning.value - Z * p.learning.stderr,
-        hi: p.learning.value + Z * p.learning.stderr,
+        measure: "learning (%)",
+        value: 100 * p.learning.value,
+        lo: 100 * (p.learning.value - Z * p.learning.stderr),
+        hi: 100 * (p.learning.value + Z * p.learning.stderr),
       },
       {
         targets: `r=${p.rank} ${p.targets}`,
-        measure: "forgetting score",
-        value: p.forgetting.value,
-        lo: p.forgetting.value - Z * p.forgetting.stderr,
-        hi: p.forgetting.value + Z * p.forgetting.stderr,
+        measure: "source retention (%)",
+        value: 100 * p.forgetting.value,
+        lo: 100 * (p.forgetting.value - Z * p.forgetting.stderr),
+        hi: 100 * (p.forgetting.value + Z * p.forgetting.stderr),
       },
     ]);
     out.push({
@@ -304,7 +316,7 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
         encoding: {
           x: { field: "layer", type: "ordinal" },
           y: { field: "rank", type: "quantitative", title: "rank@90 %" },
-          color: { field: "group", type: "nominal", title: "method" },
+          color: colour("method"),
         },
       },
     } as vl.TopLevelSpec),
@@ -313,9 +325,9 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
   const div = points.filter((p) => p.diversity);
   if (div.length) {
     const vals = div.flatMap((p) => [
-      { group: p.group, learning: p.learning.value, kind: "all", distinct: p.diversity!.all },
-      { group: p.group, learning: p.learning.value, kind: "passing", distinct: p.diversity!.passing },
-      { group: p.group, learning: p.learning.value, kind: "failing", distinct: p.diversity!.failing },
+      { group: p.group, learning: 100 * p.learning.value, kind: "all", distinct: p.diversity!.all },
+      { group: p.group, learning: 100 * p.learning.value, kind: "passing", distinct: p.diversity!.passing },
+      { group: p.group, learning: 100 * p.learning.value, kind: "failing", distinct: p.diversity!.failing },
     ]);
     out.push({
       name: "diversity",
@@ -328,9 +340,9 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
           height: 220,
           mark: { type: "point", filled: true },
           encoding: {
-            x: { field: "learning", type: "quantitative", title: "pass@1" },
+            x: { field: "learning", type: "quantitative", title: "pass@1 (%)" },
             y: { field: "distinct", type: "quantitative", title: "distinct completions" },
-            color: { field: "group", type: "nominal", title: "method" },
+            color: colour("method"),
           },
         },
       } as vl.TopLevelSpec),
@@ -466,6 +478,7 @@ export function interactiveData(base: Point, points: Point[], durationLabel: str
   return {
     durationLabel,
     learningLabel: "target-task accuracy",
+    colors: groupColors([...new Set(points.map((p) => p.group))]),
     points: [base, ...points].map((p) => ({
       key: p.key,
       group: p.group,
@@ -539,7 +552,7 @@ export async function writeReport(
 ${interactiveHtml(interactiveData(r.base, r.points, r.durationLabel))}
 ${figs.map((f) => `<figure>${f.svg}<figcaption>${esc(f.title)}</figcaption></figure>`).join("\n")}
 <h2>Every point</h2>
-<table><tr><th>method</th><th>cell</th><th>lr</th><th>seed</th><th>${esc(r.durationLabel)}</th><th>learning (95 %)</th><th>forgetting score (95 %)</th><th>source ppl</th><th>ΔW rank@90 %</th></tr>
+<table><tr><th>method</th><th>cell</th><th>lr</th><th>seed</th><th>${esc(r.durationLabel)}</th><th>learning (95 %)</th><th>source retention (95 %)</th><th>source ppl</th><th>ΔW rank@90 %</th></tr>
 ${table}</table>
 <h2>Notes</h2><ul>${r.notes.map((n) => `<li>${esc(n)}</li>`).join("")}</ul>
 </body></html>
