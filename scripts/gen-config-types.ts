@@ -21,8 +21,47 @@ export async function configTypes(): Promise<string> {
   return compile(schema("config_schema") as never, "RunConfig", options("config"));
 }
 
+/** The protocol's schema with its run-config types pointing at config.gen.ts instead of being
+ *  generated a second time: the read shape is `RunConfig` (and its sections), the written
+ *  shape (`RunConfigOut`, every field present) is `ResolvedRunConfig`. */
+function protocolSchema(): { schema: unknown; imports: string[] } {
+  const s = schema("protocol_schema") as { $defs: Record<string, unknown> };
+  const config = schema("config_schema") as { title?: string; $defs?: Record<string, unknown> };
+  // the sections config.gen.ts has as interfaces of their own (its enums are written inline)
+  const sections = Object.entries(config.$defs ?? {}).filter(([, d]) => (d as { type?: string }).type === "object");
+  const names = new Set([config.title ?? "RunConfig", ...sections.map(([n]) => n)]);
+  const used = new Set<string>();
+  const own = (name: string) => names.has(name) || (name.endsWith("Out") && names.has(name.slice(0, -3)));
+  const point = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(point);
+    if (!v || typeof v !== "object") return v;
+    const ref = (v as { $ref?: string }).$ref?.replace("#/$defs/", "");
+    if (ref && own(ref)) {
+      const name = ref === "RunConfigOut" ? "RunConfig" : ref.replace(/Out$/, "");
+      used.add(name);
+      return { tsType: ref === "RunConfigOut" ? "ResolvedRunConfig" : name };
+    }
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, point(x)]));
+  };
+  for (const name of Object.keys(s.$defs)) if (own(name)) delete s.$defs[name];
+  const out = point(s);
+  return { schema: out, imports: [...used].sort() };
+}
+
 export async function protocolTypes(): Promise<string> {
-  return compile(schema("protocol_schema") as never, "Protocol", options("protocol"));
+  const { schema: s, imports } = protocolSchema();
+  const ts = await compile(s as never, "Protocol", options("protocol"));
+  const [banner, ...rest] = ts.split("\n");
+  return [
+    banner,
+    `import type { ${imports.join(", ")} } from "./config.gen.ts";`,
+    "",
+    "// (a mapped type keeps arrays and tuples what they are: betas stays [number, number])",
+    "type DeepRequired<T> = T extends object ? { [K in keyof T]-?: DeepRequired<T[K]> } : T;",
+    "/** A config after `resolve_config`: every field present, every default applied. */",
+    "export type ResolvedRunConfig = DeepRequired<RunConfig>;",
+    ...rest,
+  ].join("\n");
 }
 
 if (import.meta.main) {

@@ -3,7 +3,7 @@
 // is newer than it. Run first by `bun run train`, `bun run test` and `bun run bench`.
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { cargoBin, hostTriple, preferRustup } from "../packages/cli/src/cargo.ts";
+import { hostTriple, preferRustup } from "../packages/cli/src/cargo.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const addon = join(root, "crates/node/loralab.linux-x64-gnu.node");
@@ -38,7 +38,7 @@ if (!existsSync(stamp) || statSync(stamp).mtimeMs < statSync(lock).mtimeMs) {
 
 // --- the addon
 preferRustup();
-const cargo = Bun.spawnSync([cargoBin(), "--version"], { stdout: "pipe", stderr: "pipe" });
+const cargo = Bun.spawnSync(["cargo", "--version"], { stdout: "pipe", stderr: "pipe", env: process.env });
 if (cargo.exitCode !== 0) {
   console.error("setup: cargo not found (hint: install Rust with rustup; the engine is a Rust crate)");
   process.exit(1);
@@ -59,5 +59,5 @@ const sidecar = join(root, "target", hostTriple(), "release", "loralab-sidecar")
 if (!existsSync(sidecar) || statSync(sidecar).mtimeMs < Math.max(sources, newest(join(root, "sidecar")))) {
   // with the addon's package beside it, so features unify as in the addon build and candle is
   // not compiled a second time (alone, the sidecar's graph turns syn's `full` off)
-  run([cargoBin(), "build", "--release", "--target", hostTriple(), "-p", "loralab-node", "-p", "loralab-sidecar"]);
+  run(["cargo", "build", "--release", "--target", hostTriple(), "-p", "loralab-node", "-p", "loralab-sidecar"]);
 }

@@ -187,7 +187,7 @@ test("a cancel sent as a train is accepted, before it has started, stops it in b
     const config = tinyConfig(out, { run_id: "c", train: { steps: 40, checkpoint_every: 0 } });
     const stop = new AbortController();
     stop.abort(); // before the request is even sent
-    const s = await engine.request("train", { config: config as never }, { signal: stop.signal });
+    const s = await engine.request("train", { config }, { signal: stop.signal });
     await engine.close();
     // stopped at its first step boundary, with a checkpoint, not trained to the end
     expect([engine.transport, s.status, s.steps < 40]).toEqual([engine.transport, "cancelled", true]);

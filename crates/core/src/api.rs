@@ -762,7 +762,7 @@ impl Session {
             }
             Request::Unload(r) => reply(Unloaded { unloaded: lock(&self.engines).remove(&r.engine).is_some() }),
             Request::Train(t) => {
-                let cfg = config::parse_config(&t.config.to_string())?;
+                let cfg = config::config_from_value(t.config)?;
                 let mut sink = |ev: &train::Event| emit(&Event::Train(ev.clone()));
                 reply(train::run(cfg, &mut sink, cancel)?)
             }
@@ -787,7 +787,7 @@ impl Session {
                 }
                 reply(spectrum::random_baseline(b.n, &b.cs, b.seed, 0)?)
             }
-            Request::ResolveConfig(r) => reply(config::parse_config(&r.config.to_string())?.resolve()?),
+            Request::ResolveConfig(r) => reply(config::config_from_value(r.config)?.resolve()?),
             Request::ConfigSchema(_) => Ok(config::config_schema()),
             Request::ProtocolSchema(_) => Ok(protocol_schema()),
             Request::RunDirectory(r) => reply(rundir::describe(Path::new(&r.run_dir))),

@@ -312,7 +312,15 @@ impl Default for TrainConfig {
 
 /// Parse a config from JSON text, naming the field path of any error.
 pub fn parse_config(json: &str) -> Result<RunConfig> {
-    let de = &mut serde_json::Deserializer::from_str(json);
+    config_from(&mut serde_json::Deserializer::from_str(json))
+}
+
+/// The same from a JSON value (a protocol request's `config`), without printing it to text first.
+pub fn config_from_value(v: serde_json::Value) -> Result<RunConfig> {
+    config_from(v)
+}
+
+fn config_from<'de, D: serde::Deserializer<'de>>(de: D) -> Result<RunConfig> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "(top level)".to_string() } else { path };

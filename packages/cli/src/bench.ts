@@ -2,7 +2,7 @@
 // engine's benchmarks (crates/core/examples/bench_train.rs: full FT vs LoRA side by side;
 // bench_data.rs: prepare throughput and memory; bench_eval.rs: inference on SmolLM2). Benchmarks live apart from tests: they measure, they do not pass or fail.
 import { join } from "node:path";
-import { cargoArgs, hostTriple } from "./cargo.ts";
+import { cargoArgs, hostTriple, preferRustup } from "./cargo.ts";
 
 const root = new URL("../../..", import.meta.url).pathname;
 
@@ -46,9 +46,11 @@ export async function runBench(args: string[]): Promise<number> {
     const { fetchModel } = await import("../../../scripts/fetch.ts");
     await fetchModel("smollm2");
   }
-  // the same package set as the addon and test builds, so cargo reuses their compiled candle
+  // the same package set and compiler as the addon and test builds, so cargo reuses their compiled candle
+  preferRustup();
   const build = Bun.spawnSync(cargoArgs("build", ["--example", example]), {
     cwd: root,
+    env: process.env,
     stdout: "inherit",
     stderr: "inherit",
   });

@@ -11,20 +11,17 @@ function rustupBin(): string | undefined {
   return existsSync(join(bin, "cargo")) ? bin : undefined;
 }
 
-/** Put rustup's toolchain first on PATH for this process and what it starts. Another Rust on
- *  PATH (Debian's rustc-web, which the wasm build installs) shadows it wherever /usr/bin comes
+/** Put rustup's toolchain first on PATH for what this process starts. Another Rust on PATH
+ *  (Debian's rustc-web, which the wasm build installs) shadows it wherever /usr/bin comes
  *  first, as it does under `npx`; mixing the two compilers in one target directory fails
- *  ("compiled by an incompatible version of rustc"). For the build and test scripts. */
+ *  ("compiled by an incompatible version of rustc"). The PATH is what matters, not the cargo
+ *  binary: cargo runs the `rustc` it finds there. Bun's spawn keeps the environment the
+ *  process started with unless given `env`, so spawns after this pass `env: process.env`.
+ *  For the build, test and bench commands. */
 export function preferRustup(): void {
   const bin = rustupBin();
   const path = process.env.PATH ?? "";
   if (bin && !path.startsWith(`${bin}:`)) process.env.PATH = `${bin}:${path}`;
-}
-
-/** The cargo to run: rustup's when installed, else whichever is on PATH. */
-export function cargoBin(): string {
-  const bin = rustupBin();
-  return bin ? join(bin, "cargo") : "cargo";
 }
 
 export function hostTriple(): string {
@@ -37,7 +34,7 @@ export function hostTriple(): string {
 /** `cargo <cmd> --release --target <host> -p loralab-core -p loralab-node -p loralab-sidecar ...rest` */
 export function cargoArgs(cmd: "test" | "build" | "clippy", rest: string[] = []): string[] {
   return [
-    cargoBin(),
+    "cargo",
     cmd,
     "--release",
     "--target",

@@ -114,7 +114,7 @@ export interface Engine {
    *  keep): the sidecar's process is killed (its requests fail with WorkerDied); in process, a
    *  running request is asked to stop. */
   interrupt(): void;
-  /** Release the engine (the sidecar: a clean shutdown; in process: nothing is shared). */
+  /** Release the engine (the sidecar: a clean shutdown; in process: it unloads the models it loaded). */
   close(): Promise<void>;
 }
 

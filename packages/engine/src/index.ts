@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { engineReadable, type Mapping, normalize, RECIPES } from "@loralab/data";
 import type { SidecarOptions } from "@loralab/native/sidecar";
 import type { RunConfig } from "./config.gen.ts";
+import type { ResolvedRunConfig } from "./protocol.gen.ts";
 import { ConfigSyntaxError, readConfigFile } from "./configfile.ts";
 import {
   ConfigError,
@@ -55,13 +56,8 @@ export {
 export type { RunConfig } from "./config.gen.ts";
 export { CONFIG_EXTENSIONS, ConfigSyntaxError, nearestName, parseConfigText, readConfigFile } from "./configfile.ts";
 
-type DeepRequired<T> = T extends (infer U)[]
-  ? DeepRequired<U>[]
-  : T extends object
-    ? { [K in keyof T]-?: DeepRequired<T[K]> }
-    : T;
 /** A config after `resolveConfig`: every field present, every default applied. */
-export type ResolvedRunConfig = DeepRequired<RunConfig>;
+export type { ResolvedRunConfig } from "./protocol.gen.ts";
 
 // events and replies: generated from the engine's protocol schema (protocol.gen.ts)
 export type TrainEvent = Extract<EngineEvent, { type: "prepared" | "start" | "progress" | "checkpoint" }>;
@@ -89,7 +85,7 @@ export class RunInterrupted extends EngineError {
 
 /** Apply defaults and validate; throws ConfigError naming the field. */
 export function resolveConfig(config: RunConfig): ResolvedRunConfig {
-  return quick("resolve_config", { config: config as never }) as unknown as ResolvedRunConfig;
+  return quick("resolve_config", { config });
 }
 
 /** The config's JSON Schema: every field with its default and the reason for it. */
@@ -230,7 +226,7 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
     if (ev.type === "progress") opts.onProgress?.(ev);
   };
   try {
-    const summary = engine.request("train", { config: resolved as never }, { onEvent, signal: stop.signal });
+    const summary = engine.request("train", { config: resolved }, { onEvent, signal: stop.signal });
     if (opts.signal?.aborted) onAbort();
     return await summary;
   } catch (e) {
@@ -282,7 +278,7 @@ export type EvalLoss = Reply<"eval_loss">;
 export async function evalLoss(req: EvalLossRequest): Promise<EvalLoss> {
   const engine = await openEngine();
   try {
-    return await engine.request("eval_loss", { ...req, data: (await prepareData(req.data)) as never });
+    return await engine.request("eval_loss", { ...req, data: await prepareData(req.data) });
   } finally {
     await engine.close();
   }

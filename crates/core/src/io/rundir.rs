@@ -96,8 +96,13 @@ pub fn checkpoints(dir: &Path) -> Vec<CheckpointEntry> {
                 return None;
             }
             let step = digits.parse().ok()?;
-            let state = read_json(&p.join("trainer_state.json"))?;
-            let tokens = state.get("tokens").and_then(Value::as_u64).unwrap_or(0);
+            // complete = it has its trainer state; a damaged one is restore's to name, not a
+            // reason to fall back to an older checkpoint here
+            let state = p.join("trainer_state.json");
+            if !state.is_file() {
+                return None;
+            }
+            let tokens = read_json(&state).and_then(|s| s.get("tokens")?.as_u64()).unwrap_or(0);
             Some(CheckpointEntry { step, path: p.to_string_lossy().into(), tokens })
         })
         .collect();
@@ -114,15 +119,33 @@ fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+fn status_of(run: &Value) -> Option<RunStatus> {
+    serde_json::from_value(run.get("status")?.clone()).ok()
+}
+
 /// The status run.json records, if it can be read.
 pub fn status(dir: &Path) -> Option<RunStatus> {
-    serde_json::from_value(read_json(&run_json(dir))?.get("status")?.clone()).ok()
+    status_of(&read_json(&run_json(dir))?)
+}
+
+/// `total_steps` of the last line of metrics.jsonl, read from the file's tail (it grows by a
+/// line per logged step).
+fn total_steps(dir: &Path) -> Option<usize> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(metrics_jsonl(dir)).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut bytes = vec![];
+    f.read_to_end(&mut bytes).ok()?;
+    let tail = String::from_utf8_lossy(&bytes);
+    let last: Value = serde_json::from_str(tail.lines().rev().find(|l| !l.trim().is_empty())?).ok()?;
+    last.get("total_steps")?.as_u64().map(|n| n as usize)
 }
 
 pub fn describe(dir: &Path) -> RunDirectory {
     let run = read_json(&run_json(dir));
     let config = read_json(&config_json(dir));
-    let status = run.as_ref().and_then(|r| serde_json::from_value(r.get("status")?.clone()).ok());
+    let status = run.as_ref().and_then(status_of);
     let method: Option<MethodKind> =
         config.as_ref().and_then(|c| serde_json::from_value(c.get("method")?.get("kind")?.clone()).ok());
     let output = method
@@ -133,10 +156,7 @@ pub fn describe(dir: &Path) -> RunDirectory {
     let base = Some(base_dir(dir)).filter(|p| p.is_dir()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let checkpoints = checkpoints(dir);
     let last_checkpoint = checkpoints.last().map(|c| c.path.clone()).unwrap_or_default();
-    let total_steps = std::fs::read_to_string(metrics_jsonl(dir)).ok().and_then(|t| {
-        let last: Value = serde_json::from_str(t.lines().rev().find(|l| !l.trim().is_empty())?).ok()?;
-        last.get("total_steps")?.as_u64().map(|n| n as usize)
-    });
+    let total_steps = total_steps(dir);
     RunDirectory {
         run_dir: dir.to_string_lossy().into(),
         run,
@@ -192,4 +212,33 @@ pub fn mark_interrupted(dir: &Path, status: RunStatus, error: &str) -> Result<bo
     run["updated_at"] = Value::String(utc_stamp());
     write_atomically(&run_json(dir), &run)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_are_those_with_a_trainer_state_and_total_steps_comes_from_the_tail() {
+        let dir = std::env::temp_dir().join(format!("loralab-rundir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (step, state) in [(2, Some(r#"{"tokens": 64}"#)), (10, Some("{damaged")), (12, None)] {
+            let ck = checkpoint_dir(&dir, step);
+            std::fs::create_dir_all(&ck).unwrap();
+            if let Some(s) = state {
+                std::fs::write(ck.join("trainer_state.json"), s).unwrap();
+            }
+        }
+        std::fs::create_dir_all(checkpoints_dir(&dir).join("step-x")).unwrap();
+        // step 12 has no trainer state: not complete; step 10's is damaged: still the last
+        // (restore names the damage), with its tokens unknown; sorted by step, not by name
+        let cks = checkpoints(&dir);
+        assert_eq!(cks.iter().map(|c| (c.step, c.tokens)).collect::<Vec<_>>(), vec![(2, 64), (10, 0)]);
+        assert_eq!(last_checkpoint(&dir), Some(checkpoint_dir(&dir, 10)));
+        // a metrics file far longer than the tail read: the last line's total_steps
+        let lines: String = (1..=500).map(|s| format!("{{\"step\":{s},\"total_steps\":{}}}\n", 500 + s)).collect();
+        std::fs::write(metrics_jsonl(&dir), lines).unwrap();
+        assert_eq!(describe(&dir).total_steps, Some(1000));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
