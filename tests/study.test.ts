@@ -19,7 +19,14 @@ test("bun run train --quick: the laboratory end to end, a summary table, a repor
   expect(p.exitCode).toBe(0); // quality gates passed
   expect(out).toContain("quality gate: passed: the base model knows its source domain");
   expect(out).toContain("quality gate: passed: full fine-tuning learns the target domain");
-  expect(out).toMatch(/finding: LoRA learns less than full fine-tuning: (HELD|DID NOT HOLD|UNDECIDED)\. best full FT/);
+  // --quick must decide the first finding (its gate), and says which findings need the full grid
+  expect(out).toMatch(/finding: LoRA learns less than full fine-tuning: (HELD|REFUTED)\. best full FT/);
+  expect(out).toContain("quality gate: passed: the quick laboratory decides whether LoRA learns less");
+  expect(out).toMatch(
+    /finding: LoRA's best learning rate is about 10× full fine-tuning's: UNDECIDED\. the grid does not bracket/,
+  );
+  expect(out).toMatch(/^decided: [1-4] of the study's 4 findings decided at 95 %/m);
+  expect(out).toMatch(/^power: learning: 400 target questions detect a paired difference of [\d.]+ points/m);
   expect(out).toMatch(/^base\s+0\s+[\d.]+ ±\s*[\d.]+/m);
   const report = /report: (\S+report\.html)/.exec(out)![1]!;
   const dir = join(root, report, "..");

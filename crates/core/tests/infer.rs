@@ -100,6 +100,34 @@ fn loglikelihood_equals_the_sum_from_a_plain_forward_pass_and_batching_changes_n
 }
 
 #[test]
+fn choices_that_share_a_context_share_its_forward_pass_and_score_as_alone() {
+    // the cloze's shape: questions of several choices after one context, the groups larger and
+    // smaller than a batch, next to lone requests and choices after an empty context (one-token
+    // prefix: not shared); every score must equal the plain forward pass of its own sequence
+    let e = tiny(DType::F64);
+    let mut reqs = vec![];
+    for (ctx, choices) in [
+        ("The red owl plays in the", vec![" river", " forest at dawn.", " valley", " sky above the hills"]),
+        ("def add(a, b):\n", vec!["    return a + b\n", "    pass\n"]),
+        ("Question: what is 2 + 3?\nAnswer:", vec![" 5", " 6", " 23", " five", " 2 + 3 = 5", " 7"]),
+        ("", vec!["A wolf lives near the forest.", "The dog runs."]),
+    ] {
+        for c in choices {
+            reqs.push(LoglikRequest { context: ctx.into(), continuation: c.into() });
+        }
+    }
+    reqs.insert(3, LoglikRequest { context: "x".into(), continuation: " = 1".into() });
+    for batch in [1, 2, 4, 5, 32] {
+        let got = e.loglikelihood(&reqs, batch).unwrap();
+        for (r, g) in reqs.iter().zip(&got) {
+            let (lp, n, greedy) = plain_loglik(&e, r);
+            assert!((g.logprob - lp).abs() < 1e-9, "batch {batch}, {r:?}: {} vs plain {lp}", g.logprob);
+            assert_eq!((g.tokens, g.greedy), (n, greedy), "batch {batch}, {r:?}");
+        }
+    }
+}
+
+#[test]
 fn smollm2_loglikelihood_matches_its_plain_forward_pass_and_prefers_the_true_fact() {
     let e = Engine::load(&loralab_core::infer::LoadRequest {
         model: smollm2().display().to_string(),

@@ -6,14 +6,13 @@ import { loadStudySpec, redrawReport, reportRuns, runLab, runStudy, summaryTable
 
 const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 
-export async function runLaboratory(quick: boolean): Promise<number> {
-  const out = join("runs", `lab-${stamp()}${quick ? "-quick" : ""}`);
-  const r = await runLab({ quick, out, progress: (label) => progressReporter(label, process.stdout, 4) });
+export async function runLaboratory(quick: boolean, seed = 0): Promise<number> {
+  const out = join("runs", `lab-${stamp()}${quick ? "-quick" : ""}${seed ? `-seed${seed}` : ""}`);
+  const r = await runLab({ quick, seed, out, progress: (label) => progressReporter(label, process.stdout, 4) });
   console.log(`\n${summaryTable(r)}\n`);
   for (const f of r.findings)
-    console.log(
-      `finding: ${f.claim}: ${f.held === true ? "HELD" : f.held === false ? "DID NOT HOLD" : "UNDECIDED"}. ${f.evidence}`,
-    );
+    console.log(`finding${f.primary ? "" : " (supporting)"}: ${f.claim}: ${f.verdict}. ${f.evidence}`);
+  console.log(`decided: ${r.decision}`);
   for (const g of r.gates) console.log(`quality gate: ${g.passed ? "passed" : "FAILED"}: ${g.name}: ${g.detail}`);
   console.log(`\nreport: ${r.report} (figures as SVG and PNG beside it)`);
   console.log(

@@ -210,6 +210,8 @@ export interface EvalOptions {
   shots?: Partial<Record<McTask, number>>;
   forgetting?: ForgettingDefinition;
   onProgress?: (task: TaskName, done: number, total: number) => void;
+  /** A model already loaded (its caller closes it): `model`, `adapter` and `merged` then only name it. */
+  loaded?: Model;
 }
 
 export interface ForgettingDefinition {
@@ -448,13 +450,15 @@ export async function evaluate(o: EvalOptions): Promise<EvalResult> {
     throw new EvalError(`limit must be a positive integer, not ${o.limit}`);
   // refuse before loading anything if code cannot be executed safely
   const sandbox = o.tasks.includes("humaneval") ? await Sandbox.open(o.humaneval?.sandbox) : null;
-  const m = await Model.load({
-    model: o.model,
-    adapter: o.adapter,
-    merged: o.merged,
-    tokenizer: o.tokenizer,
-    device: o.device,
-  });
+  const m =
+    o.loaded ??
+    (await Model.load({
+      model: o.model,
+      adapter: o.adapter,
+      merged: o.merged,
+      tokenizer: o.tokenizer,
+      device: o.device,
+    }));
   const tasks: Partial<Record<TaskName, TaskResult>> = {};
   try {
     for (const t of o.tasks) {
@@ -469,7 +473,7 @@ export async function evaluate(o: EvalOptions): Promise<EvalResult> {
       tasks[t] = r;
     }
   } finally {
-    await m.close();
+    if (!o.loaded) await m.close();
   }
   return {
     model: o.model,

@@ -3,16 +3,29 @@
 // and the laboratory `bun run train` runs by default.
 export { ensureLabBase, packLabBase } from "./labbase.ts";
 export { makeLabData, type LabData } from "./labdata.ts";
-export { LAB_BASE, labSpecs, runLab, summaryTable, type LabResult } from "./lab.ts";
+export { LAB, LAB_BASE, labSpecs, powerPlan, runLab, summaryTable, type LabResult } from "./lab.ts";
+export {
+  bootstrap,
+  decide,
+  decideEstimate,
+  frontier,
+  frontierGap,
+  interpolate,
+  logOptimum,
+  mcnemar,
+  pairedMdd,
+  type Observation,
+  type Rule,
+  type Verdict,
+} from "./decide.ts";
+export { divergedPoint, findings, RULES, STATISTICS, type Finding } from "./findings.ts";
 export { basePoint, checkpointPoint, groupOf, type EvalPlan, type Point } from "./points.ts";
 export {
   bestLrPoints,
   figures,
-  findings,
   interactiveData,
   paretoFrontier,
   writeReport,
-  type Finding,
   type ReportInput,
 } from "./report.ts";
 export {

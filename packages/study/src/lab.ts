@@ -6,13 +6,15 @@
 // learning (target accuracy, the GSM8K code path) and forgetting (a cloze built from held-out
 // prose, the HellaSwag code path, and held-out perplexity), its ΔW analysed, and a report
 // written with the Pareto plot and findings computed from the numbers.
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { ensureLabBase } from "./labbase.ts";
 import { makeLabData } from "./labdata.ts";
 import { basePoint, checkpointPoint, fmtNum, type EvalPlan, type Point } from "./points.ts";
-import { writeReport, type Finding } from "./report.ts";
+import { pairedMdd } from "./decide.ts";
+import { divergedPoint, findings, type Finding } from "./findings.ts";
+import { writeReport } from "./report.ts";
 import { runSweep, type RunProgress, type SweepSpec } from "./sweep.ts";
 
 const root = new URL("../../..", import.meta.url).pathname;
@@ -25,10 +27,26 @@ export interface LabResult {
   points: Point[];
   findings: Finding[];
   gates: { name: string; passed: boolean; detail: string }[];
+  /** How many of the study's four findings this run decided, and which it left open. */
+  decision: string;
   seconds: { total: number; train: number; eval: number };
 }
 
-export function labSpecs(quick: boolean, train: string, records: number, cacheDir: string): SweepSpec[] {
+/** The laboratory's sizes and grid: chosen so that every finding is decided (docs/laboratory.md). */
+export const LAB = {
+  /** Training problems (an epoch), target test questions, cloze questions. */
+  sizes: { train: 1200, test: 400, cloze: 1100 },
+  quickSizes: { train: 960, test: 400, cloze: 400 },
+  /** Half-decade LR grids spanning each method's optimum (the study: LoRA's is about 10× higher). */
+  lr: { full: [3e-4, 1e-3, 3e-3], lora: [1e-3, 3e-3, 1e-2] },
+  /** Seeds of every LR-grid cell. */
+  seeds: 3,
+  /** rsLoRA's alpha: 8 = 2·√16, so that rsLoRA (scale alpha/√r) at r=16 is plain LoRA's alpha = 2r
+   *  (scale 2); at r=64 its scale is 8/√64 = 1, where plain LoRA's stays 2 and diverged. */
+  rsloraAlpha: 8,
+};
+
+export function labSpecs(quick: boolean, train: string, records: number, cacheDir: string, seed = 0): SweepSpec[] {
   const base: SweepSpec["base"] = {
     model: { path: LAB_BASE },
     data: { train, format: "ift", template: "{prompt}", chat_template: false, seq_len: 64, cache_dir: cacheDir },
@@ -46,6 +64,7 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
         methods: ["full", "lora"],
         lr: { full: [1e-3], lora: [3e-3] },
         ranks: [16],
+        seeds: [seed],
         durations: [1, 2, 3],
         records_per_epoch: records,
       },
@@ -54,45 +73,30 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
     name: "lab",
     regime: "ift",
     base,
-    methods: ["full", "lora", "hybrid"],
-    lr: { full: [3e-4, 1e-3, 3e-3], lora: [1e-3, 3e-3, 1e-2], hybrid: [2e-3] },
+    methods: ["full", "lora"],
+    lr: { full: LAB.lr.full, lora: LAB.lr.lora },
     ranks: [16],
-    targets: ["all", "attention"],
+    targets: ["all"],
+    seeds: Array.from({ length: LAB.seeds }, (_, i) => seed + i),
     durations: [1, 2, 3],
     records_per_epoch: records,
-    hybrid: { lora_fraction: 1 / 3, full_targets: ["gate_proj", "up_proj", "down_proj"], rank: 16 },
   };
-  // other ranks at the middle LoRA learning rate, and a second seed for the headline comparison
-  const ablation: SweepSpec = {
+  // a high rank where plain alpha = 2r diverged (r=64 at 3e-3: held-out perplexity 9167), with rsLoRA
+  const rs64: SweepSpec = {
     ...main,
     methods: ["lora"],
     lr: { lora: [3e-3] },
-    ranks: [16],
-    targets: ["attention"],
-    hybrid: undefined,
+    ranks: [64],
+    rslora_alpha: LAB.rsloraAlpha,
+    seeds: [seed],
   };
-  const ranks: SweepSpec = {
-    ...main,
-    methods: ["lora"],
-    lr: { lora: [3e-3] },
-    ranks: [4, 64],
-    targets: ["all"],
-    hybrid: undefined,
-  };
-  const seed1: SweepSpec = {
-    ...main,
-    methods: ["full", "lora"],
-    lr: { full: [1e-3], lora: [3e-3] },
-    ranks: [16],
-    targets: ["all"],
-    seeds: [1],
-    hybrid: undefined,
-  };
-  return [{ ...main, targets: ["all"] }, ablation, ranks, seed1];
+  return [main, rs64];
 }
 
 export async function runLab(o: {
   quick?: boolean;
+  /** The first training seed (each LR-grid cell trains seeds seed, seed+1, seed+2). */
+  seed?: number;
   out: string;
   log?: (m: string) => void;
   progress?: RunProgress;
@@ -104,10 +108,8 @@ export async function runLab(o: {
     throw new Error(`${LAB_BASE}: the laboratory's base model is missing (hint: \`bun run lab:pretrain\` makes it)`);
   mkdirSync(o.out, { recursive: true });
   const quick = o.quick ?? false;
-  const data = makeLabData(
-    join(o.out, "data"),
-    quick ? { train: 960, test: 80, cloze: 160 } : { train: 1200, test: 120, cloze: 240 },
-  );
+  const seed = o.seed ?? 0;
+  const data = makeLabData(join(o.out, "data"), quick ? LAB.quickSizes : LAB.sizes);
   log(
     `laboratory${quick ? " (quick)" : ""}: base ${LAB_BASE}; target: ${data.counts.train} arithmetic word problems (test ${data.counts.test}); source: a ${data.counts.cloze}-question cloze and ${data.counts.heldOutDocs} held-out documents`,
   );
@@ -130,19 +132,37 @@ export async function runLab(o: {
     log(
       `base: target accuracy ${(100 * base.learning.value).toFixed(1)} %, source cloze ${(100 * base.forgetting.value).toFixed(1)} % (chance 25 %), held-out perplexity ${fmtNum(base.perplexity, 1)}`,
     );
+    const power = powerPlan(base, data.counts, quick);
+    for (const l of power.lines) log(`power: ${l}`);
+    const vocab = (JSON.parse(readFileSync(join(LAB_BASE, "config.json"), "utf8")) as { vocab_size: number })
+      .vocab_size;
     const points: Point[] = [];
-    for (const spec of labSpecs(quick, data.train, data.trainRecords, cache)) {
+    for (const spec of labSpecs(quick, data.train, data.trainRecords, cache, seed)) {
       t = performance.now();
       const cks = await runSweep(spec, store, runs, log, o.progress);
       trainS += (performance.now() - t) / 1000;
       t = performance.now();
-      for (const ck of cks) points.push(await checkpointPoint(ck, LAB_BASE, plan));
+      // every epoch of the first seed; the further seeds at the longest duration (the LR grid and
+      // learns-less read it; the frontiers get the first seed's curve over training)
+      const maxD = Math.max(...spec.durations);
+      for (const ck of cks.filter((c) => c.cell.seed === spec.seeds![0] || c.duration === maxD)) {
+        const p = await checkpointPoint(ck, LAB_BASE, plan);
+        p.diverged = divergedPoint(p, vocab);
+        points.push(p);
+      }
       evalS += (performance.now() - t) / 1000;
     }
+    t = performance.now();
+    const fs = findings(base, points);
+    evalS += (performance.now() - t) / 1000;
     const maxD = Math.max(...points.map((p) => p.duration));
     const bestFull = Math.max(
       ...points.filter((p) => p.method === "full" && p.duration === maxD).map((p) => p.learning.value),
     );
+    const undecided = fs.filter((f) => f.primary && f.verdict === "UNDECIDED" && (!quick || f.id === "learns_less"));
+    const primary = fs.filter((f) => f.primary);
+    const open = primary.filter((f) => f.verdict === "UNDECIDED");
+    const decision = `${primary.length - open.length} of the study's ${primary.length} findings decided at 95 %${open.length ? `; undecided: ${open.map((f) => f.claim).join("; ")}` : ""}`;
     const gates = [
       {
         name: "the base model knows its source domain",
@@ -154,18 +174,38 @@ export async function runLab(o: {
         passed: bestFull >= base.learning.value + 0.2,
         detail: `best full FT ${(100 * bestFull).toFixed(1)} % vs base ${(100 * base.learning.value).toFixed(1)} % target accuracy (needs +20 points)`,
       },
+      {
+        name: "the experiment is powered for the effects it must resolve",
+        passed: power.powered,
+        detail: power.lines.join("; "),
+      },
+      {
+        // an undecided finding fails the laboratory: it is built to decide (issue 18)
+        name: quick
+          ? "the quick laboratory decides whether LoRA learns less"
+          : "the laboratory decides its four findings",
+        passed: undecided.length === 0,
+        detail: undecided.length
+          ? `undecided: ${undecided.map((f) => f.claim).join("; ")}`
+          : quick
+            ? "decided (the other findings need the full grid: bun run train)"
+            : "each is HELD or REFUTED at 95 %",
+      },
     ];
     const notes = [
-      "Durations are epochs of instruction fine-tuning: the checkpoint at the end of each epoch of one run per cell (the study's IFT choice); for CPT sweeps loralab branches budgets from the checkpoint at 0.8·D of one long run with a 20 % linear cooldown.",
-      "Learning: strict-match accuracy (GSM8K's lm-eval filter and exact_match) on held-out generated arithmetic word problems, 0-shot, greedy. Forgetting score: acc_norm on a 4-way cloze built from held-out Moby-Dick chapters and State of the Union addresses (lm-eval's HellaSwag path); higher means less forgotten. Held-out perplexity is in the table.",
-      "Intervals are 95 % from bootstrap standard errors over test items; findings compare differences against them and say 'within noise' when they do not exceed them.",
+      "Durations are epochs of instruction fine-tuning: the checkpoint at the end of each epoch of one run per cell and seed (the study's IFT choice); every epoch of the first seed is evaluated, the further seeds at the longest duration.",
+      "Learning: strict-match accuracy (GSM8K's lm-eval filter and exact_match) on held-out generated arithmetic word problems, 0-shot, greedy. Source retention: acc_norm on a 4-way cloze built from held-out Moby-Dick chapters and State of the Union addresses (lm-eval's HellaSwag path); higher means less forgotten. Held-out perplexity: per held-out document, from an empty context, in pieces the model's positions hold.",
+      "Table intervals are 95 % bootstrap intervals over the test items of one checkpoint. Findings are decided by one paired bootstrap (1000 resamples) over target questions, cloze questions, held-out documents, each cell's seeds and ΔW's matrices, the same draw for every point; each finding's interval must lie wholly on one side of its stated threshold (findings.ts).",
+      `A run counts as diverged when its held-out perplexity exceeds the vocabulary's size (${vocab}: worse than a uniform guess) or is not finite; diverged points are drawn as crosses and left out of the frontiers and the rank comparison, and kept in the LR curves (a diverged LR learned what it learned).`,
+      `rsLoRA cells (scale alpha/√r) use alpha = ${LAB.rsloraAlpha}: at r=16 that is plain LoRA with alpha = 2r (scale 2), at r=64 a scale of ${LAB.rsloraAlpha / Math.sqrt(64)}; every other LoRA cell uses alpha = 2r (the study's choice), under which r=64 at 3e-3 diverged (held-out perplexity 9167 in an earlier grid).`,
+      ...power.lines.map((l) => `Power (before training): ${l}.`),
       "Generation diversity (the study's HumanEval measure) is not drawn: the laboratory's target task is scored greedily; `loralab eval --tasks humaneval --n 50` reports it for code models.",
       `Base model: ${LAB_BASE} (pretrained by \`bun run lab:pretrain\`).`,
     ];
     const title = `loralab laboratory${quick ? " (quick)" : ""}: LoRA vs full fine-tuning, learning vs forgetting`;
     writeFileSync(
       join(o.out, "points.json"),
-      JSON.stringify({ title, base, points, durationLabel: "epochs", notes, gates }, null, 1),
+      JSON.stringify({ title, base, points, durationLabel: "epochs", notes, gates, decision, findings: fs }),
     );
     const rep = await writeReport(join(o.out, "report"), {
       title,
@@ -174,6 +214,7 @@ export async function runLab(o: {
       durationLabel: "epochs",
       notes,
       gates,
+      findings: fs,
     });
     return {
       report: rep.html,
@@ -182,11 +223,34 @@ export async function runLab(o: {
       points,
       findings: rep.findings,
       gates,
+      decision,
       seconds: { total: (performance.now() - t0) / 1000, train: trainS, eval: evalS },
     };
   } finally {
     await store.close();
   }
+}
+
+/** The effects the laboratory must resolve, and the smallest paired differences its sets detect
+ *  (two-sided 95 %, 80 % power), computed from the set sizes and the base model's scores before
+ *  any training. Two fine-tuned models' discordance on shared questions is unknown before
+ *  training; it is bounded by independent errors: at most 1/2 for learning (accuracies near
+ *  50 %), 2p(1−p) for the cloze at the base's accuracy p (fine-tuning starts from the base). */
+export function powerPlan(base: Point, counts: { test: number; cloze: number; heldOutDocs: number }, quick = false) {
+  const p = base.forgetting.value;
+  const learn = pairedMdd(counts.test, 0.5);
+  const ret = pairedMdd(counts.cloze, 2 * p * (1 - p));
+  const TARGET_LEARN = 0.1; // the study: full FT ahead of LoRA by about 10 points and more
+  const TARGET_RET = 0.05; // the study's forgetting gaps: 5 to 20 points
+  return {
+    // --quick decides only whether LoRA learns less
+    powered: learn <= TARGET_LEARN && (quick || ret <= TARGET_RET),
+    lines: [
+      `learning: ${counts.test} target questions detect a paired difference of ${(100 * learn).toFixed(1)} points (target: 10, the study's learning gaps)`,
+      `retention: ${counts.cloze} cloze questions at the base's ${(100 * p).toFixed(1)} % detect ${(100 * ret).toFixed(1)} points between two checkpoints (target: 5, the smallest of the study's forgetting gaps; the frontier gap pools several checkpoints and is finer)`,
+      `perplexity: ${counts.heldOutDocs} held-out documents, resampled as wholes`,
+    ],
+  };
 }
 
 /** The summary table printed at the end of the laboratory. */

@@ -62,6 +62,11 @@ function problem(r: PyRandom): Problem {
   };
 }
 
+/** Where a cloze sentence is cut: its first CLOZE_CUT of words are the context. */
+export const CLOZE_CUT = 0.75;
+/** Cloze sentences are 12 to MAX_WORDS words long (longer ones cost more than they tell). */
+export const MAX_WORDS = 30;
+
 export interface LabData {
   dir: string;
   /** IFT training records: {prompt, response}. */
@@ -77,7 +82,10 @@ export interface LabData {
 }
 
 /** Write the laboratory's data sets into `dir` (deterministic in `seed`). */
-export function makeLabData(dir: string, o: { train: number; test: number; cloze: number; seed?: number }): LabData {
+export function makeLabData(
+  dir: string,
+  o: { train: number; test: number; cloze: number; seed?: number; cut?: number },
+): LabData {
   mkdirSync(join(dir, "gsm8k"), { recursive: true });
   mkdirSync(join(dir, "cloze"), { recursive: true });
   const r = new PyRandom(o.seed ?? 7);
@@ -110,13 +118,13 @@ export function makeLabData(dir: string, o: { train: number; test: number; cloze
   for (const d of held)
     for (const s of sentences(d.text)) {
       const words = s.split(" ");
-      if (words.length >= 12 && words.length <= 40 && !/[[\]]/.test(s))
+      if (words.length >= 12 && words.length <= MAX_WORDS && !/[[\]]/.test(s))
         pool.push({ label: d.source === "sotu" ? "State of the Union" : "Moby-Dick", words });
     }
   const cr = new PyRandom((o.seed ?? 7) + 1);
   const chosen = cr.sample(pool, Math.min(o.cloze, pool.length));
   const cloze = chosen.map((q) => {
-    const cut = Math.floor(q.words.length * 0.6);
+    const cut = Math.floor(q.words.length * (o.cut ?? CLOZE_CUT));
     const ending = q.words.slice(cut).join(" ");
     // distractors: endings of sentences from the other source (a Moby-Dick sentence gets State of
     // the Union endings and vice versa), so a model that knows its source domain can tell
@@ -124,7 +132,7 @@ export function makeLabData(dir: string, o: { train: number; test: number; cloze
     const foreign = pool.filter((x) => x.label !== q.label);
     while (others.length < 3) {
       const o2 = foreign[cr.randbelow(foreign.length)]!;
-      const e = o2.words.slice(Math.floor(o2.words.length * 0.6)).join(" ");
+      const e = o2.words.slice(Math.floor(o2.words.length * (o.cut ?? CLOZE_CUT))).join(" ");
       if (e !== ending && !others.includes(e)) others.push(e);
     }
     const label = cr.randbelow(4);
@@ -139,8 +147,8 @@ export function makeLabData(dir: string, o: { train: number; test: number; cloze
     };
   });
   writeFileSync(join(dir, "cloze", "validation.jsonl"), jsonl(cloze));
-  // perplexity on a fixed 64k-character slice of the held-out prose (the start of each document)
-  const per = Math.ceil(64_000 / held.length);
+  // perplexity on a fixed 48k-character slice of the held-out prose (the start of each document)
+  const per = Math.ceil(48_000 / held.length);
   writeFileSync(join(dir, "heldout.jsonl"), jsonl(held.map((d) => ({ text: d.text.slice(0, per) }))));
   return {
     dir,

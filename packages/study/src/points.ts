@@ -4,11 +4,10 @@
 // study does not evaluate twice.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { evaluate, type EvalResult } from "@loralab/eval";
+import { evaluate, Model, type EvalResult } from "@loralab/eval";
 import type { RunFields } from "@loralab/report";
 import { analyze } from "@loralab/spectrum";
 import type { Checkpoint } from "./sweep.ts";
-import { perplexity } from "./sweep.ts";
 
 export interface Metric {
   value: number;
@@ -70,6 +69,65 @@ export interface Point extends RunFields {
   rank90By: MatrixRank[];
   /** HumanEval learning only: the study's diversity measure (distinct completions per problem). */
   diversity?: { all: number; passing: number; failing: number };
+  /** Per-item outcomes, for the paired bootstrap that decides the findings (decide.ts). */
+  items?: PointItems;
+  /** LoRA with rsLoRA's scale (alpha/√rank). */
+  rslora?: boolean;
+  /** Marked diverged (findings.ts: divergedPoint): left out of frontiers and ranks, drawn apart. */
+  diverged?: boolean;
+}
+
+/** What a point scored on each item, in the same item order for every point of a sweep. */
+export interface PointItems {
+  /** Per target question: 1 correct, 0 not (HumanEval: the problem's pass@1 estimate). */
+  learning: number[];
+  /** Per forgetting question: 1 when the true choice scored best. Over several tasks, each task's
+   *  items are scaled so that their plain mean is the mean of the task means (the forgetting score). */
+  retention: number[];
+  /** Per held-out document: Σ negative log-likelihood (nats) and its tokens (empty: not measured). */
+  nll: number[];
+  tokens: number[];
+}
+
+/** The per-item outcomes of an evaluation: learning from its learning task, retention over the
+ *  forgetting tasks (equal weight per task, as the forgetting score). */
+export function evalItems(
+  r: EvalResult,
+  learning: "gsm8k" | "humaneval",
+  forgetting: { task: string; metric: string }[],
+) {
+  const lt = r.tasks[learning];
+  const ls = (lt?.samples ?? []) as { strict_correct?: boolean; pass_at?: Record<string, number> }[];
+  const l = ls.map((x) => (learning === "gsm8k" ? Number(Boolean(x.strict_correct)) : (x.pass_at?.["1"] ?? 0)));
+  const parts = forgetting.map((f) => {
+    const t = r.tasks[f.task as keyof EvalResult["tasks"]];
+    return ((t?.samples ?? []) as Record<string, number>[]).map((x) => Number(x[f.metric] ?? 0));
+  });
+  const total = parts.reduce((a, p) => a + p.length, 0);
+  const retention = parts.flatMap((p) => p.map((x) => (x * total) / (p.length * parts.length)));
+  return { learning: l, retention };
+}
+
+/** The point's run cell: its key without the seed. */
+export const cellOf = (key: string) => key.replace(/-s\d+$/, "");
+
+/** Held-out documents cut into pieces the model's positions hold (at spaces, ≤ `chars`), each
+ *  scored from an empty context; per document Σ NLL and tokens. */
+export function heldOutPieces(docs: string[], chars = 360): { doc: number; text: string }[] {
+  const out: { doc: number; text: string }[] = [];
+  docs.forEach((d, doc) => {
+    const words = d.replace(/\s+/g, " ").trim().split(" ");
+    let cur = "";
+    for (const w of words) {
+      if (cur && cur.length + 1 + w.length > chars) {
+        out.push({ doc, text: cur });
+        cur = "";
+      }
+      cur = cur ? `${cur} ${w}` : w;
+    }
+    if (cur) out.push({ doc, text: cur });
+  });
+  return out;
 }
 
 export interface EvalPlan {
@@ -88,21 +146,50 @@ const metric = (r: EvalResult, task: "gsm8k" | "hellaswag", name: string): Metri
 };
 
 async function measure(model: string, adapter: string, plan: EvalPlan) {
-  const r = await evaluate({
-    model,
-    adapter: adapter || undefined,
-    merged: true,
-    tasks: ["gsm8k", "hellaswag"],
-    data: { gsm8k: plan.gsm8k, hellaswag: plan.cloze },
-    gsm8k: { shots: 0, maxNewTokens: plan.maxNewTokens },
-    batchSize: 16,
-    limit: plan.limit,
-  });
-  return {
-    learning: metric(r, "gsm8k", "strict_match"),
-    forgetting: metric(r, "hellaswag", "acc_norm"),
-    perplexity: await perplexity(model, adapter, plan.heldOut, plan.cacheDir),
-  };
+  const m = await Model.load({ model, adapter: adapter || undefined, merged: true });
+  try {
+    const r = await evaluate({
+      model,
+      adapter: adapter || undefined,
+      merged: true,
+      tasks: ["gsm8k", "hellaswag"],
+      data: { gsm8k: plan.gsm8k, hellaswag: plan.cloze },
+      gsm8k: { shots: 0, maxNewTokens: plan.maxNewTokens },
+      batchSize: 32,
+      limit: plan.limit,
+      loaded: m,
+    });
+    // held-out perplexity per document, so that it has an interval (a bootstrap over documents)
+    const docs = readFileSync(plan.heldOut, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => (JSON.parse(l) as { text: string }).text);
+    const pieces = heldOutPieces(docs);
+    const ll = await m.loglikelihood(
+      pieces.map((p) => ({ context: "", continuation: p.text })),
+      32,
+    );
+    const nll = new Array<number>(docs.length).fill(0);
+    const tokens = new Array<number>(docs.length).fill(0);
+    pieces.forEach((p, i) => {
+      nll[p.doc]! -= ll[i]!.logprob;
+      tokens[p.doc]! += ll[i]!.tokens;
+    });
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    const items: PointItems = {
+      ...evalItems(r, "gsm8k", [{ task: "hellaswag", metric: "acc_norm" }]),
+      nll,
+      tokens,
+    };
+    return {
+      learning: metric(r, "gsm8k", "strict_match"),
+      forgetting: metric(r, "hellaswag", "acc_norm"),
+      perplexity: Math.exp(sum(nll) / Math.max(1, sum(tokens))),
+      items,
+    };
+  } finally {
+    await m.close();
+  }
 }
 
 export async function basePoint(base: string, plan: EvalPlan): Promise<Point> {
@@ -124,7 +211,8 @@ export async function basePoint(base: string, plan: EvalPlan): Promise<Point> {
 }
 
 export function groupOf(c: Checkpoint["cell"]): string {
-  if (c.method === "lora") return `LoRA r=${c.rank}${c.targets !== "all" ? ` (${c.targets})` : ""}`;
+  if (c.method === "lora")
+    return `LoRA r=${c.rank}${c.rslora ? " rsLoRA" : ""}${c.targets !== "all" ? ` (${c.targets})` : ""}`;
   if (c.method === "hybrid") return `hybrid (LoRA r=${c.rank} → full ${c.targets})`;
   if (c.method === "full_wd") return "full FT + weight decay";
   if (c.method === "full_dropout") return "full FT + attention dropout";
@@ -136,7 +224,7 @@ export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPl
   const cache = join(dir, "lab-point.json");
   if (existsSync(cache)) {
     const p = JSON.parse(readFileSync(cache, "utf8")) as Point;
-    if (p.rank90By.every((r) => r.sigma)) return p; // else cached before spectra were kept
+    if (p.items && p.rank90By.every((r) => r.sigma)) return p; // else cached before items and spectra were kept
   }
   const m = await measure(ck.model, ck.adapter, plan);
   const a = await analyze(ck.adapter ? { base, adapter: ck.adapter } : { base, tuned: ck.model }, {
@@ -157,6 +245,7 @@ export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPl
     ...m,
     rank90: meanRank(rank90By),
     rank90By,
+    ...(ck.cell.rslora ? { rslora: true } : {}),
   };
   mkdirSync(dir, { recursive: true });
   writeFileSync(cache, JSON.stringify(p));

@@ -8,7 +8,11 @@ import * as vega from "vega";
 import * as vl from "vega-lite";
 import { maths } from "@loralab/engine";
 import { groupColors, interactiveHtml, INTERACTIVE_CSS, type InteractiveData } from "@loralab/report";
-import { fmtNum, type Point } from "./points.ts";
+import { frontier } from "./decide.ts";
+import { type Finding, findings } from "./findings.ts";
+import { cellOf, fmtNum, type Point } from "./points.ts";
+
+export type { Finding };
 
 const Z = 1.96; // 95 % intervals from bootstrap standard errors
 
@@ -46,8 +50,38 @@ function rows(points: Point[]) {
     fLo: 100 * (p.forgetting.value - Z * p.forgetting.stderr),
     fHi: 100 * (p.forgetting.value + Z * p.forgetting.stderr),
     perplexity: p.perplexity,
+    status: p.diverged ? "diverged" : "trained",
   }));
 }
+
+/** Each method's learning–retention frontier as the findings interpolate it: the base and the
+ *  method's cells at each duration (the mean over their seeds that did not diverge), those no
+ *  other beats in both, joined by lines. */
+function methodFrontiers(base: Point, points: Point[]) {
+  const names: Record<string, string> = { full: "full FT frontier", lora: "LoRA frontier" };
+  return Object.entries(names).flatMap(([m, name]) => {
+    const cells = new Map<string, Point[]>();
+    for (const p of points.filter((q) => q.method === m && !q.diverged)) {
+      const k = `${cellOf(p.key)}\u0000${p.duration}`;
+      cells.set(k, [...(cells.get(k) ?? []), p]);
+    }
+    const mean = (ps: Point[], f: (p: Point) => number) => ps.reduce((a, p) => a + f(p), 0) / ps.length;
+    return frontier([
+      { x: base.learning.value, y: base.forgetting.value },
+      ...[...cells.values()].map((ps) => ({
+        x: mean(ps, (p) => p.learning.value),
+        y: mean(ps, (p) => p.forgetting.value),
+      })),
+    ]).map((q, i) => ({ frontier: name, order: i, learning: 100 * q.x, forgetting: 100 * q.y }));
+  });
+}
+
+const SHAPE = {
+  field: "status",
+  type: "nominal" as const,
+  scale: { domain: ["trained", "diverged"], range: ["circle", "cross"] },
+  title: "run",
+};
 
 export interface Figures {
   name: string;
@@ -57,10 +91,7 @@ export interface Figures {
 
 export async function figures(base: Point, points: Point[], durationLabel: string): Promise<Figures[]> {
   const data = rows(points);
-  const frontier = paretoFrontier([base, ...points]).map((p) => ({
-    learning: 100 * p.learning.value,
-    forgetting: 100 * p.forgetting.value,
-  }));
+  const fronts = methodFrontiers(base, points);
   // one colour per group, the interactive plot's too
   const colors = groupColors([...new Set(points.map((p) => p.group))]);
   const colour = (title?: string) => ({
@@ -84,15 +115,32 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
   };
   out.push({
     name: "pareto",
-    title: "Learning vs source retention, with the Pareto frontier (base marked; size = duration; 95 % intervals)",
+    title:
+      "Learning vs source retention: each method's frontier over its cells' seed means, as the matched-learning finding interpolates it (base marked; size = duration; crosses = diverged; 95 % intervals)",
     svg: await render({
       width: 560,
       height: 400,
       layer: [
         {
-          data: { values: frontier },
-          mark: { type: "line", color: "#999", strokeDash: [4, 3] },
-          encoding: { x: axisL, y: axisF },
+          data: { values: fronts },
+          mark: { type: "line", color: "#777" },
+          encoding: {
+            x: axisL,
+            y: axisF,
+            strokeDash: {
+              field: "frontier",
+              type: "nominal",
+              scale: {
+                domain: ["full FT frontier", "LoRA frontier"],
+                range: [
+                  [6, 3],
+                  [1, 2],
+                ],
+              },
+              title: "frontier (no diverged)",
+            },
+            order: { field: "order", type: "quantitative" },
+          },
         },
         {
           data: { values: data },
@@ -135,8 +183,9 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
             x: axisL,
             y: axisF,
             color: colour(),
+            shape: SHAPE,
             size: { field: "duration", type: "quantitative", title: durationLabel },
-            tooltip: [{ field: "key" }, { field: "duration", title: durationLabel }],
+            tooltip: [{ field: "key" }, { field: "duration", title: durationLabel }, { field: "status" }],
           },
         },
         {
@@ -214,19 +263,30 @@ export async function figures(base: Point, points: Point[], durationLabel: strin
   const atEnd = data.filter((d) => d.duration === maxD);
   out.push({
     name: "lr",
-    title: "Learning-rate sensitivity: learning at the longest duration per method",
+    title:
+      "Learning-rate sensitivity: learning at the longest duration, every seed (crosses = diverged; 95 % intervals)",
     svg: await render({
       width: 480,
       height: 300,
       data: { values: atEnd },
       layer: [
         {
-          mark: { type: "line", point: true },
+          mark: { type: "line" },
           encoding: {
             x: { field: "lr", type: "quantitative", scale: { type: "log" }, title: "learning rate" },
             y: { field: "learning", type: "quantitative", title: "learning: target-task accuracy (%)" },
             color: colour("method"),
             detail: { field: "seed", type: "nominal" },
+          },
+        },
+        {
+          mark: { type: "point", filled: true, size: 60 },
+          encoding: {
+            x: { field: "lr", type: "quantitative", scale: { type: "log" } },
+            y: { field: "learning", type: "quantitative", title: "learning: target-task accuracy (%)" },
+            color: colour(),
+            shape: SHAPE,
+            tooltip: [{ field: "key" }, { field: "status" }],
           },
         },
         {
@@ -364,112 +424,8 @@ export function bestLrPoints(points: Point[]): Point[] {
   return out;
 }
 
-export interface Finding {
-  claim: string;
-  held: boolean | null;
-  evidence: string;
-}
-
 const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
 const ci = (m: { value: number; stderr: number }) => `${pct(m.value)} ± ${pct(Z * m.stderr)}`;
-
-/** The study's findings, tested on this sweep's numbers. */
-export function findings(base: Point, points: Point[]): Finding[] {
-  const out: Finding[] = [];
-  const maxD = Math.max(...points.map((p) => p.duration));
-  const final = points.filter((p) => p.duration === maxD);
-  const bestOf = (f: (p: Point) => boolean) =>
-    [...final.filter(f)].sort((a, b) => b.learning.value - a.learning.value)[0];
-  const full = bestOf((p) => p.method === "full");
-  const lora = bestOf((p) => p.method === "lora");
-  if (full && lora) {
-    const diff = full.learning.value - lora.learning.value;
-    const se = Math.hypot(full.learning.stderr, lora.learning.stderr);
-    out.push({
-      claim: "LoRA learns less than full fine-tuning",
-      held: diff > Z * se ? true : diff < -Z * se ? false : null,
-      evidence: `best full FT (${full.key}) reaches ${ci(full.learning)} target accuracy, best LoRA (${lora.key}) ${ci(lora.learning)}: difference ${pct(diff)} ± ${pct(Z * se)} (95 %)${Math.abs(diff) <= Z * se ? " — within noise" : ""}; base ${pct(base.learning.value)}`,
-    });
-  }
-  // forgetting at matched learning: every LoRA point against the full-FT points that learned at least as much
-  const loraPts = points.filter((p) => p.method === "lora");
-  const fullPts = points.filter((p) => p.method === "full");
-  const pairs: { d: number; se: number }[] = [];
-  for (const l of loraPts) {
-    const matched = fullPts.filter(
-      (f) =>
-        f.learning.value >= l.learning.value - Z * Math.hypot(f.learning.stderr, l.learning.stderr) &&
-        f.learning.value <= l.learning.value + 0.1,
-    );
-    if (!matched.length) continue;
-    const f = matched.sort(
-      (a, b) => Math.abs(a.learning.value - l.learning.value) - Math.abs(b.learning.value - l.learning.value),
-    )[0]!;
-    pairs.push({
-      d: l.forgetting.value - f.forgetting.value,
-      se: Math.hypot(l.forgetting.stderr, f.forgetting.stderr),
-    });
-  }
-  if (pairs.length) {
-    const mean = pairs.reduce((a, p) => a + p.d, 0) / pairs.length;
-    const se = Math.sqrt(pairs.reduce((a, p) => a + p.se ** 2, 0)) / pairs.length;
-    out.push({
-      claim: "LoRA forgets less than full fine-tuning at matched learning",
-      held: mean > Z * se ? true : mean < -Z * se ? false : null,
-      evidence: `over ${pairs.length} LoRA points each matched to the full-FT point of closest (not lower) learning, LoRA's source cloze score is higher by ${pct(mean)} ± ${pct(Z * se)} (95 %) on average${Math.abs(mean) <= Z * se ? " — within noise" : ""}; base ${ci(base.forgetting)}`,
-    });
-  } else
-    out.push({
-      claim: "LoRA forgets less than full fine-tuning at matched learning",
-      held: null,
-      evidence: "no full-FT point learned as much as any LoRA point: learning was never matched",
-    });
-  const fullRank = final.filter((p) => p.method === "full" && p.rank90 !== null);
-  const loraRank = final.filter((p) => p.method === "lora" && p.rank90 !== null);
-  if (fullRank.length && loraRank.length) {
-    const fr = fullRank.reduce((a, p) => a + p.rank90!, 0) / fullRank.length;
-    const lr = loraRank.reduce((a, p) => a + p.rank90!, 0) / loraRank.length;
-    const maxR = Math.max(...loraRank.map((p) => p.rank ?? 0));
-    const ratio = fr / lr;
-    out.push({
-      claim: "Full fine-tuning's weight change has a much higher rank than LoRA's",
-      held: ratio >= 3 ? true : ratio < 1.5 ? false : null,
-      evidence: `rank needed for 90 % of ΔW's variance, mean over matrices and runs at the longest duration: full FT ${fr.toFixed(1)} (of at most ${fullRank[0]!.rank90By[0]?.maxRank ?? "?"} per matrix) vs LoRA ${lr.toFixed(1)} (ranks up to ${maxR}): ${ratio.toFixed(1)}× (this finding counts as held from 3×)`,
-    });
-  }
-  if (full && lora) {
-    const ratio = lora.lr / full.lr;
-    out.push({
-      claim: "LoRA's best learning rate is about 10× full fine-tuning's",
-      held: ratio >= 5 && ratio <= 20 ? true : ratio < 2 || ratio > 50 ? false : null,
-      evidence: `best LR by final learning: LoRA ${lora.lr.toExponential(0)} vs full FT ${full.lr.toExponential(0)} = ${ratio.toFixed(1)}× (held within 5–20×, not below 2× or above 50×; the grid's LRs bound this ratio)`,
-    });
-  }
-  // forgetting by held-out perplexity at matched learning (no interval: one fixed text)
-  const withPpl = (ps: Point[]) =>
-    ps.filter(
-      (p): p is Point & { perplexity: number } => typeof p.perplexity === "number" && Number.isFinite(p.perplexity),
-    );
-  const lp = withPpl(points.filter((p) => p.method === "lora"));
-  const fp = withPpl(points.filter((p) => p.method === "full"));
-  const ratios: number[] = [];
-  for (const l of lp) {
-    const f = fp
-      .filter((x) => x.learning.value >= l.learning.value)
-      .sort((a, b) => a.learning.value - b.learning.value)[0];
-    if (f) ratios.push(Math.log(f.perplexity / l.perplexity));
-  }
-  if (ratios.length && typeof base.perplexity === "number" && Number.isFinite(base.perplexity)) {
-    const wins = ratios.filter((r) => r > 0).length;
-    const gm = Math.exp(ratios.reduce((a, r) => a + r, 0) / ratios.length);
-    out.push({
-      claim: "LoRA forgets less than full fine-tuning at matched learning (held-out source perplexity)",
-      held: wins >= 0.75 * ratios.length ? true : wins <= 0.25 * ratios.length ? false : null,
-      evidence: `${ratios.length} LoRA points, each against the full-FT point of the closest learning not below it: full FT's held-out perplexity is ${gm.toFixed(2)}× LoRA's (geometric mean; higher in ${wins} of ${ratios.length}); base perplexity ${fmtNum(base.perplexity, 1)}. No interval: one fixed held-out text`,
-    });
-  }
-  return out;
-}
 
 /** What the page's interactive section computes from: every point, and ΔW's stored spectra of
  *  the points at the longest duration. */
@@ -517,6 +473,8 @@ export interface ReportInput {
   durationLabel: string;
   notes: string[];
   gates: { name: string; passed: boolean; detail: string }[];
+  /** Decided already (the laboratory decides before it writes); else decided here. */
+  findings?: Finding[];
 }
 
 /** Write report.html (self-contained) and <figure>.svg/.png into `dir`; returns the HTML path. */
@@ -533,9 +491,7 @@ export async function writeReport(
     writeFileSync(join(dir, `${f.name}.png`), png);
     pngs.push(join(dir, `${f.name}.png`));
   }
-  const fs = findings(r.base, r.points);
-  const verdict = (h: boolean | null) =>
-    h === true ? "held" : h === false ? "did not hold" : "undecided (within noise)";
+  const fs = r.findings ?? findings(r.base, r.points);
   const table = [r.base, ...r.points]
     .map(
       (p) =>
@@ -548,7 +504,7 @@ export async function writeReport(
 </head><body>
 <h1>${esc(r.title)}</h1>
 <h2>Quality gates</h2><ul>${r.gates.map((g) => `<li class="${g.passed ? "held" : "not"}">${g.passed ? "passed" : "FAILED"}: ${esc(g.name)} — ${esc(g.detail)}</li>`).join("")}</ul>
-<h2>Findings (computed from this sweep)</h2><ul>${fs.map((f) => `<li><b>${esc(f.claim)}</b>: <span class="${f.held === true ? "held" : f.held === false ? "not" : "und"}">${verdict(f.held)}</span>. ${esc(f.evidence)}</li>`).join("")}</ul>
+<h2>Findings (decided on this sweep's numbers)</h2><ul>${fs.map((f) => `<li><b>${esc(f.claim)}</b>${f.primary ? "" : " (supporting)"}: <span class="${f.held === true ? "held" : f.held === false ? "not" : "und"}">${f.verdict}</span>. ${esc(f.evidence)}</li>`).join("")}</ul>
 ${interactiveHtml(interactiveData(r.base, r.points, r.durationLabel))}
 ${figs.map((f) => `<figure>${f.svg}<figcaption>${esc(f.title)}</figcaption></figure>`).join("\n")}
 <h2>Every point</h2>

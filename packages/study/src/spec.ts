@@ -35,6 +35,7 @@ export const SPEC_SCHEMA: Field = {
     lr: { t: "record", keys: [...METHODS, "full_wd", "full_dropout"], of: nums({ gt: 0 }) },
     ranks: nums({ int: true, min: 1 }),
     alpha_factors: nums({ gt: 0 }),
+    rslora_alpha: num({ gt: 0 }),
     targets: { t: "array", of: { t: "targets" }, nonEmpty: true },
     seeds: nums({ int: true, min: 0, max: 2 ** 53 - 1 }),
     durations: nums({ gt: 0 }),

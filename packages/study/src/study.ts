@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { evaluate, FORGETTING_DEFAULT, MC_TASKS, summarize, type EvalOptions, type TaskName } from "@loralab/eval";
 import { analyze } from "@loralab/spectrum";
-import { groupOf, matrixRanks, meanRank, SIGMA_KEEP, type Point } from "./points.ts";
+import { evalItems, groupOf, matrixRanks, meanRank, SIGMA_KEEP, type Point, type PointItems } from "./points.ts";
 import { writeReport } from "./report.ts";
 import { runSweep, type Checkpoint, type RunProgress, type SweepSpec } from "./sweep.ts";
 
@@ -69,10 +69,14 @@ async function score(model: string, adapter: string, spec: StudySpec) {
           failing: lt.metrics.diversity_failing as number,
         }
       : undefined;
+  // per-item outcomes for the findings' paired bootstrap (no held-out text: no perplexity)
+  const forgetting = MC_TASKS.map((t) => ({ task: t, metric: FORGETTING_DEFAULT.metrics[t] }));
+  const items: PointItems = { ...evalItems(r, spec.eval.learning, forgetting), nll: [], tokens: [] };
   return {
     learning: { value: s.learning!.value, stderr: lse },
     forgetting: { value: s.forgetting!.value, stderr: fse },
     perplexity: null,
+    items,
     ...(div ? { diversity: div } : {}),
   };
 }
@@ -110,8 +114,11 @@ export async function runStudy(
       const dir = ck.adapter || ck.model;
       const cache = join(dir, "study-point.json");
       if (existsSync(cache)) {
-        points.push(JSON.parse(readFileSync(cache, "utf8")));
-        continue;
+        const p = JSON.parse(readFileSync(cache, "utf8")) as Point;
+        if (p.items) {
+          points.push(p);
+          continue;
+        } // else cached before per-item outcomes were kept: evaluated again
       }
       log(`eval ${ck.runId} @ ${ck.duration}`);
       const m = await score(ck.model, ck.adapter, spec);
@@ -251,5 +258,8 @@ export async function redrawReport(dir: string): Promise<string> {
   if (!existsSync(f))
     throw new Error(`${dir}: no points.json (hint: a directory written by loralab sweep or the laboratory)`);
   const p = JSON.parse(readFileSync(f, "utf8"));
-  return (await writeReport(join(dir, "report"), { ...p, notes: p.notes ?? [], gates: p.gates ?? [] })).html;
+  // the findings are decided again from the points, never read back
+  return (
+    await writeReport(join(dir, "report"), { ...p, notes: p.notes ?? [], gates: p.gates ?? [], findings: undefined })
+  ).html;
 }

@@ -33,6 +33,8 @@ export interface SweepSpec {
   ranks?: number[];
   /** alpha = k·rank (default [2], the study's choice). */
   alpha_factors?: number[];
+  /** rsLoRA instead: this fixed alpha, scaled by alpha/√rank (replaces alpha_factors). */
+  rslora_alpha?: number;
   /** LoRA target sets: "all", "attention", "mlp" or module lists. */
   targets?: (string | string[])[];
   seeds?: number[];
@@ -51,6 +53,8 @@ export interface Cell {
   method: Method | "full_wd" | "full_dropout";
   rank: number | null;
   alpha: number | null;
+  /** LoRA's scale is alpha/√rank (rsLoRA), not alpha/rank. */
+  rslora?: boolean;
   targets: string;
   lr: number;
   seed: number;
@@ -104,13 +108,14 @@ export function cells(spec: SweepSpec): Cell[] {
           });
         } else
           for (const r of spec.ranks ?? [16])
-            for (const k of spec.alpha_factors ?? [2])
+            for (const alpha of spec.rslora_alpha ? [spec.rslora_alpha] : (spec.alpha_factors ?? [2]).map((k) => k * r))
               for (const t of targetsList)
                 out.push({
-                  key: `lora-r${r}-a${k * r}-${tname(t)}-lr${fmt(lr)}-s${seed}`,
+                  key: `lora-r${r}-${spec.rslora_alpha ? "rs" : "a"}${alpha}-${tname(t)}-lr${fmt(lr)}-s${seed}`,
                   method: "lora",
                   rank: r,
-                  alpha: k * r,
+                  alpha,
+                  ...(spec.rslora_alpha ? { rslora: true } : {}),
                   targets: tname(t),
                   lr,
                   seed,
@@ -151,7 +156,14 @@ export function cellConfig(spec: SweepSpec, c: Cell, runsDir: string, runId: str
   const b = spec.base;
   const method: RunConfig["method"] =
     c.method === "lora"
-      ? { ...b.method, kind: "lora", rank: c.rank!, alpha: c.alpha!, targets: targetsValue(c.targets) }
+      ? {
+          ...b.method,
+          kind: "lora",
+          rank: c.rank!,
+          alpha: c.alpha!,
+          rslora: c.rslora ?? false,
+          targets: targetsValue(c.targets),
+        }
       : { ...b.method, kind: "full" };
   const optim: RunConfig["optim"] = {
     ...b.optim,

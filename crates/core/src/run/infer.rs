@@ -405,10 +405,33 @@ impl Engine {
             let keep = all.len().min(max + 1);
             enc.push((all[all.len() - keep..].to_vec(), cont_ids.len().min(keep - 1)));
         }
-        // longest first, so each batch pads little
-        let mut order: Vec<usize> = (0..enc.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(enc[i].0.len()));
+        // Requests that share their context tokens (the choices of one question) share its
+        // forward pass: the prefix once, its keys and values copied to each continuation.
+        let mut groups: Vec<Vec<usize>> = vec![];
+        let mut by_prefix: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+        for (i, (toks, n)) in enc.iter().enumerate() {
+            let g = *by_prefix.entry(&toks[..toks.len() - n]).or_insert_with(|| {
+                groups.push(vec![]);
+                groups.len() - 1
+            });
+            groups[g].push(i);
+        }
+        // (a one-token prefix, such as an empty context's, saves nothing worth the copies)
+        let (shared, single): (Vec<Vec<usize>>, Vec<Vec<usize>>) =
+            groups.into_iter().partition(|g| g.len() > 1 && enc[g[0]].0.len() - enc[g[0]].1 > 1);
+        // a group larger than a batch (many texts after one empty context) goes in batch-sized parts
+        // (longest continuations first, so each part pads little)
+        let shared: Vec<Vec<usize>> = shared
+            .into_iter()
+            .flat_map(|mut g| {
+                g.sort_by_key(|&i| std::cmp::Reverse(enc[i].1));
+                g.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect::<Vec<_>>()
+            })
+            .collect();
         let mut out = vec![Loglik { logprob: 0.0, tokens: 0, greedy: false }; reqs.len()];
+        // longest first, so each batch pads little
+        let mut order: Vec<usize> = single.into_iter().flatten().collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(enc[i].0.len()));
         for chunk in order.chunks(batch_size.max(1)) {
             let t = chunk.iter().map(|&i| enc[i].0.len() - 1).max().unwrap_or(1).max(1);
             let b = chunk.len();
@@ -428,28 +451,110 @@ impl Engine {
             let mut cache = KvCache::new(&self.model, b, t)?;
             let h =
                 self.forward_cached(&Tensor::from_vec(flat, (b, t), &self.model.device)?, &vec![0; b], &mut cache)?;
-            let logits = self
-                .head(&h.index_select(&Tensor::from_vec(rows, targets.len(), &self.model.device)?, 0)?)?
-                .to_dtype(DType::F64)?;
-            let m = logits.max_keepdim(D::Minus1)?;
-            let lse =
-                (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &m)?.squeeze(1)?.to_vec1::<f64>()?;
-            let arg = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            let logits = logits.to_vec2::<f64>()?;
+            let h = h.index_select(&Tensor::from_vec(rows, targets.len(), &self.model.device)?, 0)?;
+            let scored = self.score(&h, &targets)?;
             let mut k = 0;
             for &i in chunk {
                 let n = enc[i].1;
-                let (mut lp, mut greedy) = (0.0, true);
-                for _ in 0..n {
-                    lp += logits[k][targets[k] as usize] - lse[k];
-                    greedy &= arg[k] == targets[k];
-                    k += 1;
-                }
-                out[i] = Loglik { logprob: lp, tokens: n, greedy };
+                out[i] = sum_scores(&scored[k..k + n], n);
+                k += n;
             }
+        }
+        let mut shared = shared;
+        shared.retain(|g| !g.is_empty());
+        shared.sort_by_key(|g| std::cmp::Reverse(enc[g[0]].0.len() - enc[g[0]].1));
+        let mut start = 0;
+        while start < shared.len() {
+            // as many questions as keep the continuations within the batch size (one at least)
+            let (mut end, mut members) = (start, 0);
+            while end < shared.len() && (end == start || members + shared[end].len() <= batch_size.max(1)) {
+                members += shared[end].len();
+                end += 1;
+            }
+            self.loglik_shared(&enc, &shared[start..end], &mut out)?;
+            start = end;
         }
         Ok(out)
     }
+
+    /// One batch of questions whose choices share a prefix: the prefixes left-padded through
+    /// the model once, the cache's rows copied per choice, then the choices right-padded.
+    fn loglik_shared(&self, enc: &[(Vec<u32>, usize)], groups: &[Vec<usize>], out: &mut [Loglik]) -> Result<()> {
+        let dev = &self.model.device;
+        let prefix = |i: usize| &enc[i].0[..enc[i].0.len() - enc[i].1];
+        let tp = groups.iter().map(|g| prefix(g[0]).len()).max().unwrap_or(1);
+        let tc = groups.iter().flatten().map(|&i| enc[i].1 - 1).max().unwrap_or(0);
+        let (mut flat, mut pad) = (Vec::with_capacity(groups.len() * tp), Vec::with_capacity(groups.len()));
+        for g in groups {
+            let p = prefix(g[0]);
+            pad.push(tp - p.len());
+            flat.extend(std::iter::repeat_n(self.pad_id, tp - p.len()));
+            flat.extend_from_slice(p);
+        }
+        let mut cache = KvCache::new(&self.model, groups.len(), tp + tc)?;
+        let hp = self.forward_cached(&Tensor::from_vec(flat, (groups.len(), tp), dev)?, &pad, &mut cache)?;
+        // the prefix's last hidden state predicts each choice's first token
+        let owner: Vec<u32> =
+            groups.iter().enumerate().flat_map(|(g, m)| std::iter::repeat_n(g as u32, m.len())).collect();
+        let members: Vec<usize> = groups.iter().flatten().copied().collect();
+        let last: Vec<u32> = owner.iter().map(|&g| g * tp as u32 + tp as u32 - 1).collect();
+        let mut hidden = vec![hp.index_select(&Tensor::from_vec(last, members.len(), dev)?, 0)?];
+        let mut firsts: Vec<u32> = members.iter().map(|&i| enc[i].0[enc[i].0.len() - enc[i].1]).collect();
+        let mut rest_targets = vec![];
+        if tc > 0 {
+            let idx = Tensor::from_vec(owner.clone(), owner.len(), dev)?;
+            let mut c2 = KvCache {
+                k: cache.k.iter().map(|k| k.index_select(&idx, 0)).collect::<candle_core::Result<_>>()?,
+                v: cache.v.iter().map(|v| v.index_select(&idx, 0)).collect::<candle_core::Result<_>>()?,
+                len: tp,
+                cap: tp + tc,
+            };
+            let (mut flat, mut rows) = (Vec::with_capacity(members.len() * tc), vec![]);
+            for (r, &i) in members.iter().enumerate() {
+                let (toks, n) = &enc[i];
+                let cont = &toks[toks.len() - n..];
+                flat.extend_from_slice(&cont[..n - 1]);
+                flat.extend(std::iter::repeat_n(self.pad_id, tc - (n - 1)));
+                for p in 0..n - 1 {
+                    rows.push((r * tc + p) as u32);
+                    rest_targets.push(cont[p + 1]);
+                }
+            }
+            let mpad: Vec<usize> = owner.iter().map(|&g| pad[g as usize]).collect();
+            let hc = self.forward_cached(&Tensor::from_vec(flat, (members.len(), tc), dev)?, &mpad, &mut c2)?;
+            if !rows.is_empty() {
+                hidden.push(hc.index_select(&Tensor::from_vec(rows, rest_targets.len(), dev)?, 0)?);
+            }
+        }
+        let n_first = firsts.len();
+        firsts.extend_from_slice(&rest_targets);
+        let scored = self.score(&Tensor::cat(&hidden, 0)?, &firsts)?;
+        let mut k = n_first;
+        for (r, &i) in members.iter().enumerate() {
+            let n = enc[i].1;
+            let mut mine = vec![scored[r]];
+            mine.extend_from_slice(&scored[k..k + n - 1]);
+            k += n - 1;
+            out[i] = sum_scores(&mine, n);
+        }
+        Ok(())
+    }
+
+    /// Per row of hidden states: log p(target) and whether the target is the argmax.
+    fn score(&self, h: &Tensor, targets: &[u32]) -> Result<Vec<(f64, bool)>> {
+        let logits = self.head(h)?.to_dtype(DType::F64)?;
+        let m = logits.max_keepdim(D::Minus1)?;
+        let lse =
+            (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &m)?.squeeze(1)?.to_vec1::<f64>()?;
+        let arg = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let logits = logits.to_vec2::<f64>()?;
+        Ok((0..targets.len()).map(|k| (logits[k][targets[k] as usize] - lse[k], arg[k] == targets[k])).collect())
+    }
+}
+
+/// A continuation's Σ log p and greedy flag from its tokens' scores.
+fn sum_scores(s: &[(f64, bool)], n: usize) -> Loglik {
+    Loglik { logprob: s.iter().map(|x| x.0).sum(), tokens: n, greedy: s.iter().all(|x| x.1) }
 }
 
 /// One prompt's generation state.
