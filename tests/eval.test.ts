@@ -9,6 +9,7 @@ import {
   describeForgetting,
   evaluate,
   FORGETTING_DEFAULT,
+  fewshotPrefixes,
   flexibleExtract,
   gsm8kExactMatch,
   gsm8kPrompts,
@@ -114,6 +115,60 @@ describe("Python semantics", () => {
     expect(pyCapitalize("hELLO wORLD")).toBe("Hello world");
     expect(pyCapitalize("ßtraße")).toBe("Sstraße");
     expect(pyCapitalize("")).toBe("");
+    // title case, not upper case, for the first character (Python: "ﬁsh".capitalize() == "Fish")
+    expect(pyCapitalize("\u{fb01}sh")).toBe("Fish");
+    expect(pyCapitalize("\u{1c6}EMAL")).toBe("\u{1c5}emal");
+    expect(pyCapitalize("\u{10d0}\u{10d1}")).toBe("\u{10d0}\u{10d1}"); // Georgian: its own title case
+    expect(pyCapitalize("\u{1fb3}X")).toBe("\u{1fbc}x"); // ᾳ → ᾼ, not ΑΙ
+  });
+
+  test("str.capitalize against the Python on PATH, for every character whose title case is not its upper case", () => {
+    const py = Bun.spawnSync(
+      [
+        process.env.LORALAB_TEST_PYTHON ?? "python3",
+        "-c",
+        "import json\nprint(json.dumps([[cp, (chr(cp) + 'xY').capitalize()] for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and chr(cp).title() != chr(cp).upper()]))",
+      ],
+      { stdout: "pipe", stderr: "pipe" },
+    );
+    expect(py.stderr.toString()).toBe("");
+    const cases = JSON.parse(py.stdout.toString()) as [number, string][];
+    expect(cases.length).toBeGreaterThan(130); // 135 in CPython 3.11 (Unicode 14)
+    const got = cases.map(([cp]) => [cp, pyCapitalize(`${String.fromCodePoint(cp)}xY`)]);
+    expect(got).toEqual(cases);
+  });
+
+  test("HellaSwag's bracket removal: Python's `.` crosses \\r, U+2028 and U+2029, not \\n", () => {
+    const q = (ctx: string) =>
+      mcDoc("hellaswag", { activity_label: "A", ctx_a: ctx, ctx_b: "", endings: ["x", "y"], label: "0" }).contexts[0];
+    expect(q("one [a\rb] two [c\u2028d\u2029e] three")).toBe("A: one two three");
+    // a newline stops the match: the bracket stays
+    expect(q("one [a\nb] two")).toBe("A: one [a\nb] two");
+  });
+
+  test("few-shot contexts for tasks without a few-shot split: lm-eval's k + 1 draw, the evaluated doc dropped", () => {
+    const rec = (i: number) => ({ activity_label: "A", ctx_a: `doc ${i}`, ctx_b: "", endings: ["x", "y"], label: "0" });
+    const train = Array.from({ length: 10 }, (_, i) => mcDoc("hellaswag", rec(i)));
+    // evaluated docs 0, 2, 3 are train docs 7, 0, 1; doc 1 is new
+    const docs = [rec(7), rec(100), rec(0), rec(1)].map((r) => mcDoc("hellaswag", r));
+    // python3 -c "import random; r=random.Random(1234); eq={0:7,1:None,2:0,3:1}
+    //   print([[x for x in r.sample(range(10),4) if x!=eq[d]][:3] for d in range(4)])"
+    expect(fewshotPrefixes(docs, train, 3, { sameSplit: true }).map((p) => p.shots)).toEqual([
+      [1, 0, 9],
+      [9, 0, 1],
+      [5, 3, 7],
+      [0, 5, 7],
+    ]);
+    // a task with a few-shot split draws k: print([r.sample(range(10),3) for _ in range(4)])
+    expect(fewshotPrefixes(docs, train, 3).map((p) => p.shots)).toEqual([
+      [7, 1, 0],
+      [1, 0, 9],
+      [1, 5, 3],
+      [0, 9, 8],
+    ]);
+    expect(fewshotPrefixes(docs, train, 3, { sameSplit: true })[0]!.prefix).toBe(
+      [1, 0, 9].map((i) => `${train[i]!.shot}\n\n`).join(""),
+    );
   });
 
   test("PyRandom reproduces Python's random.Random(seed).sample bit for bit", () => {

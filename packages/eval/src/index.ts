@@ -385,9 +385,19 @@ async function runMc(m: Model, task: McTask, o: EvalOptions): Promise<TaskResult
         throw new EvalError(`${path}, record ${i + 1}: ${(e as Error).message}`);
       }
     });
-  const docs = toDocs(await records(splitFiles(path, SPLITS[task].eval), o.limit));
-  const train: McDoc[] = shots > 0 ? toDocs(await records(splitFiles(path, SPLITS[task].shots!))) : [];
-  const prefixes = fewshotPrefixes(docs.length, train, shots);
+  const evalRows = await records(splitFiles(path, SPLITS[task].eval), o.limit);
+  const trainRows = shots > 0 ? await records(splitFiles(path, SPLITS[task].shots!)) : [];
+  const docs = toDocs(evalRows);
+  const train: McDoc[] = toDocs(trainRows);
+  // lm-eval 0.4.4's task configs: HellaSwag and WinoGrande set neither fewshot_split nor test_split;
+  // a drawn doc is dropped when it equals the evaluated one as a record (Python's dict ==)
+  const rowKey = (r: Record<string, unknown>) => JSON.stringify(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : 1)));
+  const trainKeys = trainRows.map(rowKey);
+  const evalKeys = evalRows.map(rowKey);
+  const prefixes = fewshotPrefixes(docs, train, shots, {
+    sameSplit: task === "hellaswag" || task === "winogrande",
+    same: (t, d) => trainKeys[t] === evalKeys[d],
+  });
   const results = [];
   const per = 16; // documents per engine call: a progress tick each
   for (let i = 0; i < docs.length; i += per) {

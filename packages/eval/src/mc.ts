@@ -24,10 +24,13 @@ export interface McDoc {
 }
 
 function hellaswagPre(text: string): string {
-  return pyStrip(text)
-    .replace(/ \[title\]/g, ". ")
-    .replace(/\[.*?\]/g, "")
-    .replace(/ {2}/g, " ");
+  return (
+    pyStrip(text)
+      .replace(/ \[title\]/g, ". ")
+      // Python's re: "." is anything but "\n" (JavaScript's also stops at "\r", U+2028 and U+2029)
+      .replace(/\[[^\n]*?\]/g, "")
+      .replace(/ {2}/g, " ")
+  );
 }
 
 /** Field names as the Hugging Face datasets ship them. */
@@ -84,18 +87,30 @@ export function mcRequests(doc: McDoc, prefix = ""): { context: string; continua
   }));
 }
 
-/** Few-shot prefixes: lm-eval's ContextSampler (random.Random(seed), sample per doc in order). */
+/** Few-shot prefixes: lm-eval's ContextSampler (random.Random(seed), sample per doc in order).
+ *  `sameSplit`: the task names no few-shot split and no test split (HellaSwag, WinoGrande), which
+ *  lm-eval reads as "the few-shot docs may be the evaluated split": it draws k + 1, drops a drawn
+ *  doc equal to the evaluated one, and keeps the first k — so its random stream advances by k + 1
+ *  draws a document. */
 export function fewshotPrefixes(
-  n: number,
+  docs: McDoc[],
   train: McDoc[],
   shots: number,
-  seed = 1234,
+  o: {
+    seed?: number;
+    sameSplit?: boolean;
+    /** Whether train doc t is evaluated doc d (default: the same McDoc). */
+    same?: (t: number, d: number) => boolean;
+  } = {},
 ): { prefix: string; shots: number[] }[] {
-  const rnd = new PyRandom(seed);
+  const rnd = new PyRandom(o.seed ?? 1234);
   const idx = train.map((_, i) => i);
-  return Array.from({ length: n }, () => {
+  const key = (d: McDoc) => JSON.stringify(d);
+  const same = o.same ?? ((t: number, d: number) => key(train[t]!) === key(docs[d]!));
+  return docs.map((_, d) => {
     if (shots <= 0) return { prefix: "", shots: [] };
-    const chosen = rnd.sample(idx, shots);
+    let chosen = rnd.sample(idx, o.sameSplit ? shots + 1 : shots);
+    if (o.sameSplit) chosen = chosen.filter((t) => !same(t, d)).slice(0, shots);
     return { prefix: chosen.map((i) => `${train[i]!.shot}\n\n`).join(""), shots: chosen };
   });
 }
