@@ -17,8 +17,8 @@ import { configHelp } from "./help.ts";
 import { progressReporter } from "./progress.ts";
 
 const USAGE = `usage:
-  loralab train [--quick] [--seed=N]    the laboratory: the whole study in miniature on this machine (10 to 23
-                                        min on 2 cores; --quick: 1.5 min), ending with a summary table, the four
+  loralab train [--quick] [--seed=N]    the laboratory: the whole study in miniature on this machine (23 min
+                                        measured on 2 AVX2 cores; --quick: 1.5 min), ending with a summary table, the four
                                         findings decided at 95 % (exit 1 while one is undecided) and a report;
                                         --seed: its first training seed
   loralab train CONFIG [--key=value...] one run from a .toml/.yaml/.json config; --method.rank=64 style overrides

@@ -12,6 +12,8 @@
 // Statistics re-select what they select (the best cell, the frontier, the LR optimum) inside
 // each replicate, so the interval includes the selection's own noise.
 
+import { maths } from "@loralab/engine";
+
 export type Verdict = "HELD" | "REFUTED" | "UNDECIDED";
 
 /** A claim about a statistic: above a threshold, or within a band. */
@@ -323,17 +325,15 @@ export function measuredPoints(base: BaseObservation, obs: Observation[]): CellP
 
 // ------------------------------------------------------------------ the statistics
 
-/** Upper frontier of (x, y) points — those no other point beats in both — by x ascending. */
+/** Upper frontier of (x, y) points — those no other point beats in both — by x ascending: the
+ *  maths the report shares with its WebAssembly build (loralab-maths pareto_frontier). */
 export function frontier(ps: { x: number; y: number }[]): { x: number; y: number }[] {
-  const sorted = ps.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y)).sort((a, b) => b.x - a.x || b.y - a.y);
-  const out: { x: number; y: number }[] = [];
-  let best = -Infinity;
-  for (const p of sorted)
-    if (p.y > best) {
-      out.push(p);
-      best = p.y;
-    }
-  return out.reverse();
+  return maths
+    .paretoFrontier(
+      ps.map((p) => p.x),
+      ps.map((p) => p.y),
+    )
+    .map((i) => ps[i]!);
 }
 
 /** The frontier as a function: linear between its points, up to its last x; below its first x

@@ -31,7 +31,6 @@ export {
 export {
   cellConfig,
   cells,
-  perplexity,
   runSweep,
   type Cell,
   type Checkpoint,

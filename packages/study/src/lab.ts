@@ -119,7 +119,6 @@ export async function runLab(o: {
     gsm8k: data.gsm8k,
     cloze: data.cloze,
     heldOut: data.heldOut,
-    cacheDir: cache,
     maxNewTokens: 20,
   };
   const runs = join(o.out, "runs");
@@ -159,9 +158,10 @@ export async function runLab(o: {
     const bestFull = Math.max(
       ...points.filter((p) => p.method === "full" && p.duration === maxD).map((p) => p.learning.value),
     );
-    const undecided = fs.filter((f) => f.primary && f.verdict === "UNDECIDED" && (!quick || f.id === "learns_less"));
     const primary = fs.filter((f) => f.primary);
     const open = primary.filter((f) => f.verdict === "UNDECIDED");
+    // --quick must decide only whether LoRA learns less
+    const undecided = quick ? open.filter((f) => f.id === "learns_less") : open;
     const decision = `${primary.length - open.length} of the study's ${primary.length} findings decided at 95 %${open.length ? `; undecided: ${open.map((f) => f.claim).join("; ")}` : ""}`;
     const gates = [
       {

@@ -134,7 +134,6 @@ export interface EvalPlan {
   gsm8k: string;
   cloze: string;
   heldOut: string;
-  cacheDir: string;
   /** Generated tokens per target problem. */
   maxNewTokens: number;
   limit?: number;

@@ -10,7 +10,6 @@ import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Store } from "@loralab/db";
 import {
-  evalLoss,
   lastCheckpoint,
   merge,
   resolveConfig,
@@ -363,15 +362,4 @@ async function runCptSweep(
     }
   }
   return out;
-}
-
-/** Perplexity of held-out text (exp of the mean next-token loss). */
-export async function perplexity(model: string, adapter: string, text: string, cacheDir: string): Promise<number> {
-  const r = await evalLoss({
-    model,
-    adapter,
-    merged: true,
-    data: { train: text, text_field: "text", seq_len: 128, cache_dir: cacheDir },
-  });
-  return Math.exp(r.loss);
 }

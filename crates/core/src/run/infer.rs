@@ -419,9 +419,9 @@ impl Engine {
         // (a one-token prefix, such as an empty context's, saves nothing worth the copies)
         let (shared, single): (Vec<Vec<usize>>, Vec<Vec<usize>>) =
             groups.into_iter().partition(|g| g.len() > 1 && enc[g[0]].0.len() - enc[g[0]].1 > 1);
-        // a group larger than a batch (many texts after one empty context) goes in batch-sized parts
-        // (longest continuations first, so each part pads little)
-        let shared: Vec<Vec<usize>> = shared
+        // a group larger than a batch (more choices than the batch holds) goes in batch-sized parts
+        // (longest continuations first, so each part pads little); then the longest prefixes first
+        let mut shared: Vec<Vec<usize>> = shared
             .into_iter()
             .flat_map(|mut g| {
                 g.sort_by_key(|&i| std::cmp::Reverse(enc[i].1));
@@ -456,12 +456,10 @@ impl Engine {
             let mut k = 0;
             for &i in chunk {
                 let n = enc[i].1;
-                out[i] = sum_scores(&scored[k..k + n], n);
+                out[i] = sum_scores(&scored[k..k + n]);
                 k += n;
             }
         }
-        let mut shared = shared;
-        shared.retain(|g| !g.is_empty());
         shared.sort_by_key(|g| std::cmp::Reverse(enc[g[0]].0.len() - enc[g[0]].1));
         let mut start = 0;
         while start < shared.len() {
@@ -535,7 +533,7 @@ impl Engine {
             let mut mine = vec![scored[r]];
             mine.extend_from_slice(&scored[k..k + n - 1]);
             k += n - 1;
-            out[i] = sum_scores(&mine, n);
+            out[i] = sum_scores(&mine);
         }
         Ok(())
     }
@@ -553,8 +551,8 @@ impl Engine {
 }
 
 /// A continuation's Σ log p and greedy flag from its tokens' scores.
-fn sum_scores(s: &[(f64, bool)], n: usize) -> Loglik {
-    Loglik { logprob: s.iter().map(|x| x.0).sum(), tokens: n, greedy: s.iter().all(|x| x.1) }
+fn sum_scores(s: &[(f64, bool)]) -> Loglik {
+    Loglik { logprob: s.iter().map(|x| x.0).sum(), tokens: s.len(), greedy: s.iter().all(|x| x.1) }
 }
 
 /// One prompt's generation state.
