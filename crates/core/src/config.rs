@@ -29,8 +29,10 @@ pub struct RunConfig {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Hugging Face model directory (config.json + model.safetensors + tokenizer.json), or a llama.cpp .gguf file (dequantized to f32). Empty: a randomly initialised model from `config`.
+    /// Hugging Face model directory (config.json + model.safetensors + tokenizer.json), or a llama.cpp .gguf file (dequantized to f32). Through the library and CLI also a Hub id, `org/name[@revision]` or `hf://org/name[@revision]/FILE.gguf`, fetched into the Hugging Face cache ($HF_HUB_CACHE) first. Empty: a randomly initialised model from `config`.
     pub path: String,
+    /// The Hub repo and commit `path` was resolved from, `org/name@sha` (provenance; set by the library when `path` was given as a Hub id, which it resolves into the Hugging Face cache).
+    pub source: String,
     /// Hugging Face config.json used for random initialisation when `path` is empty (small models made here; real ones come pretrained).
     pub config: String,
     /// tokenizer.json. Empty: `<path>/tokenizer.json`, or the GGUF file's own tokenizer metadata.
@@ -74,7 +76,7 @@ pub enum DataFormat {
 pub struct DataConfig {
     /// cpt (raw text, packed), ift (prompt/response pairs) or chat (conversations, with the model's chat template).
     pub format: DataFormat,
-    /// Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, and Hugging Face dataset directories.
+    /// Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, Hugging Face dataset directories, and `hf://datasets/org/name[@revision]/path` (fetched into the Hugging Face cache first).
     pub train: String,
     /// A known dataset layout (read by the library): starcoder-python (content), openwebmath (text), magicoder-evol-instruct (instruction, response), metamathqa (query, response). Empty: format and the *_field options below.
     pub recipe: String,
@@ -240,7 +242,13 @@ impl Default for RunConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { path: String::new(), config: String::new(), tokenizer: String::new(), dtype: DTypeName::F32 }
+        Self {
+            path: String::new(),
+            source: String::new(),
+            config: String::new(),
+            tokenizer: String::new(),
+            dtype: DTypeName::F32,
+        }
     }
 }
 

@@ -320,3 +320,31 @@ fn generated_text_keeps_the_leading_space_a_sentencepiece_decoder_strips() {
         assert_eq!(e.continuation_text(&p, &prompt_text, gen).unwrap(), rest);
     }
 }
+
+#[test]
+fn prompts_beyond_the_models_positions_are_truncated_on_request_or_refused() {
+    let e = tiny(DType::F32);
+    let max = e.model.cfg.max_position_embeddings;
+    let long = vec!["The red owl plays in the river. ".repeat(200)];
+    assert!(e.count_tokens(&long[0]).unwrap() > max);
+    let err = e.generate(&long, &GenerateOptions { max_new_tokens: 8, ..Default::default() }).unwrap_err();
+    assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    // lm-eval's generate_until: the context keeps its last max_length − max_gen_toks tokens
+    let cut = e
+        .generate(&long, &GenerateOptions { max_new_tokens: 8, truncate: true, ..Default::default() })
+        .unwrap()
+        .remove(0);
+    assert_eq!((cut.prompt_tokens, cut.tokens), (max - 8, 8));
+    // a prompt that fits leaves only the positions it does not use to generate in
+    let words: Vec<&str> = long[0].split_inclusive(' ').collect();
+    let mut n = words.len();
+    while e.count_tokens(&words[..n].concat()).unwrap() > max - 3 {
+        n -= 1;
+    }
+    let near = e
+        .generate(&[words[..n].concat()], &GenerateOptions { max_new_tokens: 40, ..Default::default() })
+        .unwrap()
+        .remove(0);
+    assert!(near.prompt_tokens <= max - 3);
+    assert_eq!(near.prompt_tokens + near.tokens, max);
+}

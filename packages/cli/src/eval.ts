@@ -21,10 +21,13 @@ import {
   type TaskName,
 } from "@loralab/eval";
 
-export const EVAL_USAGE = `usage: loralab eval (--model DIR|GGUF [--adapter DIR] | --run ID|DIR) --tasks T1,T2 [options]
+export const EVAL_USAGE = `usage: loralab eval (--model M [--adapter A] | --run ID|DIR) --tasks T1,T2 [options]
+  M and A: a directory, a .gguf, or a Hub id (org/name[@revision], hf://org/name/FILE.gguf) fetched into the
+  Hugging Face cache; the benchmarks are fetched by name from the Hub (lm-eval's datasets) unless --data names them
   --tasks            ${TASKS.join(",")} (default: all)
   --limit N          first N documents of each task
-  --data TASK=PATH   a benchmark's file or Hugging Face dataset directory (default <cache>/benchmarks/TASK)
+  --data TASK=PATH   a benchmark's file, Hugging Face dataset directory or hf://datasets/org/name[@rev]/path
+                     (default <cache>/benchmarks/TASK when there, else the Hub: \`loralab fetch TASK\`)
   --merged           fold the adapter into the weights first (same scores, faster)
   --device D         cpu (default, in process) or cuda / cuda:N (in the CUDA sidecar)
   --n N              HumanEval samples per problem (default 1; the study: 50 at --temperature 0.2)

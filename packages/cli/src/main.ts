@@ -26,6 +26,8 @@ const USAGE = `usage:
   loralab eval --model M [--adapter A] | --run ID  [--tasks ...]
                                         learning (HumanEval, GSM8K) and forgetting (HellaSwag, WinoGrande, ARC-C)
                                         scores next to the base model's; --help for every option
+  loralab fetch gsm8k|hellaswag|winogrande|arc_challenge|humaneval|all|ORG/NAME...
+                                        benchmarks by name and models by Hub id into the Hugging Face cache; --help
   loralab analyze --base B --tuned T | --adapter A | --run ID
                                         the spectrum of the weight change (rank@90 %, noise floor, figures); --help
   loralab serve [--port 8080]           the HTTP API and dashboard: start, watch and keep runs; --help
@@ -119,6 +121,10 @@ async function main(argv: string[]): Promise<number> {
     case "eval": {
       const { cmdEval } = await import("./eval.ts");
       return cmdEval(rest);
+    }
+    case "fetch": {
+      const { cmdFetch } = await import("./fetch.ts");
+      return cmdFetch(rest);
     }
     case "analyze": {
       const { cmdAnalyze } = await import("./analyze.ts");

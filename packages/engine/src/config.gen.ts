@@ -74,7 +74,7 @@ export interface DataConfig {
    */
   text_field?: string;
   /**
-   * Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, and Hugging Face dataset directories.
+   * Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, Hugging Face dataset directories, and `hf://datasets/org/name[@revision]/path` (fetched into the Hugging Face cache first).
    */
   train?: string;
 }
@@ -115,9 +115,13 @@ export interface ModelConfig {
    */
   dtype?: "f32" | "f64" | "bf16";
   /**
-   * Hugging Face model directory (config.json + model.safetensors + tokenizer.json), or a llama.cpp .gguf file (dequantized to f32). Empty: a randomly initialised model from `config`.
+   * Hugging Face model directory (config.json + model.safetensors + tokenizer.json), or a llama.cpp .gguf file (dequantized to f32). Through the library and CLI also a Hub id, `org/name[@revision]` or `hf://org/name[@revision]/FILE.gguf`, fetched into the Hugging Face cache ($HF_HUB_CACHE) first. Empty: a randomly initialised model from `config`.
    */
   path?: string;
+  /**
+   * The Hub repo and commit `path` was resolved from, `org/name@sha` (provenance; set by the library when `path` was given as a Hub id, which it resolves into the Hugging Face cache).
+   */
+  source?: string;
   /**
    * tokenizer.json. Empty: `<path>/tokenizer.json`, or the GGUF file's own tokenizer metadata.
    */

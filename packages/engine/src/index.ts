@@ -5,6 +5,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { engineReadable, type Mapping, normalize, RECIPES } from "@loralab/data";
+import { HubError, pinnedOfCachePath, resolveData, resolveModel } from "@loralab/hub";
 import type { SidecarOptions } from "@loralab/native/sidecar";
 import type { RunConfig } from "./config.gen.ts";
 import type { ResolvedRunConfig } from "./protocol.gen.ts";
@@ -176,7 +177,7 @@ export async function prepareData(data: DataConfig, signal?: AbortSignal): Promi
     return {
       ...data,
       train: r.output,
-      source: train,
+      source: data.source || train,
       recipe: "",
       format: m.format,
       text_field: "text",
@@ -189,12 +190,49 @@ export async function prepareData(data: DataConfig, signal?: AbortSignal): Promi
   }
 }
 
+/** A model input as the engine reads it: a local path as it is, a Hub id (`org/name[@rev]`,
+ *  `hf://org/name[@rev]/FILE.gguf`) fetched into the Hugging Face cache and named by its
+ *  snapshot; `pinned` is `org/name@sha` for a Hub id, else "". A Hub failure is a ConfigError
+ *  on `field`, with its hint. */
+export async function resolveModelInput(spec: string, field: string): Promise<{ path: string; pinned: string }> {
+  try {
+    return await resolveModel(spec);
+  } catch (e) {
+    if (e instanceof HubError) throw new ConfigError(e.message, field);
+    throw e;
+  }
+}
+
+/** `model.path` and `data.train` given as Hub references, made local (the commit recorded in
+ *  `model.source` / `data.source`, and so in run.json). */
+async function resolveHubInputs(config: RunConfig): Promise<RunConfig> {
+  const path = config.model?.path ?? "";
+  const train = config.data?.train ?? "";
+  let out = config;
+  if (path) {
+    // the source is what the path is, never a value left over from another config
+    const m = await resolveModelInput(path, "model.path");
+    out = { ...out, model: { ...out.model, path: m.path, source: m.pinned || pinnedOfCachePath(m.path) } };
+  }
+  if (train.startsWith("hf://")) {
+    try {
+      const d = await resolveData(train);
+      out = { ...out, data: { ...out.data, train: d.path, source: d.pinned } };
+    } catch (e) {
+      if (e instanceof HubError) throw new ConfigError(e.message, "data.train");
+      throw e;
+    }
+  }
+  return out;
+}
+
 /** Train one run: in this process on the CPU, in a worker process for CUDA (or when
  *  `opts.sidecar`). Resolves with the run summary. */
 export async function train(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
   // a cancel while the data is being prepared (a large dataset normalised to JSONL) ends it there
   const cancelled = () => cancelledBeforeSteps(config, join(config.out_dir ?? "runs", config.run_id ?? ""));
   if (opts.signal?.aborted) return cancelled();
+  config = await resolveHubInputs(config);
   if (config.data) {
     try {
       config = { ...config, data: await prepareData(config.data, opts.signal) };
@@ -301,6 +339,8 @@ export async function merge(
   out: string,
   { dtype = "f32" }: MergeOptions = {},
 ): Promise<MergeResult> {
+  base = (await resolveModelInput(base, "base")).path;
+  adapter = (await resolveModelInput(adapter, "adapter")).path;
   const engine = await openEngine();
   try {
     return await engine.request("merge", { base, adapter, out, options: { dtype } });

@@ -561,6 +561,12 @@ export interface GenerateOptions {
    */
   temperature?: number;
   top_p?: number;
+  /**
+   * Keep each prompt's last max_position_embeddings − max_new_tokens tokens, as lm-eval's
+   * generate_until left-truncates its contexts to max_length − max_gen_toks. Without it a
+   * prompt the model has no positions for is refused.
+   */
+  truncate?: boolean;
 }
 export interface LoadRequest {
   /**

@@ -19,7 +19,9 @@ export function gsm8kQuery(d: Gsm8kDoc): string {
   return `Question: ${d.question}\nAnswer:`;
 }
 
-/** Prompts for the test docs, in order, with the train indices of each one's shots. */
+/** Prompts for the test docs, in order, with the train indices of each one's shots: lm-eval's
+ *  ContextSampler draws k per doc and drops a drawn doc equal to the evaluated one (k − 1 shots
+ *  then; GSM8K's real splits share none). */
 export function gsm8kPrompts(
   test: Gsm8kDoc[],
   train: Gsm8kDoc[],
@@ -29,7 +31,10 @@ export function gsm8kPrompts(
   const rnd = new PyRandom(seed);
   const idx = train.map((_, i) => i);
   return test.map((d) => {
-    const chosen = shots > 0 ? rnd.sample(idx, shots) : [];
+    const chosen =
+      shots > 0
+        ? rnd.sample(idx, shots).filter((i) => !(train[i]!.question === d.question && train[i]!.answer === d.answer))
+        : [];
     const prefix = chosen.map((i) => `${gsm8kQuery(train[i]!)} ${train[i]!.answer}\n\n`).join("");
     return { prompt: prefix + gsm8kQuery(d), shots: chosen };
   });

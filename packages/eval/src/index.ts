@@ -8,6 +8,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { datasetFiles, readRecords } from "@loralab/data";
 import { type Engine, openEngine } from "@loralab/engine";
+import { HubError, resolveData, resolveModel } from "@loralab/hub";
 import { GSM8K_STOP, GSM8K_VERSION, gsm8kPrompts, scoreGsm8k, type Gsm8kDoc } from "./gsm8k.ts";
 import { HUMANEVAL_STOP, humanevalPrompt, scoreHumanEval, type HumanEvalProblem } from "./humaneval.ts";
 import {
@@ -23,10 +24,12 @@ import {
   type Metric,
 } from "./mc.ts";
 import { Sandbox, type SandboxOptions } from "./sandbox.ts";
+import { fetchBenchmark } from "./sources.ts";
 
 export * from "./gsm8k.ts";
 export * from "./humaneval.ts";
 export * from "./mc.ts";
+export { BENCHMARKS, BenchmarkError, type BenchmarkName, type BenchmarkSource, fetchBenchmark } from "./sources.ts";
 export { PyRandom } from "./pyrandom.ts";
 export { Sandbox, SandboxUnavailable, wrapProgram, type ExecResult, type SandboxOptions } from "./sandbox.ts";
 export { pyCapitalize, pyStrip } from "./text.ts";
@@ -51,6 +54,8 @@ export interface GenerateOptions {
   batch_size?: number;
   add_special_tokens?: boolean;
   cache?: boolean;
+  /** Left-truncate each prompt to the model's positions − max_new_tokens (lm-eval's generate_until). */
+  truncate?: boolean;
 }
 export interface Generation {
   text: string;
@@ -249,6 +254,9 @@ export interface TaskResult {
 export interface EvalResult {
   model: string;
   adapter: string;
+  /** `org/name@sha` when the model came from the Hub. */
+  model_source?: string;
+  adapter_source?: string;
   limit: number | null;
   tasks: Partial<Record<TaskName, TaskResult>>;
   learning: { metric: string; value: number } | null;
@@ -345,7 +353,14 @@ async function runGsm8k(m: Model, o: EvalOptions): Promise<TaskResult> {
   for (let i = 0; i < prompts.length; i += bs) {
     const chunk = await m.generate(
       prompts.slice(i, i + bs).map((p) => p.prompt),
-      { max_new_tokens: o.gsm8k?.maxNewTokens ?? 256, temperature: 0, stop: GSM8K_STOP, batch_size: bs },
+      // lm-eval's generate_until: max_gen_toks 256, the context left-truncated to max_length − 256
+      {
+        max_new_tokens: o.gsm8k?.maxNewTokens ?? 256,
+        temperature: 0,
+        stop: GSM8K_STOP,
+        batch_size: bs,
+        truncate: true,
+      },
     );
     gens.push(...chunk.map((g) => g.text));
     o.onProgress?.("gsm8k", gens.length, prompts.length);
@@ -368,10 +383,37 @@ async function runGsm8k(m: Model, o: EvalOptions): Promise<TaskResult> {
       fewshot_seed: 1234,
       stop: GSM8K_STOP,
       max_new_tokens: o.gsm8k?.maxNewTokens ?? 256,
+      truncation: "left, to max_position_embeddings − max_new_tokens",
     },
     seconds: 0,
     samples: r.samples,
   };
+}
+
+/** Every log-likelihood request of a multiple-choice task, per document, as lm-eval 0.4.4
+ *  builds them (tests/lm-eval-parity.test.ts checks them against lm-eval itself). */
+export function mcTaskRequests(
+  task: McTask,
+  docs: McDoc[],
+  evalRows: Record<string, unknown>[],
+  train: McDoc[],
+  trainRows: Record<string, unknown>[],
+  shots: number,
+): {
+  docs: McDoc[];
+  prefixes: { prefix: string; shots: number[] }[];
+  requests: { context: string; continuation: string }[][];
+} {
+  // lm-eval 0.4.4's task configs: HellaSwag and WinoGrande set neither fewshot_split nor test_split;
+  // a drawn doc is dropped when it equals the evaluated one as a record (Python's dict ==)
+  const rowKey = (r: Record<string, unknown>) => JSON.stringify(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : 1)));
+  const trainKeys = trainRows.map(rowKey);
+  const evalKeys = evalRows.map(rowKey);
+  const prefixes = fewshotPrefixes(docs, train, shots, {
+    sameSplit: task === "hellaswag" || task === "winogrande",
+    same: (t, d) => trainKeys[t] === evalKeys[d],
+  });
+  return { docs, prefixes, requests: docs.map((d, i) => mcRequests(d, prefixes[i]!.prefix)) };
 }
 
 async function runMc(m: Model, task: McTask, o: EvalOptions): Promise<TaskResult> {
@@ -387,22 +429,19 @@ async function runMc(m: Model, task: McTask, o: EvalOptions): Promise<TaskResult
     });
   const evalRows = await records(splitFiles(path, SPLITS[task].eval), o.limit);
   const trainRows = shots > 0 ? await records(splitFiles(path, SPLITS[task].shots!)) : [];
-  const docs = toDocs(evalRows);
-  const train: McDoc[] = toDocs(trainRows);
-  // lm-eval 0.4.4's task configs: HellaSwag and WinoGrande set neither fewshot_split nor test_split;
-  // a drawn doc is dropped when it equals the evaluated one as a record (Python's dict ==)
-  const rowKey = (r: Record<string, unknown>) => JSON.stringify(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : 1)));
-  const trainKeys = trainRows.map(rowKey);
-  const evalKeys = evalRows.map(rowKey);
-  const prefixes = fewshotPrefixes(docs, train, shots, {
-    sameSplit: task === "hellaswag" || task === "winogrande",
-    same: (t, d) => trainKeys[t] === evalKeys[d],
-  });
+  const { docs, prefixes, requests } = mcTaskRequests(
+    task,
+    toDocs(evalRows),
+    evalRows,
+    toDocs(trainRows),
+    trainRows,
+    shots,
+  );
   const results = [];
   const per = 16; // documents per engine call: a progress tick each
   for (let i = 0; i < docs.length; i += per) {
     const batch = docs.slice(i, i + per);
-    const reqs = batch.map((d, j) => mcRequests(d, prefixes[i + j]!.prefix));
+    const reqs = requests.slice(i, i + per);
     const ll = await m.loglikelihood(reqs.flat(), o.batchSize ?? 8);
     let k = 0;
     for (const [j, d] of batch.entries()) {
@@ -460,11 +499,16 @@ export async function evaluate(o: EvalOptions): Promise<EvalResult> {
     throw new EvalError(`limit must be a positive integer, not ${o.limit}`);
   // refuse before loading anything if code cannot be executed safely
   const sandbox = o.tasks.includes("humaneval") ? await Sandbox.open(o.humaneval?.sandbox) : null;
+  // Hub ids and benchmark names become files in the Hugging Face cache before anything loads
+  const { data, sources } = await taskData(o);
+  const model = o.loaded ? { path: o.model, pinned: "" } : await hubInput(resolveModel, o.model);
+  const adapter = o.adapter && !o.loaded ? await hubInput(resolveModel, o.adapter) : { path: o.adapter, pinned: "" };
+  o = { ...o, data };
   const m =
     o.loaded ??
     (await Model.load({
-      model: o.model,
-      adapter: o.adapter,
+      model: model.path,
+      adapter: adapter.path,
       merged: o.merged,
       tokenizer: o.tokenizer,
       device: o.device,
@@ -480,6 +524,7 @@ export async function evaluate(o: EvalOptions): Promise<EvalResult> {
             ? await runGsm8k(m, o)
             : await runMc(m, t, o);
       r.seconds = (performance.now() - t0) / 1000;
+      if (sources[t]) r.settings.data_source = sources[t];
       tasks[t] = r;
     }
   } finally {
@@ -488,18 +533,57 @@ export async function evaluate(o: EvalOptions): Promise<EvalResult> {
   return {
     model: o.model,
     adapter: o.adapter ?? "",
+    ...(model.pinned ? { model_source: model.pinned } : {}),
+    ...(adapter.pinned ? { adapter_source: adapter.pinned } : {}),
     limit: o.limit ?? null,
     tasks,
     ...summarize(tasks, o.forgetting, o.shots),
   };
 }
 
+/** A model or data input: a local path as it is, a Hub reference resolved into the cache. */
+async function hubInput(resolve: typeof resolveModel, spec: string): Promise<{ path: string; pinned: string }> {
+  try {
+    return await resolve(spec);
+  } catch (e) {
+    if (e instanceof HubError) throw new EvalError(e.message);
+    throw e;
+  }
+}
+
+/** Each task's data: `--data` as given (a path, or hf://datasets/...), else the cache's copy
+ *  (<cache>/benchmarks/TASK), else the benchmark fetched by name from the Hub. */
+async function taskData(
+  o: EvalOptions,
+): Promise<{ data: Partial<Record<TaskName, string>>; sources: Partial<Record<TaskName, string>> }> {
+  const data: Partial<Record<TaskName, string>> = {};
+  const sources: Partial<Record<TaskName, string>> = {};
+  for (const t of o.tasks) {
+    const given = o.data?.[t];
+    let r: { path: string; pinned: string };
+    if (given) r = await hubInput(resolveData, given);
+    else if (existsSync(defaultDataPath(t))) r = { path: defaultDataPath(t), pinned: "" };
+    else {
+      try {
+        r = await fetchBenchmark(t, { cache: cacheDir() });
+      } catch (e) {
+        throw new EvalError(`${t}: ${(e as Error).message}`);
+      }
+    }
+    data[t] = r.path;
+    if (r.pinned) sources[t] = r.pinned;
+  }
+  return { data, sources };
+}
+
 /** Base-model results are reused across runs: cached by model file identity and settings. */
 export async function evaluateBase(o: EvalOptions): Promise<EvalResult> {
   const { onProgress, ...settings } = o;
-  const st = statSync(o.model);
+  const st = statSync((await hubInput(resolveModel, o.model)).path);
+  // the data each task is scored on, by commit when it came from the Hub (a branch moves)
+  const { data, sources } = await taskData(o);
   const key = createHash("sha256")
-    .update(JSON.stringify({ ...settings, adapter: "", size: st.size, mtime: st.mtimeMs, v: 1 }))
+    .update(JSON.stringify({ ...settings, data, sources, adapter: "", size: st.size, mtime: st.mtimeMs, v: 2 }))
     .digest("hex")
     .slice(0, 16);
   const file = join(cacheDir(), "eval-base", `${key}.json`);

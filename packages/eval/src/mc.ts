@@ -87,11 +87,12 @@ export function mcRequests(doc: McDoc, prefix = ""): { context: string; continua
   }));
 }
 
-/** Few-shot prefixes: lm-eval's ContextSampler (random.Random(seed), sample per doc in order).
- *  `sameSplit`: the task names no few-shot split and no test split (HellaSwag, WinoGrande), which
- *  lm-eval reads as "the few-shot docs may be the evaluated split": it draws k + 1, drops a drawn
- *  doc equal to the evaluated one, and keeps the first k — so its random stream advances by k + 1
- *  draws a document. */
+/** Few-shot prefixes: lm-eval 0.4.4's ContextSampler.get_context (random.Random(seed), sample
+ *  per doc in order). A drawn doc equal to the evaluated one is always dropped (`x != doc`), so a
+ *  doc present in both splits gets k − 1 shots. `sameSplit`: the task names no few-shot split and
+ *  no test split (HellaSwag, WinoGrande), which lm-eval reads as "the few-shot docs may be the
+ *  evaluated split": it draws k + 1 and keeps the first k left — so its random stream advances by
+ *  k + 1 draws a document. */
 export function fewshotPrefixes(
   docs: McDoc[],
   train: McDoc[],
@@ -109,8 +110,10 @@ export function fewshotPrefixes(
   const same = o.same ?? ((t: number, d: number) => key(train[t]!) === key(docs[d]!));
   return docs.map((_, d) => {
     if (shots <= 0) return { prefix: "", shots: [] };
-    let chosen = rnd.sample(idx, o.sameSplit ? shots + 1 : shots);
-    if (o.sameSplit) chosen = chosen.filter((t) => !same(t, d)).slice(0, shots);
+    const chosen = rnd
+      .sample(idx, o.sameSplit ? shots + 1 : shots)
+      .filter((t) => !same(t, d))
+      .slice(0, shots);
     return { prefix: chosen.map((i) => `${train[i]!.shot}\n\n`).join(""), shots: chosen };
   });
 }

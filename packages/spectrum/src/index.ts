@@ -3,7 +3,7 @@
 // writes JSON and draws the study's figures as SVG).
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
-import { openEngine, type Reply, runDirectory } from "@loralab/engine";
+import { openEngine, type Reply, resolveModelInput, runDirectory } from "@loralab/engine";
 import { colorRamp, lineChart, panels, type Chart } from "@loralab/report";
 
 export const MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
@@ -39,10 +39,13 @@ export async function analyze(
   pair: { base: string; tuned?: string; adapter?: string },
   o: AnalyzeOptions = {},
 ): Promise<Analysis> {
+  // Hub ids are fetched into the Hugging Face cache first
+  const local = async (spec: string | undefined, field: string) =>
+    spec ? (await resolveModelInput(spec, field)).path : "";
   const req = {
-    base: pair.base,
-    tuned: pair.tuned ?? "",
-    adapter: pair.adapter ?? "",
+    base: await local(pair.base, "base"),
+    tuned: await local(pair.tuned, "tuned"),
+    adapter: await local(pair.adapter, "adapter"),
     modules: o.modules ?? [],
     layers: o.layers ?? [],
     thresholds: o.thresholds ?? [0.9],

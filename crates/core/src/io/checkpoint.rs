@@ -336,10 +336,23 @@ pub fn save(
             }
             save_map(&map, &tmp.join("adapter_model.safetensors"))?;
             let targets = method.target_modules()?;
+            // `org/name@sha` (a Hub model): PEFT's base_model_name_or_path and revision
+            // (a GGUF file in a Hub repo, org/name@sha/FILE.gguf, is no base PEFT can load: kept as it is)
+            let (base_model, revision) = match base_model.split_once('@') {
+                Some((repo, sha))
+                    if sha.len() == 40
+                        && sha.bytes().all(|b| b.is_ascii_hexdigit())
+                        && !Path::new(base_model).exists() =>
+                {
+                    (repo, Some(sha))
+                }
+                _ => (base_model, None),
+            };
             let adapter_config = serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
                 "base_model_name_or_path": base_model,
+                "revision": revision,
                 "r": method.rank,
                 "lora_alpha": method.alpha.unwrap_or(2.0 * method.rank as f64),
                 "lora_dropout": method.dropout,

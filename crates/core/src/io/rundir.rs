@@ -190,6 +190,11 @@ pub fn write_run(dir: &Path, cfg: &RunConfig, status: RunStatus, started: &str, 
         "method": cfg.method.kind,
         "device": cfg.train.device,
         "seed": cfg.seed,
+        // what the run was trained from, pinned: a Hub id's commit, or the path as given
+        "inputs": {
+            "model": if cfg.model.source.is_empty() { &cfg.model.path } else { &cfg.model.source },
+            "data": if cfg.data.source.is_empty() { &cfg.data.train } else { &cfg.data.source },
+        },
         "git_revision": git.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
         "loralab_version": env!("CARGO_PKG_VERSION"),
         "started_at": started,

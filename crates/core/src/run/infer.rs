@@ -64,6 +64,10 @@ pub struct GenerateOptions {
     pub add_special_tokens: bool,
     /// Use the KV cache (false: re-run the whole sequence every step; for tests and benches).
     pub cache: bool,
+    /// Keep each prompt's last max_position_embeddings − max_new_tokens tokens, as lm-eval's
+    /// generate_until left-truncates its contexts to max_length − max_gen_toks. Without it a
+    /// prompt the model has no positions for is refused.
+    pub truncate: bool,
 }
 
 impl Default for GenerateOptions {
@@ -78,6 +82,7 @@ impl Default for GenerateOptions {
             batch_size: 8,
             add_special_tokens: false,
             cache: true,
+            truncate: false,
         }
     }
 }
@@ -274,8 +279,11 @@ impl Engine {
         let mut out = Vec::with_capacity(prompts.len());
         let bs = o.batch_size.max(1);
         for (chunk_i, chunk) in prompts.chunks(bs).enumerate() {
-            let ids: Vec<Vec<u32>> =
-                chunk.iter().map(|p| self.encode(p, o.add_special_tokens)).collect::<Result<_>>()?;
+            let ids: Vec<Vec<u32>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.fit(self.encode(p, o.add_special_tokens)?, chunk_i * bs + i, o))
+                .collect::<Result<_>>()?;
             let first = chunk_i * bs;
             out.extend(if o.cache {
                 self.generate_batch(&ids, first, o)?
@@ -286,9 +294,37 @@ impl Engine {
         Ok(out)
     }
 
+    /// A prompt within the model's positions: left-truncated with `o.truncate`, else refused
+    /// when it leaves no position to generate in.
+    fn fit(&self, mut ids: Vec<u32>, index: usize, o: &GenerateOptions) -> Result<Vec<u32>> {
+        let max = self.model.cfg.max_position_embeddings;
+        if max == 0 {
+            return Ok(ids);
+        }
+        if o.truncate {
+            let keep = max.saturating_sub(o.max_new_tokens).max(1);
+            if ids.len() > keep {
+                ids.drain(..ids.len() - keep);
+            }
+        } else if ids.len() >= max {
+            return Err(Error::config(
+                "generate",
+                format!(
+                    "prompt {index} has {} tokens, and the model has {max} positions (max_position_embeddings) (hint: a shorter prompt, or truncate: true to keep its last {} tokens as lm-eval does)",
+                    ids.len(),
+                    max.saturating_sub(o.max_new_tokens).max(1)
+                ),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// New tokens for a prompt: max_new_tokens, within max_length and the model's positions.
     fn budget(&self, prompt: usize, o: &GenerateOptions) -> usize {
         let by_length = if o.max_length > 0 { o.max_length.saturating_sub(prompt) } else { usize::MAX };
-        o.max_new_tokens.min(by_length)
+        let max = self.model.cfg.max_position_embeddings;
+        let by_positions = if max > 0 { max.saturating_sub(prompt) } else { usize::MAX };
+        o.max_new_tokens.min(by_length).min(by_positions)
     }
 
     fn generate_batch(&self, prompts: &[Vec<u32>], first: usize, o: &GenerateOptions) -> Result<Vec<Generation>> {

@@ -342,6 +342,9 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
             checkpoint::save(&base_dir, &model, &full, &hf_config_path, &tok_path, "", None, None)?;
         }
         base_dir.to_string_lossy().into_owned()
+    } else if !cfg.model.source.is_empty() {
+        // a Hub model: adapters name its id and commit, which PEFT resolves from the same cache
+        cfg.model.source.clone()
     } else {
         cfg.model.path.clone()
     };
