@@ -4,7 +4,10 @@
 //   GET  /api/{models|datasets}/{org}/{name}/revision/{rev}        repo info with its commit sha
 //   GET  /api/{models|datasets}/{org}/{name}/tree/{rev}[/{path}]   files: size, git oid, LFS sha256
 //   HEAD|GET /[datasets/]{org}/{name}/resolve/{rev}/{path}        the file: ETag, X-Repo-Commit,
-//        X-Linked-Etag / X-Linked-Size for LFS files, Range requests (206)
+//        X-Linked-Etag / X-Linked-Size for LFS files, Range requests (206); a plain (non-LFS)
+//        file answers, as the real Hub does, with a 307 to a relative
+//        /api/resolve-cache/{models|datasets}/{org}/{name}/{sha}/{path}, whose Content-Length is
+//        that of its own short body, and the file is served there
 // and the Hub's refusals: 401 without a token on a gated repo (403 with a wrong one), 404 with
 // X-Error-Code RepositoryNotFound / RevisionNotFound / EntryNotFound. Faults for the tests: a
 // file that breaks off after N bytes on its first download, one served with different bytes than
@@ -19,6 +22,8 @@ export interface FakeFile {
   lfs?: boolean;
   /** The first download sends this many bytes, then the connection breaks. */
   breakAt?: number;
+  /** The first download sends this many bytes, then nothing more (the connection stays open). */
+  stallAt?: number;
   /** Served with one byte changed (its hash no longer matches). */
   corrupt?: boolean;
   /** Served under a different ETag than the tree lists. */
@@ -68,6 +73,8 @@ export class FakeHub {
   private server: ReturnType<typeof Bun.serve>;
   private cdn: ReturnType<typeof Bun.serve>;
   private cdnFiles = new Map<string, Uint8Array>();
+  /** Every API call answers 503, as the Hub does in an outage. */
+  down = false;
 
   constructor() {
     this.server = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: (req) => this.handle(req) });
@@ -168,7 +175,16 @@ export class FakeHub {
     const path = decodeURIComponent(u.pathname);
     const auth = req.headers.get("authorization");
     this.log.push({ method: req.method, path, range: req.headers.get("range"), auth });
-    let m = /^\/api\/(models|datasets)\/([^/]+\/[^/]+)\/revision\/(.+)$/.exec(path);
+    if (this.down) return this.json({ error: "Service Unavailable" }, 503);
+    let m = /^\/api\/resolve-cache\/(models|datasets)\/([^/]+\/[^/]+)\/([0-9a-f]{40})\/(.+)$/.exec(path);
+    if (m) {
+      const f = this.find(`${m[1]}/${m[2]}`, m[3]!, auth, true);
+      if (f instanceof Response) return f;
+      const file = f.repo.files[m[4]!];
+      if (!file || this.isLfs(m[4]!, file)) return this.json({ error: "Entry not found" }, 404, "EntryNotFound");
+      return this.serveFile(req, `${m[2]}/${m[4]}`, m[4]!, file, f.sha);
+    }
+    m = /^\/api\/(models|datasets)\/([^/]+\/[^/]+)\/revision\/(.+)$/.exec(path);
     if (m) {
       const f = this.find(`${m[1]}/${m[2]}`, m[3]!, auth);
       if (f instanceof Response) return f;
@@ -211,6 +227,14 @@ export class FakeHub {
       if (f instanceof Response) return f;
       const file = f.repo.files[m[4]!];
       if (!file) return this.json({ error: "Entry not found" }, 404, "EntryNotFound");
+      if (!this.isLfs(m[4]!, file) && !file.viaCdn) {
+        const to = `/api/resolve-cache/${m[1] ? "datasets" : "models"}/${m[2]}/${f.sha}/${m[4]!.split("/").map(encodeURIComponent).join("/")}`;
+        const body = `Temporary Redirect. Redirecting to ${to}`;
+        return new Response(req.method === "HEAD" ? null : body, {
+          status: 307,
+          headers: { Location: to, "X-Repo-Commit": f.sha, "Content-Length": String(body.length) },
+        });
+      }
       return this.serveFile(req, `${m[2]}/${m[4]}`, m[4]!, file, f.sha);
     }
     return this.json({ error: `no route ${req.method} ${path}` }, 404);
@@ -244,16 +268,18 @@ export class FakeHub {
       });
     }
     const range = f.ignoreRange ? null : req.headers.get("range");
-    // a full download that breaks off: the first GET of the body (not a 1-byte probe)
-    if (f.breakAt !== undefined && req.method === "GET" && !this.broken.has(key)) {
+    // a full download that breaks off or stalls: the first GET of the body
+    const cut = f.breakAt ?? f.stallAt;
+    if (cut !== undefined && req.method === "GET" && !this.broken.has(key)) {
       const start = Number(/^bytes=(\d+)-/.exec(range ?? "")?.[1] ?? 0);
       if (bytes.length - start > 1) {
         this.broken.add(key);
-        const part = bytes.subarray(start, Math.max(start, f.breakAt));
+        const part = bytes.subarray(start, Math.max(start, cut));
+        const stall = f.stallAt !== undefined;
         const stream = new ReadableStream({
           start(c) {
             c.enqueue(part);
-            c.close();
+            if (!stall) c.close();
           },
         });
         const status = range ? 206 : 200;

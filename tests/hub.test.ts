@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { Model } from "@loralab/eval";
 import { type HubSettings, hubSettings, parseHubRef, pinnedOfCachePath, resolveModel, resolveRef } from "@loralab/hub";
 import { homedir } from "node:os";
@@ -77,6 +77,7 @@ beforeAll(async () => {
       "corrupt.safetensors": { bytes: big.slice(0, 5000), corrupt: true },
       "moved.json": { bytes: new TextEncoder().encode("{}"), wrongEtag: true },
       "big.bin": { bytes: big, lfs: true },
+      "stall.bin": { bytes: big.slice().reverse(), lfs: true, stallAt: 50_000 },
       "norange.bin": { bytes: big, lfs: true, ignoreRange: true },
       "cdn.bin": { bytes: big.slice(0, 9000), lfs: true, viaCdn: true },
       "odd name #1 50%.json": { bytes: new TextEncoder().encode('{"a": 1}') },
@@ -175,7 +176,16 @@ describe("Hub references", () => {
     const home = tempDir("hfhome");
     writeFileSync(join(home, "token"), `${GOOD_TOKEN}\n`);
     const s = hubSettings({ HF_HOME: home, HF_ENDPOINT: "http://mirror.local/", HF_HUB_OFFLINE: "1" });
-    expect(s).toEqual({ endpoint: "http://mirror.local", cache: join(home, "hub"), token: GOOD_TOKEN, offline: true });
+    expect(s).toEqual({
+      endpoint: "http://mirror.local",
+      cache: join(home, "hub"),
+      token: GOOD_TOKEN,
+      offline: true,
+      timeoutS: 10,
+    });
+    expect(hubSettings({ HF_HUB_DOWNLOAD_TIMEOUT: "60" }).timeoutS).toBe(60);
+    // a token with a stray line end never reaches a header
+    expect(hubSettings({ HF_TOKEN: "hf_x\r\n" }).token).toBe("hf_x");
     expect(hubSettings({ HF_HOME: "~/hf", HOME: "/h" }).cache).toBe(join(homedir(), "hf", "hub"));
     expect(hubSettings({ HF_HUB_CACHE: "$X/c", X: "/data" }).cache).toBe("/data/c");
     expect(hubSettings({ TRANSFORMERS_OFFLINE: "1" }).offline).toBe(true);
@@ -214,6 +224,12 @@ describe("a model from the Hub into the standard cache", () => {
     expect(existsSync(join(r.path, "README.md"))).toBe(false); // only what a model needs
     expect(existsSync(join(r.path, "consolidated.safetensors"))).toBe(false); // only the index's shards
     expect(hub.log.slice(before).some((l) => l.path.endsWith(`/tree/${sha}`))).toBe(true);
+    // a plain file's HEAD follows the Hub's relative 307 to /api/resolve-cache/ for its headers
+    expect(
+      hub.log
+        .slice(before)
+        .filter((l) => l.method === "HEAD" && l.path.startsWith("/api/resolve-cache/models/loralab/tiny/")).length,
+    ).toBe(6);
 
     // offline: the cache alone, not one request
     const n = hub.log.length;
@@ -321,6 +337,20 @@ describe("a model from the Hub into the standard cache", () => {
     expect(existsSync(join(blobs, `${want}.incomplete`))).toBe(false);
     expect(hub.log.some((l) => l.path.endsWith("/flaky.bin") && l.range === "bytes=120000-")).toBe(true);
 
+    // a download whose bytes stop coming: timed out (HF_HUB_DOWNLOAD_TIMEOUT), then resumed
+    const t0 = performance.now();
+    const st = { ...s, timeoutS: 1 };
+    await expect(resolveRef({ ...ref, path: "stall.bin" }, { settings: st, onProgress: quiet })).rejects.toThrow(
+      /download of stall.bin broke off at 50000 of 300000 B: no answer from .* in 1 s.*resumes/,
+    );
+    expect(performance.now() - t0).toBeLessThan(5000);
+    const resumed = await resolveRef({ ...ref, path: "stall.bin" }, { settings: st, onProgress: quiet });
+    const reversed = new Uint8Array(300_000).map((_, i) => (i * 7919) & 255).reverse();
+    expect(createHash("sha256").update(readFileSync(resumed.path)).digest("hex")).toBe(
+      createHash("sha256").update(reversed).digest("hex"),
+    );
+    expect(hub.log.some((l) => l.path.endsWith("/stall.bin") && l.range === "bytes=50000-")).toBe(true);
+
     // a mirror that ignores Range (200, the whole file): started over, not appended
     const sha = want;
     mkdirSync(blobs, { recursive: true });
@@ -378,6 +408,104 @@ describe("a model from the Hub into the standard cache", () => {
       Bun.spawnSync(["umount", mnt]);
     }
   });
+});
+
+describe("a cache that never names a partial model", () => {
+  test("refs/main moves only with the weights; a snapshot without them is refused offline", async () => {
+    const files = shardedModelFiles(modelDir);
+    files["model-00002-of-00002.safetensors"]!.breakAt = 4096;
+    hub.add({ type: "model", repo: "loralab/brittle", files });
+    const s = settings();
+    const refFile = join(s.cache, "models--loralab--brittle", "refs", "main");
+    await expect(resolveModel("loralab/brittle", { settings: s, onProgress: quiet })).rejects.toThrow(
+      /model-00002-of-00002.safetensors (broke off|ended) at 4096/,
+    );
+    expect(existsSync(refFile)).toBe(false);
+    await expect(resolveModel("loralab/brittle", { settings: { ...s, offline: true } })).rejects.toThrow(
+      /not in the cache/,
+    );
+    const r = await resolveModel("loralab/brittle", { settings: s, onProgress: quiet });
+    expect(readFileSync(refFile, "utf8")).toBe(r.pinned.split("@")[1]!);
+
+    // a snapshot whose ref was written before its files (as huggingface_hub does), a shard missing
+    const { rmSync } = await import("node:fs");
+    rmSync(join(r.path, "model-00002-of-00002.safetensors"));
+    await expect(resolveModel("loralab/brittle", { settings: { ...s, offline: true } })).rejects.toThrow(
+      /in the cache at .* without its weights \(model-00002-of-00002.safetensors missing\).*with the network/,
+    );
+  }, 60_000);
+
+  test("the Hub down (503): the cache answers; with nothing cached, the error says so", async () => {
+    const s = settings();
+    const r = await resolveModel("loralab/adapter", { settings: s, onProgress: quiet });
+    hub.down = true;
+    try {
+      expect((await resolveModel("loralab/adapter", { settings: s, onProgress: quiet })).path).toBe(r.path);
+      await expect(resolveModel("loralab/tiny", { settings: settings(), onProgress: quiet })).rejects.toThrow(
+        /the Hub answered 503.*down or busy: run again later/,
+      );
+    } finally {
+      hub.down = false;
+    }
+  });
+
+  test("an empty partial file is started over; a cancel mid-download is a cancel, its bytes kept", async () => {
+    const big = new Uint8Array(300_000).map((_, i) => (i * 7919) & 255);
+    const sha = createHash("sha256").update(big).digest("hex");
+    const s = settings();
+    const blobs = join(s.cache, "models--loralab--faults", "blobs");
+    mkdirSync(blobs, { recursive: true });
+    writeFileSync(join(blobs, `${sha}.incomplete`), "");
+    const r = await resolveRef(
+      { type: "model", repo: "loralab/faults", revision: "main", path: "big.bin" },
+      { settings: s, onProgress: quiet },
+    );
+    expect(createHash("sha256").update(readFileSync(r.path)).digest("hex")).toBe(sha);
+
+    hub.add({ type: "model", repo: "loralab/slow", files: { "slow.bin": { bytes: big, lfs: true, stallAt: 70_000 } } });
+    const ctl = new AbortController();
+    setTimeout(() => ctl.abort(), 500);
+    const t0 = performance.now();
+    const err = await resolveRef(
+      { type: "model", repo: "loralab/slow", revision: "main", path: "slow.bin" },
+      { settings: { ...s, timeoutS: 30 }, onProgress: quiet, signal: ctl.signal },
+    ).catch((e: Error) => e);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(String((err as Error).name)).toBe("AbortError");
+    expect(lstatSync(join(s.cache, "models--loralab--slow", "blobs", `${sha}.incomplete`)).size).toBe(70_000);
+  });
+});
+
+describe("one downloader per blob", () => {
+  test("another process's flock on huggingface_hub's lock file is waited for; a cancel ends the wait", async () => {
+    const s = settings();
+    const ref = { type: "model" as const, repo: "loralab/faults", revision: "main", path: "big.bin" };
+    const big = new Uint8Array(300_000).map((_, i) => (i * 7919) & 255);
+    const sha = createHash("sha256").update(big).digest("hex");
+    const lock = join(s.cache, ".locks", "models--loralab--faults", `${sha}.lock`);
+    mkdirSync(join(s.cache, ".locks", "models--loralab--faults"), { recursive: true });
+    // util-linux flock(1) holds the same flock(2) huggingface_hub's filelock takes
+    const hold = (sec: number) => Bun.spawn(["flock", lock, "sleep", String(sec)]);
+    let holder = hold(1.5);
+    await Bun.sleep(200);
+    const t0 = performance.now();
+    const r = await resolveRef(ref, { settings: s, onProgress: quiet });
+    expect(performance.now() - t0).toBeGreaterThan(1000);
+    expect(createHash("sha256").update(readFileSync(r.path)).digest("hex")).toBe(sha);
+    await holder.exited;
+
+    const s2 = { ...s, cache: join(tempDir("hubcache"), "hub") };
+    const lock2 = join(s2.cache, ".locks", "models--loralab--faults", `${sha}.lock`);
+    mkdirSync(dirname(lock2), { recursive: true });
+    holder = Bun.spawn(["flock", lock2, "sleep", "10"]);
+    await Bun.sleep(200);
+    const ctl = new AbortController();
+    setTimeout(() => ctl.abort(), 500);
+    const err = await resolveRef(ref, { settings: s2, onProgress: quiet, signal: ctl.signal }).catch((e: Error) => e);
+    holder.kill();
+    expect((err as Error).name).toBe("AbortError");
+    expect(existsSync(join(s2.cache, "models--loralab--faults", "blobs", sha))).toBe(false);
+  }, 30_000);
 });
 
 describe("training from Hub ids", () => {

@@ -14,8 +14,8 @@
 // huggingface_hub's filelock takes for the same blob (<cache>/.locks/<repo>/<etag>.lock).
 // Settings are huggingface_hub's environment variables: HF_ENDPOINT, HF_HUB_CACHE / HF_HOME,
 // HF_TOKEN (or the token file `hf auth login` writes), HF_HUB_OFFLINE.
-import { dlopen, FFIType } from "bun:ffi";
-import { createHash } from "node:crypto";
+import { dlopen, FFIType, type Pointer, read } from "bun:ffi";
+import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, existsSync, readFileSync } from "node:fs";
 import { lstat, mkdir, open, readFile, readlink, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
@@ -47,6 +47,9 @@ export interface HubSettings {
   cache: string;
   token?: string;
   offline: boolean;
+  /** Seconds a request may wait for the Hub's answer, and a download for its next bytes
+   *  (huggingface_hub's HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT; default 10). */
+  timeoutS?: number;
 }
 
 /** A Hub failure the user can act on; `hint` says how. */
@@ -72,16 +75,19 @@ export function hubSettings(env: Record<string, string | undefined> = process.en
   const x = (k: string) => (env[k] ? expand(env[k]!, env) : undefined);
   const home = x("HF_HOME") ?? join(x("XDG_CACHE_HOME") ?? join(homedir(), ".cache"), "huggingface");
   const cache = x("HF_HUB_CACHE") ?? x("HUGGINGFACE_HUB_CACHE") ?? join(home, "hub");
-  let token = env.HF_TOKEN || env.HUGGING_FACE_HUB_TOKEN || undefined;
+  // a token has no whitespace: a stray newline (a file written by echo) never reaches a header
+  const clean = (t: string | undefined) => t?.replace(/\s+/g, "") || undefined;
+  let token = clean(env.HF_TOKEN) ?? clean(env.HUGGING_FACE_HUB_TOKEN);
   if (!token) {
     const file = x("HF_TOKEN_PATH") ?? join(home, "token");
-    if (existsSync(file)) token = readFileSync(file, "utf8").trim() || undefined;
+    if (existsSync(file)) token = clean(readFileSync(file, "utf8"));
   }
   return {
     endpoint: (env.HF_ENDPOINT || "https://huggingface.co").replace(/\/+$/, ""),
     cache,
     token,
     offline: TRUE.has((env.HF_HUB_OFFLINE ?? env.TRANSFORMERS_OFFLINE ?? "").toLowerCase()),
+    timeoutS: Number(env.HF_HUB_DOWNLOAD_TIMEOUT ?? env.HF_HUB_ETAG_TIMEOUT ?? "") || 10,
   };
 }
 
@@ -160,6 +166,9 @@ export interface ResolveOptions {
   /** Bytes of one file so far; default: a line per file on stderr. */
   onProgress?: (file: string, done: number, total: number) => void;
   signal?: AbortSignal;
+  /** Point refs/<revision> at the commit once its files are in (default true); false for a
+   *  caller that fetches a repo in parts and moves the ref after the last. */
+  writeRef?: boolean;
 }
 
 const SHA = /^[0-9a-f]{40}$/;
@@ -198,18 +207,16 @@ function fromCache(s: HubSettings, ref: HubRef, why: string): Resolved {
   return { snapshot, path, ref, sha, files: [], pinned: `${ref.repo}@${sha}` };
 }
 
-/** A failure to reach the Hub at all (as opposed to the Hub refusing): fetch's TypeError or a
- *  socket error code. A cancel is neither. */
+/** A failure to reach the Hub at all (as opposed to the Hub refusing): a socket error's code, or
+ *  no answer in time. A cancel is neither, nor is any other TypeError (a bug is not an outage). */
 function unreachable(e: unknown): boolean {
   if (e instanceof HubApiError || e instanceof HubError) return false;
   const err = e as { name?: string; code?: string; cause?: { code?: string } };
   if (err?.name === "AbortError") return false;
+  if (err?.name === "TimeoutError") return true;
   const code = err?.code ?? err?.cause?.code ?? "";
-  return (
-    e instanceof TypeError ||
-    /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ConnectionRefused|ConnectionClosed|FailedToOpenSocket)$/.test(
-      code,
-    )
+  return /^(ECONNREFUSED|ECONNRESET|ECONNABORTED|EPIPE|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENETDOWN|UND_ERR_SOCKET|UND_ERR_CONNECT_TIMEOUT|ConnectionRefused|ConnectionClosed|FailedToOpenSocket)$/.test(
+    code,
   );
 }
 
@@ -250,6 +257,11 @@ function apiError(e: unknown, s: HubSettings, ref: HubRef): Error {
       `${describe(ref)}: your token has no access to it (403)`,
       `accept the licence at ${page} with the account the token belongs to, or request access there`,
     );
+  if (e.statusCode >= 500 || e.statusCode === 429)
+    return new HubError(
+      `${describe(ref)}: the Hub answered ${e.statusCode}: ${e.message}`,
+      "the Hub (or the mirror at HF_ENDPOINT) is down or busy: run again later; what is cached is used meanwhile",
+    );
   return new HubError(`${describe(ref)}: the Hub answered ${e.statusCode}: ${e.message}`);
 }
 
@@ -270,10 +282,12 @@ export async function resolveRef(ref: HubRef, opts: ResolveOptions = {}): Promis
     if (!SHA.test(sha)) throw new HubError(`${describe(ref)}: the Hub's repo info has no commit sha`);
   } catch (e) {
     const err = apiError(e, s, ref);
-    // unreachable (not refused): the cache may still have the revision
-    if (unreachable(e) && cachedSha(s, ref)) {
+    // unreachable or down (5xx, 429), not refused: the cache may still have the revision. A
+    // refusal (401, 403, 404) is not papered over: the id, revision or token is wrong
+    const down = e instanceof HubApiError && (e.statusCode >= 500 || e.statusCode === 429);
+    if ((unreachable(e) || down) && cachedSha(s, ref)) {
       console.error(`hub: ${err.message.split(" (hint")[0]}; using the cached copy`);
-      return fromCache(s, ref, "the Hub is unreachable");
+      return fromCache(s, ref, down ? "the Hub is down" : "the Hub is unreachable");
     }
     throw err;
   }
@@ -287,14 +301,21 @@ export async function resolveRef(ref: HubRef, opts: ResolveOptions = {}): Promis
       repo: { type: ref.type, name: ref.repo },
       revision: sha,
       recursive: true,
-      path,
+      // @huggingface/hub puts the path into the URL as it is
+      path: path?.split("/").map(encodeURIComponent).join("/"),
     }))
       if (e.type === "file") entries.push(e);
   };
   try {
     // a folder's own listing first (a dataset repo's whole tree can be thousands of pages); the
     // whole tree when `under` is a file, or when the Hub has no folder of that name
-    if (under) await list(under).catch(() => {});
+    if (under)
+      await list(under).catch((e) => {
+        // no folder of that name (a file, or nothing): the whole tree says which; any other
+        // refusal or failure is the answer
+        if (!(e instanceof HubApiError && (e.statusCode === 404 || e.statusCode === 400))) throw e;
+        entries.length = 0;
+      });
     if (!entries.length) await list();
   } catch (e) {
     throw apiError(e, s, ref);
@@ -310,9 +331,14 @@ export async function resolveRef(ref: HubRef, opts: ResolveOptions = {}): Promis
   const progress = opts.onProgress ?? stderrProgress();
   for (const e of wanted) await fetchFile(s, ref, sha, e, progress, opts.signal);
   // the ref moves only once its snapshot is complete, so the cache never names a partial one
-  if (!SHA.test(ref.revision)) await writeIfChanged(join(dir, "refs", ref.revision), sha);
+  if (opts.writeRef !== false) await pinRef(s, ref, sha);
   const path = under ? join(snapshot, under) : snapshot;
   return { snapshot, path, ref, sha, files: wanted.map((e) => e.path), pinned: `${ref.repo}@${sha}` };
+}
+
+/** refs/<revision> → `sha` (nothing for a revision that is itself a sha). */
+async function pinRef(s: HubSettings, ref: HubRef, sha: string): Promise<void> {
+  if (!SHA.test(ref.revision)) await writeIfChanged(join(repoDir(s, ref), "refs", ref.revision), sha);
 }
 
 /** Write `text` to `file` atomically, and not at all when it already says so (a read-only
@@ -320,23 +346,62 @@ export async function resolveRef(ref: HubRef, opts: ResolveOptions = {}): Promis
 async function writeIfChanged(file: string, text: string): Promise<void> {
   if ((await readFile(file, "utf8").catch(() => null)) === text) return;
   await mkdir(dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
+  const tmp = `${file}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
   await writeFile(tmp, text);
   await rename(tmp, file);
 }
 
-/** fetch for the Hub: the token only to the endpoint's own origin, the caller's cancel, and no
- *  content encoding (sizes and ranges are of the bytes). */
+/** The controller of each response hubFetch made: a download aborts it when its bytes stall. */
+const controllers = new WeakMap<Response, AbortController>();
+/** Detaches a streamed response from the caller's signal once its body is read. */
+const release = new WeakMap<Response, () => void>();
+
+/** fetch for the Hub: the token only to the endpoint's origin, the caller's cancel, no content
+ *  encoding (sizes and ranges are of the bytes), and a timeout on the Hub's answer: on its
+ *  headers, and for an API call (small JSON) on its whole body; a download's body has its own
+ *  clock between chunks (stalling). */
 function hubFetch(s: HubSettings, signal?: AbortSignal): typeof fetch {
   const origin = new URL(s.endpoint).origin;
-  return ((input: RequestInfo | URL, init?: RequestInit) => {
+  const seconds = s.timeoutS ?? 10;
+  return (async (input: RequestInfo | URL, init?: RequestInit) => {
     const url = new URL(input instanceof Request ? input.url : String(input));
     const headers = new Headers(init?.headers);
     headers.delete("Authorization");
     if (s.token && url.origin === origin) headers.set("Authorization", `Bearer ${s.token}`);
     headers.set("Accept-Encoding", "identity");
-    return fetch(input, { ...init, headers, signal });
+    const ctl = new AbortController();
+    const cancel = () => ctl.abort(signal?.reason);
+    if (signal?.aborted) cancel();
+    signal?.addEventListener("abort", cancel, { once: true });
+    const detach = () => signal?.removeEventListener("abort", cancel);
+    const timer = setTimeout(() => ctl.abort(timedOut(url, seconds)), seconds * 1000);
+    const api =
+      url.origin === origin && url.pathname.startsWith("/api/") && !/^\/api\/resolve-cache\//.test(url.pathname);
+    try {
+      let resp = await fetch(input, { ...init, headers, signal: ctl.signal });
+      if (api || init?.method === "HEAD" || !resp.body) {
+        const empty = init?.method === "HEAD" || [204, 205, 304].includes(resp.status);
+        const body = empty ? null : await resp.arrayBuffer();
+        const whole = new Response(body, { status: resp.status, statusText: resp.statusText, headers: resp.headers });
+        Object.defineProperty(whole, "url", { value: resp.url });
+        resp = whole;
+        detach();
+      } else release.set(resp, detach);
+      controllers.set(resp, ctl);
+      return resp;
+    } catch (e) {
+      detach();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
   }) as typeof fetch;
+}
+
+function timedOut(url: URL, seconds: number): Error {
+  const e = new Error(`no answer from ${url.origin} in ${seconds} s`);
+  e.name = "TimeoutError";
+  return e;
 }
 
 /** What a repo path's blob is called and must hash to. */
@@ -366,16 +431,22 @@ async function fetchFile(
   if (!(await sizeIs(blob, size))) {
     // the lock file huggingface_hub takes for this blob (<cache>/.locks/<repo>/<etag>.lock)
     const lock = join(s.cache, ".locks", getRepoFolderName({ type: ref.type, name: ref.repo }), `${etag}.lock`);
-    await withLock(lock, async () => {
-      if (!(await sizeIs(blob, size))) await download(s, ref, sha, e, blob, { etag, size, algo }, progress, signal);
-    });
+    await withLock(
+      lock,
+      async () => {
+        if (!(await sizeIs(blob, size))) await download(s, ref, sha, e, blob, { etag, size, algo }, progress, signal);
+      },
+      signal,
+    );
   }
   await mkdir(dirname(pointer), { recursive: true });
   const target = relative(dirname(pointer), blob);
   const current = await readlink(pointer).catch(() => null);
   if (current !== target) {
-    await rm(pointer, { force: true });
-    await symlink(target, pointer);
+    // made aside and renamed over: two processes linking the same file do not collide
+    const tmp = `${pointer}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
+    await symlink(target, tmp);
+    await rename(tmp, pointer);
   }
 }
 
@@ -405,7 +476,8 @@ async function download(
   // a partial file is a regular file of ours; anything else there (a link, a device) is not resumed
   const partial = await lstat(incomplete).catch(() => null);
   let have = partial?.isFile() ? partial.size : 0;
-  if (partial && (!partial.isFile() || have > want.size)) {
+  // (an empty one too: it is opened anew, exclusively)
+  if (partial && (!partial.isFile() || have > want.size || have === 0)) {
     await rm(incomplete, { force: true });
     have = 0;
   }
@@ -416,11 +488,19 @@ async function download(
   if (have > 0) headers.Range = `bytes=${have}-`;
   let resp: Response | undefined;
   if (have < want.size || want.size === 0) {
-    try {
-      // the token goes only to the endpoint's origin (hubFetch): not to a CDN the info pointed at
-      resp = await hf(info.url, { headers });
-    } catch (err) {
-      throw apiError(err, s, ref);
+    // redirects followed here, not by fetch, so that the token goes only to the endpoint's
+    // origin (hubFetch decides per request): never to a CDN, however the Hub points there
+    for (let url = info.url, hop = 0; ; hop++) {
+      try {
+        resp = await hf(url, { headers, redirect: "manual" });
+      } catch (err) {
+        throw apiError(err, s, ref);
+      }
+      const location = resp.status >= 300 && resp.status < 400 ? resp.headers.get("Location") : null;
+      if (!location) break;
+      await resp.body?.cancel().catch(() => {});
+      if (hop >= 10) throw new HubError(`${describe(ref)}: ${e.path} redirects more than 10 times`);
+      url = new URL(location, url).href;
     }
     if (!resp.ok) throw apiError(await HubApiErrorFrom(resp), s, ref);
     if (have > 0 && resp.status !== 206) {
@@ -434,7 +514,7 @@ async function download(
   let done = have;
   try {
     if (resp?.body)
-      for await (const chunk of resp.body as unknown as AsyncIterable<Uint8Array>) {
+      for await (const chunk of stalling(resp, s.timeoutS ?? 10)) {
         if (done + chunk.length > want.size)
           throw new HubError(`${describe(ref)}: ${e.path} is longer than the ${want.size} B the Hub listed`);
         // a write may be short (a filling disk): the rest is written, or the error raised
@@ -448,6 +528,9 @@ async function download(
         progress(e.path, done, want.size);
       }
   } catch (err) {
+    await resp?.body?.cancel().catch(() => {});
+    // the caller's cancel is theirs, not a broken download
+    if (signal?.aborted) throw signal.reason ?? err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOSPC" || code === "EDQUOT")
       throw new HubError(
@@ -484,9 +567,33 @@ async function download(
   await rename(incomplete, blob);
 }
 
+/** A response's body, chunk by chunk, aborted when no byte comes for `seconds`. */
+async function* stalling(resp: Response, seconds: number): AsyncGenerator<Uint8Array> {
+  const ctl = controllers.get(resp);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => ctl?.abort(timedOut(new URL(resp.url || "http://hub"), seconds)), seconds * 1000);
+  };
+  try {
+    arm();
+    for await (const chunk of resp.body as unknown as AsyncIterable<Uint8Array>) {
+      // the clock runs while waiting for the Hub, not while the chunk is written
+      clearTimeout(timer);
+      yield chunk;
+      arm();
+    }
+  } finally {
+    clearTimeout(timer);
+    release.get(resp)?.();
+  }
+}
+
 /** A file's ETag, size and where its bytes are, as huggingface_hub reads them: a HEAD on
- *  `resolve` without following its redirect (an LFS file's headers are on the Hub's 302,
- *  X-Linked-Etag and X-Linked-Size, not on the CDN's answer). */
+ *  `resolve`, following the Hub's own redirects (a plain file's 307 to /api/resolve-cache/… on
+ *  the same origin) but not one to another origin: an LFS file's headers are on the Hub's 302,
+ *  X-Linked-Etag and X-Linked-Size, not on the CDN's answer. A redirect's Content-Length is the
+ *  length of its own body, never the file's size. */
 async function fileInfo(
   s: HubSettings,
   ref: HubRef,
@@ -495,25 +602,44 @@ async function fileInfo(
   hf: typeof fetch,
 ): Promise<{ etag: string; size: number; url: string }> {
   const enc = path.split("/").map(encodeURIComponent).join("/");
-  const url = `${s.endpoint}/${ref.type === "dataset" ? "datasets/" : ""}${ref.repo}/resolve/${sha}/${enc}`;
-  let head: Response;
-  try {
-    head = await hf(url, { method: "HEAD", redirect: "manual" });
-  } catch (err) {
-    throw apiError(err, s, ref);
-  }
-  if (!(head.ok || (head.status >= 300 && head.status < 400))) {
-    // a HEAD has no body: the refusal's words come from the same request as a GET
-    const get = await hf(url, { headers: { Range: "bytes=0-0" } }).catch((err) => {
+  const origin = new URL(s.endpoint).origin;
+  let url = `${s.endpoint}/${ref.type === "dataset" ? "datasets/" : ""}${ref.repo}/resolve/${sha}/${enc}`;
+  const bad = (what: string) =>
+    new HubError(
+      `${describe(ref)}: the Hub's answer for ${path} ${what}`,
+      "run again; if it persists the mirror at HF_ENDPOINT does not speak the Hub's protocol",
+    );
+  for (let hop = 0; ; hop++) {
+    let head: Response;
+    try {
+      head = await hf(url, { method: "HEAD", redirect: "manual" });
+    } catch (err) {
       throw apiError(err, s, ref);
-    });
-    throw apiError(await HubApiErrorFrom(get), s, ref);
+    }
+    const h = head.headers;
+    const redirect = head.status >= 300 && head.status < 400;
+    if (!(head.ok || redirect)) {
+      // a HEAD has no body: the refusal's words come from the same request as a GET
+      const get = await hf(url, { headers: { Range: "bytes=0-0" } }).catch((err) => {
+        throw apiError(err, s, ref);
+      });
+      throw apiError(await HubApiErrorFrom(get), s, ref);
+    }
+    const location = redirect ? h.get("Location") : null;
+    if (redirect && !location) throw bad(`is a ${head.status} redirect without a Location`);
+    const next = location ? new URL(location, url) : null;
+    if (next && next.origin === origin && !h.has("X-Linked-Etag")) {
+      if (hop >= 10) throw bad("redirects more than 10 times");
+      url = next.href;
+      continue;
+    }
+    const etag = (h.get("X-Linked-Etag") ?? h.get("ETag") ?? "").replace(/^W\//, "").replace(/"/g, "");
+    const sized = h.get("X-Linked-Size") ?? (redirect ? null : h.get("Content-Length"));
+    if (!etag) throw bad(`has no ${redirect ? "X-Linked-Etag" : "ETag"} header`);
+    if (sized === null || !/^\d+$/.test(sized))
+      throw bad(`has no ${redirect ? "X-Linked-Size" : "Content-Length"} header`);
+    return { etag, size: Number(sized), url: next ? next.href : url };
   }
-  const h = head.headers;
-  const etag = (h.get("X-Linked-Etag") ?? h.get("ETag") ?? "").replace(/^W\//, "").replace(/"/g, "");
-  const size = Number(h.get("X-Linked-Size") ?? h.get("Content-Length") ?? Number.NaN);
-  const location = head.status >= 300 ? h.get("Location") : null;
-  return { etag, size, url: location ? new URL(location, url).href : url };
 }
 
 async function HubApiErrorFrom(resp: Response): Promise<HubApiError> {
@@ -530,30 +656,61 @@ async function HubApiErrorFrom(resp: Response): Promise<HubApiError> {
 
 /** One downloader per blob at a time: an flock(2) on the lock file huggingface_hub's filelock
  *  takes for the same blob, so loralab processes and Python ones exclude each other (on one host;
- *  the kernel releases it when its process dies). Polled without blocking the event loop. */
-async function withLock<T>(file: string, fn: () => Promise<T>): Promise<T> {
+ *  the kernel releases it when its process dies). Polled without blocking the event loop, and
+ *  given up on the caller's cancel. Where the file system has no flock (ENOLCK, EOPNOTSUPP) or
+ *  libc cannot be opened, the download goes on unlocked, with a warning. */
+async function withLock<T>(file: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   await mkdir(dirname(file), { recursive: true });
-  const fh = await open(file, "a");
+  const fh = await open(file, "a", 0o664);
+  let locked = false;
   try {
-    for (let i = 0; libc().flock(fh.fd, LOCK_EX | LOCK_NB) !== 0; i++) {
+    const lib = libc();
+    for (let i = 0; lib; i++) {
+      if (lib.flock(fh.fd, LOCK_EX | LOCK_NB) === 0) {
+        locked = true;
+        break;
+      }
+      const errno = lib.errno();
+      if (!BUSY.has(errno)) {
+        console.error(`hub: cannot lock ${file} (errno ${errno}); downloading without the lock`);
+        break;
+      }
       if (i === 0) console.error(`hub: waiting for another process downloading the same file (${file})`);
+      if (signal?.aborted) throw signal.reason;
       await Bun.sleep(200);
     }
     return await fn();
   } finally {
-    libc().flock(fh.fd, LOCK_UN);
+    if (locked) libc()?.flock(fh.fd, LOCK_UN);
     await fh.close();
   }
 }
 
 const [LOCK_EX, LOCK_NB, LOCK_UN] = [2, 4, 8];
-let libcHandle: { flock: (fd: number, op: number) => number } | undefined;
-function libc(): { flock: (fd: number, op: number) => number } {
-  if (!libcHandle) {
-    const lib = dlopen(process.platform === "darwin" ? "libc.dylib" : "libc.so.6", {
-      flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    });
-    libcHandle = { flock: (fd, op) => lib.symbols.flock(fd, op) as number };
+/** flock's "held by another" (EWOULDBLOCK = EAGAIN) and EINTR, on Linux and on macOS. */
+const BUSY = new Set(process.platform === "darwin" ? [35, 4] : [11, 4]);
+type Libc = { flock: (fd: number, op: number) => number; errno: () => number };
+let libcHandle: Libc | null | undefined;
+function libc(): Libc | null {
+  if (libcHandle === undefined) {
+    try {
+      const errnoAt = process.platform === "darwin" ? "__error" : "__errno_location";
+      const lib = dlopen(process.platform === "darwin" ? "libc.dylib" : "libc.so.6", {
+        flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+        [errnoAt]: { args: [], returns: FFIType.ptr },
+      });
+      const at = lib.symbols[errnoAt] as () => Pointer | null;
+      libcHandle = {
+        flock: (fd, op) => lib.symbols.flock(fd, op) as number,
+        errno: () => {
+          const p = at();
+          return p ? read.i32(p) : -1;
+        },
+      };
+    } catch (e) {
+      console.error(`hub: no flock (${(e as Error).message}); downloads are not locked against other processes`);
+      libcHandle = null;
+    }
   }
   return libcHandle;
 }
@@ -608,7 +765,8 @@ export async function resolveModel(spec: string, opts: ResolveOptions = {}): Pro
   );
   let meta: Resolved;
   try {
-    meta = await resolveRef(ref, { ...opts, include: (p) => MODEL_META.test(p) });
+    // refs/<revision> moves after the weights, so it never names a snapshot without them
+    meta = await resolveRef(ref, { ...opts, include: (p) => MODEL_META.test(p), writeRef: false });
   } catch (e) {
     if (e instanceof HubError && /of the kind wanted/.test(e.message)) throw gguf;
     throw e;
@@ -617,19 +775,38 @@ export async function resolveModel(spec: string, opts: ResolveOptions = {}): Pro
   if (!has("config.json") && !has("adapter_config.json")) throw gguf;
   // the weights: the files the index maps tensors to, else model.safetensors / adapter_model.safetensors
   let weights = (p: string) => SINGLE_WEIGHTS.test(p);
+  let named: string[] = [];
   if (has("model.safetensors.index.json")) {
-    const index = JSON.parse(readFileSync(join(meta.path, "model.safetensors.index.json"), "utf8")) as {
-      weight_map?: Record<string, string>;
-    };
-    const files = new Set(Object.values(index.weight_map ?? {}));
+    let index: { weight_map?: Record<string, string> };
+    try {
+      index = JSON.parse(readFileSync(join(meta.path, "model.safetensors.index.json"), "utf8"));
+    } catch (e) {
+      throw new HubError(`${spec}: model.safetensors.index.json is not JSON: ${(e as Error).message}`);
+    }
+    const files = new Set(Object.values(index.weight_map ?? {}).filter((f) => typeof f === "string"));
     weights = (p: string) => files.has(p);
+    named = [...files];
   }
-  const s = opts.settings ?? hubSettings();
-  if (s.offline || meta.files.length === 0) return { path: meta.path, pinned: meta.pinned }; // from the cache
+  if (meta.files.length === 0) {
+    // from the cache (offline or the Hub unreachable): a snapshot another tool left without its
+    // weights (huggingface_hub writes refs/ before the files) is not a model
+    const missing = named.length
+      ? named.filter((f) => !has(f))
+      : ["model.safetensors", "adapter_model.safetensors"].some(has)
+        ? []
+        : ["model.safetensors"];
+    if (missing.length)
+      throw new HubError(
+        `${describe(ref)} is in the cache at ${meta.snapshot} without its weights (${missing.slice(0, 3).join(", ")}${missing.length > 3 ? ", …" : ""} missing)`,
+        "run once with the network (HF_HUB_OFFLINE unset) to complete it",
+      );
+    return { path: meta.path, pinned: meta.pinned };
+  }
   const r = await resolveRef({ ...ref, revision: meta.sha }, { ...opts, include: weights }).catch((e) => {
     if (e instanceof HubError && /of the kind wanted/.test(e.message)) throw gguf;
     throw e;
   });
+  await pinRef(opts.settings ?? hubSettings(), ref, meta.sha);
   return { path: r.path, pinned: r.pinned };
 }
 
