@@ -14,13 +14,20 @@ import { cacheDir } from "./fetch.ts";
 const here = new URL(".", import.meta.url).pathname;
 export const LOCK = join(here, "python-test-requirements.txt");
 const INPUT = join(here, "python-test-requirements.in");
-/** Packages PyPI has as source only (lm-eval's pure-Python dependencies): built from their
- *  sdist, hash-pinned like the wheels. */
-const SOURCE_ONLY = ["sqlitedict", "rouge-score", "word2number"];
+/** Packages PyPI has as source only (lm-eval's pure-Python dependencies, and llama-cpp-python,
+ *  whose sdist compiles llama.cpp: ~3.5 min on 2 cores, once per lock): built from their sdist,
+ *  hash-pinned like the wheels. */
+const SOURCE_ONLY = ["sqlitedict", "rouge-score", "word2number", "llama-cpp-python"];
+/** llama.cpp's build for llama-cpp-python: the library alone (no curl, no tools or tests), for
+ *  AVX2 and not -march=native: these machines report AMX, which the sandbox's kernel does not
+ *  grant, and a native build dies with SIGILL in the Q8_0 matmul. */
+const LLAMA_CMAKE =
+  "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF";
 /** Written last: a venv without it is a half-made one (an interrupted install) and is made again. */
 const MARKER = ".loralab-complete";
 /** Imported once made, so a venv that cannot run what the tests use is never marked complete. */
-const CHECK = "import torch, transformers, safetensors, tokenizers, jinja2, peft, schemathesis, lm_eval.tasks";
+const CHECK =
+  "import torch, transformers, safetensors, tokenizers, jinja2, peft, schemathesis, lm_eval.tasks, gguf, llama_cpp";
 
 function lockHash(): string {
   return new Bun.CryptoHasher("sha256").update(readFileSync(LOCK)).digest("hex").slice(0, 12);
@@ -36,7 +43,12 @@ async function sh(cmd: string[], what: string): Promise<void> {
   const p = Bun.spawn(cmd, {
     stdout: 2,
     stderr: "inherit",
-    env: { ...process.env, PIP_DISABLE_PIP_VERSION_CHECK: "1" },
+    env: {
+      ...process.env,
+      PIP_DISABLE_PIP_VERSION_CHECK: "1",
+      CMAKE_ARGS: LLAMA_CMAKE,
+      CMAKE_BUILD_PARALLEL_LEVEL: process.env.CMAKE_BUILD_PARALLEL_LEVEL ?? "2",
+    },
   });
   const code = await p.exited;
   if (code !== 0)

@@ -11,7 +11,7 @@
 //! Schema of all of it (the TypeScript types are generated from it).
 use crate::base::error::{panic_message, Error};
 use crate::config::{self, RunConfig};
-use crate::io::{checkpoint, rundir};
+use crate::io::{checkpoint, export, rundir};
 use crate::run::{analyze, evaluate, infer, spectrum, train};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -91,6 +91,16 @@ pub struct Merge {
     pub out: String,
     #[serde(default)]
     pub options: checkpoint::MergeOptions,
+}
+
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    /// A model (Hugging Face directory or .gguf) or a PEFT adapter directory.
+    pub src: String,
+    /// Where the export goes: a directory (hf, vllm) or a .gguf file (gguf, gguf-lora).
+    pub out: String,
+    pub options: export::ExportOptions,
 }
 
 #[derive(Deserialize, JsonSchema, Debug)]
@@ -564,6 +574,7 @@ protocol! {
     "count_tokens" => CountTokens(CountTokens) -> usize, true;
     "analyze" => Analyze(Analyze) -> analyze::Analysis, false;
     "merge" => Merge(Merge) -> checkpoint::Merged, false;
+    "export" => Export(Export) -> export::Exported, false;
     "random_baseline" => RandomBaseline(RandomBaselineParams) -> spectrum::RandomBaseline, false;
     "resolve_config" => ResolveConfig(ResolveConfig) -> RunConfig, true;
     "config_schema" => ConfigSchema(NoFields) -> Value, true;
@@ -780,6 +791,7 @@ impl Session {
                 let (base, adapter, out) = (Path::new(&m.base), Path::new(&m.adapter), Path::new(&m.out));
                 reply(checkpoint::merge_with(base, adapter, out, &m.options)?)
             }
+            Request::Export(x) => reply(export::export(Path::new(&x.src), Path::new(&x.out), &x.options)?),
             Request::RandomBaseline(b) => {
                 if b.n < 2 || b.cs.is_empty() || b.cs.iter().any(|c| !c.is_finite()) {
                     let msg = format!("need n ≥ 2 and finite scales c (n = {}, c = {:?})", b.n, b.cs);

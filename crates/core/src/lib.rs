@@ -20,7 +20,7 @@ pub mod run;
 
 // the paths callers used before the layers had folders
 pub use base::{device, error, rng};
-pub use io::{chat, checkpoint, gguf};
+pub use io::{chat, checkpoint, export, gguf};
 #[cfg(feature = "cuda")]
 pub use nn::cuda;
 pub use nn::{linear, ops};

@@ -41,6 +41,36 @@ fn gguf_names_map_to_hugging_face_keys() {
 }
 
 #[test]
+fn gguf_names_and_the_qk_permutation_invert_the_reading_side() {
+    use loralab_core::gguf::{gguf_name, permute};
+    for hf in [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.11.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.bias",
+        "model.layers.3.mlp.gate_proj.weight",
+        "model.layers.3.post_attention_layernorm.weight",
+    ] {
+        let g = gguf_name(hf).unwrap();
+        assert_eq!(hf_name(&g).unwrap(), hf, "{g}");
+    }
+    assert!(gguf_name("model.rotary_emb.inv_freq").is_none());
+    // llama.cpp's permutation, then the loader's undoing of it: the identity, and not itself one
+    let w = Tensor::arange(0f32, 8.0 * 16.0 * 3.0, &Device::Cpu).unwrap().reshape((8 * 16, 3)).unwrap();
+    let p = permute(&w, 8).unwrap();
+    assert!(max_abs_diff(&p, &w) > 1.0);
+    let cfg: loralab_core::model::LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "vocab_size": 8, "hidden_size": 48, "intermediate_size": 8,
+        "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 16
+    }))
+    .unwrap();
+    let back = loralab_core::gguf::to_hf_layout("blk.0.attn_q.weight", p, &cfg).unwrap();
+    assert_eq!(max_abs_diff(&back, &w), 0.0);
+}
+
+#[test]
 fn a_truncated_gguf_is_a_clear_error() {
     let bytes = std::fs::read(smollm2()).unwrap();
     let p = std::env::temp_dir().join(format!("loralab-truncated-{}.gguf", std::process::id()));

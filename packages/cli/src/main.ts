@@ -6,6 +6,8 @@ import { readFileSync } from "node:fs";
 import {
   applyOverrides,
   ConfigError,
+  exportModel,
+  type ExportOptions,
   loadConfigFile,
   merge,
   train,
@@ -37,6 +39,9 @@ const USAGE = `usage:
   loralab report DIR | RUN...           redraw a study's or the laboratory's report, or report over evaluated runs
   loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32]
                                         fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
+  loralab export SRC OUT --format hf|gguf|gguf-lora|vllm [--dtype D] [--base B]
+                                        deployable copies: an HF model in bf16/f16, GGUF (f16, Q8_0) for llama.cpp,
+                                        a GGUF LoRA (--lora), a vLLM adapter directory; --help
   loralab bench train|data|eval|svd|import
                                         side-by-side speed and memory measurements
   loralab --version                     the version of loralab and its engine
@@ -52,6 +57,16 @@ const MERGE_USAGE = `usage: loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32
   fold a PEFT adapter into its base model (HF directory or .gguf) and write a complete Hugging Face model
   directory: weights, config, tokenizer, tokenizer_config (chat template, eos), generation_config
   --dtype D   weights written as bf16, f16 or f32 (default f32)`;
+
+const EXPORT_USAGE = `usage: loralab export SRC OUT --format hf|gguf|gguf-lora|vllm [--dtype D] [--base B] [--base-source ID]
+  SRC: a run directory (its final model or adapter, and the run's base), a model (HF directory, .gguf, org/name)
+  or a PEFT adapter directory; an adapter with --format hf or gguf is merged into its base first
+  --format hf         a Hugging Face model directory (--dtype bf16|f16|f32, default f32)
+  --format gguf       one llama.cpp GGUF file (--dtype f16|q8_0|bf16|f32, default f16)
+  --format gguf-lora  a LoRA adapter for llama.cpp: llama-cli -m BASE.gguf --lora OUT (--dtype f16|f32, default f16)
+  --format vllm       a PEFT adapter directory with the fields vLLM reads (--dtype bf16|f16|f32, default bf16)
+  --base B            the base an adapter applies to (default: the run's)
+  --base-source ID    the base's Hub id to record in a vLLM adapter (default: the base's pinned id, when it has one)`;
 
 /** The version of the CLI, from the library's package.json. */
 function version(): string {
@@ -178,6 +193,44 @@ async function main(argv: string[]): Promise<number> {
       );
       for (const n of r.notes) console.log(`note: ${n}`);
       console.log(`merged model: ${out} (${r.dtype})`);
+      return 0;
+    }
+    case "export": {
+      const { values, positionals } = cliArgs(
+        "export",
+        rest,
+        {
+          format: { type: "string" },
+          dtype: { type: "string" },
+          base: { type: "string" },
+          "base-source": { type: "string" },
+        },
+        EXPORT_USAGE,
+      );
+      if (values.help) {
+        console.log(EXPORT_USAGE);
+        return 0;
+      }
+      if (positionals.length !== 2)
+        throw new ConfigError(`loralab export: expected SRC OUT, got ${positionals.length} paths\n${EXPORT_USAGE}`, "");
+      const format = values.format as ExportOptions["format"] | undefined;
+      if (!format || !["hf", "gguf", "gguf-lora", "vllm"].includes(format))
+        throw new ConfigError(
+          `loralab export: --format is one of hf, gguf, gguf-lora, vllm (got ${format ?? "none"})\n${EXPORT_USAGE}`,
+          "format",
+        );
+      const [src, out] = positionals as [string, string];
+      const r = await exportModel(src, out, {
+        format,
+        ...(values.dtype === undefined ? {} : { dtype: values.dtype as string }),
+        ...(values.base === undefined ? {} : { base: values.base as string }),
+        ...(values["base-source"] === undefined ? {} : { baseSource: values["base-source"] as string }),
+      });
+      for (const n of r.notes) console.log(`note: ${n}`);
+      const types = Object.entries(r.tensor_types)
+        .map(([t, n]) => `${n} ${t}`)
+        .join(", ");
+      console.log(`exported: ${r.path} (${r.format}, ${r.dtype}${types ? `; tensors ${types}` : ""})`);
       return 0;
     }
     case "bench": {

@@ -349,6 +349,64 @@ export async function merge(
   }
 }
 
+export interface ExportOptions {
+  /** `hf`: a Hugging Face model directory; `gguf`: one llama.cpp file; `gguf-lora`: a LoRA
+   *  adapter for `llama-cli --lora`; `vllm`: a PEFT adapter directory for vLLM. */
+  format: "hf" | "gguf" | "gguf-lora" | "vllm";
+  /** hf, vllm: bf16 | f16 | f32 (default f32, vllm bf16); gguf: f32 | f16 | bf16 | q8_0 (default
+   *  f16); gguf-lora: f32 | f16 (default f16). */
+  dtype?: string;
+  /** The base an adapter applies to (path or Hub id); a run directory's own base by default. */
+  base?: string;
+  /** The base's Hub id to record in a vLLM adapter (`org/name[@sha]`); the base's pin by default. */
+  baseSource?: string;
+}
+export type ExportResult = Reply<"export">;
+
+/** Export a model or adapter for deployment. `src` is a run directory (its final output, and
+ *  for an adapter the run's base), a model (HF directory, .gguf, Hub id) or a PEFT adapter
+ *  directory. */
+export async function exportModel(src: string, out: string, opts: ExportOptions): Promise<ExportResult> {
+  let base = opts.base ?? "";
+  let baseSource = opts.baseSource ?? "";
+  // a model's own Hub id is its GGUF's source only when it is the Hub's model, unmodified
+  let fromRun = false;
+  if (existsSync(join(src, "run.json"))) {
+    const rd = runDirectory(src);
+    if (!rd.output)
+      throw new ConfigError(
+        `${src}: the run has no final output yet (status ${rd.status ?? "unknown"}) (hint: export a checkpoint directory under ${join(src, "checkpoints")} instead)`,
+        "src",
+      );
+    const model = (rd.config?.model ?? {}) as { path?: string; source?: string };
+    src = rd.output;
+    fromRun = true;
+    // an adapter applies to the run's base
+    if (existsSync(join(src, "adapter_config.json"))) {
+      if (!base) base = rd.base || model.path || "";
+      if (!baseSource) baseSource = model.source ?? "";
+    }
+  }
+  const resolved = await resolveModelInput(src, "src");
+  src = resolved.path;
+  if (!base && !baseSource && !fromRun) baseSource = resolved.pinned || pinnedOfCachePath(src);
+  if (base) {
+    const b = await resolveModelInput(base, "base");
+    base = b.path;
+    if (!baseSource) baseSource = b.pinned || pinnedOfCachePath(b.path);
+  }
+  const engine = await openEngine();
+  try {
+    return await engine.request("export", {
+      src,
+      out,
+      options: { format: opts.format, dtype: opts.dtype ?? "", base, base_source: baseSource },
+    });
+  } finally {
+    await engine.close();
+  }
+}
+
 /** A run directory as the engine reads it: run.json, config.json, complete checkpoints by step,
  *  the last of them, the final output (docs/run-directory.md; the layout lives in the engine). */
 export function runDirectory(runDir: string): RunDirectory {

@@ -75,6 +75,7 @@ export interface Protocol {
     effective_rank: Num;
     eval_loss: EvalLoss;
     explained_variance: Num[];
+    export: Exported;
     generate: Generation[];
     load: Loaded;
     loglik: Loglik[];
@@ -101,6 +102,7 @@ export interface Protocol {
     effective_rank: Sigma;
     eval_loss: EvalLossRequest;
     explained_variance: ExplainedVariance;
+    export: Export;
     generate: Generate;
     load: LoadRequest;
     loglik: LoglikParams;
@@ -288,6 +290,24 @@ export interface EvalLoss {
   loss: number;
   loss_tokens: number;
   rows: number;
+}
+/**
+ * What [`export`] wrote.
+ */
+export interface Exported {
+  dtype: string;
+  format: string;
+  /**
+   * What the user should know: what the source lacked, how to load the result.
+   */
+  notes: string[];
+  path: string;
+  /**
+   * The GGUF tensor types written, by count (gguf, gguf-lora).
+   */
+  tensor_types: {
+    [k: string]: number;
+  };
 }
 export interface Generation {
   /**
@@ -527,6 +547,42 @@ export interface EvalLossRequest {
 export interface ExplainedVariance {
   sigma: Num[];
   total_sq?: Num | null;
+}
+export interface Export {
+  options: ExportOptions;
+  /**
+   * Where the export goes: a directory (hf, vllm) or a .gguf file (gguf, gguf-lora).
+   */
+  out: string;
+  /**
+   * A model (Hugging Face directory or .gguf) or a PEFT adapter directory.
+   */
+  src: string;
+}
+/**
+ * What to write (JSON from the addon; unknown fields refused).
+ */
+export interface ExportOptions {
+  /**
+   * The base model (HF directory or .gguf) an adapter applies to: needed to merge it (hf,
+   * gguf) and for a GGUF LoRA's architecture and head counts.
+   */
+  base?: string;
+  /**
+   * The base's Hub id (`org/name` or `org/name@sha`), recorded as the vLLM adapter's
+   * `base_model_name_or_path` when the adapter names a local path or a .gguf.
+   */
+  base_source?: string;
+  /**
+   * hf, vllm: bf16, f16 or f32 (default f32 for hf, bf16 for vllm); gguf: f32, f16, bf16 or
+   * q8_0 (default f16); gguf-lora: f32 or f16 (default f16).
+   */
+  dtype?: string;
+  /**
+   * `hf` (a Hugging Face model directory), `gguf` (one llama.cpp file), `gguf-lora` (a LoRA
+   * adapter for `llama-cli --lora`), `vllm` (a PEFT adapter directory for vLLM).
+   */
+  format?: string;
 }
 export interface Generate {
   engine: string;

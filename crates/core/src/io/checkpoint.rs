@@ -80,7 +80,7 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// A JSON object file (config.json, tokenizer_config.json, ...).
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).map_err(|e| Error::file(path, e))?)
         .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
     if !v.is_object() {
@@ -89,7 +89,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+pub(crate) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     std::fs::write(path, serde_json::to_vec_pretty(v)?).map_err(|e| Error::file(path, e))
 }
 
@@ -153,6 +153,31 @@ fn write_model(
     let tok_json = crate::io::tokenizer::tokenizer_json(tokenizer)?;
     std::fs::write(dir.join("tokenizer.json"), &tok_json)?;
     write_tokenizer_files(dir, tokenizer, &tok_json, &model.cfg)
+}
+
+/// A model as a complete Hugging Face directory at `out` (see [`write_model`]), its weights in
+/// `dtype`, written aside and renamed into place with its manifest (`loralab export --format hf`).
+pub(crate) fn write_model_dir(
+    out: &Path,
+    model: &Llama,
+    hf_config: &Path,
+    tokenizer: &Path,
+    dtype: DType,
+) -> Result<Vec<String>> {
+    let tmp = fresh_tmp(out)?;
+    let notes = write_model(&tmp, model, hf_config, tokenizer, Some(dtype))?;
+    publish(&tmp, out)?;
+    Ok(notes)
+}
+
+/// Tensors as one safetensors file.
+pub(crate) fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    save_map(map, path)
+}
+
+/// A directory written at `tmp` (a sibling of `dir`) put in place with its manifest.
+pub(crate) fn publish_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    publish(tmp, dir)
 }
 
 /// tokenizer_config.json (chat template, bos/eos tokens) and special_tokens_map.json. A
@@ -348,6 +373,7 @@ pub fn save(
                 }
                 _ => (base_model, None),
             };
+
             let adapter_config = serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
@@ -380,6 +406,21 @@ pub fn save(
         std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(s)?)?;
     }
     publish(&tmp, dir)
+}
+
+/// The Hugging Face repo a GGUF file was converted from, as its metadata states it
+/// (`general.source.huggingface.repository`, or a huggingface.co `general.source.url`).
+pub fn gguf_source_repo(path: &Path) -> Option<String> {
+    let md = crate::io::gguf::metadata(path).ok()?;
+    let text = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
+    let repo = text("general.source.huggingface.repository").or_else(|| {
+        let url = text("general.source.url")?;
+        let rest = url.strip_prefix("https://huggingface.co/")?;
+        let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        (parts.len() >= 2).then(|| format!("{}/{}", parts[0], parts[1]))
+    })?;
+    let ok = repo.split('/').count() == 2 && repo.split('/').all(|p| !p.is_empty() && !p.starts_with('.'));
+    ok.then_some(repo)
 }
 
 /// The safetensors files of a Hugging Face model directory (single or sharded).

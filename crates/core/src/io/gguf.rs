@@ -76,33 +76,69 @@ pub fn config_from_metadata(md: &HashMap<String, Value>, path: &Path, tied: bool
     serde_json::from_value(cfg).map_err(|e| Error::file(path, format!("GGUF metadata: {e}")))
 }
 
-/// GGUF tensor name -> Hugging Face key.
-pub fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+/// llama.cpp's tensor names and Hugging Face's, one table for both directions: the whole-model
+/// tensors, then a block's modules (`blk.N.<gguf>` ↔ `model.layers.N.<hf>`).
+const TOP: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+const BLOCK: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// One direction of the table: `name` under `from_prefix`, renamed to `to_prefix`.
+fn rename(name: &str, from_prefix: &str, to_prefix: &str, gguf_to_hf: bool) -> Option<String> {
+    let pick = |(g, h): &(&'static str, &'static str)| if gguf_to_hf { (*g, *h) } else { (*h, *g) };
+    if let Some((_, to)) = TOP.iter().map(pick).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
     }
-    let rest = gguf.strip_prefix("blk.")?;
+    let rest = name.strip_prefix(from_prefix)?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+    let (_, to) = BLOCK.iter().map(pick).find(|(from, _)| *from == module)?;
+    Some(format!("{to_prefix}{layer}.{to}.{kind}"))
+}
+
+/// GGUF tensor name -> Hugging Face key.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    rename(gguf, "blk.", "model.layers.", true)
+}
+
+/// Hugging Face key -> GGUF tensor name (the inverse of [`hf_name`]).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    rename(hf, "model.layers.", "blk.", false)
+}
+
+/// llama.cpp's q/k row permutation (what its converter stores for the llama architecture):
+/// W.reshape(h, 2, d/2, in).swapaxes(1, 2); [`unpermute`] undoes it.
+pub fn permute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = w.dims().to_vec();
+    let half = dims[0] / heads / 2;
+    let mut shape = vec![heads, 2, half];
+    shape.extend(&dims[1..]);
+    w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)
+}
+
+/// A Hugging Face tensor in llama.cpp's layout for `cfg`'s architecture: llama's q/k rows
+/// permuted (the inverse of [`to_hf_layout`]).
+pub fn to_gguf_layout(gguf_name: &str, t: &Tensor, cfg: &LlamaConfig) -> Result<Tensor> {
+    let permuted = cfg.model_type != "qwen2";
+    Ok(if permuted && gguf_name.contains(".attn_q.") {
+        permute(t, cfg.num_attention_heads)?
+    } else if permuted && gguf_name.contains(".attn_k.") {
+        permute(t, cfg.kv_heads())?
+    } else {
+        t.clone()
+    })
 }
 
 /// Undo llama.cpp's q/k row permutation: it stored W.reshape(h, 2, d/2, in).swapaxes(1, 2).

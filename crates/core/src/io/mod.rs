@@ -3,6 +3,7 @@
 //! directory (docs/run-directory.md), which lives in `rundir` alone.
 pub mod chat;
 pub mod checkpoint;
+pub mod export;
 pub mod gguf;
 pub mod rundir;
 pub mod tokenizer;

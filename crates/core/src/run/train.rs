@@ -342,6 +342,13 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
             checkpoint::save(&base_dir, &model, &full, &hf_config_path, &tok_path, "", None, None)?;
         }
         base_dir.to_string_lossy().into_owned()
+    } else if let Some(repo) = checkpoint::is_gguf(Path::new(&cfg.model.path))
+        .then(|| checkpoint::gguf_source_repo(Path::new(&cfg.model.path)))
+        .flatten()
+    {
+        // a GGUF base is nothing PEFT loads: adapters name the Hugging Face repo it was
+        // converted from, when its metadata says (llama.cpp's converter writes general.source.*)
+        repo
     } else if !cfg.model.source.is_empty() {
         // a Hub model: adapters name its id and commit, which PEFT resolves from the same cache
         cfg.model.source.clone()
