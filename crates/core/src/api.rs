@@ -82,6 +82,14 @@ pub struct CountTokens {
 
 #[derive(Deserialize, JsonSchema, Debug)]
 #[serde(deny_unknown_fields)]
+pub struct TokenCounts {
+    /// A tokenizer.json or a .gguf file.
+    pub tokenizer: String,
+    pub texts: Vec<String>,
+}
+
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
 pub struct Merge {
     /// Base model: Hugging Face directory or .gguf.
     pub base: String,
@@ -572,6 +580,7 @@ protocol! {
     "generate" => Generate(Generate) -> Vec<infer::Generation>, false;
     "loglik" => Loglik(LoglikParams) -> Vec<infer::Loglik>, false;
     "count_tokens" => CountTokens(CountTokens) -> usize, true;
+    "token_counts" => TokenCounts(TokenCounts) -> Vec<usize>, true;
     "analyze" => Analyze(Analyze) -> analyze::Analysis, false;
     "merge" => Merge(Merge) -> checkpoint::Merged, false;
     "export" => Export(Export) -> export::Exported, false;
@@ -791,6 +800,7 @@ impl Session {
                 let (base, adapter, out) = (Path::new(&m.base), Path::new(&m.adapter), Path::new(&m.out));
                 reply(checkpoint::merge_with(base, adapter, out, &m.options)?)
             }
+            Request::TokenCounts(t) => reply(crate::data::token_counts(Path::new(&t.tokenizer), &t.texts)?),
             Request::Export(x) => reply(export::export(Path::new(&x.src), Path::new(&x.out), &x.options)?),
             Request::RandomBaseline(b) => {
                 if b.n < 2 || b.cs.is_empty() || b.cs.iter().any(|c| !c.is_finite()) {

@@ -100,6 +100,8 @@ pub struct DataConfig {
     pub cache_dir: String,
     /// Use only the first N records (0 = all): quick experiments on a slice of a large set.
     pub max_records: usize,
+    /// A token budget (0 = all): records are used until their tokens (text, or prompt + response, each with its EOS) reach N. For a recipe (`train = "recipe:NAME"`) the library streams the dataset shard by shard from the Hub and stops there, so only the shards the budget needs are downloaded.
+    pub max_tokens: u64,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +270,7 @@ impl Default for DataConfig {
             seq_len: 256,
             cache_dir: ".cache/loralab/shards".into(),
             max_records: 0,
+            max_tokens: 0,
         }
     }
 }
@@ -487,6 +490,9 @@ impl RunConfig {
         // data
         if self.data.train.is_empty() {
             return Err(Error::config("data.train", "no training data (hint: a .jsonl or .txt file)"));
+        }
+        if self.data.train.starts_with("recipe:") {
+            return Err(Error::config("data.train", "recipe:NAME is streamed from the Hub by the loralab library before the engine (hint: run through `loralab train` or the loralab library)"));
         }
         if !self.data.recipe.is_empty() {
             return Err(Error::config("data.recipe", "recipes are applied by the loralab library before the engine (hint: run through `loralab train` or the @loralab/loralab library)"));

@@ -31,6 +31,22 @@ fn encode(tok: &Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
         .map_err(|e| Error::config("model.tokenizer", format!("tokenization failed: {e}")))
 }
 
+/// The token count of each text under `tokenizer` (a tokenizer.json or .gguf), no special
+/// tokens: what a recipe's token budget is counted in before the data is prepared. The last
+/// tokenizer used is kept, so a stream of batches loads it once.
+pub fn token_counts(tokenizer: &Path, texts: &[String]) -> Result<Vec<usize>> {
+    use std::sync::{Mutex, OnceLock};
+    static LAST: OnceLock<Mutex<Option<(PathBuf, std::time::SystemTime, Tokenizer)>>> = OnceLock::new();
+    let stamp = std::fs::metadata(tokenizer).and_then(|m| m.modified()).map_err(|e| Error::file(tokenizer, e))?;
+    let mut last = LAST.get_or_init(|| Mutex::new(None)).lock().unwrap_or_else(|p| p.into_inner());
+    if !last.as_ref().is_some_and(|(p, t, _)| p == tokenizer && *t == stamp) {
+        *last = Some((tokenizer.to_path_buf(), stamp, crate::io::tokenizer::load_tokenizer(tokenizer)?));
+    }
+    let tok = &last.as_ref().map(|(_, _, t)| t).ok_or_else(|| Error::file(tokenizer, "no tokenizer"))?;
+    let enc = tok.encode_batch(texts.to_vec(), false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok(enc.iter().map(|e| e.len()).collect())
+}
+
 /// 64-bit FNV-1a: a stable content hash for the shard cache key.
 pub fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
@@ -217,6 +233,7 @@ pub fn prepare(
         &cfg.template,
         cfg.seq_len,
         cfg.max_records,
+        cfg.max_tokens,
         eos,
         chat.map(|c| &c.source),
         4u32,
@@ -271,7 +288,12 @@ fn write_shards(
     let (mut truncated, mut dropped, mut total, mut dropped_tokens) = (0usize, 0usize, 0u64, 0u64);
     let ones = vec![1u8; t];
     let mut pending: Vec<u32> = Vec::with_capacity(2 * t); // CPT: tokens not yet in a full row
+    let mut over_budget = 0usize; // records after data.max_tokens was reached: read, not used
     let result = for_each_record(cfg, chat, |a, b| {
+        if cfg.max_tokens > 0 && total >= cfg.max_tokens {
+            over_budget += 1;
+            return Ok(());
+        }
         match cfg.format {
             DataFormat::Cpt => {
                 // documents joined by EOS, cut into seq_len blocks; the tail is dropped at the end
@@ -312,7 +334,7 @@ fn write_shards(
         Ok(())
     });
     let documents = match result {
-        Ok(n) => n,
+        Ok(n) => n - over_budget,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp); // nothing half-written is left looking valid
             return Err(e);

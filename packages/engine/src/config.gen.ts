@@ -42,6 +42,10 @@ export interface DataConfig {
    */
   max_records?: number;
   /**
+   * A token budget (0 = all): records are used until their tokens (text, or prompt + response, each with its EOS) reach N. For a recipe (`train = "recipe:NAME"`) the library streams the dataset shard by shard from the Hub and stops there, so only the shards the budget needs are downloaded.
+   */
+  max_tokens?: number;
+  /**
    * chat: the record field holding the conversation (a list of {role, content}).
    */
   messages_field?: string;

@@ -4,10 +4,11 @@
 // `loralab` re-exports it with evaluation and analysis; `loralab/server`, `loralab/store` add the rest.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { engineReadable, type Mapping, normalize, RECIPES } from "@loralab/data";
+import { DataError, engineReadable, type Mapping, normalize, RECIPES } from "@loralab/data";
 import { HubError, pinnedOfCachePath, resolveData, resolveModel } from "@loralab/hub";
 import type { SidecarOptions } from "@loralab/native/sidecar";
 import type { RunConfig } from "./config.gen.ts";
+import { prepareRecipe, tokenizerOf } from "./recipes.ts";
 import type { ResolvedRunConfig } from "./protocol.gen.ts";
 import { ConfigSyntaxError, readConfigFile } from "./configfile.ts";
 import {
@@ -154,8 +155,13 @@ type DataConfig = NonNullable<RunConfig["data"]>;
 
 /** Datasets the engine cannot read as they are (other formats, directories, recipes) become a
  *  normalised JSONL in the shard cache; the engine then prepares from it. */
-export async function prepareData(data: DataConfig, signal?: AbortSignal): Promise<DataConfig> {
+export async function prepareData(
+  data: DataConfig,
+  signal?: AbortSignal,
+  model?: NonNullable<RunConfig["model"]>,
+): Promise<DataConfig> {
   const train = data.train ?? "";
+  if (train.startsWith("recipe:")) return streamRecipe(train.slice("recipe:".length), data, model, signal);
   const recipe = data.recipe ?? "";
   // a missing path or a plain .jsonl/.txt goes to the engine as it is (it names the error)
   if (!train || !existsSync(train) || (!recipe && engineReadable(train))) return data;
@@ -186,6 +192,47 @@ export async function prepareData(data: DataConfig, signal?: AbortSignal): Promi
       messages_field: "messages",
     };
   } catch (e) {
+    throw new EngineError((e as Error).message);
+  }
+}
+
+/** `data.train = "recipe:NAME"`: the study's dataset streamed from the Hub (recipes.ts) into
+ *  the JSONL the engine prepares from, within `data.max_tokens` / `data.max_records`. */
+async function streamRecipe(
+  name: string,
+  data: DataConfig,
+  model: NonNullable<RunConfig["model"]> | undefined,
+  signal?: AbortSignal,
+): Promise<DataConfig> {
+  if (!model?.path && !model?.tokenizer)
+    throw new ConfigError(
+      `data.train recipe:${name}: the budget is counted in the model's tokens, and no model is given (hint: set model.path)`,
+      "data.train",
+    );
+  const tok = tokenizerOf(model);
+  try {
+    const r = await prepareRecipe(name, {
+      cacheDir: data.cache_dir ?? ".cache/loralab/shards",
+      maxTokens: data.max_tokens ?? 0,
+      maxRecords: data.max_records ?? 0,
+      count: (texts) => quick("token_counts", { tokenizer: tok.path, texts }),
+      tokenizerKey: tok.key,
+      signal,
+    });
+    return {
+      ...data,
+      train: r.output,
+      source: r.pinned,
+      recipe: "",
+      format: r.mapping.format,
+      text_field: "text",
+      prompt_field: "prompt",
+      response_field: "response",
+      messages_field: "messages",
+    };
+  } catch (e) {
+    if (e instanceof HubError) throw new ConfigError(e.message, "data.train");
+    if (e instanceof DataError && /unknown recipe/.test(e.message)) throw new ConfigError(e.message, "data.train");
     throw new EngineError((e as Error).message);
   }
 }
@@ -235,7 +282,7 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
   config = await resolveHubInputs(config);
   if (config.data) {
     try {
-      config = { ...config, data: await prepareData(config.data, opts.signal) };
+      config = { ...config, data: await prepareData(config.data, opts.signal, config.model) };
     } catch (e) {
       if (opts.signal?.aborted) return cancelled();
       throw e;

@@ -91,6 +91,7 @@ export interface Protocol {
     shutdown: ShutDown;
     singular_values: Num[];
     stable_rank: Num;
+    token_counts: number[];
     train: RunSummary;
     unload: Unloaded;
   };
@@ -118,6 +119,7 @@ export interface Protocol {
     shutdown: NoFields;
     singular_values: SingularValues;
     stable_rank: Sigma;
+    token_counts: TokenCounts;
     train: Train;
     unload: EngineRef;
   };
@@ -569,8 +571,10 @@ export interface ExportOptions {
    */
   base?: string;
   /**
-   * The base's Hub id (`org/name` or `org/name@sha`), recorded as the vLLM adapter's
-   * `base_model_name_or_path` when the adapter names a local path or a .gguf.
+   * The Hub id (`org/name` or `org/name@sha`) of the base (an adapter's) or of the model
+   * itself (an unmodified Hub model): a vLLM adapter's `base_model_name_or_path`, and a GGUF
+   * model's `general.source.huggingface.repository`, so an adapter later trained on that
+   * GGUF names the Hugging Face repo PEFT can load.
    */
   base_source?: string;
   /**
@@ -735,6 +739,13 @@ export interface SingularValues {
   a: Num[];
   m: number;
   n: number;
+}
+export interface TokenCounts {
+  texts: string[];
+  /**
+   * A tokenizer.json or a .gguf file.
+   */
+  tokenizer: string;
 }
 export interface Train {
   config: RunConfig;

@@ -16,7 +16,7 @@
 // HF_TOKEN (or the token file `hf auth login` writes), HF_HUB_OFFLINE.
 import { dlopen, FFIType, type Pointer, read } from "bun:ffi";
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, existsSync, readFileSync } from "node:fs";
+import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { lstat, mkdir, open, readFile, readlink, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
@@ -153,8 +153,10 @@ export interface Resolved {
   ref: HubRef;
   /** The commit the revision resolved to. */
   sha: string;
-  /** Repo paths now in the snapshot. */
+  /** The repo paths asked for (with `listOnly`, those that would be fetched). */
   files: string[];
+  /** Answered by the cache alone (offline, or the Hub unreachable or down). */
+  cached: boolean;
   /** `org/name@sha`: what to record to pin the input. */
   pinned: string;
 }
@@ -169,6 +171,9 @@ export interface ResolveOptions {
   /** Point refs/<revision> at the commit once its files are in (default true); false for a
    *  caller that fetches a repo in parts and moves the ref after the last. */
   writeRef?: boolean;
+  /** Name the commit and the files, fetch nothing: a caller that streams a large dataset
+   *  fetches them one by one (resolveRef with the sha and each path). */
+  listOnly?: boolean;
 }
 
 const SHA = /^[0-9a-f]{40}$/;
@@ -204,7 +209,19 @@ function fromCache(s: HubSettings, ref: HubRef, why: string): Resolved {
       `${why}, and ${describe(ref)}${ref.path ? `/${ref.path}` : ""} is not in the cache at ${s.cache}`,
       "run once with the network (HF_HUB_OFFLINE unset), or point HF_HUB_CACHE at a cache that has it",
     );
-  return { snapshot, path, ref, sha, files: [], pinned: `${ref.repo}@${sha}` };
+  // the files of the asked-for path the snapshot has, in repo paths
+  const files: string[] = [];
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else files.push(relative(snapshot, p));
+    }
+  };
+  if (statSync(path).isDirectory()) walk(path);
+  else files.push(relative(snapshot, path));
+  files.sort();
+  return { snapshot, path, ref, sha, files, cached: true, pinned: `${ref.repo}@${sha}` };
 }
 
 /** A failure to reach the Hub at all (as opposed to the Hub refusing): a socket error's code, or
@@ -328,12 +345,23 @@ export async function resolveRef(ref: HubRef, opts: ResolveOptions = {}): Promis
       `${describe(ref)} has no ${under ? `file or folder \`${under}\`` : "files"}${opts.include ? " of the kind wanted" : ""} at ${sha.slice(0, 12)}`,
       `see ${pageOf(s, ref)}/tree/${sha}`,
     );
+  const path = under ? join(snapshot, under) : snapshot;
+  const pinned = `${ref.repo}@${sha}`;
+  const files = wanted.map((e) => e.path);
+  if (opts.listOnly) return { snapshot, path, ref, sha, files, cached: false, pinned };
   const progress = opts.onProgress ?? stderrProgress();
   for (const e of wanted) await fetchFile(s, ref, sha, e, progress, opts.signal);
   // the ref moves only once its snapshot is complete, so the cache never names a partial one
   if (opts.writeRef !== false) await pinRef(s, ref, sha);
-  const path = under ? join(snapshot, under) : snapshot;
-  return { snapshot, path, ref, sha, files: wanted.map((e) => e.path), pinned: `${ref.repo}@${sha}` };
+  return { snapshot, path, ref, sha, files, cached: false, pinned };
+}
+
+/** Point refs/<ref.revision> at `sha` in the cache, for a caller that fetched a revision's
+ *  files itself (resolveRef with `listOnly`, then file by file): done after the last, so the
+ *  cache never names a commit whose files it lacks. */
+export async function pinRevision(ref: HubRef, sha: string, settings: HubSettings = hubSettings()): Promise<void> {
+  if (!SHA.test(sha)) throw new HubError(`${describe(ref)}: \`${sha}\` is not a commit sha`);
+  await pinRef(settings, ref, sha);
 }
 
 /** refs/<revision> → `sha` (nothing for a revision that is itself a sha). */
@@ -787,7 +815,7 @@ export async function resolveModel(spec: string, opts: ResolveOptions = {}): Pro
     weights = (p: string) => files.has(p);
     named = [...files];
   }
-  if (meta.files.length === 0) {
+  if (meta.cached) {
     // from the cache (offline or the Hub unreachable): a snapshot another tool left without its
     // weights (huggingface_hub writes refs/ before the files) is not a model
     const missing = named.length
