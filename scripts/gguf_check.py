@@ -192,13 +192,19 @@ for label, path, lora, ref in runs:
     for text in job["texts"]:
         ids = tok(text).input_ids
         got, llm = cpp_logits(path, ids, lora)
-        same_tokens &= llm.tokenize(text.encode(), add_bos=True, special=False) == ids
+        # the file's own add_bos_token decides, as llama-cli's does (not the caller's flag)
+        same_tokens &= llm.tokenize(text.encode(), add_bos=llm._model.add_bos_token(), special=False) == ids
         want = hf_logits(ref, ids)
         worst = max(worst, float(np.abs(got - want).max()))
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
         n += len(ids)
         del llm
     res["llama_cpp"][label] = {"max_abs_logit_diff": worst, "argmax_agree": agree / n, "tokens_equal": same_tokens}
+# the vLLM directory of the patterned adapter (its per-module scales folded into B, one
+# lora_alpha / r), loaded by PEFT, gives the patterned adapter's logits
+if job.get("vllm_patterned"):
+    ids = tok(job["texts"][1]).input_ids
+    res["vllm_patterned_diff"] = float(np.abs(hf_logits(with_adapter(job["vllm_patterned"]), ids) - hf_logits(with_adapter(job["adapter_patterned"]), ids)).max())
 # the LoRA moves the logits by more than the tolerance, or the check above would not see it
 ids = tok(job["texts"][0]).input_ids
 res["lora_effect"] = float(np.abs(hf_logits(with_adapter(job["adapter"]), ids) - hf_logits(hf_model, ids)).max())

@@ -127,6 +127,11 @@ describe("loralab export", () => {
     const lp = await ex(patterned, "lora-patterned.gguf", { format: "gguf-lora", base: model, dtype: "f32" });
     expect(lp.notes.join("\n")).toMatch(/alpha is 0/);
     await ex(run, "merged-f16.gguf", { format: "gguf" });
+    // vLLM ignores PEFT's patterns: they are folded into each B, the adapter scaled by 1
+    const vp = await ex(patterned, "vllm-patterned", { format: "vllm", dtype: "f32" });
+    expect(vp.notes.join("\n")).toMatch(/patterns folded into each lora_B/);
+    const vac = JSON.parse(readFileSync(join(out, "vllm-patterned", "adapter_config.json"), "utf8"));
+    expect([vac.r, vac.lora_alpha, vac.use_rslora, vac.alpha_pattern]).toEqual([4, 4, false, {}]);
     for (const f of ["tiny-f32.gguf", "tiny-f16.gguf", "tiny-q8_0.gguf", "lora.gguf"])
       if (!existsSync(join(out, f))) throw new Error(`${f} missing: the tests above write it`);
     const job = join(out, "job.json");
@@ -141,6 +146,7 @@ describe("loralab export", () => {
         merged: join(out, "merged-f16.gguf"),
         lora: join(out, "lora.gguf"),
         lora_patterned: join(out, "lora-patterned.gguf"),
+        vllm_patterned: join(out, "vllm-patterned"),
       }),
     );
     const p = Bun.spawn([testPython(), join(root, "scripts/gguf_check.py"), job], { stdout: "pipe", stderr: "pipe" });
@@ -219,6 +225,7 @@ describe("loralab export", () => {
     }
     expect(cpp.f32!.argmax_agree).toBe(1);
     expect(r.lora_effect).toBeGreaterThan(20 * 1e-3);
+    expect(r.vllm_patterned_diff).toBeLessThan(1e-4);
   }, 300_000);
 
   test("a GGUF made from a Hub model names it, so an adapter trained on that GGUF names a base PEFT can load", async () => {
@@ -244,6 +251,66 @@ describe("loralab export", () => {
     expect(await loraOn(join(out, "tiny-f32.gguf"), "on-plain-gguf")).toBe(join(out, "tiny-f32.gguf"));
   }, 120_000);
 
+  test("the output never replaces the source or the user's files; nothing half-written is left", async () => {
+    const cwd = process.cwd();
+    const here = tempDir("export-cwd");
+    writeFileSync(join(here, "canary.txt"), "keep me");
+    try {
+      process.chdir(here);
+      await expect(exportModel(model, ".", { format: "hf" })).rejects.toThrow(/names no file or directory of its own/);
+      await expect(exportModel(model, "..", { format: "hf" })).rejects.toThrow(/names no file or directory of its own/);
+    } finally {
+      process.chdir(cwd);
+    }
+    expect(readFileSync(join(here, "canary.txt"), "utf8")).toBe("keep me");
+    // a directory of the user's is refused; one loralab wrote is replaced
+    await expect(exportModel(model, here, { format: "hf" })).rejects.toThrow(
+      /was not written by loralab.*name a new directory/,
+    );
+    expect(readFileSync(join(here, "canary.txt"), "utf8")).toBe("keep me");
+    await ex(model, "again-bf16", { format: "hf", dtype: "bf16" });
+    await ex(model, "again-bf16", { format: "hf", dtype: "f16" });
+    // `x.v1` is written beside, never by way of, a sibling `x.tmp`
+    const sib = join(out, "x.tmp");
+    Bun.spawnSync(["mkdir", "-p", sib]);
+    writeFileSync(join(sib, "mine.txt"), "mine");
+    await ex(run, "x.v1", { format: "vllm" });
+    expect(readFileSync(join(sib, "mine.txt"), "utf8")).toBe("mine");
+    // a GGUF is one *.gguf file: a directory is refused before anything is written
+    await expect(exportModel(model, here, { format: "gguf" })).rejects.toThrow(/one file named \*\.gguf/);
+    await expect(exportModel(model, join(out, "model.bin"), { format: "gguf" })).rejects.toThrow(/one file named/);
+    // the source itself
+    await expect(exportModel(run, adapter, { format: "vllm" })).rejects.toThrow(/is \(or holds\) the source/);
+    await expect(
+      exportModel(join(out, "tiny-f32.gguf"), join(out, "tiny-f32.gguf"), { format: "gguf" }),
+    ).rejects.toThrow(/is \(or holds\) the source/);
+    expect(existsSync(join(out, "tiny-f32.gguf"))).toBe(true);
+    // a GGUF LoRA is not a model
+    await expect(logliks(join(out, "lora.gguf"))).rejects.toThrow(/a GGUF LoRA adapter, not a model.*--lora/);
+  }, 120_000);
+
+  test("a Llama-3-style tokenizer (its BOS in a Sequence post-processor) keeps its BOS in llama.cpp", async () => {
+    const l3 = join(out, "l3-model");
+    cpSync(model, l3, { recursive: true });
+    Bun.spawnSync(["rm", "-f", join(l3, "loralab_manifest.json")]);
+    const tj = JSON.parse(readFileSync(join(l3, "tokenizer.json"), "utf8"));
+    const seq = {
+      type: "Sequence",
+      processors: [
+        { type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: true },
+        tj.post_processor,
+      ],
+    };
+    writeFileSync(join(l3, "tokenizer.json"), JSON.stringify({ ...tj, post_processor: seq }));
+    await ex(l3, "l3.gguf", { format: "gguf", dtype: "f32" });
+    const py = `
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+print(llm._model.add_bos_token(), llm.tokenize(b"def f", add_bos=llm._model.add_bos_token(), special=False)[0])`;
+    const p = Bun.spawnSync([testPython(), "-c", py, join(out, "l3.gguf")], { stdout: "pipe", stderr: "pipe" });
+    expect([p.exitCode, p.stdout.toString().trim()]).toEqual([0, "True 0"]);
+  }, 60_000);
+
   test("refusals say what to do", async () => {
     await expect(ex(model, "x.gguf", { format: "gguf-lora" })).rejects.toThrow(/a LoRA adapter, and this is a model/);
     await expect(ex(adapter, "x.gguf", { format: "gguf" })).rejects.toThrow(/needs its base model.*--base/);
@@ -263,6 +330,24 @@ describe("loralab export", () => {
       JSON.stringify({ ...tj, pre_tokenizer: null, model: { ...tj.model, byte_fallback: true } }),
     );
     await expect(ex(sp, "sp.gguf", { format: "gguf" })).rejects.toThrow(/SentencePiece.*convert_hf_to_gguf.py/);
+    // an adapter with a layer the base lacks is another base's: refused, not truncated
+    const foreign = join(out, "adapter-foreign");
+    cpSync(adapter, foreign, { recursive: true });
+    Bun.spawnSync(["rm", "-f", join(foreign, "loralab_manifest.json")]);
+    const st = readFileSync(join(foreign, "adapter_model.safetensors"));
+    const n = Number(st.readBigUInt64LE(0));
+    // the same bytes, one key renamed from layer 0 to layer 9 (same length: the header keeps its size)
+    const header = st
+      .subarray(8, 8 + n)
+      .toString()
+      .replace("layers.0.self_attn.q_proj.lora_A", "layers.9.self_attn.q_proj.lora_A");
+    writeFileSync(
+      join(foreign, "adapter_model.safetensors"),
+      Buffer.concat([st.subarray(0, 8), Buffer.from(header), st.subarray(8 + n)]),
+    );
+    await expect(ex(foreign, "foreign.gguf", { format: "gguf-lora", base: model })).rejects.toThrow(
+      /adapted module\(s\) this model does not have, e\.g\. model\.layers\.9\.self_attn\.q_proj.*another base/,
+    );
     // and from the command line, with its usage
     const cli = Bun.spawnSync(["bun", join(root, "packages/cli/src/main.ts"), "export", model, join(out, "c.gguf")], {
       stderr: "pipe",

@@ -436,7 +436,10 @@ export async function exportModel(src: string, out: string, opts: ExportOptions)
   }
   const resolved = await resolveModelInput(src, "src");
   src = resolved.path;
-  if (!base && !baseSource && !fromRun) baseSource = resolved.pinned || pinnedOfCachePath(src);
+  // (an adapter's own pin is not its base's; a GGUF's is what its metadata says, in the engine)
+  const isAdapter = existsSync(join(src, "adapter_config.json"));
+  if (!base && !baseSource && !fromRun && !isAdapter && !src.endsWith(".gguf"))
+    baseSource = resolved.pinned || pinnedOfCachePath(src);
   if (base) {
     const b = await resolveModelInput(base, "base");
     base = b.path;

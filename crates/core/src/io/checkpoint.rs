@@ -164,10 +164,14 @@ pub(crate) fn write_model_dir(
     tokenizer: &Path,
     dtype: DType,
 ) -> Result<Vec<String>> {
+    check_out_dir(out)?;
     let tmp = fresh_tmp(out)?;
-    let notes = write_model(&tmp, model, hf_config, tokenizer, Some(dtype))?;
-    publish(&tmp, out)?;
-    Ok(notes)
+    let written =
+        write_model(&tmp, model, hf_config, tokenizer, Some(dtype)).and_then(|n| publish(&tmp, out).map(|_| n));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp); // nothing half-written is left beside the output
+    }
+    written
 }
 
 /// Tensors as one safetensors file.
@@ -243,9 +247,46 @@ fn write_tokenizer_files(dir: &Path, tokenizer: &Path, tok_json: &[u8], cfg: &Ll
     Ok(notes)
 }
 
+/// `<path><suffix>` beside `path` (the suffix appended to its name, never replacing an
+/// extension: `x.v1` → `x.v1.tmp`). A path without a name of its own (`.`, `..`, `/`) is refused.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
+    let name = path.file_name().filter(|n| *n != "." && *n != "..").ok_or_else(|| {
+        Error::config(
+            "out",
+            format!("`{}` names no file or directory of its own (hint: a new name, such as ./export)", path.display()),
+        )
+    })?;
+    let mut n = name.to_os_string();
+    n.push(suffix);
+    Ok(path.with_file_name(n))
+}
+
+/// An output directory loralab may (re)write: absent, empty, or one it wrote itself (its
+/// manifest says so). Anything else is the user's and is refused, never deleted.
+pub(crate) fn check_out_dir(out: &Path) -> Result<()> {
+    sibling(out, "")?;
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(Error::config(
+            "out",
+            format!("{} exists and is not a directory (hint: a new directory name)", out.display()),
+        ));
+    }
+    let empty = std::fs::read_dir(out).map_err(|e| Error::file(out, e))?.next().is_none();
+    if empty || out.join(MANIFEST).is_file() {
+        return Ok(());
+    }
+    Err(Error::config(
+        "out",
+        format!("{} exists and was not written by loralab (no {MANIFEST}) (hint: name a new directory; loralab replaces only directories it wrote)", out.display()),
+    ))
+}
+
 /// A fresh `<dir>.tmp` to write into; [`publish`] renames it to `dir`.
 fn fresh_tmp(dir: &Path) -> Result<PathBuf> {
-    let tmp = dir.with_extension("tmp");
+    let tmp = sibling(dir, ".tmp")?;
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
     Ok(tmp)
@@ -526,7 +567,7 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Res
 /// PEFT's pattern match: a `rank_pattern`/`alpha_pattern` key applies to a module whose
 /// name is the key or ends with `.key` (PEFT: `re.match(rf"(.*\.)?({key})$", name)`, keys
 /// taken literally here).
-fn pattern_value(patterns: &serde_json::Value, module: &str) -> Option<f64> {
+pub(crate) fn pattern_value(patterns: &serde_json::Value, module: &str) -> Option<f64> {
     patterns
         .as_object()?
         .iter()
@@ -573,6 +614,16 @@ impl Adapter {
         let file = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::file(&file, e))?;
         Ok(Self { dir: dir.to_path_buf(), config: ac, tensors, alpha, rslora })
+    }
+
+    /// The modules the file adapts (`model.layers.0.self_attn.q_proj`), from its lora_A keys.
+    pub fn modules(&self) -> Vec<String> {
+        self.tensors
+            .keys()
+            .filter_map(|k| {
+                k.split_once(".lora_A.").map(|(m, _)| m.strip_prefix("base_model.model.").unwrap_or(m).to_string())
+            })
+            .collect()
     }
 
     /// The factors (A: r×in, B: out×r) and scale of one module (`model.layers.0.self_attn.q_proj`),
@@ -626,6 +677,20 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
             "no lora_A/lora_B tensor matches a module of this model (hint: is it an adapter for this base model?)",
         ));
     }
+    // every adapted module of the file must be one of this model's (a layer it lacks is another base's)
+    let known: std::collections::HashSet<String> = model.linears().iter().map(|l| l.name.clone()).collect();
+    let mut foreign: Vec<String> = adapter.modules().into_iter().filter(|m| !known.contains(m)).collect();
+    if !foreign.is_empty() {
+        foreign.sort();
+        return Err(Error::file(
+            dir.join("adapter_model.safetensors"),
+            format!(
+                "{} adapted module(s) this model does not have, e.g. {} (hint: an adapter for another base model?)",
+                foreign.len(),
+                foreign[0]
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -655,12 +720,11 @@ pub struct Merged {
 /// weights in `opts.dtype`. `loralab merge` calls it.
 pub fn merge_with(base: &Path, adapter: &Path, out: &Path, opts: &MergeOptions) -> Result<Merged> {
     let dtype = weight_dtype(&opts.dtype)?;
+    check_out_dir(out)?;
     let mut model = load_base(base, DType::F32)?;
     load_adapter(&mut model, adapter)?;
     model.merge_lora()?;
-    let tmp = fresh_tmp(out)?;
-    let notes = write_model(&tmp, &model, &base.join("config.json"), &default_tokenizer(base), Some(dtype))?;
-    publish(&tmp, out)?;
+    let notes = write_model_dir(out, &model, &base.join("config.json"), &default_tokenizer(base), dtype)?;
     Ok(Merged { dtype: opts.dtype.clone(), notes })
 }
 

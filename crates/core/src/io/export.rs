@@ -62,6 +62,29 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported> 
             format!("{}: neither a model (config.json, or a .gguf) nor a PEFT adapter (adapter_config.json) (hint: a run's output/ directory, a model directory, or an adapter directory)", src.display()),
         ));
     }
+    // the output never replaces the source, nor anything of the user's (checkpoint::check_out_dir)
+    checkpoint::sibling(out, "")?;
+    let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if y.starts_with(&x));
+    if same(out, src) {
+        return Err(Error::config(
+            "out",
+            format!("{} is (or holds) the source {} (hint: a new name)", out.display(), src.display()),
+        ));
+    }
+    if opts.format.starts_with("gguf") {
+        if out.extension().is_none_or(|e| e != "gguf") || out.is_dir() {
+            return Err(Error::config(
+                "out",
+                format!(
+                    "{}: a GGUF export is one file named *.gguf (hint: e.g. {}/model.gguf)",
+                    out.display(),
+                    out.display()
+                ),
+            ));
+        }
+    } else {
+        checkpoint::check_out_dir(out)?;
+    }
     let base = Path::new(&opts.base);
     if adapter && opts.base.is_empty() && opts.format != "vllm" {
         return Err(Error::config(
@@ -99,8 +122,15 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported> 
             let ty = gguf_type(&dtype, &["f32", "f16", "bf16", "q8_0"])?;
             let m = model(&mut tokenizer, &mut hf_config)?;
             let name = src.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_string();
-            let source = if adapter { "" } else { opts.base_source.split('@').next().unwrap_or_default() };
-            let (types, notes) = write_model_gguf(out, &m, &tokenizer, ty, &name, source)?;
+            // the source repo: what a GGUF source says of itself, or an unmodified Hub model's
+            let own = (!adapter && is_gguf(src)).then(|| checkpoint::gguf_source_repo(src)).flatten();
+            let given = if adapter || opts.base_source.contains(".gguf") {
+                ""
+            } else {
+                opts.base_source.split('@').next().unwrap_or_default()
+            };
+            let source = own.unwrap_or_else(|| given.to_string());
+            let (types, notes) = write_model_gguf(out, &m, &tokenizer, ty, &name, &source)?;
             (dtype, types, notes)
         }
         "gguf-lora" => {
@@ -125,7 +155,10 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported> 
                 return Err(Error::config("export", format!("{}: `vllm` exports a LoRA adapter, and this is a model (vLLM serves a full model from its Hugging Face directory: format hf)", src.display())));
             }
             let dtype = dtype_or("bf16");
-            let notes = write_vllm_adapter(src, out, weight_dtype(&dtype)?, &opts.base_source)?;
+            // a GGUF is no base vLLM loads: the repo its metadata says it came from, if any
+            let source = if opts.base_source.contains(".gguf") { "" } else { opts.base_source.as_str() };
+            let from_gguf = (source.is_empty() && is_gguf(base)).then(|| checkpoint::gguf_source_repo(base)).flatten();
+            let notes = write_vllm_adapter(src, out, weight_dtype(&dtype)?, from_gguf.as_deref().unwrap_or(source))?;
             (dtype, HashMap::new(), notes)
         }
         other => {
@@ -211,15 +244,21 @@ fn write_gguf(path: &Path, metadata: &[(String, Value)], tensors: &[(String, QTe
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     }
-    let tmp = path.with_extension("gguf.tmp");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?);
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    candle_core::quantized::gguf_file::write(&mut f, &md, &ts).map_err(|e| Error::file(&tmp, e))?;
-    use std::io::Write;
-    f.flush().map_err(|e| Error::file(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    let tmp = checkpoint::sibling(path, ".tmp")?;
+    let written = (|| -> Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?);
+        let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        candle_core::quantized::gguf_file::write(&mut f, &md, &ts).map_err(|e| Error::file(&tmp, e))?;
+        use std::io::Write;
+        f.flush().map_err(|e| Error::file(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp); // nothing half-written is left beside the output
+    }
+    written
 }
 
 /// The architecture's hyperparameters as llama.cpp's loader reads them (counts u32, floats f32).
@@ -247,7 +286,8 @@ fn arch_metadata(cfg: &LlamaConfig, a: &str) -> Result<Vec<(String, Value)>> {
             md.push((k("rope.scaling.type"), Value::String("linear".into())));
             md.push((k("rope.scaling.factor"), Value::F32(r.factor as f32)));
         }
-        Some(r) if r.rope_type == "llama3" => {} // rope_freqs.weight
+        // rope_freqs.weight: llama.cpp's llama loader reads it; its qwen2 loader does not
+        Some(r) if r.rope_type == "llama3" && a == "llama" => {}
         Some(r) => {
             return Err(Error::config(
                 "export",
@@ -409,17 +449,22 @@ fn tokenizer_metadata(tokenizer: &Path, cfg: &LlamaConfig) -> Result<(Metadata, 
         }
         by_id[id] = Some((tok.to_string(), ty));
     };
+    let in_vocab = |id: u64, tok: &str| -> Result<usize> {
+        if id as usize >= cfg.vocab_size {
+            return Err(bad(format!("token {tok:?} has id {id}, beyond the model's vocab_size {}", cfg.vocab_size)));
+        }
+        Ok(id as usize)
+    };
     for (tok, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| bad(format!("vocab id of {tok:?} is not a number")))? as usize;
-        put(id, tok, 1);
+        let id = id.as_u64().ok_or_else(|| bad(format!("vocab id of {tok:?} is not a number")))?;
+        put(in_vocab(id, tok)?, tok, 1);
     }
     let added = tj["added_tokens"].as_array().cloned().unwrap_or_default();
     for t in &added {
         let (Some(id), Some(content)) = (t["id"].as_u64(), t["content"].as_str()) else { continue };
-        put(id as usize, content, if t["special"] == true { 3 } else { 4 });
-    }
-    if by_id.len() > cfg.vocab_size {
-        return Err(bad(format!("{} token ids for a model of vocab_size {}", by_id.len(), cfg.vocab_size)));
+        // control: special tokens, and <|…|> ones marked otherwise (as llama.cpp's converter does)
+        let control = t["special"] == true || (content.starts_with("<|") && content.ends_with("|>"));
+        put(in_vocab(id, content)?, content, if control { 3 } else { 4 });
     }
     by_id.resize(cfg.vocab_size, None);
     let (mut tokens, mut types) = (Vec::new(), Vec::new());
@@ -449,6 +494,9 @@ fn tokenizer_metadata(tokenizer: &Path, cfg: &LlamaConfig) -> Result<(Metadata, 
             other => Err(bad(format!("merge {other} is neither \"a b\" nor [a, b]"))),
         })
         .collect::<Result<_>>()?;
+    if merges.is_empty() {
+        return Err(bad("a BPE tokenizer without merges (hint: is model.merges empty?)".into()));
+    }
     let mut md = vec![
         ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".to_string(), Value::String((*pre_name).into())),
@@ -483,16 +531,34 @@ fn tokenizer_metadata(tokenizer: &Path, cfg: &LlamaConfig) -> Result<(Metadata, 
             md.push((format!("tokenizer.ggml.{key}_token_id"), Value::U32(id)));
         }
     }
-    let post_bos = tj["post_processor"]["single"]
-        .as_array()
-        .and_then(|s| s.first())
-        .is_some_and(|f| f.get("SpecialToken").is_some());
-    let add_bos = tc["add_bos_token"].as_bool().unwrap_or(post_bos);
-    md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
+    // BOS: what the post-processor adds (a TemplateProcessing, alone or in a Sequence, as Llama 3
+    // has it) wins, as in llama.cpp's converter; else tokenizer_config's flag; else nothing is
+    // written and llama.cpp keeps its default for the pre-tokenizer
+    let post = &tj["post_processor"];
+    let template = if post["type"] == "Sequence" {
+        post["processors"].as_array().and_then(|ps| ps.iter().find(|p| p["type"] == "TemplateProcessing")).cloned()
+    } else {
+        (post["type"] == "TemplateProcessing").then(|| post.clone())
+    };
+    let add_bos = match template {
+        Some(t) => {
+            Some(t["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some()))
+        }
+        None => tc["add_bos_token"].as_bool(),
+    };
+    if let Some(b) = add_bos {
+        md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(b)));
+    }
     let jinja = tokenizer.with_file_name("chat_template.jinja");
     let template = match &tc["chat_template"] {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Array(named) => {
+            // the others as tokenizer.chat_template.<name>, as llama.cpp reads them
+            for t in named.iter().filter(|t| t["name"] != "default") {
+                if let (Some(n), Some(body)) = (t["name"].as_str(), t["template"].as_str()) {
+                    md.push((format!("tokenizer.chat_template.{n}"), Value::String(body.into())));
+                }
+            }
             named.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str()).map(String::from)
         }
         _ => std::fs::read_to_string(&jinja).ok(),
@@ -518,13 +584,46 @@ fn write_vllm_adapter(src: &Path, out: &Path, dtype: DType, base_source: &str) -
     let cfg_path = src.join("adapter_config.json");
     let mut ac = read_json(&cfg_path)?;
     // the same checks as loading it here: LoRA only, no DoRA, biases, modules_to_save, ...
-    let adapter = checkpoint::Adapter::open(src)?;
-    drop(adapter);
-    let r = ac["r"].as_u64().ok_or_else(|| Error::file(&cfg_path, "no integer `r`"))?;
+    drop(checkpoint::Adapter::open(src)?);
+    let file = src.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::file(&file, e))?;
+    // PEFT's `.default` adapter name is not in the keys vLLM parses
+    let mut map: HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, t)| (k.replace(".default.weight", ".weight"), t)).collect();
+    if !map.keys().any(|k| k.contains(".lora_A.")) {
+        return Err(Error::file(&file, "no lora_A/lora_B tensors (hint: an empty or foreign adapter)"));
+    }
+    // vLLM scales every module by one lora_alpha / r: per-module patterns (which it ignores)
+    // are folded into each B, the adapter then scaled by 1 (lora_alpha = r, no rsLoRA)
+    let rslora = ac["use_rslora"].as_bool().unwrap_or(false);
+    let alpha = ac["lora_alpha"].as_f64().ok_or_else(|| Error::file(&cfg_path, "no `lora_alpha`"))?;
+    let patterned = ["alpha_pattern", "rank_pattern"].iter().any(|k| ac[*k].as_object().is_some_and(|o| !o.is_empty()));
+    let mut r = ac["r"].as_u64().ok_or_else(|| Error::file(&cfg_path, "no integer `r`"))?;
+    let mut notes = Vec::new();
+    if patterned {
+        let keys: Vec<String> = map.keys().filter(|k| k.contains(".lora_B.")).cloned().collect();
+        let mut max_r = 0u64;
+        for kb in keys {
+            let ka = kb.replace(".lora_B.", ".lora_A.");
+            let rank = map.get(&ka).ok_or_else(|| Error::file(&file, format!("{kb} has no lora_A")))?.dim(0)? as f64;
+            max_r = max_r.max(rank as u64);
+            let module = kb.split(".lora_B.").next().unwrap_or_default();
+            let a_m = checkpoint::pattern_value(&ac["alpha_pattern"], module).unwrap_or(alpha);
+            let scale = if rslora { a_m / rank.sqrt() } else { a_m / rank };
+            let b = map[&kb].to_dtype(DType::F64)?;
+            map.insert(kb, (b * scale)?);
+        }
+        r = max_r;
+        ac["r"] = serde_json::json!(r);
+        ac["lora_alpha"] = serde_json::json!(r);
+        ac["use_rslora"] = serde_json::json!(false);
+        ac["alpha_pattern"] = serde_json::json!({});
+        ac["rank_pattern"] = serde_json::json!({});
+        notes.push(format!("per-module alpha/rank patterns folded into each lora_B (vLLM reads one lora_alpha / r): r = {r}, lora_alpha = {r}"));
+    }
     if r > 512 {
         return Err(Error::file(&cfg_path, format!("r = {r}: vLLM serves ranks up to 512")));
     }
-    let mut notes = Vec::new();
     let max_rank = VLLM_RANKS.iter().find(|&&m| m >= r).copied().unwrap_or(512);
     let named = ac["base_model_name_or_path"].as_str().unwrap_or_default().to_string();
     let hub_like = |s: &str| {
@@ -537,18 +636,18 @@ fn write_vllm_adapter(src: &Path, out: &Path, dtype: DType, base_source: &str) -
     if !base_source.is_empty() {
         let (repo, rev) = base_source.split_once('@').unwrap_or((base_source, ""));
         ac["base_model_name_or_path"] = serde_json::json!(repo);
-        if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
-            ac["revision"] = serde_json::json!(rev);
-        }
+        ac["revision"] = if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            serde_json::json!(rev)
+        } else {
+            serde_json::Value::Null
+        };
     } else if !hub_like(&named) {
         notes.push(format!("base_model_name_or_path is `{named}`, not a Hub id: vLLM takes the base from its own --model, so serve the same base (hint: --base-source org/name records it)"));
     }
-    let target = &ac["target_modules"];
-    let targets: Vec<serde_json::Value> = match target {
-        serde_json::Value::Array(a) => a.clone(),
-        serde_json::Value::String(s) => vec![serde_json::json!(s)],
-        _ => return Err(Error::file(&cfg_path, "no `target_modules`")),
-    };
+    // a list, or PEFT's regex string, as it is
+    if !(ac["target_modules"].is_array() || ac["target_modules"].is_string()) {
+        return Err(Error::file(&cfg_path, "no `target_modules`"));
+    }
     for (k, v) in [
         ("peft_type", serde_json::json!("LORA")),
         ("task_type", serde_json::json!("CAUSAL_LM")),
@@ -557,24 +656,26 @@ fn write_vllm_adapter(src: &Path, out: &Path, dtype: DType, base_source: &str) -
         ("modules_to_save", serde_json::Value::Null),
         ("fan_in_fan_out", serde_json::json!(false)),
         ("use_rslora", serde_json::json!(ac["use_rslora"].as_bool().unwrap_or(false))),
-        ("target_modules", serde_json::Value::Array(targets)),
         ("inference_mode", serde_json::json!(true)),
     ] {
         ac[k] = v;
     }
-    let tmp = out.with_extension("tmp");
+    let tmp = checkpoint::sibling(out, ".tmp")?;
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
-    let file = src.join("adapter_model.safetensors");
-    let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::file(&file, e))?;
-    let mut map = HashMap::new();
-    for (k, t) in tensors {
-        // PEFT's `.default` adapter name is not in the keys vLLM parses
-        map.insert(k.replace(".default.weight", ".weight"), t.to_dtype(dtype)?);
+    let written = (|| -> Result<()> {
+        let mut typed = HashMap::new();
+        for (k, t) in &map {
+            typed.insert(k.clone(), t.to_dtype(dtype)?);
+        }
+        checkpoint::save_tensors(&typed, &tmp.join("adapter_model.safetensors"))?;
+        write_json(&tmp.join("adapter_config.json"), &ac)?;
+        checkpoint::publish_dir(&tmp, out)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    checkpoint::save_tensors(&map, &tmp.join("adapter_model.safetensors"))?;
-    write_json(&tmp.join("adapter_config.json"), &ac)?;
-    checkpoint::publish_dir(&tmp, out)?;
+    written?;
     notes.push(format!(
         "vLLM: vllm serve {} --enable-lora --max-lora-rank {max_rank} --lora-modules adapter={}",
         ac["base_model_name_or_path"].as_str().unwrap_or("BASE"),

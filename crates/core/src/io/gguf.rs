@@ -31,6 +31,12 @@ fn num(v: &Value) -> Option<f64> {
 
 /// The model's config from GGUF metadata, in config.json terms.
 pub fn config_from_metadata(md: &HashMap<String, Value>, path: &Path, tied: bool) -> Result<LlamaConfig> {
+    if md.get("general.type").and_then(|v| v.to_string().ok()).is_some_and(|t| t == "adapter") {
+        return Err(Error::file(
+            path,
+            "a GGUF LoRA adapter, not a model (hint: llama.cpp applies it with --lora over its base; loralab takes the PEFT adapter directory it was exported from)",
+        ));
+    }
     let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if !SUPPORTED.contains(&arch.as_str()) {
         return Err(Error::file(
@@ -192,12 +198,24 @@ pub fn load_gguf(path: &Path, dtype: DType) -> Result<(Llama, HashMap<String, Va
     let (mut f, content) = open(path)?;
     let tied = !content.tensor_infos.contains_key("output.weight");
     let mut cfg = config_from_metadata(&content.metadata, path, tied)?;
+    // GGUF has no attention_bias key: a Llama with q/k/v biases says so by its tensors
+    if cfg.model_type == "llama" && content.tensor_infos.contains_key("blk.0.attn_q.bias") {
+        cfg.attention_bias = true;
+    }
     if content.tensor_infos.contains_key("rope_freqs.weight") {
         let factors = dequantized(&mut f, &content, "rope_freqs.weight", path)?.flatten_all()?.to_vec1::<f32>()?;
         cfg.rope_scaling =
             Some(llama3_scaling(&cfg, &factors).map_err(|e| Error::file(path, format!("rope_freqs.weight: {e}")))?);
     }
     let mut tensors = HashMap::new();
+    let unknown: Vec<&String> =
+        content.tensor_infos.keys().filter(|n| hf_name(n).is_none() && n.as_str() != "rope_freqs.weight").collect();
+    if !unknown.is_empty() {
+        return Err(Error::file(
+            path,
+            format!("tensors loralab does not know how to place: {:?} (hint: a model of another architecture, or a GGUF LoRA rather than a model?)", &unknown[..unknown.len().min(5)]),
+        ));
+    }
     for name in content.tensor_infos.keys() {
         let Some(hf) = hf_name(name) else { continue };
         let t = dequantized(&mut f, &content, name, path)?;
