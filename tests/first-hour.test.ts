@@ -8,6 +8,7 @@ import { loadStudySpec, writeReport, type Point } from "@loralab/study";
 import { ConfigError, train } from "loralab";
 import { progressReporter } from "../packages/cli/src/progress.ts";
 import { root, tempDir, tinyConfig, tinyModel } from "./helpers.ts";
+import { userSweepYaml } from "./sweeps.ts";
 
 function cli(args: string[], env: Record<string, string> = {}) {
   const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", ...args], {
@@ -73,25 +74,7 @@ test("a report without the WebAssembly module: static figures, one line saying h
 test("a user sweep runs, resumes and redraws: `--out DIR`, a YAML spec, perplexity shown as –", async () => {
   const model = await tinyModel();
   const out = tempDir("user-sweep");
-  const fx = join(root, "tests/fixtures/eval");
-  const spec = `name: us
-regime: ift
-methods: [full, lora]
-ranks: [4]
-durations: [1]
-records_per_epoch: 8
-lr: { full: [1.0e-3], lora: [3.0e-3] }
-base:
-  model: { path: ${model} }
-  data: { train: ${join(root, "datasets/tiny/code.jsonl")}, text_field: content, seq_len: 32, cache_dir: ${join(out, "cache")} }
-  optim: { name: adamw }
-  train: { micro_batch: 4 }
-eval:
-  learning: gsm8k
-  limit: 2
-  gsm8k: { shots: 0, max_new_tokens: 8 }
-  data: { gsm8k: ${fx}/gsm8k, hellaswag: ${fx}/hellaswag, winogrande: ${fx}/winogrande, arc_challenge: ${fx}/arc_challenge }
-`;
+  const spec = userSweepYaml("us", model, out);
   writeFileSync(join(out, "spec.yaml"), spec);
   const dir = join(out, "study");
   const first = cli(["sweep", join(out, "spec.yaml"), "--out", dir]);

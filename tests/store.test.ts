@@ -172,3 +172,24 @@ describe("store", () => {
     );
   }, 30_000);
 });
+
+test("processes opening a new Postgres store at once all succeed: the migrations run one at a time", async () => {
+  const url = await freshPostgresUrl("race");
+  // separate processes, as a sweep's workers are (in one process the race hides behind its event loop)
+  const script = `const { openStore } = await import("@loralab/db"); const s = await openStore({ url: process.argv[1] }); await s.close(); console.log("ok");`;
+  const ps = Array.from({ length: 6 }, () =>
+    Bun.spawn([process.execPath, "-e", script, url], {
+      cwd: join(import.meta.dir, ".."),
+      stdout: "pipe",
+      stderr: "pipe",
+    }),
+  );
+  const outs = await Promise.all(
+    ps.map(async (p) => [
+      await p.exited,
+      (await new Response(p.stdout).text()).trim(),
+      await new Response(p.stderr).text(),
+    ]),
+  );
+  expect(outs).toEqual(ps.map(() => [0, "ok", ""]));
+}, 60_000);

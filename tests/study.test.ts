@@ -5,8 +5,9 @@ import { expect, test } from "bun:test";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
-import { runSweep, type SweepSpec } from "@loralab/study";
-import { launchChromium, root, tempDir, tinyConfig } from "./helpers.ts";
+import { runSweep } from "@loralab/study";
+import { launchChromium, root, tempDir } from "./helpers.ts";
+import { tinySweep } from "./sweeps.ts";
 
 test("bun run train --quick: the laboratory end to end, a summary table, a report that renders", async () => {
   const p = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "train", "--quick"], {
@@ -53,30 +54,14 @@ test("bun run train --quick: the laboratory end to end, a summary table, a repor
   }
 }, 600_000);
 
-function tinySpec(name: string, out: string, over: Partial<SweepSpec> = {}): SweepSpec {
-  const base = tinyConfig(out);
-  delete base.out_dir;
-  delete base.run_id;
-  base.train = { micro_batch: 4, checkpoint_every: 0 };
-  return {
-    name,
-    regime: "ift",
-    base,
-    methods: ["full", "lora"],
-    lr: { full: [1e-3], lora: [3e-3] },
-    ranks: [4],
-    durations: [1, 2],
-    records_per_epoch: 16,
-    ...over,
-  };
-}
+const tinySpec = tinySweep;
 
 test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed sweep skips finished cells", async () => {
   const out = tempDir("sweep");
   const store = await openStore({ path: join(out, "s.db") });
   const spec = tinySpec("t", out, { targets: ["all", "attention"] });
   const logs: string[] = [];
-  const cks = await runSweep(spec, store, join(out, "runs"), (m) => logs.push(m));
+  const cks = (await runSweep(spec, store, join(out, "runs"), (m) => logs.push(m))).checkpoints;
   expect(cks.map((c) => `${c.cell.key}@${c.duration}`)).toEqual([
     "full-lr1e-3-s0@1",
     "full-lr1e-3-s0@2",
@@ -93,11 +78,33 @@ test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed s
   await store.close();
 }, 180_000);
 
+test("a failing cell fails alone: the others train, the failure is named, each run's device is recorded", async () => {
+  const out = tempDir("sweep-iso");
+  const store = await openStore({ path: join(out, "s.db") });
+  // rank 9999 exceeds the tiny model's dimensions: that cell is refused, the rest go on
+  const spec = tinySpec("iso", out, { ranks: [9999, 4], durations: [1] });
+  const logs: string[] = [];
+  const r = await runSweep(spec, store, join(out, "runs"), (m) => logs.push(m));
+  expect(r.failed.map((f) => f.cell)).toEqual(["lora-r9999-a19998-all-lr3e-3-s0"]);
+  expect(r.failed[0]!.error).toMatch(/exceeds min\(d_in, d_out\)/);
+  expect(logs.some((l) => /failed: .*the other cells go on/.test(l))).toBe(true);
+  expect(r.checkpoints.map((c) => c.cell.key)).toEqual(["full-lr1e-3-s0", "lora-r4-a8-all-lr3e-3-s0"]);
+  const runs = (await store.listRuns()).sort((a, b) => a.id.localeCompare(b.id));
+  // the failed cell is in the store as failed, with its error
+  expect(runs.map((x) => [x.id.replace("iso-", ""), x.status, x.device])).toEqual([
+    ["full-lr1e-3-s0", "completed", "cpu"],
+    ["lora-r4-a8-all-lr3e-3-s0", "completed", "cpu"],
+    ["lora-r9999-a19998-all-lr3e-3-s0", "failed", "cpu"],
+  ]);
+  expect(runs[2]!.error).toMatch(/exceeds min/);
+  await store.close();
+}, 180_000);
+
 test("CPT durations are branches from 0.8·D of one long run; hybrid trains LoRA, merges, then fully trains chosen modules", async () => {
   const out = tempDir("sweep-cpt");
   const store = await openStore({ path: join(out, "s.db") });
   const cpt = tinySpec("c", out, { regime: "cpt", methods: ["full"], durations: [32 * 4 * 10, 32 * 4 * 20] }); // 10 and 20 steps of 4×32 tokens
-  const cks = await runSweep(cpt, store, join(out, "runs"), () => {});
+  const cks = (await runSweep(cpt, store, join(out, "runs"), () => {})).checkpoints;
   expect(cks.map((c) => c.runId)).toEqual(["c-full-lr1e-3-s0-D10", "c-full-lr1e-3-s0-D20"]);
   const longRun = join(out, "runs", "c-full-lr1e-3-s0", "checkpoints");
   expect(readdirSync(longRun).sort()).toEqual(["step-000008", "step-000016", "step-000020"]);
@@ -117,7 +124,7 @@ test("CPT durations are branches from 0.8·D of one long run; hybrid trains LoRA
     durations: [1, 2, 3],
     hybrid: { lora_fraction: 1 / 3, full_targets: ["gate_proj", "up_proj", "down_proj"], rank: 4 },
   });
-  const hcks = await runSweep(hy, store, join(out, "runs"), () => {});
+  const hcks = (await runSweep(hy, store, join(out, "runs"), () => {})).checkpoints;
   expect(hcks.map((c) => c.duration)).toEqual([2, 3]);
   const phase2 = JSON.parse(readFileSync(join(out, "runs", hcks[0]!.runId, "config.json"), "utf8"));
   expect(phase2.method).toMatchObject({ kind: "full", targets: ["gate_proj", "up_proj", "down_proj"] });

@@ -12,7 +12,8 @@ export const BENCH_USAGE =
   "       loralab bench eval [N] [M] SmolLM2 inference: log-likelihood tokens/s, KV cache vs re-forward (N new tokens, M at batch 8), decode latency by position\n" +
   "       loralab bench server [S]   the API under 200 req/s + 20 SSE clients for S seconds (60) while a run trains\n" +
   "       loralab bench svd [quick]  singular values vs numpy (1024², 4096², 4096×11008 f32) and a synthetic 32-layer model pair end to end\n" +
-  "       loralab bench import [--n N] the import time of `loralab` against `loralab/core`, fresh processes alternated";
+  "       loralab bench import [--n N] the import time of `loralab` against `loralab/core`, fresh processes alternated\n" +
+  "       loralab bench sweep       a 6-cell sweep on the pg-boss queue with 1, 2, 3 workers; queue work per cell; recovery after a SIGKILL";
 
 export async function runBench(args: string[]): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
@@ -26,6 +27,14 @@ export async function runBench(args: string[]): Promise<number> {
       stderr: "inherit",
     });
     return p.exitCode ?? 1;
+  }
+  if (what === "sweep") {
+    // awaited, not spawnSync: the bench's workers report through pipes this process must not block
+    const p = Bun.spawn([process.execPath, join(root, "scripts/bench-sweep.ts"), ...rest], {
+      stdout: "inherit",
+      stderr: "inherit",
+    });
+    return await p.exited;
   }
   if (what === "server") {
     const { benchServer } = await import("./bench-server.ts");

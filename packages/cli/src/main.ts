@@ -34,8 +34,11 @@ const USAGE = `usage:
                                         the spectrum of the weight change (rank@90 %, noise floor, figures); --help
   loralab serve [--port 8080]           the HTTP API and dashboard: start, watch and keep runs; --help
   loralab import RUN_DIR...             runs trained outside the server (train, the library) into its store; --help
-  loralab sweep FILE [--out DIR]        the study on your model and data: a grid of runs, every checkpoint evaluated,
-                                        the report (configs/sweep-example.toml)
+  loralab sweep FILE [--out DIR] [--queue --db URL]
+                                        the study on your model and data: a grid of runs, every checkpoint evaluated,
+                                        the report (configs/sweep-example.toml); --queue: cells as jobs for workers
+  loralab worker --db URL [--cpu N | --gpus 0,1]
+                                        train queued sweep cells on this host, one per slot
   loralab report DIR | RUN...           redraw a study's or the laboratory's report, or report over evaluated runs
   loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32]
                                         fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
@@ -47,9 +50,21 @@ const USAGE = `usage:
   loralab --version                     the version of loralab and its engine
 every subcommand takes --help`;
 
-const SWEEP_USAGE = `usage: loralab sweep FILE.toml|yaml|json [--out DIR]
-  the study on your model and data (configs/sweep-example.toml); re-running resumes and skips finished cells
-  --out DIR   where runs, points.json and the report go (default runs/sweep-NAME)`;
+const SWEEP_USAGE = `usage: loralab sweep FILE.toml|yaml|json [--out DIR] [--queue --db URL [--retries N]]
+       loralab sweep status FILE --db URL
+  the study on your model and data (configs/sweep-example.toml); re-running resumes and skips finished cells;
+  a cell that fails fails alone (the others train; exit 1 names it)
+  --out DIR      where runs, points.json and the report go (default runs/sweep-NAME)
+  --queue        one job per cell on the Postgres store's queue (pg-boss), trained by \`loralab worker\`s on any
+                 host that shares DIR; waits for them, then evaluates and draws the report here
+  --db URL       the Postgres store (default $DATABASE_URL)
+  --retries N    retries of a failing or lost cell before its dead-letter queue (default 2)`;
+const WORKER_USAGE = `usage: loralab worker --db URL [--cpu N | --gpus 0,1,...] [--runs-dir DIR]
+  trains queued sweep cells, one per slot, each in a sidecar process; heartbeats while it trains, so a cell of a
+  worker that dies is retried on another one, resuming from its last checkpoint (DIR must be shared storage)
+  --cpu N        N CPU slots (default 1)
+  --gpus LIST    one slot per GPU index, trained with CUDA_VISIBLE_DEVICES set to it
+  --runs-dir D   where this host's runs are, if not the path the sweep was queued with`;
 const REPORT_USAGE = `usage: loralab report SWEEP_DIR | RUN_DIR... [--out DIR]
   redraw a study's or the laboratory's report from its points.json, or report over evaluated run directories
   --out DIR   where a report over runs goes (default runs/report-STAMP)`;
@@ -154,14 +169,74 @@ async function main(argv: string[]): Promise<number> {
       return cmdImport(rest);
     }
     case "sweep": {
-      const { values, positionals } = cliArgs("sweep", rest, { out: { type: "string" } }, SWEEP_USAGE);
+      const { values, positionals } = cliArgs(
+        "sweep",
+        rest,
+        {
+          out: { type: "string" },
+          queue: { type: "boolean" },
+          db: { type: "string" },
+          retries: { type: "string" },
+        },
+        SWEEP_USAGE,
+      );
       if (values.help) {
         console.log(SWEEP_USAGE);
         return 0;
       }
-      if (positionals.length !== 1) throw new ConfigError(`loralab sweep: expected one spec file\n${SWEEP_USAGE}`, "");
-      const { cmdSweep } = await import("./study.ts");
-      return cmdSweep(positionals[0]!, values.out);
+      const status = positionals[0] === "status";
+      const files = status ? positionals.slice(1) : positionals;
+      if (files.length !== 1) throw new ConfigError(`loralab sweep: expected one spec file\n${SWEEP_USAGE}`, "");
+      const db = (values.db as string | undefined) ?? process.env.DATABASE_URL ?? "";
+      if ((values.queue || status) && !/^postgres(ql)?:\/\//.test(db))
+        throw new ConfigError(
+          `loralab sweep: a queued sweep needs the Postgres store (hint: --db postgres://… or DATABASE_URL)\n${SWEEP_USAGE}`,
+          "db",
+        );
+      const retries = values.retries === undefined ? 2 : Number(values.retries);
+      if (!Number.isInteger(retries) || retries < 0)
+        throw new ConfigError(`loralab sweep: --retries is a whole number ≥ 0 (got ${values.retries})`, "retries");
+      const study = await import("./study.ts");
+      if (status) return study.cmdSweepStatus(files[0]!, db);
+      if (values.queue) return study.cmdSweepQueued(files[0]!, values.out as string | undefined, db, retries);
+      return study.cmdSweep(files[0]!, values.out as string | undefined);
+    }
+    case "worker": {
+      const { values, positionals } = cliArgs(
+        "worker",
+        rest,
+        { db: { type: "string" }, cpu: { type: "string" }, gpus: { type: "string" }, "runs-dir": { type: "string" } },
+        WORKER_USAGE,
+      );
+      if (values.help) {
+        console.log(WORKER_USAGE);
+        return 0;
+      }
+      if (positionals.length) throw new ConfigError(`loralab worker: no positional arguments\n${WORKER_USAGE}`, "");
+      const db = (values.db as string | undefined) ?? process.env.DATABASE_URL ?? "";
+      if (!/^postgres(ql)?:\/\//.test(db))
+        throw new ConfigError(
+          `loralab worker: the Postgres store is needed (hint: --db postgres://… or DATABASE_URL)`,
+          "db",
+        );
+      let devices: string[];
+      if (values.gpus !== undefined) {
+        devices = String(values.gpus).split(",");
+        if (!devices.every((d) => /^\d+$/.test(d)))
+          throw new ConfigError(
+            `loralab worker: --gpus is a list of GPU indices, e.g. 0,1 (got ${values.gpus})`,
+            "gpus",
+          );
+      } else {
+        const n = values.cpu === undefined ? 1 : Number(values.cpu);
+        if (!Number.isInteger(n) || n < 1)
+          throw new ConfigError(`loralab worker: --cpu is a whole number ≥ 1 (got ${values.cpu})`, "cpu");
+        devices = Array.from({ length: n }, () => "cpu");
+      }
+      // stop claiming on SIGINT/SIGTERM; a cell in hand finishes its step and checkpoints
+      for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => abort.abort());
+      const { cmdWorker } = await import("./study.ts");
+      return cmdWorker(db, devices, values["runs-dir"] as string | undefined, abort.signal);
     }
     case "report": {
       const { values, positionals } = cliArgs("report", rest, { out: { type: "string" } }, REPORT_USAGE);

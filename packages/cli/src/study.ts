@@ -1,8 +1,20 @@
 // `loralab train` with no config (the laboratory), `loralab sweep FILE` and `loralab report DIR`.
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { progressReporter } from "./progress.ts";
-import { loadStudySpec, redrawReport, reportRuns, runLab, runStudy, summaryTable } from "@loralab/study";
+import {
+  enqueueSweep,
+  loadStudySpec,
+  openQueue,
+  redrawReport,
+  reportRuns,
+  runLab,
+  runStudy,
+  runWorker,
+  summaryTable,
+  sweepState,
+  waitForSweep,
+} from "@loralab/study";
 
 const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 
@@ -32,6 +44,60 @@ export async function cmdSweep(file: string, outDir?: string): Promise<number> {
   console.log(
     `report: ${r.report} (${r.points.length} points; re-running the same command resumes and skips finished cells)`,
   );
+  for (const f of r.failed) console.log(`failed: ${f.cell}: ${f.error}`);
+  if (r.failed.length) {
+    console.log(`${r.failed.length} cell(s) failed; the report is over the others (re-running retries them)`);
+    return 1;
+  }
+  return 0;
+}
+
+/** `loralab sweep FILE --queue`: the cells as jobs; wait for the workers; evaluate and report here. */
+export async function cmdSweepQueued(
+  file: string,
+  outDir: string | undefined,
+  url: string,
+  retries: number,
+): Promise<number> {
+  const spec = loadStudySpec(file);
+  const out = outDir ?? join("runs", `sweep-${spec.name}`);
+  const runs = resolve(join(out, "runs"));
+  const q = await enqueueSweep(spec, runs, { url, retries });
+  console.log(
+    `queued ${q.sent} of ${q.cells} cells (${q.already} already queued or running) for workers sharing ${runs}: loralab worker --db ${url.replace(/\/\/[^@/]*@/, "//…@")}`,
+  );
+  const st = await waitForSweep(spec, { url, retries, log: console.log });
+  for (const d of st.dead) console.log(`dead: ${d.cell}: ${d.error}`);
+  const r = await runStudy(spec, out, console.log, (label) => progressReporter(label, process.stdout, 4), url);
+  console.log(`report: ${r.report} (${r.points.length} points)`);
+  for (const f of r.failed) console.log(`failed: ${f.cell}: ${f.error}`);
+  return r.failed.length ? 1 : 0;
+}
+
+/** `loralab sweep status FILE`: the cells by queue state. */
+export async function cmdSweepStatus(file: string, url: string): Promise<number> {
+  const spec = loadStudySpec(file);
+  const boss = await openQueue({ url });
+  try {
+    const st = await sweepState(spec, boss);
+    console.log(`sweep ${spec.name}: ${st.cells} cells`);
+    for (const [k, v] of Object.entries(st.byState)) console.log(`  ${k}: ${v}`);
+    for (const d of st.dead) console.log(`  dead: ${d.cell}: ${d.error}`);
+    return 0;
+  } finally {
+    await boss.stop({ graceful: false });
+  }
+}
+
+/** `loralab worker`: train queued cells until stopped (SIGINT/SIGTERM). */
+export async function cmdWorker(
+  url: string,
+  devices: string[],
+  runsDir: string | undefined,
+  signal: AbortSignal,
+): Promise<number> {
+  console.log(`worker: ${devices.length} slot(s) (${devices.join(", ")}) on ${url.replace(/\/\/[^@/]*@/, "//…@")}`);
+  await runWorker({ url, devices, ...(runsDir ? { runsDir: resolve(runsDir) } : {}), signal });
   return 0;
 }
 

@@ -44,6 +44,8 @@ export interface StoreOptions {
 }
 
 const now = () => new Date().toISOString();
+/** The advisory lock key the Postgres migrations are taken under ("loralab" in ASCII). */
+const MIGRATION_LOCK = 0x6c6f72616c6162; // below 2^53: exact as a number
 const CHUNK = 500; // rows per insert statement (SQLite's bound-parameter limit)
 
 export class Store {
@@ -63,7 +65,15 @@ export class Store {
       const client = postgres(url, { max: 10, onnotice: () => {} });
       const db = drizzlePg(client, { schema: pgSchema });
       try {
-        await migratePg(db, { migrationsFolder: join(MIGRATIONS, "pg") });
+        // one migrator at a time: processes opening a new store together (a sweep's workers)
+        // would otherwise race on CREATE TABLE and fail on pg_type's unique index
+        const gate = postgres(url, { max: 1, onnotice: () => {} });
+        try {
+          await gate.unsafe(`SELECT pg_advisory_lock(${MIGRATION_LOCK})`);
+          await migratePg(db, { migrationsFolder: join(MIGRATIONS, "pg") });
+        } finally {
+          await gate.end({ timeout: 1 });
+        }
       } catch (e) {
         await client.end({ timeout: 1 });
         const cause = (e as { cause?: Error }).cause?.message;

@@ -29,9 +29,22 @@ export {
   type ReportInput,
 } from "./report.ts";
 export {
+  CELL_QUEUE,
+  DEAD_QUEUE,
+  enqueueSweep,
+  openQueue,
+  runWorker,
+  type SweepState,
+  sweepState,
+  waitForSweep,
+} from "./queue.ts";
+export {
   cellConfig,
+  cellRunId,
   cells,
   runSweep,
+  type SweepOutcome,
+  sweepCell,
   type Cell,
   type Checkpoint,
   type Method,

@@ -138,7 +138,12 @@ export async function runLab(o: {
     const points: Point[] = [];
     for (const spec of labSpecs(quick, data.train, data.trainRecords, cache, seed)) {
       t = performance.now();
-      const cks = await runSweep(spec, store, runs, log, o.progress);
+      const { checkpoints: cks, failed } = await runSweep(spec, store, runs, log, o.progress);
+      // the laboratory decides from every cell: one missing is not a finding
+      if (failed.length)
+        throw new Error(
+          `laboratory: ${failed.length} cell(s) failed: ${failed.map((f) => `${f.cell}: ${f.error}`).join("; ")} (hint: run again: finished cells are kept, the failed ones resume)`,
+        );
       trainS += (performance.now() - t) / 1000;
       t = performance.now();
       // every epoch of the first seed; the further seeds at the longest duration (the LR grid and

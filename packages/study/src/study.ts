@@ -86,9 +86,12 @@ export async function runStudy(
   out: string,
   log: (m: string) => void = console.log,
   progress?: RunProgress,
-): Promise<{ report: string; points: Point[] }> {
+  /** The run store (default: SQLite `study.db` in `out`); a queued sweep's is the Postgres one
+   *  its workers share, and then nothing is trained here (the workers did). */
+  storeUrl?: string,
+): Promise<{ report: string; points: Point[]; failed: { cell: string; error: string }[] }> {
   mkdirSync(out, { recursive: true });
-  const store = await openStore({ path: join(out, "study.db") });
+  const store = await openStore(storeUrl ? { url: storeUrl } : { path: join(out, "study.db") });
   try {
     const baseModel = spec.base.model?.path;
     if (!baseModel)
@@ -108,7 +111,8 @@ export async function runStudy(
       rank90: null,
       rank90By: [],
     };
-    const cks: Checkpoint[] = await runSweep(spec, store, join(out, "runs"), log, progress);
+    const swept = await runSweep(spec, store, join(out, "runs"), log, progress, storeUrl !== undefined);
+    const cks: Checkpoint[] = swept.checkpoints;
     const points: Point[] = [];
     for (const ck of cks) {
       const dir = ck.adapter || ck.model;
@@ -162,7 +166,7 @@ export async function runStudy(
       ],
       gates: [],
     });
-    return { report: rep.html, points };
+    return { report: rep.html, points, failed: swept.failed };
   } finally {
     await store.close();
   }

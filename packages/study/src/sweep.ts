@@ -6,7 +6,7 @@
 // run; for CPT, branches resumed from the checkpoint at 0.8·D of one long run, each with a
 // linear cooldown over its last 20 % (the trapezoidal schedule). Every checkpoint is then
 // evaluated (learning and forgetting) and its weight change analysed.
-import { existsSync, rmSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Store } from "@loralab/db";
 import {
@@ -17,6 +17,7 @@ import {
   train,
   type ProgressEvent,
   type RunConfig,
+  type TrainOptions,
 } from "@loralab/engine";
 
 export type Method = "full" | "lora" | "hybrid";
@@ -199,17 +200,37 @@ function stepsPerEpoch(spec: SweepSpec): number {
   return Math.ceil(n / bs);
 }
 
+/** How a cell trains: in this process (default) or in a sidecar (a worker's device), and a
+ *  cancel (a worker that lost its job). */
+export interface CellOptions {
+  log?: SweepProgress;
+  progress?: RunProgress;
+  /** Passed to train(): `sidecar` with CUDA_VISIBLE_DEVICES for a worker's GPU, `signal`. */
+  train?: Pick<TrainOptions, "sidecar" | "signal">;
+  /** The device the cell trains on (default: its config's). */
+  device?: string;
+  /** Train nothing: a cell is taken only as the store has it, completed (a queued sweep's
+   *  report, drawn where its workers are not). */
+  finishedOnly?: boolean;
+}
+
 async function trainOrResume(
   store: Store,
   cfg: RunConfig,
-  progress?: RunProgress,
-  device = "cpu",
+  o: CellOptions = {},
 ): Promise<{ runDir: string; skipped: boolean }> {
   const id = cfg.run_id!;
   const runDir = join(cfg.out_dir!, id);
   const row = await store.getRun(id);
   if (row?.status === "completed") return { runDir, skipped: true };
+  if (o.finishedOnly)
+    throw new Error(
+      `run ${id} was not completed by the queue's workers (${row ? `status ${row.status}` : "never started"})`,
+    );
+  if (o.device) cfg = { ...cfg, train: { ...cfg.train, device: o.device } };
   const resolved = resolveConfig(cfg);
+  // the device the cell trains on, as the config resolves it (cpu, cuda:N)
+  const device = resolved.train.device;
   if (!row)
     await store.createRun({
       id,
@@ -220,14 +241,15 @@ async function trainOrResume(
       runDir,
       status: "running",
     });
-  else await store.updateRun(id, { status: "running", error: null });
-  // resume an interrupted cell from its last checkpoint; a cell that never checkpointed restarts
+  else await store.updateRun(id, { status: "running", error: null, device });
+  // resume an interrupted cell from its last checkpoint; one that never checkpointed starts over
+  // in place (the engine does that, and refuses a directory another process is training, so
+  // nothing here deletes what another process may own)
   const last = lastCheckpoint(runDir);
   if (last) cfg = { ...cfg, train: { ...cfg.train, resume_from: last } };
-  else if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
-  const bar = progress?.(cfg.name ?? id);
+  const bar = o.progress?.(cfg.name ?? id);
   try {
-    const s = await train(cfg, { onProgress: bar?.onProgress });
+    const s = await train(cfg, { onProgress: bar?.onProgress, ...o.train });
     if (s.status !== "completed") throw new Error(`run ${id} ${s.status}`);
   } catch (e) {
     await store.updateRun(id, { status: "failed", error: (e as Error).message });
@@ -239,65 +261,103 @@ async function trainOrResume(
   return { runDir, skipped: false };
 }
 
-/** Train every cell (skipping finished ones) and list the checkpoints to evaluate. */
+/** What a sweep trained: the checkpoints to evaluate, and the cells that failed (each failing
+ *  alone: the others still train). */
+export interface SweepOutcome {
+  checkpoints: Checkpoint[];
+  failed: { cell: string; error: string }[];
+}
+
+/** The run id of a cell: deterministic, so a rerun (or another worker) finds it. */
+export const cellRunId = (spec: SweepSpec, c: Cell) => `${spec.name}-${c.key}`;
+
+/** Train every cell (skipping finished ones) and list the checkpoints to evaluate. A cell that
+ *  fails is recorded (in the store and in `failed`) and the sweep goes on. */
 export async function runSweep(
   spec: SweepSpec,
   store: Store,
   runsDir: string,
   log: SweepProgress = () => {},
   progress?: RunProgress,
+  finishedOnly = false,
+): Promise<SweepOutcome> {
+  const failed: SweepOutcome["failed"] = [];
+  const checkpoints: Checkpoint[] = [];
+  const all = cells(spec);
+  if (spec.regime === "cpt" && all.some((c) => c.method === "hybrid"))
+    throw new Error(`sweep ${spec.name}: hybrid is supported in IFT sweeps only`);
+  for (const [i, c] of all.entries()) {
+    log(`[${i + 1}/${all.length}] ${c.key}`);
+    try {
+      checkpoints.push(...(await sweepCell(spec, c, store, runsDir, { log, progress, finishedOnly })));
+    } catch (e) {
+      const error = (e as Error).message;
+      failed.push({ cell: c.key, error });
+      log(`  failed: ${error.split("\n")[0]} (the other cells go on)`);
+    }
+  }
+  return { checkpoints, failed };
+}
+
+/** Train one cell of a sweep (resuming it, or skipping it when finished) and list its
+ *  checkpoints to evaluate: what runSweep does per cell, and what a queue worker does per job. */
+export function sweepCell(
+  spec: SweepSpec,
+  c: Cell,
+  store: Store,
+  runsDir: string,
+  o: CellOptions = {},
 ): Promise<Checkpoint[]> {
-  if (spec.regime === "cpt") return runCptSweep(spec, store, runsDir, log, progress);
+  return spec.regime === "cpt" ? cptCell(spec, c, store, runsDir, o) : iftCell(spec, c, store, runsDir, o);
+}
+
+async function iftCell(spec: SweepSpec, c: Cell, store: Store, runsDir: string, o: CellOptions): Promise<Checkpoint[]> {
   const spe = stepsPerEpoch(spec);
   const maxEpochs = Math.max(...spec.durations);
-  const all = cells(spec);
   const out: Checkpoint[] = [];
   const baseModel = spec.base.model?.path ?? "";
-  for (const [i, c] of all.entries()) {
-    const runId = `${spec.name}-${c.key}`;
-    const cfg = cellConfig(spec, c, runsDir, runId);
-    cfg.train = { ...cfg.train, steps: maxEpochs * spe, epochs: 0, tokens: 0, checkpoint_every: spe };
-    let firstEpoch = 1;
-    if (c.method === "hybrid") {
-      // phase 1: LoRA for a fraction of the epochs; merge; phase 2: full FT of the chosen modules
-      const h = spec.hybrid!;
-      const loraEpochs = Math.max(1, Math.round(h.lora_fraction * maxEpochs));
-      const p1: RunConfig = {
-        ...cfg,
-        run_id: `${runId}-lora`,
-        name: `${cfg.name}-lora-phase`,
-        method: { ...cfg.method, kind: "lora", rank: h.rank, alpha: 2 * h.rank },
-        train: { ...cfg.train, steps: loraEpochs * spe },
-      };
-      const r1 = await trainOrResume(store, p1, progress);
-      const merged = join(runsDir, `${runId}-merged`);
-      // a randomly initialised base lives in the phase-1 run's base/
-      const phase1 = runDirectory(r1.runDir);
-      if (!existsSync(join(merged, "model.safetensors"))) await merge(baseModel || phase1.base, phase1.output, merged);
-      cfg.model = { ...cfg.model, path: merged };
-      cfg.method = { ...cfg.method, kind: "full", targets: h.full_targets };
-      cfg.train = { ...cfg.train, steps: (maxEpochs - loraEpochs) * spe };
-      firstEpoch = loraEpochs + 1;
-    }
-    log(`[${i + 1}/${all.length}] ${c.key}`);
-    const { runDir, skipped } = await trainOrResume(store, cfg, progress);
-    if (skipped) log("  (finished earlier: skipped)");
-    const rd = runDirectory(runDir);
-    for (const e of spec.durations) {
-      if (e < firstEpoch) continue;
-      const step = (e - firstEpoch + 1) * spe;
-      const ck = rd.checkpoints.find((k) => k.step === step);
-      if (!ck) continue;
-      const lora = c.method === "lora";
-      out.push({
-        cell: c,
-        runId,
-        model: lora ? baseModel || rd.base : ck.path,
-        adapter: lora ? ck.path : "",
-        duration: e,
-        tokens: ck.tokens,
-      });
-    }
+  const runId = cellRunId(spec, c);
+  const cfg = cellConfig(spec, c, runsDir, runId);
+  cfg.train = { ...cfg.train, steps: maxEpochs * spe, epochs: 0, tokens: 0, checkpoint_every: spe };
+  let firstEpoch = 1;
+  if (c.method === "hybrid") {
+    // phase 1: LoRA for a fraction of the epochs; merge; phase 2: full FT of the chosen modules
+    const h = spec.hybrid!;
+    const loraEpochs = Math.max(1, Math.round(h.lora_fraction * maxEpochs));
+    const p1: RunConfig = {
+      ...cfg,
+      run_id: `${runId}-lora`,
+      name: `${cfg.name}-lora-phase`,
+      method: { ...cfg.method, kind: "lora", rank: h.rank, alpha: 2 * h.rank },
+      train: { ...cfg.train, steps: loraEpochs * spe },
+    };
+    const r1 = await trainOrResume(store, p1, o);
+    const merged = join(runsDir, `${runId}-merged`);
+    // a randomly initialised base lives in the phase-1 run's base/
+    const phase1 = runDirectory(r1.runDir);
+    if (!existsSync(join(merged, "model.safetensors"))) await merge(baseModel || phase1.base, phase1.output, merged);
+    cfg.model = { ...cfg.model, path: merged };
+    cfg.method = { ...cfg.method, kind: "full", targets: h.full_targets };
+    cfg.train = { ...cfg.train, steps: (maxEpochs - loraEpochs) * spe };
+    firstEpoch = loraEpochs + 1;
+  }
+  const { runDir, skipped } = await trainOrResume(store, cfg, o);
+  if (skipped) o.log?.("  (finished earlier: skipped)");
+  const rd = runDirectory(runDir);
+  for (const e of spec.durations) {
+    if (e < firstEpoch) continue;
+    const step = (e - firstEpoch + 1) * spe;
+    const ck = rd.checkpoints.find((k) => k.step === step);
+    if (!ck) continue;
+    const lora = c.method === "lora";
+    out.push({
+      cell: c,
+      runId,
+      model: lora ? baseModel || rd.base : ck.path,
+      adapter: lora ? ck.path : "",
+      duration: e,
+      tokens: ck.tokens,
+    });
   }
   return out;
 }
@@ -305,61 +365,51 @@ export async function runSweep(
 /** CPT: per cell one long run to the largest budget (constant after warmup, checkpoints at
  * 0.8·D for every budget D), then one branch per budget resumed from its 0.8·D checkpoint
  * with a linear cooldown to zero over the remaining 20 %. */
-async function runCptSweep(
-  spec: SweepSpec,
-  store: Store,
-  runsDir: string,
-  log: SweepProgress,
-  progress?: RunProgress,
-): Promise<Checkpoint[]> {
+async function cptCell(spec: SweepSpec, c: Cell, store: Store, runsDir: string, o: CellOptions): Promise<Checkpoint[]> {
+  if (c.method === "hybrid") throw new Error(`sweep ${spec.name}: hybrid is supported in IFT sweeps only`);
   const tokensPerStep =
     (spec.base.data?.seq_len ?? 512) * (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
   const budgets = [...spec.durations].sort((a, b) => a - b).map((d) => Math.max(5, Math.round(d / tokensPerStep)));
   const maxSteps = budgets[budgets.length - 1]!;
   const warm = Math.max(1, Math.round((spec.base.schedule?.warmup_frac ?? 0.05) * maxSteps));
   const out: Checkpoint[] = [];
-  const all = cells(spec);
-  for (const [i, c] of all.entries()) {
-    if (c.method === "hybrid") throw new Error(`sweep ${spec.name}: hybrid is supported in IFT sweeps only`);
-    log(`[${i + 1}/${all.length}] ${c.key}`);
-    const runId = `${spec.name}-${c.key}`;
-    const cfg = cellConfig(spec, c, runsDir, runId);
-    const cuts = budgets.map((b) => Math.round(0.8 * b));
-    cfg.schedule = { ...cfg.schedule, kind: "inverse_sqrt", cooldown_frac: 0, warmup_steps: warm };
-    cfg.train = {
-      ...cfg.train,
-      steps: maxSteps,
-      tokens: 0,
-      epochs: 0,
-      checkpoint_every: 0,
-      checkpoint_at_tokens: cuts.map((s) => s * tokensPerStep),
+  const runId = cellRunId(spec, c);
+  const cfg = cellConfig(spec, c, runsDir, runId);
+  const cuts = budgets.map((b) => Math.round(0.8 * b));
+  cfg.schedule = { ...cfg.schedule, kind: "inverse_sqrt", cooldown_frac: 0, warmup_steps: warm };
+  cfg.train = {
+    ...cfg.train,
+    steps: maxSteps,
+    tokens: 0,
+    epochs: 0,
+    checkpoint_every: 0,
+    checkpoint_at_tokens: cuts.map((s) => s * tokensPerStep),
+  };
+  const long = await trainOrResume(store, cfg, o);
+  for (const [j, b] of budgets.entries()) {
+    const from = runDirectory(long.runDir).checkpoints.find((k) => k.step === cuts[j])?.path;
+    if (!from)
+      throw new Error(
+        `${long.runDir}: no checkpoint at step ${cuts[j]} to branch the ${b}-step budget from (hint: rerun the sweep: the long run resumes)`,
+      );
+    const branch: RunConfig = {
+      ...cfg,
+      run_id: `${runId}-D${b}`,
+      name: `${cfg.name}-D${b}`,
+      schedule: { ...cfg.schedule, cooldown_frac: 0.2 },
+      train: { ...cfg.train, steps: b, checkpoint_at_tokens: [], resume_from: from },
     };
-    const long = await trainOrResume(store, cfg, progress);
-    for (const [j, b] of budgets.entries()) {
-      const from = runDirectory(long.runDir).checkpoints.find((k) => k.step === cuts[j])?.path;
-      if (!from)
-        throw new Error(
-          `${long.runDir}: no checkpoint at step ${cuts[j]} to branch the ${b}-step budget from (hint: rerun the sweep: the long run resumes)`,
-        );
-      const branch: RunConfig = {
-        ...cfg,
-        run_id: `${runId}-D${b}`,
-        name: `${cfg.name}-D${b}`,
-        schedule: { ...cfg.schedule, cooldown_frac: 0.2 },
-        train: { ...cfg.train, steps: b, checkpoint_at_tokens: [], resume_from: from },
-      };
-      const r = await trainOrResume(store, branch, progress);
-      const lora = c.method === "lora";
-      const outDir = runDirectory(r.runDir).output;
-      out.push({
-        cell: c,
-        runId: branch.run_id!,
-        model: lora ? spec.base.model?.path || runDirectory(long.runDir).base : outDir,
-        adapter: lora ? outDir : "",
-        duration: b * tokensPerStep,
-        tokens: b * tokensPerStep,
-      });
-    }
+    const r = await trainOrResume(store, branch, o);
+    const lora = c.method === "lora";
+    const outDir = runDirectory(r.runDir).output;
+    out.push({
+      cell: c,
+      runId: branch.run_id!,
+      model: lora ? spec.base.model?.path || runDirectory(long.runDir).base : outDir,
+      adapter: lora ? outDir : "",
+      duration: b * tokensPerStep,
+      tokens: b * tokensPerStep,
+    });
   }
   return out;
 }
