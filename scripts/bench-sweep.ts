@@ -37,7 +37,7 @@ async function once(n: number, kill: boolean): Promise<{ wall: number; trained: 
   while (!ws.every((w) => w.lines.some((l) => l.includes(": ready,")))) await Bun.sleep(50);
   const t0 = performance.now();
   console.error(`bench sweep: ${n} worker(s)${kill ? ", one killed" : ""}: polling; sending the cells`);
-  await enqueueSweep(s, join(out, "runs"), { url });
+  await enqueueSweep(s, join(out, "runs"), { url, retryDelaySeconds: 1 });
   let recovery: number | undefined;
   if (kill) {
     let found: readonly [Worker, string] | undefined;

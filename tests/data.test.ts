@@ -1,6 +1,7 @@
 // Dataset readers (packages/data): every format yields the same records, streamed; the
 // study's recipes map them; the library trains from any of them; bad rows are named.
 import { describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { DataError, normalize, readRecords } from "@loralab/data";
 import { train } from "loralab";
@@ -101,3 +102,22 @@ test("the library trains from a Parquet file with the study's Magicoder recipe",
   const cfg = await Bun.file(join(s.run_dir, "config.json")).json();
   expect(cfg.data.source).toBe(join(fx, "rows.zstd.parquet"));
 });
+
+test("runs in several processes preparing the same shards at once all train (a sweep's cells share the cache)", async () => {
+  const out = tempDir("shared-cache");
+  const cfg = (id: string) => tinyConfig(out, { run_id: id, train: { steps: 1, checkpoint_every: 0 } });
+  const script = `const { train } = await import("loralab"); const s = await train(JSON.parse(process.argv[1])); console.log(s.status);`;
+  const ps = ["a", "b", "c", "d"].map((id) =>
+    Bun.spawn([process.execPath, "-e", script, JSON.stringify(cfg(id))], { cwd: root, stdout: "pipe", stderr: "pipe" }),
+  );
+  const res = await Promise.all(
+    ps.map(async (p) => [
+      await p.exited,
+      (await new Response(p.stdout).text()).trim(),
+      await new Response(p.stderr).text(),
+    ]),
+  );
+  expect(res.map((r) => [r[0], r[1]])).toEqual(ps.map(() => [0, "completed"]));
+  // one published cache directory, no tmp left
+  expect(readdirSync(join(out, "cache")).filter((n) => n.includes(".tmp"))).toEqual([]);
+}, 120_000);

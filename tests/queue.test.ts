@@ -46,8 +46,8 @@ test("3 workers, one SIGKILLed mid-cell: its cell resumes on another from the ch
   // 96 steps a cell (24 an epoch, 4 epochs): a wide window to kill it in after its first checkpoint
   const s = spec("q", out, { durations: [1, 4] });
   const runs = join(out, "runs");
-  const first = await enqueueSweep(s, runs, { url });
-  const again = await enqueueSweep(s, runs, { url });
+  const first = await enqueueSweep(s, runs, { url, retryDelaySeconds: 1 });
+  const again = await enqueueSweep(s, runs, { url, retryDelaySeconds: 1 });
   expect([first.sent, again.sent, again.already]).toEqual([6, 0, 6]);
 
   const t0 = performance.now();
@@ -83,6 +83,14 @@ test("3 workers, one SIGKILLed mid-cell: its cell resumes on another from the ch
       expect([id, (await store.getRun(id))?.status]).toEqual([id, "completed"]);
       const steps = (await store.metrics(id, { name: "loss" })).map((m) => m.step);
       expect(steps).toEqual(Array.from({ length: 96 }, (_, i) => i + 1));
+      // and the run's own log: each step's line once, though the cell ran twice (the store upserts)
+      const logged = readFileSync(join(runs, id, "metrics.jsonl"), "utf8")
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { step?: number; loss?: number })
+        .filter((m) => m.loss !== undefined)
+        .map((m) => m.step);
+      expect([id, logged]).toEqual([id, Array.from({ length: 96 }, (_, i) => i + 1)]);
     }
   } finally {
     await store.close();
@@ -118,7 +126,7 @@ test("a cell that always fails lands in the dead-letter queue after its retries;
     durations: [1],
     records_per_epoch: 16,
   });
-  await enqueueSweep(s, join(out, "runs"), { url, retries: 1 });
+  await enqueueSweep(s, join(out, "runs"), { url, retries: 1, retryDelaySeconds: 1 });
   worker(url);
   worker(url);
   const st = await waitForSweep(s, { url, pollMs: 300 });
@@ -176,5 +184,5 @@ test("`loralab sweep --queue` with a worker: the report's points equal the in-pr
       stderr: "pipe",
     },
   );
-  expect([bad.exitCode, bad.stderr.toString()]).toEqual([2, expect.stringContaining("needs the Postgres store")]);
+  expect([bad.exitCode, bad.stderr.toString()]).toEqual([2, expect.stringContaining("need the Postgres store")]);
 }, 600_000);

@@ -275,8 +275,10 @@ fn write_shards(
     dir: &Path,
 ) -> Result<()> {
     let t = cfg.seq_len;
-    let tmp = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
+    // a tmp of this process's own: runs sharing the cache (a sweep's cells, in several processes)
+    // may prepare the same shards at once; the first to finish publishes, the others use it
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let tmp = dir.with_extension(format!("tmp-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
     let create = |name: &str| -> Result<std::io::BufWriter<std::fs::File>> {
         Ok(std::io::BufWriter::with_capacity(
@@ -374,8 +376,18 @@ fn write_shards(
         dropped_tokens,
     };
     std::fs::write(tmp.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
+    if dir.join("meta.json").is_file() {
+        // another process published the same shards first (same key: same content)
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(dir); // a half-made one without its meta.json
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.join("meta.json").is_file() {
+            return Err(Error::file(dir, e));
+        }
+    }
     Ok(())
 }
 

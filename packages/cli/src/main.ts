@@ -51,14 +51,18 @@ const USAGE = `usage:
 every subcommand takes --help`;
 
 const SWEEP_USAGE = `usage: loralab sweep FILE.toml|yaml|json [--out DIR] [--queue --db URL [--retries N]]
+       loralab sweep FILE --slurm --db URL [--partition P] [--gres G] [--time T] [--parallel K] [--sbatch-arg A]...
        loralab sweep status FILE --db URL
+       loralab sweep cell FILE I --out DIR --db URL   (a Slurm array task: train cell I)
   the study on your model and data (configs/sweep-example.toml); re-running resumes and skips finished cells;
   a cell that fails fails alone (the others train; exit 1 names it)
   --out DIR      where runs, points.json and the report go (default runs/sweep-NAME)
   --queue        one job per cell on the Postgres store's queue (pg-boss), trained by \`loralab worker\`s on any
                  host that shares DIR; waits for them, then evaluates and draws the report here
   --db URL       the Postgres store (default $DATABASE_URL)
-  --retries N    retries of a failing or lost cell before its dead-letter queue (default 2)`;
+  --retries N    retries of a failing or lost cell before its dead-letter queue (default 2)
+  --slurm        one sbatch --array=0-(N-1)%K job, task i training cell i against the store (--requeue on
+                 preemption: it resumes from the checkpoint); waits for the tasks, then reports here`;
 const WORKER_USAGE = `usage: loralab worker --db URL [--cpu N | --gpus 0,1,...] [--runs-dir DIR]
   trains queued sweep cells, one per slot, each in a sidecar process; heartbeats while it trains, so a cell of a
   worker that dies is retried on another one, resuming from its last checkpoint (DIR must be shared storage)
@@ -177,6 +181,12 @@ async function main(argv: string[]): Promise<number> {
           queue: { type: "boolean" },
           db: { type: "string" },
           retries: { type: "string" },
+          slurm: { type: "boolean" },
+          partition: { type: "string" },
+          gres: { type: "string" },
+          time: { type: "string" },
+          parallel: { type: "string" },
+          "sbatch-arg": { type: "string", multiple: true },
         },
         SWEEP_USAGE,
       );
@@ -185,12 +195,17 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       const status = positionals[0] === "status";
-      const files = status ? positionals.slice(1) : positionals;
-      if (files.length !== 1) throw new ConfigError(`loralab sweep: expected one spec file\n${SWEEP_USAGE}`, "");
-      const db = (values.db as string | undefined) ?? process.env.DATABASE_URL ?? "";
-      if ((values.queue || status) && !/^postgres(ql)?:\/\//.test(db))
+      const cell = positionals[0] === "cell";
+      const files = status ? positionals.slice(1) : cell ? positionals.slice(1, 2) : positionals;
+      if (files.length !== 1 || (cell && positionals.length !== 3))
         throw new ConfigError(
-          `loralab sweep: a queued sweep needs the Postgres store (hint: --db postgres://… or DATABASE_URL)\n${SWEEP_USAGE}`,
+          `loralab sweep: expected one spec file${cell ? " and a cell index" : ""}\n${SWEEP_USAGE}`,
+          "",
+        );
+      const db = (values.db as string | undefined) ?? process.env.DATABASE_URL ?? "";
+      if ((values.queue || values.slurm || status || cell) && !/^postgres(ql)?:\/\//.test(db))
+        throw new ConfigError(
+          `loralab sweep: --queue, --slurm, status and cell need the Postgres store its workers share (hint: --db postgres://… or DATABASE_URL)\n${SWEEP_USAGE}`,
           "db",
         );
       const retries = values.retries === undefined ? 2 : Number(values.retries);
@@ -198,6 +213,24 @@ async function main(argv: string[]): Promise<number> {
         throw new ConfigError(`loralab sweep: --retries is a whole number ≥ 0 (got ${values.retries})`, "retries");
       const study = await import("./study.ts");
       if (status) return study.cmdSweepStatus(files[0]!, db);
+      if (cell) {
+        const i = Number(positionals[2]);
+        if (!Number.isInteger(i) || i < 0)
+          throw new ConfigError(`loralab sweep cell: the cell index is a whole number ≥ 0`, "cell");
+        return study.cmdSweepCell(files[0]!, i, values.out as string | undefined, db);
+      }
+      if (values.slurm) {
+        const parallel = values.parallel === undefined ? undefined : Number(values.parallel);
+        if (parallel !== undefined && (!Number.isInteger(parallel) || parallel < 1))
+          throw new ConfigError(`loralab sweep: --parallel is a whole number ≥ 1 (got ${values.parallel})`, "parallel");
+        return study.cmdSweepSlurm(files[0]!, values.out as string | undefined, db, {
+          ...(values.partition ? { partition: values.partition as string } : {}),
+          ...(values.gres ? { gres: values.gres as string } : {}),
+          ...(values.time ? { time: values.time as string } : {}),
+          ...(parallel ? { parallel } : {}),
+          ...(values["sbatch-arg"] ? { extra: values["sbatch-arg"] as string[] } : {}),
+        });
+      }
       if (values.queue) return study.cmdSweepQueued(files[0]!, values.out as string | undefined, db, retries);
       return study.cmdSweep(files[0]!, values.out as string | undefined);
     }

@@ -2,7 +2,9 @@
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { progressReporter } from "./progress.ts";
+import { openStore } from "@loralab/db";
 import {
+  cells,
   enqueueSweep,
   loadStudySpec,
   openQueue,
@@ -11,8 +13,12 @@ import {
   runLab,
   runStudy,
   runWorker,
+  type SlurmOptions,
+  submitSlurm,
   summaryTable,
+  sweepCell,
   sweepState,
+  waitForSlurm,
   waitForSweep,
 } from "@loralab/study";
 
@@ -52,6 +58,18 @@ export async function cmdSweep(file: string, outDir?: string): Promise<number> {
   return 0;
 }
 
+/** A database URL fit to print: its password (in the authority or the query) hidden. */
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "…";
+    if (u.searchParams.has("password")) u.searchParams.set("password", "…");
+    return u.href;
+  } catch {
+    return "postgres://…";
+  }
+}
+
 /** `loralab sweep FILE --queue`: the cells as jobs; wait for the workers; evaluate and report here. */
 export async function cmdSweepQueued(
   file: string,
@@ -64,7 +82,7 @@ export async function cmdSweepQueued(
   const runs = resolve(join(out, "runs"));
   const q = await enqueueSweep(spec, runs, { url, retries });
   console.log(
-    `queued ${q.sent} of ${q.cells} cells (${q.already} already queued or running) for workers sharing ${runs}: loralab worker --db ${url.replace(/\/\/[^@/]*@/, "//…@")}`,
+    `queued ${q.sent} of ${q.cells} cells (${q.already} already queued or running) for workers sharing ${runs} (start them with: loralab worker --db "$DATABASE_URL"; the store is ${redact(url)})`,
   );
   const st = await waitForSweep(spec, { url, retries, log: console.log });
   for (const d of st.dead) console.log(`dead: ${d.cell}: ${d.error}`);
@@ -72,6 +90,48 @@ export async function cmdSweepQueued(
   console.log(`report: ${r.report} (${r.points.length} points)`);
   for (const f of r.failed) console.log(`failed: ${f.cell}: ${f.error}`);
   return r.failed.length ? 1 : 0;
+}
+
+/** `loralab sweep FILE --slurm`: one sbatch array over the cells; wait for its tasks; report here. */
+export async function cmdSweepSlurm(
+  file: string,
+  outDir: string | undefined,
+  url: string,
+  o: Omit<SlurmOptions, "specFile" | "out">,
+): Promise<number> {
+  const spec = loadStudySpec(file);
+  const out = resolve(outDir ?? join("runs", `sweep-${spec.name}`));
+  // the tasks reach the store through the environment sbatch exports, not through the script
+  const { jobId, script } = await submitSlurm(spec, { ...o, specFile: file, out, env: { DATABASE_URL: url } });
+  console.log(`submitted Slurm job ${jobId}: ${cells(spec).length} array tasks (${script})`);
+  const { failed } = await waitForSlurm(spec, out, { log: console.log });
+  for (const f of failed) console.log(`failed: ${f.cell} (log: ${f.log})`);
+  const r = await runStudy(spec, out, console.log, (label) => progressReporter(label, process.stdout, 4), url);
+  console.log(`report: ${r.report} (${r.points.length} points)`);
+  return failed.length || r.failed.length ? 1 : 0;
+}
+
+/** `loralab sweep cell FILE I --out DIR`: train one cell (a Slurm array task), resuming it. */
+export async function cmdSweepCell(
+  file: string,
+  index: number,
+  outDir: string | undefined,
+  url: string,
+): Promise<number> {
+  const spec = loadStudySpec(file);
+  const all = cells(spec);
+  const c = all[index];
+  if (!c)
+    throw new Error(`sweep ${spec.name} has ${all.length} cells: no cell ${index} (hint: 0 to ${all.length - 1})`);
+  const out = resolve(outDir ?? join("runs", `sweep-${spec.name}`));
+  const store = await openStore({ url });
+  try {
+    console.log(`cell ${index}: ${c.key}`);
+    await sweepCell(spec, c, store, join(out, "runs"), { log: console.log });
+    return 0;
+  } finally {
+    await store.close();
+  }
 }
 
 /** `loralab sweep status FILE`: the cells by queue state. */
@@ -96,7 +156,7 @@ export async function cmdWorker(
   runsDir: string | undefined,
   signal: AbortSignal,
 ): Promise<number> {
-  console.log(`worker: ${devices.length} slot(s) (${devices.join(", ")}) on ${url.replace(/\/\/[^@/]*@/, "//…@")}`);
+  console.log(`worker: ${devices.length} slot(s) (${devices.join(", ")}) on ${redact(url)}`);
   await runWorker({ url, devices, ...(runsDir ? { runsDir: resolve(runsDir) } : {}), signal });
   return 0;
 }

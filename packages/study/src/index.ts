@@ -28,6 +28,7 @@ export {
   writeReport,
   type ReportInput,
 } from "./report.ts";
+export { type SlurmOptions, slurmScript, submitSlurm, waitForSlurm } from "./slurm.ts";
 export {
   CELL_QUEUE,
   DEAD_QUEUE,

@@ -28,6 +28,9 @@ export interface QueueOptions {
   retries?: number;
   /** A worker unheard of for this long loses its job (pg-boss's minimum, 10, by default). */
   heartbeatSeconds?: number;
+  /** Seconds before a failed or lost cell is tried again, doubling each time (default 30: a
+   *  dying worker's sidecar finishes its step and checkpoint first). */
+  retryDelaySeconds?: number;
 }
 
 /** pg-boss started on the store's database, with the cell queue and its dead-letter queue. */
@@ -69,7 +72,13 @@ export async function enqueueSweep(
     const all = cells(spec);
     for (const c of all) {
       const job: CellJob = { spec, cell: c.key, runsDir: resolve(runsDir) };
-      const id = await boss.send(CELL_QUEUE, job, { singletonKey: cellRunId(spec, c) });
+      // per job, not per queue: the queue keeps the options of whoever created it first
+      const id = await boss.send(CELL_QUEUE, job, {
+        singletonKey: cellRunId(spec, c),
+        retryLimit: o.retries ?? 2,
+        retryDelay: o.retryDelaySeconds ?? 30,
+        retryBackoff: true,
+      });
       if (id) sent++;
     }
     return { sent, already: all.length - sent, cells: all.length };
@@ -128,12 +137,21 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   }
 }
 
-function trainJob(spec: SweepSpec, c: Cell, store: Store, runsDir: string, gpu: string, signal: AbortSignal) {
-  return sweepCell(spec, c, store, runsDir, {
-    // a sidecar per cell: a crash takes the cell, not the worker; a GPU slot sees only its GPU
-    train: { sidecar: gpu ? { env: { CUDA_VISIBLE_DEVICES: gpu } } : true, signal },
-    ...(gpu ? { device: "cuda:0" } : {}),
-  });
+async function trainJob(spec: SweepSpec, c: Cell, store: Store, runsDir: string, gpu: string, signal: AbortSignal) {
+  // a run another process still trains (a dead worker's sidecar finishing its step) is waited
+  // for, heartbeating, rather than counted as a failed attempt
+  for (let waited = 0; ; waited += 10) {
+    try {
+      return await sweepCell(spec, c, store, runsDir, {
+        // a sidecar per cell: a crash takes the cell, not the worker; a GPU slot sees only its GPU
+        train: { sidecar: gpu ? { env: { CUDA_VISIBLE_DEVICES: gpu } } : true, signal },
+        device: gpu ? "cuda:0" : "cpu",
+      });
+    } catch (e) {
+      if (!/being trained by another process/.test((e as Error).message) || signal.aborted || waited >= 1800) throw e;
+      await Bun.sleep(10_000);
+    }
+  }
 }
 
 export interface SweepState {
@@ -146,25 +164,25 @@ export interface SweepState {
   done: boolean;
 }
 
-/** Where a sweep's cells are in the queue. */
+/** Where a sweep's cells are in the queue: each cell by its newest job (a cell enqueued again
+ *  after it died is the new job's). Dead: the newest job failed for good (its retries spent;
+ *  pg-boss has also copied it to the dead-letter queue). */
 export async function sweepState(spec: SweepSpec, boss: PgBoss): Promise<SweepState> {
-  const keys = new Set(cells(spec).map((c) => cellRunId(spec, c)));
+  const keys = new Map(cells(spec).map((c) => [cellRunId(spec, c), c.key]));
   const latest = new Map<string, { state: string; output: unknown }>();
   for (const j of await boss.findJobs<CellJob>(CELL_QUEUE, { data: { spec: { name: spec.name } }, limit: 100_000 }))
     if (j.singletonKey && keys.has(j.singletonKey)) latest.set(j.singletonKey, { state: j.state, output: j.output });
-  // a dead cell's error is its last attempt's, on the cell queue's job
-  const dead = (await boss.findJobs<CellJob>(DEAD_QUEUE, { data: { spec: { name: spec.name } }, limit: 100_000 })).map(
-    (j) => {
-      const c = cells(spec).find((x) => x.key === j.data.cell);
-      const out = (c && latest.get(cellRunId(spec, c))?.output) as { message?: string } | undefined;
-      return { cell: j.data.cell, error: out?.message ?? JSON.stringify(out ?? j.output ?? null) };
-    },
-  );
   const byState: Record<string, number> = {};
-  for (const { state: st } of latest.values()) byState[st] = (byState[st] ?? 0) + 1;
-  const finished = [...latest.values()].filter((j) => j.state === "completed").length;
-  const deadCells = new Set(dead.map((d) => d.cell)).size;
-  return { byState, dead, cells: keys.size, done: finished + deadCells >= keys.size };
+  const dead: SweepState["dead"] = [];
+  for (const [key, j] of latest) {
+    byState[j.state] = (byState[j.state] ?? 0) + 1;
+    if (j.state === "failed" || j.state === "cancelled") {
+      const out = j.output as { message?: string } | null;
+      dead.push({ cell: keys.get(key)!, error: out?.message ?? j.state });
+    }
+  }
+  const ended = [...latest.values()].filter((j) => ["completed", "failed", "cancelled"].includes(j.state)).length;
+  return { byState, dead, cells: keys.size, done: ended >= keys.size };
 }
 
 /** Wait until every cell of the sweep is completed or dead; report progress now and then. */

@@ -144,6 +144,15 @@ export function cells(spec: SweepSpec): Cell[] {
         lr,
         seed: seeds[0]!,
       });
+  // two cells with one key would share a run (learning rates that print alike, 1e-4 and 1.5e-4)
+  const seen = new Set<string>();
+  for (const c of out) {
+    if (seen.has(c.key))
+      throw new Error(
+        `sweep ${spec.name}: two cells are both \`${c.key}\` (hint: learning rates that differ below one significant digit name the same run; pick ones that print apart)`,
+      );
+    seen.add(c.key);
+  }
   return out;
 }
 
@@ -222,7 +231,8 @@ async function trainOrResume(
   const id = cfg.run_id!;
   const runDir = join(cfg.out_dir!, id);
   const row = await store.getRun(id);
-  if (row?.status === "completed") return { runDir, skipped: true };
+  // where the store says the run is (a worker may have had its own runs directory)
+  if (row?.status === "completed") return { runDir: row.runDir || runDir, skipped: true };
   if (o.finishedOnly)
     throw new Error(
       `run ${id} was not completed by the queue's workers (${row ? `status ${row.status}` : "never started"})`,
@@ -348,7 +358,10 @@ async function iftCell(spec: SweepSpec, c: Cell, store: Store, runsDir: string, 
     if (e < firstEpoch) continue;
     const step = (e - firstEpoch + 1) * spe;
     const ck = rd.checkpoints.find((k) => k.step === step);
-    if (!ck) continue;
+    if (!ck)
+      throw new Error(
+        `${runDir}: no checkpoint at step ${step} for epoch ${e} (hint: is the runs directory the one the cell trained in?)`,
+      );
     const lora = c.method === "lora";
     out.push({
       cell: c,

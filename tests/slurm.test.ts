@@ -1,0 +1,55 @@
+// Sweeps on Slurm: `loralab sweep SPEC --slurm` against a real single-node Slurm started by the
+// test (tests/slurm.ts: slurm-wlm and munge from apt) and the Postgres store (tests/pg.ts). The
+// array's tasks train the cells; the report drawn after them equals the in-process sweep's.
+import { expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { freshPostgresUrl } from "./pg.ts";
+import { root, tempDir, tinyModel } from "./helpers.ts";
+import { slurmEnv } from "./slurm.ts";
+import { userSweepYaml } from "./sweeps.ts";
+
+test("`loralab sweep --slurm`: an sbatch array trains the cells; the points equal the in-process sweep's", async () => {
+  const env = await slurmEnv();
+  const url = await freshPostgresUrl("slurm");
+  const model = await tinyModel();
+  const out = tempDir("slurm-sweep");
+  writeFileSync(join(out, "spec.yaml"), userSweepYaml("ss", model, out, "[1, 2]"));
+  const cli = (args: string[]) =>
+    Bun.spawn([process.execPath, "packages/cli/src/main.ts", ...args], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+  const p = cli([
+    "sweep",
+    join(out, "spec.yaml"),
+    "--slurm",
+    "--db",
+    url,
+    "--out",
+    join(out, "slurm"),
+    "--parallel",
+    "2",
+  ]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
+  expect([code, stderr.split("\n").filter((l) => l && !l.includes("bun run build:wasm"))]).toEqual([0, []]);
+  expect(stdout).toMatch(/submitted Slurm job \d+: 2 array tasks/);
+  expect(stdout).toMatch(/report: \S+ \(4 points\)/);
+  // the script: an array over the cells, at most 2 at once, requeued on preemption, no secret in it
+  const script = readFileSync(join(out, "slurm", "slurm", "cells.sbatch"), "utf8");
+  expect(script).toContain("#SBATCH --array=0-1%2");
+  expect(script).toContain("#SBATCH --requeue");
+  expect(script).not.toContain(url);
+  expect(readFileSync(join(out, "slurm", "slurm", "cell-0.log"), "utf8")).toContain("cell 0: full-lr1e-3-s0");
+  // the same spec in one process
+  const local = cli(["sweep", join(out, "spec.yaml"), "--out", join(out, "local")]);
+  expect(await local.exited).toBe(0);
+  const points = (d: string) => JSON.parse(readFileSync(join(out, d, "points.json"), "utf8")) as unknown;
+  expect(JSON.stringify(points("slurm"))).toBe(JSON.stringify(points("local")));
+}, 600_000);
