@@ -6,7 +6,7 @@
 // the same sweep adds no job.
 import { afterAll, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { cellRunId, cells, enqueueSweep, runSweep, type SweepSpec, waitForSweep } from "@loralab/study";

@@ -44,8 +44,8 @@ export interface StoreOptions {
 }
 
 const now = () => new Date().toISOString();
-/** The advisory lock key the Postgres migrations are taken under ("loralab" in ASCII). */
-const MIGRATION_LOCK = 0x6c6f72616c6162; // below 2^53: exact as a number
+/** The advisory lock key the Postgres migrations are taken under ("lora" in ASCII). */
+const MIGRATION_LOCK = 0x6c6f7261;
 const CHUNK = 500; // rows per insert statement (SQLite's bound-parameter limit)
 
 export class Store {
