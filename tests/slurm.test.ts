@@ -1,12 +1,14 @@
 // Sweeps on Slurm: `loralab sweep SPEC --slurm` against a real single-node Slurm started by the
 // test (tests/slurm.ts: slurm-wlm and munge from apt) and the Postgres store (tests/pg.ts). The
 // array's tasks train the cells; the report drawn after them equals the in-process sweep's.
-import { expect, test } from "bun:test";
+import { afterAll, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freshPostgresUrl } from "./pg.ts";
 import { root, tempDir, tinyModel } from "./helpers.ts";
-import { slurmEnv } from "./slurm.ts";
+import { slurmEnv, stopSlurm } from "./slurm.ts";
+
+afterAll(stopSlurm);
 import { userSweepYaml } from "./sweeps.ts";
 
 test("`loralab sweep --slurm`: an sbatch array trains the cells; the points equal the in-process sweep's", async () => {

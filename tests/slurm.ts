@@ -3,7 +3,7 @@
 // a throwaway directory and free ports, stopped when the test process exits. sbatch, squeue and
 // scontrol find it through SLURM_CONF.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -20,6 +20,17 @@ function sh(cmd: string[], what: string): string {
 const munged = () => spawnSync("bash", ["-c", "munge -n | unmunge"], { encoding: "utf8" }).status === 0;
 
 let started: Promise<Record<string, string>> | undefined;
+let running = "";
+
+/** Stop the daemons this process started (a test's afterAll). */
+export function stopSlurm(): void {
+  if (running) {
+    const pids = spawnSync("pgrep", ["-f", running], { encoding: "utf8" }).stdout.split("\n").filter(Boolean);
+    for (const pid of pids.map(Number)) if (pid !== process.pid) spawnSync("kill", ["-9", String(pid)]);
+  }
+  running = "";
+  started = undefined;
+}
 
 /** The environment (SLURM_CONF) under which sbatch reaches the test's Slurm. */
 export function slurmEnv(): Promise<Record<string, string>> {
@@ -80,12 +91,10 @@ export function slurmEnv(): Promise<Record<string, string>> {
     sh(["mkdir", "-p", `${dir}/state`, `${dir}/spool`], "mkdir");
     sh(["/usr/sbin/slurmctld", "-f", conf], "slurmctld");
     sh(["/usr/sbin/slurmd", "-f", conf], "slurmd");
-    process.on("exit", () => {
-      for (const f of ["slurmd.pid", "slurmctld.pid"]) {
-        const pid = existsSync(join(dir, f)) ? Number(readFileSync(join(dir, f), "utf8")) : 0;
-        if (pid) spawnSync("kill", ["-9", String(pid)]);
-      }
-    });
+    // by their command line, which names this run's config: the daemons fork away from their
+    // pid files, and a test process's "exit" is not always heard (stopSlurm in afterAll is)
+    running = conf;
+    process.on("exit", stopSlurm);
     const env = { SLURM_CONF: conf };
     for (let i = 0; i < 100; i++) {
       const s = spawnSync("sinfo", ["-h", "-o", "%t"], { encoding: "utf8", env: { ...process.env, ...env } });
