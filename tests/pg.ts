@@ -7,6 +7,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 let started: Promise<string> | undefined;
+let stop: (() => void) | undefined;
+
+/** Stop the server this process started, if any (after the last test). */
+export function stopPostgres(): void {
+  stop?.();
+  stop = undefined;
+  started = undefined;
+}
 
 function sh(cmd: string[], what: string, env: Record<string, string> = {}): string {
   const p = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8", env: { ...process.env, ...env } });
@@ -68,13 +76,16 @@ export function postgresUrl(): Promise<string> {
       ]),
       "pg_ctl start",
     );
-    process.on("exit", () => {
+    // stopped after the last test (tests/teardown.ts, a preload: a test process's "exit" is
+    // not heard), or on exit where it is
+    stop = () => {
       spawnSync(
         as([join(bin!, "pg_ctl"), "-D", data, "-m", "immediate", "stop"])[0]!,
         as([join(bin!, "pg_ctl"), "-D", data, "-m", "immediate", "stop"]).slice(1),
       );
       rmSync(dir, { recursive: true, force: true });
-    });
+    };
+    process.on("exit", stopPostgres);
     sh([join(bin, "createdb"), "-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "loralab_test"], "createdb");
     return `postgres://postgres@127.0.0.1:${port}/loralab_test`;
   })();
