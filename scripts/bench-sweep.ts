@@ -58,15 +58,7 @@ async function once(n: number, kill: boolean): Promise<{ wall: number; trained: 
     while (attempts() === before) await Bun.sleep(20);
     recovery = (performance.now() - killed) / 1000;
   }
-  const watch = process.env.BENCH_DEBUG
-    ? setInterval(() => console.error(JSON.stringify(ws.map((w) => [w.lines.slice(-2), w.stderr.slice(-2)]))), 5000)
-    : undefined;
-  await waitForSweep(s, {
-    url,
-    pollMs: 100,
-    ...(process.env.BENCH_DEBUG ? { log: (l: string) => console.error(l) } : {}),
-  });
-  clearInterval(watch);
+  await waitForSweep(s, { url, pollMs: 100 });
   const wall = (performance.now() - t0) / 1000;
   await Bun.sleep(300); // the last lines through the pipes
   const trained = ws

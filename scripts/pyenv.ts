@@ -15,7 +15,7 @@ const here = new URL(".", import.meta.url).pathname;
 export const LOCK = join(here, "python-test-requirements.txt");
 const INPUT = join(here, "python-test-requirements.in");
 /** Packages PyPI has as source only (lm-eval's pure-Python dependencies, and llama-cpp-python,
- *  whose sdist compiles llama.cpp: ~3.5 min on 2 cores, once per lock): built from their sdist,
+ *  whose sdist compiles llama.cpp: 3 min 20 s measured on 2 cores, once per lock): built from their sdist,
  *  hash-pinned like the wheels. */
 const SOURCE_ONLY = ["sqlitedict", "rouge-score", "word2number", "llama-cpp-python"];
 /** llama.cpp's build for llama-cpp-python: the library alone (no curl, no tools or tests), for

@@ -266,7 +266,8 @@ async function main(argv: string[]): Promise<number> {
           throw new ConfigError(`loralab worker: --cpu is a whole number ≥ 1 (got ${values.cpu})`, "cpu");
         devices = Array.from({ length: n }, () => "cpu");
       }
-      // stop claiming on SIGINT/SIGTERM; a cell in hand finishes its step and checkpoints
+      // stop claiming on SIGINT/SIGTERM; the cell in hand is cancelled (its sidecar stops after its
+      // step and checkpoints, unless the signal reached the sidecar too: docs/scale-out.md)
       for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => abort.abort());
       const { cmdWorker } = await import("./study.ts");
       return cmdWorker(db, devices, values["runs-dir"] as string | undefined, abort.signal);

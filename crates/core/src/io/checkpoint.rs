@@ -41,7 +41,7 @@ fn save_dtype(t: &Tensor) -> DType {
     }
 }
 
-fn save_map(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+pub(crate) fn save_map(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     // the safetensors crate writes a tempfile (mode 0600) and renames it into place: give the
     // result the mode a plain new file gets here (0666 less the umask), as the JSON beside it has
     let probe = path.with_extension("mode");
@@ -172,16 +172,6 @@ pub(crate) fn write_model_dir(
         let _ = std::fs::remove_dir_all(&tmp); // nothing half-written is left beside the output
     }
     written
-}
-
-/// Tensors as one safetensors file.
-pub(crate) fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    save_map(map, path)
-}
-
-/// A directory written at `tmp` (a sibling of `dir`) put in place with its manifest.
-pub(crate) fn publish_dir(tmp: &Path, dir: &Path) -> Result<()> {
-    publish(tmp, dir)
 }
 
 /// tokenizer_config.json (chat template, bos/eos tokens) and special_tokens_map.json. A
@@ -372,7 +362,7 @@ pub fn verify(dir: &Path, tensors_only: bool) -> Result<()> {
     Ok(())
 }
 
-fn publish(tmp: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn publish(tmp: &Path, dir: &Path) -> Result<()> {
     write_manifest(tmp)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(tmp, dir).map_err(|e| Error::file(dir, e))
@@ -567,7 +557,7 @@ pub fn restore(dir: &Path, params: &[(String, Var)], opt: &mut Optimizer) -> Res
 /// PEFT's pattern match: a `rank_pattern`/`alpha_pattern` key applies to a module whose
 /// name is the key or ends with `.key` (PEFT: `re.match(rf"(.*\.)?({key})$", name)`, keys
 /// taken literally here).
-pub(crate) fn pattern_value(patterns: &serde_json::Value, module: &str) -> Option<f64> {
+fn pattern_value(patterns: &serde_json::Value, module: &str) -> Option<f64> {
     patterns
         .as_object()?
         .iter()
@@ -650,9 +640,23 @@ impl Adapter {
                 ));
             }
         }
-        let a_ = pattern_value(&self.config["alpha_pattern"], module).unwrap_or(self.alpha);
-        let scale = if self.rslora { a_ / (r as f64).sqrt() } else { a_ / r as f64 };
-        Ok(Some((a, b, scale)))
+        Ok(Some((a, b, self.scale(module, r))))
+    }
+
+    /// A module's scale at rank `r`: its alpha (alpha_pattern, else lora_alpha) over r, or √r
+    /// with rsLoRA.
+    pub fn scale(&self, module: &str, r: usize) -> f64 {
+        let alpha = pattern_value(&self.config["alpha_pattern"], module).unwrap_or(self.alpha);
+        if self.rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        }
+    }
+
+    /// The file's tensors, by their keys as written.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
     }
 }
 

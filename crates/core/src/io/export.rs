@@ -583,20 +583,17 @@ const VLLM_RANKS: [u64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
 fn write_vllm_adapter(src: &Path, out: &Path, dtype: DType, base_source: &str) -> Result<Vec<String>> {
     let cfg_path = src.join("adapter_config.json");
     let mut ac = read_json(&cfg_path)?;
-    // the same checks as loading it here: LoRA only, no DoRA, biases, modules_to_save, ...
-    drop(checkpoint::Adapter::open(src)?);
+    // read with the same checks as loading it here: LoRA only, no DoRA, biases, modules_to_save, ...
+    let adapter = checkpoint::Adapter::open(src)?;
     let file = src.join("adapter_model.safetensors");
-    let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| Error::file(&file, e))?;
     // PEFT's `.default` adapter name is not in the keys vLLM parses
     let mut map: HashMap<String, Tensor> =
-        tensors.into_iter().map(|(k, t)| (k.replace(".default.weight", ".weight"), t)).collect();
+        adapter.tensors().iter().map(|(k, t)| (k.replace(".default.weight", ".weight"), t.clone())).collect();
     if !map.keys().any(|k| k.contains(".lora_A.")) {
         return Err(Error::file(&file, "no lora_A/lora_B tensors (hint: an empty or foreign adapter)"));
     }
     // vLLM scales every module by one lora_alpha / r: per-module patterns (which it ignores)
     // are folded into each B, the adapter then scaled by 1 (lora_alpha = r, no rsLoRA)
-    let rslora = ac["use_rslora"].as_bool().unwrap_or(false);
-    let alpha = ac["lora_alpha"].as_f64().ok_or_else(|| Error::file(&cfg_path, "no `lora_alpha`"))?;
     let patterned = ["alpha_pattern", "rank_pattern"].iter().any(|k| ac[*k].as_object().is_some_and(|o| !o.is_empty()));
     let mut r = ac["r"].as_u64().ok_or_else(|| Error::file(&cfg_path, "no integer `r`"))?;
     let mut notes = Vec::new();
@@ -605,11 +602,9 @@ fn write_vllm_adapter(src: &Path, out: &Path, dtype: DType, base_source: &str) -
         let mut max_r = 0u64;
         for kb in keys {
             let ka = kb.replace(".lora_B.", ".lora_A.");
-            let rank = map.get(&ka).ok_or_else(|| Error::file(&file, format!("{kb} has no lora_A")))?.dim(0)? as f64;
+            let rank = map.get(&ka).ok_or_else(|| Error::file(&file, format!("{kb} has no lora_A")))?.dim(0)?;
             max_r = max_r.max(rank as u64);
-            let module = kb.split(".lora_B.").next().unwrap_or_default();
-            let a_m = checkpoint::pattern_value(&ac["alpha_pattern"], module).unwrap_or(alpha);
-            let scale = if rslora { a_m / rank.sqrt() } else { a_m / rank };
+            let scale = adapter.scale(kb.split(".lora_B.").next().unwrap_or_default(), rank);
             let b = map[&kb].to_dtype(DType::F64)?;
             map.insert(kb, (b * scale)?);
         }
@@ -668,9 +663,9 @@ fn write_vllm_adapter(src: &Path, out: &Path, dtype: DType, base_source: &str) -
         for (k, t) in &map {
             typed.insert(k.clone(), t.to_dtype(dtype)?);
         }
-        checkpoint::save_tensors(&typed, &tmp.join("adapter_model.safetensors"))?;
+        checkpoint::save_map(&typed, &tmp.join("adapter_model.safetensors"))?;
         write_json(&tmp.join("adapter_config.json"), &ac)?;
-        checkpoint::publish_dir(&tmp, out)
+        checkpoint::publish(&tmp, out)
     })();
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
