@@ -9,7 +9,18 @@ import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
-import { cellRunId, cells, enqueueSweep, runSweep, type SweepSpec, waitForSweep } from "@loralab/study";
+import { sidecarPath } from "@loralab/engine";
+import {
+  cellRunId,
+  cells,
+  describeEta,
+  enqueueSweep,
+  openQueue,
+  runSweep,
+  type SweepSpec,
+  sweepState,
+  waitForSweep,
+} from "@loralab/study";
 import { freshPostgresUrl } from "./pg.ts";
 import { root, tempDir, tinyModel } from "./helpers.ts";
 import { midRunVictim, SIX_CELLS, spawnWorker, tinySweep, userSweepYaml, type WorkerProcess } from "./sweeps.ts";
@@ -57,10 +68,28 @@ test("3 workers, one SIGKILLed mid-cell: its cell resumes on another from the ch
   );
   victim.p.kill(9);
   const killedAt = performance.now();
+  // mid-sweep, the ETA from the steps the workers log to the store as they train
+  const watch = await openStore({ url });
+  const boss = await openQueue({ url });
+  try {
+    const mid = await until("a timed step", 30_000, async () => {
+      const e = (await sweepState(s, boss, watch)).eta;
+      return e.secondsPerStep !== null && e.seconds !== null ? e : undefined;
+    });
+    expect(mid.stepsLeft).toBeGreaterThan(0);
+    expect(mid.stepsLeft).toBeLessThan(6 * 96);
+    expect(mid.secondsPerStep).toBeGreaterThan(0);
+    expect(mid.secondsPerStep).toBeLessThan(5);
+    expect(mid.evalsLeft).toBe(0); // a sweep without an eval section has no point jobs
+    expect(describeEta(mid)).toMatch(/^ETA \d+.* over \d active slot\(s\): \d+ training steps left at [\d.]+ s\/step$/);
+  } finally {
+    await boss.stop({ graceful: false });
+    await watch.close();
+  }
   const st = await waitForSweep(s, { url, pollMs: 300 });
   const wall = (performance.now() - t0) / 1000;
   expect(st.byState).toEqual({ completed: 6 });
-  expect(st.dead).toEqual([]);
+  expect([st.points, st.dead, st.eta.stepsLeft]).toEqual([{}, [], 0]);
   // the killed cell ran again elsewhere, as its second attempt (the workers' lines may lag: a pipe)
   const others = ws.filter((w) => w !== victim);
   const done = await until("the retried cell's lines", 10_000, () =>
@@ -135,6 +164,48 @@ test("a cell that always fails lands in the dead-letter queue after its retries;
   expect(st.dead[0]!.error).toMatch(/exceeds min/);
 }, 300_000);
 
+test("a slot that fails 3 jobs in a row stops taking jobs for a while; a GPU slot without a CUDA sidecar is refused at the start", async () => {
+  const url = await freshPostgresUrl("breaker");
+  const out = tempDir("queue-breaker");
+  // four cells refused at every attempt (rank 9999 exceeds the tiny model), no retries
+  const s = spec("b", out, {
+    methods: ["lora"],
+    lr: { lora: [3e-3, 4e-3, 5e-3, 6e-3] },
+    ranks: [9999],
+    durations: [1],
+    records_per_epoch: 16,
+  });
+  await enqueueSweep(s, join(out, "runs"), { url, retries: 0, retryDelaySeconds: 1 });
+  const w = worker(url);
+  await until("the breaker", 60_000, () => w.lines.find((l) => l.includes("3 jobs failed in a row")));
+  expect(w.lines.find((l) => l.includes("3 jobs failed in a row"))).toMatch(
+    /slot 0 \(cpu\): 3 jobs failed in a row: not taking jobs for 60 s \(the last: .*exceeds min/,
+  );
+  await Bun.sleep(3000); // polling every 0.5 s: a slot still working would have taken the fourth
+  const boss = await openQueue({ url });
+  try {
+    const st = await sweepState(s, boss);
+    expect(st.byState).toEqual({ failed: 3, created: 1 });
+  } finally {
+    await boss.stop({ graceful: false });
+  }
+  w.p.kill(9);
+
+  const gpu = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "worker", "--db", url, "--gpus", "0"], {
+    cwd: root,
+    env: { ...process.env, LORALAB_SIDECAR: sidecarPath("cpu") },
+    stdout: "pipe",
+    stderr: "pipe",
+    timeout: 60_000,
+  });
+  expect([gpu.exitCode, gpu.stderr.toString()]).toEqual([
+    1,
+    expect.stringMatching(
+      /GPU 0: the sidecar \S+ is a CPU build \(devices: cpu\) \(hint: build the CUDA one with scripts\/build-cuda-sidecar.sh/,
+    ),
+  ]);
+}, 120_000);
+
 /** Two JSON values equal, numbers to 1e-9 (relative). */
 function close(a: unknown, b: unknown, path = "$"): string[] {
   if (typeof a === "number" && typeof b === "number")
@@ -162,7 +233,7 @@ test("`loralab sweep --queue` with a worker: the report's points equal the in-pr
     Bun.spawn([process.execPath, "packages/cli/src/main.ts", ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
   const queued = cli(["sweep", join(out, "spec.yaml"), "--queue", "--db", url, "--out", join(out, "queued")]);
   workers.push(queued);
-  worker(url);
+  const w = worker(url);
   const [qOut, qErr, qCode] = await Promise.all([
     new Response(queued.stdout).text(),
     new Response(queued.stderr).text(),
@@ -171,6 +242,23 @@ test("`loralab sweep --queue` with a worker: the report's points equal the in-pr
   expect([qCode, qErr.split("\n").filter((l) => l && !l.includes("bun run build:wasm"))]).toEqual([0, []]);
   expect(qOut).toContain("queued 2 of 2 cells (0 already queued or running)");
   expect(qOut).toMatch(/report: \S+ \(4 points\)/);
+  // the worker evaluated and analysed every point (the base and the 4 checkpoints) as queue
+  // jobs; the enqueuer only drew the report from their outputs
+  expect(qOut).not.toMatch(/^eval /m);
+  const pointsDone = await until("the points' lines", 10_000, () => {
+    const d = w.lines.filter((l) => / point .* done in /.test(l));
+    return d.length >= 5 ? d : undefined;
+  });
+  expect(pointsDone.length).toBe(5);
+  expect(pointsDone.filter((l) => l.includes("point base done")).length).toBe(1);
+  const status = Bun.spawnSync(
+    [process.execPath, "packages/cli/src/main.ts", "sweep", "status", join(out, "spec.yaml"), "--db", url],
+    { cwd: root, stdout: "pipe", stderr: "pipe" },
+  );
+  expect([status.exitCode, status.stdout.toString()]).toEqual([
+    0,
+    "sweep qs: 2 cells\n  completed: 2\n  points: 5 completed\n  nothing left to run\n",
+  ]);
   // the same spec in one process, with its own SQLite store
   const local = cli(["sweep", join(out, "spec.yaml"), "--out", join(out, "local")]);
   expect(await local.exited).toBe(0);

@@ -113,6 +113,26 @@ test("train through the sidecar equals in-process; analyze reports progress; can
   expect(cancelled.last_checkpoint).toContain(`step-${String(cancelled.steps).padStart(6, "0")}`);
 });
 
+test("SIGTERM to the sidecar (Slurm preempting, systemd stopping): the run stops after its step with a checkpoint, then the sidecar exits", async () => {
+  const out = tempDir("sidecar-term");
+  const cfg = tinyConfig(out, { run_id: "t", method: { kind: "full" }, train: { steps: 50, checkpoint_every: 0 } });
+  let worker: Sidecar | undefined;
+  const s = await train(cfg, {
+    sidecar: { onStart: (w) => (worker = w) },
+    onProgress: (p) => p.step === 3 && worker!.kill("SIGTERM"),
+  });
+  expect(s.status).toBe("cancelled");
+  expect(s.steps).toBeGreaterThanOrEqual(3);
+  expect(s.steps).toBeLessThan(50);
+  expect(s.last_checkpoint).toEndWith(`step-${String(s.steps).padStart(6, "0")}`);
+  // handled, not killed by it: a clean exit (a process the signal killed has no exit code)
+  expect(await worker!.exited).toBe(0);
+  // and it resumes from there to the end, each step logged once
+  const resumed = await train({ ...cfg, train: { ...cfg.train, resume_from: s.last_checkpoint } });
+  expect(resumed.status).toBe("completed");
+  expect((await metricLosses(resumed.run_dir)).map(([st]) => st)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+});
+
 test("killed mid-run: the run is interrupted, resumable from its last checkpoint, and Bun does not hang", async () => {
   const out = tempDir("sidecar-kill");
   const cfg = tinyConfig(out, { run_id: "k", method: { kind: "full" }, train: { steps: 8, checkpoint_every: 3 } });

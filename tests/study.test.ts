@@ -75,6 +75,17 @@ test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed s
   const again: string[] = [];
   await runSweep(spec, store, join(out, "runs"), (m) => again.push(m));
   expect(again.filter((m) => m.includes("skipped")).length).toBe(3);
+  // the same sweep name with an edited spec: its runs are not taken as the edited cells' own
+  const edited = { ...spec, base: { ...spec.base, optim: { ...spec.base.optim, weight_decay: 0.5 } } };
+  const drifted = await runSweep(edited, store, join(out, "runs"), () => {});
+  expect(drifted.checkpoints).toEqual([]);
+  expect(drifted.failed.map((f) => f.error)).toEqual(
+    Array(3).fill(
+      expect.stringMatching(
+        /^run t-\S+ in the store was trained with another optim\.weight_decay .*hint: an edited spec is a new sweep/,
+      ),
+    ),
+  );
   await store.close();
 }, 180_000);
 

@@ -5,10 +5,19 @@
 //! A transport only: stdin carries one request per line, stdout one answer line at a time
 //! (logs go to stderr). The reader answers `cancel` at once and queues every other request
 //! for one worker thread, in arrival order (one device, one queue).
+//!
+//! SIGTERM or SIGINT (Slurm preempting a job, systemd stopping a service, Ctrl-C reaching the
+//! whole process group) stops it gracefully: a running train stops after its current step and
+//! checkpoints, every request in hand is answered (a train as `cancelled`), then it exits.
 use loralab_core::api::{self, Request, Session};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+
+/// Requests taken and not yet answered, and whether a signal asked for the exit.
+static IN_HAND: AtomicUsize = AtomicUsize::new(0);
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,9 +47,29 @@ fn main() {
             for (id, req) in rx {
                 let reply = session.dispatch(&id, req, &|ev| emit(&out, &api::event_line(&id, ev)));
                 emit(&out, &api::reply_line(&id, &reply));
+                if IN_HAND.fetch_sub(1, Ordering::SeqCst) == 1 && STOPPING.load(Ordering::SeqCst) {
+                    std::process::exit(0);
+                }
             }
         })
     };
+    {
+        let session = session.clone();
+        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+            Ok(mut signals) => {
+                std::thread::spawn(move || {
+                    for _ in signals.forever() {
+                        STOPPING.store(true, Ordering::SeqCst);
+                        session.cancel_all();
+                        if IN_HAND.load(Ordering::SeqCst) == 0 {
+                            std::process::exit(0);
+                        }
+                    }
+                });
+            }
+            Err(e) => eprintln!("loralab-sidecar: signals not handled ({e}): SIGTERM ends it without a checkpoint"),
+        }
+    }
     let mut shutdown = None;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -58,6 +87,10 @@ fn main() {
             }
             (id, Ok(req)) => {
                 session.register(&id); // a cancel for it counts from now, queued or running
+                IN_HAND.fetch_add(1, Ordering::SeqCst);
+                if STOPPING.load(Ordering::SeqCst) {
+                    session.cancel_all(); // taken after the signal: cancelled too
+                }
                 if tx.send((id, req)).is_err() {
                     break;
                 }

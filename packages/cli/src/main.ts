@@ -38,7 +38,7 @@ const USAGE = `usage:
                                         the study on your model and data: a grid of runs, every checkpoint evaluated,
                                         the report (configs/sweep-example.toml); --queue: cells as jobs for workers
   loralab worker --db URL [--cpu N | --gpus 0,1]
-                                        train queued sweep cells on this host, one per slot
+                                        train and evaluate queued sweep jobs on this host, one per slot
   loralab report DIR | RUN...           redraw a study's or the laboratory's report, or report over evaluated runs
   loralab merge BASE ADAPTER OUT [--dtype bf16|f16|f32]
                                         fold a PEFT adapter into its base (HF dir or .gguf), write an HF model
@@ -52,23 +52,28 @@ every subcommand takes --help`;
 
 const SWEEP_USAGE = `usage: loralab sweep FILE.toml|yaml|json [--out DIR] [--queue --db URL [--retries N]]
        loralab sweep FILE --slurm --db URL [--partition P] [--gres G] [--time T] [--parallel K] [--sbatch-arg A]...
-       loralab sweep status FILE --db URL
+       loralab sweep status FILE --db URL   (cells and points by state, ETA from the measured step times)
        loralab sweep cell FILE I --out DIR --db URL   (a Slurm array task: train cell I)
   the study on your model and data (configs/sweep-example.toml); re-running resumes and skips finished cells;
   a cell that fails fails alone (the others train; exit 1 names it)
   --out DIR      where runs, points.json and the report go (default runs/sweep-NAME)
   --queue        one job per cell on the Postgres store's queue (pg-boss), trained by \`loralab worker\`s on any
-                 host that shares DIR; waits for them, then evaluates and draws the report here
+                 host that shares DIR, and a job per checkpoint (and the base), evaluated and analysed by them
+                 as cells finish; waits for them all, then draws the report here from the points they scored
   --db URL       the Postgres store (default $DATABASE_URL)
   --retries N    retries of a failing or lost cell before its dead-letter queue (default 2)
   --slurm        one sbatch --array=0-(N-1)%K job, task i training cell i against the store (--requeue on
-                 preemption: it resumes from the checkpoint); waits for the tasks, then reports here`;
+                 preemption: it resumes from the checkpoint) and then scoring its checkpoints; waits for the
+                 tasks, then scores the base and reports here`;
 const WORKER_USAGE = `usage: loralab worker --db URL [--cpu N | --gpus 0,1,...] [--runs-dir DIR]
   trains queued sweep cells, one per slot, each in a sidecar process; heartbeats while it trains, so a cell of a
-  worker that dies is retried on another one, resuming from its last checkpoint (DIR must be shared storage)
+  worker that dies is retried on another one, resuming from its last checkpoint (DIR must be shared storage);
+  evaluates and analyses the checkpoints' point jobs (first: they are ahead of training on the queue), on the
+  slot's GPU
   --cpu N        N CPU slots (default 1)
   --gpus LIST    one slot per GPU index, trained with CUDA_VISIBLE_DEVICES set to it
-  --runs-dir D   where this host's runs are, if not the path the sweep was queued with`;
+  --runs-dir D   where this host's runs are, if not the path the sweep was queued with (then a lost cell resumes
+                 only here, and the cells trained here are scored here, in their own job)`;
 const REPORT_USAGE = `usage: loralab report SWEEP_DIR | RUN_DIR... [--out DIR]
   redraw a study's or the laboratory's report from its points.json, or report over evaluated run directories
   --out DIR   where a report over runs goes (default runs/report-STAMP)`;
@@ -217,7 +222,11 @@ async function main(argv: string[]): Promise<number> {
         const i = Number(positionals[2]);
         if (!Number.isInteger(i) || i < 0)
           throw new ConfigError(`loralab sweep cell: the cell index is a whole number ≥ 0`, "cell");
-        return study.cmdSweepCell(files[0]!, i, values.out as string | undefined, db);
+        // Slurm preempts with SIGTERM (then SIGKILL after KillWait): the cell stops after its
+        // step with a checkpoint, and its requeued task resumes from it
+        const abort = new AbortController();
+        for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => abort.abort());
+        return study.cmdSweepCell(files[0]!, i, values.out as string | undefined, db, abort.signal);
       }
       if (values.slurm) {
         const parallel = values.parallel === undefined ? undefined : Number(values.parallel);
@@ -266,8 +275,8 @@ async function main(argv: string[]): Promise<number> {
           throw new ConfigError(`loralab worker: --cpu is a whole number ≥ 1 (got ${values.cpu})`, "cpu");
         devices = Array.from({ length: n }, () => "cpu");
       }
-      // stop claiming on SIGINT/SIGTERM; the cell in hand is cancelled (its sidecar stops after its
-      // step and checkpoints, unless the signal reached the sidecar too: docs/scale-out.md)
+      // stop claiming on SIGINT/SIGTERM; the cell in hand is cancelled: its sidecar stops after its
+      // step and checkpoints (as it does when the signal reaches it too, sent to the group)
       for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => abort.abort());
       const { cmdWorker } = await import("./study.ts");
       return cmdWorker(db, devices, values["runs-dir"] as string | undefined, abort.signal);

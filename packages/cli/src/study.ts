@@ -5,14 +5,18 @@ import { progressReporter } from "./progress.ts";
 import { openStore } from "@loralab/db";
 import {
   cells,
+  describeEta,
+  drawStudy,
   enqueueSweep,
   loadStudySpec,
   openQueue,
+  queuedPoints,
   redrawReport,
   reportRuns,
   runLab,
   runStudy,
   runWorker,
+  scoreCheckpoint,
   type SlurmOptions,
   submitSlurm,
   summaryTable,
@@ -70,7 +74,8 @@ function redact(url: string): string {
   }
 }
 
-/** `loralab sweep FILE --queue`: the cells as jobs; wait for the workers; evaluate and report here. */
+/** `loralab sweep FILE --queue`: the cells (and, as they finish, their checkpoints' evaluations)
+ *  as jobs; wait for the workers; draw the report from the points they scored. */
 export async function cmdSweepQueued(
   file: string,
   outDir: string | undefined,
@@ -84,12 +89,16 @@ export async function cmdSweepQueued(
   console.log(
     `queued ${q.sent} of ${q.cells} cells (${q.already} already queued or running) for workers sharing ${runs} (start them with: loralab worker --db "$DATABASE_URL"; the store is ${redact(url)})`,
   );
+  if (q.drifted.length)
+    console.error(
+      `loralab sweep: warning: ${q.drifted.length} cell(s) are queued or running with another version of this spec (${q.drifted.slice(0, 3).join(", ")}${q.drifted.length > 3 ? ", …" : ""}); they train as first queued, and the store refuses the edited one's runs later (hint: an edited spec is a new sweep: give it another name)`,
+    );
   const st = await waitForSweep(spec, { url, retries, log: console.log });
   for (const d of st.dead) console.log(`dead: ${d.cell}: ${d.error}`);
-  const r = await runStudy(spec, out, console.log, (label) => progressReporter(label, process.stdout, 4), url);
-  console.log(`report: ${r.report} (${r.points.length} points)`);
-  for (const f of r.failed) console.log(`failed: ${f.cell}: ${f.error}`);
-  return r.failed.length ? 1 : 0;
+  const { base, points } = await queuedPoints(spec, { url });
+  const report = await drawStudy(spec, out, base, points);
+  console.log(`report: ${report} (${points.length} points)`);
+  return st.dead.length ? 1 : 0;
 }
 
 /** `loralab sweep FILE --slurm`: one sbatch array over the cells; wait for its tasks; report here. */
@@ -117,6 +126,7 @@ export async function cmdSweepCell(
   index: number,
   outDir: string | undefined,
   url: string,
+  signal?: AbortSignal,
 ): Promise<number> {
   const spec = loadStudySpec(file);
   const all = cells(spec);
@@ -127,7 +137,18 @@ export async function cmdSweepCell(
   const store = await openStore({ url });
   try {
     console.log(`cell ${index}: ${c.key}`);
-    await sweepCell(spec, c, store, join(out, "runs"), { log: console.log });
+    // trained, then its checkpoints scored here, on the task's GPU: the submitter reads the
+    // points from beside the checkpoints (shared storage, as Slurm's array needs anyway)
+    let cks: Awaited<ReturnType<typeof sweepCell>>;
+    try {
+      cks = await sweepCell(spec, c, store, join(out, "runs"), { log: console.log, train: { signal } });
+    } catch (e) {
+      if (!signal?.aborted) throw e;
+      console.error(`cell ${index}: stopped by a signal after a checkpoint; run it again (a requeue) to resume`);
+      return 143;
+    }
+    const device = process.env.CUDA_VISIBLE_DEVICES ? "cuda:0" : undefined;
+    for (const ck of cks) await scoreCheckpoint(spec, ck, { device, log: console.log });
     return 0;
   } finally {
     await store.close();
@@ -137,15 +158,23 @@ export async function cmdSweepCell(
 /** `loralab sweep status FILE`: the cells by queue state. */
 export async function cmdSweepStatus(file: string, url: string): Promise<number> {
   const spec = loadStudySpec(file);
-  const boss = await openQueue({ url });
+  const store = await openStore({ url });
+  const boss = await openQueue({ url }).catch(async (e) => {
+    await store.close();
+    throw e;
+  });
   try {
-    const st = await sweepState(spec, boss);
+    const st = await sweepState(spec, boss, store);
     console.log(`sweep ${spec.name}: ${st.cells} cells`);
     for (const [k, v] of Object.entries(st.byState)) console.log(`  ${k}: ${v}`);
+    const pts = Object.entries(st.points);
+    if (pts.length) console.log(`  points: ${pts.map(([k, v]) => `${v} ${k}`).join(", ")}`);
     for (const d of st.dead) console.log(`  dead: ${d.cell}: ${d.error}`);
+    console.log(`  ${describeEta(st.eta)}`);
     return 0;
   } finally {
     await boss.stop({ graceful: false });
+    await store.close();
   }
 }
 

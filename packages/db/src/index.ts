@@ -27,6 +27,9 @@ export type RunRow = typeof sqliteSchema.runs.$inferSelect & { status: RunStatus
 export type NewRun = Omit<typeof sqliteSchema.runs.$inferInsert, "attempts" | "createdAt" | "status"> & {
   status?: RunStatus;
 };
+/** The per-step metrics the store keeps of a run (metrics.jsonl's fields of the same names). */
+export const LOGGED_METRICS = ["loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed_s"] as const;
+
 export interface MetricRow {
   step: number;
   name: string;
@@ -321,7 +324,7 @@ export class Store {
       for (const line of readFileSync(join(runDir, "metrics.jsonl"), "utf8").split("\n")) {
         if (!line.trim()) continue;
         const m = JSON.parse(line) as Record<string, number>;
-        for (const name of ["loss", "lr", "grad_norm", "tokens_per_s", "tokens"])
+        for (const name of LOGGED_METRICS)
           if (typeof m[name] === "number") rows.push({ step: m.step!, name, value: m[name]! });
       }
       await this.recordMetrics(run.run_id, rows);

@@ -32,8 +32,11 @@ export { type SlurmOptions, slurmScript, submitSlurm, waitForSlurm } from "./slu
 export {
   CELL_QUEUE,
   DEAD_QUEUE,
+  describeEta,
+  type Eta,
   enqueueSweep,
   openQueue,
+  queuedPoints,
   runWorker,
   type SweepState,
   sweepState,
@@ -41,6 +44,7 @@ export {
 } from "./queue.ts";
 export {
   cellConfig,
+  cellPlan,
   cellRunId,
   cells,
   runSweep,
@@ -52,5 +56,14 @@ export {
   type RunProgress,
   type SweepSpec,
 } from "./sweep.ts";
-export { redrawReport, reportRuns, runStudy, type StudyEval, type StudySpec } from "./study.ts";
+export {
+  drawStudy,
+  redrawReport,
+  reportRuns,
+  runStudy,
+  scoreBase,
+  scoreCheckpoint,
+  type StudyEval,
+  type StudySpec,
+} from "./study.ts";
 export { loadStudySpec, SPEC_SCHEMA, validateStudySpec } from "./spec.ts";

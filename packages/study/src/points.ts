@@ -192,21 +192,7 @@ async function measure(model: string, adapter: string, plan: EvalPlan) {
 }
 
 export async function basePoint(base: string, plan: EvalPlan): Promise<Point> {
-  const m = await measure(base, "", plan);
-  return {
-    key: "base",
-    group: "base",
-    method: "base",
-    rank: null,
-    targets: "",
-    lr: 0,
-    seed: 0,
-    duration: 0,
-    tokens: 0,
-    ...m,
-    rank90: null,
-    rank90By: [],
-  };
+  return { ...BASE_FIELDS, rank90By: [], ...(await measure(base, "", plan)) };
 }
 
 export function groupOf(c: Checkpoint["cell"]): string {
@@ -217,6 +203,40 @@ export function groupOf(c: Checkpoint["cell"]): string {
   if (c.method === "full_dropout") return "full FT + attention dropout";
   return "full FT";
 }
+
+/** What a point says of its checkpoint (the cell, the duration, the weight change's ranks):
+ *  everything but its scores. */
+export function checkpointFields(ck: Checkpoint, rank90By: MatrixRank[]) {
+  return {
+    key: ck.cell.key,
+    group: groupOf(ck.cell),
+    method: ck.cell.method,
+    rank: ck.cell.rank,
+    targets: ck.cell.targets,
+    lr: ck.cell.lr,
+    seed: ck.cell.seed,
+    duration: ck.duration,
+    tokens: ck.tokens,
+    rank90: meanRank(rank90By),
+    rank90By,
+    ...(ck.cell.rslora ? { rslora: true } : {}),
+  };
+}
+
+/** What a point says of the base model: everything but its scores. */
+export const BASE_FIELDS = {
+  key: "base",
+  group: "base",
+  method: "base",
+  rank: null,
+  targets: "",
+  lr: 0,
+  seed: 0,
+  duration: 0,
+  tokens: 0,
+  rank90: null,
+  rank90By: [],
+} as const;
 
 export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPlan): Promise<Point> {
   const dir = ck.adapter || ck.model;
@@ -230,22 +250,7 @@ export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPl
     spectra: false,
     keep: SIGMA_KEEP,
   });
-  const rank90By = matrixRanks(a.matrices);
-  const p: Point = {
-    key: ck.cell.key,
-    group: groupOf(ck.cell),
-    method: ck.cell.method,
-    rank: ck.cell.rank,
-    targets: ck.cell.targets,
-    lr: ck.cell.lr,
-    seed: ck.cell.seed,
-    duration: ck.duration,
-    tokens: ck.tokens,
-    ...m,
-    rank90: meanRank(rank90By),
-    rank90By,
-    ...(ck.cell.rslora ? { rslora: true } : {}),
-  };
+  const p: Point = { ...checkpointFields(ck, matrixRanks(a.matrices)), ...m };
   mkdirSync(dir, { recursive: true });
   writeFileSync(cache, JSON.stringify(p));
   return p;

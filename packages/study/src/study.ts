@@ -7,7 +7,16 @@ import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { evaluate, FORGETTING_DEFAULT, MC_TASKS, summarize, type EvalOptions, type TaskName } from "@loralab/eval";
 import { analyze } from "@loralab/spectrum";
-import { evalItems, groupOf, matrixRanks, meanRank, SIGMA_KEEP, type Point, type PointItems } from "./points.ts";
+import {
+  BASE_FIELDS,
+  checkpointFields,
+  evalItems,
+  matrixRanks,
+  meanRank,
+  SIGMA_KEEP,
+  type Point,
+  type PointItems,
+} from "./points.ts";
 import { writeReport } from "./report.ts";
 import { runSweep, type Checkpoint, type RunProgress, type SweepSpec } from "./sweep.ts";
 
@@ -49,9 +58,16 @@ function evalOptions(
   };
 }
 
-async function score(model: string, adapter: string, spec: StudySpec) {
+async function score(model: string, adapter: string, spec: StudySpec, device?: string) {
   const tasks: TaskName[] = [spec.eval.learning, ...MC_TASKS];
-  const r = await evaluate({ ...evalOptions(spec.eval), model, adapter: adapter || undefined, merged: true, tasks });
+  const r = await evaluate({
+    ...evalOptions(spec.eval),
+    model,
+    adapter: adapter || undefined,
+    merged: true,
+    tasks,
+    ...(device ? { device } : {}),
+  });
   const s = summarize(r.tasks, FORGETTING_DEFAULT, spec.eval.shots);
   const lt = r.tasks[spec.eval.learning]!;
   const lm = lt.metrics[spec.eval.learning === "humaneval" ? "pass@1" : "strict_match"];
@@ -81,92 +97,82 @@ async function score(model: string, adapter: string, spec: StudySpec) {
   };
 }
 
+/** The base model's point (what every checkpoint is compared with). */
+export async function scoreBase(spec: StudySpec, device?: string): Promise<Point> {
+  const baseModel = spec.base.model?.path;
+  if (!baseModel)
+    throw new Error(`sweep ${spec.name}: base.model.path must name the base model (HF directory or .gguf)`);
+  return { ...BASE_FIELDS, rank90By: [], ...(await score(baseModel, "", spec, device)) };
+}
+
+/** One checkpoint's point: scored (learning, forgetting) and its weight change analysed, cached
+ *  beside the checkpoint (study-point.json) so a resumed study does not evaluate it twice. */
+export async function scoreCheckpoint(
+  spec: StudySpec,
+  ck: Checkpoint,
+  o: { device?: string; log?: (m: string) => void } = {},
+): Promise<Point> {
+  const dir = ck.adapter || ck.model;
+  const cache = join(dir, "study-point.json");
+  if (existsSync(cache)) {
+    const p = JSON.parse(readFileSync(cache, "utf8")) as Point;
+    if (p.items) return p; // else cached before per-item outcomes were kept: evaluated again
+  }
+  const baseModel = spec.base.model?.path ?? "";
+  o.log?.(`eval ${ck.runId} @ ${ck.duration}`);
+  const m = await score(ck.model, ck.adapter, spec, o.device);
+  const a = await analyze(
+    ck.adapter ? { base: baseModel, adapter: ck.adapter } : { base: baseModel, tuned: ck.model },
+    {
+      spectra: false,
+      keep: SIGMA_KEEP,
+    },
+  );
+  const p: Point = { ...checkpointFields(ck, matrixRanks(a.matrices)), ...m };
+  writeFileSync(cache, JSON.stringify(p));
+  return p;
+}
+
+/** points.json and the report of a sweep whose points are scored. */
+export async function drawStudy(spec: StudySpec, out: string, base: Point, points: Point[]): Promise<string> {
+  const title = `loralab study: ${spec.name}`;
+  const label = spec.regime === "ift" ? "epochs" : "training tokens";
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, "points.json"), JSON.stringify({ title, base, points, durationLabel: label }, null, 1));
+  const rep = await writeReport(join(out, "report"), {
+    title,
+    base,
+    points,
+    durationLabel: label,
+    notes: [
+      `Sweep spec: ${spec.name} (${spec.regime}).`,
+      spec.regime === "ift"
+        ? "Durations: the checkpoint at the end of each epoch of one run per cell."
+        : "Durations: branches resumed from the checkpoint at 0.8·D of one long run, with a linear cooldown over their last 20 %.",
+    ],
+    gates: [],
+  });
+  return rep.html;
+}
+
 export async function runStudy(
   spec: StudySpec,
   out: string,
   log: (m: string) => void = console.log,
   progress?: RunProgress,
-  /** The run store (default: SQLite `study.db` in `out`); a queued sweep's is the Postgres one
-   *  its workers share, and then nothing is trained here (the workers did). */
+  /** The run store (default: SQLite `study.db` in `out`); a Slurm sweep's is the Postgres one
+   *  its tasks share, and then nothing is trained here (the tasks did, and scored their
+   *  checkpoints: their points are read from beside the checkpoints). */
   storeUrl?: string,
 ): Promise<{ report: string; points: Point[]; failed: { cell: string; error: string }[] }> {
   mkdirSync(out, { recursive: true });
   const store = await openStore(storeUrl ? { url: storeUrl } : { path: join(out, "study.db") });
   try {
-    const baseModel = spec.base.model?.path;
-    if (!baseModel)
-      throw new Error(`sweep ${spec.name}: base.model.path must name the base model (HF directory or .gguf)`);
-    const bm = await score(baseModel, "", spec);
-    const base: Point = {
-      key: "base",
-      group: "base",
-      method: "base",
-      rank: null,
-      targets: "",
-      lr: 0,
-      seed: 0,
-      duration: 0,
-      tokens: 0,
-      ...bm,
-      rank90: null,
-      rank90By: [],
-    };
+    const base = await scoreBase(spec);
     const swept = await runSweep(spec, store, join(out, "runs"), log, progress, storeUrl !== undefined);
-    const cks: Checkpoint[] = swept.checkpoints;
     const points: Point[] = [];
-    for (const ck of cks) {
-      const dir = ck.adapter || ck.model;
-      const cache = join(dir, "study-point.json");
-      if (existsSync(cache)) {
-        const p = JSON.parse(readFileSync(cache, "utf8")) as Point;
-        if (p.items) {
-          points.push(p);
-          continue;
-        } // else cached before per-item outcomes were kept: evaluated again
-      }
-      log(`eval ${ck.runId} @ ${ck.duration}`);
-      const m = await score(ck.model, ck.adapter, spec);
-      const a = await analyze(
-        ck.adapter ? { base: baseModel, adapter: ck.adapter } : { base: baseModel, tuned: ck.model },
-        { spectra: false, keep: SIGMA_KEEP },
-      );
-      const rank90By = matrixRanks(a.matrices);
-      const p: Point = {
-        key: ck.cell.key,
-        group: groupOf(ck.cell),
-        method: ck.cell.method,
-        rank: ck.cell.rank,
-        targets: ck.cell.targets,
-        lr: ck.cell.lr,
-        seed: ck.cell.seed,
-        duration: ck.duration,
-        tokens: ck.tokens,
-        ...m,
-        rank90: meanRank(rank90By) ?? 0,
-        rank90By,
-      };
-      writeFileSync(cache, JSON.stringify(p));
-      points.push(p);
-    }
-    const label = spec.regime === "ift" ? "epochs" : "training tokens";
-    writeFileSync(
-      join(out, "points.json"),
-      JSON.stringify({ title: `loralab study: ${spec.name}`, base, points, durationLabel: label }, null, 1),
-    );
-    const rep = await writeReport(join(out, "report"), {
-      title: `loralab study: ${spec.name}`,
-      base,
-      points,
-      durationLabel: label,
-      notes: [
-        `Sweep spec: ${spec.name} (${spec.regime}).`,
-        spec.regime === "ift"
-          ? "Durations: the checkpoint at the end of each epoch of one run per cell."
-          : "Durations: branches resumed from the checkpoint at 0.8·D of one long run, with a linear cooldown over their last 20 %.",
-      ],
-      gates: [],
-    });
-    return { report: rep.html, points, failed: swept.failed };
+    for (const ck of swept.checkpoints) points.push(await scoreCheckpoint(spec, ck, { log }));
+    return { report: await drawStudy(spec, out, base, points), points, failed: swept.failed };
   } finally {
     await store.close();
   }
@@ -221,20 +227,11 @@ export async function reportRuns(runDirs: string[], out: string): Promise<string
     });
     if (!base && e.base.learning && e.base.forgetting)
       base = {
-        key: "base",
-        group: "base",
-        method: "base",
-        rank: null,
-        targets: "",
-        lr: 0,
-        seed: 0,
-        duration: 0,
-        tokens: 0,
+        ...BASE_FIELDS,
+        rank90By: [],
         learning: { value: e.base.learning.value, stderr: se(e.base.learning.value) },
         forgetting: { value: e.base.forgetting.value, stderr: se(e.base.forgetting.value) },
         perplexity: null,
-        rank90: null,
-        rank90By: [],
       };
   }
   if (!base)

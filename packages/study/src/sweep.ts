@@ -8,7 +8,7 @@
 // evaluated (learning and forgetting) and its weight change analysed.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import type { Store } from "@loralab/db";
+import { LOGGED_METRICS, type MetricRow, type Store } from "@loralab/db";
 import {
   lastCheckpoint,
   merge,
@@ -218,6 +218,9 @@ export interface CellOptions {
   train?: Pick<TrainOptions, "sidecar" | "signal">;
   /** The device the cell trains on (default: its config's). */
   device?: string;
+  /** The device as the store records it, where the trainer sees another name (a worker's GPU
+   *  slot: `cuda:0` behind CUDA_VISIBLE_DEVICES=N is the host's `cuda:N`). */
+  recordDevice?: string;
   /** Train nothing: a cell is taken only as the store has it, completed (a queued sweep's
    *  report, drawn where its workers are not). */
   finishedOnly?: boolean;
@@ -231,6 +234,15 @@ async function trainOrResume(
   const id = cfg.run_id!;
   const runDir = join(cfg.out_dir!, id);
   const row = await store.getRun(id);
+  if (row?.config && Object.keys(row.config).length) {
+    // a run id is the sweep's name and the cell's key: an edited spec must not find a run
+    // trained (or half-trained) with other settings and take it as its own
+    const was = drift(row.config, resolveConfig(cfg));
+    if (was)
+      throw new Error(
+        `run ${id} in the store was trained with another ${was} than the sweep's spec now gives (hint: an edited spec is a new sweep: give it another name, or remove the run to train it again)`,
+      );
+  }
   // where the store says the run is (a worker may have had its own runs directory)
   if (row?.status === "completed") return { runDir: row.runDir || runDir, skipped: true };
   if (o.finishedOnly)
@@ -239,8 +251,8 @@ async function trainOrResume(
     );
   if (o.device) cfg = { ...cfg, train: { ...cfg.train, device: o.device } };
   const resolved = resolveConfig(cfg);
-  // the device the cell trains on, as the config resolves it (cpu, cuda:N)
-  const device = resolved.train.device;
+  // the device the cell trains on, as the config resolves it (cpu, cuda:N), or as the host names it
+  const device = o.recordDevice ?? resolved.train.device;
   if (!row)
     await store.createRun({
       id,
@@ -258,17 +270,72 @@ async function trainOrResume(
   const last = lastCheckpoint(runDir);
   if (last) cfg = { ...cfg, train: { ...cfg.train, resume_from: last } };
   const bar = o.progress?.(cfg.name ?? id);
+  const live = liveMetrics(store, id, o.log);
   try {
-    const s = await train(cfg, { onProgress: bar?.onProgress, ...o.train });
+    const s = await train(cfg, {
+      onProgress: (p) => {
+        bar?.onProgress(p);
+        live.push(p);
+      },
+      ...o.train,
+    });
     if (s.status !== "completed") throw new Error(`run ${id} ${s.status}`);
   } catch (e) {
     await store.updateRun(id, { status: "failed", error: (e as Error).message });
     throw e;
   } finally {
+    await live.flush();
     bar?.end();
   }
   await store.ingestRunDir(runDir, device, id);
   return { runDir, skipped: false };
+}
+
+/** Where two resolved configs of one run differ in what it learns (`optim.lr`), or "": not
+ *  where it runs (device, runs directory, data cache) or how it resumes. */
+function drift(a: unknown, b: unknown, path = ""): string {
+  if (IGNORED_DRIFT.has(path)) return "";
+  if (a && b && typeof a === "object" && typeof b === "object" && !Array.isArray(a) && !Array.isArray(b)) {
+    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+    for (const k of keys) {
+      const d = drift((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
+      if (d) return d;
+    }
+    return "";
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? "" : path || "config";
+}
+const IGNORED_DRIFT = new Set(["out_dir", "train.device", "train.resume_from", "data.cache_dir", "name"]);
+
+/** The metrics a run logs, in the store while it trains (every 2 s), so `loralab sweep status`
+ *  and a dashboard see it live; the run directory's metrics.jsonl, ingested at the end, upserts
+ *  the same rows. The store failing never fails the run: it warns once. */
+function liveMetrics(store: Store, runId: string, log?: SweepProgress) {
+  let rows: MetricRow[] = [];
+  let last = performance.now();
+  let pending: Promise<void> = Promise.resolve();
+  let warned = false;
+  const flush = () => {
+    const batch = rows;
+    rows = [];
+    last = performance.now();
+    pending = pending.then(() =>
+      batch.length
+        ? store.recordMetrics(runId, batch).catch((e) => {
+            if (!warned) log?.(`  warning: live metrics of ${runId} not stored: ${(e as Error).message}`);
+            warned = true;
+          })
+        : undefined,
+    );
+    return pending;
+  };
+  return {
+    push(p: ProgressEvent) {
+      for (const name of LOGGED_METRICS) rows.push({ step: p.step, name, value: p[name] });
+      if (performance.now() - last > 2000) void flush();
+    },
+    flush,
+  };
 }
 
 /** What a sweep trained: the checkpoints to evaluate, and the cells that failed (each failing
@@ -333,7 +400,7 @@ async function iftCell(spec: SweepSpec, c: Cell, store: Store, runsDir: string, 
   if (c.method === "hybrid") {
     // phase 1: LoRA for a fraction of the epochs; merge; phase 2: full FT of the chosen modules
     const h = spec.hybrid!;
-    const loraEpochs = Math.max(1, Math.round(h.lora_fraction * maxEpochs));
+    const loraEpochs = hybridLoraEpochs(spec);
     const p1: RunConfig = {
       ...cfg,
       run_id: `${runId}-lora`,
@@ -375,20 +442,64 @@ async function iftCell(spec: SweepSpec, c: Cell, store: Store, runsDir: string, 
   return out;
 }
 
+/** Hybrid: the epochs of its LoRA phase. */
+const hybridLoraEpochs = (spec: SweepSpec) =>
+  Math.max(1, Math.round(spec.hybrid!.lora_fraction * Math.max(...spec.durations)));
+
+/** CPT's steps: each budget's, the longest, and the 0.8·D step each budget branches from. */
+function cptPlan(spec: SweepSpec) {
+  const tokensPerStep =
+    (spec.base.data?.seq_len ?? 512) * (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
+  const budgets = [...spec.durations].sort((a, b) => a - b).map((d) => Math.max(5, Math.round(d / tokensPerStep)));
+  return {
+    tokensPerStep,
+    budgets,
+    maxSteps: budgets[budgets.length - 1]!,
+    cuts: budgets.map((b) => Math.round(0.8 * b)),
+  };
+}
+
+/** The runs a cell trains, each from step `from` to step `to` (what `loralab sweep status`
+ *  counts its ETA in), and the checkpoints it then has evaluated. */
+export function cellPlan(
+  spec: SweepSpec,
+  c: Cell,
+): { runs: { runId: string; from: number; to: number }[]; checkpoints: number } {
+  const runId = cellRunId(spec, c);
+  if (spec.regime === "cpt") {
+    const { budgets, maxSteps, cuts } = cptPlan(spec);
+    return {
+      runs: [
+        { runId, from: 0, to: maxSteps },
+        ...budgets.map((b, j) => ({ runId: `${runId}-D${b}`, from: cuts[j]!, to: b })),
+      ],
+      checkpoints: budgets.length,
+    };
+  }
+  const spe = stepsPerEpoch(spec);
+  const maxEpochs = Math.max(...spec.durations);
+  if (c.method !== "hybrid")
+    return { runs: [{ runId, from: 0, to: maxEpochs * spe }], checkpoints: spec.durations.length };
+  const lora = hybridLoraEpochs(spec);
+  return {
+    runs: [
+      { runId: `${runId}-lora`, from: 0, to: lora * spe },
+      { runId, from: 0, to: (maxEpochs - lora) * spe },
+    ],
+    checkpoints: spec.durations.filter((e) => e > lora).length,
+  };
+}
+
 /** CPT: per cell one long run to the largest budget (constant after warmup, checkpoints at
  * 0.8·D for every budget D), then one branch per budget resumed from its 0.8·D checkpoint
  * with a linear cooldown to zero over the remaining 20 %. */
 async function cptCell(spec: SweepSpec, c: Cell, store: Store, runsDir: string, o: CellOptions): Promise<Checkpoint[]> {
   if (c.method === "hybrid") throw new Error(`sweep ${spec.name}: hybrid is supported in IFT sweeps only`);
-  const tokensPerStep =
-    (spec.base.data?.seq_len ?? 512) * (spec.base.train?.micro_batch ?? 8) * (spec.base.train?.grad_accum ?? 1);
-  const budgets = [...spec.durations].sort((a, b) => a - b).map((d) => Math.max(5, Math.round(d / tokensPerStep)));
-  const maxSteps = budgets[budgets.length - 1]!;
+  const { tokensPerStep, budgets, maxSteps, cuts } = cptPlan(spec);
   const warm = Math.max(1, Math.round((spec.base.schedule?.warmup_frac ?? 0.05) * maxSteps));
   const out: Checkpoint[] = [];
   const runId = cellRunId(spec, c);
   const cfg = cellConfig(spec, c, runsDir, runId);
-  const cuts = budgets.map((b) => Math.round(0.8 * b));
   cfg.schedule = { ...cfg.schedule, kind: "inverse_sqrt", cooldown_frac: 0, warmup_steps: warm };
   cfg.train = {
     ...cfg.train,
