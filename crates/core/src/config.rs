@@ -102,6 +102,8 @@ pub struct DataConfig {
     pub max_records: usize,
     /// A token budget (0 = all): records are used until their tokens (text, or prompt + response, each with its EOS) reach N. For a recipe (`train = "recipe:NAME"`) the library streams the dataset shard by shard from the Hub and stops there, so only the shards the budget needs are downloaded.
     pub max_tokens: u64,
+    /// Held-out records, in the same format and fields as `train`, scored every `train.eval_every` steps (the masked loss, no gradient) as `val_loss` in metrics.jsonl. Empty: no validation.
+    pub validation: String,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,12 +217,20 @@ pub struct TrainConfig {
     pub checkpoint_at_tokens: Vec<u64>,
     /// Append a metrics line every N steps.
     pub log_every: usize,
-    /// Resume from this checkpoint directory (weights, optimizer state, data position, RNG). The schedule is this config's, so a run can branch off a long one with a new cooldown.
+    /// Resume from this checkpoint directory (weights, optimizer state, data position, RNG). The schedule is this config's, so a run can branch off a long one with a new cooldown. `latest`: the run's (run_id's) newest checkpoint, or a fresh start when it has none, so one command serves every attempt of a preemptible job.
     pub resume_from: String,
     /// cpu (the in-process engine), or cuda / cuda:N: the run goes through the sidecar process (docs/sidecar-protocol.md).
     pub device: String,
     /// Keep only each block's input in the forward pass and recompute the block in the backward pass: activation memory of one block instead of all, for about one more forward pass of compute (long sequences).
     pub gradient_checkpointing: bool,
+    /// Score `data.validation` every N steps and at the last step (0 = never).
+    pub eval_every: usize,
+    /// Stop once `val_loss` has not improved for this many evaluations in a row (0 = never); the run completes there, with its output and the best checkpoint named.
+    pub early_stop_patience: usize,
+    /// Keep only the N newest checkpoints (0 = all), besides the best one (`keep_best`) and those at `checkpoint_at_tokens`.
+    pub keep_checkpoints: usize,
+    /// `val_loss`: write a checkpoint at each evaluation that improves it, and never delete the best one. Empty: off.
+    pub keep_best: String,
 }
 
 // --------------------------------------------------------------------- defaults
@@ -271,6 +281,7 @@ impl Default for DataConfig {
             cache_dir: ".cache/loralab/shards".into(),
             max_records: 0,
             max_tokens: 0,
+            validation: String::new(),
         }
     }
 }
@@ -315,6 +326,10 @@ impl Default for TrainConfig {
             resume_from: String::new(),
             device: "cpu".into(),
             gradient_checkpointing: false,
+            eval_every: 0,
+            early_stop_patience: 0,
+            keep_checkpoints: 0,
+            keep_best: String::new(),
         }
     }
 }
@@ -445,6 +460,7 @@ impl RunConfig {
             &mut self.model.tokenizer,
             &mut self.data.train,
             &mut self.data.cache_dir,
+            &mut self.data.validation,
             &mut self.train.resume_from,
         ] {
             *p = expand_home(p);
@@ -453,6 +469,7 @@ impl RunConfig {
         if self.name.is_empty() || self.name.contains('/') {
             return Err(Error::config("name", "must be a non-empty name without '/' (hint: name = \"code-ift-lora\")"));
         }
+        let run_id_was_empty = self.run_id.is_empty();
         if self.run_id.is_empty() {
             self.run_id = format!("{}-{}", self.name, utc_stamp());
         } else if self.run_id.contains('/') {
@@ -577,8 +594,40 @@ impl RunConfig {
             return Err(Error::config("train.log_every", "must be ≥ 1"));
         }
         check_unit("train.attention_dropout", self.train.attention_dropout)?;
-        if !self.train.resume_from.is_empty() {
+        if self.train.resume_from == "latest" {
+            // the same command resumes wherever the run got to, or starts it (a preemptible job)
+            if run_id_was_empty {
+                return Err(Error::config(
+                    "train.resume_from",
+                    "`latest` needs the run to resume: set run_id (hint: --run_id=NAME, the same on every attempt)",
+                ));
+            }
+            // the training run names the checkpoint once it holds the run directory's lock
+        } else if !self.train.resume_from.is_empty() {
             require_file(&Path::new(&self.train.resume_from).join("trainer_state.json"), "train.resume_from")?;
+        }
+        if !self.data.validation.is_empty() {
+            require_file(Path::new(&self.data.validation), "data.validation")?;
+        }
+        if self.train.eval_every > 0 && self.data.validation.is_empty() {
+            return Err(Error::config("train.eval_every", "scores data.validation, and none is given (hint: data.validation = \"held-out.jsonl\", in the train file's format)"));
+        }
+        for (field, on) in [
+            ("train.early_stop_patience", self.train.early_stop_patience > 0),
+            ("train.keep_best", !self.train.keep_best.is_empty()),
+        ] {
+            if on && self.train.eval_every == 0 {
+                return Err(Error::config(
+                    field,
+                    "needs validation during training (hint: set train.eval_every and data.validation)",
+                ));
+            }
+        }
+        if !matches!(self.train.keep_best.as_str(), "" | "val_loss") {
+            return Err(Error::config(
+                "train.keep_best",
+                format!("`{}`: the metric kept by is `val_loss` (or empty: off)", self.train.keep_best),
+            ));
         }
         crate::base::device::parse(&self.train.device)?;
         Ok(self)

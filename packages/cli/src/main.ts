@@ -135,9 +135,16 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
         console.log(
           `run ${e.run_id} → ${e.run_dir} (${e.trainable_params.toLocaleString("en-US")} of ${e.params.toLocaleString("en-US")} parameters train)`,
         );
+      if (e.type === "validation")
+        bar.note(`step ${e.step}: val_loss ${e.val_loss.toFixed(4)}${e.best ? " (best)" : ""}`);
     },
   });
   bar.end();
+  if (summary.stopped_early_at != null)
+    console.log(
+      `stopped early at step ${summary.stopped_early_at}: val_loss stopped improving (train.early_stop_patience)`,
+    );
+  if (summary.best_checkpoint) console.log(`best checkpoint (val_loss): ${summary.best_checkpoint}`);
   console.log(
     `${summary.status}: ${summary.steps}/${summary.total_steps} steps, ${summary.first_loss == null ? "no step left to train (resumed at the end)" : `loss ${summary.first_loss.toFixed(4)} → ${(summary.final_loss ?? NaN).toFixed(4)}`}, ` +
       `${Math.round(summary.tokens_per_s)} tok/s, ${summary.elapsed_s.toFixed(1)} s\n${summary.output ? `output: ${summary.output}` : `last checkpoint: ${summary.last_checkpoint}`}`,

@@ -49,6 +49,11 @@ export function progressReporter(label: string, out: NodeJS.WriteStream = proces
         if (p.step % every === 0 || p.step === p.total_steps || p.step === first) out.write(`${label} ${line}\n`);
       }
     },
+    /** A line of its own (a validation result), above the bar. */
+    note(text: string) {
+      out.write(`${tty && open ? "\r\x1b[2K" : ""}${label} ${text}\n`);
+      open = false;
+    },
     end() {
       if (tty && open) out.write("\n"); // cancelled mid-run: leave the last bar visible
       open = false;

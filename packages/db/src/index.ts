@@ -28,7 +28,7 @@ export type NewRun = Omit<typeof sqliteSchema.runs.$inferInsert, "attempts" | "c
   status?: RunStatus;
 };
 /** The per-step metrics the store keeps of a run (metrics.jsonl's fields of the same names). */
-export const LOGGED_METRICS = ["loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed_s"] as const;
+export const LOGGED_METRICS = ["loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed_s", "val_loss"] as const;
 
 export interface MetricRow {
   step: number;

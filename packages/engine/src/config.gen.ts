@@ -81,6 +81,10 @@ export interface DataConfig {
    * Training records. The engine reads .jsonl (one object per line) and .txt (one document, cpt); through the library and CLI also .json arrays, .csv, .parquet, .gz of the text formats, Hugging Face dataset directories, and `hf://datasets/org/name[@revision]/path` (fetched into the Hugging Face cache first).
    */
   train?: string;
+  /**
+   * Held-out records, in the same format and fields as `train`, scored every `train.eval_every` steps (the masked loss, no gradient) as `val_loss` in metrics.jsonl. Empty: no validation.
+   */
+  validation?: string;
 }
 export interface MethodConfig {
   /**
@@ -201,9 +205,17 @@ export interface TrainConfig {
    */
   device?: string;
   /**
+   * Stop once `val_loss` has not improved for this many evaluations in a row (0 = never); the run completes there, with its output and the best checkpoint named.
+   */
+  early_stop_patience?: number;
+  /**
    * Passes over the data when `steps` and `tokens` are 0 (the study's IFT budgets are 1–16 epochs).
    */
   epochs?: number;
+  /**
+   * Score `data.validation` every N steps and at the last step (0 = never).
+   */
+  eval_every?: number;
   /**
    * Micro-batches per optimizer step; global batch = micro_batch·grad_accum (the study: 192 sequences).
    */
@@ -213,6 +225,14 @@ export interface TrainConfig {
    */
   gradient_checkpointing?: boolean;
   /**
+   * `val_loss`: write a checkpoint at each evaluation that improves it, and never delete the best one. Empty: off.
+   */
+  keep_best?: string;
+  /**
+   * Keep only the N newest checkpoints (0 = all), besides the best one (`keep_best`) and those at `checkpoint_at_tokens`.
+   */
+  keep_checkpoints?: number;
+  /**
    * Append a metrics line every N steps.
    */
   log_every?: number;
@@ -221,7 +241,7 @@ export interface TrainConfig {
    */
   micro_batch?: number;
   /**
-   * Resume from this checkpoint directory (weights, optimizer state, data position, RNG). The schedule is this config's, so a run can branch off a long one with a new cooldown.
+   * Resume from this checkpoint directory (weights, optimizer state, data position, RNG). The schedule is this config's, so a run can branch off a long one with a new cooldown. `latest`: the run's (run_id's) newest checkpoint, or a fresh start when it has none, so one command serves every attempt of a preemptible job.
    */
   resume_from?: string;
   /**

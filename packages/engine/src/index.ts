@@ -62,7 +62,12 @@ export { CONFIG_EXTENSIONS, ConfigSyntaxError, nearestName, parseConfigText, rea
 export type { ResolvedRunConfig } from "./protocol.gen.ts";
 
 // events and replies: generated from the engine's protocol schema (protocol.gen.ts)
-export type TrainEvent = Extract<EngineEvent, { type: "prepared" | "start" | "progress" | "checkpoint" }>;
+export type TrainEvent = Extract<
+  EngineEvent,
+  { type: "prepared" | "start" | "progress" | "checkpoint" | "validation" }
+>;
+/** The held-out loss at a step (data.validation, every train.eval_every steps). */
+export type ValidationEvent = Extract<TrainEvent, { type: "validation" }>;
 export type StartEvent = Extract<TrainEvent, { type: "start" }>;
 export type ProgressEvent = Extract<TrainEvent, { type: "progress" }>;
 export type CheckpointEvent = Extract<TrainEvent, { type: "checkpoint" }>;
@@ -283,6 +288,15 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
   if (config.data) {
     try {
       config = { ...config, data: await prepareData(config.data, opts.signal, config.model) };
+      const v = config.data?.validation ?? "";
+      if (v) {
+        // held-out records in any format the library reads, as the training set's are
+        const held = await prepareData(
+          { ...config.data, train: v, source: "", max_records: 0, max_tokens: 0 },
+          opts.signal,
+        );
+        config = { ...config, data: { ...config.data, validation: held.train ?? v } };
+      }
     } catch (e) {
       if (opts.signal?.aborted) return cancelled();
       throw e;
@@ -353,6 +367,8 @@ function cancelledBeforeSteps(config: RunConfig, runDir: string): RunSummary {
     trainable_params: 0,
     output: "",
     last_checkpoint: lastCheckpoint(runDir),
+    best_checkpoint: "",
+    stopped_early_at: null,
   };
 }
 

@@ -35,6 +35,16 @@ export type TrainEvent =
       step: number;
       tokens: number;
       type: "checkpoint";
+    }
+  | {
+      best: boolean;
+      step: number;
+      type: "validation";
+      val_loss: number;
+      /**
+       * Loss-carrying tokens it is the mean over.
+       */
+      val_tokens: number;
     };
 /**
  * A spectral analysis finished one matrix.
@@ -430,6 +440,10 @@ export interface ShutDown {
   shutdown: boolean;
 }
 export interface RunSummary {
+  /**
+   * The checkpoint with the best val_loss (train.keep_best), or "".
+   */
+  best_checkpoint: string;
   elapsed_s: number;
   /**
    * Passes over the prepared data: samples seen / rows.
@@ -455,6 +469,10 @@ export interface RunSummary {
    */
   status: "completed" | "cancelled";
   steps: number;
+  /**
+   * The step train.early_stop_patience stopped the run at (it completed there), or null.
+   */
+  stopped_early_at: number | null;
   tokens: number;
   tokens_per_s: number;
   total_steps: number;

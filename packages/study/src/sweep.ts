@@ -277,6 +277,7 @@ async function trainOrResume(
         bar?.onProgress(p);
         live.push(p);
       },
+      onEvent: (e) => e.type === "validation" && live.push(e),
       ...o.train,
     });
     if (s.status !== "completed") throw new Error(`run ${id} ${s.status}`);
@@ -330,8 +331,12 @@ function liveMetrics(store: Store, runId: string, log?: SweepProgress) {
     return pending;
   };
   return {
-    push(p: ProgressEvent) {
-      for (const name of LOGGED_METRICS) rows.push({ step: p.step, name, value: p[name] });
+    /** A progress or validation event's metrics. */
+    push(p: { step: number }) {
+      for (const name of LOGGED_METRICS) {
+        const value = (p as unknown as Record<string, unknown>)[name];
+        if (typeof value === "number") rows.push({ step: p.step, name, value });
+      }
       if (performance.now() - last > 2000) void flush();
     },
     flush,

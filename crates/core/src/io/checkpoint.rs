@@ -29,6 +29,12 @@ pub struct TrainerState {
     /// The dropout RNG, so masks after resume are the ones an uninterrupted run draws.
     pub rng: Rng,
     pub loss: f64,
+    /// The best validation loss so far and its step (train.keep_best, train.early_stop_patience).
+    #[serde(default)]
+    pub best_val: Option<(usize, f64)>,
+    /// Evaluations since the best one (the early stop's patience).
+    #[serde(default)]
+    pub evals_since_best: usize,
 }
 
 /// Trained tensors are saved in f32 (f64 stays f64): never rounded to bf16, because

@@ -39,6 +39,14 @@ pub enum Event {
         tokens: u64,
         path: String,
     },
+    /// The held-out loss (data.validation) at a step, and whether it is the best so far.
+    Validation {
+        step: usize,
+        val_loss: f64,
+        /// Loss-carrying tokens it is the mean over.
+        val_tokens: f64,
+        best: bool,
+    },
 }
 
 #[derive(Serialize, Clone, Debug, schemars::JsonSchema)]
@@ -76,6 +84,10 @@ pub struct RunSummary {
     /// The final model (HF layout) or adapter (PEFT layout) directory; empty when cancelled.
     pub output: String,
     pub last_checkpoint: String,
+    /// The checkpoint with the best val_loss (train.keep_best), or "".
+    pub best_checkpoint: String,
+    /// The step train.early_stop_patience stopped the run at (it completed there), or null.
+    pub stopped_early_at: Option<usize>,
 }
 
 /// How a run that did not fail ended.
@@ -121,9 +133,9 @@ impl<F: FnMut(&Event)> Sink for F {
 
 /// Train one run. Writes the run directory (docs/run-directory.md) and returns its summary.
 pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<RunSummary> {
-    let cfg = cfg.resolve()?;
+    let mut cfg = cfg.resolve()?;
     let run_dir = cfg.run_dir();
-    let resuming = !cfg.train.resume_from.is_empty();
+    let mut resuming = !cfg.train.resume_from.is_empty();
     std::fs::create_dir_all(rundir::checkpoints_dir(&run_dir)).map_err(|e| Error::file(&run_dir, e))?;
     // one process trains a run directory at a time: the lock goes with the process, however it ends
     let lock_path = rundir::lock_file(&run_dir);
@@ -151,6 +163,23 @@ pub fn run(cfg: RunConfig, sink: &mut dyn Sink, cancel: &AtomicBool) -> Result<R
                 run_dir.display()
             ),
         ));
+    }
+    if cfg.train.resume_from == "latest" {
+        // read under the lock: a previous attempt finishing its last checkpoint is waited for
+        cfg.train.resume_from = last_checkpoint(&run_dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        resuming = !cfg.train.resume_from.is_empty();
+        if !resuming {
+            // nothing to resume: start over in place, as a run that died before its first checkpoint
+            if rundir::status(&run_dir) == Some(RunStatus::Completed) {
+                return Err(Error::config(
+                    "run_id",
+                    format!(
+                        "run {} is completed and kept no checkpoint to resume (hint: pick a new run_id)",
+                        run_dir.display()
+                    ),
+                ));
+            }
+        }
     }
     if rundir::run_json(&run_dir).is_file() && !resuming {
         // a run that died before its first checkpoint left nothing to resume: it starts over in
@@ -370,6 +399,28 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     let eos = data::eos_id(&tokenizer, model.cfg.eos_id())?;
     let chat = crate::io::chat::ChatTemplate::find(&cfg.model.path)?;
     let shards = data::prepare(&cfg.data, &tokenizer, &tok_path, eos, chat.as_ref())?;
+    // held-out rows, prepared as the training rows are (whole: no record or token budget)
+    let validation = if cfg.data.validation.is_empty() {
+        None
+    } else {
+        let v = crate::config::DataConfig {
+            train: cfg.data.validation.clone(),
+            max_records: 0,
+            max_tokens: 0,
+            ..cfg.data.clone()
+        };
+        let v = data::prepare(&v, &tokenizer, &tok_path, eos, chat.as_ref())?;
+        if v.rows == 0 {
+            return Err(Error::config(
+                "data.validation",
+                format!(
+                    "{}: no {}-token row to score (hint: more held-out records, or a shorter data.seq_len)",
+                    cfg.data.validation, v.seq_len
+                ),
+            ));
+        }
+        Some(v)
+    };
     let per_step = cfg.train.micro_batch * cfg.train.grad_accum;
     std::fs::write(rundir::data_json(run_dir), serde_json::to_vec_pretty(&shards.report)?)?;
     sink.event(&Event::Prepared(shards.report.clone()));
@@ -395,6 +446,8 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         tokens: 0,
         rng: Rng::fork(cfg.seed, 2),
         loss: f64::NAN,
+        best_val: None,
+        evals_since_best: 0,
     };
     if !cfg.train.resume_from.is_empty() {
         let restored = checkpoint::restore(Path::new(&cfg.train.resume_from), &params, &mut opt)?;
@@ -447,6 +500,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
     let mut first_loss = f64::NAN;
     let mut tokens_this_run = 0u64;
     let mut status = Outcome::Completed;
+    let mut stopped_early_at = None;
     while state.step < total_steps {
         if cancel.load(Ordering::Relaxed) {
             status = Outcome::Cancelled;
@@ -528,13 +582,42 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         }
         sink.event(&Event::Progress(p));
 
+        // ------------------------------------------------------------------ validation
+        let mut improved = false;
+        if let Some(v) = &validation {
+            if cfg.train.eval_every > 0
+                && (state.step.is_multiple_of(cfg.train.eval_every) || state.step == total_steps)
+            {
+                let (val_loss, val_tokens) = validation_loss(&model, v, cfg.train.micro_batch, &mut state.rng)?;
+                improved = state.best_val.is_none_or(|(_, b)| val_loss < b);
+                if improved {
+                    state.best_val = Some((state.step, val_loss));
+                    state.evals_since_best = 0;
+                } else {
+                    state.evals_since_best += 1;
+                }
+                let line = serde_json::json!({"step": state.step, "val_loss": val_loss, "val_tokens": val_tokens});
+                writeln!(metrics, "{line}")?;
+                sink.event(&Event::Validation { step: state.step, val_loss, val_tokens, best: improved });
+            }
+        }
+        let stop_early = cfg.train.early_stop_patience > 0 && state.evals_since_best >= cfg.train.early_stop_patience;
+
         // ------------------------------------------------------------------ checkpoint
         let every = cfg.train.checkpoint_every > 0 && state.step.is_multiple_of(cfg.train.checkpoint_every);
         let at_tokens = cfg.train.checkpoint_at_tokens.iter().any(|&p| prev_tokens < p && state.tokens >= p);
-        if every || at_tokens || state.step == total_steps {
+        let best = improved && !cfg.train.keep_best.is_empty();
+        if every || at_tokens || best || stop_early || state.step == total_steps {
             metrics.flush()?;
             last_checkpoint = save_ckpt(&state, &opt, &model)?;
             sink.event(&Event::Checkpoint { step: state.step, tokens: state.tokens, path: last_checkpoint.clone() });
+            if cfg.train.keep_checkpoints > 0 {
+                prune_checkpoints(run_dir, cfg, &state)?;
+            }
+        }
+        if stop_early {
+            stopped_early_at = Some(state.step);
+            break;
         }
     }
     metrics.flush()?;
@@ -569,7 +652,51 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         trainable_params,
         output,
         last_checkpoint,
+        best_checkpoint: match (&state.best_val, cfg.train.keep_best.is_empty()) {
+            (Some((step, _)), false) => rundir::checkpoint_dir(run_dir, *step).to_string_lossy().into_owned(),
+            _ => String::new(),
+        },
+        stopped_early_at,
     })
+}
+
+/// The masked next-token loss over every held-out row, without gradients or dropout: the mean
+/// per loss-carrying token, and how many there were.
+fn validation_loss(model: &Llama, v: &Shards, rows_per_batch: usize, rng: &mut Rng) -> Result<(f64, f64)> {
+    let rows: Vec<usize> = (0..v.rows).collect();
+    let batches =
+        rows.chunks(rows_per_batch.max(1)).map(|r| micro_batch(v, r, &model.device)).collect::<Result<Vec<_>>>()?;
+    let denom: f64 = batches.iter().map(|b| b.loss_tokens).sum::<f64>().max(1.0);
+    // eval mode draws nothing from the RNG; a copy keeps the training stream untouched regardless
+    let mut rng = rng.clone();
+    let mut sum = 0.0;
+    for mb in &batches {
+        let logits = model.forward(&mb.ids, &mut ForwardCtx { train: false, rng: &mut rng })?.detach();
+        let loss = crate::model::masked_loss(&logits, &mb.targets, &mb.mask, denom)?;
+        sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok((sum, denom))
+}
+
+/// train.keep_checkpoints: delete all but the N newest checkpoints, never the best one
+/// (train.keep_best) nor those written at train.checkpoint_at_tokens (the study's budgets).
+fn prune_checkpoints(run_dir: &Path, cfg: &RunConfig, state: &TrainerState) -> Result<()> {
+    let all = rundir::checkpoints(run_dir);
+    let best = state.best_val.filter(|_| !cfg.train.keep_best.is_empty()).map(|(s, _)| s);
+    let step_tokens = |step: usize| all.iter().find(|c| c.step == step).map(|c| c.tokens);
+    let budgeted = |step: usize| {
+        // the first checkpoint at or past a budget is that budget's
+        cfg.train
+            .checkpoint_at_tokens
+            .iter()
+            .any(|&p| all.iter().find(|c| c.tokens >= p).map(|c| c.step) == Some(step) && step_tokens(step).is_some())
+    };
+    let candidates: Vec<_> = all.iter().filter(|c| Some(c.step) != best && !budgeted(c.step)).collect();
+    let excess = candidates.len().saturating_sub(cfg.train.keep_checkpoints);
+    for c in &candidates[..excess] {
+        std::fs::remove_dir_all(&c.path).map_err(|e| Error::file(&c.path, e))?;
+    }
+    Ok(())
 }
 
 /// A resumed run rewrites the steps after its checkpoint: drop their old metric lines

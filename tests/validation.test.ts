@@ -1,0 +1,139 @@
+// Validation during training (data.validation, train.eval_every): the held-out loss logged with
+// its step, the best checkpoint kept (train.keep_best) while older ones are pruned
+// (train.keep_checkpoints), an early stop on validation-loss patience, and
+// train.resume_from = "latest" for a command that serves every attempt of a preemptible job.
+import { expect, test } from "bun:test";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { openStore } from "@loralab/db";
+import { ConfigError, resolveConfig, train, type ValidationEvent } from "@loralab/engine";
+import { root, tempDir, tinyConfig } from "./helpers.ts";
+
+const tiny = join(root, "datasets/tiny");
+
+const valLines = (runDir: string) =>
+  readFileSync(join(runDir, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { step: number; val_loss?: number; val_tokens?: number })
+    .filter((m) => m.val_loss !== undefined);
+
+test("eval_every logs the held-out loss; keep_best keeps its checkpoint while keep_checkpoints prunes the rest", async () => {
+  const out = tempDir("val-keep");
+  const events: ValidationEvent[] = [];
+  const s = await train(
+    tinyConfig(out, {
+      run_id: "v",
+      data: { validation: join(tiny, "code_heldout.jsonl") },
+      train: { steps: 12, checkpoint_every: 2, eval_every: 3, keep_best: "val_loss", keep_checkpoints: 1 },
+    }),
+    { onEvent: (e) => e.type === "validation" && events.push(e) },
+  );
+  expect(s.status).toBe("completed");
+  // at every 3rd step and the last, once each, with the tokens it is the mean over
+  const lines = valLines(s.run_dir);
+  expect(lines.map((l) => l.step)).toEqual([3, 6, 9, 12]);
+  expect(events.map((e) => [e.step, e.val_loss])).toEqual(lines.map((l) => [l.step, l.val_loss!]));
+  expect(lines.every((l) => Number.isFinite(l.val_loss) && l.val_loss! > 0 && l.val_tokens! > 0)).toBe(true);
+  // the best is the lowest loss's step; its checkpoint and the newest are all that is kept
+  const best = lines.reduce((a, b) => (b.val_loss! < a.val_loss! ? b : a));
+  expect(events.filter((e) => e.best).at(-1)!.step).toBe(best.step);
+  expect(s.best_checkpoint).toEndWith(`step-${String(best.step).padStart(6, "0")}`);
+  const kept = readdirSync(join(s.run_dir, "checkpoints")).sort();
+  const name = (step: number) => `step-${String(step).padStart(6, "0")}`;
+  // the newest checkpoint besides the best one, and the best
+  expect(kept).toEqual([name(best.step), name(best.step === 12 ? 10 : 12)].sort());
+  expect(existsSync(join(s.best_checkpoint, "trainer_state.json"))).toBe(true);
+  // and the store has the series by step
+  const store = await openStore({ path: join(out, "s.db") });
+  try {
+    await store.ingestRunDir(s.run_dir);
+    const v = await store.metrics("v", { name: "val_loss" });
+    expect(v.map((m) => [m.step, m.value])).toEqual(lines.map((l) => [l.step, l.val_loss!]));
+  } finally {
+    await store.close();
+  }
+}, 120_000);
+
+test("early_stop_patience: the run completes where the held-out loss stopped improving", async () => {
+  const out = tempDir("val-stop");
+  // code, at a learning rate high enough to overfit it, scored on English (in the training
+  // set's field): the loss turns
+  const english = join(out, "english.jsonl");
+  const records = readFileSync(join(tiny, "english_heldout.jsonl"), "utf8").trim().split("\n");
+  writeFileSync(
+    english,
+    records.map((l) => JSON.stringify({ content: (JSON.parse(l) as { text: string }).text })).join("\n"),
+  );
+  const s = await train(
+    tinyConfig(out, {
+      run_id: "e",
+      optim: { lr: 3e-2 },
+      data: { validation: english },
+      train: { steps: 200, checkpoint_every: 0, eval_every: 2, early_stop_patience: 2 },
+    }),
+  );
+  expect(s.status).toBe("completed");
+  const lines = valLines(s.run_dir);
+  // stopped at the first evaluation that made 2 in a row without a new best, and not before
+  let best = Number.POSITIVE_INFINITY;
+  let since = 0;
+  let stop: number | undefined;
+  for (const l of lines) {
+    if (l.val_loss! < best) [best, since] = [l.val_loss!, 0];
+    else since++;
+    if (since >= 2) {
+      stop = l.step;
+      break;
+    }
+  }
+  expect(stop).toBeDefined();
+  expect(s.stopped_early_at).toBe(stop!);
+  expect([s.steps, lines.at(-1)!.step]).toEqual([stop!, stop!]);
+  expect(s.steps).toBeLessThan(200);
+  // it completed there: its output is written, and its last checkpoint is that step's
+  expect(existsSync(join(s.output, "model.safetensors"))).toBe(true);
+  expect(s.last_checkpoint).toEndWith(`step-${String(stop).padStart(6, "0")}`);
+}, 120_000);
+
+test('resume_from = "latest": the newest checkpoint of the run, or a fresh start when it has none', async () => {
+  const out = tempDir("val-latest");
+  const cfg = tinyConfig(out, { run_id: "l", train: { steps: 8, checkpoint_every: 2, resume_from: "latest" } });
+  // the first attempt, cancelled after step 3 (a cancel checkpoints where it stops: 3 or 4)
+  const abort = new AbortController();
+  const first = await train(cfg, { signal: abort.signal, onProgress: (p) => p.step === 3 && abort.abort() });
+  const at = `step-${String(first.steps).padStart(6, "0")}`;
+  expect([first.status, first.steps < 8, first.last_checkpoint]).toEqual([
+    "cancelled",
+    true,
+    expect.stringMatching(at),
+  ]);
+  // the same command again resumes there and completes
+  const second = await train(cfg);
+  expect(second.status).toBe("completed");
+  expect(JSON.parse(readFileSync(join(second.run_dir, "config.json"), "utf8")).train.resume_from).toEndWith(at);
+  const steps = readFileSync(join(second.run_dir, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { step: number }).step);
+  expect(steps).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+  // a run with no checkpoint yet starts fresh
+  const fresh = await train({ ...cfg, run_id: "l2" });
+  expect([fresh.status, fresh.steps]).toEqual(["completed", 8]);
+  // "latest" of nothing named is refused
+  expect(() => resolveConfig({ ...cfg, run_id: "" })).toThrow(ConfigError);
+  expect(() => resolveConfig({ ...cfg, run_id: "" })).toThrow(/`latest` needs the run to resume: set run_id/);
+}, 120_000);
+
+test("validation's config is checked at the edge", () => {
+  const out = tempDir("val-config");
+  const bad = (over: Parameters<typeof tinyConfig>[1], re: RegExp) =>
+    expect(() => resolveConfig(tinyConfig(out, over))).toThrow(re);
+  bad({ train: { eval_every: 2 } }, /train.eval_every: scores data.validation, and none is given/);
+  bad({ train: { early_stop_patience: 2 } }, /train.early_stop_patience: needs validation during training/);
+  bad(
+    { data: { validation: join(tiny, "code_heldout.jsonl") }, train: { eval_every: 2, keep_best: "acc" } },
+    /train.keep_best: `acc`: the metric kept by is `val_loss`/,
+  );
+  bad({ data: { validation: join(out, "missing.jsonl") } }, /data.validation: file not found/);
+});
