@@ -237,7 +237,11 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
                 );
                 failures = 0;
                 void boss.offWork(CELL_QUEUE, { id, wait: false });
-                setTimeout(() => void start(), pause * 1000);
+                setTimeout(
+                  () =>
+                    start().catch((err) => log(`worker ${who} slot ${slot}: not restarted: ${(err as Error).message}`)),
+                  pause * 1000,
+                );
                 pause = Math.min(pause * 2, 1800);
               }
               throw e;
