@@ -59,7 +59,10 @@ test("3 workers, one SIGKILLed mid-cell: its cell resumes on another from the ch
   const runs = join(out, "runs");
   const first = await enqueueSweep(s, runs, { url, retryDelaySeconds: 1 });
   const again = await enqueueSweep(s, runs, { url, retryDelaySeconds: 1 });
-  expect([first.sent, again.sent, again.already]).toEqual([6, 0, 6]);
+  expect([first.sent, again.sent, again.already, again.drifted]).toEqual([6, 0, 6, []]);
+  // an edited spec under the same name over queued jobs is named
+  const edited = await enqueueSweep({ ...s, base: { ...s.base, seed: 99 } }, runs, { url, retryDelaySeconds: 1 });
+  expect(edited.drifted.length).toBe(6);
 
   const t0 = performance.now();
   const ws = [worker(url), worker(url), worker(url)];

@@ -120,7 +120,8 @@ export async function enqueueSweep(
         // already queued or running: by this spec, or by an edited one (that job trains the old)
         const had = await boss.findJobs<CellJob>(CELL_QUEUE, { key: cellRunId(spec, c), limit: 1000 });
         const live = had.filter((j) => !ENDED.includes(j.state));
-        if (live.some((j) => JSON.stringify(j.data.spec) !== JSON.stringify(spec))) drifted.push(c.key);
+        // jsonb reorders an object's keys: compared in a canonical form
+        if (live.some((j) => canonical(j.data.spec) !== canonical(spec))) drifted.push(c.key);
       }
     }
     if (isStudy(spec)) await sendPoint(boss, o, { kind: "point", spec, checkpoint: null, order: [-1, 0] });
@@ -129,6 +130,14 @@ export async function enqueueSweep(
     await boss.stop({ graceful: false });
   }
 }
+
+/** JSON with every object's keys sorted. */
+const canonical = (v: unknown): string =>
+  JSON.stringify(v, (_, x) =>
+    x && typeof x === "object" && !Array.isArray(x)
+      ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : x,
+  );
 
 /** Send a point job unless one for the same point is queued, running or done (stately lets a
  *  second job in beside an active one, so the queue is asked first). */

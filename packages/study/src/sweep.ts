@@ -295,7 +295,8 @@ async function trainOrResume(
 /** Where two resolved configs of one run differ in what it learns (`optim.lr`), or "": not
  *  where it runs (device, runs directory, data cache) or how it resumes. */
 function drift(a: unknown, b: unknown, path = ""): string {
-  if (IGNORED_DRIFT.has(path)) return "";
+  // a field one side lacks is a default added by a newer engine (or dropped by an older one)
+  if (IGNORED_DRIFT.has(path) || a === undefined || b === undefined) return "";
   if (a && b && typeof a === "object" && typeof b === "object" && !Array.isArray(a) && !Array.isArray(b)) {
     const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
     for (const k of keys) {
