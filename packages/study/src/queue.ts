@@ -388,6 +388,18 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
+/** Seconds per step between consecutive logged `elapsed_s` rows (a resumed run's clock
+ *  starts again: that gap is not a step time). */
+function stepTimes(logged: { step: number; value: number }[]): number[] {
+  const out: number[] = [];
+  for (let i = 1; i < logged.length; i++) {
+    const ds = logged[i]!.step - logged[i - 1]!.step;
+    const dt = logged[i]!.value - logged[i - 1]!.value;
+    if (ds > 0 && dt > 0) out.push(dt / ds);
+  }
+  return out;
+}
+
 const errorOf = (j: JobWithMetadata<unknown>) => (j.output as { message?: string } | null)?.message ?? j.state;
 
 /** Where a sweep's jobs are in the queue, and, given the store its workers log to, the ETA.
@@ -440,12 +452,7 @@ async function eta(
       const logged = store ? await store.metrics(r.runId, { name: "elapsed_s" }) : [];
       const at = logged.length ? logged[logged.length - 1]!.step : r.from;
       stepsLeft += Math.max(0, r.to - Math.max(at, r.from));
-      for (let i = 1; i < logged.length; i++) {
-        const ds = logged[i]!.step - logged[i - 1]!.step;
-        const dt = logged[i]!.value - logged[i - 1]!.value;
-        // a resumed run's clock starts again: that gap is not a step time
-        if (ds > 0 && dt > 0) perStep.push(dt / ds);
-      }
+      perStep.push(...stepTimes(logged));
     }
   }
   // finished cells' step times count too: the first cells' runs are the best measure of the rest
@@ -453,12 +460,7 @@ async function eta(
     for (const [key, c] of cellKeys) {
       if (cellJobs.get(key)?.state !== "completed") continue;
       for (const r of planOf(spec, c)?.runs ?? []) {
-        const logged = await store.metrics(r.runId, { name: "elapsed_s" });
-        for (let i = 1; i < logged.length; i++) {
-          const ds = logged[i]!.step - logged[i - 1]!.step;
-          const dt = logged[i]!.value - logged[i - 1]!.value;
-          if (ds > 0 && dt > 0) perStep.push(dt / ds);
-        }
+        perStep.push(...stepTimes(await store.metrics(r.runId, { name: "elapsed_s" })));
       }
     }
   const evalTimes = [...pointJobs.values()]
