@@ -6,17 +6,21 @@
 // the same sweep adds no job.
 import { afterAll, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { sidecarPath } from "@loralab/engine";
 import {
+  CELL_QUEUE,
   cellRunId,
   cells,
   describeEta,
   enqueueSweep,
+  loadStudySpec,
   openQueue,
+  queuedPoints,
   runSweep,
+  runWorker,
   type SweepSpec,
   sweepState,
   waitForSweep,
@@ -167,32 +171,71 @@ test("a cell that always fails lands in the dead-letter queue after its retries;
   expect(st.dead[0]!.error).toMatch(/exceeds min/);
 }, 300_000);
 
-test("a slot that fails 3 jobs in a row stops taking jobs for a while; a GPU slot without a CUDA sidecar is refused at the start", async () => {
+test("a slot that fails 3 jobs in a row pauses, restarts and pauses twice as long; a job's own refusal does not count; a GPU slot without a CUDA sidecar is refused at the start", async () => {
   const url = await freshPostgresUrl("breaker");
   const out = tempDir("queue-breaker");
-  // four cells refused at every attempt (rank 9999 exceeds the tiny model), no retries
-  const s = spec("b", out, {
-    methods: ["lora"],
-    lr: { lora: [3e-3, 4e-3, 5e-3, 6e-3] },
-    ranks: [9999],
-    durations: [1],
-    records_per_epoch: 16,
+  const many = (name: string, ranks: number[], n: number) =>
+    spec(name, out, {
+      methods: ["lora"],
+      lr: { lora: Array.from({ length: n }, (_, i) => (i + 3) * 1e-3) },
+      ranks,
+      durations: [1],
+      records_per_epoch: 16,
+    });
+  // seven cells on a slot whose runs directory cannot be made (a broken disk): every job fails
+  // for the slot's sake; no retries
+  const broken = many("b", [4], 7);
+  await enqueueSweep(broken, join(out, "runs"), { url, retries: 0, retryDelaySeconds: 1 });
+  const lines: string[] = [];
+  const stop = new AbortController();
+  const w = runWorker({
+    url,
+    devices: ["cpu"],
+    runsDir: "/dev/null/runs",
+    breakerPauseSeconds: 1,
+    signal: stop.signal,
+    log: (l) => lines.push(l),
   });
-  await enqueueSweep(s, join(out, "runs"), { url, retries: 0, retryDelaySeconds: 1 });
-  const w = worker(url);
-  await until("the breaker", 60_000, () => w.lines.find((l) => l.includes("3 jobs failed in a row")));
-  expect(w.lines.find((l) => l.includes("3 jobs failed in a row"))).toMatch(
-    /slot 0 \(cpu\): 3 jobs failed in a row: not taking jobs for 60 s \(the last: .*exceeds min/,
-  );
-  await Bun.sleep(3000); // polling every 0.5 s: a slot still working would have taken the fourth
   const boss = await openQueue({ url });
   try {
-    const st = await sweepState(s, boss);
-    expect(st.byState).toEqual({ failed: 3, created: 1 });
+    const st = await until("seven failed cells", 90_000, async () => {
+      const x = await sweepState(broken, boss);
+      return x.byState.failed === 7 ? x : undefined;
+    });
+    expect(st.byState).toEqual({ failed: 7 });
+    const trips = lines.filter((l) => l.includes("jobs failed in a row"));
+    expect(trips).toEqual([
+      expect.stringMatching(/slot 0 \(cpu\): 3 jobs failed in a row: not taking jobs for 1 s \(the last: /),
+      expect.stringMatching(/slot 0 \(cpu\): 3 jobs failed in a row: not taking jobs for 2 s \(the last: /),
+    ]);
+    // paused, the slot took nothing: the fourth job started after the first trip, the seventh after the second
+    const took = lines.map((l, i) => [l, i] as const).filter(([l]) => /\(attempt 1\)$/.test(l));
+    const tripAt = lines.map((l, i) => [l, i] as const).filter(([l]) => l.includes("in a row"));
+    expect(took.length).toBe(7);
+    expect(took[3]![1]).toBeGreaterThan(tripAt[0]![1]);
+    expect(took[6]![1]).toBeGreaterThan(tripAt[1]![1]);
+    stop.abort();
+    await w;
+
+    // four cells refused for their own config (rank 9999 exceeds the tiny model): the slot is fine
+    const refused = many("r", [9999], 4);
+    await enqueueSweep(refused, join(out, "runs"), { url, retries: 0, retryDelaySeconds: 1 });
+    const lines2: string[] = [];
+    const stop2 = new AbortController();
+    const w2 = runWorker({ url, devices: ["cpu"], signal: stop2.signal, log: (l) => lines2.push(l) });
+    const st2 = await until("four refused cells", 60_000, async () => {
+      const x = await sweepState(refused, boss);
+      return x.byState.failed === 4 ? x : undefined;
+    });
+    expect(st2.dead.map((d) => d.error)).toEqual(Array(4).fill(expect.stringMatching(/exceeds min/)));
+    expect(lines2.filter((l) => l.includes("in a row"))).toEqual([]);
+    stop2.abort();
+    await w2;
   } finally {
+    stop.abort();
+    await w;
     await boss.stop({ graceful: false });
   }
-  w.p.kill(9);
 
   const gpu = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "worker", "--db", url, "--gpus", "0"], {
     cwd: root,
@@ -207,7 +250,63 @@ test("a slot that fails 3 jobs in a row stops taking jobs for a while; a GPU slo
       /GPU 0: the sidecar \S+ is a CPU build \(devices: cpu\) \(hint: build the CUDA one with scripts\/build-cuda-sidecar.sh/,
     ),
   ]);
-}, 120_000);
+  // --gpus counts over the GPUs this process is given
+  const masked = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "worker", "--db", url, "--gpus", "2"], {
+    cwd: root,
+    env: { ...process.env, CUDA_VISIBLE_DEVICES: "5,7" },
+    stdout: "pipe",
+    stderr: "pipe",
+    timeout: 60_000,
+  });
+  expect([masked.exitCode, masked.stderr.toString()]).toEqual([
+    2,
+    expect.stringContaining("--gpus 2: this process sees 2 GPU(s) (CUDA_VISIBLE_DEVICES=5,7)"),
+  ]);
+}, 180_000);
+
+test("a worker stopped mid-cell puts its job back as it was (no retry spent); the next worker resumes the run from its checkpoint", async () => {
+  const url = await freshPostgresUrl("putback");
+  const out = tempDir("queue-putback");
+  // one cell of 96 steps (24 an epoch, a checkpoint at each)
+  const s = spec("p", out, { methods: ["full"], lr: { full: [1e-3] }, durations: [1, 4] });
+  const runs = join(out, "runs");
+  await enqueueSweep(s, runs, { url, retries: 0, retryDelaySeconds: 1 });
+  const id = cellRunId(s, cells(s)[0]!);
+  const lines: string[] = [];
+  const stop = new AbortController();
+  const w = runWorker({ url, devices: ["cpu"], signal: stop.signal, log: (l) => lines.push(l) });
+  await until("the first checkpoint", 60_000, () =>
+    existsSync(join(runs, id, "checkpoints", "step-000024", "trainer_state.json")) ? true : undefined,
+  );
+  stop.abort();
+  await w;
+  expect(lines.at(-1)).toMatch(/stopped; 1 job\(s\) in hand put back in the queue \(no retry spent\)$/);
+  const boss = await openQueue({ url });
+  try {
+    // retries: 0, so a counted attempt would have sent it to the dead-letter queue; pg-boss counts
+    // the next start as a retry, and the limit is one higher for it
+    const [job] = await boss.findJobs(CELL_QUEUE, { key: id });
+    expect([job!.state, job!.retryCount, job!.retryLimit]).toEqual(["created", 0, 1]);
+    expect(existsSync(join(runs, id, "checkpoints", "step-000096"))).toBe(false);
+    const stop2 = new AbortController();
+    const lines2: string[] = [];
+    const w2 = runWorker({ url, devices: ["cpu"], signal: stop2.signal, log: (l) => lines2.push(l) });
+    const st = await until("the cell completed", 90_000, async () => {
+      const x = await sweepState(s, boss);
+      return x.done ? x : undefined;
+    });
+    stop2.abort();
+    await w2;
+    expect([st.byState, st.dead, st.missing]).toEqual([{ completed: 1 }, [], []]);
+    expect(lines2.filter((l) => l.includes(`${id} (attempt`)).length).toBe(1);
+    const resumed = JSON.parse(readFileSync(join(runs, id, "config.json"), "utf8")).train.resume_from as string;
+    expect(resumed).toMatch(/checkpoints\/step-0000\d\d$/);
+    // completed jobs are kept for good: the report is drawn from them (pg-boss deletes after 7 days by default)
+    expect((await boss.getQueue(CELL_QUEUE))?.deleteAfterSeconds).toBe(0);
+  } finally {
+    await boss.stop({ graceful: false });
+  }
+}, 180_000);
 
 /** Two JSON values equal, numbers to 1e-9 (relative). */
 function close(a: unknown, b: unknown, path = "$"): string[] {
@@ -262,6 +361,48 @@ test("`loralab sweep --queue` with a worker: the report's points equal the in-pr
     0,
     "sweep qs: 2 cells\n  completed: 2\n  points: 5 completed\n  nothing left to run\n",
   ]);
+  // one slot: the base's point first, and each cell's points (priority 1) before the next cell
+  const order = w.lines
+    .filter((l) => /\(attempt \d+\)$/.test(l))
+    .map((l) => l.replace(/^.*? slot 0 \(cpu\): /, "").replace(/ \(attempt \d+\)$/, ""));
+  expect(order).toEqual([
+    "point base",
+    "qs-full-lr1e-3-s0",
+    "point qs-full-lr1e-3-s0 @ 1",
+    "point qs-full-lr1e-3-s0 @ 2",
+    "qs-lora-r4-a8-all-lr3e-3-s0",
+    "point qs-lora-r4-a8-all-lr3e-3-s0 @ 1",
+    "point qs-lora-r4-a8-all-lr3e-3-s0 @ 2",
+  ]);
+  // a point job gone from the queue's tables is named, and waiting for it fails at once; the
+  // sweep enqueued again sends it again (the cells are skipped, the point read from its cache)
+  const spec = loadStudySpec(join(out, "spec.yaml"));
+  const boss = await openQueue({ url });
+  try {
+    const jobs = await boss.findJobs<{ kind?: string; checkpoint?: { runId: string; duration: number } | null }>(
+      CELL_QUEUE,
+      { data: { spec: { name: "qs" } } },
+    );
+    const gone = jobs.find((j) => j.data.checkpoint?.runId === "qs-full-lr1e-3-s0" && j.data.checkpoint.duration === 1);
+    await boss.deleteJob(CELL_QUEUE, gone!.id);
+  } finally {
+    await boss.stop({ graceful: false });
+  }
+  const status2 = Bun.spawnSync(
+    [process.execPath, "packages/cli/src/main.ts", "sweep", "status", join(out, "spec.yaml"), "--db", url],
+    { cwd: root, stdout: "pipe", stderr: "pipe" },
+  );
+  expect(status2.stdout.toString()).toContain(
+    "  points: 4 completed\n  missing: full-lr1e-3-s0 @ 1: not in the queue (enqueue the sweep again: only what is missing is sent)\n",
+  );
+  await expect(waitForSweep(spec, { url, pollMs: 300 })).rejects.toThrow(
+    /1 job\(s\) are not in the queue \(full-lr1e-3-s0 @ 1\)/,
+  );
+  await enqueueSweep(spec, join(out, "queued", "runs"), { url });
+  const healed = await waitForSweep(spec, { url, pollMs: 300 });
+  expect([healed.byState, healed.points, healed.missing]).toEqual([{ completed: 2 }, { completed: 5 }, []]);
+  expect((await queuedPoints(spec, { url })).points.length).toBe(4);
+
   // the same spec in one process, with its own SQLite store
   const local = cli(["sweep", join(out, "spec.yaml"), "--out", join(out, "local")]);
   expect(await local.exited).toBe(0);

@@ -133,6 +133,40 @@ test("SIGTERM to the sidecar (Slurm preempting, systemd stopping): the run stops
   expect((await metricLosses(resumed.run_dir)).map(([st]) => st)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
 });
 
+test("a second SIGTERM exits the sidecar at once (130), without waiting for the step; device_probe computes on a device or says why not", async () => {
+  const out = tempDir("sidecar-term2");
+  // steps of 32 sequences: the second signal (100 ms after the first) comes mid-step
+  const cfg = tinyConfig(out, {
+    run_id: "t2",
+    method: { kind: "full" },
+    train: { steps: 500, checkpoint_every: 0, micro_batch: 32 },
+  });
+  let worker: Sidecar | undefined;
+  let stepMs = 0;
+  let t = 0;
+  const err = await train(cfg, {
+    sidecar: { onStart: (w) => (worker = w) },
+    onProgress: (p) => {
+      if (p.step === 2) t = performance.now();
+      if (p.step !== 3) return;
+      stepMs = performance.now() - t;
+      worker!.kill("SIGTERM");
+      setTimeout(() => worker!.kill("SIGTERM"), 100);
+    },
+  }).catch((e) => e as Error);
+  expect(stepMs).toBeGreaterThan(300);
+  expect(err).toBeInstanceOf(Error);
+  expect(await worker!.exited).toBe(130);
+
+  const s = await Sidecar.start({ path: sidecarPath("cpu") });
+  try {
+    expect(await s.request("device_probe", { device: "cpu" }).result).toEqual({ device: "cpu", sum: 6 });
+    await expect(s.request("device_probe", { device: "cuda:0" }).result).rejects.toThrow(/no CUDA \(hint/);
+  } finally {
+    await s.shutdown();
+  }
+});
+
 test("killed mid-run: the run is interrupted, resumable from its last checkpoint, and Bun does not hang", async () => {
   const out = tempDir("sidecar-kill");
   const cfg = tinyConfig(out, { run_id: "k", method: { kind: "full" }, train: { steps: 8, checkpoint_every: 3 } });

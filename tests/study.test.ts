@@ -2,7 +2,7 @@
 // in headless Chromium without console errors, its PNGs exist), a sweep that resumes by
 // skipping finished cells, CPT duration branches, and the hybrid method.
 import { expect, test } from "bun:test";
-import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { cpSync, existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { runSweep } from "@loralab/study";
@@ -75,6 +75,14 @@ test("a sweep: every cell a run in the store, epoch checkpoints, and a resumed s
   const again: string[] = [];
   await runSweep(spec, store, join(out, "runs"), (m) => again.push(m));
   expect(again.filter((m) => m.includes("skipped")).length).toBe(3);
+  // a field the stored config lacks (a default a newer engine added since) is not drift
+  for (const r of await store.listRuns()) {
+    const older = structuredClone(r.config) as { train: Record<string, unknown> };
+    delete older.train.eval_every;
+    await store.updateRun(r.id, { config: older as unknown as Record<string, unknown> });
+  }
+  const newer = await runSweep(spec, store, join(out, "runs"), () => {});
+  expect([newer.failed, newer.checkpoints.length]).toEqual([[], 6]);
   // the same sweep name with an edited spec: its runs are not taken as the edited cells' own
   const edited = { ...spec, base: { ...spec.base, optim: { ...spec.base.optim, weight_decay: 0.5 } } };
   const drifted = await runSweep(edited, store, join(out, "runs"), () => {});
@@ -137,6 +145,11 @@ test("CPT durations are branches from 0.8·D of one long run; hybrid trains LoRA
   });
   const hcks = (await runSweep(hy, store, join(out, "runs"), () => {})).checkpoints;
   expect(hcks.map((c) => c.duration)).toEqual([2, 3]);
+  // the same sweep from a copy of its runs directory (a moved checkout, a worker's own): phase 2's
+  // model is the merged one inside it, under another path, and that is not drift
+  cpSync(join(out, "runs"), join(out, "moved"), { recursive: true });
+  const moved = await runSweep(hy, store, join(out, "moved"), () => {});
+  expect([moved.failed, moved.checkpoints.map((c) => c.duration)]).toEqual([[], [2, 3]]);
   const phase2 = JSON.parse(readFileSync(join(out, "runs", hcks[0]!.runId, "config.json"), "utf8"));
   expect(phase2.method).toMatchObject({ kind: "full", targets: ["gate_proj", "up_proj", "down_proj"] });
   // only the MLP weights moved in phase 2: attention equals the merged LoRA phase's

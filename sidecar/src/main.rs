@@ -8,16 +8,20 @@
 //!
 //! SIGTERM or SIGINT (Slurm preempting a job, systemd stopping a service, Ctrl-C reaching the
 //! whole process group) stops it gracefully: a running train stops after its current step and
-//! checkpoints, every request in hand is answered (a train as `cancelled`), then it exits.
+//! checkpoints, every request in hand is answered (a train as `cancelled`), then it exits. A
+//! second signal exits at once (exit status 130), without waiting for the step.
 use loralab_core::api::{self, Request, Session};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-/// Requests taken and not yet answered, and whether a signal asked for the exit.
+/// Requests taken and not yet answered, and whether a signal asked for the exit. Taking a
+/// request and a signal's decision to exit hold GATE, so a request is either counted before
+/// the signal looks or sees STOPPING and is cancelled.
 static IN_HAND: AtomicUsize = AtomicUsize::new(0);
 static STOPPING: AtomicBool = AtomicBool::new(false);
+static GATE: Mutex<()> = Mutex::new(());
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,6 +32,12 @@ fn emit(out: &Mutex<std::io::Stdout>, line: &str) {
     if writeln!(o, "{line}").and_then(|_| o.flush()).is_err() {
         std::process::exit(0);
     }
+}
+
+/// Exit between lines: with stdout held, so no other thread is halfway through one.
+fn exit_between_lines(out: &Mutex<std::io::Stdout>, code: i32) -> ! {
+    let _held = out.lock().unwrap_or_else(|p| p.into_inner());
+    std::process::exit(code)
 }
 
 fn main() {
@@ -47,23 +57,29 @@ fn main() {
             for (id, req) in rx {
                 let reply = session.dispatch(&id, req, &|ev| emit(&out, &api::event_line(&id, ev)));
                 emit(&out, &api::reply_line(&id, &reply));
+                let _gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
                 if IN_HAND.fetch_sub(1, Ordering::SeqCst) == 1 && STOPPING.load(Ordering::SeqCst) {
-                    std::process::exit(0);
+                    exit_between_lines(&out, 0);
                 }
             }
         })
     };
     {
-        let session = session.clone();
+        let (out, session) = (out.clone(), session.clone());
         match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
             Ok(mut signals) => {
                 std::thread::spawn(move || {
                     for _ in signals.forever() {
-                        STOPPING.store(true, Ordering::SeqCst);
+                        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+                        if STOPPING.swap(true, Ordering::SeqCst) {
+                            eprintln!("loralab-sidecar: a second signal: exiting now, without waiting for the step");
+                            exit_between_lines(&out, 130);
+                        }
                         session.cancel_all();
                         if IN_HAND.load(Ordering::SeqCst) == 0 {
-                            std::process::exit(0);
+                            exit_between_lines(&out, 0);
                         }
+                        drop(gate);
                     }
                 });
             }
@@ -86,10 +102,13 @@ fn main() {
                 emit(&out, &api::reply_line(&id, &reply));
             }
             (id, Ok(req)) => {
-                session.register(&id); // a cancel for it counts from now, queued or running
-                IN_HAND.fetch_add(1, Ordering::SeqCst);
-                if STOPPING.load(Ordering::SeqCst) {
-                    session.cancel_all(); // taken after the signal: cancelled too
+                {
+                    let _gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+                    IN_HAND.fetch_add(1, Ordering::SeqCst);
+                    session.register(&id); // a cancel for it counts from now, queued or running
+                    if STOPPING.load(Ordering::SeqCst) {
+                        session.cancel_all(); // taken after the signal: cancelled too
+                    }
                 }
                 if tx.send((id, req)).is_err() {
                     break;

@@ -218,6 +218,20 @@ pub enum NonFinite {
     NegInfinity,
 }
 
+/// A device to open and compute on (`cpu`, `cuda`, `cuda:N`).
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceProbe {
+    pub device: String,
+}
+
+#[derive(Serialize, JsonSchema, Debug)]
+pub struct Probed {
+    pub device: String,
+    /// The sum of [0, 1, 2, 3] computed there: 6.
+    pub sum: f64,
+}
+
 /// The maths the report shares with the browser build (loralab-maths).
 #[derive(Deserialize, JsonSchema, Debug)]
 #[serde(deny_unknown_fields)]
@@ -597,6 +611,7 @@ protocol! {
     "effective_rank" => EffectiveRank(Sigma) -> Num, true;
     "stable_rank" => StableRank(Sigma) -> Num, true;
     "singular_values" => SingularValues(SingularValues) -> Vec<Num>, true;
+    "device_probe" => DeviceProbe(DeviceProbe) -> Probed, false;
     "cancel" => Cancel(Cancel) -> Cancelled, true;
     "shutdown" => Shutdown(NoFields) -> ShutDown, false;
 }
@@ -819,6 +834,7 @@ impl Session {
                 }
                 reply(Marked { marked: rundir::mark_interrupted(Path::new(&m.run_dir), m.status, &m.error)? })
             }
+            Request::DeviceProbe(d) => reply(Probed { sum: crate::base::device::probe(&d.device)?, device: d.device }),
             Request::PassAtK(p) => number(maths(loralab_maths::pass_at_k(p.n, p.c, p.k))?),
             Request::ParetoFrontier(p) => {
                 if p.x.len() != p.y.len() {

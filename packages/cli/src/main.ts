@@ -282,11 +282,19 @@ async function main(argv: string[]): Promise<number> {
           throw new ConfigError(`loralab worker: --cpu is a whole number ≥ 1 (got ${values.cpu})`, "cpu");
         devices = Array.from({ length: n }, () => "cpu");
       }
-      // stop claiming on SIGINT/SIGTERM; the cell in hand is cancelled: its sidecar stops after its
-      // step and checkpoints (as it does when the signal reaches it too, sent to the group)
-      for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => abort.abort());
+      // stop claiming on SIGINT/SIGTERM; the jobs in hand go back to the queue, a cell's after its
+      // sidecar stopped at a step with a checkpoint (as it does when the signal reaches it too,
+      // sent to the group); a second signal quits at once
+      for (const sig of ["SIGINT", "SIGTERM"] as const)
+        process.on(sig, () => {
+          if (abort.signal.aborted) process.exit(130);
+          console.error(`worker: ${sig}: putting the jobs in hand back in the queue (again to quit now)`);
+          abort.abort();
+        });
       const { cmdWorker } = await import("./study.ts");
-      return cmdWorker(db, devices, values["runs-dir"] as string | undefined, abort.signal);
+      const code = await cmdWorker(db, devices, values["runs-dir"] as string | undefined, abort.signal);
+      // an evaluation put back in the queue may still run in its sidecar: not waited for
+      process.exit(code);
     }
     case "report": {
       const { values, positionals } = cliArgs("report", rest, { out: { type: "string" } }, REPORT_USAGE);

@@ -16,6 +16,7 @@ import {
   runLab,
   runStudy,
   runWorker,
+  scoreBase,
   scoreCheckpoint,
   type SlurmOptions,
   submitSlurm,
@@ -95,7 +96,16 @@ export async function cmdSweepQueued(
     );
   const st = await waitForSweep(spec, { url, retries, log: console.log });
   for (const d of st.dead) console.log(`dead: ${d.cell}: ${d.error}`);
-  const { base, points } = await queuedPoints(spec, { url });
+  const got = await queuedPoints(spec, { url });
+  let base = got.base;
+  if (!base) {
+    // the base needs no checkpoint: scored here rather than leaving the sweep without a report
+    console.error(
+      "loralab sweep: warning: the base model's point job is dead (see above): scoring the base here, on this host's CPU",
+    );
+    base = await scoreBase(spec);
+  }
+  const { points } = got;
   const report = await drawStudy(spec, out, base, points);
   console.log(`report: ${report} (${points.length} points)`);
   return st.dead.length ? 1 : 0;
@@ -147,8 +157,17 @@ export async function cmdSweepCell(
       console.error(`cell ${index}: stopped by a signal after a checkpoint; run it again (a requeue) to resume`);
       return 143;
     }
+    // an evaluation cannot stop mid-way, and its result is written only whole: a signal now ends
+    // the task at once (the requeued task finds the cell trained and scores what is left)
+    const preempted = () => {
+      console.error(`cell ${index}: stopped by a signal while scoring; run it again (a requeue) to score the rest`);
+      process.exit(143);
+    };
+    if (signal?.aborted) preempted();
+    signal?.addEventListener("abort", preempted, { once: true });
     const device = process.env.CUDA_VISIBLE_DEVICES ? "cuda:0" : undefined;
     for (const ck of cks) await scoreCheckpoint(spec, ck, { device, log: console.log });
+    signal?.removeEventListener("abort", preempted);
     return 0;
   } finally {
     await store.close();
@@ -170,6 +189,8 @@ export async function cmdSweepStatus(file: string, url: string): Promise<number>
     const pts = Object.entries(st.points);
     if (pts.length) console.log(`  points: ${pts.map(([k, v]) => `${v} ${k}`).join(", ")}`);
     for (const d of st.dead) console.log(`  dead: ${d.cell}: ${d.error}`);
+    for (const m of st.missing)
+      console.log(`  missing: ${m}: not in the queue (enqueue the sweep again: only what is missing is sent)`);
     console.log(`  ${describeEta(st.eta)}`);
     return 0;
   } finally {

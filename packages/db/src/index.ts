@@ -205,6 +205,24 @@ export class Store {
       .orderBy(asc(m.step), asc(m.name));
   }
 
+  /** One metric of many runs, in one query: run id → its rows by step. */
+  async metricsOf(runIds: string[], name: string): Promise<Map<string, { step: number; value: number }[]>> {
+    const out = new Map<string, { step: number; value: number }[]>();
+    if (!runIds.length) return out;
+    const m = this.t.metrics;
+    const rows = await this.db
+      .select({ runId: m.runId, step: m.step, value: m.value })
+      .from(m)
+      .where(and(inArray(m.runId, [...new Set(runIds)]), eq(m.name, name)))
+      .orderBy(asc(m.runId), asc(m.step));
+    for (const r of rows) {
+      const list = out.get(r.runId) ?? [];
+      if (!list.length) out.set(r.runId, list);
+      list.push({ step: r.step, value: r.value });
+    }
+    return out;
+  }
+
   // ---------------------------------------------------------------- results
 
   async recordEval(runId: string, rows: EvalRow[]): Promise<void> {

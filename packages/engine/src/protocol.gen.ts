@@ -82,6 +82,7 @@ export interface Protocol {
     cancel: Cancelled;
     config_schema: unknown;
     count_tokens: number;
+    device_probe: Probed;
     effective_rank: Num;
     eval_loss: EvalLoss;
     explained_variance: Num[];
@@ -110,6 +111,7 @@ export interface Protocol {
     cancel: Cancel;
     config_schema: NoFields;
     count_tokens: CountTokens;
+    device_probe: DeviceProbe;
     effective_rank: Sigma;
     eval_loss: EvalLossRequest;
     explained_variance: ExplainedVariance;
@@ -294,6 +296,13 @@ export interface Intruders {
 }
 export interface Cancelled {
   cancelled: boolean;
+}
+export interface Probed {
+  device: string;
+  /**
+   * The sum of [0, 1, 2, 3] computed there: 6.
+   */
+  sum: number;
 }
 export interface EvalLoss {
   /**
@@ -539,6 +548,12 @@ export interface NoFields {}
 export interface CountTokens {
   engine: string;
   text: string;
+}
+/**
+ * A device to open and compute on (`cpu`, `cuda`, `cuda:N`).
+ */
+export interface DeviceProbe {
+  device: string;
 }
 export interface Sigma {
   sigma: Num[];

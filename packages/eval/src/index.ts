@@ -90,9 +90,11 @@ export class Model {
     merged?: boolean;
     tokenizer?: string;
     device?: string;
+    /** The sidecar's environment (a GPU slot's CUDA_VISIBLE_DEVICES); in process on the CPU without it. */
+    env?: Record<string, string>;
   }): Promise<Model> {
     const device = o.device ?? "cpu";
-    const engine = await openEngine({ device });
+    const engine = await openEngine({ device, ...(o.env ? { sidecar: { env: o.env } } : {}) });
     try {
       const request = {
         model: o.model,
@@ -195,6 +197,8 @@ export interface EvalOptions {
   tokenizer?: string;
   /** cpu (in process) or cuda / cuda:N (in the sidecar process). */
   device?: string;
+  /** The sidecar's environment: a worker's GPU slot evaluates with its CUDA_VISIBLE_DEVICES. */
+  env?: Record<string, string>;
   tasks: TaskName[];
   /** First N documents of each task (lm-eval's --limit). */
   limit?: number;
@@ -512,6 +516,7 @@ export async function evaluate(o: EvalOptions): Promise<EvalResult> {
       merged: o.merged,
       tokenizer: o.tokenizer,
       device: o.device,
+      env: o.env,
     }));
   const tasks: Partial<Record<TaskName, TaskResult>> = {};
   try {

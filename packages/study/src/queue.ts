@@ -16,10 +16,11 @@ import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import { openStore, type Store } from "@loralab/db";
-import { Sidecar, sidecarPath } from "@loralab/engine";
+import { ConfigError, Sidecar, sidecarPath } from "@loralab/engine";
 import { type Job, type JobWithMetadata, PgBoss } from "pg-boss";
 import type { Point } from "./points.ts";
-import { scoreBase, scoreCheckpoint, type StudySpec } from "./study.ts";
+import { canonical } from "./spec.ts";
+import { evalKey, scoreBase, scoreCheckpoint, type StudySpec } from "./study.ts";
 import { type Cell, type Checkpoint, cellPlan, cellRunId, cells, type SweepSpec, sweepCell } from "./sweep.ts";
 
 export const CELL_QUEUE = "loralab_cells";
@@ -45,16 +46,25 @@ export interface PointJob {
 
 type SweepJob = CellJob | PointJob;
 
-/** What a cell job returns: how many point jobs it sent, or its points, scored in the job (a
- *  worker with its own runs directory: no other host sees its checkpoints). */
+/** What a cell job returns: the keys of the point jobs it sent (one per checkpoint), or its
+ *  points, scored in the job (a worker with its own runs directory: no other host sees its
+ *  checkpoints). */
 interface CellOutput {
   checkpoints: number;
+  pointKeys?: string[];
   points?: { order: [number, number]; point: Point }[];
 }
 
 const isStudy = (spec: SweepSpec): spec is StudySpec => (spec as StudySpec).eval !== undefined;
-const pointKey = (spec: SweepSpec, ck: Checkpoint | null) =>
-  ck ? `${spec.name}:point:${ck.runId}@${ck.duration}` : `${spec.name}:point:base`;
+/** A point job's key: the sweep, what scores it (the eval section and the base model: an edited
+ *  one is a new point, never the old one's result), and the checkpoint. */
+const pointPrefix = (spec: StudySpec) => `${spec.name}:point:${evalKey(spec)}:`;
+const pointKey = (spec: StudySpec, ck: Checkpoint | null) =>
+  `${pointPrefix(spec)}${ck ? `${ck.runId}@${ck.duration}` : "base"}`;
+
+/** How long a job stays in the queue's tables: completed and dead ones for good (their outputs
+ *  are the sweep's points, and its report is drawn from them), queued ones for a year. */
+const RETENTION = { deleteAfterSeconds: 0, retentionSeconds: 365 * 24 * 3600 };
 
 export interface QueueOptions {
   /** postgres://… of the store (the queue lives in its `pgboss` schema). */
@@ -75,7 +85,7 @@ export async function openQueue(o: QueueOptions): Promise<PgBoss> {
   boss.on("error", (e) => console.error(`queue: ${(e as Error).message}`));
   await boss.start();
   // the dead-letter queue first: the cell queue names it
-  await boss.createQueue(DEAD_QUEUE).catch(ignoreExists);
+  await boss.createQueue(DEAD_QUEUE, RETENTION).catch(ignoreExists);
   await boss
     .createQueue(CELL_QUEUE, {
       policy: "stately",
@@ -86,8 +96,11 @@ export async function openQueue(o: QueueOptions): Promise<PgBoss> {
       // last checkpoint (a lost heartbeat ends it far sooner)
       expireInSeconds: 24 * 3600,
       deadLetter: DEAD_QUEUE,
+      ...RETENTION,
     })
     .catch(ignoreExists);
+  // queues made by an older loralab kept pg-boss's default (completed jobs deleted after 7 days)
+  for (const q of [DEAD_QUEUE, CELL_QUEUE]) await boss.updateQueue(q, RETENTION);
   return boss;
 }
 
@@ -106,6 +119,8 @@ export async function enqueueSweep(
     let sent = 0;
     const drifted: string[] = [];
     const all = cells(spec);
+    // the base's point first: a worker that polls mid-enqueue takes it before any cell
+    if (isStudy(spec)) await sendPoint(boss, o, { kind: "point", spec, checkpoint: null, order: [-1, 0] });
     for (const c of all) {
       const job: CellJob = { spec, cell: c.key, runsDir: resolve(runsDir) };
       // per job, not per queue: the queue keeps the options of whoever created it first
@@ -124,27 +139,18 @@ export async function enqueueSweep(
         if (live.some((j) => canonical(j.data.spec) !== canonical(spec))) drifted.push(c.key);
       }
     }
-    if (isStudy(spec)) await sendPoint(boss, o, { kind: "point", spec, checkpoint: null, order: [-1, 0] });
     return { sent, already: all.length - sent, cells: all.length, drifted };
   } finally {
     await boss.stop({ graceful: false });
   }
 }
 
-/** JSON with every object's keys sorted. */
-const canonical = (v: unknown): string =>
-  JSON.stringify(v, (_, x) =>
-    x && typeof x === "object" && !Array.isArray(x)
-      ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-      : x,
-  );
-
 /** Send a point job unless one for the same point is queued, running or done (stately lets a
- *  second job in beside an active one, so the queue is asked first). */
-async function sendPoint(boss: PgBoss, o: QueueOptions, job: PointJob): Promise<void> {
+ *  second job in beside an active one, so the queue is asked first). Its key. */
+async function sendPoint(boss: PgBoss, o: QueueOptions, job: PointJob): Promise<string> {
   const key = pointKey(job.spec, job.checkpoint);
   const had = await boss.findJobs(CELL_QUEUE, { key, limit: 1000 });
-  if (had.some((j) => j.state !== "failed" && j.state !== "cancelled")) return;
+  if (had.some((j) => j.state !== "failed" && j.state !== "cancelled")) return key;
   await boss.send(CELL_QUEUE, job, {
     singletonKey: key,
     priority: 1,
@@ -152,44 +158,68 @@ async function sendPoint(boss: PgBoss, o: QueueOptions, job: PointJob): Promise<
     retryDelay: o.retryDelaySeconds ?? 30,
     retryBackoff: true,
   });
+  return key;
 }
 
 export interface WorkerOptions extends QueueOptions {
-  /** One slot per entry: "cpu", or a GPU index ("0", "1", …) trained with CUDA_VISIBLE_DEVICES. */
+  /** One slot per entry: "cpu", or a GPU index ("0", "1", …: of those this process sees, where
+   *  CUDA_VISIBLE_DEVICES is set) trained and evaluated with CUDA_VISIBLE_DEVICES. */
   devices: string[];
   /** Where runs go on this host, if not the enqueuer's (then a lost cell resumes only here). */
   runsDir?: string;
   signal?: AbortSignal;
   log?: (line: string) => void;
+  /** The breaker's first pause in seconds (default 60), doubling each time it trips again. */
+  breakerPauseSeconds?: number;
 }
 
-/** Work cells until `signal` aborts: one per device at a time, each in a sidecar process. */
+/** Failures in a row that pause a worker's slot, and its longest pause in seconds. */
+export const BREAKER_FAILURES = 3;
+const BREAKER_MAX_PAUSE_S = 1800;
+
+/** Work cells until `signal` aborts: one per device at a time, each in a sidecar process. On
+ *  the abort the slots stop claiming, and the jobs in hand go back to the queue as they were
+ *  (no retry spent): a cell after its sidecar stopped at a step with a checkpoint, an
+ *  evaluation (which cannot stop mid-way) at once. */
 export async function runWorker(o: WorkerOptions): Promise<void> {
   const log = o.log ?? ((l: string) => console.log(l));
+  const stop = o.signal ?? new AbortController().signal;
+  const firstPause = o.breakerPauseSeconds ?? 60;
+  // a GPU slot's device as this host names it (an inherited CUDA_VISIBLE_DEVICES maps it)
+  const visible = o.devices.map((d) => (d === "cpu" ? null : hostGpu(d)));
   const store = await openStore({ url: o.url });
   const who = `${hostname()}:${process.pid}`;
   const boss = await openQueue(o).catch(async (e) => {
     await store.close();
     throw e;
   });
+  // the jobs in hand, and the ones put back in the queue at the abort
+  const inHand = new Map<string, { point: boolean; ended: Promise<unknown> }>();
+  const putBack: string[] = [];
+  // set once they are back in the queue: a handler ending later fails its attempt as usual
+  let released = false;
+  const timers = new Set<ReturnType<typeof setTimeout>>();
   try {
-    // a GPU slot whose sidecar has no CUDA would fail every cell it takes: refused at the start
-    for (const dev of o.devices) if (dev !== "cpu") await preflightGpu(dev);
-    for (const [slot, dev] of o.devices.entries()) {
-      const gpu = dev !== "cpu";
-      const handle = async (job: Job<SweepJob> | undefined) => {
-        const data = job!.data;
-        const attempt = job!.retryCount + 1;
+    // a GPU slot whose sidecar has no CUDA, or cannot see its GPU, would fail every job it took
+    for (const gpu of visible) if (gpu !== null) await preflightGpu(gpu);
+    const withGpus = visible.some((g) => g !== null);
+    for (const [slot, gpu] of visible.entries()) {
+      // the slot's sidecars (training and evaluation) see only its GPU, as cuda:0
+      const onDevice = gpu === null ? {} : { device: "cuda:0", env: { CUDA_VISIBLE_DEVICES: gpu } };
+      const name = `worker ${who} slot ${slot} (${gpu === null ? "cpu" : `cuda:${gpu}`})`;
+      const handle = async (job: Job<SweepJob>, signal: AbortSignal) => {
+        const data = job.data;
+        const attempt = job.retryCount + 1;
         const t0 = performance.now();
         const done = (what: string) =>
           log(`worker ${who} slot ${slot}: ${what} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
         if (data.kind === "point") {
           const what = data.checkpoint ? `point ${data.checkpoint.runId} @ ${data.checkpoint.duration}` : "point base";
-          log(`worker ${who} slot ${slot} (${dev}): ${what} (attempt ${attempt})`);
-          // eval on the slot's GPU (the sidecar, cuda:N); the analysis is CPU maths in this process
+          log(`${name}: ${what} (attempt ${attempt})`);
+          // eval on the slot's GPU (the sidecar); the analysis is CPU maths in this process
           const point = data.checkpoint
-            ? await scoreCheckpoint(data.spec, checkpointHere(data.checkpoint), gpu ? { device: `cuda:${dev}` } : {})
-            : await scoreBase(data.spec, gpu ? `cuda:${dev}` : undefined);
+            ? await scoreCheckpoint(data.spec, checkpointHere(data.checkpoint), onDevice)
+            : await scoreBase(data.spec, onDevice);
           done(what);
           return { order: data.order, point };
         }
@@ -197,14 +227,15 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
         const all = cells(spec);
         const index = all.findIndex((x) => x.key === cell);
         const c = all[index];
-        if (!c) throw new Error(`sweep ${spec.name} has no cell ${cell}`);
-        log(`worker ${who} slot ${slot} (${dev}): ${cellRunId(spec, c)} (attempt ${attempt})`);
+        if (!c) throw new ConfigError(`sweep ${spec.name} has no cell ${cell}`, "cell");
+        log(`${name}: ${cellRunId(spec, c)} (attempt ${attempt})`);
         let cks: Checkpoint[];
         try {
-          cks = await trainJob(spec, c, store, o.runsDir ?? runsDir, gpu ? dev : "", job!.signal);
+          cks = await trainJob(spec, c, store, o.runsDir ?? runsDir, gpu, signal);
         } catch (e) {
           // the queue retries it (or, at the last attempt, sends it to the dead-letter queue)
-          log(`worker ${who} slot ${slot}: ${cellRunId(spec, c)} failed: ${(e as Error).message.split("\n")[0]}`);
+          if (!stop.aborted)
+            log(`worker ${who} slot ${slot}: ${cellRunId(spec, c)} failed: ${(e as Error).message.split("\n")[0]}`);
           throw e;
         }
         done(cellRunId(spec, c));
@@ -214,46 +245,66 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
         if (o.runsDir && resolve(o.runsDir) !== resolve(runsDir)) {
           out.points = [];
           for (const [k, ck] of cks.entries())
-            out.points.push({
-              order: [index, k],
-              point: await scoreCheckpoint(spec, ck, gpu ? { device: `cuda:${dev}` } : {}),
-            });
-        } else
+            out.points.push({ order: [index, k], point: await scoreCheckpoint(spec, ck, onDevice) });
+        } else {
+          out.pointKeys = [];
           for (const [k, ck] of cks.entries())
-            await sendPoint(boss, o, { kind: "point", spec, checkpoint: ck, order: [index, k] });
+            out.pointKeys.push(await sendPoint(boss, o, { kind: "point", spec, checkpoint: ck, order: [index, k] }));
+        }
         return out;
       };
       // a breaker: a slot that fails BREAKER_FAILURES jobs in a row (a broken device, a full
       // disk) stops taking jobs for a while, doubling each time it trips again, so it cannot
-      // spend every cell's retries while other workers could train them; a success resets it
+      // spend every cell's retries while other workers could train them; a success resets it.
+      // A job refused for its own config (ConfigError) says nothing of the slot: not counted.
       let failures = 0;
-      let pause = BREAKER_PAUSE_S;
+      let pause = firstPause;
       const start = async (): Promise<void> => {
-        if (o.signal?.aborted) return;
+        if (stop.aborted) return;
         const id: string = await boss.work<SweepJob>(
           CELL_QUEUE,
-          { batchSize: 1, pollingIntervalSeconds: 0.5 },
+          // a CPU slot beside GPU ones trains; the evaluations (priority 1) wait for a GPU
+          { batchSize: 1, pollingIntervalSeconds: 0.5, ...(withGpus && gpu === null ? { maxPriority: 0 } : {}) },
           async ([job]) => {
-            try {
-              const r = await handle(job);
-              failures = 0;
-              pause = BREAKER_PAUSE_S;
-              return r;
-            } catch (e) {
-              if (++failures >= BREAKER_FAILURES) {
-                log(
-                  `worker ${who} slot ${slot} (${dev}): ${failures} jobs failed in a row: not taking jobs for ${pause} s (the last: ${(e as Error).message.split("\n")[0]})`,
-                );
+            const j = job!;
+            const ended = (async () => {
+              try {
+                const r = await handle(j, AbortSignal.any([j.signal, stop]));
                 failures = 0;
-                void boss.offWork(CELL_QUEUE, { id, wait: false });
-                setTimeout(
-                  () =>
-                    start().catch((err) => log(`worker ${who} slot ${slot}: not restarted: ${(err as Error).message}`)),
-                  pause * 1000,
-                );
-                pause = Math.min(pause * 2, 1800);
+                pause = firstPause;
+                return r;
+              } catch (e) {
+                if (stop.aborted && !released) {
+                  // the worker is stopping: the job goes back as it was, not as a failed attempt
+                  // (cancelled first, so this handler's return completes nothing); an evaluation
+                  // the shutdown put back already is not touched again
+                  if (!putBack.includes(j.id)) {
+                    await boss.cancel(CELL_QUEUE, j.id);
+                    putBack.push(j.id);
+                  }
+                  return undefined;
+                }
+                if (!(e instanceof ConfigError) && ++failures >= BREAKER_FAILURES) {
+                  log(
+                    `${name}: ${failures} jobs failed in a row: not taking jobs for ${pause} s (the last: ${(e as Error).message.split("\n")[0]})`,
+                  );
+                  failures = 0;
+                  void boss.offWork(CELL_QUEUE, { id, wait: false });
+                  const t = setTimeout(() => {
+                    timers.delete(t);
+                    start().catch((err) => log(`${name}: not restarted: ${(err as Error).message}`));
+                  }, pause * 1000);
+                  timers.add(t);
+                  pause = Math.min(pause * 2, BREAKER_MAX_PAUSE_S);
+                }
+                throw e;
               }
-              throw e;
+            })();
+            inHand.set(j.id, { point: j.data.kind === "point", ended });
+            try {
+              return await ended;
+            } finally {
+              inHand.delete(j.id);
             }
           },
         );
@@ -262,32 +313,79 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     }
     log(`worker ${who}: ready, ${o.devices.length} slot(s) polling ${CELL_QUEUE}`);
     await new Promise<void>((done) => {
-      if (o.signal?.aborted) done();
-      o.signal?.addEventListener("abort", () => done(), { once: true });
+      if (stop.aborted) done();
+      stop.addEventListener("abort", () => done(), { once: true });
     });
+    for (const t of timers) clearTimeout(t);
+    await boss.offWork(CELL_QUEUE, { wait: false });
+    // evaluations in hand cannot stop: back in the queue now (a late result completes nothing)
+    const points = [...inHand].filter(([, h]) => h.point).map(([id]) => id);
+    if (points.length) {
+      await boss.cancel(CELL_QUEUE, points);
+      putBack.push(...points);
+    }
+    // cells stop after their step with a checkpoint (their signal is aborted), each putting its
+    // job back; a sidecar that does not answer is left to its run lock (the next worker waits)
+    const cellsInHand = [...inHand.values()].filter((h) => !h.point).map((h) => h.ended.catch(() => {}));
+    let waitOver: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([Promise.all(cellsInHand), new Promise((r) => (waitOver = setTimeout(r, 120_000)))]);
+    clearTimeout(waitOver);
+    released = true;
+    if (putBack.length) {
+      await boss.resume(CELL_QUEUE, putBack);
+      // a resumed job's next claim counts as an attempt (pg-boss counts every start after the
+      // first): its limit is raised by one, so the put-back attempt spends none
+      for (const id of putBack) {
+        const [j] = await boss.findJobs(CELL_QUEUE, { id });
+        if (j && j.state === "created") await boss.update(CELL_QUEUE, undefined, { id, retryLimit: j.retryLimit + 1 });
+      }
+      log(`worker ${who}: stopped; ${putBack.length} job(s) in hand put back in the queue (no retry spent)`);
+    }
   } finally {
-    await boss.stop({ graceful: true, timeout: 30_000 });
+    for (const t of timers) clearTimeout(t);
+    await boss.stop({ graceful: false });
     await store.close();
   }
 }
 
-/** Failures in a row that pause a worker's slot, and the first pause in seconds. */
-export const BREAKER_FAILURES = 3;
-const BREAKER_PAUSE_S = 60;
-
-/** A GPU slot's sidecar, started as a cell's would be: it must be a CUDA build. */
-async function preflightGpu(dev: string): Promise<void> {
-  if (!/^\d+$/.test(dev)) throw new Error(`worker: --gpus takes GPU indices (0,1,…), not \`${dev}\``);
-  const path = sidecarPath("cuda");
-  const s = await Sidecar.start({ path, env: { CUDA_VISIBLE_DEVICES: dev } }).catch((e) => {
-    throw new Error(`worker: GPU ${dev}: the sidecar ${path} did not start: ${(e as Error).message}`);
-  });
-  const kinds = s.ready.devices;
-  await s.shutdown();
-  if (!kinds.includes("cuda"))
-    throw new Error(
-      `worker: GPU ${dev}: the sidecar ${path} is a CPU build (devices: ${kinds.join(", ")}) (hint: build the CUDA one with scripts/build-cuda-sidecar.sh, or set LORALAB_SIDECAR to it; --cpu N for CPU slots)`,
+/** A slot's GPU as this host's CUDA names it: the index itself, or the entry of an inherited
+ *  CUDA_VISIBLE_DEVICES it picks (`--gpus 0` under CUDA_VISIBLE_DEVICES=2,3 is GPU 2). */
+function hostGpu(dev: string): string {
+  if (!/^\d+$/.test(dev)) throw new ConfigError(`worker: --gpus takes GPU indices (0,1,…), not \`${dev}\``, "gpus");
+  const mask = process.env.CUDA_VISIBLE_DEVICES?.trim();
+  if (!mask) return dev;
+  const seen = mask.split(",").map((x) => x.trim());
+  const gpu = seen[Number(dev)];
+  if (gpu === undefined || gpu === "")
+    throw new ConfigError(
+      `worker: --gpus ${dev}: this process sees ${seen.length} GPU(s) (CUDA_VISIBLE_DEVICES=${mask}) (hint: --gpus counts from 0 over those)`,
+      "gpus",
     );
+  return gpu;
+}
+
+/** A GPU slot's sidecar, started as a cell's would be: a CUDA build that sees the slot's GPU. */
+async function preflightGpu(gpu: string): Promise<void> {
+  const path = sidecarPath("cuda");
+  const s = await Sidecar.start({ path, env: { CUDA_VISIBLE_DEVICES: gpu } }).catch((e) => {
+    throw new Error(`worker: GPU ${gpu}: the sidecar ${path} did not start: ${(e as Error).message}`);
+  });
+  try {
+    const kinds = s.ready.devices;
+    if (!kinds.includes("cuda"))
+      throw new Error(
+        `worker: GPU ${gpu}: the sidecar ${path} is a CPU build (devices: ${kinds.join(", ")}) (hint: build the CUDA one with scripts/build-cuda-sidecar.sh, or set LORALAB_SIDECAR to it; --cpu N for CPU slots)`,
+      );
+    // and the GPU itself answers: a tensor made and read back on cuda:0 (the slot's GPU)
+    const { result } = s.request("device_probe", { device: "cuda:0" });
+    await result.catch((e) => {
+      throw new Error(
+        `worker: GPU ${gpu}: not usable by the sidecar (${(e as Error).message.split("\n")[0]}) (hint: nvidia-smi lists the GPUs this host has; --gpus takes their indices)`,
+      );
+    });
+  } finally {
+    await s.shutdown();
+  }
 }
 
 /** A point job's checkpoint, which must be on this host's storage. */
@@ -301,12 +399,25 @@ function checkpointHere(ck: Checkpoint): Checkpoint {
   return ck;
 }
 
+const abortableSleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((done) => {
+    const t = setTimeout(done, ms);
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        done();
+      },
+      { once: true },
+    );
+  });
+
 async function trainJob(
   spec: SweepSpec,
   c: Cell,
   store: Store,
   runsDir: string,
-  gpu: string,
+  gpu: string | null,
   signal: AbortSignal,
 ): Promise<Checkpoint[]> {
   // a run another process still trains (a dead worker's sidecar finishing its step) is waited
@@ -315,13 +426,13 @@ async function trainJob(
     try {
       return await sweepCell(spec, c, store, runsDir, {
         // a sidecar per cell: a crash takes the cell, not the worker; a GPU slot sees only its GPU
-        train: { sidecar: gpu ? { env: { CUDA_VISIBLE_DEVICES: gpu } } : true, signal },
-        device: gpu ? "cuda:0" : "cpu",
-        recordDevice: gpu ? `cuda:${gpu}` : "cpu",
+        train: { sidecar: gpu === null ? true : { env: { CUDA_VISIBLE_DEVICES: gpu } }, signal },
+        device: gpu === null ? "cpu" : "cuda:0",
+        recordDevice: gpu === null ? "cpu" : `cuda:${gpu}`,
       });
     } catch (e) {
       if (!/being trained by another process/.test((e as Error).message) || signal.aborted || waited >= 1800) throw e;
-      await Bun.sleep(10_000);
+      await abortableSleep(10_000, signal);
     }
   }
 }
@@ -333,6 +444,9 @@ export interface SweepState {
   points: Record<string, number>;
   /** Cells (and points, "cell @ duration") in the dead-letter queue, with their last error. */
   dead: { cell: string; error: string }[];
+  /** Cells, and points of completed cells, with no job in the queue (deleted from its tables, or
+   *  never sent): the sweep cannot finish without them (enqueue it again: only they are sent). */
+  missing: string[];
   cells: number;
   /** Every cell completed or dead, and every point job sent for them too. */
   done: boolean;
@@ -341,7 +455,8 @@ export interface SweepState {
 }
 
 export interface Eta {
-  /** Seconds left, over the active slots; null until a step has been timed (or none is active). */
+  /** Seconds left, over the active slots; null until a step (and, with evaluations left, an
+   *  evaluation) has been timed, or while no job is active. */
   seconds: number | null;
   /** Training steps left over the cells not completed (their runs' planned steps, less those the
    *  store has logged). */
@@ -367,18 +482,38 @@ function planOf(spec: SweepSpec, c: Cell) {
   }
 }
 
-/** The sweep's jobs: each cell's and each point's newest (one enqueued again after it died is
- *  the new job's). */
+/** The sweep's jobs as this spec has them: each cell's newest job (one enqueued again after it
+ *  died is the new job's), and the point jobs scored under its eval section of its cells (an
+ *  edited spec's old points, and a removed cell's, are not its). */
 async function sweepJobs(spec: SweepSpec, boss: PgBoss) {
-  const cellKeys = new Map(cells(spec).map((c) => [cellRunId(spec, c), c]));
+  const all = cells(spec);
+  const cellKeys = new Map(all.map((c) => [cellRunId(spec, c), c]));
+  const cellIndex = new Map(all.map((c, i) => [c.key, i]));
   const cellJobs = new Map<string, JobWithMetadata<CellJob>>();
   const pointJobs = new Map<string, JobWithMetadata<PointJob>>();
+  const prefix = isStudy(spec) ? pointPrefix(spec) : null;
+  const newer = (a: JobWithMetadata<unknown> | undefined, b: JobWithMetadata<unknown>) =>
+    !a || new Date(b.createdOn).getTime() >= new Date(a.createdOn).getTime();
   for (const j of await boss.findJobs<SweepJob>(CELL_QUEUE, { data: { spec: { name: spec.name } }, limit: 100_000 })) {
-    if (!j.singletonKey) continue;
-    if (j.data.kind === "point") pointJobs.set(j.singletonKey, j as JobWithMetadata<PointJob>);
-    else if (cellKeys.has(j.singletonKey)) cellJobs.set(j.singletonKey, j as JobWithMetadata<CellJob>);
+    const key = j.singletonKey;
+    if (!key) continue;
+    if (j.data.kind === "point") {
+      const ck = j.data.checkpoint;
+      if (!prefix || !key.startsWith(prefix) || (ck && !cellIndex.has(ck.cell.key))) continue;
+      // its place in the report from the spec's cells now (cells added since move it)
+      const job = j as JobWithMetadata<PointJob>;
+      job.data.order = ck ? [cellIndex.get(ck.cell.key)!, job.data.order[1]] : [-1, 0];
+      if (newer(pointJobs.get(key), j)) pointJobs.set(key, job);
+    } else if (cellKeys.has(key) && newer(cellJobs.get(key), j)) cellJobs.set(key, j as JobWithMetadata<CellJob>);
   }
-  return { cellKeys, cellJobs, pointJobs };
+  const missing: string[] = [];
+  for (const [key, c] of cellKeys) if (!cellJobs.has(key)) missing.push(c.key);
+  for (const [key, j] of cellJobs) {
+    const sent = j.state === "completed" ? ((j.output as CellOutput | null)?.pointKeys ?? []) : [];
+    for (const k of sent)
+      if (!pointJobs.has(k)) missing.push(`${cellKeys.get(key)!.key} @ ${k.slice(k.lastIndexOf("@") + 1)}`);
+  }
+  return { cellKeys, cellJobs, pointJobs, missing };
 }
 
 const median = (xs: number[]) => {
@@ -406,7 +541,7 @@ const errorOf = (j: JobWithMetadata<unknown>) => (j.output as { message?: string
  *  Dead: the newest job failed for good (its retries spent; pg-boss has also copied it to the
  *  dead-letter queue). */
 export async function sweepState(spec: SweepSpec, boss: PgBoss, store?: Store): Promise<SweepState> {
-  const { cellKeys, cellJobs, pointJobs } = await sweepJobs(spec, boss);
+  const { cellKeys, cellJobs, pointJobs, missing } = await sweepJobs(spec, boss);
   const byState: Record<string, number> = {};
   const points: Record<string, number> = {};
   const dead: SweepState["dead"] = [];
@@ -426,8 +561,9 @@ export async function sweepState(spec: SweepSpec, boss: PgBoss, store?: Store): 
     byState,
     points,
     dead,
+    missing,
     cells: cellKeys.size,
-    done: ended >= cellKeys.size && pointsEnded,
+    done: ended >= cellKeys.size && pointsEnded && !missing.length,
     eta: await eta(spec, cellKeys, cellJobs, pointJobs, store),
   };
 }
@@ -442,37 +578,39 @@ async function eta(
   let stepsLeft = 0;
   let evalsLeft = [...pointJobs.values()].filter((j) => !ENDED.includes(j.state)).length;
   const perStep: number[] = [];
+  // the runs still to train, and the finished cells' (the first cells' runs are the best
+  // measure of the rest until an unfinished one has logged steps): their elapsed_s in one query
+  const open: { r: { runId: string; from: number; to: number } }[] = [];
+  const finished: string[] = [];
   for (const [key, c] of cellKeys) {
-    const j = cellJobs.get(key);
-    if (j && ENDED.includes(j.state)) continue;
+    const state = cellJobs.get(key)?.state;
     const plan = planOf(spec, c);
     if (!plan) continue;
+    if (state === "completed") finished.push(...plan.runs.map((r) => r.runId));
+    if (state && ENDED.includes(state)) continue;
     if (isStudy(spec)) evalsLeft += plan.checkpoints;
-    for (const r of plan.runs) {
-      const logged = store ? await store.metrics(r.runId, { name: "elapsed_s" }) : [];
-      const at = logged.length ? logged[logged.length - 1]!.step : r.from;
-      stepsLeft += Math.max(0, r.to - Math.max(at, r.from));
-      perStep.push(...stepTimes(logged));
-    }
+    open.push(...plan.runs.map((r) => ({ r })));
   }
-  // finished cells' step times count too: the first cells' runs are the best measure of the rest
-  if (store && !perStep.length)
-    for (const [key, c] of cellKeys) {
-      if (cellJobs.get(key)?.state !== "completed") continue;
-      for (const r of planOf(spec, c)?.runs ?? []) {
-        perStep.push(...stepTimes(await store.metrics(r.runId, { name: "elapsed_s" })));
-      }
-    }
+  const logged = store
+    ? await store.metricsOf([...open.map((x) => x.r.runId), ...finished], "elapsed_s")
+    : new Map<string, { step: number; value: number }[]>();
+  for (const { r } of open) {
+    const rows = logged.get(r.runId) ?? [];
+    const at = rows.length ? rows[rows.length - 1]!.step : r.from;
+    stepsLeft += Math.max(0, r.to - Math.max(at, r.from));
+    perStep.push(...stepTimes(rows));
+  }
+  if (!perStep.length) for (const id of finished) perStep.push(...stepTimes(logged.get(id) ?? []));
   const evalTimes = [...pointJobs.values()]
     .filter((j) => j.state === "completed" && j.completedOn && j.startedOn)
     .map((j) => (new Date(j.completedOn!).getTime() - new Date(j.startedOn).getTime()) / 1000);
   const secondsPerStep = median(perStep);
   const secondsPerEval = median(evalTimes);
   const active = [...cellJobs.values(), ...pointJobs.values()].filter((j) => j.state === "active").length;
-  const work =
-    (stepsLeft ? (secondsPerStep === null ? Number.NaN : stepsLeft * secondsPerStep) : 0) +
-    (evalsLeft ? (secondsPerEval === null ? 0 : evalsLeft * secondsPerEval) : 0);
-  const seconds = Number.isNaN(work) || (active === 0 && work > 0) ? null : work / Math.max(1, active);
+  // work not yet timed makes the whole unknown: a partial sum would read as the ETA
+  const untimed = (stepsLeft > 0 && secondsPerStep === null) || (evalsLeft > 0 && secondsPerEval === null);
+  const work = stepsLeft * (secondsPerStep ?? 0) + evalsLeft * (secondsPerEval ?? 0);
+  const seconds = untimed || (active === 0 && work > 0) ? null : work / Math.max(1, active);
   return { seconds, stepsLeft, secondsPerStep, evalsLeft, secondsPerEval, active };
 }
 
@@ -486,7 +624,7 @@ export function describeEta(e: Eta): string {
     );
   if (e.evalsLeft)
     parts.push(
-      `${e.evalsLeft} evaluations left${e.secondsPerEval === null ? " (none timed yet, not counted)" : ` at ${e.secondsPerEval.toFixed(1)} s each`}`,
+      `${e.evalsLeft} evaluations left${e.secondsPerEval === null ? " (none timed yet)" : ` at ${e.secondsPerEval.toFixed(1)} s each`}`,
     );
   const head =
     e.seconds === null
@@ -505,26 +643,31 @@ function clock(s: number): string {
 }
 
 /** The points of a study's sweep, from its point jobs' outputs (and the cells that scored their
- *  own), in the order an in-process sweep lists them; the base first. */
-export async function queuedPoints(spec: StudySpec, o: QueueOptions): Promise<{ base: Point; points: Point[] }> {
+ *  own), in the order an in-process sweep lists them; the base's, or null where its job is dead
+ *  (the caller may score it itself: it needs no checkpoint). */
+export async function queuedPoints(spec: StudySpec, o: QueueOptions): Promise<{ base: Point | null; points: Point[] }> {
   const boss = await openQueue(o);
   try {
-    const { cellJobs, pointJobs } = await sweepJobs(spec, boss);
+    const { cellKeys, cellJobs, pointJobs } = await sweepJobs(spec, boss);
+    const index = new Map([...cellKeys.values()].map((c, i) => [c.key, i]));
     const got: { order: [number, number]; point: Point }[] = [];
     for (const j of pointJobs.values())
-      if (j.state === "completed") got.push(j.output as { order: [number, number]; point: Point });
-    for (const j of cellJobs.values())
-      if (j.state === "completed") got.push(...((j.output as CellOutput | null)?.points ?? []));
+      if (j.state === "completed")
+        got.push({ order: j.data.order, point: (j.output as { order: [number, number]; point: Point }).point });
+    for (const [key, j] of cellJobs)
+      if (j.state === "completed")
+        for (const p of (j.output as CellOutput | null)?.points ?? [])
+          got.push({ order: [index.get(cellKeys.get(key)!.key)!, p.order[1]], point: p.point });
     got.sort((a, b) => a.order[0] - b.order[0] || a.order[1] - b.order[1]);
-    const base = got.find((g) => g.order[0] === -1)?.point;
-    if (!base) throw new Error(`sweep ${spec.name}: the base model's point job did not complete (see the dead jobs)`);
+    const base = got.find((g) => g.order[0] === -1)?.point ?? null;
     return { base, points: got.filter((g) => g.order[0] >= 0).map((g) => g.point) };
   } finally {
     await boss.stop({ graceful: false });
   }
 }
 
-/** Wait until every job of the sweep is completed or dead; report progress now and then. */
+/** Wait until every job of the sweep is completed or dead; report progress now and then.
+ *  Throws where jobs are missing from the queue: no worker could ever finish them. */
 export async function waitForSweep(
   spec: SweepSpec,
   o: QueueOptions & { signal?: AbortSignal; log?: (line: string) => void; pollMs?: number },
@@ -534,6 +677,10 @@ export async function waitForSweep(
     let last = "";
     for (;;) {
       const st = await sweepState(spec, boss);
+      if (st.missing.length)
+        throw new Error(
+          `sweep ${spec.name}: ${st.missing.length} job(s) are not in the queue (${st.missing.slice(0, 3).join(", ")}${st.missing.length > 3 ? ", …" : ""}) (hint: enqueue the sweep again: what is done is skipped, and only what is missing is sent)`,
+        );
       const list = (r: Record<string, number>) =>
         Object.entries(r)
           .map(([k, v]) => `${v} ${k}`)

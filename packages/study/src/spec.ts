@@ -234,3 +234,11 @@ export function loadStudySpec(file: string): StudySpec {
   }
   return validateStudySpec(raw, file);
 }
+
+/** JSON with every object's keys sorted: one spec, one text (jsonb reorders keys). */
+export const canonical = (v: unknown): string =>
+  JSON.stringify(v, (_, x) =>
+    x && typeof x === "object" && !Array.isArray(x)
+      ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : x,
+  );

@@ -2,6 +2,7 @@
 // (TOML, YAML or JSON; its schema is spec.ts) plus `eval`: which learning task (humaneval or gsm8k) and which forgetting
 // tasks to score every checkpoint on, with their data. Results go to <out>/points.json and the
 // report; `loralab report DIR` redraws the report from points.json.
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
@@ -18,6 +19,7 @@ import {
   type PointItems,
 } from "./points.ts";
 import { writeReport } from "./report.ts";
+import { canonical } from "./spec.ts";
 import { runSweep, type Checkpoint, type RunProgress, type SweepSpec } from "./sweep.ts";
 
 /** The `eval` section of a sweep spec: the learning task and how to score (snake_case, as in
@@ -58,7 +60,24 @@ function evalOptions(
   };
 }
 
-async function score(model: string, adapter: string, spec: StudySpec, device?: string) {
+/** Where a point is scored: a device (default the CPU, in process) and the sidecar's
+ *  environment (a worker's GPU slot: CUDA_VISIBLE_DEVICES, the device then cuda:0). */
+export interface ScoreOn {
+  device?: string;
+  env?: Record<string, string>;
+}
+
+/** What a point's scores depend on besides its checkpoint: the eval section and the base model
+ *  (the weight change is measured against it). A short hash: points scored under another are
+ *  not this spec's (a point job's key, and the cache beside a checkpoint, carry it). */
+export function evalKey(spec: StudySpec): string {
+  return createHash("sha256")
+    .update(canonical({ eval: spec.eval, model: spec.base.model ?? null }))
+    .digest("hex")
+    .slice(0, 12);
+}
+
+async function score(model: string, adapter: string, spec: StudySpec, on: ScoreOn = {}) {
   const tasks: TaskName[] = [spec.eval.learning, ...MC_TASKS];
   const r = await evaluate({
     ...evalOptions(spec.eval),
@@ -66,7 +85,8 @@ async function score(model: string, adapter: string, spec: StudySpec, device?: s
     adapter: adapter || undefined,
     merged: true,
     tasks,
-    ...(device ? { device } : {}),
+    ...(on.device ? { device: on.device } : {}),
+    ...(on.env ? { env: on.env } : {}),
   });
   const s = summarize(r.tasks, FORGETTING_DEFAULT, spec.eval.shots);
   const lt = r.tasks[spec.eval.learning]!;
@@ -98,29 +118,30 @@ async function score(model: string, adapter: string, spec: StudySpec, device?: s
 }
 
 /** The base model's point (what every checkpoint is compared with). */
-export async function scoreBase(spec: StudySpec, device?: string): Promise<Point> {
+export async function scoreBase(spec: StudySpec, on: ScoreOn = {}): Promise<Point> {
   const baseModel = spec.base.model?.path;
   if (!baseModel)
     throw new Error(`sweep ${spec.name}: base.model.path must name the base model (HF directory or .gguf)`);
-  return { ...BASE_FIELDS, rank90By: [], ...(await score(baseModel, "", spec, device)) };
+  return { ...BASE_FIELDS, rank90By: [], ...(await score(baseModel, "", spec, on)) };
 }
 
 /** One checkpoint's point: scored (learning, forgetting) and its weight change analysed, cached
- *  beside the checkpoint (study-point.json) so a resumed study does not evaluate it twice. */
+ *  beside the checkpoint (study-point-<evalKey>.json) so a resumed study does not evaluate it
+ *  twice, and an edited eval section evaluates it again. */
 export async function scoreCheckpoint(
   spec: StudySpec,
   ck: Checkpoint,
-  o: { device?: string; log?: (m: string) => void } = {},
+  o: ScoreOn & { log?: (m: string) => void } = {},
 ): Promise<Point> {
   const dir = ck.adapter || ck.model;
-  const cache = join(dir, "study-point.json");
+  const cache = join(dir, `study-point-${evalKey(spec)}.json`);
   if (existsSync(cache)) {
     const p = JSON.parse(readFileSync(cache, "utf8")) as Point;
     if (p.items) return p; // else cached before per-item outcomes were kept: evaluated again
   }
   const baseModel = spec.base.model?.path ?? "";
   o.log?.(`eval ${ck.runId} @ ${ck.duration}`);
-  const m = await score(ck.model, ck.adapter, spec, o.device);
+  const m = await score(ck.model, ck.adapter, spec, o);
   const a = await analyze(
     ck.adapter ? { base: baseModel, adapter: ck.adapter } : { base: baseModel, tuned: ck.model },
     {

@@ -10,6 +10,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { LOGGED_METRICS, type MetricRow, type Store } from "@loralab/db";
 import {
+  ConfigError,
   lastCheckpoint,
   merge,
   resolveConfig,
@@ -237,10 +238,11 @@ async function trainOrResume(
   if (row?.config && Object.keys(row.config).length) {
     // a run id is the sweep's name and the cell's key: an edited spec must not find a run
     // trained (or half-trained) with other settings and take it as its own
-    const was = drift(row.config, resolveConfig(cfg));
+    const was = drift(placeless(row.config), placeless(resolveConfig(cfg)));
     if (was)
-      throw new Error(
+      throw new ConfigError(
         `run ${id} in the store was trained with another ${was} than the sweep's spec now gives (hint: an edited spec is a new sweep: give it another name, or remove the run to train it again)`,
+        was,
       );
   }
   // where the store says the run is (a worker may have had its own runs directory)
@@ -270,7 +272,7 @@ async function trainOrResume(
   const last = lastCheckpoint(runDir);
   if (last) cfg = { ...cfg, train: { ...cfg.train, resume_from: last } };
   const bar = o.progress?.(cfg.name ?? id);
-  const live = liveMetrics(store, id, o.log);
+  const live = liveMetrics(store, id, resolved.train.log_every, o.log);
   try {
     const s = await train(cfg, {
       onProgress: (p) => {
@@ -309,10 +311,21 @@ function drift(a: unknown, b: unknown, path = ""): string {
 }
 const IGNORED_DRIFT = new Set(["out_dir", "train.device", "train.resume_from", "data.cache_dir", "name"]);
 
+/** A resolved config with its runs directory written as `$RUNS`: a path inside it (a hybrid
+ *  cell's merged phase-1 model) names the same file from another runs directory (a worker's
+ *  own, a moved checkout). */
+function placeless(config: unknown): unknown {
+  const dir = (config as { out_dir?: unknown } | null)?.out_dir;
+  if (typeof dir !== "string" || !dir) return config;
+  const needle = JSON.stringify(dir.replace(/\/+$/, "")).slice(1, -1);
+  return JSON.parse(JSON.stringify(config).replaceAll(needle, "$RUNS"));
+}
+
 /** The metrics a run logs, in the store while it trains (every 2 s), so `loralab sweep status`
- *  and a dashboard see it live; the run directory's metrics.jsonl, ingested at the end, upserts
- *  the same rows. The store failing never fails the run: it warns once. */
-function liveMetrics(store: Store, runId: string, log?: SweepProgress) {
+ *  and a dashboard see it live: the steps metrics.jsonl has (every log_every, and the last),
+ *  which, ingested at the end, upserts the same rows. The store failing never fails the run:
+ *  it warns once. */
+function liveMetrics(store: Store, runId: string, logEvery: number, log?: SweepProgress) {
   let rows: MetricRow[] = [];
   let last = performance.now();
   let pending: Promise<void> = Promise.resolve();
@@ -333,7 +346,9 @@ function liveMetrics(store: Store, runId: string, log?: SweepProgress) {
   };
   return {
     /** A progress or validation event's metrics. */
-    push(p: { step: number }) {
+    push(p: { step: number; total_steps?: number }) {
+      const logged = p.total_steps === undefined || p.step % Math.max(1, logEvery) === 0 || p.step === p.total_steps;
+      if (!logged) return;
       for (const name of LOGGED_METRICS) {
         const value = (p as unknown as Record<string, unknown>)[name];
         if (typeof value === "number") rows.push({ step: p.step, name, value });

@@ -36,3 +36,11 @@ pub fn open(name: &str) -> Result<Device> {
         )),
     }
 }
+
+/// Open a device and read a small tensor back from it: 6 when the device computes (a
+/// worker's preflight of a GPU slot, before it takes a job it would fail).
+pub fn probe(name: &str) -> Result<f64> {
+    let dev = open(name)?;
+    let sum = candle_core::Tensor::arange(0f32, 4f32, &dev)?.sum_all()?.to_scalar::<f32>()?;
+    Ok(sum as f64)
+}
