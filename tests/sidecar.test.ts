@@ -131,9 +131,9 @@ test("SIGTERM to the sidecar (Slurm preempting, systemd stopping): the run stops
   const resumed = await train({ ...cfg, train: { ...cfg.train, resume_from: s.last_checkpoint } });
   expect(resumed.status).toBe("completed");
   expect((await metricLosses(resumed.run_dir)).map(([st]) => st)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
-});
+}, 60_000);
 
-test("a second SIGTERM exits the sidecar at once (130), without waiting for the step; device_probe computes on a device or says why not", async () => {
+test("a second SIGTERM exits the sidecar at once (143), without waiting for the step; device_probe computes on a device or says why not", async () => {
   const out = tempDir("sidecar-term2");
   // steps of 32 sequences: the second signal (100 ms after the first) comes mid-step
   const cfg = tinyConfig(out, {
@@ -156,7 +156,7 @@ test("a second SIGTERM exits the sidecar at once (130), without waiting for the 
   }).catch((e) => e as Error);
   expect(stepMs).toBeGreaterThan(300);
   expect(err).toBeInstanceOf(Error);
-  expect(await worker!.exited).toBe(130);
+  expect(await worker!.exited).toBe(143);
 
   const s = await Sidecar.start({ path: sidecarPath("cpu") });
   try {
@@ -165,7 +165,7 @@ test("a second SIGTERM exits the sidecar at once (130), without waiting for the 
   } finally {
     await s.shutdown();
   }
-});
+}, 60_000);
 
 test("killed mid-run: the run is interrupted, resumable from its last checkpoint, and Bun does not hang", async () => {
   const out = tempDir("sidecar-kill");

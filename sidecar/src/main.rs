@@ -9,7 +9,8 @@
 //! SIGTERM or SIGINT (Slurm preempting a job, systemd stopping a service, Ctrl-C reaching the
 //! whole process group) stops it gracefully: a running train stops after its current step and
 //! checkpoints, every request in hand is answered (a train as `cancelled`), then it exits. A
-//! second signal exits at once (exit status 130), without waiting for the step.
+//! second signal exits at once (exit status 128 + the signal: 143 for SIGTERM, 130 for SIGINT),
+//! without waiting for the step.
 use loralab_core::api::{self, Request, Session};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
@@ -69,11 +70,12 @@ fn main() {
         match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
             Ok(mut signals) => {
                 std::thread::spawn(move || {
-                    for _ in signals.forever() {
+                    for signal in signals.forever() {
                         let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
                         if STOPPING.swap(true, Ordering::SeqCst) {
                             eprintln!("loralab-sidecar: a second signal: exiting now, without waiting for the step");
-                            exit_between_lines(&out, 130);
+                            // as a shell reports a process the signal ended: 128 + its number
+                            exit_between_lines(&out, 128 + signal);
                         }
                         session.cancel_all();
                         if IN_HAND.load(Ordering::SeqCst) == 0 {

@@ -294,7 +294,7 @@ async function main(argv: string[]): Promise<number> {
       const { cmdWorker } = await import("./study.ts");
       const code = await cmdWorker(db, devices, values["runs-dir"] as string | undefined, abort.signal);
       // an evaluation put back in the queue may still run in its sidecar: not waited for
-      process.exit(code);
+      return process.exit(code);
     }
     case "report": {
       const { values, positionals } = cliArgs("report", rest, { out: { type: "string" } }, REPORT_USAGE);

@@ -21,9 +21,20 @@ import { type Job, type JobWithMetadata, PgBoss } from "pg-boss";
 import type { Point } from "./points.ts";
 import { canonical } from "./spec.ts";
 import { evalKey, scoreBase, scoreCheckpoint, type StudySpec } from "./study.ts";
-import { type Cell, type Checkpoint, cellPlan, cellRunId, cells, type SweepSpec, sweepCell } from "./sweep.ts";
+import {
+  type Cell,
+  type Checkpoint,
+  cellPlan,
+  cellRunId,
+  cells,
+  DriftError,
+  type SweepSpec,
+  sweepCell,
+} from "./sweep.ts";
 
 export const CELL_QUEUE = "loralab_cells";
+/** pg-boss's schema (its default) in the store's database. */
+const SCHEMA = "pgboss";
 export const DEAD_QUEUE = "loralab_cells_dead";
 
 /** A cell to train. */
@@ -46,12 +57,12 @@ export interface PointJob {
 
 type SweepJob = CellJob | PointJob;
 
-/** What a cell job returns: the keys of the point jobs it sent (one per checkpoint), or its
- *  points, scored in the job (a worker with its own runs directory: no other host sees its
- *  checkpoints). */
+/** What a cell job returns: the checkpoints it had scored as point jobs (their keys follow from
+ *  the spec), or its points, scored in the job (a worker with its own runs directory: no other
+ *  host sees its checkpoints). */
 interface CellOutput {
   checkpoints: number;
-  pointKeys?: string[];
+  sent?: { checkpoint: Checkpoint; order: [number, number] }[];
   points?: { order: [number, number]; point: Point }[];
 }
 
@@ -99,8 +110,15 @@ export async function openQueue(o: QueueOptions): Promise<PgBoss> {
       ...RETENTION,
     })
     .catch(ignoreExists);
-  // queues made by an older loralab kept pg-boss's default (completed jobs deleted after 7 days)
+  // queues made by an older loralab kept pg-boss's default (completed jobs deleted after 7 days),
+  // and each job carries the deletion delay it was sent with: both set to keep
   for (const q of [DEAD_QUEUE, CELL_QUEUE]) await boss.updateQueue(q, RETENTION);
+  await boss
+    .getDb()
+    .executeSql(
+      `UPDATE ${SCHEMA}.job SET deletion_seconds = 0 WHERE name = ANY($1::text[]) AND deletion_seconds <> 0`,
+      [[CELL_QUEUE, DEAD_QUEUE]],
+    );
   return boss;
 }
 
@@ -108,7 +126,9 @@ function ignoreExists(e: unknown): void {
   if (!/exists/i.test((e as Error).message)) throw e;
 }
 
-/** One job per cell; a cell already queued or running is not sent again. */
+/** One job per cell; a cell already queued or running, or completed with its points known, is
+ *  not sent again (a dead one is: enqueueing again retries it). A completed cell's point jobs
+ *  missing from the queue are sent again. */
 export async function enqueueSweep(
   spec: SweepSpec,
   runsDir: string,
@@ -121,23 +141,28 @@ export async function enqueueSweep(
     const all = cells(spec);
     // the base's point first: a worker that polls mid-enqueue takes it before any cell
     if (isStudy(spec)) await sendPoint(boss, o, { kind: "point", spec, checkpoint: null, order: [-1, 0] });
+    const { cellJobs } = await sweepJobs(spec, boss);
     for (const c of all) {
+      const key = cellRunId(spec, c);
+      const newest = cellJobs.get(key);
+      const out = newest?.state === "completed" ? (newest.output as CellOutput | null) : null;
+      if (out && (out.sent || out.points || !isStudy(spec))) {
+        for (const x of out.sent ?? []) await sendPoint(boss, o, { kind: "point", spec: spec as StudySpec, ...x });
+        continue;
+      }
       const job: CellJob = { spec, cell: c.key, runsDir: resolve(runsDir) };
       // per job, not per queue: the queue keeps the options of whoever created it first
       const id = await boss.send(CELL_QUEUE, job, {
-        singletonKey: cellRunId(spec, c),
+        singletonKey: key,
         retryLimit: o.retries ?? 2,
         retryDelay: o.retryDelaySeconds ?? 30,
         retryBackoff: true,
       });
       if (id) sent++;
-      else {
-        // already queued or running: by this spec, or by an edited one (that job trains the old)
-        const had = await boss.findJobs<CellJob>(CELL_QUEUE, { key: cellRunId(spec, c), limit: 1000 });
-        const live = had.filter((j) => !ENDED.includes(j.state));
-        // jsonb reorders an object's keys: compared in a canonical form
-        if (live.some((j) => canonical(j.data.spec) !== canonical(spec))) drifted.push(c.key);
-      }
+      // already queued or running: by this spec, or by an edited one (that job trains the old);
+      // jsonb reorders an object's keys: compared in a canonical form
+      else if (newest && !ENDED.includes(newest.state) && canonical(newest.data.spec) !== canonical(spec))
+        drifted.push(c.key);
     }
     return { sent, already: all.length - sent, cells: all.length, drifted };
   } finally {
@@ -149,6 +174,8 @@ export async function enqueueSweep(
  *  second job in beside an active one, so the queue is asked first). Its key. */
 async function sendPoint(boss: PgBoss, o: QueueOptions, job: PointJob): Promise<string> {
   const key = pointKey(job.spec, job.checkpoint);
+  // a point whose duration the spec no longer lists (a duration dropped, the longest kept)
+  if (job.checkpoint && !durationsOf(job.spec, job.checkpoint.cell).includes(job.checkpoint.duration)) return key;
   const had = await boss.findJobs(CELL_QUEUE, { key, limit: 1000 });
   if (had.some((j) => j.state !== "failed" && j.state !== "cancelled")) return key;
   await boss.send(CELL_QUEUE, job, {
@@ -177,6 +204,15 @@ export interface WorkerOptions extends QueueOptions {
 export const BREAKER_FAILURES = 3;
 const BREAKER_MAX_PAUSE_S = 1800;
 
+/** A failure that is the job's own, not the slot's: a spec the store's run drifted from, a
+ *  cell the spec lacks, or a refused training setting (a rank the model cannot take). Not a
+ *  model or data path, which may be this host's missing mount or network. */
+function ownRefusal(e: unknown): boolean {
+  if (e instanceof DriftError) return true;
+  if (!(e instanceof ConfigError)) return false;
+  return e.field === "cell" || (/^(method|optim|schedule|train)\./.test(e.field) && e.field !== "train.device");
+}
+
 /** Work cells until `signal` aborts: one per device at a time, each in a sidecar process. On
  *  the abort the slots stop claiming, and the jobs in hand go back to the queue as they were
  *  (no retry spent): a cell after its sidecar stopped at a step with a checkpoint, an
@@ -193,12 +229,29 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     await store.close();
     throw e;
   });
-  // the jobs in hand, and the ones put back in the queue at the abort
-  const inHand = new Map<string, { point: boolean; ended: Promise<unknown> }>();
-  const putBack: string[] = [];
-  // set once they are back in the queue: a handler ending later fails its attempt as usual
-  let released = false;
+  // the jobs in hand (for the abort to put back), and the ones put back
+  const inHand = new Map<string, { job: Job<SweepJob>; point: boolean; ended: Promise<unknown> }>();
+  const putBack = new Set<string>();
   const timers = new Set<ReturnType<typeof setTimeout>>();
+  /** A job in hand back in the queue as it was: one statement, fenced to this worker's claim
+   *  (active, at this attempt), so it cannot touch another worker's. Its retry limit is raised
+   *  by one for the attempt pg-boss counts at its next start: no retry spent. A late end of its
+   *  handler is fenced out by pg-boss the same way (the claim is gone). */
+  const giveBack = async (j: Job<SweepJob>): Promise<void> => {
+    if (putBack.has(j.id)) return;
+    putBack.add(j.id);
+    try {
+      await boss
+        .getDb()
+        .executeSql(
+          `UPDATE ${SCHEMA}.job SET state = 'created', completed_on = NULL, retry_limit = retry_limit + 1 WHERE name = $1 AND id = $2 AND state = 'active' AND retry_count = $3`,
+          [CELL_QUEUE, j.id, j.retryCount],
+        );
+    } catch (e) {
+      // a job of the same key queued meanwhile (stately keeps one queued per key): that one runs it
+      log(`worker ${who}: job ${j.id} not put back (${(e as Error).message.split("\n")[0]}); the queue retries it`);
+    }
+  };
   try {
     // a GPU slot whose sidecar has no CUDA, or cannot see its GPU, would fail every job it took
     for (const gpu of visible) if (gpu !== null) await preflightGpu(gpu);
@@ -247,9 +300,8 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
           for (const [k, ck] of cks.entries())
             out.points.push({ order: [index, k], point: await scoreCheckpoint(spec, ck, onDevice) });
         } else {
-          out.pointKeys = [];
-          for (const [k, ck] of cks.entries())
-            out.pointKeys.push(await sendPoint(boss, o, { kind: "point", spec, checkpoint: ck, order: [index, k] }));
+          out.sent = cks.map((ck, k) => ({ checkpoint: ck, order: [index, k] as [number, number] }));
+          for (const x of out.sent) await sendPoint(boss, o, { kind: "point", spec, ...x });
         }
         return out;
       };
@@ -267,6 +319,11 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
           { batchSize: 1, pollingIntervalSeconds: 0.5, ...(withGpus && gpu === null ? { maxPriority: 0 } : {}) },
           async ([job]) => {
             const j = job!;
+            // claimed as the worker stops (a fetch in flight at the abort): straight back
+            if (stop.aborted) {
+              await giveBack(j);
+              return undefined;
+            }
             const ended = (async () => {
               try {
                 const r = await handle(j, AbortSignal.any([j.signal, stop]));
@@ -274,17 +331,9 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
                 pause = firstPause;
                 return r;
               } catch (e) {
-                if (stop.aborted && !released) {
-                  // the worker is stopping: the job goes back as it was, not as a failed attempt
-                  // (cancelled first, so this handler's return completes nothing); an evaluation
-                  // the shutdown put back already is not touched again
-                  if (!putBack.includes(j.id)) {
-                    await boss.cancel(CELL_QUEUE, j.id);
-                    putBack.push(j.id);
-                  }
-                  return undefined;
-                }
-                if (!(e instanceof ConfigError) && ++failures >= BREAKER_FAILURES) {
+                // stopping: the job was put back at the abort, and what this attempt says is moot
+                if (stop.aborted) return undefined;
+                if (!ownRefusal(e) && ++failures >= BREAKER_FAILURES) {
                   log(
                     `${name}: ${failures} jobs failed in a row: not taking jobs for ${pause} s (the last: ${(e as Error).message.split("\n")[0]})`,
                   );
@@ -300,7 +349,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
                 throw e;
               }
             })();
-            inHand.set(j.id, { point: j.data.kind === "point", ended });
+            inHand.set(j.id, { job: j, point: j.data.kind === "point", ended });
             try {
               return await ended;
             } finally {
@@ -318,29 +367,17 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     });
     for (const t of timers) clearTimeout(t);
     await boss.offWork(CELL_QUEUE, { wait: false });
-    // evaluations in hand cannot stop: back in the queue now (a late result completes nothing)
-    const points = [...inHand].filter(([, h]) => h.point).map(([id]) => id);
-    if (points.length) {
-      await boss.cancel(CELL_QUEUE, points);
-      putBack.push(...points);
-    }
-    // cells stop after their step with a checkpoint (their signal is aborted), each putting its
-    // job back; a sidecar that does not answer is left to its run lock (the next worker waits)
-    const cellsInHand = [...inHand.values()].filter((h) => !h.point).map((h) => h.ended.catch(() => {}));
+    // every job in hand back in the queue now, before anything else can stop this process (a
+    // second signal, a SIGKILL after the scheduler's grace)
+    await Promise.all([...inHand.values()].map((h) => giveBack(h.job)));
+    if (putBack.size)
+      log(`worker ${who}: stopping; ${putBack.size} job(s) in hand put back in the queue (no retry spent)`);
+    // the cells' sidecars stop after their step with a checkpoint (their signal is aborted): a
+    // short wait for that, which the next worker would otherwise wait out on the run's lock
     let waitOver: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([Promise.all(cellsInHand), new Promise((r) => (waitOver = setTimeout(r, 120_000)))]);
+    const cellsInHand = [...inHand.values()].filter((h) => !h.point).map((h) => h.ended.catch(() => {}));
+    await Promise.race([Promise.all(cellsInHand), new Promise((r) => (waitOver = setTimeout(r, 20_000)))]);
     clearTimeout(waitOver);
-    released = true;
-    if (putBack.length) {
-      await boss.resume(CELL_QUEUE, putBack);
-      // a resumed job's next claim counts as an attempt (pg-boss counts every start after the
-      // first): its limit is raised by one, so the put-back attempt spends none
-      for (const id of putBack) {
-        const [j] = await boss.findJobs(CELL_QUEUE, { id });
-        if (j && j.state === "created") await boss.update(CELL_QUEUE, undefined, { id, retryLimit: j.retryLimit + 1 });
-      }
-      log(`worker ${who}: stopped; ${putBack.length} job(s) in hand put back in the queue (no retry spent)`);
-    }
   } finally {
     for (const t of timers) clearTimeout(t);
     await boss.stop({ graceful: false });
@@ -353,7 +390,13 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
 function hostGpu(dev: string): string {
   if (!/^\d+$/.test(dev)) throw new ConfigError(`worker: --gpus takes GPU indices (0,1,…), not \`${dev}\``, "gpus");
   const mask = process.env.CUDA_VISIBLE_DEVICES?.trim();
-  if (!mask) return dev;
+  if (mask === undefined) return dev;
+  // set but empty: a scheduler that gave this process no GPU
+  if (!mask)
+    throw new ConfigError(
+      `worker: --gpus ${dev}: this process is given no GPU (CUDA_VISIBLE_DEVICES is empty) (hint: --cpu N, or run it where the scheduler allocates GPUs)`,
+      "gpus",
+    );
   const seen = mask.split(",").map((x) => x.trim());
   const gpu = seen[Number(dev)];
   if (gpu === undefined || gpu === "")
@@ -377,12 +420,13 @@ async function preflightGpu(gpu: string): Promise<void> {
         `worker: GPU ${gpu}: the sidecar ${path} is a CPU build (devices: ${kinds.join(", ")}) (hint: build the CUDA one with scripts/build-cuda-sidecar.sh, or set LORALAB_SIDECAR to it; --cpu N for CPU slots)`,
       );
     // and the GPU itself answers: a tensor made and read back on cuda:0 (the slot's GPU)
-    const { result } = s.request("device_probe", { device: "cuda:0" });
-    await result.catch((e) => {
+    const probe = await s.request<{ sum: number }>("device_probe", { device: "cuda:0" }).result.catch((e) => {
       throw new Error(
         `worker: GPU ${gpu}: not usable by the sidecar (${(e as Error).message.split("\n")[0]}) (hint: nvidia-smi lists the GPUs this host has; --gpus takes their indices)`,
       );
     });
+    if (probe.sum !== 6)
+      throw new Error(`worker: GPU ${gpu}: computed sum([0,1,2,3]) = ${probe.sum}, not 6: the device is broken`);
   } finally {
     await s.shutdown();
   }
@@ -482,38 +526,57 @@ function planOf(spec: SweepSpec, c: Cell) {
   }
 }
 
+/** The durations a cell's checkpoints are scored at, as the spec now gives them. */
+const durationsOf = (spec: SweepSpec, c: Cell) => planOf(spec, c)?.durations ?? [];
+
 /** The sweep's jobs as this spec has them: each cell's newest job (one enqueued again after it
- *  died is the new job's), and the point jobs scored under its eval section of its cells (an
- *  edited spec's old points, and a removed cell's, are not its). */
+ *  died is the new job's), and the point jobs its report is drawn from: the base's, and those
+ *  of the checkpoints each cell's newest completed job scored, under this spec's eval section
+ *  and durations (an edited spec's old points, a dropped duration's, a removed or dead cell's
+ *  are not its). `missing`: what the sweep needs that has no job in the queue. */
 async function sweepJobs(spec: SweepSpec, boss: PgBoss) {
   const all = cells(spec);
   const cellKeys = new Map(all.map((c) => [cellRunId(spec, c), c]));
-  const cellIndex = new Map(all.map((c, i) => [c.key, i]));
   const cellJobs = new Map<string, JobWithMetadata<CellJob>>();
-  const pointJobs = new Map<string, JobWithMetadata<PointJob>>();
-  const prefix = isStudy(spec) ? pointPrefix(spec) : null;
+  const byKey = new Map<string, JobWithMetadata<PointJob>>();
   const newer = (a: JobWithMetadata<unknown> | undefined, b: JobWithMetadata<unknown>) =>
     !a || new Date(b.createdOn).getTime() >= new Date(a.createdOn).getTime();
   for (const j of await boss.findJobs<SweepJob>(CELL_QUEUE, { data: { spec: { name: spec.name } }, limit: 100_000 })) {
     const key = j.singletonKey;
     if (!key) continue;
     if (j.data.kind === "point") {
-      const ck = j.data.checkpoint;
-      if (!prefix || !key.startsWith(prefix) || (ck && !cellIndex.has(ck.cell.key))) continue;
-      // its place in the report from the spec's cells now (cells added since move it)
-      const job = j as JobWithMetadata<PointJob>;
-      job.data.order = ck ? [cellIndex.get(ck.cell.key)!, job.data.order[1]] : [-1, 0];
-      if (newer(pointJobs.get(key), j)) pointJobs.set(key, job);
+      if (newer(byKey.get(key), j)) byKey.set(key, j as JobWithMetadata<PointJob>);
     } else if (cellKeys.has(key) && newer(cellJobs.get(key), j)) cellJobs.set(key, j as JobWithMetadata<CellJob>);
   }
   const missing: string[] = [];
-  for (const [key, c] of cellKeys) if (!cellJobs.has(key)) missing.push(c.key);
-  for (const [key, j] of cellJobs) {
-    const sent = j.state === "completed" ? ((j.output as CellOutput | null)?.pointKeys ?? []) : [];
-    for (const k of sent)
-      if (!pointJobs.has(k)) missing.push(`${cellKeys.get(key)!.key} @ ${k.slice(k.lastIndexOf("@") + 1)}`);
+  const pointJobs = new Map<string, JobWithMetadata<PointJob>>();
+  /** Points scored inside cell jobs (workers with their own runs directory). */
+  const inJob: { order: [number, number]; point: Point }[] = [];
+  if (isStudy(spec)) {
+    const need = (key: string, what: string, order: [number, number]) => {
+      const j = byKey.get(key);
+      if (!j) return void missing.push(what);
+      j.data.order = order; // its place from the spec's cells now (cells added since move it)
+      pointJobs.set(key, j);
+    };
+    need(pointKey(spec, null), "base", [-1, 0]);
+    for (const [i, c] of all.entries()) {
+      const j = cellJobs.get(cellRunId(spec, c));
+      if (j?.state !== "completed") continue;
+      const out = j.output as CellOutput | null;
+      const durations = durationsOf(spec, c);
+      if (out?.points) {
+        for (const p of out.points)
+          if (durations.includes(p.point.duration)) inJob.push({ order: [i, p.order[1]], point: p.point });
+      } else if (out?.sent) {
+        for (const x of out.sent)
+          if (durations.includes(x.checkpoint.duration))
+            need(pointKey(spec, x.checkpoint), `${c.key} @ ${x.checkpoint.duration}`, [i, x.order[1]]);
+      } else missing.push(`${c.key} (its points: completed by an older loralab)`);
+    }
   }
-  return { cellKeys, cellJobs, pointJobs, missing };
+  for (const [key, c] of cellKeys) if (!cellJobs.has(key)) missing.push(c.key);
+  return { cellKeys, cellJobs, pointJobs, inJob, missing };
 }
 
 const median = (xs: number[]) => {
@@ -648,16 +711,10 @@ function clock(s: number): string {
 export async function queuedPoints(spec: StudySpec, o: QueueOptions): Promise<{ base: Point | null; points: Point[] }> {
   const boss = await openQueue(o);
   try {
-    const { cellKeys, cellJobs, pointJobs } = await sweepJobs(spec, boss);
-    const index = new Map([...cellKeys.values()].map((c, i) => [c.key, i]));
-    const got: { order: [number, number]; point: Point }[] = [];
+    const { pointJobs, inJob } = await sweepJobs(spec, boss);
+    const got = [...inJob];
     for (const j of pointJobs.values())
-      if (j.state === "completed")
-        got.push({ order: j.data.order, point: (j.output as { order: [number, number]; point: Point }).point });
-    for (const [key, j] of cellJobs)
-      if (j.state === "completed")
-        for (const p of (j.output as CellOutput | null)?.points ?? [])
-          got.push({ order: [index.get(cellKeys.get(key)!.key)!, p.order[1]], point: p.point });
+      if (j.state === "completed") got.push({ order: j.data.order, point: (j.output as { point: Point }).point });
     got.sort((a, b) => a.order[0] - b.order[0] || a.order[1] - b.order[1]);
     const base = got.find((g) => g.order[0] === -1)?.point ?? null;
     return { base, points: got.filter((g) => g.order[0] >= 0).map((g) => g.point) };

@@ -240,7 +240,7 @@ async function trainOrResume(
     // trained (or half-trained) with other settings and take it as its own
     const was = drift(placeless(row.config), placeless(resolveConfig(cfg)));
     if (was)
-      throw new ConfigError(
+      throw new DriftError(
         `run ${id} in the store was trained with another ${was} than the sweep's spec now gives (hint: an edited spec is a new sweep: give it another name, or remove the run to train it again)`,
         was,
       );
@@ -294,6 +294,11 @@ async function trainOrResume(
   return { runDir, skipped: false };
 }
 
+/** A run in the store trained with settings the spec no longer gives: the job's own refusal. */
+export class DriftError extends ConfigError {
+  override name = "DriftError";
+}
+
 /** Where two resolved configs of one run differ in what it learns (`optim.lr`), or "": not
  *  where it runs (device, runs directory, data cache) or how it resumes. */
 function drift(a: unknown, b: unknown, path = ""): string {
@@ -311,14 +316,26 @@ function drift(a: unknown, b: unknown, path = ""): string {
 }
 const IGNORED_DRIFT = new Set(["out_dir", "train.device", "train.resume_from", "data.cache_dir", "name"]);
 
-/** A resolved config with its runs directory written as `$RUNS`: a path inside it (a hybrid
- *  cell's merged phase-1 model) names the same file from another runs directory (a worker's
- *  own, a moved checkout). */
+/** A resolved config with its runs directory written as `$RUNS` in every string value that is
+ *  it or a path inside it: such a path (a hybrid cell's merged phase-1 model) names the same
+ *  file from another runs directory (a worker's own, a moved checkout). */
 function placeless(config: unknown): unknown {
   const dir = (config as { out_dir?: unknown } | null)?.out_dir;
   if (typeof dir !== "string" || !dir) return config;
-  const needle = JSON.stringify(dir.replace(/\/+$/, "")).slice(1, -1);
-  return JSON.parse(JSON.stringify(config).replaceAll(needle, "$RUNS"));
+  const root = dir.replace(/\/+$/, "");
+  const walk = (v: unknown): unknown =>
+    typeof v === "string"
+      ? v === root || v === `${root}/`
+        ? "$RUNS"
+        : v.startsWith(`${root}/`)
+          ? `$RUNS/${v.slice(root.length + 1)}`
+          : v
+      : Array.isArray(v)
+        ? v.map(walk)
+        : v && typeof v === "object"
+          ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]))
+          : v;
+  return walk(config);
 }
 
 /** The metrics a run logs, in the store while it trains (every 2 s), so `loralab sweep status`
@@ -481,33 +498,41 @@ function cptPlan(spec: SweepSpec) {
 }
 
 /** The runs a cell trains, each from step `from` to step `to` (what `loralab sweep status`
- *  counts its ETA in), and the checkpoints it then has evaluated. */
+ *  counts its ETA in), and the checkpoints it then has evaluated (their durations: epochs or
+ *  tokens, as its Checkpoints carry them). */
 export function cellPlan(
   spec: SweepSpec,
   c: Cell,
-): { runs: { runId: string; from: number; to: number }[]; checkpoints: number } {
+): { runs: { runId: string; from: number; to: number }[]; checkpoints: number; durations: number[] } {
   const runId = cellRunId(spec, c);
   if (spec.regime === "cpt") {
-    const { budgets, maxSteps, cuts } = cptPlan(spec);
+    const { budgets, maxSteps, cuts, tokensPerStep } = cptPlan(spec);
     return {
       runs: [
         { runId, from: 0, to: maxSteps },
         ...budgets.map((b, j) => ({ runId: `${runId}-D${b}`, from: cuts[j]!, to: b })),
       ],
       checkpoints: budgets.length,
+      durations: budgets.map((b) => b * tokensPerStep),
     };
   }
   const spe = stepsPerEpoch(spec);
   const maxEpochs = Math.max(...spec.durations);
   if (c.method !== "hybrid")
-    return { runs: [{ runId, from: 0, to: maxEpochs * spe }], checkpoints: spec.durations.length };
+    return {
+      runs: [{ runId, from: 0, to: maxEpochs * spe }],
+      checkpoints: spec.durations.length,
+      durations: [...spec.durations],
+    };
   const lora = hybridLoraEpochs(spec);
+  const durations = spec.durations.filter((e) => e > lora);
   return {
     runs: [
       { runId: `${runId}-lora`, from: 0, to: lora * spe },
       { runId, from: 0, to: (maxEpochs - lora) * spe },
     ],
-    checkpoints: spec.durations.filter((e) => e > lora).length,
+    checkpoints: durations.length,
+    durations,
   };
 }
 
