@@ -27,7 +27,7 @@ const LLAMA_CMAKE =
 const MARKER = ".loralab-complete";
 /** Imported once made, so a venv that cannot run what the tests use is never marked complete. */
 const CHECK =
-  "import torch, transformers, safetensors, tokenizers, jinja2, peft, schemathesis, lm_eval.tasks, gguf, llama_cpp";
+  "import torch, transformers, safetensors, tokenizers, jinja2, peft, schemathesis, lm_eval.tasks, gguf, llama_cpp, mlflow, tensorboard, wandb";
 
 function lockHash(): string {
   return new Bun.CryptoHasher("sha256").update(readFileSync(LOCK)).digest("hex").slice(0, 12);

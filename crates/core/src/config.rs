@@ -24,6 +24,31 @@ pub struct RunConfig {
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
     pub train: TrainConfig,
+    /// Experiment trackers the run also logs to, through their own clients on the Bun side: `tensorboard` (event files), `mlflow` (a tracking server's REST API), `wandb` (the wandb client, offline unless WANDB_MODE says otherwise). Params at the start, every logged step's metrics and validation, the output and run files as artifacts at the end. A tracker that fails warns once and the run goes on.
+    pub track: Vec<TrackerName>,
+    pub tracking: TrackingConfig,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackerName {
+    Tensorboard,
+    Mlflow,
+    Wandb,
+}
+
+/// Where the trackers in `track` log.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// MLflow tracking server, http(s)://host:port. Empty: $MLFLOW_TRACKING_URI.
+    pub mlflow_uri: String,
+    /// The MLflow experiment and the W&B project the run goes to. Empty: `loralab`.
+    pub experiment: String,
+    /// TensorBoard's log directory (one subdirectory per run). Empty: the run directory's `tensorboard/`.
+    pub tensorboard_dir: String,
+    /// Where wandb keeps the run (offline: synced later with `wandb sync`). Empty: the run directory.
+    pub wandb_dir: String,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -248,6 +273,8 @@ impl Default for RunConfig {
             optim: OptimConfig::default(),
             schedule: ScheduleConfig::default(),
             train: TrainConfig::default(),
+            track: Vec::new(),
+            tracking: TrackingConfig::default(),
         }
     }
 }
@@ -462,6 +489,8 @@ impl RunConfig {
             &mut self.data.cache_dir,
             &mut self.data.validation,
             &mut self.train.resume_from,
+            &mut self.tracking.tensorboard_dir,
+            &mut self.tracking.wandb_dir,
         ] {
             *p = expand_home(p);
         }
@@ -630,6 +659,21 @@ impl RunConfig {
             ));
         }
         crate::base::device::parse(&self.train.device)?;
+        for (i, t) in self.track.iter().enumerate() {
+            if self.track[..i].contains(t) {
+                return Err(Error::config("track", format!("{t:?} is listed twice").to_lowercase()));
+            }
+        }
+        let uri = &self.tracking.mlflow_uri;
+        if !(uri.is_empty() || uri.starts_with("http://") || uri.starts_with("https://")) {
+            return Err(Error::config(
+                "tracking.mlflow_uri",
+                format!("`{uri}`: an MLflow tracking server's http(s)://host:port (hint: `mlflow server` prints it)"),
+            ));
+        }
+        if self.tracking.experiment.is_empty() {
+            self.tracking.experiment = "loralab".into();
+        }
         Ok(self)
     }
 }

@@ -2,6 +2,7 @@
 // held-out loss, merge, the run directory. Thin: the engine (crates/core) validates and works,
 // reached through one `Engine` (engine.ts) in this process or in a worker process.
 // `loralab` re-exports it with evaluation and analysis; `loralab/server`, `loralab/store` add the rest.
+import { openTrackers } from "@loralab/track";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { DataError, engineReadable, type Mapping, normalize, RECIPES } from "@loralab/data";
@@ -154,6 +155,8 @@ export interface TrainOptions {
   /** Run in the sidecar process. Always so for `train.device = "cuda"`; `true` also sends a cpu
    *  run there (isolation: a crash cannot take this process down). */
   sidecar?: boolean | SidecarOptions;
+  /** A tracker's one-line warning (default: stderr). */
+  onWarning?: (line: string) => void;
 }
 
 type DataConfig = NonNullable<RunConfig["data"]>;
@@ -318,16 +321,49 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
     engine.interrupt();
   };
   opts.signal?.addEventListener("abort", onAbort, { once: true });
+  // the trackers the config names (each warns once and drops out if it fails; the run goes on)
+  const trackers = resolved.track.length
+    ? await openTrackers({
+        track: resolved.track,
+        tracking: resolved.tracking,
+        runId: resolved.run_id,
+        name: resolved.name,
+        runDir,
+        config: resolved,
+        resumed: !!resolved.train.resume_from,
+        warn: opts.onWarning,
+      })
+    : null;
   const onEvent = (e: EngineEvent) => {
     const ev = e as TrainEvent;
     if (ev.type === "start") stepping = true;
     opts.onEvent?.(ev);
-    if (ev.type === "progress") opts.onProgress?.(ev);
+    if (ev.type === "progress") {
+      opts.onProgress?.(ev);
+      // the steps metrics.jsonl has: every log_every, and the last
+      if (trackers && (ev.step % Math.max(1, resolved.train.log_every) === 0 || ev.step === ev.total_steps))
+        trackers.log(ev.step, {
+          "train/loss": ev.loss,
+          "train/lr": ev.lr,
+          "train/grad_norm": ev.grad_norm,
+          "train/tokens_per_s": ev.tokens_per_s,
+          "train/tokens": ev.tokens,
+        });
+    }
+    if (ev.type === "validation") trackers?.log(ev.step, { "val/loss": ev.val_loss });
   };
+  let trackersDone = false;
   try {
     const summary = engine.request("train", { config: resolved }, { onEvent, signal: stop.signal });
     if (opts.signal?.aborted) onAbort();
-    return await summary;
+    const s = await summary;
+    if (trackers) {
+      // the output (adapter or model) or, stopped early, the last checkpoint; the run's own files
+      const files = [s.output || s.last_checkpoint, join(runDir, "config.json"), join(runDir, "metrics.jsonl")];
+      await trackers.finish(s.status === "completed" ? "completed" : "cancelled", files);
+      trackersDone = true;
+    }
+    return s;
   } catch (e) {
     if (e instanceof WorkerDied && interruptedBeforeSteps) {
       quick("mark_interrupted", { run_dir: runDir, status: "cancelled", error: "" });
@@ -344,6 +380,7 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
   } finally {
     opts.signal?.removeEventListener("abort", onAbort);
     await engine.close();
+    if (trackers && !trackersDone) await trackers.finish("failed", []);
   }
 }
 
