@@ -80,6 +80,13 @@ describe("item 3: a config path is normalised once, as the engine opens it, then
       ["data.train", { data: { train: "~/../../etc/passwd" } }],
       ["data.train", { data: { train: "~//secret.jsonl" } }],
       ["data.cache_dir", { data: { cache_dir: "~/./.cache/loralab" } }],
+      ["data.validation", { data: { validation: "~/held-out.jsonl" } }],
+      ["tracking.tensorboard_dir", { tracking: { tensorboard_dir: "~/tb" } }],
+      ["tracking.wandb_dir", { tracking: { wandb_dir: "/etc/wandb" } }],
+      [
+        "train.eval_data.winogrande",
+        { train: { eval_tasks: ["winogrande"], eval_every: 2, eval_data: { winogrande: "~/wg" } } },
+      ],
     ];
     let contained = 0;
     for (const [field, over] of attacks) {
@@ -90,6 +97,9 @@ describe("item 3: a config path is normalised once, as the engine opens it, then
       contained++;
     }
     expect(contained).toBe(attacks.length);
+    // and a tracking server is the server's own: a client's would get requests and the run's files
+    const ssrf = await post("/api/runs", runConfig({ tracking: { mlflow_uri: "http://169.254.169.254/" } }));
+    expect([ssrf.status, (await ssrf.json()).field]).toEqual([422, "tracking.mlflow_uri"]);
     expect(await srv.store.listRuns()).toEqual([]);
   });
 

@@ -295,7 +295,20 @@ describe("server", () => {
     // and the method section's fields (struct MethodConfig), kind one of enum MethodKind
     const schemas = doc.components.schemas;
     expect([Object.keys(schemas.RunConfig.properties).sort(), schemas.RunConfig.additionalProperties]).toEqual([
-      ["data", "method", "model", "name", "optim", "out_dir", "run_id", "schedule", "seed", "train"],
+      [
+        "data",
+        "method",
+        "model",
+        "name",
+        "optim",
+        "out_dir",
+        "run_id",
+        "schedule",
+        "seed",
+        "track",
+        "tracking",
+        "train",
+      ],
       false,
     ]);
     expect(schemas.RunConfig.properties.method.$ref).toBe("#/components/schemas/MethodConfig");

@@ -3,11 +3,11 @@
 // (train.keep_checkpoints), an early stop on validation-loss patience, and
 // train.resume_from = "latest" for a command that serves every attempt of a preemptible job.
 import { expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { ConfigError, resolveConfig, train, type ValidationEvent } from "@loralab/engine";
-import { root, tempDir, tinyConfig } from "./helpers.ts";
+import { root, tempDir, tinyConfig, tinyModel } from "./helpers.ts";
 
 const tiny = join(root, "datasets/tiny");
 
@@ -136,4 +136,118 @@ test("validation's config is checked at the edge", () => {
     /train.keep_best: `acc`: the metric kept by is `val_loss`/,
   );
   bad({ data: { validation: join(out, "missing.jsonl") } }, /data.validation: file not found/);
+});
+
+test("eval_tasks while training: the base and every eval_every checkpoint scored into evals.jsonl and the trackers; forgetting_budget stops the run at the first checkpoint past it", async () => {
+  const { evaluate, trainWithEval } = await import("@loralab/eval");
+  const base = await tinyModel();
+  const out = tempDir("evaltrain");
+  // winogrande questions labelled with the option the base model prefers: the base scores 1, and
+  // whatever answer training changes is forgetting
+  const names = ["Ada", "Ben", "Cy", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kit", "Lu"];
+  const qs = names.map((n, i) => ({
+    sentence: `${n} gave ${names[(i + 1) % 12]} the ${["book", "cup", "key", "map"][i % 4]} because _ was ${["done", "kind", "late", "tired"][i % 4]}.`,
+    option1: n,
+    option2: names[(i + 1) % 12]!,
+    answer: "1",
+  }));
+  const draft = join(out, "draft");
+  const wg = join(out, "wg");
+  for (const d of [draft, wg]) mkdirSync(d, { recursive: true });
+  const lines = (docs: object[]) => `${docs.map((d) => JSON.stringify(d)).join("\n")}\n`;
+  writeFileSync(join(draft, "validation.jsonl"), lines(qs));
+  const probe = await evaluate({ model: base, tasks: ["winogrande"], data: { winogrande: draft }, limit: 12 });
+  const prefers = (probe.tasks.winogrande!.samples as { logprobs: number[] }[]).map((s) =>
+    s.logprobs[0]! >= s.logprobs[1]! ? "1" : "2",
+  );
+  writeFileSync(join(wg, "validation.jsonl"), lines(qs.map((q, i) => ({ ...q, answer: prefers[i] }))));
+
+  // a constant lr: the first steps are the same whatever the run's length
+  const cfg = (id: string, budget: number, steps: number) =>
+    tinyConfig(out, {
+      run_id: id,
+      model: { path: base, config: "", tokenizer: "" },
+      method: { kind: "full" },
+      optim: { lr: 5e-3 },
+      schedule: { kind: "constant", warmup_steps: 0, warmup_frac: 0 },
+      train: {
+        steps,
+        checkpoint_every: 0,
+        eval_every: 2,
+        eval_tasks: ["winogrande"],
+        eval_limit: 12,
+        eval_data: { winogrande: wg },
+        forgetting_budget: budget,
+      },
+      track: ["tensorboard"],
+    });
+  const free = await trainWithEval(cfg("free", 0, 8));
+  expect(free.status).toBe("completed");
+  expect(free.evals.map((e) => e.step)).toEqual([0, 2, 4, 6, 8]);
+  expect(free.evals[0]!.forgetting).toBe(1);
+  // evals.jsonl has each point as returned; the trackers got them (the TensorBoard file names the tag)
+  const logged = readFileSync(join(free.run_dir, "evals.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
+  expect(logged).toEqual(JSON.parse(JSON.stringify(free.evals)));
+  const tb = join(free.run_dir, "tensorboard");
+  expect(readFileSync(join(tb, readdirSync(tb)[0]!)).includes("eval/forgetting")).toBe(true);
+  // the training forgets some of it: the step where the budget is first exceeded
+  const drops = free.evals.slice(1).map((e) => [e.step, (1 - e.forgetting!) * 100] as const);
+  const past = drops.find(([, d]) => d > 30);
+  expect(past).toBeDefined();
+
+  expect(past![0]).toBeGreaterThan(2); // the first checkpoint is within the budget
+  // 400 steps: the budget's verdict comes long before the end
+  const held = await trainWithEval(cfg("held", 30, 400));
+  expect(held.forgettingStop).toEqual({ step: past![0], drop: past![1], budget: 30 });
+  expect(held.stopped_early_at).toBe(past![0]);
+  // it stopped after the step it was at when the score came, long before the end
+  expect(held.status).toBe("cancelled");
+  expect(held.steps).toBeGreaterThanOrEqual(past![0]);
+  expect(held.steps).toBeLessThan(400);
+  const before = drops.filter(([st]) => st < past![0]);
+  expect(held.best_checkpoint).toBe(
+    before.length ? join(held.run_dir, "checkpoints", `step-${String(before.at(-1)![0]).padStart(6, "0")}`) : "",
+  );
+  // the scores up to the stop are the free run's (the same seed and data)
+  expect(held.evals.map((e) => [e.step, e.forgetting])).toEqual(
+    free.evals.filter((e) => e.step <= past![0]).map((e) => [e.step, e.forgetting]),
+  );
+}, 300_000);
+
+test("eval_tasks and forgetting_budget are checked at the edge", () => {
+  const out = tempDir("evaltrain-cfg");
+  const bad = (train: Record<string, unknown>, field: string, msg: RegExp) => {
+    let err: unknown;
+    try {
+      resolveConfig(tinyConfig(out, { train }));
+    } catch (e) {
+      err = e;
+    }
+    expect([(err as ConfigError).field, (err as Error).message]).toEqual([field, expect.stringMatching(msg)]);
+  };
+  bad({ eval_tasks: ["mmlu"], eval_every: 2 }, "train.eval_tasks", /unknown task `mmlu` \(hint: one of hellaswag/);
+  bad({ eval_tasks: ["winogrande"] }, "train.eval_tasks", /scored every train.eval_every steps, which is 0/);
+  bad(
+    { eval_tasks: ["gsm8k"], eval_every: 2, forgetting_budget: 5 },
+    "train.forgetting_budget",
+    /needs a forgetting task/,
+  );
+  bad(
+    { eval_tasks: ["winogrande"], eval_every: 2, forgetting_budget: 101 },
+    "train.forgetting_budget",
+    /0 \(off\) to 100/,
+  );
+  bad(
+    { eval_tasks: ["winogrande"], eval_every: 2, eval_data: { hellaswag: "x" } },
+    "train.eval_data",
+    /not in train.eval_tasks/,
+  );
+  bad(
+    { eval_tasks: ["winogrande"], eval_every: 2, keep_best: "val_loss" },
+    "train.keep_best",
+    /needs validation during training/,
+  );
 });

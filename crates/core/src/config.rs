@@ -256,6 +256,14 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// `val_loss`: write a checkpoint at each evaluation that improves it, and never delete the best one. Empty: off.
     pub keep_best: String,
+    /// Benchmarks scored on a checkpoint written every `eval_every` steps, while the run trains (by the loralab library and CLI, which run the evaluation): forgetting tasks (hellaswag, winogrande, arc_challenge) and the learning task (gsm8k, humaneval), each on its first `eval_limit` documents; the base model first. Results go to the run directory's `evals.jsonl` and the trackers.
+    pub eval_tasks: Vec<String>,
+    /// Documents per task for `eval_tasks` (lm-eval's --limit).
+    pub eval_limit: usize,
+    /// Task → data file or dataset directory for `eval_tasks`. A task not named: its benchmark in the cache (`loralab fetch`).
+    pub eval_data: std::collections::BTreeMap<String, String>,
+    /// Stop once the forgetting score (the mean of the forgetting tasks in `eval_tasks`) falls more than this many points (percentage points, 0–100) below the base model's. 0: never.
+    pub forgetting_budget: f64,
 }
 
 // --------------------------------------------------------------------- defaults
@@ -357,6 +365,10 @@ impl Default for TrainConfig {
             early_stop_patience: 0,
             keep_checkpoints: 0,
             keep_best: String::new(),
+            eval_tasks: Vec::new(),
+            eval_limit: 50,
+            eval_data: Default::default(),
+            forgetting_budget: 0.0,
         }
     }
 }
@@ -638,14 +650,50 @@ impl RunConfig {
         if !self.data.validation.is_empty() {
             require_file(Path::new(&self.data.validation), "data.validation")?;
         }
-        if self.train.eval_every > 0 && self.data.validation.is_empty() {
+        const TASKS: [&str; 5] = ["hellaswag", "winogrande", "arc_challenge", "gsm8k", "humaneval"];
+        for (i, t) in self.train.eval_tasks.iter().enumerate() {
+            if !TASKS.contains(&t.as_str()) {
+                return Err(Error::config(
+                    "train.eval_tasks",
+                    format!("unknown task `{t}` (hint: one of {})", TASKS.join(", ")),
+                ));
+            }
+            if self.train.eval_tasks[..i].contains(t) {
+                return Err(Error::config("train.eval_tasks", format!("`{t}` is listed twice")));
+            }
+        }
+        if let Some(t) = self.train.eval_data.keys().find(|t| !self.train.eval_tasks.contains(t)) {
+            return Err(Error::config("train.eval_data", format!("`{t}` is not in train.eval_tasks")));
+        }
+        if !self.train.eval_tasks.is_empty() && self.train.eval_every == 0 {
+            return Err(Error::config(
+                "train.eval_tasks",
+                "scored every train.eval_every steps, which is 0 (hint: train.eval_every = 100)",
+            ));
+        }
+        if !self.train.eval_tasks.is_empty() && self.train.eval_limit == 0 {
+            return Err(Error::config("train.eval_limit", "must be at least 1"));
+        }
+        let b = self.train.forgetting_budget;
+        if !(0.0..=100.0).contains(&b) {
+            return Err(Error::config("train.forgetting_budget", format!("{b}: percentage points, 0 (off) to 100")));
+        }
+        if b > 0.0
+            && !self.train.eval_tasks.iter().any(|t| ["hellaswag", "winogrande", "arc_challenge"].contains(&t.as_str()))
+        {
+            return Err(Error::config("train.forgetting_budget", "needs a forgetting task in train.eval_tasks (hint: eval_tasks = [\"hellaswag\", \"winogrande\", \"arc_challenge\"])"));
+        }
+        for p in self.train.eval_data.values_mut() {
+            *p = expand_home(p);
+        }
+        if self.train.eval_every > 0 && self.data.validation.is_empty() && self.train.eval_tasks.is_empty() {
             return Err(Error::config("train.eval_every", "scores data.validation, and none is given (hint: data.validation = \"held-out.jsonl\", in the train file's format)"));
         }
         for (field, on) in [
             ("train.early_stop_patience", self.train.early_stop_patience > 0),
             ("train.keep_best", !self.train.keep_best.is_empty()),
         ] {
-            if on && self.train.eval_every == 0 {
+            if on && (self.train.eval_every == 0 || self.data.validation.is_empty()) {
                 return Err(Error::config(
                     field,
                     "needs validation during training (hint: set train.eval_every and data.validation)",

@@ -3,6 +3,7 @@
 // or with no config the embedded tiny laboratory; and the other subcommands, each parsing its
 // arguments with the one parser (args.ts) and answering `--help` with exit 0.
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import {
   applyOverrides,
   ConfigError,
@@ -10,7 +11,6 @@ import {
   type ExportOptions,
   loadConfigFile,
   merge,
-  train,
   type MergeOptions,
   type RunConfig,
 } from "@loralab/engine";
@@ -23,7 +23,8 @@ const USAGE = `usage:
                                         measured on 2 AVX2 cores; --quick: 1.5 min), ending with a summary table, the four
                                         findings decided at 95 % (exit 1 while one is undecided) and a report;
                                         --seed: its first training seed
-  loralab train CONFIG [--key=value...] one run from a .toml/.yaml/.json config; --method.rank=64 style overrides
+  loralab train CONFIG [--key=value...] one run from a .toml/.yaml/.json config; --method.rank=64 style overrides;
+                                        exit 130 when cancelled, 3 when train.forgetting_budget stopped it
   loralab train --help                  every config field, its default and why
   loralab eval --model M [--adapter A] | --run ID  [--tasks ...]
                                         learning (HumanEval, GSM8K) and forgetting (HellaSwag, WinoGrande, ARC-C)
@@ -122,8 +123,11 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   const base: RunConfig = files[0] ? await loadConfigFile(files[0]) : {};
   const cfg = applyOverrides(base, overrides);
   const bar = progressReporter(cfg.name ?? "run");
-  const summary = await train(cfg, {
+  // train.eval_tasks: scored while it trains (the evaluation package runs them)
+  const { trainWithEval } = await import("@loralab/eval");
+  const summary = await trainWithEval(cfg, {
     signal,
+    log: (line) => bar.note(line),
     onProgress: bar.onProgress,
     onEvent: (e) => {
       if (e.type === "prepared")
@@ -140,6 +144,20 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
     },
   });
   bar.end();
+  const fs = summary.forgettingStop;
+  if (fs) {
+    console.log(
+      `stopped early at step ${fs.step}: the forgetting score fell ${fs.drop.toFixed(2)} points below the base's, past train.forgetting_budget = ${fs.budget}`,
+    );
+    console.log(
+      summary.best_checkpoint
+        ? `last checkpoint within the budget: ${summary.best_checkpoint}`
+        : "no checkpoint was within the budget",
+    );
+    console.log(`scores: ${join(summary.run_dir, "evals.jsonl")}`);
+    return 3;
+  }
+  if (summary.evals.length) console.log(`scores while training: ${join(summary.run_dir, "evals.jsonl")}`);
   if (summary.stopped_early_at != null)
     console.log(
       `stopped early at step ${summary.stopped_early_at}: val_loss stopped improving (train.early_stop_patience)`,

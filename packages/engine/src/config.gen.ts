@@ -241,9 +241,27 @@ export interface TrainConfig {
    */
   epochs?: number;
   /**
+   * Task → data file or dataset directory for `eval_tasks`. A task not named: its benchmark in the cache (`loralab fetch`).
+   */
+  eval_data?: {
+    [k: string]: string;
+  };
+  /**
    * Score `data.validation` every N steps and at the last step (0 = never).
    */
   eval_every?: number;
+  /**
+   * Documents per task for `eval_tasks` (lm-eval's --limit).
+   */
+  eval_limit?: number;
+  /**
+   * Benchmarks scored on a checkpoint written every `eval_every` steps, while the run trains (by the loralab library and CLI, which run the evaluation): forgetting tasks (hellaswag, winogrande, arc_challenge) and the learning task (gsm8k, humaneval), each on its first `eval_limit` documents; the base model first. Results go to the run directory's `evals.jsonl` and the trackers.
+   */
+  eval_tasks?: string[];
+  /**
+   * Stop once the forgetting score (the mean of the forgetting tasks in `eval_tasks`) falls more than this many points (percentage points, 0–100) below the base model's. 0: never.
+   */
+  forgetting_budget?: number;
   /**
    * Micro-batches per optimizer step; global batch = micro_batch·grad_accum (the study: 192 sequences).
    */

@@ -2,7 +2,7 @@
 // held-out loss, merge, the run directory. Thin: the engine (crates/core) validates and works,
 // reached through one `Engine` (engine.ts) in this process or in a worker process.
 // `loralab` re-exports it with evaluation and analysis; `loralab/server`, `loralab/store` add the rest.
-import { openTrackers } from "@loralab/track";
+import { openTrackers, type Trackers } from "@loralab/track";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { DataError, engineReadable, type Mapping, normalize, RECIPES } from "@loralab/data";
@@ -157,6 +157,10 @@ export interface TrainOptions {
   sidecar?: boolean | SidecarOptions;
   /** A tracker's one-line warning (default: stderr). */
   onWarning?: (line: string) => void;
+  /** Log more metrics by step to the run's trackers (what the library scores while it trains). */
+  onTrackers?: (log: (step: number, values: Record<string, number>) => void) => void;
+  /** Awaited once the engine's run ends, before the trackers close (work still scoring it). */
+  beforeFinish?: () => Promise<void>;
 }
 
 type DataConfig = NonNullable<RunConfig["data"]>;
@@ -321,28 +325,45 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
     engine.interrupt();
   };
   opts.signal?.addEventListener("abort", onAbort, { once: true });
-  // the trackers the config names (each warns once and drops out if it fails; the run goes on)
-  const trackers = resolved.track.length
-    ? await openTrackers({
-        track: resolved.track,
-        tracking: resolved.tracking,
-        runId: resolved.run_id,
-        name: resolved.name,
-        runDir,
-        config: resolved,
-        resumed: !!resolved.train.resume_from,
-        warn: opts.onWarning,
-      })
-    : null;
+  // the trackers the config names, opened once the engine has taken the run directory (its
+  // "start"): a run it refuses (one already there, one another process trains) touches none.
+  // Each warns once and drops out if it fails; the run goes on.
+  let trackersP: Promise<Trackers> | null = null;
+  let trackers: Trackers | null = null;
+  const early: [number, Record<string, number>][] = [];
+  const openTracking = () => {
+    trackersP = openTrackers({
+      track: resolved.track,
+      tracking: resolved.tracking,
+      runId: resolved.run_id,
+      name: resolved.name,
+      runDir,
+      config: resolved,
+      resumed: !!resolved.train.resume_from,
+      warn: opts.onWarning,
+    }).then((t) => {
+      trackers = t;
+      for (const [step, values] of early.splice(0)) t.log(step, values);
+      return t;
+    });
+  };
+  const track = (step: number, values: Record<string, number>) => {
+    if (trackers) trackers.log(step, values);
+    else if (trackersP) early.push([step, values]);
+  };
+  opts.onTrackers?.(track);
   const onEvent = (e: EngineEvent) => {
     const ev = e as TrainEvent;
-    if (ev.type === "start") stepping = true;
+    if (ev.type === "start") {
+      stepping = true;
+      if (resolved.track.length) openTracking();
+    }
     opts.onEvent?.(ev);
     if (ev.type === "progress") {
       opts.onProgress?.(ev);
       // the steps metrics.jsonl has: every log_every, and the last
-      if (trackers && (ev.step % Math.max(1, resolved.train.log_every) === 0 || ev.step === ev.total_steps))
-        trackers.log(ev.step, {
+      if (ev.step % Math.max(1, resolved.train.log_every) === 0 || ev.step === ev.total_steps)
+        track(ev.step, {
           "train/loss": ev.loss,
           "train/lr": ev.lr,
           "train/grad_norm": ev.grad_norm,
@@ -350,19 +371,20 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
           "train/tokens": ev.tokens,
         });
     }
-    if (ev.type === "validation") trackers?.log(ev.step, { "val/loss": ev.val_loss });
+    if (ev.type === "validation") track(ev.step, { "val/loss": ev.val_loss });
   };
-  let trackersDone = false;
+  // how the trackers close: the output (adapter or model) or, stopped, the last checkpoint, and
+  // the run's own files; a run that failed, with none
+  let ended: { status: "completed" | "cancelled" | "failed"; files: string[] } = { status: "failed", files: [] };
   try {
     const summary = engine.request("train", { config: resolved }, { onEvent, signal: stop.signal });
     if (opts.signal?.aborted) onAbort();
     const s = await summary;
-    if (trackers) {
-      // the output (adapter or model) or, stopped early, the last checkpoint; the run's own files
-      const files = [s.output || s.last_checkpoint, join(runDir, "config.json"), join(runDir, "metrics.jsonl")];
-      await trackers.finish(s.status === "completed" ? "completed" : "cancelled", files);
-      trackersDone = true;
-    }
+    await opts.beforeFinish?.();
+    ended = {
+      status: s.status === "completed" ? "completed" : "cancelled",
+      files: [s.output || s.last_checkpoint, join(runDir, "config.json"), join(runDir, "metrics.jsonl")],
+    };
     return s;
   } catch (e) {
     if (e instanceof WorkerDied && interruptedBeforeSteps) {
@@ -379,8 +401,10 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
     throw e;
   } finally {
     opts.signal?.removeEventListener("abort", onAbort);
+    // the engine (a GPU sidecar's memory) let go before the uploads
     await engine.close();
-    if (trackers && !trackersDone) await trackers.finish("failed", []);
+    const t = await (trackersP as Promise<Trackers> | null);
+    await t?.finish(ended.status, ended.files);
   }
 }
 

@@ -334,6 +334,17 @@ export function createApp(o: AppOptions): Hono {
     if (bad) return problem(c, 422, "Unprocessable Content", `config ${bad[0]}: ${bad[1]}`, { field: bad[0] });
     // every path as the engine would open it (~/, relative, symlinks), checked, and then handed to
     // the engine in that form: what was checked is what is opened
+    // a tracking server is the server's own ($MLFLOW_TRACKING_URI), never a client's: requests
+    // (with the run's files) to a host a client names are not this server's to send
+    const uri = (body as { tracking?: { mlflow_uri?: unknown } }).tracking?.mlflow_uri;
+    if (uri !== undefined && uri !== "")
+      return problem(
+        c,
+        422,
+        "Unprocessable Content",
+        "config tracking.mlflow_uri: the server logs to its own MLflow server (hint: start `loralab serve` with MLFLOW_TRACKING_URI set, and leave the field out)",
+        { field: "tracking.mlflow_uri" },
+      );
     const confined = confineConfig(body as Record<string, unknown>, o.roots);
     if ("field" in confined)
       return problem(

@@ -147,7 +147,10 @@ export const CONFIG_PATH_FIELDS = [
   ["data", "train"],
   ["data", "source"],
   ["data", "cache_dir"],
+  ["data", "validation"],
   ["train", "resume_from"],
+  ["tracking", "tensorboard_dir"],
+  ["tracking", "wandb_dir"],
 ] as const;
 
 /** A submitted config with every path made absolute by `enginePath` and confined to `roots` (as
@@ -168,6 +171,22 @@ export function confineConfig(
     const real = realPath(abs);
     if (!roots.some((r) => inside(real, r))) return { field: `${section}.${key}`, path: v };
     out[section] = { ...(s as Record<string, unknown>), [key]: abs };
+  }
+  // train.eval_data: a map of task → file or dataset directory, each confined the same way
+  const t = out.train;
+  const data = t && typeof t === "object" && !Array.isArray(t) ? (t as Record<string, unknown>).eval_data : undefined;
+  if (data && typeof data === "object" && !Array.isArray(data)) {
+    const confined: Record<string, unknown> = {};
+    for (const [task, v] of Object.entries(data as Record<string, unknown>)) {
+      if (typeof v !== "string" || !v) {
+        confined[task] = v;
+        continue;
+      }
+      const abs = enginePath(v, cwd);
+      if (!roots.some((r) => inside(realPath(abs), r))) return { field: `train.eval_data.${task}`, path: v };
+      confined[task] = abs;
+    }
+    out.train = { ...(t as Record<string, unknown>), eval_data: confined };
   }
   return { config: out };
 }

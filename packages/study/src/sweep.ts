@@ -314,7 +314,16 @@ function drift(a: unknown, b: unknown, path = ""): string {
   }
   return JSON.stringify(a) === JSON.stringify(b) ? "" : path || "config";
 }
-const IGNORED_DRIFT = new Set(["out_dir", "train.device", "train.resume_from", "data.cache_dir", "name"]);
+const IGNORED_DRIFT = new Set([
+  "out_dir",
+  "train.device",
+  "train.resume_from",
+  "data.cache_dir",
+  "name",
+  // where the run is watched from, not what it learns
+  "track",
+  "tracking",
+]);
 
 /** A resolved config with its runs directory written as `$RUNS` in every string value that is
  *  it or a path inside it: such a path (a hybrid cell's merged phase-1 model) names the same

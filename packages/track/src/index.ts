@@ -4,7 +4,7 @@
 // otherwise). What a run logs: its config as params, every logged step's metrics, its files as
 // artifacts at the end, and how it ended. A tracker that fails warns once and is dropped for the
 // rest of the run; the run goes on.
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { EventWriter } from "./tensorboard.ts";
 import { MlflowClient, type MlflowRun } from "./mlflow.ts";
@@ -49,7 +49,18 @@ type State = { mlflow?: { uri: string; run_id: string; experiment_id: string; ar
 export async function openTrackers(o: TrackOptions): Promise<Trackers> {
   const warn = o.warn ?? ((l: string) => console.error(`loralab: warning: ${l}`));
   const statePath = join(o.runDir, STATE_FILE);
-  const state: State = existsSync(statePath) ? (JSON.parse(readFileSync(statePath, "utf8")) as State) : {};
+  let state: State = {};
+  try {
+    if (existsSync(statePath)) state = JSON.parse(readFileSync(statePath, "utf8")) as State;
+  } catch (e) {
+    warn(`${statePath}: unreadable (${(e as Error).message}): a resumed run's trackers start new runs`);
+  }
+  const save = () => {
+    writeFileSync(`${statePath}.tmp`, JSON.stringify(state, null, 2));
+    renameSync(`${statePath}.tmp`, statePath);
+  };
+  // the config as the trackers show it: no credentials in a tracking server's URI
+  o = { ...o, config: withoutCredentials(o.config) };
   const backends = new Map<TrackerName, Backend>();
   const drop = (name: TrackerName, e: unknown) => {
     if (!backends.has(name)) return;
@@ -61,11 +72,7 @@ export async function openTrackers(o: TrackOptions): Promise<Trackers> {
   for (const name of new Set(o.track)) {
     try {
       const b =
-        name === "tensorboard"
-          ? tensorboard(o)
-          : name === "mlflow"
-            ? await mlflow(o, state, () => writeFileSync(statePath, JSON.stringify(state, null, 2)))
-            : await wandb(o);
+        name === "tensorboard" ? tensorboard(o) : name === "mlflow" ? await mlflow(o, state, save) : await wandb(o);
       backends.set(name, b);
     } catch (e) {
       backends.set(name, { log() {}, finish: async () => {} });
@@ -90,6 +97,26 @@ export async function openTrackers(o: TrackOptions): Promise<Trackers> {
   };
 }
 
+/** A URI with its user and password taken out (`http://u:p@host` → `http://host`). */
+export function redactUri(uri: string): string {
+  try {
+    const u = new URL(uri);
+    if (!u.username && !u.password) return uri;
+    u.username = "";
+    u.password = "";
+    return u.href.replace(/\/$/, uri.endsWith("/") ? "/" : "");
+  } catch {
+    return uri;
+  }
+}
+
+function withoutCredentials(config: unknown): unknown {
+  const c = config as { tracking?: { mlflow_uri?: string } } | null;
+  const uri = c?.tracking?.mlflow_uri;
+  if (!uri) return config;
+  return { ...c, tracking: { ...c!.tracking, mlflow_uri: redactUri(uri) } };
+}
+
 /** The config as flat `a.b.c` → string params (arrays as JSON). */
 export function flatParams(v: unknown, prefix = ""): [string, string][] {
   if (v && typeof v === "object" && !Array.isArray(v))
@@ -104,6 +131,12 @@ export function flatParams(v: unknown, prefix = ""): [string, string][] {
 function tensorboard(o: TrackOptions): Backend {
   const dir = o.tracking.tensorboard_dir ? join(o.tracking.tensorboard_dir, o.runId) : join(o.runDir, "tensorboard");
   const w = new EventWriter(dir);
+  // resumed from step-N: the reader forgets what came after N the first time
+  const from = Number(
+    /step-(\d+)\/?$/.exec(String((o.config as { train?: { resume_from?: string } }).train?.resume_from ?? ""))?.[1] ??
+      NaN,
+  );
+  if (o.resumed && Number.isFinite(from)) w.restart(from + 1);
   w.text(0, "config", `\`\`\`json\n${JSON.stringify(o.config, null, 2)}\n\`\`\``);
   return {
     log: (step, values) => w.scalars(step, Object.entries(values)),
@@ -126,26 +159,32 @@ async function mlflow(o: TrackOptions, state: State, save: () => void): Promise<
   } else {
     const exp = await c.experiment(o.tracking.experiment || "loralab");
     run = await c.createRun(exp, o.name, { "loralab.run_id": o.runId, "mlflow.source.name": "loralab" });
-    await c.logBatch(run.runId, { params: flatParams(o.config) });
+    const made = run.runId;
+    await c.logBatch(made, { params: flatParams(o.config) }).catch(async (e) => {
+      await c.endRun(made, "FAILED").catch(() => {});
+      throw e;
+    });
     state.mlflow = { uri, run_id: run.runId, experiment_id: run.experimentId, artifact_uri: run.artifactUri };
     save();
   }
-  // metrics in batches, sent in order, every 2 s or 1000 rows
+  // metrics in batches, in order, one request in flight: what comes meanwhile waits for the
+  // next, so a slow server gets fewer, larger batches rather than a growing queue
   let pending: { key: string; value: number; step: number; timestamp: number }[] = [];
-  let chain: Promise<void> = Promise.resolve();
+  let inFlight: Promise<void> | null = null;
   let failed: unknown = null;
-  const flush = () => {
+  const flush = (): Promise<void> => {
+    if (inFlight || failed || !pending.length) return inFlight ?? Promise.resolve();
     const batch = pending;
     pending = [];
-    if (batch.length)
-      chain = chain.then(() =>
-        failed
-          ? undefined
-          : c.logBatch(run.runId, { metrics: batch }).catch((e) => {
-              failed = e;
-            }),
-      );
-    return chain;
+    inFlight = c
+      .logBatch(run.runId, { metrics: batch })
+      .catch((e) => {
+        failed = e;
+      })
+      .finally(() => {
+        inFlight = null;
+      });
+    return inFlight;
   };
   const timer = setInterval(flush, 2000);
   (timer as { unref?: () => void }).unref?.();
@@ -158,7 +197,7 @@ async function mlflow(o: TrackOptions, state: State, save: () => void): Promise<
     },
     async finish(status, artifacts) {
       clearInterval(timer);
-      await flush();
+      while (inFlight || (pending.length && !failed)) await flush();
       if (failed) throw failed;
       for (const a of artifacts) await c.logArtifacts(run, a, a.split("/").pop()!);
       await c.endRun(run.runId, status === "completed" ? "FINISHED" : status === "cancelled" ? "KILLED" : "FAILED");
@@ -185,9 +224,23 @@ async function wandb(o: TrackOptions): Promise<Backend> {
       }
     }
   })();
+  // a bridge that died or stalls must not take the run with it: a failed write drops the tracker
+  let broken: unknown = null;
   const send = (req: unknown) => {
-    p.stdin.write(`${JSON.stringify(req)}\n`);
-    p.stdin.flush();
+    if (broken) throw broken;
+    try {
+      p.stdin.write(
+        `${JSON.stringify(req, (_, v) => (typeof v === "number" && !Number.isFinite(v) ? String(v) : v))}\n`,
+      );
+      const f = p.stdin.flush();
+      if (f instanceof Promise)
+        f.catch((e) => {
+          broken = e;
+        });
+    } catch (e) {
+      broken = e;
+      throw e;
+    }
   };
   const reply = async (what: string) => {
     const timeout = new Promise<never>((_, no) =>
@@ -203,7 +256,12 @@ async function wandb(o: TrackOptions): Promise<Backend> {
     if (!r.ok) throw new Error(`${what}: ${r.error}`);
     return r;
   };
-  const id = o.runId.replace(/[^A-Za-z0-9_-]/g, "-").slice(-64);
+  // wandb ids: letters, digits, - and _; a hash keeps different run ids apart
+  const clean = o.runId.replace(/[^A-Za-z0-9_-]/g, "-");
+  const id =
+    clean === o.runId && clean.length <= 64
+      ? clean
+      : `${clean.slice(0, 51)}-${Bun.hash(o.runId).toString(16).slice(0, 12)}`;
   try {
     send({
       op: "init",
@@ -212,6 +270,7 @@ async function wandb(o: TrackOptions): Promise<Backend> {
       name: o.name,
       id,
       config: o.config,
+      resumed: !!o.resumed,
     });
     await reply("init");
   } catch (e) {
@@ -229,8 +288,13 @@ async function wandb(o: TrackOptions): Promise<Backend> {
         send({ op: "finish", exit_code: status === "completed" ? 0 : 1 });
         await reply("finish");
       } finally {
-        p.stdin.end();
+        try {
+          p.stdin.end();
+        } catch {}
+        // a bridge that does not exit (an upload hung) is ended, not waited for
+        const t = setTimeout(() => p.kill(), 60_000);
         await p.exited;
+        clearTimeout(t);
       }
     },
   };

@@ -12,6 +12,18 @@ export interface MlflowRun {
 
 const TIMEOUT_MS = 30_000;
 
+/** MLflow's own credential variables: a bearer token, or a user and password (basic auth). */
+function auth(): Record<string, string> {
+  const token = process.env.MLFLOW_TRACKING_TOKEN;
+  if (token) return { authorization: `Bearer ${token}` };
+  const user = process.env.MLFLOW_TRACKING_USERNAME;
+  if (user)
+    return {
+      authorization: `Basic ${Buffer.from(`${user}:${process.env.MLFLOW_TRACKING_PASSWORD ?? ""}`).toString("base64")}`,
+    };
+  return {};
+}
+
 export class MlflowClient {
   constructor(readonly uri: string) {
     this.uri = uri.replace(/\/+$/, "");
@@ -20,7 +32,7 @@ export class MlflowClient {
   private async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
     const r = await fetch(`${this.uri}/api/2.0/mlflow/${path}`, {
       method,
-      headers: body ? { "content-type": "application/json" } : {},
+      headers: { ...auth(), ...(body ? { "content-type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,
       signal: AbortSignal.timeout(TIMEOUT_MS),
     });
@@ -109,7 +121,12 @@ export class MlflowClient {
       : [[path, into]];
     for (const [file, rel] of files) {
       const url = `${this.uri}/api/2.0/mlflow-artifacts/artifacts/${[...base.split("/"), ...rel!.split("/")].map(encodeURIComponent).join("/")}`;
-      const r = await fetch(url, { method: "PUT", body: Bun.file(file!), signal: AbortSignal.timeout(600_000) });
+      const r = await fetch(url, {
+        method: "PUT",
+        headers: auth(),
+        body: Bun.file(file!),
+        signal: AbortSignal.timeout(600_000),
+      });
       if (!r.ok) throw new MlflowError(`PUT ${rel}: HTTP ${r.status}: ${(await r.text()).slice(0, 200)}`, "");
     }
     return files.length;

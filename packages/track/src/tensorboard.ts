@@ -109,6 +109,13 @@ export class EventWriter {
     this.write(event(0, stringField(3, "brain.Event:2")));
   }
 
+  /** A resumed run: TensorBoard's reader drops what this file's earlier session logged at this
+   *  step and after (SessionLog START, Event field 6: { status = 1: START }), so the steps the
+   *  resume trains again are not shown twice. */
+  restart(step: number): void {
+    this.write(event(step, bytesField(6, Uint8Array.from([...key(1, 0), ...varint(1)]))));
+  }
+
   scalars(step: number, values: [string, number][]): void {
     // a NaN loss is written as one: divergence is what a chart should show
     if (values.length) this.write(event(step, scalars(values)));

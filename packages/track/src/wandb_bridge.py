@@ -41,12 +41,13 @@ def main():
                     name=req["name"],
                     id=req["id"],
                     config=req.get("config") or {},
-                    resume="allow",
-                    reinit=True,
+                    # a resumed loralab run continues its wandb run; a new one starts one
+                    resume="allow" if req.get("resumed") else None,
                 )
                 answer({"ok": True, "dir": run.dir})
             elif op == "log":
-                data = {k: (float("nan") if v is None else v) for k, v in req["data"].items()}
+                # JSON has no NaN or infinities: they come as the strings "NaN", "Infinity", "-Infinity"
+                data = {k: float(v) if isinstance(v, str) else v for k, v in req["data"].items()}
                 run.log(data, step=int(req["step"]))
             elif op == "artifact":
                 art = wandb.Artifact(req["name"], type=req.get("type", "model"))

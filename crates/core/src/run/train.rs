@@ -607,7 +607,9 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         let every = cfg.train.checkpoint_every > 0 && state.step.is_multiple_of(cfg.train.checkpoint_every);
         let at_tokens = cfg.train.checkpoint_at_tokens.iter().any(|&p| prev_tokens < p && state.tokens >= p);
         let best = improved && !cfg.train.keep_best.is_empty();
-        if every || at_tokens || best || stop_early || state.step == total_steps {
+        // the library scores eval_tasks on these, while the run goes on
+        let scored = !cfg.train.eval_tasks.is_empty() && state.step.is_multiple_of(cfg.train.eval_every);
+        if every || at_tokens || best || scored || stop_early || state.step == total_steps {
             metrics.flush()?;
             last_checkpoint = save_ckpt(&state, &opt, &model)?;
             sink.event(&Event::Checkpoint { step: state.step, tokens: state.tokens, path: last_checkpoint.clone() });

@@ -1,0 +1,170 @@
+// Evaluation during training (`train.eval_tasks`): the engine writes a checkpoint every
+// `train.eval_every` steps, and each is scored here on the first `train.eval_limit` documents of
+// each task while the run goes on: the base model first, then the checkpoints in order, one at
+// a time. Every score goes to the run directory's evals.jsonl (one line per model) and to the
+// run's trackers (eval/forgetting, eval/learning, eval/<task>/<metric>). With
+// `train.forgetting_budget`, the run is stopped once the forgetting score falls more than that
+// many points below the base's: it stops after its step with a checkpoint, and the last
+// checkpoint within the budget is named.
+import { appendFileSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import {
+  type CheckpointEvent,
+  resolveConfig,
+  type RunConfig,
+  type RunSummary,
+  train,
+  type TrainOptions,
+} from "@loralab/engine";
+import { evaluate, type EvalResult, summarize, type TaskName } from "./index.ts";
+
+/** One scored model: the base (step 0) or a checkpoint. */
+export interface EvalPoint {
+  step: number;
+  tokens: number;
+  /** The checkpoint directory; empty for the base. */
+  checkpoint: string;
+  /** The forgetting score (0–1, the mean of the forgetting tasks that ran) and the learning
+   *  metric, where their tasks ran. */
+  forgetting: number | null;
+  learning: number | null;
+  /** Each task's metrics (numbers; a metric with a standard error as its value). */
+  tasks: Record<string, Record<string, number>>;
+  seconds: number;
+  /** A checkpoint gone before it was scored (train.keep_checkpoints pruned it). */
+  skipped?: string;
+}
+
+export interface EvaluatedRun extends RunSummary {
+  evals: EvalPoint[];
+  /** Set when train.forgetting_budget stopped the run: where, by how many points. */
+  forgettingStop: { step: number; drop: number; budget: number } | null;
+}
+
+/** Points the forgetting score fell below the base's (percentage points; negative: it rose). */
+export const forgettingDrop = (base: number, now: number) => (base - now) * 100;
+
+function flat(r: EvalResult): Record<string, Record<string, number>> {
+  const out: Record<string, Record<string, number>> = {};
+  for (const [t, res] of Object.entries(r.tasks))
+    out[t] = Object.fromEntries(
+      Object.entries(res!.metrics).map(([k, m]) => [k, typeof m === "number" ? m : m.value] as const),
+    );
+  return out;
+}
+
+/** train() with `train.eval_tasks` scored while it trains (the engine's train() when none). */
+export async function trainWithEval(
+  config: RunConfig,
+  opts: TrainOptions & { log?: (line: string) => void } = {},
+): Promise<EvaluatedRun> {
+  const tasks = (config.train?.eval_tasks ?? []) as TaskName[];
+  if (!tasks.length) return { ...(await train(config, opts)), evals: [], forgettingStop: null };
+  const resolved = resolveConfig(config);
+  const runDir = join(resolved.out_dir, resolved.run_id);
+  const lora = resolved.method.kind === "lora";
+  const budget = resolved.train.forgetting_budget;
+  const stop = new AbortController();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
+  const evals: EvalPoint[] = [];
+  let track: ((step: number, values: Record<string, number>) => void) | undefined;
+  let forgettingStop: EvaluatedRun["forgettingStop"] = null;
+  let withinBudget = "";
+  let chain: Promise<void> = Promise.resolve();
+
+  const score = async (step: number, tokens: number, checkpoint: string) => {
+    // stopped by the budget, or by the user: what is still queued is not scored
+    if (forgettingStop || opts.signal?.aborted) return;
+    const t0 = performance.now();
+    const base = resolved.model.path || join(runDir, "base");
+    if (checkpoint && !existsSync(checkpoint)) {
+      const p: EvalPoint = {
+        step,
+        tokens,
+        checkpoint,
+        forgetting: null,
+        learning: null,
+        tasks: {},
+        seconds: 0,
+        skipped: "pruned by train.keep_checkpoints before it was scored",
+      };
+      evals.push(p);
+      appendFileSync(join(runDir, "evals.jsonl"), `${JSON.stringify(p)}\n`);
+      return;
+    }
+    const r = await evaluate({
+      model: checkpoint && !lora ? checkpoint : base,
+      adapter: checkpoint && lora ? checkpoint : undefined,
+      merged: true,
+      tasks,
+      limit: resolved.train.eval_limit,
+      data: resolved.train.eval_data as Partial<Record<TaskName, string>>,
+    });
+    const s = summarize(r.tasks);
+    const p: EvalPoint = {
+      step,
+      tokens,
+      checkpoint,
+      forgetting: s.forgetting?.value ?? null,
+      learning: s.learning?.value ?? null,
+      tasks: flat(r),
+      seconds: (performance.now() - t0) / 1000,
+    };
+    evals.push(p);
+    appendFileSync(join(runDir, "evals.jsonl"), `${JSON.stringify(p)}\n`);
+    const values: Record<string, number> = {};
+    if (p.forgetting !== null) values["eval/forgetting"] = p.forgetting;
+    if (p.learning !== null) values["eval/learning"] = p.learning;
+    for (const [t, ms] of Object.entries(p.tasks))
+      for (const [m, v] of Object.entries(ms)) values[`eval/${t}/${m}`] = v;
+    track?.(step, values);
+    const base0 = evals[0]?.forgetting;
+    if (!checkpoint || base0 == null || p.forgetting === null) return;
+    const drop = forgettingDrop(base0, p.forgetting);
+    opts.log?.(
+      `eval @ step ${step}: forgetting ${p.forgetting.toFixed(4)} (${drop >= 0 ? "-" : "+"}${Math.abs(drop).toFixed(2)} points against the base)`,
+    );
+    if (budget > 0 && drop > budget) {
+      forgettingStop = { step, drop, budget };
+      stop.abort();
+    } else withinBudget = checkpoint;
+  };
+  const queue = (step: number, tokens: number, checkpoint: string) => {
+    chain = chain.then(() => score(step, tokens, checkpoint));
+    // a failed evaluation fails the run's scoring, not the run: said once, the rest skipped
+    chain = chain.catch((e) => {
+      opts.log?.(`eval @ step ${step} failed: ${(e as Error).message.split("\n")[0]}`);
+    });
+  };
+
+  const s = await train(config, {
+    ...opts,
+    signal,
+    onTrackers: (log) => {
+      track = log;
+      opts.onTrackers?.(log);
+    },
+    onEvent: (e) => {
+      opts.onEvent?.(e);
+      // the base once the run has made it (a random init writes base/ first)
+      if (e.type === "start") queue(0, 0, "");
+      if (e.type === "checkpoint") {
+        const ck = e as CheckpointEvent;
+        if (ck.step % resolved.train.eval_every === 0) queue(ck.step, ck.tokens, ck.path);
+      }
+    },
+    beforeFinish: async () => {
+      await chain;
+      await opts.beforeFinish?.();
+    },
+  });
+  if (!forgettingStop) return { ...s, evals, forgettingStop };
+  // stopped by the budget, not by the user: the last checkpoint within it is the one to keep
+  return {
+    ...s,
+    evals,
+    forgettingStop,
+    stopped_early_at: (forgettingStop as { step: number }).step,
+    best_checkpoint: withinBudget,
+  };
+}
