@@ -234,6 +234,42 @@ describe("server", () => {
     expect(replay).toContain("event: eval");
   }, 120_000);
 
+  test("a run with train.eval_tasks: the base's and each checkpoint's scores stored and sent over SSE as they come", async () => {
+    const fx = join(root, "tests/fixtures/eval");
+    const r = await post(
+      "/api/runs",
+      runConfig({
+        method: { kind: "lora", rank: 4 },
+        train: {
+          steps: 4,
+          checkpoint_every: 0,
+          eval_every: 2,
+          eval_tasks: ["winogrande", "arc_challenge"],
+          eval_limit: 3,
+          eval_data: { winogrande: join(fx, "winogrande"), arc_challenge: join(fx, "arc_challenge") },
+        },
+      }),
+    );
+    expect(r.status).toBe(201);
+    const run = await r.json();
+    const text = await (await req(`/api/runs/${run.id}/events`)).text();
+    const events = [...text.matchAll(/event: (\w+)\ndata: (.*)\n/g)].map((m) => [m[1], JSON.parse(m[2]!)] as const);
+    // one eval event as each model is scored (the base, steps 2 and 4), each with all so far
+    const live = events.filter((e) => e[0] === "eval" && !Array.isArray(e[1])).map((e) => e[1].results);
+    const seen = (rows: { checkpoint: string }[]) => [...new Set(rows.map((x) => x.checkpoint))].sort();
+    expect(live.map(seen)).toEqual([["base"], ["base", "step-000002"], ["base", "step-000002", "step-000004"]]);
+    const done = await waitFor(run.id, ["completed"]);
+    expect(done.status).toBe("completed");
+    const stored = await srv.store.evalResults(run.id);
+    const at = (ck: string, task: string, metric: string) =>
+      stored.find((x) => x.checkpoint === ck && x.task === task && x.metric === metric);
+    expect(at("base", "winogrande", "acc")?.n).toBe(3);
+    expect(at("step-000004", "forgetting", "score")?.value).toBeCloseTo(
+      (at("step-000004", "winogrande", "acc")!.value + at("step-000004", "arc_challenge", "acc_norm")!.value) / 2,
+      12,
+    );
+  });
+
   test("cancel a running run: 202, then it stops at a checkpoint", async () => {
     const r = await post(
       "/api/runs",

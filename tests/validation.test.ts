@@ -211,6 +211,23 @@ test("eval_tasks while training: the base and every eval_every checkpoint scored
   expect(held.best_checkpoint).toBe(
     before.length ? join(held.run_dir, "checkpoints", `step-${String(before.at(-1)![0]).padStart(6, "0")}`) : "",
   );
+  // `loralab train` says where and why it stopped, names the checkpoint to keep, and exits 3
+  writeFileSync(join(out, "held.json"), JSON.stringify(cfg("cli", 30, 400)));
+  const cli = Bun.spawnSync([process.execPath, "packages/cli/src/main.ts", "train", join(out, "held.json")], {
+    cwd: root,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const said = cli.stdout.toString();
+  expect([cli.exitCode, said]).toEqual([
+    3,
+    expect.stringContaining(
+      `stopped early at step ${past![0]}: the forgetting score fell ${past![1].toFixed(2)} points below the base's, past train.forgetting_budget = 30`,
+    ),
+  ]);
+  expect(said).toContain(
+    `last checkpoint within the budget: ${held.best_checkpoint.replace(held.run_dir, join(out, "cli"))}`,
+  );
   // the scores up to the stop are the free run's (the same seed and data)
   expect(held.evals.map((e) => [e.step, e.forgetting])).toEqual(
     free.evals.filter((e) => e.step <= past![0]).map((e) => [e.step, e.forgetting]),

@@ -30,6 +30,8 @@ export interface EvalPoint {
   learning: number | null;
   /** Each task's metrics (numbers; a metric with a standard error as its value). */
   tasks: Record<string, Record<string, number>>;
+  /** Documents each task scored. */
+  docs: Record<string, number>;
   seconds: number;
   /** A checkpoint gone before it was scored (train.keep_checkpoints pruned it). */
   skipped?: string;
@@ -56,7 +58,11 @@ function flat(r: EvalResult): Record<string, Record<string, number>> {
 /** train() with `train.eval_tasks` scored while it trains (the engine's train() when none). */
 export async function trainWithEval(
   config: RunConfig,
-  opts: TrainOptions & { log?: (line: string) => void } = {},
+  opts: TrainOptions & {
+    log?: (line: string) => void;
+    /** Each scored model, as it is scored (the server stores it and tells its watchers). */
+    onEval?: (p: EvalPoint) => void | Promise<void>;
+  } = {},
 ): Promise<EvaluatedRun> {
   const tasks = (config.train?.eval_tasks ?? []) as TaskName[];
   if (!tasks.length) return { ...(await train(config, opts)), evals: [], forgettingStop: null };
@@ -85,6 +91,7 @@ export async function trainWithEval(
         forgetting: null,
         learning: null,
         tasks: {},
+        docs: {},
         seconds: 0,
         skipped: "pruned by train.keep_checkpoints before it was scored",
       };
@@ -108,6 +115,7 @@ export async function trainWithEval(
       forgetting: s.forgetting?.value ?? null,
       learning: s.learning?.value ?? null,
       tasks: flat(r),
+      docs: Object.fromEntries(Object.entries(r.tasks).map(([t, res]) => [t, res!.docs])),
       seconds: (performance.now() - t0) / 1000,
     };
     evals.push(p);
@@ -118,12 +126,13 @@ export async function trainWithEval(
     for (const [t, ms] of Object.entries(p.tasks))
       for (const [m, v] of Object.entries(ms)) values[`eval/${t}/${m}`] = v;
     track?.(step, values);
+    await opts.onEval?.(p);
     const base0 = evals[0]?.forgetting;
     if (!checkpoint || base0 == null || p.forgetting === null) return;
     const drop = forgettingDrop(base0, p.forgetting);
-    opts.log?.(
-      `eval @ step ${step}: forgetting ${p.forgetting.toFixed(4)} (${drop >= 0 ? "-" : "+"}${Math.abs(drop).toFixed(2)} points against the base)`,
-    );
+    const vs =
+      drop > 0 ? `${drop.toFixed(2)} points below` : drop < 0 ? `${(-drop).toFixed(2)} points above` : "level with";
+    opts.log?.(`eval @ step ${step}: forgetting ${p.forgetting.toFixed(4)}, ${vs} the base's`);
     if (budget > 0 && drop > budget) {
       forgettingStop = { step, drop, budget };
       stop.abort();

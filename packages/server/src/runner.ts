@@ -6,18 +6,18 @@
 // step beyond that checkpoint is lost and no metric row is duplicated.
 import { randomBytes } from "node:crypto";
 import { existsSync, renameSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import type { RunRow, Store } from "@loralab/db";
 import {
   lastCheckpoint,
   resolveConfig,
   RunInterrupted,
-  train,
   type ResolvedRunConfig,
   type RunConfig,
   type SidecarOptions,
   type TrainEvent,
 } from "@loralab/engine";
+import { trainWithEval } from "@loralab/eval";
 
 export interface RunnerOptions {
   /** Where run directories go (each run's out_dir). */
@@ -243,7 +243,31 @@ export class Runner {
     let status: "completed" | "cancelled" | "failed" | "interrupted" = "failed";
     let error: string | null = null;
     try {
-      const s = await train(config, { signal: abort.signal, onEvent, sidecar: this.o.sidecar ?? true });
+      // train.eval_tasks scored while it trains: each result into the store, and to the watchers
+      const s = await trainWithEval(config, {
+        signal: abort.signal,
+        onEvent,
+        sidecar: this.o.sidecar ?? true,
+        onEval: async (p) => {
+          const checkpoint = p.checkpoint ? basename(p.checkpoint) : "base";
+          const rows = Object.entries(p.tasks).flatMap(([task, ms]) =>
+            Object.entries(ms).map(([metric, value]) => ({
+              checkpoint,
+              task,
+              metric,
+              value,
+              stderr: null,
+              n: p.docs[task] ?? 0,
+            })),
+          );
+          if (p.forgetting !== null)
+            rows.push({ checkpoint, task: "forgetting", metric: "score", value: p.forgetting, stderr: null, n: 0 });
+          if (p.learning !== null)
+            rows.push({ checkpoint, task: "learning", metric: "score", value: p.learning, stderr: null, n: 0 });
+          await this.store.recordEval(r.id, rows).catch(() => {});
+          this.emit({ type: "eval", run_id: r.id, results: await this.store.evalResults(r.id).catch(() => []) });
+        },
+      });
       status = s.status;
     } catch (e) {
       error = (e as Error).message;
