@@ -135,7 +135,7 @@ test("SIGTERM to the sidecar (Slurm preempting, systemd stopping): the run stops
 
 test("a second SIGTERM exits the sidecar at once (143), without waiting for the step; device_probe computes on a device or says why not", async () => {
   const out = tempDir("sidecar-term2");
-  // steps of 32 sequences: the second signal (100 ms after the first) comes mid-step
+  // steps of 32 sequences (about 130 ms on 2 idle cores): the second signal comes mid-step
   const cfg = tinyConfig(out, {
     run_id: "t2",
     method: { kind: "full" },
@@ -150,11 +150,13 @@ test("a second SIGTERM exits the sidecar at once (143), without waiting for the 
       if (p.step === 2) t = performance.now();
       if (p.step !== 3) return;
       stepMs = performance.now() - t;
+      // the second a third of a step after the first: after the sidecar has taken the first
+      // (its signal thread wakes at once), well before the step ends
       worker!.kill("SIGTERM");
-      setTimeout(() => worker!.kill("SIGTERM"), 100);
+      setTimeout(() => worker!.kill("SIGTERM"), stepMs / 3);
     },
   }).catch((e) => e as Error);
-  expect(stepMs).toBeGreaterThan(300);
+  expect(stepMs).toBeGreaterThan(40);
   expect(err).toBeInstanceOf(Error);
   expect(await worker!.exited).toBe(143);
 
