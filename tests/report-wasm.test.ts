@@ -8,7 +8,7 @@ import { join } from "node:path";
 import type { Browser } from "playwright-core";
 import { maths } from "@loralab/engine";
 import { loadWasm, type WasmMaths } from "@loralab/report";
-import { interactiveData, writeReport, type Point } from "@loralab/study";
+import { BASE_FIELDS, interactiveData, writeReport, type Point } from "@loralab/study";
 import { analyze, train } from "loralab";
 import { launchChromium, root, tempDir, tinyConfig } from "./helpers.ts";
 
@@ -396,22 +396,7 @@ function syntheticPoints(): { base: Point; points: Point[] } {
       rank90By,
     };
   };
-  const base: Point = {
-    key: "base",
-    group: "base",
-    method: "base",
-    rank: null,
-    targets: "",
-    lr: 0,
-    seed: 0,
-    duration: 0,
-    tokens: 0,
-    learning: metric(0.1),
-    forgetting: metric(0.6),
-    perplexity: 9,
-    rank90: null,
-    rank90By: [],
-  };
+  const base: Point = { ...BASE_FIELDS, rank90By: [], learning: metric(0.1), forgetting: metric(0.6), perplexity: 9 };
   return {
     base,
     points: [

@@ -329,8 +329,6 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
   // "start"): a run it refuses (one already there, one another process trains) touches none.
   // Each warns once and drops out if it fails; the run goes on.
   let trackersP: Promise<Trackers> | null = null;
-  let trackers: Trackers | null = null;
-  const early: [number, Record<string, number>][] = [];
   const openTracking = () => {
     trackersP = openTrackers({
       track: resolved.track,
@@ -339,18 +337,11 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
       name: resolved.name,
       runDir,
       config: resolved,
-      resumed: !!resolved.train.resume_from,
       warn: opts.onWarning,
-    }).then((t) => {
-      trackers = t;
-      for (const [step, values] of early.splice(0)) t.log(step, values);
-      return t;
     });
   };
-  const track = (step: number, values: Record<string, number>) => {
-    if (trackers) trackers.log(step, values);
-    else if (trackersP) early.push([step, values]);
-  };
+  // in order, once they are open (a promise's callbacks run in the order they were added)
+  const track = (step: number, values: Record<string, number>) => void trackersP?.then((t) => t.log(step, values));
   opts.onTrackers?.(track);
   const onEvent = (e: EngineEvent) => {
     const ev = e as TrainEvent;
@@ -361,8 +352,7 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
     opts.onEvent?.(ev);
     if (ev.type === "progress") {
       opts.onProgress?.(ev);
-      // the steps metrics.jsonl has: every log_every, and the last
-      if (ev.step % Math.max(1, resolved.train.log_every) === 0 || ev.step === ev.total_steps)
+      if (loggedStep(ev, resolved.train.log_every))
         track(ev.step, {
           "train/loss": ev.loss,
           "train/lr": ev.lr,
@@ -403,10 +393,14 @@ export async function train(config: RunConfig, opts: TrainOptions = {}): Promise
     opts.signal?.removeEventListener("abort", onAbort);
     // the engine (a GPU sidecar's memory) let go before the uploads
     await engine.close();
-    const t = await (trackersP as Promise<Trackers> | null);
-    await t?.finish(ended.status, ended.files);
+    await (await (trackersP as Promise<Trackers> | null))?.finish(ended.status, ended.files);
   }
 }
+
+/** Is this one of the steps metrics.jsonl has (every `train.log_every`, and the last)? What a
+ *  watcher of the progress events keeps, to log what the run directory logs. */
+export const loggedStep = (p: ProgressEvent, logEvery: number) =>
+  p.step % Math.max(1, logEvery) === 0 || p.step === p.total_steps;
 
 /** The summary of a run cancelled before it trained a step. */
 function cancelledBeforeSteps(config: RunConfig, runDir: string): RunSummary {

@@ -6,16 +6,9 @@
 // `train.forgetting_budget`, the run is stopped once the forgetting score falls more than that
 // many points below the base's: it stops after its step with a checkpoint, and the last
 // checkpoint within the budget is named.
-import { appendFileSync, existsSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import {
-  type CheckpointEvent,
-  resolveConfig,
-  type RunConfig,
-  type RunSummary,
-  train,
-  type TrainOptions,
-} from "@loralab/engine";
+import { type ResolvedRunConfig, type RunConfig, type RunSummary, train, type TrainOptions } from "@loralab/engine";
 import { evaluate, type EvalResult, summarize, type TaskName } from "./index.ts";
 
 /** One scored model: the base (step 0) or a checkpoint. */
@@ -64,12 +57,11 @@ export async function trainWithEval(
     onEval?: (p: EvalPoint) => void | Promise<void>;
   } = {},
 ): Promise<EvaluatedRun> {
-  const tasks = (config.train?.eval_tasks ?? []) as TaskName[];
-  if (!tasks.length) return { ...(await train(config, opts)), evals: [], forgettingStop: null };
-  const resolved = resolveConfig(config);
-  const runDir = join(resolved.out_dir, resolved.run_id);
-  const lora = resolved.method.kind === "lora";
-  const budget = resolved.train.forgetting_budget;
+  if (!config.train?.eval_tasks?.length) return { ...(await train(config, opts)), evals: [], forgettingStop: null };
+  // the run as the engine resolved it (Hub inputs fetched, data prepared): its config.json,
+  // read at its start
+  let run: ResolvedRunConfig | undefined;
+  let runDir = "";
   const stop = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
   const evals: EvalPoint[] = [];
@@ -78,13 +70,16 @@ export async function trainWithEval(
   let withinBudget = "";
   let chain: Promise<void> = Promise.resolve();
 
+  const record = (p: EvalPoint) => {
+    evals.push(p);
+    appendFileSync(join(runDir, "evals.jsonl"), `${JSON.stringify(p)}\n`);
+  };
   const score = async (step: number, tokens: number, checkpoint: string) => {
     // stopped by the budget, or by the user: what is still queued is not scored
-    if (forgettingStop || opts.signal?.aborted) return;
+    if (forgettingStop || opts.signal?.aborted || !run) return;
     const t0 = performance.now();
-    const base = resolved.model.path || join(runDir, "base");
-    if (checkpoint && !existsSync(checkpoint)) {
-      const p: EvalPoint = {
+    if (checkpoint && !existsSync(checkpoint))
+      return record({
         step,
         tokens,
         checkpoint,
@@ -94,18 +89,16 @@ export async function trainWithEval(
         docs: {},
         seconds: 0,
         skipped: "pruned by train.keep_checkpoints before it was scored",
-      };
-      evals.push(p);
-      appendFileSync(join(runDir, "evals.jsonl"), `${JSON.stringify(p)}\n`);
-      return;
-    }
+      });
+    const base = run.model.path || join(runDir, "base");
+    const lora = run.method.kind === "lora";
     const r = await evaluate({
       model: checkpoint && !lora ? checkpoint : base,
       adapter: checkpoint && lora ? checkpoint : undefined,
       merged: true,
-      tasks,
-      limit: resolved.train.eval_limit,
-      data: resolved.train.eval_data as Partial<Record<TaskName, string>>,
+      tasks: run.train.eval_tasks as TaskName[],
+      limit: run.train.eval_limit,
+      data: run.train.eval_data as Partial<Record<TaskName, string>>,
     });
     const s = summarize(r.tasks);
     const p: EvalPoint = {
@@ -118,8 +111,7 @@ export async function trainWithEval(
       docs: Object.fromEntries(Object.entries(r.tasks).map(([t, res]) => [t, res!.docs])),
       seconds: (performance.now() - t0) / 1000,
     };
-    evals.push(p);
-    appendFileSync(join(runDir, "evals.jsonl"), `${JSON.stringify(p)}\n`);
+    record(p);
     const values: Record<string, number> = {};
     if (p.forgetting !== null) values["eval/forgetting"] = p.forgetting;
     if (p.learning !== null) values["eval/learning"] = p.learning;
@@ -133,6 +125,7 @@ export async function trainWithEval(
     const vs =
       drop > 0 ? `${drop.toFixed(2)} points below` : drop < 0 ? `${(-drop).toFixed(2)} points above` : "level with";
     opts.log?.(`eval @ step ${step}: forgetting ${p.forgetting.toFixed(4)}, ${vs} the base's`);
+    const budget = run.train.forgetting_budget;
     if (budget > 0 && drop > budget) {
       forgettingStop = { step, drop, budget };
       stop.abort();
@@ -140,7 +133,7 @@ export async function trainWithEval(
   };
   const queue = (step: number, tokens: number, checkpoint: string) => {
     chain = chain.then(() => score(step, tokens, checkpoint));
-    // a failed evaluation fails the run's scoring, not the run: said once, the rest skipped
+    // a failed evaluation fails that model's scores, not the run: said, and the next is scored
     chain = chain.catch((e) => {
       opts.log?.(`eval @ step ${step} failed: ${(e as Error).message.split("\n")[0]}`);
     });
@@ -156,11 +149,12 @@ export async function trainWithEval(
     onEvent: (e) => {
       opts.onEvent?.(e);
       // the base once the run has made it (a random init writes base/ first)
-      if (e.type === "start") queue(0, 0, "");
-      if (e.type === "checkpoint") {
-        const ck = e as CheckpointEvent;
-        if (ck.step % resolved.train.eval_every === 0) queue(ck.step, ck.tokens, ck.path);
+      if (e.type === "start") {
+        runDir = e.run_dir;
+        run = JSON.parse(readFileSync(join(runDir, "config.json"), "utf8")) as ResolvedRunConfig;
+        queue(0, 0, "");
       }
+      if (e.type === "checkpoint" && run && e.step % run.train.eval_every === 0) queue(e.step, e.tokens, e.path);
     },
     beforeFinish: async () => {
       await chain;

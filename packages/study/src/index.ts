@@ -67,3 +67,4 @@ export {
   type StudySpec,
 } from "./study.ts";
 export { loadStudySpec, SPEC_SCHEMA, validateStudySpec } from "./spec.ts";
+export { BASE_FIELDS } from "./points.ts";

@@ -61,7 +61,6 @@ type SweepJob = CellJob | PointJob;
  *  the spec), or its points, scored in the job (a worker with its own runs directory: no other
  *  host sees its checkpoints). */
 interface CellOutput {
-  checkpoints: number;
   sent?: { checkpoint: Checkpoint; order: [number, number] }[];
   points?: { order: [number, number]; point: Point }[];
 }
@@ -69,9 +68,8 @@ interface CellOutput {
 const isStudy = (spec: SweepSpec): spec is StudySpec => (spec as StudySpec).eval !== undefined;
 /** A point job's key: the sweep, what scores it (the eval section and the base model: an edited
  *  one is a new point, never the old one's result), and the checkpoint. */
-const pointPrefix = (spec: StudySpec) => `${spec.name}:point:${evalKey(spec)}:`;
 const pointKey = (spec: StudySpec, ck: Checkpoint | null) =>
-  `${pointPrefix(spec)}${ck ? `${ck.runId}@${ck.duration}` : "base"}`;
+  `${spec.name}:point:${evalKey(spec)}:${ck ? `${ck.runId}@${ck.duration}` : "base"}`;
 
 /** How long a job stays in the queue's tables: completed and dead ones for good (their outputs
  *  are the sweep's points, and its report is drawn from them), queued ones for a year. */
@@ -292,7 +290,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
           throw e;
         }
         done(cellRunId(spec, c));
-        const out: CellOutput = { checkpoints: cks.length };
+        const out: CellOutput = {};
         if (!isStudy(spec)) return out;
         // checkpoints on this host only: scored here, in the job; on shared storage: point jobs
         if (o.runsDir && resolve(o.runsDir) !== resolve(runsDir)) {

@@ -12,6 +12,7 @@ import { LOGGED_METRICS, type MetricRow, type Store } from "@loralab/db";
 import {
   ConfigError,
   lastCheckpoint,
+  loggedStep,
   merge,
   resolveConfig,
   runDirectory,
@@ -19,6 +20,7 @@ import {
   type ProgressEvent,
   type RunConfig,
   type TrainOptions,
+  type ValidationEvent,
 } from "@loralab/engine";
 
 export type Method = "full" | "lora" | "hybrid";
@@ -372,9 +374,8 @@ function liveMetrics(store: Store, runId: string, logEvery: number, log?: SweepP
   };
   return {
     /** A progress or validation event's metrics. */
-    push(p: { step: number; total_steps?: number }) {
-      const logged = p.total_steps === undefined || p.step % Math.max(1, logEvery) === 0 || p.step === p.total_steps;
-      if (!logged) return;
+    push(p: ProgressEvent | ValidationEvent) {
+      if (p.type === "progress" && !loggedStep(p, logEvery)) return;
       for (const name of LOGGED_METRICS) {
         const value = (p as unknown as Record<string, unknown>)[name];
         if (typeof value === "number") rows.push({ step: p.step, name, value });

@@ -22,8 +22,6 @@ export interface TrackOptions {
   runDir: string;
   /** The resolved config: params (flattened, `optim.lr`), and TensorBoard's config text. */
   config: unknown;
-  /** A run resumed from a checkpoint: the trackers' runs continue (MLflow's, wandb's). */
-  resumed?: boolean;
   warn?: (line: string) => void;
   /** The Python that has wandb (default $LORALAB_PYTHON, else python3). */
   python?: string;
@@ -62,21 +60,18 @@ export async function openTrackers(o: TrackOptions): Promise<Trackers> {
   // the config as the trackers show it: no credentials in a tracking server's URI
   o = { ...o, config: withoutCredentials(o.config) };
   const backends = new Map<TrackerName, Backend>();
-  const drop = (name: TrackerName, e: unknown) => {
-    if (!backends.has(name)) return;
-    backends.delete(name);
+  const say = (name: TrackerName, e: unknown) =>
     warn(
       `tracker ${name}: ${(e as Error).message.split("\n")[0]}: not logging to it for the rest of this run (the run goes on)`,
     );
-  };
+  const drop = (name: TrackerName, e: unknown) => backends.delete(name) && say(name, e);
   for (const name of new Set(o.track)) {
     try {
       const b =
         name === "tensorboard" ? tensorboard(o) : name === "mlflow" ? await mlflow(o, state, save) : await wandb(o);
       backends.set(name, b);
     } catch (e) {
-      backends.set(name, { log() {}, finish: async () => {} });
-      drop(name, e);
+      say(name, e);
     }
   }
   return {
@@ -96,6 +91,11 @@ export async function openTrackers(o: TrackOptions): Promise<Trackers> {
     },
   };
 }
+
+/** The checkpoint a resumed run resumes from (its config's train.resume_from), or "": the
+ *  trackers' runs then continue (MLflow's, wandb's, TensorBoard's file). */
+const resumeFrom = (o: TrackOptions) =>
+  (o.config as { train?: { resume_from?: string } } | null)?.train?.resume_from ?? "";
 
 /** A URI with its user and password taken out (`http://u:p@host` → `http://host`). */
 export function redactUri(uri: string): string {
@@ -132,11 +132,8 @@ function tensorboard(o: TrackOptions): Backend {
   const dir = o.tracking.tensorboard_dir ? join(o.tracking.tensorboard_dir, o.runId) : join(o.runDir, "tensorboard");
   const w = new EventWriter(dir);
   // resumed from step-N: the reader forgets what came after N the first time
-  const from = Number(
-    /step-(\d+)\/?$/.exec(String((o.config as { train?: { resume_from?: string } }).train?.resume_from ?? ""))?.[1] ??
-      NaN,
-  );
-  if (o.resumed && Number.isFinite(from)) w.restart(from + 1);
+  const from = /step-(\d+)\/?$/.exec(resumeFrom(o))?.[1];
+  if (from !== undefined) w.restart(Number(from) + 1);
   w.text(0, "config", `\`\`\`json\n${JSON.stringify(o.config, null, 2)}\n\`\`\``);
   return {
     log: (step, values) => w.scalars(step, Object.entries(values)),
@@ -153,7 +150,7 @@ async function mlflow(o: TrackOptions, state: State, save: () => void): Promise<
   const c = new MlflowClient(uri);
   let run: MlflowRun;
   const had = state.mlflow;
-  if (o.resumed && had && had.uri === uri) {
+  if (resumeFrom(o) && had && had.uri === uri) {
     run = { runId: had.run_id, experimentId: had.experiment_id, artifactUri: had.artifact_uri };
     await c.resumeRun(run.runId);
   } else {
@@ -270,7 +267,7 @@ async function wandb(o: TrackOptions): Promise<Backend> {
       name: o.name,
       id,
       config: o.config,
-      resumed: !!o.resumed,
+      resumed: !!resumeFrom(o),
     });
     await reply("init");
   } catch (e) {
