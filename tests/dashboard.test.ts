@@ -3,9 +3,9 @@
 // grow over Server-Sent Events, see it finish.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
-import type { Browser } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { createServer, type LoralabServer } from "loralab";
-import { launchChromium, root, tempDir, tinyConfig } from "./helpers.ts";
+import { chartHas, chartRows, dashboardPage, launchChromium, root, tempDir, tinyConfig } from "./helpers.ts";
 
 const TOKEN = "dashboard-test-token";
 let srv: LoralabServer;
@@ -36,21 +36,11 @@ afterAll(async () => {
   await srv?.close();
 });
 
+const plotted = async (page: Page) => (await chartRows(page, "loss")).length;
+
 test("log in, start a tiny run, watch its loss curve grow, see it finish", async () => {
-  const page = await browser.newPage();
-  const errors: string[] = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  page.on("console", (m) => {
-    if (m.type() === "error" && !m.text().includes("401")) errors.push(m.text());
-  });
-  await page.goto(url);
-  await page.waitForSelector("#login:not(.hidden)");
-  await page.fill("#token", "wrong");
-  await page.click("#login button");
-  await page.waitForFunction(() => document.querySelector("#login-error")?.textContent === "wrong token");
-  await page.fill("#token", TOKEN);
-  await page.click("#login button");
-  await page.waitForSelector("#app:not(.hidden)");
+  // a wrong token is refused first, then the right one logs in
+  const { page, errors } = await dashboardPage(browser, url, TOKEN, { wrongFirst: true });
   // the session is an HttpOnly cookie: the page's script cannot read it
   expect(await page.evaluate(() => document.cookie)).toBe("");
   await page.waitForFunction(() =>
@@ -61,9 +51,7 @@ test("log in, start a tiny run, watch its loss curve grow, see it finish", async
   // the curve grows point by point as progress events arrive
   const counts: number[] = [];
   for (let i = 0; i < 200; i++) {
-    const n = await page.evaluate(
-      () => (document.querySelector("#loss")?.getAttribute("points") ?? "").split(" ").filter(Boolean).length,
-    );
+    const n = await plotted(page);
     if (!counts.length || n !== counts[counts.length - 1]) counts.push(n);
     if ((await page.textContent("#d-status")) === "completed") break;
     await Bun.sleep(25);
@@ -71,12 +59,13 @@ test("log in, start a tiny run, watch its loss curve grow, see it finish", async
   await page.waitForFunction(() => document.querySelector("#d-status")?.textContent === "completed", undefined, {
     timeout: 60_000,
   });
-  const final = await page.evaluate(
-    () => (document.querySelector("#loss")?.getAttribute("points") ?? "").split(" ").filter(Boolean).length,
-  );
-  expect(final).toBe(30);
+  await page.waitForFunction(() => document.querySelector("#d-progress")?.textContent?.startsWith("step 30/30"));
+  await chartHas(page, "loss", 30);
+  expect(await plotted(page)).toBe(30);
   expect(counts.length).toBeGreaterThan(2); // seen growing, not only drawn at the end
-  expect(await page.textContent("#loss-label")).toContain("at step 30");
+  // one line, on axes with ticks
+  expect(await page.$$eval("#chart-loss g.mark-line path", (ps) => ps.length)).toBe(1);
+  expect((await page.$$eval("#chart-loss .role-axis-label text", (ts) => ts.length)) > 4).toBe(true);
   // the runs table shows it completed
   await page.waitForFunction(() =>
     [...document.querySelectorAll("#runs tr")].some(

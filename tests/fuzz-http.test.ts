@@ -75,7 +75,8 @@ test("schemathesis: every operation, valid and invalid requests: no 5xx, respons
   const base = `http://127.0.0.1:${http.port}`;
   // every {id} is the finished run (unknown ids are tests/server-hardening.test.ts's). A config
   // that resolves needs files that exist under the roots, which no schema can say: a well-formed
-  // one may get 422 naming the field (schemathesis's own advice for such rules, `st explain ST202`)
+  // one may get 422 naming the field (schemathesis's own advice for such rules, `st explain ST202`);
+  // so may a sweep's base, and an evaluation of a run with no train.eval_tasks to default to
   writeFileSync(
     join(out, "schemathesis.toml"),
     `[parameters]
@@ -83,6 +84,14 @@ test("schemathesis: every operation, valid and invalid requests: no 5xx, respons
 
 [[operations]]
 include-name = "POST /api/runs"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "POST /api/sweeps"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "POST /api/runs/{id}/evaluate"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 `,
   );

@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { RunConfig } from "loralab";
-import { chromium, type Browser } from "playwright-core";
+import { chromium, type Browser, type Page } from "playwright-core";
 import { madePyenv, pyenvDir } from "../scripts/pyenv.ts";
 
 export const root = new URL("..", import.meta.url).pathname;
@@ -89,4 +89,52 @@ export function testPython(): string {
       `no test venv at ${named ?? pyenvDir()} (hint: \`bun scripts/pyenv.ts\` makes it, once; \`bun run test\` does that first)`,
     );
   return python;
+}
+
+/** A dashboard chart's rows as the page's Vega view holds them (what it plots; the dashboard
+ *  exposes its views as window.loralab.charts). */
+export function chartRows(page: Page, chart: string): Promise<Record<string, unknown>[]> {
+  return page.evaluate(
+    (c) =>
+      (window as never as { loralab: { charts: Record<string, { data(n: string): unknown[] }> } }).loralab.charts[
+        c
+      ]?.data("table") ?? [],
+    chart,
+  ) as Promise<Record<string, unknown>[]>;
+}
+
+/** Until the chart plots at least `n` rows (at most `ms`). */
+export async function chartHas(page: Page, chart: string, n: number, ms = 60_000): Promise<void> {
+  const t0 = performance.now();
+  while ((await chartRows(page, chart)).length < n) {
+    if (performance.now() - t0 > ms) throw new Error(`chart ${chart}: fewer than ${n} rows after ${ms} ms`);
+    await Bun.sleep(50);
+  }
+}
+
+/** A new page on the dashboard at `url`, logged in with `token`; its page errors and console
+ *  errors (but the login's expected 401) are collected in `errors`. */
+export async function dashboardPage(
+  browser: Browser,
+  url: string,
+  token: string,
+  o: { viewport?: { width: number; height: number }; wrongFirst?: boolean } = {},
+): Promise<{ page: Page; errors: string[] }> {
+  const page = await browser.newPage(o.viewport ? { viewport: o.viewport } : {});
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().includes("401")) errors.push(m.text());
+  });
+  await page.goto(url);
+  await page.waitForSelector("#login:not(.hidden)");
+  if (o.wrongFirst) {
+    await page.fill("#token", "wrong");
+    await page.click("#login button");
+    await page.waitForFunction(() => document.querySelector("#login-error")?.textContent === "wrong token");
+  }
+  await page.fill("#token", token);
+  await page.click("#login button");
+  await page.waitForSelector("#app:not(.hidden)");
+  return { page, errors };
 }

@@ -302,12 +302,17 @@ describe("server", () => {
       "/api/runs/{id}": ["get"],
       "/api/runs/{id}/artifacts": ["get"],
       "/api/runs/{id}/artifacts/{path}": ["get"],
+      "/api/runs/{id}/analyze": ["post"],
       "/api/runs/{id}/cancel": ["post"],
+      "/api/runs/{id}/evaluate": ["post"],
       "/api/runs/{id}/events": ["get"],
       "/api/runs/{id}/ingest": ["post"],
       "/api/runs/{id}/metrics": ["get"],
       "/api/runs/{id}/results": ["get"],
       "/api/session": ["post"],
+      "/api/sweeps": ["get", "post"],
+      "/api/sweeps/{id}": ["get"],
+      "/api/sweeps/{id}/events": ["get"],
       "/api/templates/tiny": ["get"],
     };
     const methodsByPath = (pairs: [string, string][]) => {

@@ -133,9 +133,13 @@ export class Store {
     return r as RunRow | undefined;
   }
 
-  async listRuns(o: { status?: RunStatus[]; limit?: number } = {}): Promise<RunRow[]> {
+  async listRuns(o: { status?: RunStatus[]; limit?: number; sweepId?: string } = {}): Promise<RunRow[]> {
     const q = this.db.select().from(this.t.runs);
-    const w = o.status?.length ? q.where(inArray(this.t.runs.status, o.status)) : q;
+    const conds = [
+      ...(o.status?.length ? [inArray(this.t.runs.status, o.status)] : []),
+      ...(o.sweepId !== undefined ? [eq(this.t.runs.sweepId, o.sweepId)] : []),
+    ];
+    const w = conds.length ? q.where(and(...conds)) : q;
     return (await w.orderBy(desc(this.t.runs.createdAt), desc(this.t.runs.id)).limit(o.limit ?? 1000)) as RunRow[];
   }
 
@@ -304,6 +308,10 @@ export class Store {
   async getSweep(id: string): Promise<{ id: string; name: string; config: unknown; createdAt: string } | undefined> {
     const [s] = await this.db.select().from(this.t.sweeps).where(eq(this.t.sweeps.id, id));
     return s;
+  }
+
+  async listSweeps(): Promise<{ id: string; name: string; config: unknown; createdAt: string }[]> {
+    return await this.db.select().from(this.t.sweeps).orderBy(desc(this.t.sweeps.createdAt), desc(this.t.sweeps.id));
   }
 
   // ---------------------------------------------------------------- the run-directory contract

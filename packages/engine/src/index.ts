@@ -57,6 +57,7 @@ export {
 } from "./engine.ts";
 
 export type { RunConfig } from "./config.gen.ts";
+export { frontier, frontierGap, interpolate } from "./frontier.ts";
 export { CONFIG_EXTENSIONS, ConfigSyntaxError, nearestName, parseConfigText, readConfigFile } from "./configfile.ts";
 
 /** A config after `resolveConfig`: every field present, every default applied. */

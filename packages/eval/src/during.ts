@@ -48,6 +48,37 @@ function flat(r: EvalResult): Record<string, Record<string, number>> {
   return out;
 }
 
+/** Score one model of a run on its `train.eval_tasks` (or `o.tasks`), on the first
+ *  `train.eval_limit` (or `o.limit`) documents each, with the run's `train.eval_data`: the base
+ *  when `at.checkpoint` is empty, else that checkpoint (a LoRA adapter merged onto the base). */
+export async function scoreModel(
+  run: ResolvedRunConfig,
+  runDir: string,
+  at: { step: number; tokens: number; checkpoint: string },
+  o: { tasks?: TaskName[]; limit?: number } = {},
+): Promise<EvalPoint> {
+  const t0 = performance.now();
+  const base = run.model.path || join(runDir, "base");
+  const lora = run.method.kind === "lora";
+  const r = await evaluate({
+    model: at.checkpoint && !lora ? at.checkpoint : base,
+    adapter: at.checkpoint && lora ? at.checkpoint : undefined,
+    merged: true,
+    tasks: o.tasks ?? (run.train.eval_tasks as TaskName[]),
+    limit: o.limit ?? run.train.eval_limit,
+    data: run.train.eval_data as Partial<Record<TaskName, string>>,
+  });
+  const s = summarize(r.tasks);
+  return {
+    ...at,
+    forgetting: s.forgetting?.value ?? null,
+    learning: s.learning?.value ?? null,
+    tasks: flat(r),
+    docs: Object.fromEntries(Object.entries(r.tasks).map(([t, res]) => [t, res!.docs])),
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
 /** train() with `train.eval_tasks` scored while it trains (the engine's train() when none). */
 export async function trainWithEval(
   config: RunConfig,
@@ -77,7 +108,6 @@ export async function trainWithEval(
   const score = async (step: number, tokens: number, checkpoint: string) => {
     // stopped by the budget, or by the user: what is still queued is not scored
     if (forgettingStop || opts.signal?.aborted || !run) return;
-    const t0 = performance.now();
     if (checkpoint && !existsSync(checkpoint))
       return record({
         step,
@@ -90,27 +120,7 @@ export async function trainWithEval(
         seconds: 0,
         skipped: "pruned by train.keep_checkpoints before it was scored",
       });
-    const base = run.model.path || join(runDir, "base");
-    const lora = run.method.kind === "lora";
-    const r = await evaluate({
-      model: checkpoint && !lora ? checkpoint : base,
-      adapter: checkpoint && lora ? checkpoint : undefined,
-      merged: true,
-      tasks: run.train.eval_tasks as TaskName[],
-      limit: run.train.eval_limit,
-      data: run.train.eval_data as Partial<Record<TaskName, string>>,
-    });
-    const s = summarize(r.tasks);
-    const p: EvalPoint = {
-      step,
-      tokens,
-      checkpoint,
-      forgetting: s.forgetting?.value ?? null,
-      learning: s.learning?.value ?? null,
-      tasks: flat(r),
-      docs: Object.fromEntries(Object.entries(r.tasks).map(([t, res]) => [t, res!.docs])),
-      seconds: (performance.now() - t0) / 1000,
-    };
+    const p = await scoreModel(run, runDir, { step, tokens, checkpoint });
     record(p);
     const values: Record<string, number> = {};
     if (p.forgetting !== null) values["eval/forgetting"] = p.forgetting;

@@ -30,7 +30,7 @@ export * from "./gsm8k.ts";
 export * from "./humaneval.ts";
 export * from "./mc.ts";
 export { BENCHMARKS, BenchmarkError, type BenchmarkName, type BenchmarkSource, fetchBenchmark } from "./sources.ts";
-export { type EvaluatedRun, type EvalPoint, forgettingDrop, trainWithEval } from "./during.ts";
+export { type EvaluatedRun, type EvalPoint, forgettingDrop, scoreModel, trainWithEval } from "./during.ts";
 export { PyRandom } from "./pyrandom.ts";
 export { Sandbox, SandboxUnavailable, wrapProgram, type ExecResult, type SandboxOptions } from "./sandbox.ts";
 export { pyCapitalize, pyStrip } from "./text.ts";

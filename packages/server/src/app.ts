@@ -10,10 +10,13 @@ import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { getCookie, setCookie } from "hono/cookie";
 import { streamSSE } from "hono/streaming";
-import { ConfigError, configSchema, type RunConfig } from "@loralab/engine";
+import { ConfigError, configSchema, resolveConfig, type RunConfig } from "@loralab/engine";
+import { TASKS, type TaskName } from "@loralab/eval";
 import { DASHBOARD_CSP, dashboardHtml, dashboardJs } from "./dashboard.ts";
 import { LIST_LIMIT, MAX_JSON_DEPTH, openapi, routeMethods } from "./openapi.ts";
-import type { RunEvent, Runner } from "./runner.ts";
+import { newRunId, type RunEvent, type Runner } from "./runner.ts";
+import { expand, parseSweep, summarize } from "./sweeps.ts";
+import { vendorScript } from "./vendor.ts";
 import { artifactFile, confineConfig, hostAllowed, originAllowed, sameSecret, sessionValue } from "./security.ts";
 
 export interface AppOptions {
@@ -263,7 +266,7 @@ export function createApp(o: AppOptions): Hono {
   app.use("/api/*", async function jsonBodiesOnly(c, next) {
     if (c.req.method === "GET" || c.req.method === "HEAD") return next();
     const type = c.req.header("content-type");
-    const readsBody = c.req.method === "POST" && (c.req.path === "/api/runs" || c.req.path === "/api/session");
+    const readsBody = c.req.method === "POST" && ["/api/runs", "/api/session", "/api/sweeps"].includes(c.req.path);
     if (isJsonType(type) || (type === undefined && !readsBody)) return next();
     return problem(
       c,
@@ -283,6 +286,14 @@ export function createApp(o: AppOptions): Hono {
       "Content-Security-Policy": DASHBOARD_CSP,
     }),
   );
+  app.get("/vendor/:name", (c) => {
+    const js = vendorScript(c.req.param("name"));
+    if (js === null) return problem(c, 404, "Not Found", `no script ${c.req.param("name")} (hint: \`bun install\`)`);
+    return c.body(js, 200, {
+      "Content-Type": "text/javascript; charset=utf-8",
+      "Content-Security-Policy": DASHBOARD_CSP,
+    });
+  });
   app.get("/favicon.ico", (c) => c.body(null, 204));
   app.get("/api/openapi.json", (c) => c.json(openapi()));
 
@@ -317,21 +328,56 @@ export function createApp(o: AppOptions): Hono {
     await next();
   });
 
+  /** An event stream's subscription to runs' events: what they sent, not yet taken (`queue`), a
+   *  wait for the next one (at most `ms`), and whether the client is still there. */
+  const eventPump = (stream: { onAbort(fn: () => void): void }, ids: string[]) => {
+    const queue: RunEvent[] = [];
+    let wake: (() => void) | undefined;
+    const offs = ids.map((id) =>
+      o.runner.subscribe(id, (e) => {
+        queue.push(e);
+        wake?.();
+      }),
+    );
+    const pump = {
+      queue,
+      open: true,
+      async wait(ms: number) {
+        if (!queue.length && pump.open) await Promise.race([new Promise<void>((res) => (wake = res)), Bun.sleep(ms)]);
+        wake = undefined;
+      },
+      close: () => {
+        for (const off of offs) off();
+      },
+    };
+    stream.onAbort(() => {
+      pump.open = false;
+      wake?.();
+    });
+    return pump;
+  };
+
   const runOr404 = async (c: Context) => {
     const r = await o.store.getRun(c.req.param("id")!);
     return r ?? null;
   };
   const publicRun = (r: Awaited<ReturnType<Store["getRun"]>>) => r && { ...r, runDir: undefined };
+  // a sweep cell's values of the grid's fields, read back from its resolved config
+  const paramsOf = (config: unknown, keys: string[]) =>
+    Object.fromEntries(
+      keys.map((k) => [
+        k,
+        k.split(".").reduce<unknown>((v, seg) => (v as Record<string, unknown> | undefined)?.[seg], config),
+      ]),
+    );
 
-  app.post("/api/runs", async (c) => {
-    const parsed = await jsonBody(c);
-    if (parsed instanceof Response) return parsed;
-    const body = parsed.value;
-    if (typeof body !== "object" || body === null || Array.isArray(body))
-      return problem(c, 422, "Unprocessable Content", "a run config is a JSON object", { field: "" });
+  /** A submitted run config checked as the engine would open it, or the problem naming the
+   *  field (prefixed with `at`, e.g. "base." in a sweep). */
+  const checkConfig = (c: Context, body: Record<string, unknown>, at: string): RunConfig | Response => {
     const { schema, defs } = runConfigSchema();
     const bad = unsafeNumber(body, schema, defs);
-    if (bad) return problem(c, 422, "Unprocessable Content", `config ${bad[0]}: ${bad[1]}`, { field: bad[0] });
+    if (bad)
+      return problem(c, 422, "Unprocessable Content", `config ${at}${bad[0]}: ${bad[1]}`, { field: at + bad[0] });
     // every path as the engine would open it (~/, relative, symlinks), checked, and then handed to
     // the engine in that form: what was checked is what is opened
     // a tracking server is the server's own ($MLFLOW_TRACKING_URI), never a client's: requests
@@ -342,20 +388,31 @@ export function createApp(o: AppOptions): Hono {
         c,
         422,
         "Unprocessable Content",
-        "config tracking.mlflow_uri: the server logs to its own MLflow server (hint: start `loralab serve` with MLFLOW_TRACKING_URI set, and leave the field out)",
-        { field: "tracking.mlflow_uri" },
+        `config ${at}tracking.mlflow_uri: the server logs to its own MLflow server (hint: start \`loralab serve\` with MLFLOW_TRACKING_URI set, and leave the field out)`,
+        { field: `${at}tracking.mlflow_uri` },
       );
-    const confined = confineConfig(body as Record<string, unknown>, o.roots);
+    const confined = confineConfig(body, o.roots);
     if ("field" in confined)
       return problem(
         c,
         422,
         "Unprocessable Content",
-        `config ${confined.field}: ${confined.path} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`,
-        { field: confined.field },
+        `config ${at}${confined.field}: ${confined.path} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`,
+        { field: at + confined.field },
       );
+    return confined.config as RunConfig;
+  };
+
+  app.post("/api/runs", async (c) => {
+    const parsed = await jsonBody(c);
+    if (parsed instanceof Response) return parsed;
+    const body = parsed.value;
+    if (typeof body !== "object" || body === null || Array.isArray(body))
+      return problem(c, 422, "Unprocessable Content", "a run config is a JSON object", { field: "" });
+    const checked = checkConfig(c, body as Record<string, unknown>, "");
+    if (checked instanceof Response) return checked;
     try {
-      const r = await o.runner.submit(confined.config as RunConfig);
+      const r = await o.runner.submit(checked);
       return c.json(publicRun(r), 201);
     } catch (e) {
       if (e instanceof ConfigError) return problem(c, 422, "Unprocessable Content", e.message, { field: e.field });
@@ -423,35 +480,179 @@ export function createApp(o: AppOptions): Hono {
     return c.json({ eval: await o.store.evalResults(r.id), spectra: await o.store.spectra(r.id) });
   });
 
+  // a finished run's jobs: scored on its own eval tasks, or its ΔW's spectrum; both in the
+  // background, their progress and results on the run's SSE stream
+  const finished = async (c: Context, what: string) => {
+    const r = await runOr404(c);
+    if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
+    if (!TERMINAL.has(r.status) || !existsSync(join(r.runDir, "config.json")))
+      return problem(
+        c,
+        409,
+        "Conflict",
+        `run ${r.id} is ${r.status}: it is ${what} once it has ended with a run directory`,
+      );
+    return r;
+  };
+  app.post("/api/runs/:id/evaluate", async (c) => {
+    const r = await finished(c, "evaluated");
+    if (r instanceof Response) return r;
+    const parsed = c.req.header("content-type") ? await jsonBody(c) : { value: {} };
+    if (parsed instanceof Response) return parsed;
+    const body = (parsed.value ?? {}) as { tasks?: unknown; limit?: unknown };
+    if (typeof body !== "object" || Array.isArray(body))
+      return problem(c, 422, "Unprocessable Content", "the body is {tasks?, limit?}", { field: "" });
+    for (const k of Object.keys(body))
+      if (k !== "tasks" && k !== "limit")
+        return problem(c, 422, "Unprocessable Content", `${k}: unknown field (the body is {tasks?, limit?})`, {
+          field: k,
+        });
+    const run = r.config as { train?: { eval_tasks?: string[]; eval_limit?: number } };
+    const own = run.train?.eval_tasks ?? [];
+    // a field given is checked as given (null is not "absent")
+    const tasks = "tasks" in body ? body.tasks : own;
+    if (!Array.isArray(tasks) || !tasks.length || tasks.some((t) => !TASKS.includes(t as TaskName)))
+      return problem(
+        c,
+        422,
+        "Unprocessable Content",
+        `tasks: a list of ${TASKS.join(", ")}${own.length ? "" : " (hint: this run has no train.eval_tasks to default to)"}`,
+        { field: "tasks" },
+      );
+    // data is the run's own (train.eval_data, confined when it was submitted) or the cache's
+    const limit = "limit" in body ? body.limit : (run.train?.eval_limit ?? 0);
+    if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 0 || limit > 100_000)
+      return problem(c, 422, "Unprocessable Content", "limit: documents per task, an integer 0 to 100000 (0: all)", {
+        field: "limit",
+      });
+    if (!o.runner.evaluate(r, { tasks: tasks as TaskName[], limit }))
+      return problem(c, 409, "Conflict", `run ${r.id} already has a job running`);
+    return c.json({ id: r.id, job: "evaluate", tasks, limit }, 202);
+  });
+  app.post("/api/runs/:id/analyze", async (c) => {
+    const r = await finished(c, "analysed");
+    if (r instanceof Response) return r;
+    if (!o.runner.analyze(r)) return problem(c, 409, "Conflict", `run ${r.id} already has a job running`);
+    return c.json({ id: r.id, job: "analyze" }, 202);
+  });
+
+  // sweeps: a run per combination of a grid over a base config, each scored while it trains
+  app.post("/api/sweeps", async (c) => {
+    const parsed = await jsonBody(c);
+    if (parsed instanceof Response) return parsed;
+    const req = parseSweep(parsed.value);
+    if ("field" in req)
+      return problem(c, 422, "Unprocessable Content", `${req.field}: ${req.message}`, { field: req.field });
+    // every cell checked (paths confined, the engine's resolution) before any is queued
+    const cells: RunConfig[] = [];
+    for (const [i, cell] of expand(req).entries()) {
+      const checked = checkConfig(c, cell.config, "base.");
+      if (checked instanceof Response) return checked;
+      try {
+        resolveConfig({ ...checked, run_id: "sweep-check", out_dir: o.runner.runsDir });
+      } catch (e) {
+        if (e instanceof ConfigError)
+          return problem(
+            c,
+            422,
+            "Unprocessable Content",
+            `cell ${i + 1} (${JSON.stringify(cell.params)}): ${e.message}`,
+            {
+              field: e.field,
+            },
+          );
+        throw e;
+      }
+      cells.push(checked);
+    }
+    const id = `s${newRunId().slice(1)}`;
+    await o.store.createSweep({ id, name: req.name, config: { base: req.base, grid: req.grid } });
+    const runs = [];
+    for (const cell of cells) runs.push(publicRun(await o.runner.submit(cell, undefined, id)));
+    return c.json({ id, name: req.name, runs }, 201);
+  });
+  app.get("/api/sweeps", async (c) => c.json(await o.store.listSweeps()));
+  const sweepBody = async (id: string) => {
+    const s = await o.store.getSweep(id);
+    if (!s) return null;
+    const runs = (await o.store.listRuns({ sweepId: id })).reverse();
+    const evals = new Map(await Promise.all(runs.map(async (r) => [r.id, await o.store.evalResults(r.id)] as const)));
+    const grid = (s.config as { grid?: Record<string, unknown[]> }).grid ?? {};
+    return {
+      ...s,
+      runs: runs.map((r) => ({
+        ...r,
+        runDir: undefined,
+        config: undefined,
+        params: paramsOf(r.config, Object.keys(grid)),
+      })),
+      ...summarize(runs, evals),
+    };
+  };
+  app.get("/api/sweeps/:id", async (c) => {
+    const body = await sweepBody(c.req.param("id")!);
+    return body ? c.json(body) : problem(c, 404, "Not Found", `no sweep ${c.req.param("id")}`);
+  });
+  // the sweep as it changes: its whole summary again whenever one of its runs is scored or changes status
+  app.get("/api/sweeps/:id/events", async (c) => {
+    const first = await sweepBody(c.req.param("id")!);
+    if (!first) return problem(c, 404, "Not Found", `no sweep ${c.req.param("id")}`);
+    return streamSSE(c, async (stream) => {
+      const pump = eventPump(
+        stream,
+        first.runs.map((r) => r.id),
+      );
+      try {
+        let body = first;
+        await stream.writeSSE({ event: "sweep", data: JSON.stringify(body) });
+        while (pump.open && body.runs.some((r) => !TERMINAL.has(r.status))) {
+          await pump.wait(10_000);
+          if (!pump.open) break;
+          const heard = pump.queue.splice(0);
+          if (!heard.length) {
+            await stream.writeSSE({ event: "ping", data: "{}" });
+            continue;
+          }
+          if (!heard.some((e) => e.type === "eval" || e.type === "status")) continue;
+          body = (await sweepBody(first.id)) ?? body;
+          await stream.writeSSE({ event: "sweep", data: JSON.stringify(body) });
+        }
+        if (pump.open) await stream.writeSSE({ event: "end", data: "{}" });
+      } finally {
+        pump.close();
+      }
+    });
+  });
+
   app.get("/api/runs/:id/events", async (c) => {
     const r = await runOr404(c);
     if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
     return streamSSE(c, async (stream) => {
-      const queue: RunEvent[] = [];
-      let wake: (() => void) | undefined;
-      const unsubscribe = o.runner.subscribe(r.id, (e) => {
-        queue.push(e);
-        wake?.();
-      });
-      let open = true;
-      stream.onAbort(() => {
-        open = false;
-        wake?.();
-      });
+      const pump = eventPump(stream, [r.id]);
+      const queue = pump.queue;
       try {
-        // what a late subscriber missed: the current status and every logged loss
-        const loss = await o.store.metrics(r.id, { name: "loss" });
+        // what a late subscriber missed: the current status, every logged metric by name (loss,
+        // lr, grad_norm, tokens_per_s, val_loss; `loss` also alone, as before) and the scores
+        const series: Record<string, [number, number][]> = {};
+        for (const m of await o.store.metrics(r.id)) {
+          series[m.name] ??= [];
+          series[m.name]!.push([m.step, m.value]);
+        }
         await stream.writeSSE({
           event: "snapshot",
           data: JSON.stringify({
             status: (await o.store.getRun(r.id))?.status,
-            loss: loss.map((m) => [m.step, m.value]),
+            loss: series.loss ?? [],
+            metrics: series,
+            eval: await o.store.evalResults(r.id),
+            job: o.runner.jobState(r.id),
           }),
         });
         let status: string = (await o.store.getRun(r.id))?.status ?? r.status;
-        while (open && !TERMINAL.has(status)) {
-          if (!queue.length) await Promise.race([new Promise<void>((res) => (wake = res)), Bun.sleep(10_000)]);
-          wake = undefined;
+        // open while the run trains, and while a job (evaluate, analyze) runs on it
+        // (and until what was heard meanwhile is sent: a job may end between the snapshot and here)
+        while (pump.open && (!TERMINAL.has(status) || o.runner.isActive(r.id) || queue.length)) {
+          await pump.wait(10_000);
           if (!queue.length) {
             await stream.writeSSE({ event: "ping", data: "{}" }); // keeps proxies and idle timeouts away
             status = (await o.store.getRun(r.id))?.status ?? status;
@@ -462,13 +663,13 @@ export function createApp(o: AppOptions): Hono {
             if (e.type === "status") status = e.status;
           }
         }
-        if (open) {
+        if (pump.open) {
           const res = await o.store.evalResults(r.id);
           if (res.length) await stream.writeSSE({ event: "eval", data: JSON.stringify(res) });
           await stream.writeSSE({ event: "end", data: JSON.stringify({ status }) });
         }
       } finally {
-        unsubscribe();
+        pump.close();
       }
     });
   });

@@ -134,6 +134,7 @@ export async function createServer(o: ServerOptions = {}): Promise<LoralabServer
     async close() {
       await server?.stop(true);
       await runner.stop(true);
+      await runner.settled();
       await lease?.release();
       await store.close();
     },

@@ -4,6 +4,7 @@
 // POST /api/runs is the engine's own config schema (the one resolveConfig validates against)
 // with the range and shape rules resolve() enforces written into it.
 import { configSchema } from "@loralab/engine";
+import { TASKS } from "@loralab/eval";
 
 /** Most runs GET /api/runs returns at once. */
 export const LIST_LIMIT = 1000;
@@ -164,9 +165,93 @@ export const ROUTES: Route[] = [
     },
   },
   {
+    method: "post",
+    path: "/api/runs/{id}/evaluate",
+    summary:
+      'Score a finished run\'s final model on its train.eval_tasks (or `tasks`) with its own train.eval_data, in the background: `job` and `eval` events on its stream, rows under checkpoint "final"',
+    request: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        tasks: { type: "array", minItems: 1, items: { type: "string", enum: TASKS } },
+        limit: { type: "integer", minimum: 0, maximum: 100000, description: "documents per task (0: all)" },
+      },
+    },
+    responses: {
+      202: { description: "started", schema: { type: "object", required: ["id", "job"] } },
+      ...bodyErrors,
+      ...noRun,
+      409: problem("not finished, or a job is already running on it"),
+      422: problem("unknown task or bad limit"),
+    },
+  },
+  {
+    method: "post",
+    path: "/api/runs/{id}/analyze",
+    summary:
+      "The spectrum of ΔW at each checkpoint of a finished run, in the background: `job` and `spectra` events on its stream",
+    responses: {
+      202: { description: "started", schema: { type: "object", required: ["id", "job"] } },
+      ...noRun,
+      409: problem("not finished, or a job is already running on it"),
+      415: problem("a body that is not application/json"),
+    },
+  },
+  {
+    method: "post",
+    path: "/api/sweeps",
+    summary:
+      "Queue a sweep: a run per combination of `grid` (dotted config paths to lists of values, at most 64 combinations) over `base`, which must score while it trains (train.eval_tasks)",
+    request: {
+      type: "object",
+      required: ["name", "base", "grid"],
+      additionalProperties: false,
+      properties: {
+        name: { type: "string", pattern: "^[\\w.-]{1,100}$" },
+        base: { $ref: "#/components/schemas/RunConfig" },
+        grid: {
+          type: "object",
+          minProperties: 1,
+          additionalProperties: { type: "array", minItems: 1, maxItems: 16 },
+        },
+      },
+    },
+    responses: {
+      201: { description: "queued", schema: { type: "object", required: ["id", "name", "runs"] } },
+      ...bodyErrors,
+      422: problem("an invalid sweep or cell config (`field` names it)"),
+    },
+  },
+  {
+    method: "get",
+    path: "/api/sweeps",
+    summary: "List sweeps, newest first",
+    responses: { 200: { description: "sweeps", schema: { type: "array", items: { type: "object" } } } },
+  },
+  {
+    method: "get",
+    path: "/api/sweeps/{id}",
+    summary:
+      "A sweep: its runs, every scored checkpoint as a learning–forgetting point, each method's Pareto frontier and the provisional findings",
+    responses: {
+      200: { description: "the sweep", schema: { type: "object", required: ["id", "runs", "points", "frontiers"] } },
+      404: problem("no such sweep"),
+    },
+  },
+  {
+    method: "get",
+    path: "/api/sweeps/{id}/events",
+    summary: "Server-Sent Events: the sweep's summary again whenever one of its runs is scored; ends when all have",
+    responses: {
+      200: { description: "an event stream", contentType: "text/event-stream" },
+      404: problem("no such sweep"),
+    },
+  },
+  {
     method: "get",
     path: "/api/runs/{id}/events",
-    summary: "Server-Sent Events: status, progress, checkpoint, eval; ends when the run does",
+    summary:
+      "Server-Sent Events: snapshot (every metric so far, the scores), status, progress, validation, checkpoint, eval, job, spectra; ends when the run does",
     responses: { 200: { description: "an event stream", contentType: "text/event-stream" }, ...noRun },
   },
   {
@@ -213,7 +298,7 @@ export const ROUTES: Route[] = [
 
 /** The methods a path is served with (for 405's Allow), from ROUTES and the dashboard's pages. */
 export function routeMethods(path: string): string[] {
-  const page = ["/", "/dashboard.js", "/favicon.ico"].includes(path) ? ["GET"] : [];
+  const page = ["/", "/dashboard.js", "/favicon.ico"].includes(path) || /^\/vendor\/[^/]+$/.test(path) ? ["GET"] : [];
   const api = ROUTES.filter((r) =>
     new RegExp(`^${r.path.replace(/\{path\}/, ".+").replace(/\{\w+\}/g, "[^/]+")}$`).test(path),
   ).map((r) => r.method.toUpperCase());

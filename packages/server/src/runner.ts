@@ -11,13 +11,15 @@ import type { RunRow, Store } from "@loralab/db";
 import {
   lastCheckpoint,
   resolveConfig,
+  runDirectory,
   RunInterrupted,
   type ResolvedRunConfig,
   type RunConfig,
   type SidecarOptions,
   type TrainEvent,
 } from "@loralab/engine";
-import { trainWithEval } from "@loralab/eval";
+import { type EvalPoint, scoreModel, type TaskName, trainWithEval } from "@loralab/eval";
+import { analyzeRun } from "@loralab/spectrum";
 
 export interface RunnerOptions {
   /** Where run directories go (each run's out_dir). */
@@ -49,7 +51,30 @@ export type RunEvent =
       tokens_per_s: number;
     }
   | { type: "checkpoint"; run_id: string; step: number; path: string }
-  | { type: "eval"; run_id: string; results: unknown[] };
+  | { type: "validation"; run_id: string; step: number; val_loss: number; best: boolean }
+  | { type: "eval"; run_id: string; results: unknown[] }
+  /** A job on a finished run (`POST .../evaluate` or `.../analyze`): its progress and its end. */
+  | { type: "job"; run_id: string; job: "evaluate" | "analyze"; state: "running" | "done" | "failed"; detail: string }
+  | { type: "spectra"; run_id: string; results: unknown[] };
+
+/** The store's rows of one scored model (the base, a checkpoint, the final output). */
+export function evalRows(p: EvalPoint, checkpoint: string) {
+  const rows = Object.entries(p.tasks).flatMap(([task, ms]) =>
+    Object.entries(ms).map(([metric, value]) => ({
+      checkpoint,
+      task,
+      metric,
+      value,
+      stderr: null as number | null,
+      n: p.docs[task] ?? 0,
+    })),
+  );
+  if (p.forgetting !== null)
+    rows.push({ checkpoint, task: "forgetting", metric: "score", value: p.forgetting, stderr: null, n: 0 });
+  if (p.learning !== null)
+    rows.push({ checkpoint, task: "learning", metric: "score", value: p.learning, stderr: null, n: 0 });
+  return rows;
+}
 
 type Listener = (e: RunEvent) => void;
 
@@ -69,6 +94,8 @@ export function devicePool(device: string): string {
 export class Runner {
   private listeners = new Map<string, Set<Listener>>();
   private active = new Map<string, AbortController>();
+  private jobs = new Map<string, Promise<void>>();
+  private lastJob = new Map<string, Extract<RunEvent, { type: "job" }>>();
   private activeDevice = new Map<string, string>();
   private timer: ReturnType<typeof setInterval> | undefined;
   private ticking = false;
@@ -132,7 +159,7 @@ export class Runner {
   }
 
   /** Validate (the engine's own resolution: ConfigError names the field) and queue a run. */
-  async submit(config: RunConfig, device?: string): Promise<RunRow> {
+  async submit(config: RunConfig, device?: string, sweepId?: string): Promise<RunRow> {
     const id = newRunId();
     const resolved = resolveConfig({ ...config, run_id: id, out_dir: this.runsDir });
     device ??= resolved.train.device;
@@ -143,6 +170,7 @@ export class Runner {
       config: resolved as unknown as Record<string, unknown>,
       device,
       runDir: join(this.runsDir, id),
+      sweepId: sweepId ?? null,
     });
     this.emit({ type: "status", run_id: id, status: "queued" });
     void this.tick();
@@ -184,10 +212,80 @@ export class Runner {
   }
 
   isActive(id: string): boolean {
-    return this.active.has(id);
+    return this.active.has(id) || this.jobs.has(id);
+  }
+
+  /** Score a finished run's final model (its last checkpoint when it has no output) on its
+   *  `train.eval_tasks` (or `o.tasks`), with its own `train.eval_data`: rows under "final" (or
+   *  the checkpoint's name), told to watchers as `job` and `eval` events. Runs in the background;
+   *  false when the run already has a job. */
+  evaluate(r: RunRow, o: { tasks?: TaskName[]; limit?: number } = {}): boolean {
+    return this.job(r, "evaluate", async () => {
+      const rd = runDirectory(r.runDir);
+      const last = rd.checkpoints[rd.checkpoints.length - 1];
+      const model = rd.output || last?.path || "";
+      if (!model) throw new Error(`run ${r.id} has no final model and no checkpoint to evaluate`);
+      const run = r.config as unknown as ResolvedRunConfig;
+      const p = await scoreModel(
+        run,
+        r.runDir,
+        { step: rd.output ? (rd.total_steps ?? 0) : (last?.step ?? 0), tokens: 0, checkpoint: model },
+        o,
+      );
+      await this.store.recordEval(r.id, evalRows(p, rd.output ? "final" : basename(model)));
+      this.emit({ type: "eval", run_id: r.id, results: await this.store.evalResults(r.id) });
+      const f = p.forgetting === null ? "" : `forgetting ${p.forgetting.toFixed(4)}`;
+      const l = p.learning === null ? "" : `learning ${p.learning.toFixed(4)}`;
+      return [f, l].filter(Boolean).join(", ") || "scored";
+    });
+  }
+
+  /** The spectrum of ΔW at each checkpoint of a finished run (spectrum/ in its directory, then
+   *  the store), told to watchers as `job` and `spectra` events; false when it already has a job. */
+  analyze(r: RunRow): boolean {
+    return this.job(r, "analyze", async () => {
+      const cks = await analyzeRun(r.runDir, {
+        onCheckpoint: (name, i, n) =>
+          this.emit({ type: "job", run_id: r.id, job: "analyze", state: "running", detail: `${name} (${i}/${n})` }),
+      });
+      await this.store.ingestRunDir(r.runDir, r.device, r.id);
+      this.emit({ type: "spectra", run_id: r.id, results: await this.store.spectra(r.id) });
+      return `${cks.length} checkpoint${cks.length === 1 ? "" : "s"} analysed`;
+    });
+  }
+
+  private job(r: RunRow, job: "evaluate" | "analyze", fn: () => Promise<string>): boolean {
+    if (this.jobs.has(r.id) || this.active.has(r.id)) return false;
+    this.emit({ type: "job", run_id: r.id, job, state: "running", detail: "" });
+    const p = fn()
+      .then(
+        (detail) => ({ state: "done" as const, detail }),
+        (e) => ({ state: "failed" as const, detail: (e as Error).message.split("\n")[0]! }),
+      )
+      .then((end) => {
+        // gone from the jobs before it is told: a watcher that hears the end sees the run idle
+        this.jobs.delete(r.id);
+        this.emit({ type: "job", run_id: r.id, job, ...end });
+      });
+    this.jobs.set(r.id, p);
+    return true;
+  }
+
+  /** Until every evaluate/analyze job has ended (the server's close waits for them). */
+  async settled(): Promise<void> {
+    while (this.jobs.size) await Promise.allSettled([...this.jobs.values()]);
+  }
+
+  /** The run's job now, or its last one (what a stream opened late starts from). */
+  jobState(id: string): Extract<RunEvent, { type: "job" }> | null {
+    return this.lastJob.get(id) ?? null;
   }
 
   private emit(e: RunEvent) {
+    if (e.type === "job") {
+      if (this.lastJob.size > 10_000) this.lastJob.clear();
+      this.lastJob.set(e.run_id, e);
+    }
     for (const fn of this.listeners.get(e.run_id) ?? []) fn(e);
   }
 
@@ -239,6 +337,11 @@ export class Runner {
           tokens_per_s: e.tokens_per_s,
         });
       } else if (e.type === "checkpoint") this.emit({ type: "checkpoint", run_id: r.id, step: e.step, path: e.path });
+      else if (e.type === "validation") {
+        const row = { step: e.step, name: "val_loss", value: e.val_loss };
+        pending = pending.then(() => this.store.recordMetrics(r.id, [row])).catch(() => {});
+        this.emit({ type: "validation", run_id: r.id, step: e.step, val_loss: e.val_loss, best: e.best });
+      }
     };
     let status: "completed" | "cancelled" | "failed" | "interrupted" = "failed";
     let error: string | null = null;
@@ -249,22 +352,9 @@ export class Runner {
         onEvent,
         sidecar: this.o.sidecar ?? true,
         onEval: async (p) => {
-          const checkpoint = p.checkpoint ? basename(p.checkpoint) : "base";
-          const rows = Object.entries(p.tasks).flatMap(([task, ms]) =>
-            Object.entries(ms).map(([metric, value]) => ({
-              checkpoint,
-              task,
-              metric,
-              value,
-              stderr: null,
-              n: p.docs[task] ?? 0,
-            })),
-          );
-          if (p.forgetting !== null)
-            rows.push({ checkpoint, task: "forgetting", metric: "score", value: p.forgetting, stderr: null, n: 0 });
-          if (p.learning !== null)
-            rows.push({ checkpoint, task: "learning", metric: "score", value: p.learning, stderr: null, n: 0 });
-          await this.store.recordEval(r.id, rows).catch(() => {});
+          await this.store
+            .recordEval(r.id, evalRows(p, p.checkpoint ? basename(p.checkpoint) : "base"))
+            .catch(() => {});
           this.emit({ type: "eval", run_id: r.id, results: await this.store.evalResults(r.id).catch(() => []) });
         },
       });

@@ -12,7 +12,9 @@
 // Statistics re-select what they select (the best cell, the frontier, the LR optimum) inside
 // each replicate, so the interval includes the selection's own noise.
 
-import { maths } from "@loralab/engine";
+import { frontier, frontierGap, interpolate } from "@loralab/engine";
+
+export { frontier, frontierGap, interpolate };
 
 export type Verdict = "HELD" | "REFUTED" | "UNDECIDED";
 
@@ -324,55 +326,6 @@ export function measuredPoints(base: BaseObservation, obs: Observation[]): CellP
 }
 
 // ------------------------------------------------------------------ the statistics
-
-/** Upper frontier of (x, y) points — those no other point beats in both — by x ascending: the
- *  maths the report shares with its WebAssembly build (loralab-maths pareto_frontier). */
-export function frontier(ps: { x: number; y: number }[]): { x: number; y: number }[] {
-  return maths
-    .paretoFrontier(
-      ps.map((p) => p.x),
-      ps.map((p) => p.y),
-    )
-    .map((i) => ps[i]!);
-}
-
-/** The frontier as a function: linear between its points, up to its last x; below its first x
- *  it is the first point's y (a point that learned more while retaining as much is achievable). */
-export function interpolate(f: { x: number; y: number }[], x: number): number {
-  if (!f.length || x > f[f.length - 1]!.x + 1e-12) return NaN;
-  if (x <= f[0]!.x) return f[0]!.y;
-  for (let i = 1; i < f.length; i++)
-    if (x <= f[i]!.x) {
-      const a = f[i - 1]!;
-      const b = f[i]!;
-      return b.x === a.x ? Math.max(a.y, b.y) : a.y + ((b.y - a.y) * (x - a.x)) / (b.x - a.x);
-    }
-  return f[f.length - 1]!.y;
-}
-
-/** Mean vertical gap between two interpolated frontiers, a − b, over the learning range both
- *  reach (from `start` to the smaller of their largest x): the area between them divided by the
- *  range. NaN when the common range is shorter than `minRange`. */
-export function frontierGap(
-  a: { x: number; y: number }[],
-  b: { x: number; y: number }[],
-  start: number,
-  minRange: number,
-): { mean: number; area: number; range: [number, number] } {
-  const end = Math.min(a.at(-1)?.x ?? -Infinity, b.at(-1)?.x ?? -Infinity);
-  if (!(end - start >= minRange)) return { mean: NaN, area: NaN, range: [start, end] };
-  // piecewise linear on the union of breakpoints: the trapezoid rule there is exact
-  const xs = [...new Set([start, end, ...a.map((p) => p.x), ...b.map((p) => p.x)])]
-    .filter((x) => x >= start && x <= end)
-    .sort((p, q) => p - q);
-  let area = 0;
-  for (let i = 1; i < xs.length; i++) {
-    const g0 = interpolate(a, xs[i - 1]!) - interpolate(b, xs[i - 1]!);
-    const g1 = interpolate(a, xs[i]!) - interpolate(b, xs[i]!);
-    area += ((g0 + g1) / 2) * (xs[i]! - xs[i - 1]!);
-  }
-  return { mean: area / (end - start), area, range: [start, end] };
-}
 
 /** The optimum of y over log10(x) on a grid: the vertex of the parabola through the best grid
  *  point and its two neighbours (kept between those neighbours). `bracketed` is false when the

@@ -1,0 +1,179 @@
+// A sweep the server runs: one base run config and a grid over some of its fields (dotted paths,
+// `optim.lr`, `method`), a run per combination, each scored while it trains (train.eval_tasks).
+// Its summary is what the sweep page draws as the scores come: every scored checkpoint as a
+// point on the learning–forgetting plane, each method's Pareto frontier, and the study's
+// comparisons as they stand on the points so far — provisional, since live scores are on
+// train.eval_limit documents and keep no per-item outcomes (`loralab sweep` decides at 95 %).
+import type { EvalRow, RunRow } from "@loralab/db";
+import { frontier, frontierGap } from "@loralab/engine";
+
+export const MAX_SWEEP_CELLS = 64;
+const MAX_VALUES = 16;
+const KEY = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,2}$/;
+
+export interface SweepRequest {
+  name: string;
+  base: Record<string, unknown>;
+  grid: Record<string, unknown[]>;
+}
+
+/** The request checked: a name, a base config, a grid of at most MAX_SWEEP_CELLS combinations;
+ *  else the offending field and why. */
+export function parseSweep(body: unknown): SweepRequest | { field: string; message: string } {
+  if (typeof body !== "object" || body === null || Array.isArray(body))
+    return { field: "", message: "a sweep is a JSON object: {name, base, grid}" };
+  const b = body as Record<string, unknown>;
+  for (const k of Object.keys(b))
+    if (!["name", "base", "grid"].includes(k))
+      return { field: k, message: "unknown field (a sweep has name, base, grid)" };
+  if (typeof b.name !== "string" || !/^[\w.-]{1,100}$/.test(b.name))
+    return { field: "name", message: "a name of 1 to 100 letters, digits, '_', '-' or '.'" };
+  if (typeof b.base !== "object" || b.base === null || Array.isArray(b.base))
+    return { field: "base", message: "the run config every cell starts from (a JSON object)" };
+  const train = (b.base as { train?: { eval_tasks?: unknown } }).train;
+  if (!Array.isArray(train?.eval_tasks) || !train.eval_tasks.length)
+    return {
+      field: "base.train.eval_tasks",
+      message:
+        'a sweep is scored while it trains: name its tasks (hint: a learning task, gsm8k or humaneval, and forgetting tasks, e.g. ["gsm8k", "arc_challenge"], with train.eval_every)',
+    };
+  if (typeof b.grid !== "object" || b.grid === null || Array.isArray(b.grid) || !Object.keys(b.grid).length)
+    return {
+      field: "grid",
+      message: 'an object of dotted config paths to lists of values, e.g. {"optim.lr": [1e-4, 3e-4]}',
+    };
+  let cells = 1;
+  for (const [k, v] of Object.entries(b.grid)) {
+    if (!KEY.test(k)) return { field: `grid.${k}`, message: "a config path of 1 to 3 snake_case names joined by '.'" };
+    if (k === "name" || k === "run_id" || k === "out_dir" || k.startsWith("tracking"))
+      return { field: `grid.${k}`, message: "not a field a sweep varies" };
+    if (!Array.isArray(v) || !v.length || v.length > MAX_VALUES)
+      return { field: `grid.${k}`, message: `a list of 1 to ${MAX_VALUES} values` };
+    cells *= v.length;
+  }
+  if (cells > MAX_SWEEP_CELLS)
+    return { field: "grid", message: `${cells} combinations: at most ${MAX_SWEEP_CELLS} runs per sweep` };
+  return { name: b.name, base: b.base as Record<string, unknown>, grid: b.grid as Record<string, unknown[]> };
+}
+
+const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v));
+
+/** Each combination of the grid, in order (the last key varies fastest), with its values. */
+export function expand(s: SweepRequest): { config: Record<string, unknown>; params: Record<string, unknown> }[] {
+  let out: Record<string, unknown>[] = [{}];
+  for (const [k, vs] of Object.entries(s.grid)) out = out.flatMap((p) => vs.map((v) => ({ ...p, [k]: v })));
+  return out.map((params, i) => {
+    const config = clone(s.base);
+    for (const [k, v] of Object.entries(params)) {
+      const path = k.split(".");
+      let at = config;
+      for (const seg of path.slice(0, -1)) {
+        const next = at[seg];
+        at[seg] = typeof next === "object" && next !== null && !Array.isArray(next) ? next : {};
+        at = at[seg] as Record<string, unknown>;
+      }
+      at[path[path.length - 1]!] = clone(v);
+    }
+    config.name = `${s.name}-${String(i + 1).padStart(2, "0")}`;
+    return { config, params };
+  });
+}
+
+export interface SweepPoint {
+  run: string;
+  /** The method (full, lora), the frontier it belongs to. */
+  group: string;
+  checkpoint: string;
+  step: number;
+  learning: number;
+  forgetting: number;
+}
+
+export interface SweepFinding {
+  id: "learns_less" | "forgets_less";
+  claim: string;
+  /** Where the points so far lean, or "not yet" while they cannot compare. */
+  leaning: "held" | "refuted" | "not yet";
+  evidence: string;
+}
+
+const stepOf = (checkpoint: string, run: RunRow) =>
+  checkpoint === "base"
+    ? 0
+    : /(\d+)$/.test(checkpoint)
+      ? Number(/(\d+)$/.exec(checkpoint)![1])
+      : Number((run.config as { train?: { steps?: number } }).train?.steps ?? 0);
+
+/** A sweep's points (each run's scored checkpoints with both scores), the base's, each group's
+ *  frontier (indices into points, by learning ascending) and the provisional findings. */
+export function summarize(runs: RunRow[], evals: Map<string, EvalRow[]>) {
+  const points: SweepPoint[] = [];
+  let base: { learning: number; forgetting: number } | null = null;
+  for (const r of runs) {
+    const rows = evals.get(r.id) ?? [];
+    for (const ck of [...new Set(rows.map((x) => x.checkpoint))]) {
+      const score = (task: string) => rows.find((x) => x.checkpoint === ck && x.task === task && x.metric === "score");
+      const l = score("learning");
+      const f = score("forgetting");
+      if (!l || !f) continue;
+      if (ck === "base") base ??= { learning: l.value, forgetting: f.value };
+      else
+        points.push({
+          run: r.id,
+          group: r.method,
+          checkpoint: ck,
+          step: stepOf(ck, r),
+          learning: l.value,
+          forgetting: f.value,
+        });
+    }
+  }
+  const groups = [...new Set(points.map((p) => p.group))];
+  const frontiers: Record<string, number[]> = {};
+  const curve: Record<string, { x: number; y: number }[]> = {};
+  for (const g of groups) {
+    const idx = points.flatMap((p, i) => (p.group === g ? [i] : []));
+    frontiers[g] = frontier(idx.map((i) => ({ x: points[i]!.learning, y: points[i]!.forgetting, i }))).map((p) => p.i);
+    // the study's comparison: each method's frontier with the base on it
+    const b = base ? [{ x: base.learning, y: base.forgetting }] : [];
+    curve[g] = frontier([...b, ...idx.map((i) => ({ x: points[i]!.learning, y: points[i]!.forgetting }))]);
+  }
+  return { base, points, frontiers, findings: provisional(points, curve, base) };
+}
+
+const pts = (x: number) => (100 * x).toFixed(1);
+
+function provisional(
+  points: SweepPoint[],
+  curve: Record<string, { x: number; y: number }[]>,
+  base: { learning: number; forgetting: number } | null,
+): SweepFinding[] {
+  const best = (g: string) => Math.max(...points.filter((p) => p.group === g).map((p) => p.learning));
+  const out: SweepFinding[] = [];
+  const both = curve.full?.length && curve.lora?.length;
+  const tail = " (provisional: live scores on train.eval_limit documents; `loralab sweep` decides it at 95 %)";
+  if (!both) {
+    const why = "needs scored checkpoints of both full and lora runs";
+    out.push({ id: "learns_less", claim: "LoRA learns less than full fine-tuning", leaning: "not yet", evidence: why });
+    out.push({ id: "forgets_less", claim: "LoRA forgets less at matched learning", leaning: "not yet", evidence: why });
+    return out;
+  }
+  const gap = best("full") - best("lora");
+  out.push({
+    id: "learns_less",
+    claim: "LoRA learns less than full fine-tuning",
+    leaning: gap > 0 ? "held" : gap < 0 ? "refuted" : "not yet",
+    evidence: `best learning: full ${pts(best("full"))}, lora ${pts(best("lora"))}, a gap of ${pts(gap)} points${tail}`,
+  });
+  // matched learning: the two frontiers share at least 2 points of it (the study's MIN_RANGE)
+  const g = frontierGap(curve.lora!, curve.full!, base?.learning ?? 0, 0.02);
+  out.push({
+    id: "forgets_less",
+    claim: "LoRA forgets less at matched learning",
+    leaning: Number.isNaN(g.mean) ? "not yet" : g.mean > 0.01 ? "held" : "refuted",
+    evidence: Number.isNaN(g.mean)
+      ? "the two frontiers do not yet share a range of learning"
+      : `lora's frontier is ${pts(g.mean)} points of forgetting score ${g.mean >= 0 ? "above" : "below"} full's over learning ${pts(g.range[0])}–${pts(g.range[1])} (HELD needs more than +1.0)${tail}`,
+  });
+  return out;
+}
