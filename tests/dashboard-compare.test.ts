@@ -5,7 +5,7 @@
 // scene's screenshot goes to the test's temp dir, and to $LORALAB_SHOTS_DIR when set
 // (`bun run shots` writes the README's under docs/shots/).
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { createServer, type LoralabServer } from "loralab";
@@ -100,11 +100,16 @@ test("overlay two runs: each run's plotted loss is its stored series; axes, a li
   const val = await chartRows(page, "val_loss");
   expect(val.filter((r) => r.run === a.id).map((r) => r.step)).toEqual([3, 6, 9, 12]);
   for (const c of ["lr", "grad_norm", "tokens_per_s"]) expect((await chartRows(page, c)).length).toBe(24);
-  // axes with ticks and titles, and a legend naming both runs (name · the end of its id)
+  // axes with ticks and titles, and a legend naming both runs (the end of its id · its name)
   const axis = await page.$$eval("#chart-loss .role-axis-label text", (ts) => ts.map((t) => t.textContent));
   expect(axis.length).toBeGreaterThan(4);
   const legend = await page.$$eval("#chart-loss .role-legend-label text", (ts) => ts.map((t) => t.textContent));
-  expect(legend.sort()).toEqual([`overlay-full · ${b.id.slice(-6)}`, `overlay-lora · ${a.id.slice(-6)}`]);
+  expect(legend.sort()).toEqual([`${a.id.slice(-6)} · overlay-lora`, `${b.id.slice(-6)} · overlay-full`].sort());
+  // and each line is drawn through all 12 of its points (a vertex per row: M, then L's)
+  const vertices = await page.$$eval("#chart-loss g.mark-line path", (ps) =>
+    ps.map((p) => (p.getAttribute("d") ?? "").match(/[ML]/g)?.length ?? 0),
+  );
+  expect(vertices).toEqual([12, 12]);
   // sort by lr (ascending: full's 3e-4 first), then filter to the LoRA run
   await page.click('th[data-key="lr"]');
   const ids = await page.$$eval("#runs tr", (trs) => trs.map((t) => (t as HTMLElement).dataset.id));
@@ -168,8 +173,10 @@ test("a run started from the page with eval_every: its validation loss and score
       timeout: 120_000,
     },
   );
-  await page.waitForFunction(() => document.querySelector("#d-eval")?.textContent?.includes("final"));
-  expect((await srv.store.evalResults(id)).some((x) => x.checkpoint === "final" && x.task === "forgetting")).toBe(true);
+  await page.waitForFunction(() => document.querySelector("#d-eval")?.textContent?.includes("job:final"));
+  expect((await srv.store.evalResults(id)).some((x) => x.checkpoint === "job:final" && x.task === "forgetting")).toBe(
+    true,
+  );
   // Analyze: the spectrum of ΔW at each checkpoint, its figures shown
   await page.click("#analyze");
   await page.waitForFunction(
@@ -233,23 +240,20 @@ test("the sweep page: each scored checkpoint on the learning–forgetting plane,
   expect(plotted).toEqual(
     s.points.map((p: Record<string, unknown>) => [p.run, p.checkpoint, p.learning, p.forgetting]),
   );
-  // the frontier per method: the points no other of its method beats in both scores
+  // the frontier per method: the points (the base among them) no other of its method beats in
+  // both scores; two that score the same are one point of it
+  type P = { learning: number; forgetting: number };
   for (const g of ["lora", "full"]) {
-    const mine = s.points.filter((p: { group: string }) => p.group === g);
-    const beaten = (p: { learning: number; forgetting: number }) =>
+    const mine: P[] = [s.base, ...s.points.filter((p: { group: string }) => p.group === g)];
+    const beaten = (p: P) =>
       mine.some(
-        (q: { learning: number; forgetting: number }) =>
+        (q) =>
           q !== p &&
           q.learning >= p.learning &&
           q.forgetting >= p.forgetting &&
           (q.learning > p.learning || q.forgetting > p.forgetting),
       );
-    // (two checkpoints that score the same are one point of it)
-    const want = new Set(
-      mine
-        .filter((p: { learning: number; forgetting: number }) => !beaten(p))
-        .map((p: { learning: number; forgetting: number }) => `${p.learning},${p.forgetting}`),
-    ).size;
+    const want = new Set(mine.filter((p) => !beaten(p)).map((p) => `${p.learning},${p.forgetting}`)).size;
     expect(rows.filter((r) => r.kind === "frontier" && r.group === g).length).toBe(want);
   }
   expect(rows.filter((r) => r.kind === "base").length).toBe(1);
@@ -261,3 +265,80 @@ test("the sweep page: each scored checkpoint on the learning–forgetting plane,
   expect(errors).toEqual([]);
   await page.close();
 }, 360_000);
+
+test("jobs and sweeps over the API: every document (limit 0), jobs in turn, inputs outside the roots refused, a sweep's stream that ends, cells that would not score", async () => {
+  const evalTrain = {
+    ...(template.train as object),
+    steps: 4,
+    eval_every: 2,
+    eval_tasks: ["winogrande"],
+    eval_limit: 2,
+    eval_data: { winogrande: join(fx, "winogrande") },
+  };
+  const a = await (await api("/api/runs", { ...template, name: "job-a", train: evalTrain })).json();
+  const b = await (await api("/api/runs", { ...template, name: "job-b", train: evalTrain })).json();
+  expect((await until(a.id)).status).toBe("completed");
+  expect((await until(b.id)).status).toBe("completed");
+  // two jobs at once: the second waits its turn ("queued" first), both end done
+  expect((await api(`/api/runs/${a.id}/evaluate`, { limit: 0 })).status).toBe(202);
+  expect((await api(`/api/runs/${b.id}/analyze`, {})).status).toBe(202);
+  expect(srv.runner.jobState(b.id)?.state).toBe("queued");
+  for (const id of [a.id, b.id])
+    for (let i = 0; i < 600 && !["done", "failed"].includes(srv.runner.jobState(id)?.state ?? ""); i++)
+      await Bun.sleep(100);
+  expect([srv.runner.jobState(a.id)?.state, srv.runner.jobState(b.id)?.state]).toEqual(["done", "done"]);
+  // limit 0: every document of the task, under the job's own key; the scores taken while it trained stay
+  const docs = readFileSync(join(fx, "winogrande", "validation.jsonl"), "utf8")
+    .trim()
+    .split("\n").length;
+  const rows = await srv.store.evalResults(a.id);
+  expect(rows.find((x) => x.checkpoint === "job:final" && x.task === "winogrande" && x.metric === "acc")?.n).toBe(docs);
+  expect(rows.find((x) => x.checkpoint === "step-000004" && x.task === "winogrande" && x.metric === "acc")?.n).toBe(2);
+
+  // a run made elsewhere and imported, its eval data outside the server's roots: not evaluated
+  const elsewhere = tempDir("outside-the-roots");
+  cpSync(join(fx, "winogrande"), join(elsewhere, "wino"), { recursive: true });
+  const { train } = await import("loralab");
+  const made = await train(
+    tinyConfig(elsewhere, {
+      run_id: "imported",
+      method: { kind: "lora", rank: 4 },
+      train: {
+        steps: 2,
+        checkpoint_every: 0,
+        eval_every: 2,
+        eval_tasks: ["winogrande"],
+        eval_data: { winogrande: join(elsewhere, "wino") },
+      },
+    }),
+  );
+  await srv.store.ingestRunDir(made.run_dir);
+  const refused = await api("/api/runs/imported/evaluate", {});
+  expect(refused.status).toBe(409);
+  expect((await refused.json()).field).toBe("train.eval_data.winogrande");
+  // (its base is under the roots: its spectrum may be taken)
+  expect((await api("/api/runs/imported/analyze", {})).status).toBe(202);
+
+  // a sweep whose runs are cancelled at once: its stream still ends, with them cancelled
+  const long = { ...template, train: { ...evalTrain, steps: 5000 } };
+  const sw = await api("/api/sweeps", { name: "cancelled", base: long, grid: { "optim.lr": [1e-3, 3e-4] } });
+  expect(sw.status).toBe(201);
+  const sweep = await sw.json();
+  expect(sweep.runs.length).toBe(2);
+  const stream = fetch(`${url}/api/sweeps/${sweep.id}/events`, { headers: { Authorization: `Bearer ${TOKEN}` } }).then(
+    (r) => r.text(),
+  );
+  for (const id of sweep.runs) expect((await api(`/api/runs/${id}/cancel`, {})).status).toBe(202);
+  const text = await Promise.race([stream, Bun.sleep(60_000).then(() => "timed out")]);
+  expect(text).toContain("event: end");
+  const last = [...text.matchAll(/event: sweep\ndata: (.*)\n/g)].at(-1)![1]!;
+  expect(JSON.parse(last).runs.map((r: { status: string }) => r.status)).toEqual(["cancelled", "cancelled"]);
+
+  // a grid that replaces the train section with one that scores nothing: refused, naming the cell
+  const bare = await api("/api/sweeps", { name: "bare", base: long, grid: { train: [{ steps: 2 }] } });
+  expect(bare.status).toBe(422);
+  expect((await bare.json()).detail).toMatch(/^grid cell 1 .*train.eval_tasks and train.eval_every/);
+  // the chart libraries are served by name, and nothing else is
+  expect((await fetch(`${url}/vendor/vega.js`)).status).toBe(200);
+  expect((await fetch(`${url}/vendor/${"x".repeat(100)}.js`)).status).toBe(404);
+}, 300_000);

@@ -133,7 +133,7 @@ test("validation's config is checked at the edge", () => {
   bad({ train: { early_stop_patience: 2 } }, /train.early_stop_patience: needs validation during training/);
   bad(
     { data: { validation: join(tiny, "code_heldout.jsonl") }, train: { eval_every: 2, keep_best: "acc" } },
-    /train.keep_best: `acc`: the metric kept by is `val_loss`/,
+    /train.keep_best: `acc`: the metric kept by is `val_loss`, or a score/,
   );
   bad({ data: { validation: join(out, "missing.jsonl") } }, /data.validation: file not found/);
 });
@@ -234,6 +234,53 @@ test("eval_tasks while training: the base and every eval_every checkpoint scored
   );
 }, 300_000);
 
+test("keep_best by a score: the best-scored checkpoint kept as best/ while keep_checkpoints prunes the rest", async () => {
+  const { scoreModel, trainWithEval } = await import("@loralab/eval");
+  const out = tempDir("keep-best-score");
+  const fx = join(root, "tests/fixtures/eval");
+  const s = await trainWithEval(
+    tinyConfig(out, {
+      run_id: "kb",
+      method: { kind: "lora", rank: 4 },
+      train: {
+        steps: 10,
+        checkpoint_every: 0,
+        eval_every: 2,
+        eval_tasks: ["winogrande", "arc_challenge"],
+        eval_limit: 3,
+        eval_data: { winogrande: join(fx, "winogrande"), arc_challenge: join(fx, "arc_challenge") },
+        keep_best: "eval/forgetting",
+        keep_checkpoints: 1,
+      },
+    }),
+  );
+  expect(s.status).toBe("completed");
+  const scored = s.evals.filter((e) => e.checkpoint && !e.skipped);
+  expect(scored.length).toBeGreaterThan(0);
+  // the first of the highest scores (a later tie does not replace it)
+  const top = scored.reduce((a, b) => (b.forgetting! > a.forgetting! ? b : a));
+  expect(s.best_checkpoint).toBe(join(s.run_dir, "best"));
+  const kept = JSON.parse(readFileSync(join(s.run_dir, "best.json"), "utf8"));
+  expect(kept).toEqual({
+    metric: "eval/forgetting",
+    value: top.forgetting,
+    step: top.step,
+    checkpoint: top.checkpoint,
+  });
+  // best/ is that checkpoint whole (its trainer state at its step), whatever keep_checkpoints pruned
+  const state = JSON.parse(readFileSync(join(s.run_dir, "best", "trainer_state.json"), "utf8"));
+  expect(state.step).toBe(top.step);
+  expect(existsSync(join(s.run_dir, "best", "adapter_model.safetensors"))).toBe(true);
+  expect(readdirSync(join(s.run_dir, "checkpoints")).length).toBeLessThanOrEqual(2);
+  // and it scores as the checkpoint did
+  const again = await scoreModel(JSON.parse(readFileSync(join(s.run_dir, "config.json"), "utf8")), s.run_dir, {
+    step: top.step,
+    tokens: 0,
+    checkpoint: s.best_checkpoint,
+  });
+  expect(again.forgetting).toBe(top.forgetting);
+}, 180_000);
+
 test("eval_tasks and forgetting_budget are checked at the edge", () => {
   const out = tempDir("evaltrain-cfg");
   const bad = (train: Record<string, unknown>, field: string, msg: RegExp) => {
@@ -267,4 +314,21 @@ test("eval_tasks and forgetting_budget are checked at the edge", () => {
     "train.keep_best",
     /needs validation during training/,
   );
+  // a score to keep by: of a task the run scores
+  bad(
+    { eval_tasks: ["winogrande"], eval_every: 2, keep_best: "eval/hellaswag/acc" },
+    "train.keep_best",
+    /a task in train.eval_tasks/,
+  );
+  bad({ keep_best: "eval/forgetting" }, "train.keep_best", /set train.eval_tasks and train.eval_every/);
+  bad(
+    { eval_tasks: ["winogrande"], eval_every: 2, keep_best: "eval/loss" },
+    "train.keep_best",
+    /`eval\/loss`: a score is kept by/,
+  );
+  expect(
+    resolveConfig(
+      tinyConfig(out, { train: { eval_tasks: ["winogrande"], eval_every: 2, keep_best: "eval/winogrande/acc" } }),
+    ).train.keep_best,
+  ).toBe("eval/winogrande/acc");
 });

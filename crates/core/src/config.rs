@@ -254,7 +254,7 @@ pub struct TrainConfig {
     pub early_stop_patience: usize,
     /// Keep only the N newest checkpoints (0 = all), besides the best one (`keep_best`) and those at `checkpoint_at_tokens`.
     pub keep_checkpoints: usize,
-    /// `val_loss`: write a checkpoint at each evaluation that improves it, and never delete the best one. Empty: off.
+    /// `val_loss`: write a checkpoint at each evaluation that improves it, and never delete the best one. A score of `eval_tasks` (`eval/forgetting`, `eval/learning`, `eval/<task>/<metric>`; higher is better): the library keeps the best-scored checkpoint as `best/` in the run directory. Empty: off.
     pub keep_best: String,
     /// Benchmarks scored on a checkpoint written every `eval_every` steps, while the run trains (by the loralab library and CLI, which run the evaluation): forgetting tasks (hellaswag, winogrande, arc_challenge) and the learning task (gsm8k, humaneval), each on its first `eval_limit` documents; the base model first. Results go to the run directory's `evals.jsonl` and the trackers.
     pub eval_tasks: Vec<String>,
@@ -689,9 +689,11 @@ impl RunConfig {
         if self.train.eval_every > 0 && self.data.validation.is_empty() && self.train.eval_tasks.is_empty() {
             return Err(Error::config("train.eval_every", "scores data.validation, and none is given (hint: data.validation = \"held-out.jsonl\", in the train file's format)"));
         }
+        let keep_best = self.train.keep_best.as_str();
+        let by_score = keep_best.starts_with("eval/");
         for (field, on) in [
             ("train.early_stop_patience", self.train.early_stop_patience > 0),
-            ("train.keep_best", !self.train.keep_best.is_empty()),
+            ("train.keep_best", !keep_best.is_empty() && !by_score),
         ] {
             if on && (self.train.eval_every == 0 || self.data.validation.is_empty()) {
                 return Err(Error::config(
@@ -700,10 +702,26 @@ impl RunConfig {
                 ));
             }
         }
-        if !matches!(self.train.keep_best.as_str(), "" | "val_loss") {
+        if by_score {
+            // a score of train.eval_tasks, kept by the library that scores them (higher is better)
+            let parts: Vec<&str> = keep_best.split('/').collect();
+            let named = match parts.as_slice() {
+                ["eval", "forgetting" | "learning"] => true,
+                ["eval", task, metric] => self.train.eval_tasks.iter().any(|t| t == task) && !metric.is_empty(),
+                _ => false,
+            };
+            if self.train.eval_tasks.is_empty() || !named {
+                return Err(Error::config(
+                    "train.keep_best",
+                    format!(
+                        "`{keep_best}`: a score is kept by `eval/forgetting`, `eval/learning` or `eval/<task>/<metric>` of a task in train.eval_tasks (hint: set train.eval_tasks and train.eval_every)"
+                    ),
+                ));
+            }
+        } else if !matches!(keep_best, "" | "val_loss") {
             return Err(Error::config(
                 "train.keep_best",
-                format!("`{}`: the metric kept by is `val_loss` (or empty: off)", self.train.keep_best),
+                format!("`{keep_best}`: the metric kept by is `val_loss`, or a score `eval/forgetting`, `eval/learning`, `eval/<task>/<metric>` (or empty: off)"),
             ));
         }
         crate::base::device::parse(&self.train.device)?;

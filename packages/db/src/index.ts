@@ -241,6 +241,12 @@ export class Store {
         });
   }
 
+  /** Forget a run's eval rows under one checkpoint key (before a fresh evaluation replaces them). */
+  async clearEval(runId: string, checkpoint: string): Promise<void> {
+    const e = this.t.evalResults;
+    await this.db.delete(e).where(and(eq(e.runId, runId), eq(e.checkpoint, checkpoint)));
+  }
+
   async evalResults(runId: string): Promise<EvalRow[]> {
     const e = this.t.evalResults;
     return this.db

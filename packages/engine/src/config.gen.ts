@@ -271,7 +271,7 @@ export interface TrainConfig {
    */
   gradient_checkpointing?: boolean;
   /**
-   * `val_loss`: write a checkpoint at each evaluation that improves it, and never delete the best one. Empty: off.
+   * `val_loss`: write a checkpoint at each evaluation that improves it, and never delete the best one. A score of `eval_tasks` (`eval/forgetting`, `eval/learning`, `eval/<task>/<metric>`; higher is better): the library keeps the best-scored checkpoint as `best/` in the run directory. Empty: off.
    */
   keep_best?: string;
   /**

@@ -6,7 +6,18 @@
 // `train.forgetting_budget`, the run is stopped once the forgetting score falls more than that
 // many points below the base's: it stops after its step with a checkpoint, and the last
 // checkpoint within the budget is named.
-import { appendFileSync, existsSync, readFileSync } from "node:fs";
+import {
+  appendFileSync,
+  copyFileSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { type ResolvedRunConfig, type RunConfig, type RunSummary, train, type TrainOptions } from "@loralab/engine";
 import { evaluate, type EvalResult, summarize, type TaskName } from "./index.ts";
@@ -50,12 +61,13 @@ function flat(r: EvalResult): Record<string, Record<string, number>> {
 
 /** Score one model of a run on its `train.eval_tasks` (or `o.tasks`), on the first
  *  `train.eval_limit` (or `o.limit`) documents each, with the run's `train.eval_data`: the base
- *  when `at.checkpoint` is empty, else that checkpoint (a LoRA adapter merged onto the base). */
+ *  when `at.checkpoint` is empty, else that checkpoint (a LoRA adapter merged onto the base);
+ *  on `o.device` (default the CPU, in this process). */
 export async function scoreModel(
   run: ResolvedRunConfig,
   runDir: string,
   at: { step: number; tokens: number; checkpoint: string },
-  o: { tasks?: TaskName[]; limit?: number } = {},
+  o: { tasks?: TaskName[]; limit?: number; device?: string } = {},
 ): Promise<EvalPoint> {
   const t0 = performance.now();
   const base = run.model.path || join(runDir, "base");
@@ -65,8 +77,10 @@ export async function scoreModel(
     adapter: at.checkpoint && lora ? at.checkpoint : undefined,
     merged: true,
     tasks: o.tasks ?? (run.train.eval_tasks as TaskName[]),
-    limit: o.limit ?? run.train.eval_limit,
+    // 0: every document
+    limit: (o.limit ?? run.train.eval_limit) || undefined,
     data: run.train.eval_data as Partial<Record<TaskName, string>>,
+    device: o.device,
   });
   const s = summarize(r.tasks);
   return {
@@ -77,6 +91,36 @@ export async function scoreModel(
     docs: Object.fromEntries(Object.entries(r.tasks).map(([t, res]) => [t, res!.docs])),
     seconds: (performance.now() - t0) / 1000,
   };
+}
+
+/** A scored model's value of train.keep_best's score (`eval/forgetting`, `eval/learning`,
+ *  `eval/<task>/<metric>`), or null where it was not scored. */
+export function scoreBy(p: EvalPoint, by: string): number | null {
+  const [, a, b] = by.split("/");
+  if (b === undefined) return a === "forgetting" ? p.forgetting : a === "learning" ? p.learning : null;
+  return p.tasks[a!]?.[b] ?? null;
+}
+
+/** `dir` made a copy of `checkpoint` (hard links where the file system allows: no second copy
+ *  of the weights), whole or not at all: built beside it, then renamed over the old one. */
+function keepAs(checkpoint: string, dir: string) {
+  const tmp = `${dir}.tmp`;
+  rmSync(tmp, { recursive: true, force: true });
+  const link = (from: string, to: string) => {
+    mkdirSync(to);
+    for (const e of readdirSync(from, { withFileTypes: true })) {
+      if (e.isDirectory()) link(join(from, e.name), join(to, e.name));
+      else
+        try {
+          linkSync(join(from, e.name), join(to, e.name));
+        } catch {
+          copyFileSync(join(from, e.name), join(to, e.name));
+        }
+    }
+  };
+  link(checkpoint, tmp);
+  rmSync(dir, { recursive: true, force: true });
+  renameSync(tmp, dir);
 }
 
 /** train() with `train.eval_tasks` scored while it trains (the engine's train() when none). */
@@ -99,6 +143,7 @@ export async function trainWithEval(
   let track: ((step: number, values: Record<string, number>) => void) | undefined;
   let forgettingStop: EvaluatedRun["forgettingStop"] = null;
   let withinBudget = "";
+  let best: { metric: string; value: number; step: number; checkpoint: string } | null = null;
   let chain: Promise<void> = Promise.resolve();
 
   const record = (p: EvalPoint) => {
@@ -129,17 +174,37 @@ export async function trainWithEval(
       for (const [m, v] of Object.entries(ms)) values[`eval/${t}/${m}`] = v;
     track?.(step, values);
     await opts.onEval?.(p);
+    if (!checkpoint) return;
     const base0 = evals[0]?.forgetting;
-    if (!checkpoint || base0 == null || p.forgetting === null) return;
-    const drop = forgettingDrop(base0, p.forgetting);
-    const vs =
-      drop > 0 ? `${drop.toFixed(2)} points below` : drop < 0 ? `${(-drop).toFixed(2)} points above` : "level with";
-    opts.log?.(`eval @ step ${step}: forgetting ${p.forgetting.toFixed(4)}, ${vs} the base's`);
-    const budget = run.train.forgetting_budget;
-    if (budget > 0 && drop > budget) {
-      forgettingStop = { step, drop, budget };
-      stop.abort();
-    } else withinBudget = checkpoint;
+    if (base0 != null && p.forgetting !== null) {
+      const drop = forgettingDrop(base0, p.forgetting);
+      const vs =
+        drop > 0 ? `${drop.toFixed(2)} points below` : drop < 0 ? `${(-drop).toFixed(2)} points above` : "level with";
+      opts.log?.(`eval @ step ${step}: forgetting ${p.forgetting.toFixed(4)}, ${vs} the base's`);
+      const budget = run.train.forgetting_budget;
+      if (budget > 0 && drop > budget) {
+        forgettingStop = { step, drop, budget };
+        stop.abort();
+        return;
+      }
+      withinBudget = checkpoint;
+    }
+    // train.keep_best by a score: the best-scored checkpoint so far (within the budget) kept as best/
+    const by = run.train.keep_best;
+    const v = by.startsWith("eval/") ? scoreBy(p, by) : null;
+    if (v !== null && (!best || v > best.value)) {
+      try {
+        keepAs(checkpoint, join(runDir, "best"));
+        best = { metric: by, value: v, step, checkpoint };
+        writeFileSync(join(runDir, "best.json.tmp"), `${JSON.stringify(best)}\n`);
+        renameSync(join(runDir, "best.json.tmp"), join(runDir, "best.json"));
+        opts.log?.(`eval @ step ${step}: ${by} ${v.toFixed(4)}, the best so far: kept as best/`);
+      } catch (e) {
+        opts.log?.(
+          `eval @ step ${step}: could not keep ${checkpoint} as best/: ${(e as Error).message.split("\n")[0]}`,
+        );
+      }
+    }
   };
   const queue = (step: number, tokens: number, checkpoint: string) => {
     chain = chain.then(() => score(step, tokens, checkpoint));
@@ -162,6 +227,12 @@ export async function trainWithEval(
       if (e.type === "start") {
         runDir = e.run_dir;
         run = JSON.parse(readFileSync(join(runDir, "config.json"), "utf8")) as ResolvedRunConfig;
+        // a resumed run's best so far, by the same score
+        const kept = join(runDir, "best.json");
+        if (existsSync(kept) && existsSync(join(runDir, "best"))) {
+          const b = JSON.parse(readFileSync(kept, "utf8"));
+          if (b.metric === run.train.keep_best) best = b;
+        }
         queue(0, 0, "");
       }
       if (e.type === "checkpoint" && run && e.step % run.train.eval_every === 0) queue(e.step, e.tokens, e.path);
@@ -171,13 +242,15 @@ export async function trainWithEval(
       await opts.beforeFinish?.();
     },
   });
-  if (!forgettingStop) return { ...s, evals, forgettingStop };
-  // stopped by the budget, not by the user: the last checkpoint within it is the one to keep
+  const kept = best ? join(runDir, "best") : "";
+  if (!forgettingStop) return { ...s, evals, forgettingStop, ...(kept ? { best_checkpoint: kept } : {}) };
+  // stopped by the budget, not by the user: the best within it (by keep_best's score), else the
+  // last checkpoint within it, is the one to keep
   return {
     ...s,
     evals,
     forgettingStop,
     stopped_early_at: (forgettingStop as { step: number }).step,
-    best_checkpoint: withinBudget,
+    best_checkpoint: kept || withinBudget,
   };
 }

@@ -37,6 +37,8 @@ export interface AppOptions {
 }
 
 const TERMINAL = new Set(["completed", "cancelled", "failed"]);
+/** Most bytes a sweep's run configs may come to, all cells together. */
+const MAX_SWEEP_BYTES = 4 << 20;
 const RUN_TTL_MS = 100;
 const TYPES: Record<string, string> = {
   ".json": "application/json",
@@ -362,22 +364,27 @@ export function createApp(o: AppOptions): Hono {
     return r ?? null;
   };
   const publicRun = (r: Awaited<ReturnType<Store["getRun"]>>) => r && { ...r, runDir: undefined };
-  // a sweep cell's values of the grid's fields, read back from its resolved config
-  const paramsOf = (config: unknown, keys: string[]) =>
+  // a sweep cell's values of the grid's fields, read back from its resolved config (an object
+  // value, as `method`, only in the keys the grid's values name: not the resolved defaults)
+  const paramsOf = (config: unknown, grid: Record<string, unknown[]>) =>
     Object.fromEntries(
-      keys.map((k) => [
-        k,
-        k.split(".").reduce<unknown>((v, seg) => (v as Record<string, unknown> | undefined)?.[seg], config),
-      ]),
+      Object.entries(grid).map(([k, vs]) => {
+        const v = k.split(".").reduce<unknown>((v, seg) => (v as Record<string, unknown> | undefined)?.[seg], config);
+        if (typeof v !== "object" || v === null || Array.isArray(v)) return [k, v];
+        const keys = new Set(vs.flatMap((x) => (typeof x === "object" && x !== null ? Object.keys(x) : [])));
+        return [k, Object.fromEntries(Object.entries(v).filter(([key]) => keys.has(key)))];
+      }),
     );
 
   /** A submitted run config checked as the engine would open it, or the problem naming the
    *  field (prefixed with `at`, e.g. "base." in a sweep). */
-  const checkConfig = (c: Context, body: Record<string, unknown>, at: string): RunConfig | Response => {
+  const checkConfig = (c: Context, body: Record<string, unknown>, at: string, where = ""): RunConfig | Response => {
     const { schema, defs } = runConfigSchema();
     const bad = unsafeNumber(body, schema, defs);
     if (bad)
-      return problem(c, 422, "Unprocessable Content", `config ${at}${bad[0]}: ${bad[1]}`, { field: at + bad[0] });
+      return problem(c, 422, "Unprocessable Content", `${where}config ${at}${bad[0]}: ${bad[1]}`, {
+        field: at + bad[0],
+      });
     // every path as the engine would open it (~/, relative, symlinks), checked, and then handed to
     // the engine in that form: what was checked is what is opened
     // a tracking server is the server's own ($MLFLOW_TRACKING_URI), never a client's: requests
@@ -388,7 +395,7 @@ export function createApp(o: AppOptions): Hono {
         c,
         422,
         "Unprocessable Content",
-        `config ${at}tracking.mlflow_uri: the server logs to its own MLflow server (hint: start \`loralab serve\` with MLFLOW_TRACKING_URI set, and leave the field out)`,
+        `${where}config ${at}tracking.mlflow_uri: the server logs to its own MLflow server (hint: start \`loralab serve\` with MLFLOW_TRACKING_URI set, and leave the field out)`,
         { field: `${at}tracking.mlflow_uri` },
       );
     const confined = confineConfig(body, o.roots);
@@ -397,7 +404,7 @@ export function createApp(o: AppOptions): Hono {
         c,
         422,
         "Unprocessable Content",
-        `config ${at}${confined.field}: ${confined.path} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`,
+        `${where}config ${at}${confined.field}: ${confined.path} is outside the directories this server may read (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`,
         { field: at + confined.field },
       );
     return confined.config as RunConfig;
@@ -482,7 +489,7 @@ export function createApp(o: AppOptions): Hono {
 
   // a finished run's jobs: scored on its own eval tasks, or its ΔW's spectrum; both in the
   // background, their progress and results on the run's SSE stream
-  const finished = async (c: Context, what: string) => {
+  const finished = async (c: Context, what: string, readsData: boolean) => {
     const r = await runOr404(c);
     if (!r) return problem(c, 404, "Not Found", `no run ${c.req.param("id")}`);
     if (!TERMINAL.has(r.status) || !existsSync(join(r.runDir, "config.json")))
@@ -492,10 +499,23 @@ export function createApp(o: AppOptions): Hono {
         "Conflict",
         `run ${r.id} is ${r.status}: it is ${what} once it has ended with a run directory`,
       );
+    // what a job reads (the base, the eval data) under the roots, as a submitted config's must
+    // be: an imported run's config was never checked
+    const cfg = r.config as { model?: Record<string, unknown>; train?: { eval_data?: unknown } };
+    const reads = { model: cfg.model ?? {}, train: { eval_data: readsData ? (cfg.train?.eval_data ?? {}) : {} } };
+    const confined = confineConfig(reads, o.roots);
+    if ("field" in confined)
+      return problem(
+        c,
+        409,
+        "Conflict",
+        `run ${r.id}'s ${confined.field} is outside the directories this server may read: it is not ${what} here (hint: allowed roots: ${o.roots.join(", ")}; --root adds one)`,
+        { field: confined.field },
+      );
     return r;
   };
   app.post("/api/runs/:id/evaluate", async (c) => {
-    const r = await finished(c, "evaluated");
+    const r = await finished(c, "evaluated", true);
     if (r instanceof Response) return r;
     const parsed = c.req.header("content-type") ? await jsonBody(c) : { value: {} };
     if (parsed instanceof Response) return parsed;
@@ -530,7 +550,7 @@ export function createApp(o: AppOptions): Hono {
     return c.json({ id: r.id, job: "evaluate", tasks, limit }, 202);
   });
   app.post("/api/runs/:id/analyze", async (c) => {
-    const r = await finished(c, "analysed");
+    const r = await finished(c, "analysed", false);
     if (r instanceof Response) return r;
     if (!o.runner.analyze(r)) return problem(c, 409, "Conflict", `run ${r.id} already has a job running`);
     return c.json({ id: r.id, job: "analyze" }, 202);
@@ -543,32 +563,45 @@ export function createApp(o: AppOptions): Hono {
     const req = parseSweep(parsed.value);
     if ("field" in req)
       return problem(c, 422, "Unprocessable Content", `${req.field}: ${req.message}`, { field: req.field });
-    // every cell checked (paths confined, the engine's resolution) before any is queued
+    const base = checkConfig(c, req.base, "base.");
+    if (base instanceof Response) return base;
+    // every cell checked (paths confined, scored while it trains, the engine's resolution) before
+    // any is queued, and what they store bounded: a cell's config is the base's size or so, times 64
     const cells: RunConfig[] = [];
+    let bytes = 0;
     for (const [i, cell] of expand(req).entries()) {
-      const checked = checkConfig(c, cell.config, "base.");
+      const where = `grid cell ${i + 1} (${JSON.stringify(cell.params).slice(0, 200)}): `;
+      bytes += JSON.stringify(cell.config).length;
+      if (bytes > MAX_SWEEP_BYTES)
+        return problem(
+          c,
+          413,
+          "Content Too Large",
+          `the sweep's ${i + 1} configs so far come to more than ${MAX_SWEEP_BYTES} bytes (hint: fewer combinations, or a smaller base)`,
+        );
+      const checked = checkConfig(c, cell.config, "", where);
       if (checked instanceof Response) return checked;
+      if (!(checked.train?.eval_tasks?.length && checked.train.eval_every))
+        return problem(
+          c,
+          422,
+          "Unprocessable Content",
+          `${where}train.eval_tasks and train.eval_every: a sweep's runs are scored while they train`,
+          { field: "train.eval_tasks" },
+        );
       try {
         resolveConfig({ ...checked, run_id: "sweep-check", out_dir: o.runner.runsDir });
       } catch (e) {
         if (e instanceof ConfigError)
-          return problem(
-            c,
-            422,
-            "Unprocessable Content",
-            `cell ${i + 1} (${JSON.stringify(cell.params)}): ${e.message}`,
-            {
-              field: e.field,
-            },
-          );
+          return problem(c, 422, "Unprocessable Content", `${where}${e.message}`, { field: e.field });
         throw e;
       }
       cells.push(checked);
     }
     const id = `s${newRunId().slice(1)}`;
     await o.store.createSweep({ id, name: req.name, config: { base: req.base, grid: req.grid } });
-    const runs = [];
-    for (const cell of cells) runs.push(publicRun(await o.runner.submit(cell, undefined, id)));
+    const runs: string[] = [];
+    for (const cell of cells) runs.push((await o.runner.submit(cell, undefined, id)).id);
     return c.json({ id, name: req.name, runs }, 201);
   });
   app.get("/api/sweeps", async (c) => c.json(await o.store.listSweeps()));
@@ -584,7 +617,7 @@ export function createApp(o: AppOptions): Hono {
         ...r,
         runDir: undefined,
         config: undefined,
-        params: paramsOf(r.config, Object.keys(grid)),
+        params: paramsOf(r.config, grid),
       })),
       ...summarize(runs, evals),
     };
@@ -595,27 +628,37 @@ export function createApp(o: AppOptions): Hono {
   });
   // the sweep as it changes: its whole summary again whenever one of its runs is scored or changes status
   app.get("/api/sweeps/:id/events", async (c) => {
-    const first = await sweepBody(c.req.param("id")!);
-    if (!first) return problem(c, 404, "Not Found", `no sweep ${c.req.param("id")}`);
+    const id = c.req.param("id")!;
+    if (!(await o.store.getSweep(id))) return problem(c, 404, "Not Found", `no sweep ${id}`);
+    const ids = (await o.store.listRuns({ sweepId: id })).map((r) => r.id);
     return streamSSE(c, async (stream) => {
-      const pump = eventPump(
-        stream,
-        first.runs.map((r) => r.id),
-      );
+      // subscribed before the first read: nothing that happens after it is missed
+      const pump = eventPump(stream, ids);
       try {
-        let body = first;
+        const first = await sweepBody(id);
+        if (!first) return;
+        let body: NonNullable<typeof first> = first;
         await stream.writeSSE({ event: "sweep", data: JSON.stringify(body) });
+        let wrote = performance.now();
         while (pump.open && body.runs.some((r) => !TERMINAL.has(r.status))) {
           await pump.wait(10_000);
           if (!pump.open) break;
           const heard = pump.queue.splice(0);
-          if (!heard.length) {
-            await stream.writeSSE({ event: "ping", data: "{}" });
-            continue;
+          // a score or a status: the summary again; nothing for 10 s: read again anyway
+          const changed = heard.some((e) => e.type === "eval" || e.type === "status");
+          if (changed || !heard.length) {
+            const next: typeof body = (await sweepBody(id)) ?? body;
+            if (changed || JSON.stringify(next) !== JSON.stringify(body)) {
+              body = next;
+              await stream.writeSSE({ event: "sweep", data: JSON.stringify(body) });
+              wrote = performance.now();
+            }
           }
-          if (!heard.some((e) => e.type === "eval" || e.type === "status")) continue;
-          body = (await sweepBody(first.id)) ?? body;
-          await stream.writeSSE({ event: "sweep", data: JSON.stringify(body) });
+          // progress alone writes nothing: a ping when nothing was written for 10 s
+          if (performance.now() - wrote >= 10_000) {
+            await stream.writeSSE({ event: "ping", data: "{}" });
+            wrote = performance.now();
+          }
         }
         if (pump.open) await stream.writeSSE({ event: "end", data: "{}" });
       } finally {

@@ -10,8 +10,10 @@
 export const DASHBOARD_CSP =
   "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/** Most runs overlaid at once (each live one holds a stream open; browsers allow 6 per origin). */
-export const MAX_OVERLAY = 5;
+/** Most runs shown at once, the ticked and the opened together: each live one holds a stream
+ *  open, the sweep page one more, and a browser opens at most 6 connections to one origin (the
+ *  rest, fetches included, wait); this leaves room for the page's own requests. */
+export const MAX_OVERLAY = 4;
 
 export function dashboardHtml(): string {
   return `<!doctype html>
@@ -43,7 +45,7 @@ textarea { width: 100%; max-width: 760px; height: 140px; font: 12px monospace }
   <section id="runs-view">
     <h2>Runs</h2>
     <p><input id="filter" placeholder="filter: any text of a row (lora, completed, 0.001…)" size="50">
-      <span class="muted">tick up to ${MAX_OVERLAY} runs to overlay them; click a row to open it</span></p>
+      <span class="muted">tick runs to overlay them and click a row to open one: up to ${MAX_OVERLAY} shown at once</span></p>
     <table><thead><tr><th></th><th data-key="id">run</th><th data-key="name">name</th><th data-key="method">method</th><th data-key="rank">rank</th><th data-key="targets">targets</th><th data-key="lr">lr</th><th data-key="steps">steps</th><th data-key="seed">seed</th><th data-key="status">status</th><th data-key="created">created</th></tr></thead><tbody id="runs"></tbody></table>
     <section id="detail" class="hidden">
       <h2>Run <span id="d-id"></span>: <span id="d-status"></span></h2>
@@ -87,6 +89,7 @@ export function dashboardJs(): string {
   return `"use strict";
 const $ = (id) => document.getElementById(id);
 const MAX_OVERLAY = ${MAX_OVERLAY};
+const MAX_SHOWN = "at most " + MAX_OVERLAY + " runs shown at once (ticked and opened together): untick one first";
 const METRICS = [["loss", "training loss"], ["val_loss", "validation loss"], ["lr", "learning rate"], ["grad_norm", "gradient norm"], ["tokens_per_s", "tokens / s"]];
 // what the page knows: runs by id, each shown run's series (metric name → [step, value]) and
 // scores, the charts (a Vega view each, readable by tests as window.loralab.charts)
@@ -128,8 +131,8 @@ async function setRows(view, rows) {
   await view.change("table", vega.changeset().remove(() => true).insert(rows)).resize().runAsync();
 }
 
-/** A run as the legends name it: its name and the end of its id (names repeat, ids are long). */
-function label(id) { const r = state.runs.get(id); return (r ? r.name + " · " : "") + id.slice(-6); }
+/** A run as the legends name it: the end of its id (names repeat, ids are long), then its name. */
+function label(id) { const r = state.runs.get(id); return id.slice(-6) + (r ? " · " + r.name : ""); }
 function stepOf(checkpoint, run) {
   if (checkpoint === "base") return 0;
   const m = /(\\d+)$/.exec(checkpoint);
@@ -160,7 +163,7 @@ async function drawCharts() {
       encoding: {
         x: STEP_AXIS,
         y: { field: "value", type: "quantitative", title, scale: { zero: false } },
-        color: { field: "label", type: "nominal", title: "run" },
+        color: { field: "label", type: "nominal", title: "run", legend: { labelLimit: 320 } },
       },
     });
     await setRows(view, rows);
@@ -179,7 +182,7 @@ async function drawCharts() {
       encoding: {
         x: STEP_AXIS,
         y: { field: "value", type: "quantitative", title: "score", scale: { zero: false } },
-        color: { field: "label", type: "nominal", title: "run" },
+        color: { field: "label", type: "nominal", title: "run", legend: { labelLimit: 320 } },
         strokeDash: { field: "score", type: "nominal", title: "score" },
       },
     });
@@ -228,7 +231,8 @@ function watch(id) {
   state.data.set(id, d);
   const es = new EventSource("/api/runs/" + encodeURIComponent(id) + "/events");
   state.streams.set(id, es);
-  const push = (name, step, v) => { const s = (d.metrics[name] ??= []); if (!s.length || s[s.length - 1][0] < step) s.push([step, v]); };
+  // a resumed attempt logs again from its checkpoint: what the dead one logged past it goes
+  const push = (name, step, v) => { const s = (d.metrics[name] ??= []); while (s.length && s[s.length - 1][0] >= step) s.pop(); s.push([step, v]); };
   es.addEventListener("snapshot", (e) => { const s = JSON.parse(e.data); d.metrics = s.metrics || { loss: s.loss }; d.eval = s.eval || []; if (id === state.open) { $("d-status").textContent = s.status; if (s.job) showJob(s.job); } redraw(); });
   es.addEventListener("progress", (e) => {
     const p = JSON.parse(e.data);
@@ -241,16 +245,18 @@ function watch(id) {
   es.addEventListener("spectra", () => { if (id === state.open) results(id); });
   es.addEventListener("job", (e) => { if (id === state.open) showJob(JSON.parse(e.data)); });
   es.addEventListener("status", (e) => { if (id === state.open) $("d-status").textContent = JSON.parse(e.data).status; refresh(); });
-  es.addEventListener("end", (e) => { const s = JSON.parse(e.data).status; if (id === state.open) { $("d-status").textContent = s; results(id); } es.close(); state.streams.delete(id); refresh(); });
-  es.onerror = () => { if (es.readyState === EventSource.CLOSED) state.streams.delete(id); };
+  es.addEventListener("end", (e) => { const s = JSON.parse(e.data).status; if (id === state.open) { $("d-status").textContent = s; results(id); } es.close(); if (state.streams.get(id) === es) state.streams.delete(id); refresh(); });
+  es.onerror = () => { if (es.readyState === EventSource.CLOSED && state.streams.get(id) === es) state.streams.delete(id); };
 }
 function showJob(j) { $("d-job").textContent = j.job + ": " + j.state + (j.detail ? " — " + j.detail : ""); }
 function unwatch(id) {
   const es = state.streams.get(id); if (es) es.close();
   state.streams.delete(id); state.data.delete(id);
 }
+function shownWith(id) { const s = new Set(state.selected); if (state.open) s.add(state.open); s.add(id); return s.size; }
 function toggle(id, on) {
-  if (on && !state.selected.has(id) && state.selected.size >= MAX_OVERLAY) { $("charts-error").textContent = "at most " + MAX_OVERLAY + " runs overlaid at once"; return; }
+  if (on && shownWith(id) > MAX_OVERLAY) { $("charts-error").textContent = MAX_SHOWN; return; }
+  if ($("charts-error").textContent === MAX_SHOWN) $("charts-error").textContent = "";
   if (on) { state.selected.add(id); watch(id); }
   else { state.selected.delete(id); if (id !== state.open) unwatch(id); }
   redraw();
@@ -274,6 +280,8 @@ async function results(id) {
 
 function open(id) {
   const prev = state.open;
+  if (id !== prev && !state.selected.has(id) && state.selected.size + 1 > MAX_OVERLAY) { $("charts-error").textContent = MAX_SHOWN; return; }
+  if ($("charts-error").textContent === MAX_SHOWN) $("charts-error").textContent = "";
   state.open = id;
   if (prev && prev !== id && !state.selected.has(prev)) unwatch(prev);
   $("detail").classList.remove("hidden"); $("d-id").textContent = id; $("d-status").textContent = (state.runs.get(id) || {}).status || "…"; $("d-progress").textContent = ""; $("d-job").textContent = "";
@@ -284,9 +292,12 @@ async function job(kind) {
   const r = await api("/api/runs/" + encodeURIComponent(id) + "/" + kind, { method: "POST", body: "{}" });
   const body = await r.json();
   if (r.status !== 202) { $("d-job").textContent = body.detail; return; }
-  $("d-job").textContent = kind + ": started";
-  // the run's stream ended with the run: opened again, it stays open while the job runs
-  if (!state.streams.has(id)) watch(id);
+  $("d-job").textContent = kind + ": queued";
+  // a stream opened now stays open while the job runs (one opened before may be ending: it is
+  // closed, its series kept, and the run watched again)
+  const es = state.streams.get(id); if (es) es.close();
+  state.streams.delete(id);
+  watch(id);
 }
 $("evaluate").addEventListener("click", () => job("evaluate"));
 $("analyze").addEventListener("click", () => job("analyze"));
@@ -321,7 +332,8 @@ async function drawSweep(s) {
   $("s-runs").replaceChildren(...s.runs.map((r) => { const tr = el("tr"); for (const v of [r.id, JSON.stringify(r.params), r.status]) tr.append(el("td", v)); tr.children[2].className = "status-" + r.status; return tr; }));
   if (!chartsOk()) return;
   const rows = s.points.map((p, i) => ({ ...p, kind: "checkpoint", order: i }));
-  for (const [g, idx] of Object.entries(s.frontiers)) idx.forEach((i, k) => rows.push({ ...s.points[i], kind: "frontier", order: k }));
+  // a frontier's index -1 is the base, where every method starts
+  for (const [g, idx] of Object.entries(s.frontiers)) idx.forEach((i, k) => rows.push({ ...(i < 0 ? { run: "base", checkpoint: "base", step: 0, ...s.base } : s.points[i]), group: g, kind: "frontier", order: k }));
   if (s.base) rows.push({ run: "base", group: "base", checkpoint: "base", step: 0, learning: s.base.learning, forgetting: s.base.forgetting, kind: "base", order: 0 });
   const view = await chart("pareto", $("chart-pareto"), {
     title: "learning vs forgetting, each scored checkpoint; lines: each method's Pareto frontier",
@@ -339,7 +351,7 @@ function openSweep(id) {
   const es = new EventSource("/api/sweeps/" + encodeURIComponent(id) + "/events");
   state.sweepStream = es;
   es.addEventListener("sweep", (e) => drawSweep(JSON.parse(e.data)).catch(chartError));
-  es.addEventListener("end", () => es.close());
+  es.addEventListener("end", () => { es.close(); if (state.sweepStream === es) state.sweepStream = null; });
 }
 $("start-sweep").addEventListener("click", async () => {
   let c;
@@ -351,9 +363,11 @@ $("start-sweep").addEventListener("click", async () => {
 });
 
 function tab(name) {
+  // the sweep's stream only while its page shows
+  if (name !== "sweeps" && state.sweepStream) { state.sweepStream.close(); state.sweepStream = null; }
   $("runs-view").classList.toggle("hidden", name !== "runs"); $("sweeps-view").classList.toggle("hidden", name !== "sweeps");
   $("nav-runs").classList.toggle("on", name === "runs"); $("nav-sweeps").classList.toggle("on", name === "sweeps");
-  if (name === "sweeps") refreshSweeps();
+  if (name === "sweeps") { refreshSweeps(); if (state.sweep && !state.sweepStream) openSweep(state.sweep.id); }
 }
 $("nav-runs").addEventListener("click", () => tab("runs"));
 $("nav-sweeps").addEventListener("click", () => tab("sweeps"));

@@ -181,7 +181,7 @@ export const ROUTES: Route[] = [
       202: { description: "started", schema: { type: "object", required: ["id", "job"] } },
       ...bodyErrors,
       ...noRun,
-      409: problem("not finished, or a job is already running on it"),
+      409: problem("not finished, a job already on it, or its base or eval data outside the allowed roots"),
       422: problem("unknown task or bad limit"),
     },
   },
@@ -193,7 +193,7 @@ export const ROUTES: Route[] = [
     responses: {
       202: { description: "started", schema: { type: "object", required: ["id", "job"] } },
       ...noRun,
-      409: problem("not finished, or a job is already running on it"),
+      409: problem("not finished, a job already on it, or its base outside the allowed roots"),
       415: problem("a body that is not application/json"),
     },
   },
@@ -217,8 +217,20 @@ export const ROUTES: Route[] = [
       },
     },
     responses: {
-      201: { description: "queued", schema: { type: "object", required: ["id", "name", "runs"] } },
+      201: {
+        description: "queued: the sweep's id and its runs' ids",
+        schema: {
+          type: "object",
+          required: ["id", "name", "runs"],
+          properties: {
+            id: { type: "string" },
+            name: { type: "string" },
+            runs: { type: "array", items: { type: "string" } },
+          },
+        },
+      },
       ...bodyErrors,
+      413: problem("the body, or the sweep's run configs together, too large"),
       422: problem("an invalid sweep or cell config (`field` names it)"),
     },
   },
@@ -241,7 +253,8 @@ export const ROUTES: Route[] = [
   {
     method: "get",
     path: "/api/sweeps/{id}/events",
-    summary: "Server-Sent Events: the sweep's summary again whenever one of its runs is scored; ends when all have",
+    summary:
+      "Server-Sent Events: the sweep's summary, again whenever one of its runs is scored or changes status; ends when all its runs have ended",
     responses: {
       200: { description: "an event stream", contentType: "text/event-stream" },
       404: problem("no such sweep"),

@@ -54,7 +54,13 @@ export type RunEvent =
   | { type: "validation"; run_id: string; step: number; val_loss: number; best: boolean }
   | { type: "eval"; run_id: string; results: unknown[] }
   /** A job on a finished run (`POST .../evaluate` or `.../analyze`): its progress and its end. */
-  | { type: "job"; run_id: string; job: "evaluate" | "analyze"; state: "running" | "done" | "failed"; detail: string }
+  | {
+      type: "job";
+      run_id: string;
+      job: "evaluate" | "analyze";
+      state: "queued" | "running" | "done" | "failed";
+      detail: string;
+    }
   | { type: "spectra"; run_id: string; results: unknown[] };
 
 /** The store's rows of one scored model (the base, a checkpoint, the final output). */
@@ -95,6 +101,7 @@ export class Runner {
   private listeners = new Map<string, Set<Listener>>();
   private active = new Map<string, AbortController>();
   private jobs = new Map<string, Promise<void>>();
+  private jobTurn: Promise<void> = Promise.resolve();
   private lastJob = new Map<string, Extract<RunEvent, { type: "job" }>>();
   private activeDevice = new Map<string, string>();
   private timer: ReturnType<typeof setInterval> | undefined;
@@ -216,9 +223,10 @@ export class Runner {
   }
 
   /** Score a finished run's final model (its last checkpoint when it has no output) on its
-   *  `train.eval_tasks` (or `o.tasks`), with its own `train.eval_data`: rows under "final" (or
-   *  the checkpoint's name), told to watchers as `job` and `eval` events. Runs in the background;
-   *  false when the run already has a job. */
+   *  `train.eval_tasks` (or `o.tasks`), with its own `train.eval_data`, on its own device: the
+   *  rows go under "job:final" (or "job:<checkpoint>"), replacing that key's earlier ones, apart
+   *  from the scores taken while it trained; told to watchers as `job` and `eval` events. Jobs
+   *  wait their turn, one at a time; false when the run already has one. */
   evaluate(r: RunRow, o: { tasks?: TaskName[]; limit?: number } = {}): boolean {
     return this.job(r, "evaluate", async () => {
       const rd = runDirectory(r.runDir);
@@ -230,9 +238,11 @@ export class Runner {
         run,
         r.runDir,
         { step: rd.output ? (rd.total_steps ?? 0) : (last?.step ?? 0), tokens: 0, checkpoint: model },
-        o,
+        { ...o, device: run.train.device },
       );
-      await this.store.recordEval(r.id, evalRows(p, rd.output ? "final" : basename(model)));
+      const key = `job:${rd.output ? "final" : basename(model)}`;
+      await this.store.clearEval(r.id, key);
+      await this.store.recordEval(r.id, evalRows(p, key));
       this.emit({ type: "eval", run_id: r.id, results: await this.store.evalResults(r.id) });
       const f = p.forgetting === null ? "" : `forgetting ${p.forgetting.toFixed(4)}`;
       const l = p.learning === null ? "" : `learning ${p.learning.toFixed(4)}`;
@@ -254,19 +264,27 @@ export class Runner {
     });
   }
 
+  /** A job on a finished run, queued behind the others (one runs at a time, in this process:
+   *  several at once would share its CPU and memory with the training). */
   private job(r: RunRow, job: "evaluate" | "analyze", fn: () => Promise<string>): boolean {
     if (this.jobs.has(r.id) || this.active.has(r.id)) return false;
-    this.emit({ type: "job", run_id: r.id, job, state: "running", detail: "" });
-    const p = fn()
+    this.emit({ type: "job", run_id: r.id, job, state: "queued", detail: "" });
+    const p = this.jobTurn
+      .then(() => {
+        this.emit({ type: "job", run_id: r.id, job, state: "running", detail: "" });
+        return fn();
+      })
       .then(
         (detail) => ({ state: "done" as const, detail }),
-        (e) => ({ state: "failed" as const, detail: (e as Error).message.split("\n")[0]! }),
+        // the first line only, and not all of it: a data error may quote a record
+        (e) => ({ state: "failed" as const, detail: (e as Error).message.split("\n")[0]!.slice(0, 300) }),
       )
       .then((end) => {
         // gone from the jobs before it is told: a watcher that hears the end sees the run idle
         this.jobs.delete(r.id);
         this.emit({ type: "job", run_id: r.id, job, ...end });
       });
+    this.jobTurn = p;
     this.jobs.set(r.id, p);
     return true;
   }

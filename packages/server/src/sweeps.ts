@@ -104,19 +104,23 @@ const stepOf = (checkpoint: string, run: RunRow) =>
       ? Number(/(\d+)$/.exec(checkpoint)![1])
       : Number((run.config as { train?: { steps?: number } }).train?.steps ?? 0);
 
-/** A sweep's points (each run's scored checkpoints with both scores), the base's, each group's
- *  frontier (indices into points, by learning ascending) and the provisional findings. */
+/** A sweep's points (each run's checkpoints scored while it trained, with both scores), the
+ *  base's, each group's frontier (indices into points, -1 the base, by learning ascending) and
+ *  the provisional findings. Scores of later jobs (`job:*` keys: other tasks, other limits) are
+ *  not points. Runs whose bases scored differently (a grid over the model or the eval data) have
+ *  no common base: then `base` is null and nothing is compared. */
 export function summarize(runs: RunRow[], evals: Map<string, EvalRow[]>) {
   const points: SweepPoint[] = [];
-  let base: { learning: number; forgetting: number } | null = null;
+  const bases: { learning: number; forgetting: number }[] = [];
   for (const r of runs) {
     const rows = evals.get(r.id) ?? [];
     for (const ck of [...new Set(rows.map((x) => x.checkpoint))]) {
+      if (ck !== "base" && !/^step-\d+$/.test(ck)) continue;
       const score = (task: string) => rows.find((x) => x.checkpoint === ck && x.task === task && x.metric === "score");
       const l = score("learning");
       const f = score("forgetting");
       if (!l || !f) continue;
-      if (ck === "base") base ??= { learning: l.value, forgetting: f.value };
+      if (ck === "base") bases.push({ learning: l.value, forgetting: f.value });
       else
         points.push({
           run: r.id,
@@ -128,31 +132,49 @@ export function summarize(runs: RunRow[], evals: Map<string, EvalRow[]>) {
         });
     }
   }
+  const one = bases.every((b) => b.learning === bases[0]!.learning && b.forgetting === bases[0]!.forgetting);
+  const base = bases.length && one ? bases[0]! : null;
   const groups = [...new Set(points.map((p) => p.group))];
   const frontiers: Record<string, number[]> = {};
   const curve: Record<string, { x: number; y: number }[]> = {};
   for (const g of groups) {
-    const idx = points.flatMap((p, i) => (p.group === g ? [i] : []));
-    frontiers[g] = frontier(idx.map((i) => ({ x: points[i]!.learning, y: points[i]!.forgetting, i }))).map((p) => p.i);
-    // the study's comparison: each method's frontier with the base on it
-    const b = base ? [{ x: base.learning, y: base.forgetting }] : [];
-    curve[g] = frontier([...b, ...idx.map((i) => ({ x: points[i]!.learning, y: points[i]!.forgetting }))]);
+    // the study's frontier: the method's points with the base on it
+    const mine = points.flatMap((p, i) => (p.group === g ? [{ x: p.learning, y: p.forgetting, i }] : []));
+    const f = frontier([...(base ? [{ x: base.learning, y: base.forgetting, i: -1 }] : []), ...mine]);
+    frontiers[g] = f.map((p) => p.i);
+    curve[g] = f.map(({ x, y }) => ({ x, y }));
   }
-  return { base, points, frontiers, findings: provisional(points, curve, base) };
+  const latest = runs.flatMap((r) => {
+    const mine = points.filter((p) => p.run === r.id);
+    return mine.length ? [mine.reduce((a, b) => (b.step > a.step ? b : a))] : [];
+  });
+  const findings = bases.length && !one ? different() : provisional(latest, curve, base);
+  return { base, points, frontiers, findings };
+}
+
+function different(): SweepFinding[] {
+  const evidence =
+    "the runs' bases scored differently (the grid varies the model or the eval data): there is no one base to compare them from";
+  return [
+    { id: "learns_less", claim: "LoRA learns less than full fine-tuning", leaning: "not yet", evidence },
+    { id: "forgets_less", claim: "LoRA forgets less at matched learning", leaning: "not yet", evidence },
+  ];
 }
 
 const pts = (x: number) => (100 * x).toFixed(1);
 
+/** The study's two comparisons on the points so far: learning by each method's best run at its
+ *  latest scored checkpoint (the study's longest duration), forgetting by the mean gap between
+ *  the two frontiers over the learning both reach (HELD above the study's 1-point margin). */
 function provisional(
-  points: SweepPoint[],
+  latest: SweepPoint[],
   curve: Record<string, { x: number; y: number }[]>,
   base: { learning: number; forgetting: number } | null,
 ): SweepFinding[] {
-  const best = (g: string) => Math.max(...points.filter((p) => p.group === g).map((p) => p.learning));
+  const best = (g: string) => Math.max(...latest.filter((p) => p.group === g).map((p) => p.learning));
   const out: SweepFinding[] = [];
-  const both = curve.full?.length && curve.lora?.length;
   const tail = " (provisional: live scores on train.eval_limit documents; `loralab sweep` decides it at 95 %)";
-  if (!both) {
+  if (!latest.some((p) => p.group === "full") || !latest.some((p) => p.group === "lora")) {
     const why = "needs scored checkpoints of both full and lora runs";
     out.push({ id: "learns_less", claim: "LoRA learns less than full fine-tuning", leaning: "not yet", evidence: why });
     out.push({ id: "forgets_less", claim: "LoRA forgets less at matched learning", leaning: "not yet", evidence: why });
@@ -163,17 +185,24 @@ function provisional(
     id: "learns_less",
     claim: "LoRA learns less than full fine-tuning",
     leaning: gap > 0 ? "held" : gap < 0 ? "refuted" : "not yet",
-    evidence: `best learning: full ${pts(best("full"))}, lora ${pts(best("lora"))}, a gap of ${pts(gap)} points${tail}`,
+    evidence: `best learning at each run's latest scored checkpoint: full ${pts(best("full"))}, lora ${pts(best("lora"))}: ${
+      gap > 0 ? `full ahead by ${pts(gap)} points` : gap < 0 ? `lora ahead by ${pts(-gap)} points` : "level"
+    }${tail}`,
   });
   // matched learning: the two frontiers share at least 2 points of it (the study's MIN_RANGE)
   const g = frontierGap(curve.lora!, curve.full!, base?.learning ?? 0, 0.02);
+  const range = `over learning ${pts(g.range[0])}–${pts(g.range[1])}`;
   out.push({
     id: "forgets_less",
     claim: "LoRA forgets less at matched learning",
     leaning: Number.isNaN(g.mean) ? "not yet" : g.mean > 0.01 ? "held" : "refuted",
     evidence: Number.isNaN(g.mean)
-      ? "the two frontiers do not yet share a range of learning"
-      : `lora's frontier is ${pts(g.mean)} points of forgetting score ${g.mean >= 0 ? "above" : "below"} full's over learning ${pts(g.range[0])}–${pts(g.range[1])} (HELD needs more than +1.0)${tail}`,
+      ? "the two frontiers do not yet share 2 points of learning"
+      : g.mean > 0.01
+        ? `LoRA retains ${pts(g.mean)} points more of the forgetting score than full FT ${range}${tail}`
+        : g.mean > 0
+          ? `LoRA retains more, by ${pts(g.mean)} points ${range}, but by less than the 1-point margin${tail}`
+          : `LoRA retains ${pts(-g.mean)} points less than full FT ${range}${tail}`,
   });
   return out;
 }

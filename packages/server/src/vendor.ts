@@ -15,8 +15,7 @@ const FILES: Record<string, [pkg: string, file: string]> = {
 const cache = new Map<string, string | null>();
 
 function read(name: string): string | null {
-  const f = FILES[name];
-  if (!f) return null;
+  const f = FILES[name]!;
   try {
     const text = readFileSync(join(dirname(Bun.resolveSync(`${f[0]}/package.json`, import.meta.dir)), f[1]), "utf8");
     if (name !== "vega-interpreter.js") return text.replace(/\/\/# sourceMappingURL=.*$/m, "");
@@ -33,6 +32,7 @@ function read(name: string): string | null {
 
 /** A vendored script by its served name, or null (unknown, or its package is not installed). */
 export function vendorScript(name: string): string | null {
+  if (!Object.hasOwn(FILES, name)) return null;
   if (!cache.has(name)) cache.set(name, read(name));
   return cache.get(name)!;
 }

@@ -606,7 +606,7 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         // ------------------------------------------------------------------ checkpoint
         let every = cfg.train.checkpoint_every > 0 && state.step.is_multiple_of(cfg.train.checkpoint_every);
         let at_tokens = cfg.train.checkpoint_at_tokens.iter().any(|&p| prev_tokens < p && state.tokens >= p);
-        let best = improved && !cfg.train.keep_best.is_empty();
+        let best = improved && cfg.train.keep_best == "val_loss";
         // the library scores eval_tasks on these, while the run goes on
         let scored = !cfg.train.eval_tasks.is_empty() && state.step.is_multiple_of(cfg.train.eval_every);
         if every || at_tokens || best || scored || stop_early || state.step == total_steps {
@@ -654,8 +654,8 @@ fn run_inner(cfg: &RunConfig, run_dir: &Path, sink: &mut dyn Sink, cancel: &Atom
         trainable_params,
         output,
         last_checkpoint,
-        best_checkpoint: match (&state.best_val, cfg.train.keep_best.is_empty()) {
-            (Some((step, _)), false) => rundir::checkpoint_dir(run_dir, *step).to_string_lossy().into_owned(),
+        best_checkpoint: match (&state.best_val, cfg.train.keep_best == "val_loss") {
+            (Some((step, _)), true) => rundir::checkpoint_dir(run_dir, *step).to_string_lossy().into_owned(),
             _ => String::new(),
         },
         stopped_early_at,
@@ -684,7 +684,7 @@ fn validation_loss(model: &Llama, v: &Shards, rows_per_batch: usize, rng: &mut R
 /// (train.keep_best) nor those written at train.checkpoint_at_tokens (the study's budgets).
 fn prune_checkpoints(run_dir: &Path, cfg: &RunConfig, state: &TrainerState) -> Result<()> {
     let all = rundir::checkpoints(run_dir);
-    let best = state.best_val.filter(|_| !cfg.train.keep_best.is_empty()).map(|(s, _)| s);
+    let best = state.best_val.filter(|_| cfg.train.keep_best == "val_loss").map(|(s, _)| s);
     let step_tokens = |step: usize| all.iter().find(|c| c.step == step).map(|c| c.tokens);
     let budgeted = |step: usize| {
         // the first checkpoint at or past a budget is that budget's
