@@ -7,7 +7,7 @@ import { afterAll, expect, test } from "bun:test";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import { train } from "loralab";
+import { train, trainWithEval } from "loralab";
 import { root, tempDir, testPython, tinyConfig } from "./helpers.ts";
 
 const servers: ReturnType<typeof Bun.spawn>[] = [];
@@ -76,7 +76,7 @@ async function mlflowServer(python: string, dir: string): Promise<{ url: string;
   };
 }
 
-test("a run logs to MLflow, TensorBoard and wandb: each read back with its own reader has the params, every step's loss, validation, artifacts and the end", async () => {
+test("a run logs to MLflow, TensorBoard and wandb: each read back with its own reader has the params, every step's loss, validation, the scores while it trained, artifacts and the end", async () => {
   const python = testPython();
   const out = tempDir("track");
   const server = await mlflowServer(python, out);
@@ -87,16 +87,24 @@ test("a run logs to MLflow, TensorBoard and wandb: each read back with its own r
       name: "tracked",
       method: { kind: "lora", rank: 4, alpha: 8 },
       data: { validation: join(tiny, "code.jsonl") },
-      train: { steps: 6, checkpoint_every: 2, eval_every: 3 },
+      train: {
+        steps: 6,
+        checkpoint_every: 2,
+        eval_every: 3,
+        // scored while it trains: the base, then steps 3 and 6
+        eval_tasks: ["winogrande"],
+        eval_limit: 3,
+        eval_data: { winogrande: join(root, "tests/fixtures/eval/winogrande") },
+      },
       track: ["tensorboard", "mlflow", "wandb"],
       tracking: { mlflow_uri: server.url, wandb_dir: join(out, "wandb") },
     });
     const warnings: string[] = [];
     const prev = process.env.LORALAB_PYTHON;
     process.env.LORALAB_PYTHON = python;
-    let s: Awaited<ReturnType<typeof train>>;
+    let s: Awaited<ReturnType<typeof trainWithEval>>;
     try {
-      s = await train(cfg, { onWarning: (w) => warnings.push(w) });
+      s = await trainWithEval(cfg, { onWarning: (w) => warnings.push(w) });
     } finally {
       if (prev === undefined) delete process.env.LORALAB_PYTHON;
       else process.env.LORALAB_PYTHON = prev;
@@ -110,6 +118,9 @@ test("a run logs to MLflow, TensorBoard and wandb: each read back with its own r
     const vals = lines.filter((l) => l.val_loss !== undefined).map((l) => [l.step, l.val_loss!]);
     expect(losses.map(([st]) => st)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(vals.map(([st]) => st)).toEqual([3, 6]);
+    const scores = s.evals.map((e) => [e.step, e.forgetting!]);
+    const accs = s.evals.map((e) => [e.step, e.tasks.winogrande!.acc!]);
+    expect(scores.map(([st]) => st)).toEqual([0, 3, 6]);
 
     const read = Bun.spawnSync(
       [
@@ -137,6 +148,8 @@ test("a run logs to MLflow, TensorBoard and wandb: each read back with its own r
     expect(ml.metrics["train/loss"]).toEqual(losses);
     expect(ml.metrics["val/loss"]).toEqual(vals);
     expect(ml.metrics["train/lr"].length).toBe(6);
+    expect(ml.metrics["eval/forgetting"]).toEqual(scores);
+    expect(ml.metrics["eval/winogrande/acc"]).toEqual(accs);
     expect(ml.artifacts).toEqual(
       expect.arrayContaining([
         "adapter/adapter_model.safetensors",
@@ -157,6 +170,7 @@ test("a run logs to MLflow, TensorBoard and wandb: each read back with its own r
     const tb = got.tensorboard;
     expect(tb.scalars["train/loss"]).toEqual(losses.map(([st, v]) => [st, Math.fround(v!)]));
     expect(tb.scalars["val/loss"]).toEqual(vals.map(([st, v]) => [st, Math.fround(v!)]));
+    expect(tb.scalars["eval/forgetting"]).toEqual(scores.map(([st, v]) => [st, Math.fround(v!)]));
     expect(JSON.parse(tb.texts.config.replace(/^```json\n|\n```$/g, "")).method.rank).toBe(4);
     expect(tb.texts.status).toBe("completed");
 
@@ -166,6 +180,10 @@ test("a run logs to MLflow, TensorBoard and wandb: each read back with its own r
     const rows = wb.history as Record<string, number>[];
     expect(rows.filter((r) => "train/loss" in r).map((r) => [r._step, r["train/loss"]])).toEqual(losses);
     expect(rows.filter((r) => "val/loss" in r).map((r) => [r._step, r["val/loss"]])).toEqual(vals);
+    // the scores by their own step (eval/step: wandb's steps only go forward, and a score comes late)
+    expect(rows.filter((r) => "eval/forgetting" in r).map((r) => [r["eval/step"], r["eval/forgetting"]])).toEqual(
+      scores,
+    );
     expect(JSON.stringify(wb.config.method)).toContain('"rank":4');
     expect([wb.artifacts, wb.exit_code]).toEqual([["tracked-files"], 0]);
   } finally {

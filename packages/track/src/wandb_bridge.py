@@ -7,6 +7,10 @@
 
 wandb runs offline (WANDB_MODE=offline, synced later with `wandb sync`) unless WANDB_MODE says
 otherwise. Without the wandb package the first line says so and the bridge exits 3.
+
+wandb's steps only go forward, and scores of a checkpoint (eval/*) come after the run has gone on
+past it: they are logged at the newest step so far with their own step as `eval/step`, the
+x axis wandb is told to chart them by (define_metric).
 """
 
 import json
@@ -28,6 +32,7 @@ def main():
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     run = None
+    last = 0
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -44,11 +49,18 @@ def main():
                     # a resumed loralab run continues its wandb run; a new one starts one
                     resume="allow" if req.get("resumed") else None,
                 )
+                run.define_metric("eval/step")
+                run.define_metric("eval/*", step_metric="eval/step")
                 answer({"ok": True, "dir": run.dir})
             elif op == "log":
                 # JSON has no NaN or infinities: they come as the strings "NaN", "Infinity", "-Infinity"
                 data = {k: float(v) if isinstance(v, str) else v for k, v in req["data"].items()}
-                run.log(data, step=int(req["step"]))
+                step = int(req["step"])
+                if any(k.startswith("eval/") for k in data):
+                    data["eval/step"] = step
+                    step = max(step, last)
+                last = max(last, step)
+                run.log(data, step=step)
             elif op == "artifact":
                 art = wandb.Artifact(req["name"], type=req.get("type", "model"))
                 for p in req["paths"]:
