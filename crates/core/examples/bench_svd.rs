@@ -1,6 +1,7 @@
 //! `bun run bench svd` drives this (packages/cli/src/bench.ts), alternating with numpy:
-//! - `bench_svd matrix M N THREADS`: seconds for the singular values (no vectors) of a random
-//!   f32 M×N matrix with faer (the path `loralab analyze` takes), as JSON;
+//! - `bench_svd matrix M N THREADS [f32|f64]`: seconds for the singular values (no vectors) of a
+//!   random M×N matrix in that precision (f64 is what `loralab analyze` computes ΔW's spectrum
+//!   in) with faer, once, as JSON;
 //! - `bench_svd pair LAYERS HIDDEN INTERMEDIATE DIR`: writes a synthetic base/tuned pair of
 //!   that shape (sharded safetensors, one layer per file), then analyses it end to end (ΔW of
 //!   every matrix, 7 per layer) and reports time and peak heap against the model's size.
@@ -95,23 +96,32 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("matrix") => {
-            let [m, n, threads]: [usize; 3] = [1, 2, 3].map(|i| args[i].parse().expect("M N THREADS"));
-            let a = random_f32(m, n, 11);
+            let [m, n, threads]: [usize; 3] = [1, 2, 3].map(|i| args[i].parse().expect("M N THREADS [f32|f64]"));
+            let dtype = args.get(4).map(String::as_str).unwrap_or("f32");
             let par = loralab_core::spectrum::par(threads);
             let before = alloc::reset_peak();
-            let reps = if m * n <= 1 << 21 { 3 } else { 1 };
-            let mut best = f64::INFINITY;
-            let mut s1 = 0.0;
-            for _ in 0..reps {
-                let t = Instant::now();
-                let s = loralab_core::spectrum::singular_values(a.as_ref(), par).unwrap();
-                best = best.min(t.elapsed().as_secs_f64());
-                s1 = s[0];
+            // one timed decomposition per process: the runner repeats it in rounds, interleaved with the peers
+            let t;
+            let s1;
+            match dtype {
+                "f64" => {
+                    let a = random_f32(m, n, 11);
+                    let a = faer::Mat::<f64>::from_fn(m, n, |i, j| f64::from(a[(i, j)]));
+                    t = Instant::now();
+                    s1 = loralab_core::spectrum::singular_values(a.as_ref(), par).unwrap()[0];
+                }
+                "f32" => {
+                    let a = random_f32(m, n, 11);
+                    t = Instant::now();
+                    s1 = f64::from(loralab_core::spectrum::singular_values(a.as_ref(), par).unwrap()[0]);
+                }
+                other => panic!("dtype {other}: f32 or f64"),
             }
+            let seconds = t.elapsed().as_secs_f64();
             let heap = (alloc::peak() - before) as f64;
             println!(
                 "{}",
-                serde_json::json!({"m": m, "n": n, "threads": threads, "seconds": best, "reps": reps, "sigma_1": s1, "peak_heap_mib": heap / 1048576.0})
+                serde_json::json!({"m": m, "n": n, "threads": threads, "dtype": dtype, "seconds": seconds, "sigma_1": s1, "peak_heap_mib": heap / 1048576.0})
             );
         }
         Some("pair") => {
@@ -159,7 +169,7 @@ fn main() {
             println!("(a random dense ΔW: mean rank@90 % / max rank = {r90:.2})");
         }
         _ => {
-            eprintln!("usage: bench_svd matrix M N THREADS | bench_svd pair LAYERS HIDDEN INTERMEDIATE DIR");
+            eprintln!("usage: bench_svd matrix M N THREADS [f32|f64] | bench_svd pair LAYERS HIDDEN INTERMEDIATE DIR");
             std::process::exit(2);
         }
     }

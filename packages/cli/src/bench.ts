@@ -11,7 +11,7 @@ export const BENCH_USAGE =
   "       loralab bench data        prepare throughput and memory on 50 and 200 MB of JSONL\n" +
   "       loralab bench eval [N] [M] SmolLM2 inference: log-likelihood tokens/s, KV cache vs re-forward (N new tokens, M at batch 8), decode latency by position\n" +
   "       loralab bench server [S]   the API under 200 req/s + 20 SSE clients for S seconds (60) while a run trains\n" +
-  "       loralab bench svd [quick]  singular values vs numpy (1024², 4096², 4096×11008 f32) and a synthetic 32-layer model pair end to end\n" +
+  "       loralab bench svd [quick] [rounds=N]  singular values, f64 and f32, vs LAPACK's gesdd through numpy and scipy (1024², 2048², 4096×1024; interleaved rounds, medians), then a synthetic 32-layer model pair end to end\n" +
   "       loralab bench import [--n N] the import time of `loralab` against `loralab/core`, fresh processes alternated\n" +
   "       loralab bench sweep       a 6-cell sweep on the pg-boss queue with 1, 2, 3 workers; queue work per cell; recovery after a SIGKILL";
 
@@ -70,51 +70,88 @@ export async function runBench(args: string[]): Promise<number> {
   return run.exitCode ?? 1;
 }
 
-/** loralab (faer) against numpy, alternating shape by shape in one run, same thread count. */
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+/** loralab (faer) against LAPACK's gesdd through numpy and scipy, in f64 (what the analysis
+ *  computes in) and f32: every timing its own process, the tools' order rotated round by round,
+ *  the same thread count; medians of the rounds, each round's value printed. */
 function benchSvd(bin: string, args: string[]): number {
   const quick = args.includes("quick");
+  const rounds = Math.max(3, Number(args.find((a) => /^rounds=\d+$/.test(a))?.slice(7) ?? 3));
   const threads = Number(process.env.LORALAB_THREADS ?? navigator.hardwareConcurrency);
+  const python = process.env.LORALAB_PYTHON || "python3";
   const shapes: [number, number][] = quick
-    ? [[1024, 1024]]
+    ? [[512, 512]]
     : [
         [1024, 1024],
-        [4096, 4096],
-        [4096, 11008],
+        [2048, 2048],
+        [4096, 1024],
       ];
-  // numpy at its best: some machines set these, which slow a current OpenBLAS; unset for numpy only
-  const npEnv: Record<string, string> = {};
+  // LAPACK at its best: some machines set these, which slow a current OpenBLAS; unset for the peers only
+  const pyEnv: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env))
-    if (v !== undefined && k !== "OPENBLAS_CORETYPE" && k !== "OPENBLAS_L2_SIZE") npEnv[k] = v;
+    if (v !== undefined && k !== "OPENBLAS_CORETYPE" && k !== "OPENBLAS_L2_SIZE") pyEnv[k] = v;
   const unset = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"].filter((k) => process.env[k] !== undefined);
-  console.log(
-    `singular values only, random f32, ${threads} threads each side${unset.length ? ` (unset for numpy: ${unset.join(", ")})` : ""}`,
-  );
-  console.log(`${"shape".padEnd(12)}${"loralab s".padStart(11)}${"numpy s".padStart(11)}${"ratio".padStart(8)}`);
-  let blas = "";
-  for (const [m, n] of shapes) {
-    const ours = Bun.spawnSync([bin, "matrix", String(m), String(n), String(threads)], {
-      cwd: root,
-      stderr: "inherit",
-    });
-    const np = Bun.spawnSync(["python3", join(root, "scripts/bench_svd.py"), String(m), String(n), String(threads)], {
-      cwd: root,
-      stderr: "inherit",
-      env: npEnv,
-    });
-    if (ours.exitCode !== 0 || np.exitCode !== 0) {
-      console.error(
-        "bench svd: a side failed (hint: numpy and threadpoolctl from pip: `pip install numpy threadpoolctl`)",
-      );
-      return 1;
+  const tools = ["loralab", "numpy", "scipy"] as const;
+  type Tool = (typeof tools)[number];
+  const once = (tool: Tool, m: number, n: number, dtype: string) => {
+    const argv =
+      tool === "loralab"
+        ? [bin, "matrix", String(m), String(n), String(threads), dtype]
+        : [python, join(root, "scripts/bench_svd.py"), tool, String(m), String(n), String(threads), dtype];
+    const p = Bun.spawnSync(argv, { cwd: root, stderr: "pipe", env: tool === "loralab" ? process.env : pyEnv });
+    if (p.exitCode !== 0) {
+      console.error(p.stderr.toString().slice(-1500));
+      return null;
     }
-    const a = JSON.parse(ours.stdout.toString()) as { seconds: number; sigma_1: number };
-    const b = JSON.parse(np.stdout.toString()) as { seconds: number; sigma_1: number; numpy: string; blas: unknown };
-    blas = `numpy ${b.numpy}, threadpoolctl: ${JSON.stringify(b.blas)}`;
-    console.log(
-      `${`${m}×${n}`.padEnd(12)}${a.seconds.toFixed(3).padStart(11)}${b.seconds.toFixed(3).padStart(11)}${(a.seconds / b.seconds).toFixed(2).padStart(7)}×`,
-    );
-  }
-  console.log(blas);
+    return JSON.parse(p.stdout.toString()) as { seconds: number; version?: string; blas?: unknown };
+  };
+  const times = new Map<string, number[]>();
+  let versions = "";
+  for (let r = 0; r < rounds; r++)
+    for (const [m, n] of shapes)
+      for (const dtype of ["f64", "f32"]) {
+        // A/B interleaved: each round starts with the next tool
+        for (let k = 0; k < tools.length; k++) {
+          const tool = tools[(k + r) % tools.length]!;
+          const got = once(tool, m, n, dtype);
+          if (!got) {
+            console.error(
+              `bench svd: ${tool} failed (hint: the peers run with $LORALAB_PYTHON, a python with numpy, scipy and threadpoolctl: \`bun run bench svd\` makes the project's cache venv for it)`,
+            );
+            return 1;
+          }
+          const key = `${m}×${n} ${dtype} ${tool}`;
+          times.set(key, [...(times.get(key) ?? []), got.seconds]);
+          if (tool !== "loralab" && r === 0 && m === shapes[0]![0] && dtype === "f64")
+            versions += `${tool} ${got.version}${tool === "numpy" ? `, BLAS: ${JSON.stringify(got.blas)}` : ""}\n`;
+        }
+      }
+  console.log(
+    `singular values only (no vectors) of a random N(0,1) matrix, ${threads} threads each side${unset.length ? ` (unset for the peers: ${unset.join(", ")})` : ""}; ${rounds} rounds, the tools' order rotated each round, every timing its own process; medians, and peer s / loralab s (above 1: loralab is faster)`,
+  );
+  console.log(
+    `${"shape".padEnd(11)}${"dtype".padEnd(6)}${"loralab s".padStart(10)}${"numpy s".padStart(10)}${"scipy s".padStart(10)}${"numpy/ll".padStart(10)}${"scipy/ll".padStart(10)}   rounds: loralab | numpy | scipy`,
+  );
+  for (const [m, n] of shapes)
+    for (const dtype of ["f64", "f32"]) {
+      const t = (tool: Tool) => times.get(`${m}×${n} ${dtype} ${tool}`)!;
+      const [ll, np, sp] = tools.map((x) => median(t(x)));
+      const each = tools
+        .map((x) =>
+          t(x)
+            .map((v) => v.toFixed(3))
+            .join(" "),
+        )
+        .join(" | ");
+      console.log(
+        `${`${m}×${n}`.padEnd(11)}${dtype.padEnd(6)}${ll!.toFixed(3).padStart(10)}${np!.toFixed(3).padStart(10)}${sp!.toFixed(3).padStart(10)}${`${(np! / ll!).toFixed(2)}×`.padStart(10)}${`${(sp! / ll!).toFixed(2)}×`.padStart(10)}   ${each}`,
+      );
+    }
+  process.stdout.write(versions);
   const [layers, d, f] = quick ? [4, 256, 688] : [32, 1024, 2752];
   const dir = require("node:fs").mkdtempSync(join(require("node:os").tmpdir(), "loralab-bench-svd-"));
   try {
