@@ -12,6 +12,7 @@ export const BENCH_USAGE =
   "       loralab bench eval [N] [M] SmolLM2 inference: log-likelihood tokens/s, KV cache vs re-forward (N new tokens, M at batch 8), decode latency by position\n" +
   "       loralab bench server [S]   the API under 200 req/s + 20 SSE clients for S seconds (60) while a run trains\n" +
   "       loralab bench svd [quick] [rounds=N]  singular values, f64 and f32, vs LAPACK's gesdd through numpy and scipy (1024², 2048², 4096×1024; interleaved rounds, medians), then a synthetic 32-layer model pair end to end\n" +
+  "       loralab bench vs-torch [quick] [rounds=N]  training tokens/s and peak RSS against PyTorch + PEFT on bench train's two shapes, full FT and LoRA (interleaved rounds, medians)\n" +
   "       loralab bench import [--n N] the import time of `loralab` against `loralab/core`, fresh processes alternated\n" +
   "       loralab bench sweep       a 6-cell sweep on the pg-boss queue with 1, 2, 3 workers; queue work per cell; recovery after a SIGKILL";
 
@@ -45,6 +46,7 @@ export async function runBench(args: string[]): Promise<number> {
     data: "bench_data",
     eval: "bench_eval",
     svd: "bench_svd",
+    "vs-torch": "bench_train",
   };
   const example = examples[what ?? ""];
   if (!example) {
@@ -66,6 +68,7 @@ export async function runBench(args: string[]): Promise<number> {
   if (build.exitCode !== 0) return build.exitCode ?? 1;
   const bin = join(root, "target", hostTriple(), "release/examples", example);
   if (what === "svd") return benchSvd(bin, rest);
+  if (what === "vs-torch") return benchVsTorch(bin, rest);
   const run = Bun.spawnSync([bin, ...rest], { cwd: root, stdout: "inherit", stderr: "inherit" });
   return run.exitCode ?? 1;
 }
@@ -167,4 +170,97 @@ function benchSvd(bin: string, args: string[]): number {
   } finally {
     require("node:fs").rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** loralab's training step against PyTorch + PEFT's on bench_train's shapes: every measurement
+ *  its own process (peak RSS from the OS), the two sides' order swapped each round; medians of
+ *  the rounds, each round's value printed. */
+function benchVsTorch(bin: string, args: string[]): number {
+  const quick = args.includes("quick");
+  const rounds = Math.max(3, Number(args.find((a) => /^rounds=\d+$/.test(a))?.slice(7) ?? 3));
+  const threads = Number(process.env.LORALAB_THREADS ?? navigator.hardwareConcurrency);
+  const python = process.env.LORALAB_PYTHON || "python3";
+  const shapes = quick ? ["2"] : ["1", "2"];
+  const label: Record<string, string> = {
+    "1": "A (d512, 8 layers, seq 256, micro-batch 8)",
+    "2": "B (d768, 12 layers, seq 128, micro-batch 1)",
+  };
+  const tokens: Record<string, number> = { "1": 8 * 256, "2": 128 };
+  type Got = { tps: number; rss: number };
+  let versions = "";
+  const run = (tool: "loralab" | "torch", shape: string, method: string): Got | null => {
+    const argv =
+      tool === "loralab"
+        ? [bin, shape, method]
+        : [python, join(root, "scripts/bench_vs_torch.py"), shape, method, "6", String(threads)];
+    const p = Bun.spawnSync(argv, { cwd: root, stderr: "pipe" });
+    if (p.exitCode !== 0) {
+      console.error(p.stderr.toString().slice(-1500));
+      return null;
+    }
+    const out = p.stdout.toString();
+    const rss = (p.resourceUsage?.maxRSS ?? 0) / 1048576;
+    if (tool === "loralab") {
+      const m = /([\d.]+) s\/step/.exec(out);
+      return m ? { tps: tokens[shape]! / Number(m[1]), rss } : null;
+    }
+    const j = JSON.parse(out) as { tokens_per_s: number; torch: string; transformers: string; peft: string };
+    versions ||= `torch ${j.torch}, transformers ${j.transformers}`;
+    if (j.peft) versions = `${versions.replace(/, peft .*/, "")}, peft ${j.peft}`;
+    return { tps: j.tokens_per_s, rss };
+  };
+  const got = new Map<string, Got[]>();
+  for (let r = 0; r < rounds; r++)
+    for (const shape of shapes)
+      for (const method of ["full", "lora"]) {
+        const order = r % 2 ? (["torch", "loralab"] as const) : (["loralab", "torch"] as const);
+        for (const tool of order) {
+          const g = run(tool, shape, method);
+          if (!g) {
+            console.error(
+              `bench vs-torch: ${tool} failed (hint: PyTorch runs with $LORALAB_PYTHON, a python with torch, transformers and peft: \`bun run bench vs-torch\` makes the project's cache venv for it)`,
+            );
+            return 1;
+          }
+          const key = `${shape} ${method} ${tool}`;
+          got.set(key, [...(got.get(key) ?? []), g]);
+          console.error(
+            `  round ${r + 1}: ${label[shape]} ${method} ${tool}: ${g.tps.toFixed(1)} tok/s, ${g.rss.toFixed(0)} MiB`,
+          );
+        }
+      }
+  console.log(
+    `\ntraining step, AdamW f32, LoRA r=16 alpha=32 dropout 0.05 on all 7 linear modules; ${threads} threads each side; ${rounds} rounds, the sides' order swapped each round, every measurement its own process (6 timed steps after 1 warm-up, their median); medians of the rounds`,
+  );
+  console.log(
+    `${"workload".padEnd(50)}${"loralab tok/s".padStart(14)}${"torch tok/s".padStart(12)}${"speed".padStart(8)}${"loralab MiB".padStart(13)}${"torch MiB".padStart(11)}${"RSS".padStart(7)}   rounds tok/s: loralab | torch`,
+  );
+  const med = (k: string, f: (g: Got) => number) => median(got.get(k)!.map(f));
+  for (const shape of shapes)
+    for (const method of ["full", "lora"]) {
+      const [a, b] = [`${shape} ${method} loralab`, `${shape} ${method} torch`];
+      const [ta, tb, ra, rb] = [med(a, (g) => g.tps), med(b, (g) => g.tps), med(a, (g) => g.rss), med(b, (g) => g.rss)];
+      const each = [a, b]
+        .map((k) =>
+          got
+            .get(k)!
+            .map((g) => g.tps.toFixed(1))
+            .join(" "),
+        )
+        .join(" | ");
+      console.log(
+        `${`${label[shape]} ${method}`.padEnd(50)}${ta.toFixed(1).padStart(14)}${tb.toFixed(1).padStart(12)}${`${(ta / tb).toFixed(2)}×`.padStart(8)}${ra.toFixed(0).padStart(13)}${rb.toFixed(0).padStart(11)}${`${(ra / rb).toFixed(2)}×`.padStart(7)}   ${each}`,
+      );
+    }
+  for (const shape of shapes) {
+    const speed = (tool: string) =>
+      med(`${shape} lora ${tool}`, (g) => g.tps) / med(`${shape} full ${tool}`, (g) => g.tps);
+    console.log(
+      `LoRA / full FT tokens/s on ${label[shape]}: loralab ${speed("loralab").toFixed(2)}×, torch ${speed("torch").toFixed(2)}×`,
+    );
+  }
+  console.log(
+    `speed: loralab tok/s / torch's (above 1: loralab faster); RSS: loralab's peak / torch's (below 1: loralab leaner); ${versions}`,
+  );
+  return 0;
 }
