@@ -178,9 +178,10 @@ test("a run logs to MLflow, TensorBoard and wandb: each read back with its own r
     const wb = got.wandb;
     expect(wb.files).toBe(1);
     const rows = wb.history as Record<string, number>[];
-    expect(rows.filter((r) => "train/loss" in r).map((r) => [r._step, r["train/loss"]])).toEqual(losses);
-    expect(rows.filter((r) => "val/loss" in r).map((r) => [r._step, r["val/loss"]])).toEqual(vals);
-    // the scores by their own step (eval/step: wandb's steps only go forward, and a score comes late)
+    // each series by its own step (train/step, eval/step: W&B's steps only go forward, and the
+    // scores come late, several at once at the end)
+    expect(rows.filter((r) => "train/loss" in r).map((r) => [r["train/step"], r["train/loss"]])).toEqual(losses);
+    expect(rows.filter((r) => "val/loss" in r).map((r) => [r["train/step"], r["val/loss"]])).toEqual(vals);
     expect(rows.filter((r) => "eval/forgetting" in r).map((r) => [r["eval/step"], r["eval/forgetting"]])).toEqual(
       scores,
     );

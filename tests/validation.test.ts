@@ -281,6 +281,52 @@ test("keep_best by a score: the best-scored checkpoint kept as best/ while keep_
   expect(again.forgetting).toBe(top.forgetting);
 }, 180_000);
 
+test("keep_best by a score while pruning races the scoring: each checkpoint scored from its own linked copy, the first best kept", async () => {
+  const { trainWithEval } = await import("@loralab/eval");
+  const out = tempDir("keep-best-race");
+  // 300 documents: each scoring takes longer than the steps between checkpoints, so the engine
+  // prunes (keep_checkpoints = 1) checkpoints still waiting to be scored, or being scored
+  const src = readFileSync(join(root, "tests/fixtures/eval/winogrande/validation.jsonl"), "utf8").trim().split("\n");
+  mkdirSync(join(out, "wg"));
+  writeFileSync(
+    join(out, "wg", "validation.jsonl"),
+    `${Array.from({ length: 300 }, (_, i) => src[i % 3]).join("\n")}\n`,
+  );
+  const said: string[] = [];
+  const s = await trainWithEval(
+    tinyConfig(out, {
+      run_id: "race",
+      method: { kind: "lora", rank: 4 },
+      train: {
+        steps: 40,
+        checkpoint_every: 0,
+        eval_every: 2,
+        eval_tasks: ["winogrande"],
+        eval_limit: 300,
+        eval_data: { winogrande: join(out, "wg") },
+        keep_best: "eval/winogrande/acc_per_token",
+        keep_checkpoints: 1,
+      },
+    }),
+    { log: (l) => said.push(l) },
+  );
+  expect(s.status).toBe("completed");
+  expect(said.filter((l) => l.includes("could not keep"))).toEqual([]);
+  const scored = s.evals.filter((e) => e.checkpoint && !e.skipped);
+  // the race happened: some checkpoints were gone before their turn
+  console.log(`race: ${scored.length} of ${s.evals.length - 1} checkpoints scored`);
+  expect(scored.length).toBeLessThan(s.evals.length - 1);
+  const value = (e: (typeof scored)[number]) => e.tasks.winogrande!.acc_per_token!;
+  const top = scored.reduce((a, b) => (value(b) > value(a) ? b : a));
+  const kept = JSON.parse(readFileSync(join(s.run_dir, "best.json"), "utf8"));
+  expect([kept.step, kept.value]).toEqual([top.step, value(top)]);
+  expect(JSON.parse(readFileSync(join(s.run_dir, "best", "trainer_state.json"), "utf8")).step).toBe(top.step);
+  // no staging copy left behind
+  expect(readdirSync(s.run_dir).filter((f) => f.startsWith(".scoring-") || f.startsWith("best."))).toEqual([
+    "best.json",
+  ]);
+}, 180_000);
+
 test("eval_tasks and forgetting_budget are checked at the edge", () => {
   const out = tempDir("evaltrain-cfg");
   const bad = (train: Record<string, unknown>, field: string, msg: RegExp) => {

@@ -151,7 +151,7 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
     );
     console.log(
       summary.best_checkpoint
-        ? `last checkpoint within the budget: ${summary.best_checkpoint}`
+        ? `${summary.best_checkpoint.endsWith("/best") ? `best checkpoint within the budget (${summary.keptBy})` : "last checkpoint within the budget"}: ${summary.best_checkpoint}`
         : "no checkpoint was within the budget",
     );
     console.log(`scores: ${join(summary.run_dir, "evals.jsonl")}`);
@@ -162,7 +162,8 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
     console.log(
       `stopped early at step ${summary.stopped_early_at}: val_loss stopped improving (train.early_stop_patience)`,
     );
-  if (summary.best_checkpoint) console.log(`best checkpoint (val_loss): ${summary.best_checkpoint}`);
+  if (summary.best_checkpoint)
+    console.log(`best checkpoint (${summary.keptBy || "val_loss"}): ${summary.best_checkpoint}`);
   console.log(
     `${summary.status}: ${summary.steps}/${summary.total_steps} steps, ${summary.first_loss == null ? "no step left to train (resumed at the end)" : `loss ${summary.first_loss.toFixed(4)} → ${(summary.final_loss ?? NaN).toFixed(4)}`}, ` +
       `${Math.round(summary.tokens_per_s)} tok/s, ${summary.elapsed_s.toFixed(1)} s\n${summary.output ? `output: ${summary.output}` : `last checkpoint: ${summary.last_checkpoint}`}`,

@@ -45,6 +45,8 @@ export interface EvaluatedRun extends RunSummary {
   evals: EvalPoint[];
   /** Set when train.forgetting_budget stopped the run: where, by how many points. */
   forgettingStop: { step: number; drop: number; budget: number } | null;
+  /** The score best_checkpoint is the best by (train.keep_best = "eval/..."), else "". */
+  keptBy: string;
 }
 
 /** Points the forgetting score fell below the base's (percentage points; negative: it rose). */
@@ -101,26 +103,35 @@ export function scoreBy(p: EvalPoint, by: string): number | null {
   return p.tasks[a!]?.[b] ?? null;
 }
 
-/** `dir` made a copy of `checkpoint` (hard links where the file system allows: no second copy
- *  of the weights), whole or not at all: built beside it, then renamed over the old one. */
-function keepAs(checkpoint: string, dir: string) {
+/** `to` made a copy of the directory `from`: hard links where the file system allows (no second
+ *  copy of the weights), else copies. */
+function linkTree(from: string, to: string) {
+  mkdirSync(to);
+  for (const e of readdirSync(from, { withFileTypes: true })) {
+    if (e.isDirectory()) linkTree(join(from, e.name), join(to, e.name));
+    else
+      try {
+        linkSync(join(from, e.name), join(to, e.name));
+      } catch {
+        copyFileSync(join(from, e.name), join(to, e.name));
+      }
+  }
+}
+
+/** `staged` (a checkpoint's linked copy) becomes `dir`, and `meta` says which in `metaFile`:
+ *  the new copy built whole beside the old one, the old moved aside, then renamed in, so `dir`
+ *  is never half-written and is missing only between two renames. */
+function keepAs(staged: string, dir: string, metaFile: string, meta: object) {
   const tmp = `${dir}.tmp`;
+  const old = `${dir}.old`;
   rmSync(tmp, { recursive: true, force: true });
-  const link = (from: string, to: string) => {
-    mkdirSync(to);
-    for (const e of readdirSync(from, { withFileTypes: true })) {
-      if (e.isDirectory()) link(join(from, e.name), join(to, e.name));
-      else
-        try {
-          linkSync(join(from, e.name), join(to, e.name));
-        } catch {
-          copyFileSync(join(from, e.name), join(to, e.name));
-        }
-    }
-  };
-  link(checkpoint, tmp);
-  rmSync(dir, { recursive: true, force: true });
+  rmSync(old, { recursive: true, force: true });
+  linkTree(staged, tmp);
+  writeFileSync(`${metaFile}.tmp`, `${JSON.stringify(meta)}\n`);
+  if (existsSync(dir)) renameSync(dir, old);
   renameSync(tmp, dir);
+  renameSync(`${metaFile}.tmp`, metaFile);
+  rmSync(old, { recursive: true, force: true });
 }
 
 /** train() with `train.eval_tasks` scored while it trains (the engine's train() when none). */
@@ -132,7 +143,8 @@ export async function trainWithEval(
     onEval?: (p: EvalPoint) => void | Promise<void>;
   } = {},
 ): Promise<EvaluatedRun> {
-  if (!config.train?.eval_tasks?.length) return { ...(await train(config, opts)), evals: [], forgettingStop: null };
+  if (!config.train?.eval_tasks?.length)
+    return { ...(await train(config, opts)), evals: [], forgettingStop: null, keptBy: "" };
   // the run as the engine resolved it (Hub inputs fetched, data prepared): its config.json,
   // read at its start
   let run: ResolvedRunConfig | undefined;
@@ -153,8 +165,8 @@ export async function trainWithEval(
   const score = async (step: number, tokens: number, checkpoint: string) => {
     // stopped by the budget, or by the user: what is still queued is not scored
     if (forgettingStop || opts.signal?.aborted || !run) return;
-    if (checkpoint && !existsSync(checkpoint))
-      return record({
+    const pruned = () =>
+      record({
         step,
         tokens,
         checkpoint,
@@ -165,7 +177,28 @@ export async function trainWithEval(
         seconds: 0,
         skipped: "pruned by train.keep_checkpoints before it was scored",
       });
-    const p = await scoreModel(run, runDir, { step, tokens, checkpoint });
+    if (checkpoint && !existsSync(checkpoint)) return pruned();
+    // keep_best by a score: the checkpoint hard-linked aside first and that copy scored, so the
+    // engine's pruning (keep_checkpoints) cannot take it away while it is scored or kept
+    const by = run.train.keep_best.startsWith("eval/") ? run.train.keep_best : "";
+    let staged = "";
+    if (by && checkpoint) {
+      staged = join(runDir, `.scoring-${step}`);
+      try {
+        linkTree(checkpoint, staged);
+        if (!existsSync(join(staged, "trainer_state.json"))) throw new Error("incomplete");
+      } catch {
+        rmSync(staged, { recursive: true, force: true });
+        return pruned();
+      }
+    }
+    let p: EvalPoint;
+    try {
+      p = { ...(await scoreModel(run, runDir, { step, tokens, checkpoint: staged || checkpoint })), checkpoint };
+    } catch (e) {
+      if (staged) rmSync(staged, { recursive: true, force: true });
+      throw e;
+    }
     record(p);
     const values: Record<string, number> = {};
     if (p.forgetting !== null) values["eval/forgetting"] = p.forgetting;
@@ -174,7 +207,21 @@ export async function trainWithEval(
       for (const [m, v] of Object.entries(ms)) values[`eval/${t}/${m}`] = v;
     track?.(step, values);
     await opts.onEval?.(p);
-    if (!checkpoint) return;
+    if (!checkpoint) {
+      if (by && scoreBy(p, by) === null)
+        opts.log?.(`train.keep_best = ${by}: the base has no such score, so no checkpoint will be kept by it`);
+      return;
+    }
+    try {
+      await judge(p, staged);
+    } finally {
+      if (staged) rmSync(staged, { recursive: true, force: true });
+    }
+  };
+  /** The budget and keep_best's verdict on a scored checkpoint (`staged`: its linked copy). */
+  const judge = async (p: EvalPoint, staged: string) => {
+    if (!run) return;
+    const { step, checkpoint } = p;
     const base0 = evals[0]?.forgetting;
     if (base0 != null && p.forgetting !== null) {
       const drop = forgettingDrop(base0, p.forgetting);
@@ -192,12 +239,11 @@ export async function trainWithEval(
     // train.keep_best by a score: the best-scored checkpoint so far (within the budget) kept as best/
     const by = run.train.keep_best;
     const v = by.startsWith("eval/") ? scoreBy(p, by) : null;
-    if (v !== null && (!best || v > best.value)) {
+    if (v !== null && staged && (!best || v > best.value)) {
       try {
-        keepAs(checkpoint, join(runDir, "best"));
-        best = { metric: by, value: v, step, checkpoint };
-        writeFileSync(join(runDir, "best.json.tmp"), `${JSON.stringify(best)}\n`);
-        renameSync(join(runDir, "best.json.tmp"), join(runDir, "best.json"));
+        const kept = { metric: by, value: v, step, checkpoint };
+        keepAs(staged, join(runDir, "best"), join(runDir, "best.json"), kept);
+        best = kept;
         opts.log?.(`eval @ step ${step}: ${by} ${v.toFixed(4)}, the best so far: kept as best/`);
       } catch (e) {
         opts.log?.(
@@ -243,13 +289,15 @@ export async function trainWithEval(
     },
   });
   const kept = best ? join(runDir, "best") : "";
-  if (!forgettingStop) return { ...s, evals, forgettingStop, ...(kept ? { best_checkpoint: kept } : {}) };
+  const keptBy = kept ? best!.metric : "";
+  if (!forgettingStop) return { ...s, evals, forgettingStop, keptBy, ...(kept ? { best_checkpoint: kept } : {}) };
   // stopped by the budget, not by the user: the best within it (by keep_best's score), else the
   // last checkpoint within it, is the one to keep
   return {
     ...s,
     evals,
     forgettingStop,
+    keptBy,
     stopped_early_at: (forgettingStop as { step: number }).step,
     best_checkpoint: kept || withinBudget,
   };

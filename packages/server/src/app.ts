@@ -345,7 +345,13 @@ export function createApp(o: AppOptions): Hono {
       queue,
       open: true,
       async wait(ms: number) {
-        if (!queue.length && pump.open) await Promise.race([new Promise<void>((res) => (wake = res)), Bun.sleep(ms)]);
+        if (queue.length || !pump.open) return;
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await new Promise<void>((res) => {
+          wake = res;
+          timer = setTimeout(res, ms);
+        });
+        clearTimeout(timer);
         wake = undefined;
       },
       close: () => {
@@ -599,9 +605,10 @@ export function createApp(o: AppOptions): Hono {
       cells.push(checked);
     }
     const id = `s${newRunId().slice(1)}`;
-    await o.store.createSweep({ id, name: req.name, config: { base: req.base, grid: req.grid } });
     const runs: string[] = [];
     for (const cell of cells) runs.push((await o.runner.submit(cell, undefined, id)).id);
+    // the sweep exists once all its runs do: its stream, opened from then on, hears every one
+    await o.store.createSweep({ id, name: req.name, config: { base: req.base, grid: req.grid } });
     return c.json({ id, name: req.name, runs }, 201);
   });
   app.get("/api/sweeps", async (c) => c.json(await o.store.listSweeps()));

@@ -171,7 +171,8 @@ async function drawCharts() {
   // scores over steps: the forgetting score and the learning metric of each scored checkpoint
   const scores = [];
   for (const [run, d] of state.data)
-    for (const r of d.eval) if (r.metric === "score" && (r.task === "forgetting" || r.task === "learning")) scores.push({ run, label: label(run), step: stepOf(r.checkpoint, state.runs.get(run)), score: r.task, value: r.value, checkpoint: r.checkpoint });
+    // the scores taken while it trained (a later job's, job:*, are on other tasks or documents)
+    for (const r of d.eval) if (r.metric === "score" && (r.task === "forgetting" || r.task === "learning") && !r.checkpoint.startsWith("job:")) scores.push({ run, label: label(run), step: stepOf(r.checkpoint, state.runs.get(run)), score: r.task, value: r.value, checkpoint: r.checkpoint });
   let div = $("chart-eval");
   if (scores.length) {
     if (!div) { div = el("div", null, "chart"); div.id = "chart-eval"; box.append(div); }

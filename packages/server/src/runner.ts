@@ -102,6 +102,7 @@ export class Runner {
   private active = new Map<string, AbortController>();
   private jobs = new Map<string, Promise<void>>();
   private jobTurn: Promise<void> = Promise.resolve();
+  private stopping = false;
   private lastJob = new Map<string, Extract<RunEvent, { type: "job" }>>();
   private activeDevice = new Map<string, string>();
   private timer: ReturnType<typeof setInterval> | undefined;
@@ -159,6 +160,8 @@ export class Runner {
 
   /** Stop taking new runs; with `cancel`, also stop the running ones (they checkpoint first). */
   async stop(cancel = false): Promise<void> {
+    // queued jobs are dropped (told as failed); a running one is waited for by settled()
+    this.stopping = true;
     clearInterval(this.timer);
     this.timer = undefined;
     if (cancel) for (const a of this.active.values()) a.abort();
@@ -225,8 +228,8 @@ export class Runner {
   /** Score a finished run's final model (its last checkpoint when it has no output) on its
    *  `train.eval_tasks` (or `o.tasks`), with its own `train.eval_data`, on its own device: the
    *  rows go under "job:final" (or "job:<checkpoint>"), replacing that key's earlier ones, apart
-   *  from the scores taken while it trained; told to watchers as `job` and `eval` events. Jobs
-   *  wait their turn, one at a time; false when the run already has one. */
+   *  from the scores taken while it trained; told to watchers as `job` and `eval` events. On the
+   *  CPU. Jobs wait their turn, one at a time; false when the run already has one. */
   evaluate(r: RunRow, o: { tasks?: TaskName[]; limit?: number } = {}): boolean {
     return this.job(r, "evaluate", async () => {
       const rd = runDirectory(r.runDir);
@@ -238,7 +241,8 @@ export class Runner {
         run,
         r.runDir,
         { step: rd.output ? (rd.total_steps ?? 0) : (last?.step ?? 0), tokens: 0, checkpoint: model },
-        { ...o, device: run.train.device },
+        // on the CPU, in this process, as while it trained: a GPU here belongs to the device pools
+        o,
       );
       const key = `job:${rd.output ? "final" : basename(model)}`;
       await this.store.clearEval(r.id, key);
@@ -271,6 +275,8 @@ export class Runner {
     this.emit({ type: "job", run_id: r.id, job, state: "queued", detail: "" });
     const p = this.jobTurn
       .then(() => {
+        // the server is stopping: what has not started does not
+        if (this.stopping) throw new Error("the server is stopping: not started");
         this.emit({ type: "job", run_id: r.id, job, state: "running", detail: "" });
         return fn();
       })
@@ -284,7 +290,8 @@ export class Runner {
         this.jobs.delete(r.id);
         this.emit({ type: "job", run_id: r.id, job, ...end });
       });
-    this.jobTurn = p;
+    // a listener that throws fails this job's report, never the next job's turn
+    this.jobTurn = p.catch(() => {});
     this.jobs.set(r.id, p);
     return true;
   }

@@ -9,8 +9,9 @@ wandb runs offline (WANDB_MODE=offline, synced later with `wandb sync`) unless W
 otherwise. Without the wandb package the first line says so and the bridge exits 3.
 
 wandb's steps only go forward, and scores of a checkpoint (eval/*) come after the run has gone on
-past it: they are logged at the newest step so far with their own step as `eval/step`, the
-x axis wandb is told to chart them by (define_metric).
+past it, several at once at its end: every log is its own wandb step (a counter), and the
+training step is a metric, `train/step` for train/* and val/*, `eval/step` for eval/*, the
+x axes wandb is told to chart them by (define_metric).
 """
 
 import json
@@ -32,7 +33,7 @@ def main():
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     run = None
-    last = 0
+    logged = 0
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -49,18 +50,20 @@ def main():
                     # a resumed loralab run continues its wandb run; a new one starts one
                     resume="allow" if req.get("resumed") else None,
                 )
-                run.define_metric("eval/step")
-                run.define_metric("eval/*", step_metric="eval/step")
+                for axis, series in (("train/step", ("train/*", "val/*")), ("eval/step", ("eval/*",))):
+                    run.define_metric(axis)
+                    for pattern in series:
+                        run.define_metric(pattern, step_metric=axis)
+                # a resumed run's wandb history goes on after its last row
+                logged = run.step or 0
                 answer({"ok": True, "dir": run.dir})
             elif op == "log":
                 # JSON has no NaN or infinities: they come as the strings "NaN", "Infinity", "-Infinity"
                 data = {k: float(v) if isinstance(v, str) else v for k, v in req["data"].items()}
                 step = int(req["step"])
-                if any(k.startswith("eval/") for k in data):
-                    data["eval/step"] = step
-                    step = max(step, last)
-                last = max(last, step)
-                run.log(data, step=step)
+                data["eval/step" if any(k.startswith("eval/") for k in data) else "train/step"] = step
+                run.log(data, step=logged)
+                logged += 1
             elif op == "artifact":
                 art = wandb.Artifact(req["name"], type=req.get("type", "model"))
                 for p in req["paths"]:
