@@ -2,12 +2,12 @@
 (crates/core/examples/bench_train.rs), timed the same way: a random-init Llama of that shape,
 AdamW (f32), random token batches; full fine-tuning, or LoRA r=16, alpha=32, dropout 0.05 on
 every linear module of the blocks (PEFT's "all-linear"); one warm-up step, then STEPS timed
-steps, their median. Prints JSON: seconds per step, tokens/s, peak RSS (getrusage) and the
-versions. One process per measurement; the runner interleaves it with loralab's.
+steps, their median. Prints JSON: seconds per step, tokens/s and the versions (peak RSS is
+taken by the runner from the OS, the same way for both sides). One process per measurement; the runner interleaves it with loralab's.
 
     python scripts/bench_vs_torch.py SHAPE(1|2) full|lora STEPS THREADS
 """
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 
 import torch
 import transformers
@@ -70,8 +70,7 @@ print(
             "method": method,
             "s_per_step": s,
             "tokens_per_s": batch * seq / s,
-            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peft": peft_version,

@@ -151,7 +151,7 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
     );
     console.log(
       summary.best_checkpoint
-        ? `${summary.best_checkpoint.endsWith("/best") ? `best checkpoint within the budget (${summary.keptBy})` : "last checkpoint within the budget"}: ${summary.best_checkpoint}`
+        ? `${summary.keptBy ? `best checkpoint within the budget (${summary.keptBy})` : "last checkpoint within the budget"}: ${summary.best_checkpoint}`
         : "no checkpoint was within the budget",
     );
     console.log(`scores: ${join(summary.run_dir, "evals.jsonl")}`);

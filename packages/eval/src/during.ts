@@ -64,12 +64,12 @@ function flat(r: EvalResult): Record<string, Record<string, number>> {
 /** Score one model of a run on its `train.eval_tasks` (or `o.tasks`), on the first
  *  `train.eval_limit` (or `o.limit`) documents each, with the run's `train.eval_data`: the base
  *  when `at.checkpoint` is empty, else that checkpoint (a LoRA adapter merged onto the base);
- *  on `o.device` (default the CPU, in this process). */
+ *  on the CPU, in this process. */
 export async function scoreModel(
   run: ResolvedRunConfig,
   runDir: string,
   at: { step: number; tokens: number; checkpoint: string },
-  o: { tasks?: TaskName[]; limit?: number; device?: string } = {},
+  o: { tasks?: TaskName[]; limit?: number } = {},
 ): Promise<EvalPoint> {
   const t0 = performance.now();
   const base = run.model.path || join(runDir, "base");
@@ -82,7 +82,6 @@ export async function scoreModel(
     // 0: every document
     limit: (o.limit ?? run.train.eval_limit) || undefined,
     data: run.train.eval_data as Partial<Record<TaskName, string>>,
-    device: o.device,
   });
   const s = summarize(r.tasks);
   return {
@@ -118,18 +117,15 @@ function linkTree(from: string, to: string) {
   }
 }
 
-/** `staged` (a checkpoint's linked copy) becomes `dir`, and `meta` says which in `metaFile`:
- *  the new copy built whole beside the old one, the old moved aside, then renamed in, so `dir`
- *  is never half-written and is missing only between two renames. */
+/** `staged` (a checkpoint's whole linked copy, made before it was scored) renamed to `dir`, and
+ *  `meta` saying which in `metaFile`: the old `dir` moved aside first, so `dir` is never
+ *  half-written and is missing only between two renames. */
 function keepAs(staged: string, dir: string, metaFile: string, meta: object) {
-  const tmp = `${dir}.tmp`;
   const old = `${dir}.old`;
-  rmSync(tmp, { recursive: true, force: true });
   rmSync(old, { recursive: true, force: true });
-  linkTree(staged, tmp);
   writeFileSync(`${metaFile}.tmp`, `${JSON.stringify(meta)}\n`);
   if (existsSync(dir)) renameSync(dir, old);
-  renameSync(tmp, dir);
+  renameSync(staged, dir);
   renameSync(`${metaFile}.tmp`, metaFile);
   rmSync(old, { recursive: true, force: true });
 }
@@ -213,13 +209,14 @@ export async function trainWithEval(
       return;
     }
     try {
-      await judge(p, staged);
+      await judge(p, by, staged);
     } finally {
       if (staged) rmSync(staged, { recursive: true, force: true });
     }
   };
-  /** The budget and keep_best's verdict on a scored checkpoint (`staged`: its linked copy). */
-  const judge = async (p: EvalPoint, staged: string) => {
+  /** The budget's and keep_best's (`by`, a score) verdicts on a scored checkpoint (`staged`: its
+   *  linked copy, which becomes best/ when it is the best so far). */
+  const judge = async (p: EvalPoint, by: string, staged: string) => {
     if (!run) return;
     const { step, checkpoint } = p;
     const base0 = evals[0]?.forgetting;
@@ -237,8 +234,7 @@ export async function trainWithEval(
       withinBudget = checkpoint;
     }
     // train.keep_best by a score: the best-scored checkpoint so far (within the budget) kept as best/
-    const by = run.train.keep_best;
-    const v = by.startsWith("eval/") ? scoreBy(p, by) : null;
+    const v = by ? scoreBy(p, by) : null;
     if (v !== null && staged && (!best || v > best.value)) {
       try {
         const kept = { metric: by, value: v, step, checkpoint };

@@ -15,7 +15,7 @@ import { TASKS, type TaskName } from "@loralab/eval";
 import { DASHBOARD_CSP, dashboardHtml, dashboardJs } from "./dashboard.ts";
 import { LIST_LIMIT, MAX_JSON_DEPTH, openapi, routeMethods } from "./openapi.ts";
 import { newRunId, type RunEvent, type Runner } from "./runner.ts";
-import { expand, parseSweep, summarize } from "./sweeps.ts";
+import { expand, parseSweep, SCORES_WHILE_TRAINING, scoresWhileTraining, summarize } from "./sweeps.ts";
 import { vendorScript } from "./vendor.ts";
 import { artifactFile, confineConfig, hostAllowed, originAllowed, sameSecret, sessionValue } from "./security.ts";
 
@@ -571,6 +571,10 @@ export function createApp(o: AppOptions): Hono {
       return problem(c, 422, "Unprocessable Content", `${req.field}: ${req.message}`, { field: req.field });
     const base = checkConfig(c, req.base, "base.");
     if (base instanceof Response) return base;
+    if (!scoresWhileTraining(base))
+      return problem(c, 422, "Unprocessable Content", `base: ${SCORES_WHILE_TRAINING}`, {
+        field: "base.train.eval_tasks",
+      });
     // every cell checked (paths confined, scored while it trains, the engine's resolution) before
     // any is queued, and what they store bounded: a cell's config is the base's size or so, times 64
     const cells: RunConfig[] = [];
@@ -587,14 +591,10 @@ export function createApp(o: AppOptions): Hono {
         );
       const checked = checkConfig(c, cell.config, "", where);
       if (checked instanceof Response) return checked;
-      if (!(checked.train?.eval_tasks?.length && checked.train.eval_every))
-        return problem(
-          c,
-          422,
-          "Unprocessable Content",
-          `${where}train.eval_tasks and train.eval_every: a sweep's runs are scored while they train`,
-          { field: "train.eval_tasks" },
-        );
+      if (!scoresWhileTraining(checked))
+        return problem(c, 422, "Unprocessable Content", `${where}${SCORES_WHILE_TRAINING}`, {
+          field: "train.eval_tasks",
+        });
       try {
         resolveConfig({ ...checked, run_id: "sweep-check", out_dir: o.runner.runsDir });
       } catch (e) {

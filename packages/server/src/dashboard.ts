@@ -114,6 +114,7 @@ $("login-form").addEventListener("submit", async (e) => {
 // ---------------------------------------------------------------- charts (Vega-Lite)
 
 const STEP_AXIS = { field: "step", type: "quantitative", title: "step", axis: { tickMinStep: 1, format: "d" } };
+const NO_CHARTS = "the charts need vega, vega-lite and vega-interpreter installed beside the server (hint: bun install)";
 const chartsOk = () => typeof vega !== "undefined" && typeof vegaLite !== "undefined" && typeof vegaExpressionInterpreter !== "undefined";
 
 /** A Vega-Lite spec compiled here and run by the interpreter (the CSP allows no eval); its rows
@@ -133,12 +134,8 @@ async function setRows(view, rows) {
 
 /** A run as the legends name it: the end of its id (names repeat, ids are long), then its name. */
 function label(id) { const r = state.runs.get(id); return id.slice(-6) + (r ? " · " + r.name : ""); }
-function stepOf(checkpoint, run) {
-  if (checkpoint === "base") return 0;
-  const m = /(\\d+)$/.exec(checkpoint);
-  if (m) return Number(m[1]);
-  return (run && run.config && run.config.train && run.config.train.steps) || 0;
-}
+// the scores taken while a run trains are the base's (step 0) and its checkpoints' (step-N)
+const stepOf = (checkpoint) => (checkpoint === "base" ? 0 : Number(checkpoint.slice("step-".length)));
 
 let drawing = null;
 function redraw() { drawing ??= setTimeout(() => { drawing = null; drawCharts().catch(chartError); }, 60); }
@@ -148,7 +145,7 @@ async function drawCharts() {
   const shown = [...state.data.keys()];
   $("overlay").classList.toggle("hidden", !shown.length);
   $("shown").textContent = shown.join(", ");
-  if (!chartsOk()) { $("charts-error").textContent = "the charts need vega, vega-lite and vega-interpreter installed beside the server (hint: bun install)"; return; }
+  if (!chartsOk()) { $("charts-error").textContent = NO_CHARTS; return; }
   const box = $("charts");
   for (const [name, title] of METRICS) {
     const rows = [];
@@ -172,7 +169,7 @@ async function drawCharts() {
   const scores = [];
   for (const [run, d] of state.data)
     // the scores taken while it trained (a later job's, job:*, are on other tasks or documents)
-    for (const r of d.eval) if (r.metric === "score" && (r.task === "forgetting" || r.task === "learning") && !r.checkpoint.startsWith("job:")) scores.push({ run, label: label(run), step: stepOf(r.checkpoint, state.runs.get(run)), score: r.task, value: r.value, checkpoint: r.checkpoint });
+    for (const r of d.eval) if (r.metric === "score" && (r.task === "forgetting" || r.task === "learning") && !r.checkpoint.startsWith("job:")) scores.push({ run, label: label(run), step: stepOf(r.checkpoint), score: r.task, value: r.value, checkpoint: r.checkpoint });
   let div = $("chart-eval");
   if (scores.length) {
     if (!div) { div = el("div", null, "chart"); div.id = "chart-eval"; box.append(div); }
@@ -234,7 +231,7 @@ function watch(id) {
   state.streams.set(id, es);
   // a resumed attempt logs again from its checkpoint: what the dead one logged past it goes
   const push = (name, step, v) => { const s = (d.metrics[name] ??= []); while (s.length && s[s.length - 1][0] >= step) s.pop(); s.push([step, v]); };
-  es.addEventListener("snapshot", (e) => { const s = JSON.parse(e.data); d.metrics = s.metrics || { loss: s.loss }; d.eval = s.eval || []; if (id === state.open) { $("d-status").textContent = s.status; if (s.job) showJob(s.job); } redraw(); });
+  es.addEventListener("snapshot", (e) => { const s = JSON.parse(e.data); d.metrics = s.metrics; d.eval = s.eval || []; if (id === state.open) { $("d-status").textContent = s.status; if (s.job) showJob(s.job); } redraw(); });
   es.addEventListener("progress", (e) => {
     const p = JSON.parse(e.data);
     for (const k of ["loss", "lr", "grad_norm", "tokens_per_s"]) push(k, p.step, p[k]);
@@ -380,7 +377,7 @@ async function start() {
     const t = await (await api("/api/templates/tiny")).json();
     if (!$("config").value) $("config").value = JSON.stringify(t, null, 2);
     if (!$("sweep-config").value) $("sweep-config").value = JSON.stringify({ name: "lora-vs-full", base: t, grid: { method: [{ kind: "lora", rank: 4 }, { kind: "full" }] } }, null, 2);
-    if (!chartsOk()) $("charts-error").textContent = "the charts need vega, vega-lite and vega-interpreter installed beside the server (hint: bun install)";
+    if (!chartsOk()) $("charts-error").textContent = NO_CHARTS;
     setInterval(() => refresh().catch(() => {}), 3000);
   } catch { show(false); }
 }

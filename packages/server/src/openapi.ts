@@ -168,7 +168,7 @@ export const ROUTES: Route[] = [
     method: "post",
     path: "/api/runs/{id}/evaluate",
     summary:
-      'Score a finished run\'s final model on its train.eval_tasks (or `tasks`) with its own train.eval_data, in the background: `job` and `eval` events on its stream, rows under checkpoint "final"',
+      'Score a finished run\'s final model (else its last checkpoint) on its train.eval_tasks (or `tasks`) with its own train.eval_data, on the CPU, queued behind other jobs: `job` and `eval` events on its stream, rows under checkpoint "job:final" (or "job:<checkpoint>"), replacing the previous evaluation\'s',
     request: {
       type: "object",
       additionalProperties: false,

@@ -226,8 +226,7 @@ export class Runner {
   }
 
   /** Score a finished run's final model (its last checkpoint when it has no output) on its
-   *  `train.eval_tasks` (or `o.tasks`), with its own `train.eval_data`, on its own device: the
-   *  rows go under "job:final" (or "job:<checkpoint>"), replacing that key's earlier ones, apart
+   *  `train.eval_tasks` (or `o.tasks`), with its own `train.eval_data`: the rows go under "job:final" (or "job:<checkpoint>"), replacing that key's earlier ones, apart
    *  from the scores taken while it trained; told to watchers as `job` and `eval` events. On the
    *  CPU. Jobs wait their turn, one at a time; false when the run already has one. */
   evaluate(r: RunRow, o: { tasks?: TaskName[]; limit?: number } = {}): boolean {

@@ -30,13 +30,6 @@ export function parseSweep(body: unknown): SweepRequest | { field: string; messa
     return { field: "name", message: "a name of 1 to 100 letters, digits, '_', '-' or '.'" };
   if (typeof b.base !== "object" || b.base === null || Array.isArray(b.base))
     return { field: "base", message: "the run config every cell starts from (a JSON object)" };
-  const train = (b.base as { train?: { eval_tasks?: unknown } }).train;
-  if (!Array.isArray(train?.eval_tasks) || !train.eval_tasks.length)
-    return {
-      field: "base.train.eval_tasks",
-      message:
-        'a sweep is scored while it trains: name its tasks (hint: a learning task, gsm8k or humaneval, and forgetting tasks, e.g. ["gsm8k", "arc_challenge"], with train.eval_every)',
-    };
   if (typeof b.grid !== "object" || b.grid === null || Array.isArray(b.grid) || !Object.keys(b.grid).length)
     return {
       field: "grid",
@@ -57,6 +50,12 @@ export function parseSweep(body: unknown): SweepRequest | { field: string; messa
 }
 
 const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v));
+
+/** A cell is scored while it trains: it names its tasks and how often. */
+export const SCORES_WHILE_TRAINING =
+  'a sweep\'s runs are scored while they train: train.eval_tasks and train.eval_every (hint: a learning task, gsm8k or humaneval, and forgetting tasks, e.g. ["gsm8k", "arc_challenge"])';
+export const scoresWhileTraining = (c: { train?: { eval_tasks?: unknown[]; eval_every?: number } }) =>
+  Boolean(c.train?.eval_tasks?.length && c.train.eval_every);
 
 /** Each combination of the grid, in order (the last key varies fastest), with its values. */
 export function expand(s: SweepRequest): { config: Record<string, unknown>; params: Record<string, unknown> }[] {
@@ -97,13 +96,6 @@ export interface SweepFinding {
   evidence: string;
 }
 
-const stepOf = (checkpoint: string, run: RunRow) =>
-  checkpoint === "base"
-    ? 0
-    : /(\d+)$/.test(checkpoint)
-      ? Number(/(\d+)$/.exec(checkpoint)![1])
-      : Number((run.config as { train?: { steps?: number } }).train?.steps ?? 0);
-
 /** A sweep's points (each run's checkpoints scored while it trained, with both scores), the
  *  base's, each group's frontier (indices into points, -1 the base, by learning ascending) and
  *  the provisional findings. Scores of later jobs (`job:*` keys: other tasks, other limits) are
@@ -126,7 +118,7 @@ export function summarize(runs: RunRow[], evals: Map<string, EvalRow[]>) {
           run: r.id,
           group: r.method,
           checkpoint: ck,
-          step: stepOf(ck, r),
+          step: Number(ck.slice("step-".length)),
           learning: l.value,
           forgetting: f.value,
         });
@@ -148,13 +140,17 @@ export function summarize(runs: RunRow[], evals: Map<string, EvalRow[]>) {
     const mine = points.filter((p) => p.run === r.id);
     return mine.length ? [mine.reduce((a, b) => (b.step > a.step ? b : a))] : [];
   });
-  const findings = bases.length && !one ? different() : provisional(latest, curve, base);
+  const findings =
+    bases.length && !one
+      ? notYet(
+          "the runs' bases scored differently (the grid varies the model or the eval data): there is no one base to compare them from",
+        )
+      : provisional(latest, curve, base);
   return { base, points, frontiers, findings };
 }
 
-function different(): SweepFinding[] {
-  const evidence =
-    "the runs' bases scored differently (the grid varies the model or the eval data): there is no one base to compare them from";
+/** Both comparisons, not yet made, and why. */
+function notYet(evidence: string): SweepFinding[] {
   return [
     { id: "learns_less", claim: "LoRA learns less than full fine-tuning", leaning: "not yet", evidence },
     { id: "forgets_less", claim: "LoRA forgets less at matched learning", leaning: "not yet", evidence },
@@ -174,12 +170,8 @@ function provisional(
   const best = (g: string) => Math.max(...latest.filter((p) => p.group === g).map((p) => p.learning));
   const out: SweepFinding[] = [];
   const tail = " (provisional: live scores on train.eval_limit documents; `loralab sweep` decides it at 95 %)";
-  if (!latest.some((p) => p.group === "full") || !latest.some((p) => p.group === "lora")) {
-    const why = "needs scored checkpoints of both full and lora runs";
-    out.push({ id: "learns_less", claim: "LoRA learns less than full fine-tuning", leaning: "not yet", evidence: why });
-    out.push({ id: "forgets_less", claim: "LoRA forgets less at matched learning", leaning: "not yet", evidence: why });
-    return out;
-  }
+  if (!latest.some((p) => p.group === "full") || !latest.some((p) => p.group === "lora"))
+    return notYet("needs scored checkpoints of both full and lora runs");
   const gap = best("full") - best("lora");
   out.push({
     id: "learns_less",
