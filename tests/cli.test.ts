@@ -54,6 +54,13 @@ test("bad input exits 2 naming the field, without a stack trace", () => {
   const missing = cli(["train", "nope.toml"]);
   expect(missing.code).toBe(2);
   expect(missing.err).toContain("nope.toml: not found");
+  // the laboratory's modes: one at a time, and only without a config file
+  const both = cli(["train", "--quick", "--full"]);
+  expect(both.code).toBe(2);
+  expect(both.err).toContain("--quick and --full: the laboratory runs one of them");
+  const withConfig = cli(["train", "configs/tiny-lora.toml", "--full"]);
+  expect(withConfig.code).toBe(2);
+  expect(withConfig.err).toContain("--full is for the laboratory (no config file)");
 });
 
 test("merge folds a trained adapter into its base; the merged model scores the same", async () => {

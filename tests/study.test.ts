@@ -3,6 +3,7 @@
 // skipping finished cells, CPT duration branches, and the hybrid method.
 import { expect, test } from "bun:test";
 import { cpSync, existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { runSweep } from "@loralab/study";
@@ -27,6 +28,11 @@ test("bun run train --quick: the laboratory end to end, a summary table, a repor
     /finding: LoRA's best learning rate is about 10× full fine-tuning's: UNDECIDED\. the grid does not bracket/,
   );
   expect(out).toMatch(/^decided: [1-4] of the study's 4 findings decided at 95 %/m);
+  // its two runs side by side in single-threaded worker processes, one per core (at most one per run)
+  const lanes = Math.min(2, availableParallelism());
+  expect(out).toContain(
+    `2 runs in ${lanes} lane${lanes > 1 ? "s (worker processes side by side, one thread each)" : ""}`,
+  );
   expect(out).toMatch(/^power: learning: 400 target questions detect a paired difference of [\d.]+ points/m);
   expect(out).toMatch(/^base\s+0\s+[\d.]+ ±\s*[\d.]+/m);
   const report = /report: (\S+report\.html)/.exec(out)![1]!;

@@ -46,7 +46,7 @@ export function cliArgs<O extends Options>(
  *  every option but `flags`) from the rest. */
 export function splitOverrides(
   args: string[],
-  flags: readonly string[] = ["--quick", "--help", "-h"],
+  flags: readonly string[] = ["--quick", "--full", "--help", "-h"],
 ): { overrides: string[]; rest: string[] } {
   const overrides: string[] = [];
   const rest: string[] = [];

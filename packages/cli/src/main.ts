@@ -19,10 +19,12 @@ import { configHelp } from "./help.ts";
 import { progressReporter } from "./progress.ts";
 
 const USAGE = `usage:
-  loralab train [--quick] [--seed=N]    the laboratory: the whole study in miniature on this machine (23 min
-                                        measured on 2 AVX2 cores; --quick: 1.5 min), ending with a summary table, the four
-                                        findings decided at 95 % (exit 1 while one is undecided) and a report;
-                                        --seed: its first training seed
+  loralab train [--quick|--full] [--seed=N]
+                                        the laboratory: the whole study in miniature on this machine, ending with a
+                                        summary table, the four findings decided at 95 % (exit 1 while one is
+                                        undecided) and a report (docs/laboratory.md: its measured times);
+                                        --quick: one seed, one LR each; --full: a 3000-question cloze, every epoch
+                                        of every seed scored; --seed: its first training seed
   loralab train CONFIG [--key=value...] one run from a .toml/.yaml/.json config; --method.rank=64 style overrides;
                                         exit 130 when cancelled, 3 when train.forgetting_budget stopped it
   loralab train --help                  every config field, its default and why
@@ -103,7 +105,12 @@ function version(): string {
 
 async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
   const { overrides, rest } = splitOverrides(args);
-  const { values, positionals: files } = cliArgs("train", rest, { quick: { type: "boolean" } }, USAGE);
+  const { values, positionals: files } = cliArgs(
+    "train",
+    rest,
+    { quick: { type: "boolean" }, full: { type: "boolean" } },
+    USAGE,
+  );
   if (values.help) {
     console.log(`${USAGE}\n\nconfig fields (TOML/YAML sections, or --section.field=value):\n${configHelp()}`);
     return 0;
@@ -114,11 +121,14 @@ async function cmdTrain(args: string[], signal: AbortSignal): Promise<number> {
     const seed = given === undefined ? 0 : Number(given);
     if (!Number.isSafeInteger(seed) || seed < 0 || !/^\d+$/.test(given ?? "0"))
       throw new ConfigError(`--seed=${given}: the laboratory's seed is a whole number ≥ 0 (hint: --seed=3)`, "seed");
+    if (values.quick && values.full)
+      throw new ConfigError("--quick and --full: the laboratory runs one of them (hint: bun run train --full)", "full");
     const { runLaboratory } = await import("./study.ts");
-    return runLaboratory(values.quick === true, seed);
+    return runLaboratory(values.quick ? "quick" : values.full ? "full" : "default", seed);
   }
-  if (values.quick)
-    throw new ConfigError("--quick is for the laboratory (no config file) (hint: bun run train --quick)", "quick");
+  for (const flag of ["quick", "full"] as const)
+    if (values[flag])
+      throw new ConfigError(`--${flag} is for the laboratory (no config file) (hint: bun run train --${flag})`, flag);
   if (files.length > 1) throw new ConfigError(`expected one config file, got ${files.join(", ")}`, "");
   const base: RunConfig = files[0] ? await loadConfigFile(files[0]) : {};
   const cfg = applyOverrides(base, overrides);

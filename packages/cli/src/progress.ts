@@ -29,8 +29,13 @@ export function progressLine(p: ProgressEvent, secondsPerStep: number): string {
 
 /** Returns the progress callback for one run, labelled `label`: a redrawn bar on a terminal,
  *  plain lines when piped (`lines` per run, and the first and last step). */
-export function progressReporter(label: string, out: NodeJS.WriteStream = process.stdout, lines = 20) {
-  const tty = out.isTTY === true;
+export function progressReporter(
+  label: string,
+  out: NodeJS.WriteStream = process.stdout,
+  lines = 20,
+  /** Redraw a bar (default: on a terminal); false prints lines (runs side by side). */
+  tty = out.isTTY === true,
+) {
   const pace = stepClock();
   let first = -1;
   let open = false; // a bar is drawn on the current terminal line

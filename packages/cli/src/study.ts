@@ -13,6 +13,8 @@ import {
   queuedPoints,
   redrawReport,
   reportRuns,
+  labLanes,
+  type LabMode,
   runLab,
   runStudy,
   runWorker,
@@ -29,9 +31,17 @@ import {
 
 const stamp = () => new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 
-export async function runLaboratory(quick: boolean, seed = 0): Promise<number> {
-  const out = join("runs", `lab-${stamp()}${quick ? "-quick" : ""}${seed ? `-seed${seed}` : ""}`);
-  const r = await runLab({ quick, seed, out, progress: (label) => progressReporter(label, process.stdout, 4) });
+export async function runLaboratory(mode: LabMode, seed = 0): Promise<number> {
+  const out = join("runs", `lab-${stamp()}${mode === "default" ? "" : `-${mode}`}${seed ? `-seed${seed}` : ""}`);
+  // runs side by side print lines, not bars that redraw over each other
+  const lanes = labLanes();
+  const r = await runLab({
+    mode,
+    seed,
+    out,
+    lanes,
+    progress: (label) => progressReporter(label, process.stdout, 4, lanes === 1 && process.stdout.isTTY === true),
+  });
   console.log(`\n${summaryTable(r)}\n`);
   for (const f of r.findings)
     console.log(`finding${f.primary ? "" : " (supporting)"}: ${f.claim}: ${f.verdict}. ${f.evidence}`);
@@ -39,7 +49,7 @@ export async function runLaboratory(quick: boolean, seed = 0): Promise<number> {
   for (const g of r.gates) console.log(`quality gate: ${g.passed ? "passed" : "FAILED"}: ${g.name}: ${g.detail}`);
   console.log(`\nreport: ${r.report} (figures as SVG and PNG beside it)`);
   console.log(
-    `time: ${r.seconds.total.toFixed(0)} s (training ${r.seconds.train.toFixed(0)} s, evaluation and analysis ${r.seconds.eval.toFixed(0)} s)`,
+    `time: ${r.seconds.total.toFixed(0)} s${r.seconds.lanes > 1 ? ` in ${r.seconds.lanes} lanes (worker-seconds: training ${r.seconds.train.toFixed(0)}, evaluation and analysis ${r.seconds.eval.toFixed(0)})` : ` (training ${r.seconds.train.toFixed(0)} s, evaluation and analysis ${r.seconds.eval.toFixed(0)} s)`}`,
   );
   if (r.gates.some((g) => !g.passed)) {
     console.error("\nloralab: a quality gate failed: the findings above are not to be trusted (see the report)");

@@ -3,7 +3,17 @@
 // and the laboratory `bun run train` runs by default.
 export { ensureLabBase, packLabBase } from "./labbase.ts";
 export { makeLabData, type LabData } from "./labdata.ts";
-export { LAB, LAB_BASE, labSpecs, powerPlan, runLab, summaryTable, type LabResult } from "./lab.ts";
+export {
+  LAB,
+  LAB_BASE,
+  labLanes,
+  type LabMode,
+  labSpecs,
+  powerPlan,
+  runLab,
+  summaryTable,
+  type LabResult,
+} from "./lab.ts";
 export {
   bootstrap,
   decide,

@@ -7,15 +7,16 @@
 // prose, the HellaSwag code path, and held-out perplexity), its ΔW analysed, and a report
 // written with the Pareto plot and findings computed from the numbers.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { openStore } from "@loralab/db";
 import { ensureLabBase } from "./labbase.ts";
 import { makeLabData } from "./labdata.ts";
-import { basePoint, checkpointPoint, fmtNum, type EvalPlan, type Point } from "./points.ts";
+import { basePoint, checkpointPoint, fmtNum, LANE_ENV, type EvalPlan, type Point } from "./points.ts";
 import { pairedMdd } from "./decide.ts";
 import { divergedPoint, findings, type Finding } from "./findings.ts";
 import { writeReport } from "./report.ts";
-import { runSweep, type RunProgress, type SweepSpec } from "./sweep.ts";
+import { type Cell, cells, type RunProgress, type SweepSpec, sweepCell } from "./sweep.ts";
 
 const root = new URL("../../..", import.meta.url).pathname;
 export const LAB_BASE = process.env.LORALAB_LAB_BASE ?? join(root, "datasets/lab/base");
@@ -29,7 +30,8 @@ export interface LabResult {
   gates: { name: string; passed: boolean; detail: string }[];
   /** How many of the study's four findings this run decided, and which it left open. */
   decision: string;
-  seconds: { total: number; train: number; eval: number };
+  /** Wall-clock seconds; train and eval are summed over the lanes (worker-seconds). */
+  seconds: { total: number; train: number; eval: number; lanes: number };
 }
 
 /** The laboratory's sizes and grid: chosen so that every finding is decided (docs/laboratory.md). */
@@ -37,6 +39,8 @@ export const LAB = {
   /** Training problems (an epoch), target test questions, cloze questions. */
   sizes: { train: 1200, test: 400, cloze: 1100 },
   quickSizes: { train: 960, test: 400, cloze: 400 },
+  /** --full: the cloze the held-out documents' 12–30-word sentences allow (3073). */
+  fullSizes: { train: 1200, test: 400, cloze: 3000 },
   /** Half-decade LR grids spanning each method's optimum (the study: LoRA's is about 10× higher). */
   lr: { full: [3e-4, 1e-3, 3e-3], lora: [1e-3, 3e-3, 1e-2] },
   /** Seeds of every LR-grid cell. */
@@ -46,7 +50,29 @@ export const LAB = {
   rsloraAlpha: 8,
 };
 
-export function labSpecs(quick: boolean, train: string, records: number, cacheDir: string, seed = 0): SweepSpec[] {
+/** quick: one seed, one LR per method (decides "learns less"); default: the grid at three seeds;
+ *  full: the same grid with the larger cloze, every epoch of every seed scored. */
+export type LabMode = "quick" | "default" | "full";
+
+/** Lanes the laboratory trains and scores in: one single-threaded worker process per core. On
+ *  the 2-core machine two one-thread runs side by side train about 1.6× the runs per hour of one
+ *  two-thread run at a time (docs/laboratory.md, "Measured"): the tiny model's matrices are too
+ *  small to keep two threads busy. */
+export function labLanes(): number {
+  return Math.max(1, availableParallelism());
+}
+
+/** Run `work` on every item, at most `lanes` at a time, in order of the items. */
+async function inLanes<T>(items: T[], lanes: number, work: (item: T) => Promise<void>) {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(lanes, items.length) }, async () => {
+      while (next < items.length) await work(items[next++]!);
+    }),
+  );
+}
+
+export function labSpecs(mode: LabMode, train: string, records: number, cacheDir: string, seed = 0): SweepSpec[] {
   const base: SweepSpec["base"] = {
     model: { path: LAB_BASE },
     data: { train, format: "ift", template: "{prompt}", chat_template: false, seq_len: 64, cache_dir: cacheDir },
@@ -55,7 +81,7 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
     schedule: { kind: "constant", warmup_frac: 0.05 },
     train: { micro_batch: 32, log_every: 10 },
   };
-  if (quick)
+  if (mode === "quick")
     return [
       {
         name: "labq",
@@ -94,7 +120,9 @@ export function labSpecs(quick: boolean, train: string, records: number, cacheDi
 }
 
 export async function runLab(o: {
-  quick?: boolean;
+  mode?: LabMode;
+  /** Worker processes side by side (default: labLanes()). */
+  lanes?: number;
   /** The first training seed (each LR-grid cell trains seeds seed, seed+1, seed+2). */
   seed?: number;
   out: string;
@@ -107,11 +135,12 @@ export async function runLab(o: {
   if (!existsSync(join(LAB_BASE, "model.safetensors")))
     throw new Error(`${LAB_BASE}: the laboratory's base model is missing (hint: \`bun run lab:pretrain\` makes it)`);
   mkdirSync(o.out, { recursive: true });
-  const quick = o.quick ?? false;
+  const mode = o.mode ?? "default";
+  const quick = mode === "quick";
   const seed = o.seed ?? 0;
-  const data = makeLabData(join(o.out, "data"), quick ? LAB.quickSizes : LAB.sizes);
+  const data = makeLabData(join(o.out, "data"), quick ? LAB.quickSizes : mode === "full" ? LAB.fullSizes : LAB.sizes);
   log(
-    `laboratory${quick ? " (quick)" : ""}: base ${LAB_BASE}; target: ${data.counts.train} arithmetic word problems (test ${data.counts.test}); source: a ${data.counts.cloze}-question cloze and ${data.counts.heldOutDocs} held-out documents`,
+    `laboratory${mode === "default" ? "" : ` (${mode})`}: base ${LAB_BASE}; target: ${data.counts.train} arithmetic word problems (test ${data.counts.test}); source: a ${data.counts.cloze}-question cloze and ${data.counts.heldOutDocs} held-out documents`,
   );
   const store = await openStore({ path: join(o.out, "lab.db") });
   const cache = join(o.out, "cache");
@@ -135,27 +164,54 @@ export async function runLab(o: {
     for (const l of power.lines) log(`power: ${l}`);
     const vocab = (JSON.parse(readFileSync(join(LAB_BASE, "config.json"), "utf8")) as { vocab_size: number })
       .vocab_size;
-    const points: Point[] = [];
-    for (const spec of labSpecs(quick, data.train, data.trainRecords, cache, seed)) {
-      t = performance.now();
-      const { checkpoints: cks, failed } = await runSweep(spec, store, runs, log, o.progress);
-      // the laboratory decides from every cell: one missing is not a finding
-      if (failed.length)
-        throw new Error(
-          `laboratory: ${failed.length} cell(s) failed: ${failed.map((f) => `${f.cell}: ${f.error}`).join("; ")} (hint: run again: finished cells are kept, the failed ones resume)`,
-        );
-      trainS += (performance.now() - t) / 1000;
-      t = performance.now();
-      // every epoch of the first seed; the further seeds at the longest duration (the LR grid and
-      // learns-less read it; the frontiers get the first seed's curve over training)
-      const maxD = Math.max(...spec.durations);
-      for (const ck of cks.filter((c) => c.cell.seed === spec.seeds![0] || c.duration === maxD)) {
-        const p = await checkpointPoint(ck, LAB_BASE, plan);
-        p.diverged = divergedPoint(p, vocab);
-        points.push(p);
+    // every cell of every spec, trained and then scored in one of the lanes: the full laboratory
+    // scores every epoch of every seed; the default every epoch of the first seed and the further
+    // seeds at the longest duration (the LR grid and learns-less read it; the frontiers get the
+    // first seed's curve over training)
+    const scored = (spec: SweepSpec, c: Cell) => mode === "full" || c.seed === spec.seeds![0];
+    const work = labSpecs(mode, data.train, data.trainRecords, cache, seed)
+      .flatMap((spec) => cells(spec).map((c) => ({ spec, c })))
+      .map((w, order) => ({ ...w, order }))
+      // the longest first (more checkpoints to score, a higher rank), so that no lane is left with
+      // a long run at the end while the others wait: a stable sort keeps the grid's order otherwise
+      .sort((a, b) => Number(scored(b.spec, b.c)) - Number(scored(a.spec, a.c)) || (b.c.rank ?? 0) - (a.c.rank ?? 0));
+    const lanes = Math.max(1, Math.min(o.lanes ?? labLanes(), work.length));
+    const lane = lanes > 1;
+    log(
+      `${work.length} runs in ${lanes} lane${lane ? "s" : ""}${lane ? " (worker processes side by side, one thread each)" : ""}`,
+    );
+    const byCell: Point[][] = work.map(() => []);
+    const failed: string[] = [];
+    let started = 0;
+    await inLanes(work, lanes, async ({ spec, c, order }) => {
+      log(`[${++started}/${work.length}] ${c.key}`);
+      try {
+        let t = performance.now();
+        const cks = await sweepCell(spec, c, store, runs, {
+          log,
+          progress: o.progress,
+          ...(lane ? { train: { sidecar: { env: LANE_ENV } } } : {}),
+        });
+        trainS += (performance.now() - t) / 1000;
+        t = performance.now();
+        const maxD = Math.max(...spec.durations);
+        for (const ck of cks.filter((k) => scored(spec, c) || k.duration === maxD)) {
+          const p = await checkpointPoint(ck, LAB_BASE, plan, { lane });
+          p.diverged = divergedPoint(p, vocab);
+          byCell[order]!.push(p); // the report lists them in the grid's order
+        }
+        evalS += (performance.now() - t) / 1000;
+      } catch (e) {
+        failed.push(`${c.key}: ${(e as Error).message.split("\n")[0]}`);
+        log(`  failed: ${c.key}: ${(e as Error).message.split("\n")[0]} (the other cells go on)`);
       }
-      evalS += (performance.now() - t) / 1000;
-    }
+    });
+    // the laboratory decides from every cell: one missing is not a finding
+    if (failed.length)
+      throw new Error(
+        `laboratory: ${failed.length} cell(s) failed: ${failed.join("; ")} (hint: run again: finished cells are kept, the failed ones resume)`,
+      );
+    const points = byCell.flat();
     t = performance.now();
     const fs = findings(base, points);
     evalS += (performance.now() - t) / 1000;
@@ -198,7 +254,8 @@ export async function runLab(o: {
       },
     ];
     const notes = [
-      "Durations are epochs of instruction fine-tuning: the checkpoint at the end of each epoch of one run per cell and seed (the study's IFT choice); every epoch of the first seed is evaluated, the further seeds at the longest duration.",
+      `Durations are epochs of instruction fine-tuning: the checkpoint at the end of each epoch of one run per cell and seed (the study's IFT choice); ${mode === "full" ? "every epoch of every seed is evaluated" : "every epoch of the first seed is evaluated, the further seeds at the longest duration"}.`,
+      `Runs trained and scored in ${lanes} lane${lanes > 1 ? "s (worker processes side by side, one thread each)" : " (this process)"}.`,
       "Learning: strict-match accuracy (GSM8K's lm-eval filter and exact_match) on held-out generated arithmetic word problems, 0-shot, greedy. Source retention: acc_norm on a 4-way cloze built from held-out Moby-Dick chapters and State of the Union addresses (lm-eval's HellaSwag path); higher means less forgotten. Held-out perplexity: per held-out document, from an empty context, in pieces the model's positions hold.",
       "Table intervals are 95 % bootstrap intervals over the test items of one checkpoint. Findings are decided by one paired bootstrap (1000 resamples) over target questions, cloze questions, held-out documents, each cell's seeds and ΔW's matrices, the same draw for every point; each finding's interval must lie wholly on one side of its stated threshold (findings.ts).",
       `A run counts as diverged when its held-out perplexity exceeds the vocabulary's size (${vocab}: worse than a uniform guess) or is not finite; diverged points are drawn as crosses and left out of the frontiers and the rank comparison, and kept in the LR curves (a diverged LR learned what it learned).`,
@@ -207,7 +264,7 @@ export async function runLab(o: {
       "Generation diversity (the study's HumanEval measure) is not drawn: the laboratory's target task is scored greedily; `loralab eval --tasks humaneval --n 50` reports it for code models.",
       `Base model: ${LAB_BASE} (pretrained by \`bun run lab:pretrain\`).`,
     ];
-    const title = `loralab laboratory${quick ? " (quick)" : ""}: LoRA vs full fine-tuning, learning vs forgetting`;
+    const title = `loralab laboratory${mode === "default" ? "" : ` (${mode})`}: LoRA vs full fine-tuning, learning vs forgetting`;
     writeFileSync(
       join(o.out, "points.json"),
       JSON.stringify({ title, base, points, durationLabel: "epochs", notes, gates, decision, findings: fs }),
@@ -229,7 +286,7 @@ export async function runLab(o: {
       findings: rep.findings,
       gates,
       decision,
-      seconds: { total: (performance.now() - t0) / 1000, train: trainS, eval: evalS },
+      seconds: { total: (performance.now() - t0) / 1000, train: trainS, eval: evalS, lanes },
     };
   } finally {
     await store.close();

@@ -144,8 +144,22 @@ const metric = (r: EvalResult, task: "gsm8k" | "hellaswag", name: string): Metri
   return { value: m.value, stderr: m.stderr };
 };
 
-async function measure(model: string, adapter: string, plan: EvalPlan) {
-  const m = await Model.load({ model, adapter: adapter || undefined, merged: true });
+/** Where a point is scored: in this process (default), or in a single-threaded worker process
+ *  (`lane`: one of several scoring side by side, as the laboratory's lanes do). */
+export interface MeasureOptions {
+  lane?: boolean;
+}
+
+/** A lane's worker process: the engine's sidecar on the CPU, one thread. */
+export const LANE_ENV = { RAYON_NUM_THREADS: "1" };
+
+async function measure(model: string, adapter: string, plan: EvalPlan, o: MeasureOptions = {}) {
+  const m = await Model.load({
+    model,
+    adapter: adapter || undefined,
+    merged: true,
+    ...(o.lane ? { env: LANE_ENV } : {}),
+  });
   try {
     const r = await evaluate({
       model,
@@ -191,8 +205,8 @@ async function measure(model: string, adapter: string, plan: EvalPlan) {
   }
 }
 
-export async function basePoint(base: string, plan: EvalPlan): Promise<Point> {
-  return { ...BASE_FIELDS, rank90By: [], ...(await measure(base, "", plan)) };
+export async function basePoint(base: string, plan: EvalPlan, o: MeasureOptions = {}): Promise<Point> {
+  return { ...BASE_FIELDS, rank90By: [], ...(await measure(base, "", plan, o)) };
 }
 
 export function groupOf(c: Checkpoint["cell"]): string {
@@ -238,20 +252,31 @@ export const BASE_FIELDS = {
   rank90By: [],
 } as const;
 
-export async function checkpointPoint(ck: Checkpoint, base: string, plan: EvalPlan): Promise<Point> {
+export async function checkpointPoint(
+  ck: Checkpoint,
+  base: string,
+  plan: EvalPlan,
+  o: MeasureOptions = {},
+): Promise<Point> {
   const dir = ck.adapter || ck.model;
   const cache = join(dir, "lab-point.json");
+  const planKey = JSON.stringify(plan);
   if (existsSync(cache)) {
-    const p = JSON.parse(readFileSync(cache, "utf8")) as Point;
-    if (p.items && p.rank90By.every((r) => r.sigma)) return p; // else cached before items and spectra were kept
+    const p = JSON.parse(readFileSync(cache, "utf8")) as Point & { plan?: string };
+    // else cached before items and spectra were kept, or scored on other sets
+    if (p.items && p.rank90By.every((r) => r.sigma) && p.plan === planKey) {
+      delete p.plan;
+      return p;
+    }
   }
-  const m = await measure(ck.model, ck.adapter, plan);
+  const m = await measure(ck.model, ck.adapter, plan, o);
   const a = await analyze(ck.adapter ? { base, adapter: ck.adapter } : { base, tuned: ck.model }, {
     spectra: false,
     keep: SIGMA_KEEP,
+    ...(o.lane ? { threads: 1 } : {}),
   });
   const p: Point = { ...checkpointFields(ck, matrixRanks(a.matrices)), ...m };
   mkdirSync(dir, { recursive: true });
-  writeFileSync(cache, JSON.stringify(p));
+  writeFileSync(cache, JSON.stringify({ ...p, plan: planKey }));
   return p;
 }
